@@ -1,0 +1,64 @@
+//! The bus input: consumes `alert.#` from the `opsloop.alerter` queue (single
+//! active consumer, so a standby alerter takes over when the active one
+//! dies), idempotent on message id. A malformed message is dead-lettered; a
+//! store failure puts the message back for another try.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use opsloop_core::bus::{Bus, QueueSpec};
+use tokio_util::sync::CancellationToken;
+
+use crate::service::{Alerter, AlerterError};
+
+/// The default queue name (`alerter.queue`).
+pub const QUEUE: &str = "opsloop.alerter";
+pub const BINDING: &str = "alert.#";
+
+/// Pause before a message that failed on the store is handed back.
+const REQUEUE_PAUSE: Duration = Duration::from_millis(500);
+
+/// Consumes until `shutdown`.
+pub async fn consume(
+    bus: Arc<dyn Bus>,
+    queue: String,
+    alerter: Arc<Alerter>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut subscription = bus
+        .subscribe(QueueSpec::new(queue, &[BINDING]).single_active())
+        .await?;
+    loop {
+        let delivery = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            next = subscription.next() => match next {
+                Some(delivery) => delivery,
+                None => return Ok(()),
+            },
+        };
+        let id = delivery.message.id.clone();
+        let routing_key = delivery.message.routing_key.clone();
+        let settled = match alerter
+            .receive_message(&id, &delivery.message.payload)
+            .await
+        {
+            Ok(fresh) => {
+                tracing::debug!(message_id = %id, %routing_key, fresh, "alert message consumed");
+                delivery.ack().await
+            }
+            Err(AlerterError::Store(error)) => {
+                tracing::warn!(message_id = %id, %error, "cannot store alert message; requeueing");
+                tokio::time::sleep(REQUEUE_PAUSE).await;
+                delivery.nack(true).await
+            }
+            Err(error) => {
+                tracing::error!(message_id = %id, %routing_key, %error, "malformed alert message dead-lettered");
+                metrics::counter!("opsloop_alerter_messages_rejected_total").increment(1);
+                delivery.nack(false).await
+            }
+        };
+        if let Err(error) = settled {
+            tracing::warn!(message_id = %id, %error, "cannot settle alert message");
+        }
+    }
+}

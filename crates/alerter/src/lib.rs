@@ -1,0 +1,120 @@
+//! The alerter daemon: grouped, deduplicated, silenced, routed alerts to Slack,
+//! Discord, generic webhooks and PagerDuty. Serves `AlertService` over gRPC and
+//! the Alertmanager v2 API, health and metrics over HTTP.
+//!
+//! The pipeline is a chain of small pure stages — [`model`], [`matchers`],
+//! [`route`], [`inhibit`], [`silence`], [`group`], [`dispatch`] — and the
+//! receivers render payloads ([`receivers`]) that one delivery engine
+//! ([`delivery`]) sends with pacing, retries and dead-lettering. [`service`]
+//! is the I/O shell; [`api`], [`grpc`] and [`consumer`] are its inputs.
+
+pub mod api;
+pub mod config;
+pub mod consumer;
+pub mod delivery;
+pub mod dispatch;
+pub mod group;
+pub mod grpc;
+pub mod inhibit;
+pub mod leader;
+pub mod matchers;
+pub mod model;
+pub mod receivers;
+pub mod route;
+pub mod service;
+pub mod silence;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use opsloop_core::daemon::{Endpoints, Infra, bind, serve_until_stopped};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+pub use config::AlerterSettings;
+use delivery::{Clock, SystemClock};
+use service::Alerter;
+
+/// The service name in logs, metrics and the start line.
+pub const SERVICE: &str = "alerter";
+
+/// The daemon, built and bound, ready to run.
+pub struct AlerterApp {
+    infra: Infra,
+    grpc: TcpListener,
+    http: TcpListener,
+    alerter: Arc<Alerter>,
+    queue: String,
+}
+
+impl AlerterApp {
+    /// Reads the `[alerter]` section, binds the listeners and restores the
+    /// pipeline's state from the database.
+    pub async fn build(infra: Infra) -> anyhow::Result<Self> {
+        Self::build_with_clock(infra, Arc::new(SystemClock)).await
+    }
+
+    /// [`AlerterApp::build`] with a chosen clock.
+    pub async fn build_with_clock(infra: Infra, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let settings: AlerterSettings = infra.config.section("alerter")?;
+        let grpc = bind("alerter.grpc_addr", &settings.grpc_addr).await?;
+        let http = bind("alerter.http_addr", &settings.http_addr).await?;
+        let alerter = Alerter::start(
+            &settings,
+            infra.db.clone(),
+            &infra.secrets,
+            &infra.settings().environment,
+            clock,
+            Some(infra.audit.clone()),
+        )
+        .await?;
+        Ok(Self {
+            infra,
+            grpc,
+            http,
+            alerter,
+            queue: settings.queue,
+        })
+    }
+
+    /// The bound gRPC address (port 0 in the config picks a free one).
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
+        self.http.local_addr()
+    }
+
+    /// The pipeline, for tests and embedding (`opsloop dev`).
+    pub fn alerter(&self) -> Arc<Alerter> {
+        self.alerter.clone()
+    }
+
+    /// Serves until the infrastructure's shutdown token is cancelled.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let (routes, health) = opsloop_core::grpc::standard_routes()?;
+        health
+            .set_serving::<opsloop_core::proto::v1::alert_service_server::AlertServiceServer<grpc::AlertGrpc>>()
+            .await;
+        let routes = routes.add_service(grpc::server(self.alerter.clone()));
+        let router = opsloop_core::http::base_router(SERVICE, self.infra.readiness())
+            .merge(api::router(self.alerter.clone()));
+        let mut tasks = JoinSet::new();
+        tasks.spawn(self.alerter.clone().run(self.infra.shutdown.clone()));
+        tasks.spawn(consumer::consume(
+            self.infra.bus.clone(),
+            self.queue,
+            self.alerter.clone(),
+            self.infra.shutdown.clone(),
+        ));
+        let endpoints = Endpoints {
+            service: SERVICE,
+            grpc: Some((self.grpc, routes)),
+            http: (self.http, router),
+        };
+        serve_until_stopped(&self.infra, endpoints, tasks).await
+    }
+}

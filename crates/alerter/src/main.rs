@@ -1,0 +1,24 @@
+//! `opsloop-alerter`: see the library's documentation.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use opsloop_alerter::AlerterApp;
+
+/// opsloop alerter daemon.
+#[derive(Parser)]
+#[command(name = "opsloop-alerter", version, about, long_about = None)]
+struct Args {
+    /// TOML config file (default: /etc/opsloop/opsloop.toml when present).
+    /// Environment variables OPSLOOP__SECTION__KEY override it.
+    #[arg(long, env = "OPSLOOP_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    opsloop_core::daemon::run(opsloop_alerter::SERVICE, args.config, |infra| async move {
+        AlerterApp::build(infra).await?.run_until_stopped().await
+    })
+}

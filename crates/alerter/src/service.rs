@@ -1,0 +1,637 @@
+//! The running alerter: the thin I/O shell around the pure pipeline. It takes
+//! alerts in (HTTP, bus, gRPC), persists them, asks the dispatcher what is
+//! due, hands notifications to the delivery engine, and records every outcome
+//! in the notification log — sent, or dead-lettered with an error line and a
+//! metric.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use opsloop_core::audit::{AuditLog, AuditRecord};
+use opsloop_core::secrets::SecretStore;
+use sea_orm::DatabaseConnection;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::config::AlerterSettings;
+use crate::delivery::{Clock, DeliveryEngine, Outcome};
+use crate::dispatch::{AlertView, Dispatcher, GroupId};
+use crate::group::Notification;
+use crate::inhibit::InhibitRule;
+use crate::leader::{LEASE_NAME, LeaderLease};
+use crate::model::{Alert, AlertError, Fingerprint, LabelSet, PostableAlert, Severity};
+use crate::receivers::{self, BuiltReceivers, RenderContext};
+use crate::route::{Route, parse_duration};
+use crate::silence::{NewSilence, Silence, SilenceError, SilenceState};
+use crate::store::{AlertStore, LogEntry, LogStatus, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AlerterError {
+    #[error("alerts[{index}].{source}")]
+    InvalidAlert { index: usize, source: AlertError },
+    #[error("{0}")]
+    InvalidSilence(#[from] SilenceError),
+    #[error("silence {0} not found")]
+    SilenceNotFound(Uuid),
+    #[error("silence {0} is already expired")]
+    SilenceExpired(Uuid),
+    #[error("receiver {0:?} is not configured (or its secret is not set)")]
+    UnknownReceiver(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a dispatcher is built from, kept to rebuild it from the database
+/// when this process takes over delivery.
+#[derive(Clone)]
+struct Blueprint {
+    route: Route,
+    inhibit_rules: Vec<InhibitRule>,
+    enabled: BTreeSet<String>,
+    send_resolved: BTreeSet<String>,
+}
+
+impl Blueprint {
+    /// A dispatcher holding what the database holds: the notification log,
+    /// the silences and the alerts.
+    async fn load(&self, store: &AlertStore, now: DateTime<Utc>) -> Result<Dispatcher, StoreError> {
+        let mut dispatcher = Dispatcher::new(
+            self.route.clone(),
+            self.inhibit_rules.clone(),
+            self.enabled.clone(),
+            self.send_resolved.clone(),
+        );
+        dispatcher.restore_log(
+            store
+                .last_sent(now - chrono::Duration::days(LOG_LOOKBACK_DAYS))
+                .await?,
+        );
+        dispatcher.set_silences(store.load_silences().await?);
+        for alert in store.load_alerts().await? {
+            dispatcher.ingest(alert, now);
+        }
+        Ok(dispatcher)
+    }
+}
+
+pub struct Alerter {
+    blueprint: Blueprint,
+    lease: Option<LeaderLease>,
+    /// [`ROLE_UNKNOWN`], [`ROLE_LEADER`] or [`ROLE_STANDBY`].
+    role: AtomicU8,
+    dispatcher: tokio::sync::Mutex<Dispatcher>,
+    store: AlertStore,
+    engine: DeliveryEngine,
+    receivers: BuiltReceivers,
+    ctx: RenderContext,
+    resolve_timeout: chrono::Duration,
+    tick: Duration,
+    seen_retention: chrono::Duration,
+    wake: Notify,
+    in_flight: Mutex<HashSet<GroupId>>,
+    tracker: TaskTracker,
+    audit: Option<Arc<AuditLog>>,
+}
+
+/// How far back the notification log is read at start: longer than any
+/// sensible repeat_interval.
+const LOG_LOOKBACK_DAYS: i64 = 7;
+
+/// Before the first step.
+const ROLE_UNKNOWN: u8 = 0;
+const ROLE_LEADER: u8 = 1;
+const ROLE_STANDBY: u8 = 2;
+
+fn config_error(key: &str, reason: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("invalid configuration: alerter.{key}: {reason}")
+}
+
+impl Alerter {
+    /// Compiles the config, resolves receivers from secrets and restores
+    /// alerts, silences and the notification log from the database.
+    pub async fn start(
+        settings: &AlerterSettings,
+        db: DatabaseConnection,
+        secrets: &SecretStore,
+        environment: &str,
+        clock: Arc<dyn Clock>,
+        audit: Option<Arc<AuditLog>>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let route = Route::compile(&settings.route).map_err(|e| config_error("", e))?;
+        let inhibit_rules = settings
+            .inhibit_rules
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                InhibitRule::compile(c).map_err(|e| config_error(&format!("inhibit_rules[{i}]"), e))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let resolve_timeout = parse_duration(&settings.resolve_timeout)
+            .map_err(|e| config_error("resolve_timeout", e))?;
+        let receivers = receivers::build(&settings.receivers, secrets, settings.local_output)
+            .map_err(|e| config_error("", e))?;
+        let configured: BTreeSet<String> =
+            settings.receivers.iter().map(|r| r.name.clone()).collect();
+        if let Some(missing) = route
+            .receivers()
+            .into_iter()
+            .find(|r| !configured.contains(r))
+        {
+            return Err(config_error(
+                "route",
+                format!("receiver {missing:?} is not defined in alerter.receivers"),
+            ));
+        }
+        for (name, why) in &receivers.disabled {
+            tracing::info!(receiver = %name, reason = %why, "receiver disabled");
+        }
+        let enabled = receivers.names();
+        tracing::info!(receivers = ?enabled, "receivers enabled");
+        let send_resolved = receivers
+            .enabled
+            .iter()
+            .filter(|r| r.send_resolved)
+            .map(|r| r.name.clone())
+            .collect();
+        let engine = DeliveryEngine::new(clock, settings.delivery.clone())?;
+        let store = AlertStore::new(db.clone());
+        let blueprint = Blueprint {
+            route,
+            inhibit_rules,
+            enabled,
+            send_resolved,
+        };
+        let now = engine.clock().now();
+        let dispatcher = blueprint.load(&store, now).await?;
+        tracing::info!(
+            alerts = dispatcher.alert_count(),
+            "restored alerts from the database"
+        );
+        let lease = (settings.lease_ttl_ms > 0).then(|| {
+            LeaderLease::new(
+                db,
+                LEASE_NAME,
+                &Uuid::new_v4().to_string(),
+                chrono::Duration::milliseconds(settings.lease_ttl_ms as i64),
+            )
+        });
+
+        Ok(Arc::new(Self {
+            blueprint,
+            lease,
+            role: AtomicU8::new(ROLE_UNKNOWN),
+            dispatcher: tokio::sync::Mutex::new(dispatcher),
+            store,
+            engine,
+            receivers,
+            ctx: RenderContext {
+                environment: environment.to_owned(),
+                external_url: settings.external_url.clone(),
+            },
+            resolve_timeout,
+            tick: Duration::from_millis(settings.tick_ms.max(10)),
+            seen_retention: chrono::Duration::hours(settings.seen_retention_hours as i64),
+            wake: Notify::new(),
+            in_flight: Mutex::new(HashSet::new()),
+            tracker: TaskTracker::new(),
+            audit,
+        }))
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.engine.clock().now()
+    }
+
+    pub fn store(&self) -> &AlertStore {
+        &self.store
+    }
+
+    pub fn receivers(&self) -> &BuiltReceivers {
+        &self.receivers
+    }
+
+    fn convert(
+        &self,
+        posted: Vec<PostableAlert>,
+        source: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Alert>, AlerterError> {
+        posted
+            .into_iter()
+            .enumerate()
+            .map(|(index, p)| {
+                p.into_alert(source, now, self.resolve_timeout)
+                    .map_err(|source| AlerterError::InvalidAlert { index, source })
+            })
+            .collect()
+    }
+
+    /// Takes in posted alerts (all or none): validated, merged, persisted.
+    pub async fn post_alerts(
+        &self,
+        posted: Vec<PostableAlert>,
+        source: &str,
+    ) -> Result<usize, AlerterError> {
+        let now = self.now();
+        let alerts = self.convert(posted, source, now)?;
+        let count = alerts.len();
+        {
+            let mut dispatcher = self.dispatcher.lock().await;
+            let merged: Vec<Alert> = alerts
+                .into_iter()
+                .map(|a| dispatcher.ingest(a, now))
+                .collect();
+            self.store.save_alerts(&merged, now).await?;
+        }
+        metrics::counter!("opsloop_alerter_alerts_received_total", "source" => source.to_owned())
+            .increment(count as u64);
+        self.wake.notify_one();
+        Ok(count)
+    }
+
+    /// Takes in the alerts of one bus message, once per message id. Returns
+    /// false when the message was seen before.
+    pub async fn receive_message(
+        &self,
+        message_id: &str,
+        payload: &[u8],
+    ) -> Result<bool, AlerterError> {
+        let now = self.now();
+        let posted = crate::model::parse_bus_payload(payload)
+            .map_err(|source| AlerterError::InvalidAlert { index: 0, source })?;
+        let alerts = self.convert(posted, "bus", now)?;
+        let count = alerts.len();
+        {
+            let mut dispatcher = self.dispatcher.lock().await;
+            // Merge on a copy first: a duplicate must not touch the state.
+            let merged: Vec<Alert> = alerts
+                .iter()
+                .map(|a| match dispatcher.alert(&a.fingerprint()) {
+                    Some(known) => {
+                        let mut known = known.clone();
+                        known.merge(a.clone(), now);
+                        known
+                    }
+                    None => a.clone(),
+                })
+                .collect();
+            if !self
+                .store
+                .save_message_alerts(message_id, &merged, now)
+                .await?
+            {
+                tracing::debug!(message_id, "duplicate alert message ignored");
+                return Ok(false);
+            }
+            for alert in alerts {
+                dispatcher.ingest(alert, now);
+            }
+        }
+        metrics::counter!("opsloop_alerter_alerts_received_total", "source" => "bus")
+            .increment(count as u64);
+        self.wake.notify_one();
+        Ok(true)
+    }
+
+    /// One pass of the loop: hold (or wait for) the delivery lease; the
+    /// holder flushes, a standby keeps its silences fresh. Returns whether
+    /// this process delivers.
+    pub async fn step(self: &Arc<Self>) -> Result<bool, StoreError> {
+        let now = self.now();
+        let leader = match &self.lease {
+            None => true,
+            Some(lease) => lease.acquire(now).await?,
+        };
+        let role = if leader { ROLE_LEADER } else { ROLE_STANDBY };
+        let previous = self.role.swap(role, Ordering::SeqCst);
+        metrics::gauge!("opsloop_alerter_leader").set(if leader { 1.0 } else { 0.0 });
+        if previous == ROLE_STANDBY && leader {
+            // Take over from the database: what the previous holder sent
+            // is in the log, what it held is in the alerts table.
+            let fresh = self.blueprint.load(&self.store, now).await?;
+            *self.dispatcher.lock().await = fresh;
+            tracing::info!("took over the delivery lease: this alerter delivers");
+        } else if previous != ROLE_STANDBY && !leader {
+            tracing::info!("another alerter holds the delivery lease: standing by");
+        }
+        if leader {
+            self.tick().await?;
+        } else {
+            let silences = self.store.load_silences().await?;
+            self.dispatcher.lock().await.set_silences(silences);
+        }
+        Ok(leader)
+    }
+
+    /// One pass: flush due groups, start their deliveries, persist what the
+    /// dispatcher forgot, refresh the gauges.
+    pub async fn tick(self: &Arc<Self>) -> Result<(), StoreError> {
+        let now = self.now();
+        let (work, forgotten) = {
+            let mut dispatcher = self.dispatcher.lock().await;
+            let before = dispatcher.fingerprints();
+            let work = dispatcher.due(now);
+            let after = dispatcher.fingerprints();
+            self.update_gauges(&dispatcher, now);
+            (
+                work,
+                before
+                    .difference(&after)
+                    .copied()
+                    .collect::<Vec<Fingerprint>>(),
+            )
+        };
+        self.store.delete_alerts(&forgotten).await?;
+        for ((receiver, group_key), state) in &work.record {
+            self.store
+                .log_notification(LogEntry {
+                    receiver,
+                    group_key,
+                    state,
+                    status: LogStatus::Sent,
+                    attempts: 0,
+                    last_error: None,
+                    at: now,
+                })
+                .await?;
+        }
+        for notification in work.notify {
+            let id = (
+                notification.receiver.clone(),
+                notification.group_key.clone(),
+            );
+            let fresh = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone());
+            if !fresh {
+                // The previous delivery of this group is still retrying; the
+                // next flush after it finishes sends whatever changed.
+                continue;
+            }
+            let this = self.clone();
+            self.tracker.spawn(async move {
+                this.deliver(notification).await;
+                this.in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+            });
+        }
+        Ok(())
+    }
+
+    fn update_gauges(&self, dispatcher: &Dispatcher, now: DateTime<Utc>) {
+        let views = dispatcher.views(now);
+        let silenced = views.iter().filter(|v| !v.silenced_by.is_empty()).count();
+        let inhibited = views.iter().filter(|v| !v.inhibited_by.is_empty()).count();
+        let firing = views.iter().filter(|v| !v.alert.is_resolved(now)).count();
+        metrics::gauge!("opsloop_alerter_alerts_active").set(firing as f64);
+        metrics::gauge!("opsloop_alerter_alerts_silenced").set(silenced as f64);
+        metrics::gauge!("opsloop_alerter_alerts_inhibited").set(inhibited as f64);
+        let in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        metrics::gauge!("opsloop_alerter_delivery_queue_depth").set(in_flight as f64);
+    }
+
+    /// Delivers one notification and records the outcome.
+    async fn deliver(&self, notification: Notification) {
+        let Some(receiver) = self.receivers.get(&notification.receiver) else {
+            return;
+        };
+        let outcome = self
+            .engine
+            .deliver(receiver, &notification, &self.ctx)
+            .await;
+        let now = self.now();
+        let status = if outcome.delivered {
+            LogStatus::Sent
+        } else {
+            LogStatus::DeadLetter
+        };
+        let logged = self
+            .store
+            .log_notification(LogEntry {
+                receiver: &notification.receiver,
+                group_key: &notification.group_key,
+                state: &notification.state,
+                status,
+                attempts: outcome.attempts,
+                last_error: (!outcome.delivered).then(|| outcome.detail.clone()),
+                at: now,
+            })
+            .await;
+        if let Err(error) = &logged {
+            tracing::error!(receiver = %notification.receiver, %error, "cannot write the notification log");
+        }
+        if outcome.delivered {
+            tracing::info!(
+                receiver = %notification.receiver,
+                group_key = %notification.group_key,
+                firing = notification.firing.len(),
+                resolved = notification.resolved.len(),
+                attempts = outcome.attempts,
+                "notification sent"
+            );
+            let forgotten = {
+                let mut dispatcher = self.dispatcher.lock().await;
+                let before = dispatcher.fingerprints();
+                dispatcher.delivered(&notification, now);
+                let after = dispatcher.fingerprints();
+                before.difference(&after).copied().collect::<Vec<_>>()
+            };
+            if let Err(error) = self.store.delete_alerts(&forgotten).await {
+                tracing::warn!(%error, "cannot delete resolved alerts");
+            }
+        } else {
+            metrics::counter!(
+                "opsloop_alerter_dead_letters_total",
+                "receiver" => notification.receiver.clone()
+            )
+            .increment(1);
+            tracing::error!(
+                receiver = %notification.receiver,
+                group_key = %notification.group_key,
+                firing = notification.firing.len(),
+                attempts = outcome.attempts,
+                http_status = outcome.http_status,
+                error = %outcome.detail,
+                "notification dead-lettered"
+            );
+        }
+    }
+
+    /// Runs the flush loop until `shutdown`, then waits for deliveries in
+    /// flight (the daemon's drain bound applies).
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut last_prune = self.now();
+        loop {
+            if let Err(error) = self.step().await {
+                tracing::warn!(%error, "alerter tick failed; retrying");
+            }
+            let now = self.now();
+            if now - last_prune > chrono::Duration::hours(1) {
+                last_prune = now;
+                if let Err(error) = self.store.prune_seen(now - self.seen_retention).await {
+                    tracing::warn!(%error, "cannot prune seen message ids");
+                }
+            }
+            let next = self.dispatcher.lock().await.next_wakeup();
+            let wait = next
+                .and_then(|at| (at - now).to_std().ok())
+                .unwrap_or(self.tick)
+                .min(self.tick);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        self.tracker.close();
+        self.tracker.wait().await;
+        if let Some(lease) = &self.lease
+            && let Err(error) = lease.release(self.now()).await
+        {
+            tracing::warn!(%error, "cannot release the delivery lease");
+        }
+        Ok(())
+    }
+
+    /// Waits for deliveries in flight (tests).
+    pub async fn settle(&self) {
+        while !self.tracker.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    pub async fn alerts(&self) -> Vec<AlertView> {
+        let now = self.now();
+        self.dispatcher.lock().await.views(now)
+    }
+
+    pub async fn silences(&self) -> Vec<Silence> {
+        self.dispatcher.lock().await.silences().to_vec()
+    }
+
+    fn audit(&self, actor: &str, action: &str, silence: &Silence) {
+        let Some(audit) = &self.audit else { return };
+        let record = AuditRecord {
+            at: self.now(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            subject: format!("silence:{}", silence.id),
+            reason: Some(silence.comment.clone()),
+            before: None,
+            after: Some(
+                serde_json::to_value(crate::silence::ApiSilence::from_silence(
+                    silence,
+                    self.now(),
+                ))
+                .unwrap_or_default(),
+            ),
+        };
+        if let Err(error) = audit.append(&record) {
+            tracing::warn!(%error, "cannot append to the audit log");
+        }
+    }
+
+    /// Creates a silence, or replaces the one named by `id`.
+    pub async fn create_silence(
+        &self,
+        request: NewSilence,
+        id: Option<Uuid>,
+    ) -> Result<Silence, AlerterError> {
+        let now = self.now();
+        let mut dispatcher = self.dispatcher.lock().await;
+        let mut silences = dispatcher.silences().to_vec();
+        let id = match id {
+            Some(id) if silences.iter().any(|s| s.id == id) => id,
+            Some(id) => return Err(AlerterError::SilenceNotFound(id)),
+            None => Uuid::new_v4(),
+        };
+        let silence = request.into_silence(id, now)?;
+        self.store.save_silence(&silence).await?;
+        silences.retain(|s| s.id != id);
+        silences.push(silence.clone());
+        dispatcher.set_silences(silences);
+        drop(dispatcher);
+        self.audit(&silence.created_by, "silence.create", &silence);
+        tracing::info!(silence_id = %silence.id, created_by = %silence.created_by, "silence created");
+        self.wake.notify_one();
+        Ok(silence)
+    }
+
+    /// Ends a silence now.
+    pub async fn expire_silence(&self, id: Uuid, actor: &str) -> Result<Silence, AlerterError> {
+        let now = self.now();
+        let mut dispatcher = self.dispatcher.lock().await;
+        let mut silences = dispatcher.silences().to_vec();
+        let silence = silences
+            .iter_mut()
+            .find(|s| s.id == id)
+            .ok_or(AlerterError::SilenceNotFound(id))?;
+        if silence.state(now) == SilenceState::Expired {
+            return Err(AlerterError::SilenceExpired(id));
+        }
+        silence.expire(now);
+        let expired = silence.clone();
+        self.store.save_silence(&expired).await?;
+        dispatcher.set_silences(silences);
+        drop(dispatcher);
+        self.audit(actor, "silence.expire", &expired);
+        tracing::info!(silence_id = %id, actor, "silence expired");
+        self.wake.notify_one();
+        Ok(expired)
+    }
+
+    /// Sends a synthetic alert straight to one receiver.
+    pub async fn test_receiver(
+        &self,
+        name: &str,
+        severity: Severity,
+        message: Option<String>,
+    ) -> Result<Outcome, AlerterError> {
+        let receiver = self
+            .receivers
+            .get(name)
+            .ok_or_else(|| AlerterError::UnknownReceiver(name.to_owned()))?;
+        let now = self.now();
+        let labels: LabelSet = [
+            ("alertname", "OpsloopReceiverTest"),
+            ("severity", severity.as_str()),
+            ("service", "opsloop-alerter"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let annotations = LabelSet::from([(
+            "summary".to_owned(),
+            message.unwrap_or_else(|| format!("Test notification from opsloop to receiver {name}")),
+        )]);
+        let alert = Alert {
+            labels: labels.clone(),
+            annotations,
+            starts_at: now,
+            ends_at: Some(now + chrono::Duration::minutes(5)),
+            generator_url: None,
+            source: "test".into(),
+            updated_at: now,
+        };
+        let group_key = format!("test:{}", Uuid::new_v4());
+        let notification =
+            Notification::new(name, &group_key, labels, vec![alert], Vec::new(), now);
+        Ok(self
+            .engine
+            .deliver(receiver, &notification, &self.ctx)
+            .await)
+    }
+}

@@ -1,0 +1,210 @@
+//! The api daemon: the system of record of the loop. Serves the gRPC services of
+//! `opsloop.v1` (proposals, missions, events, policy, triggers, ops), the HTTP
+//! health, metrics and summary endpoints, and runs the outbox relay that
+//! publishes every event to the bus.
+
+pub mod auth;
+pub mod convert;
+pub mod services;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use opsloop_core::daemon::{Endpoints, Infra, bind, serve_until_stopped};
+use opsloop_core::domain::input::Limits;
+use opsloop_core::grpc::MAX_DECODING_MESSAGE_SIZE;
+use opsloop_core::proto::v1::event_service_server::EventServiceServer;
+use opsloop_core::proto::v1::mission_service_server::MissionServiceServer;
+use opsloop_core::proto::v1::ops_service_server::OpsServiceServer;
+use opsloop_core::proto::v1::policy_service_server::PolicyServiceServer;
+use opsloop_core::proto::v1::proposal_service_server::ProposalServiceServer;
+use opsloop_core::proto::v1::trigger_service_server::TriggerServiceServer;
+use opsloop_core::workflow::{self, SummaryPeriod};
+use opsloop_core::workflow::outbox::{RelaySettings, run_relay};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+pub use services::{Api, Clock};
+
+/// The service name in logs, metrics and the start line.
+pub const SERVICE: &str = "api";
+
+/// The `[api]` config section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    /// gRPC listen address.
+    pub grpc_addr: String,
+    /// HTTP listen address (health, readiness, metrics, summary).
+    pub http_addr: String,
+    /// Run the outbox relay in this process (every replica may).
+    pub outbox_relay: bool,
+    /// Outbox rows published per batch.
+    pub outbox_batch: u64,
+    /// Poll interval of the relay when idle, in milliseconds.
+    pub outbox_idle_ms: u64,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            grpc_addr: "127.0.0.1:50051".into(),
+            http_addr: "127.0.0.1:9754".into(),
+            outbox_relay: true,
+            outbox_batch: 200,
+            outbox_idle_ms: 200,
+        }
+    }
+}
+
+/// The daemon, built and bound, ready to run.
+pub struct ApiApp {
+    infra: Infra,
+    settings: ApiSettings,
+    api: Api,
+    grpc: TcpListener,
+    http: TcpListener,
+}
+
+impl ApiApp {
+    /// Reads the `[api]` section and the auth tokens, and binds the listeners.
+    pub async fn build(infra: Infra) -> anyhow::Result<Self> {
+        let settings: ApiSettings = infra.config.section("api")?;
+        let grpc = bind("api.grpc_addr", &settings.grpc_addr).await?;
+        let http = bind("api.http_addr", &settings.http_addr).await?;
+        let auth = auth::Auth::from_secrets(&infra.secrets)?;
+        let api = Api {
+            db: infra.db.clone(),
+            auth,
+            audit: Some(infra.audit.clone()),
+            limits: Limits::DEFAULT,
+            clock: Arc::new(chrono::Utc::now),
+            shutdown: infra.shutdown.clone(),
+        };
+        Ok(Self {
+            infra,
+            settings,
+            api,
+            grpc,
+            http,
+        })
+    }
+
+    /// Replaces the clock (tests pin time this way).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.api.clock = clock;
+        self
+    }
+
+    /// The bound gRPC address (port 0 in the config picks a free one).
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
+        self.http.local_addr()
+    }
+
+    /// Serves until the infrastructure's shutdown token is cancelled.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let (mut routes, health) = opsloop_core::grpc::standard_routes()?;
+        let api = self.api.clone();
+        routes = routes
+            .add_service(
+                ProposalServiceServer::new(api.clone())
+                    .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+            )
+            .add_service(
+                MissionServiceServer::new(api.clone())
+                    .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+            )
+            .add_service(
+                EventServiceServer::new(api.clone())
+                    .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+            )
+            .add_service(
+                PolicyServiceServer::new(api.clone())
+                    .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+            )
+            .add_service(
+                TriggerServiceServer::new(api.clone())
+                    .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+            )
+            .add_service(
+                OpsServiceServer::new(api.clone())
+                    .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+            );
+        health.set_serving::<ProposalServiceServer<Api>>().await;
+        health.set_serving::<MissionServiceServer<Api>>().await;
+        health.set_serving::<EventServiceServer<Api>>().await;
+        health.set_serving::<PolicyServiceServer<Api>>().await;
+        health.set_serving::<TriggerServiceServer<Api>>().await;
+        health.set_serving::<OpsServiceServer<Api>>().await;
+
+        let router = opsloop_core::http::base_router(SERVICE, self.infra.readiness()).merge(
+            axum::Router::new()
+                .route("/api/ops/summary/daily", get(daily_summary))
+                .with_state(api.clone()),
+        );
+
+        let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+        if self.settings.outbox_relay {
+            let db = self.infra.db.clone();
+            let bus = self.infra.bus.clone();
+            let shutdown = self.infra.shutdown.clone();
+            let relay = RelaySettings {
+                batch: self.settings.outbox_batch.max(1),
+                idle: Duration::from_millis(self.settings.outbox_idle_ms.max(10)),
+                ..RelaySettings::default()
+            };
+            tasks.spawn(async move {
+                run_relay(db, bus, relay, shutdown).await;
+                Ok(())
+            });
+        }
+        // Mark every service not serving once shutdown begins.
+        {
+            let shutdown = self.infra.shutdown.clone();
+            let health = health.clone();
+            tasks.spawn(async move {
+                shutdown.cancelled().await;
+                health.set_not_serving::<ProposalServiceServer<Api>>().await;
+                health.set_not_serving::<MissionServiceServer<Api>>().await;
+                health.set_not_serving::<EventServiceServer<Api>>().await;
+                health.set_not_serving::<PolicyServiceServer<Api>>().await;
+                health.set_not_serving::<TriggerServiceServer<Api>>().await;
+                health.set_not_serving::<OpsServiceServer<Api>>().await;
+                Ok(())
+            });
+        }
+
+        let endpoints = Endpoints {
+            service: SERVICE,
+            grpc: Some((self.grpc, routes)),
+            http: (self.http, router),
+        };
+        serve_until_stopped(&self.infra, endpoints, tasks).await
+    }
+}
+
+/// `GET /api/ops/summary/daily`: the same figures as gRPC `GetSummary`.
+async fn daily_summary(State(api): State<Api>) -> Response {
+    match workflow::summary(&api.db, SummaryPeriod::Daily, api.now()).await {
+        Ok(figures) => axum::Json(figures).into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "summary failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(serde_json::json!({"error": error.to_string()})),
+            )
+                .into_response()
+        }
+    }
+}

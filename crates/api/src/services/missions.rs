@@ -1,0 +1,236 @@
+//! `MissionService`: reads, cancel, and the worker protocol (claim, renew,
+//! complete, fail).
+
+use opsloop_core::domain::input::{JsonDocument, Limits, StepKind, check_cost};
+use opsloop_core::domain::status::MissionStatus;
+use opsloop_core::proto::v1 as pb;
+use opsloop_core::proto::v1::mission_service_server::MissionService;
+use opsloop_core::workflow::{self, ClaimOutcome, MissionFilter};
+use tonic::{Request, Response, Status};
+
+use super::{Api, actor, invalid, required};
+use crate::auth::Role;
+use crate::convert;
+
+fn lease(seconds: u32) -> Option<u32> {
+    (seconds > 0).then_some(seconds)
+}
+
+fn worker(value: &str) -> Result<String, Status> {
+    required("worker_id", value, 128)
+}
+
+fn cost(value: Option<f64>) -> Result<Option<f64>, Status> {
+    value.map(|c| check_cost("cost_usd", c)).transpose().map_err(invalid)
+}
+
+fn to_pb_status(status: MissionStatus) -> i32 {
+    convert::mission_status(status.as_str()) as i32
+}
+
+#[tonic::async_trait]
+impl MissionService for Api {
+    async fn get_mission(
+        &self,
+        request: Request<pb::GetMissionRequest>,
+    ) -> Result<Response<pb::GetMissionResponse>, Status> {
+        self.observe("GetMission", async {
+            self.authorize(&request, Role::Reader)?;
+            let id = convert::uuid("id", &request.get_ref().id)?;
+            let view = workflow::get_mission(&self.db, id).await?;
+            Ok(pb::GetMissionResponse {
+                mission: Some(convert::mission(&view)),
+            })
+        })
+        .await
+    }
+
+    async fn list_missions(
+        &self,
+        request: Request<pb::ListMissionsRequest>,
+    ) -> Result<Response<pb::ListMissionsResponse>, Status> {
+        self.observe("ListMissions", async {
+            self.authorize(&request, Role::Reader)?;
+            let req = request.into_inner();
+            let status = match convert::enum_field::<pb::MissionStatus>("status", req.status)? {
+                pb::MissionStatus::Unspecified => None,
+                pb::MissionStatus::Running => Some(MissionStatus::Running),
+                pb::MissionStatus::Succeeded => Some(MissionStatus::Succeeded),
+                pb::MissionStatus::Failed => Some(MissionStatus::Failed),
+                pb::MissionStatus::Cancelled => Some(MissionStatus::Cancelled),
+            };
+            let limit = workflow::page_size(req.page_size);
+            let filter = MissionFilter {
+                status,
+                proposal_id: convert::opt_uuid("proposal_id", req.proposal_id.as_ref())?,
+                created_after: req
+                    .created_after
+                    .as_ref()
+                    .map(|t| convert::from_ts("created_after", t))
+                    .transpose()?,
+                created_before: req
+                    .created_before
+                    .as_ref()
+                    .map(|t| convert::from_ts("created_before", t))
+                    .transpose()?,
+                after: convert::parse_time_cursor(&req.page_token)?,
+                limit,
+            };
+            let views = workflow::list_missions(&self.db, &filter).await?;
+            let next_page_token = match views.last() {
+                Some(last) if views.len() as u64 == limit => {
+                    convert::time_cursor(last.mission.created_at, last.mission.id)
+                }
+                _ => String::new(),
+            };
+            Ok(pb::ListMissionsResponse {
+                missions: views.iter().map(convert::mission).collect(),
+                next_page_token,
+            })
+        })
+        .await
+    }
+
+    async fn cancel_mission(
+        &self,
+        request: Request<pb::CancelMissionRequest>,
+    ) -> Result<Response<pb::CancelMissionResponse>, Status> {
+        self.observe("CancelMission", async {
+            self.authorize(&request, Role::Admin)?;
+            let req = request.into_inner();
+            let id = convert::uuid("id", &req.id)?;
+            let actor = actor(&req.actor, "admin")?;
+            let reason = required("reason", &req.reason, 1000)?;
+            let view =
+                workflow::cancel_mission(&self.db, id, &actor, &reason, self.audit(), self.now())
+                    .await?;
+            Ok(pb::CancelMissionResponse {
+                mission: Some(convert::mission(&view)),
+            })
+        })
+        .await
+    }
+
+    async fn claim_step(
+        &self,
+        request: Request<pb::ClaimStepRequest>,
+    ) -> Result<Response<pb::ClaimStepResponse>, Status> {
+        self.observe("ClaimStep", async {
+            self.authorize(&request, Role::Agent)?;
+            let req = request.into_inner();
+            let worker = worker(&req.worker_id)?;
+            if req.kinds.is_empty() || req.kinds.len() > 64 {
+                return Err(convert::invalid("kinds", "give 1 to 64 step kinds"));
+            }
+            let kinds = req
+                .kinds
+                .iter()
+                .enumerate()
+                .map(|(i, k)| StepKind::parse(&format!("kinds[{i}]"), k))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(invalid)?;
+            let outcome =
+                workflow::claim_step(&self.db, &worker, &kinds, lease(req.lease_seconds), self.now())
+                    .await?;
+            Ok(match outcome {
+                ClaimOutcome::Claimed(step) => pb::ClaimStepResponse {
+                    found: true,
+                    step: Some(convert::step(&step)),
+                    emergency_stop: false,
+                },
+                ClaimOutcome::Nothing => pb::ClaimStepResponse::default(),
+                ClaimOutcome::EmergencyStop => pb::ClaimStepResponse {
+                    emergency_stop: true,
+                    ..Default::default()
+                },
+            })
+        })
+        .await
+    }
+
+    async fn renew_lease(
+        &self,
+        request: Request<pb::RenewLeaseRequest>,
+    ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
+        self.observe("RenewLease", async {
+            self.authorize(&request, Role::Agent)?;
+            let req = request.into_inner();
+            let step_id = convert::uuid("step_id", &req.step_id)?;
+            let worker = worker(&req.worker_id)?;
+            let expires = workflow::renew_lease(
+                &self.db,
+                step_id,
+                &worker,
+                req.attempt,
+                lease(req.lease_seconds),
+                self.now(),
+            )
+            .await?;
+            Ok(pb::RenewLeaseResponse {
+                lease_expires_at: Some(convert::ts(expires)),
+            })
+        })
+        .await
+    }
+
+    async fn complete_step(
+        &self,
+        request: Request<pb::CompleteStepRequest>,
+    ) -> Result<Response<pb::CompleteStepResponse>, Status> {
+        self.observe("CompleteStep", async {
+            self.authorize(&request, Role::Agent)?;
+            let req = request.into_inner();
+            let step_id = convert::uuid("step_id", &req.step_id)?;
+            let worker = worker(&req.worker_id)?;
+            // Results may be larger than inputs.
+            let limits = Limits {
+                max_payload_bytes: self.limits.max_payload_bytes * 4,
+                ..self.limits
+            };
+            let result = JsonDocument::parse("result_json", &req.result_json, &limits)
+                .map_err(invalid)?
+                .into_value();
+            let cost = cost(req.cost_usd)?;
+            let (step, status) = workflow::complete_step(
+                &self.db, step_id, &worker, req.attempt, result, cost, self.now(),
+            )
+            .await?;
+            Ok(pb::CompleteStepResponse {
+                step: Some(convert::step(&step)),
+                mission_status: to_pb_status(status),
+            })
+        })
+        .await
+    }
+
+    async fn fail_step(
+        &self,
+        request: Request<pb::FailStepRequest>,
+    ) -> Result<Response<pb::FailStepResponse>, Status> {
+        self.observe("FailStep", async {
+            self.authorize(&request, Role::Agent)?;
+            let req = request.into_inner();
+            let step_id = convert::uuid("step_id", &req.step_id)?;
+            let worker = worker(&req.worker_id)?;
+            let error = required("error", &req.error, self.limits.max_text_chars)?;
+            let cost = cost(req.cost_usd)?;
+            let (step, requeued, status) = workflow::fail_step(
+                &self.db,
+                step_id,
+                &worker,
+                req.attempt,
+                &error,
+                req.retryable,
+                cost,
+                self.now(),
+            )
+            .await?;
+            Ok(pb::FailStepResponse {
+                step: Some(convert::step(&step)),
+                requeued,
+                mission_status: to_pb_status(status),
+            })
+        })
+        .await
+    }
+}

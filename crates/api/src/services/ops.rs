@@ -1,0 +1,212 @@
+//! `OpsService`: summary, health, the emergency stop, weekly reports.
+
+use chrono::{DateTime, Utc};
+use opsloop_core::domain::policy::EmergencyStop;
+use opsloop_core::proto::v1 as pb;
+use opsloop_core::proto::v1::ops_service_server::OpsService;
+use opsloop_core::store::entities::reports;
+use opsloop_core::workflow::{self, SummaryFigures, SummaryPeriod, WorkflowError};
+use sea_orm::{EntityTrait, Statement};
+use tonic::{Request, Response, Status};
+
+use super::{Api, actor, required};
+use crate::auth::Role;
+use crate::convert;
+
+fn stop_state(stop: &EmergencyStop, changed_at: Option<DateTime<Utc>>) -> pb::EmergencyStopState {
+    pb::EmergencyStopState {
+        engaged: stop.engaged,
+        reason: stop.reason.clone(),
+        actor: stop.actor.clone(),
+        changed_at: changed_at.map(convert::ts),
+    }
+}
+
+pub fn summary_pb(s: &SummaryFigures) -> pb::Summary {
+    pb::Summary {
+        period: match s.period {
+            SummaryPeriod::Daily => pb::SummaryPeriod::Daily,
+            SummaryPeriod::Weekly => pb::SummaryPeriod::Weekly,
+        } as i32,
+        since: Some(convert::ts(s.since)),
+        proposals: s.proposals.clone().into_iter().collect(),
+        missions: s.missions.clone().into_iter().collect(),
+        steps: s.steps.clone().into_iter().collect(),
+        total_events: s.total_events,
+        generated_at: Some(convert::ts(s.generated_at)),
+    }
+}
+
+fn int(body: &serde_json::Value, key: &str) -> i64 {
+    body.get(key).and_then(serde_json::Value::as_i64).unwrap_or(0)
+}
+
+fn float(body: &serde_json::Value, key: &str) -> f64 {
+    body.get(key).and_then(serde_json::Value::as_f64).unwrap_or(0.0)
+}
+
+fn weekly(report: &reports::Model) -> pb::WeeklyReport {
+    let b = &report.body;
+    pb::WeeklyReport {
+        id: report.id.to_string(),
+        period_start: Some(convert::ts(report.period_start)),
+        period_end: Some(convert::ts(report.period_end)),
+        missions_total: int(b, "missions_total"),
+        missions_succeeded: int(b, "missions_succeeded"),
+        missions_failed: int(b, "missions_failed"),
+        missions_cancelled: int(b, "missions_cancelled"),
+        mission_success_rate: float(b, "mission_success_rate"),
+        step_kinds: Vec::new(),
+        step_duration_p50_ms: int(b, "step_duration_p50_ms"),
+        step_duration_p95_ms: int(b, "step_duration_p95_ms"),
+        failures_by_reason: Vec::new(),
+        alerts_fired: Vec::new(),
+        cost_usd: float(b, "cost_usd"),
+        budget_usd: float(b, "budget_usd"),
+        last_backup_at: None,
+        last_verified_backup_at: None,
+        report_json: b.to_string(),
+        generated_at: Some(convert::ts(report.created_at)),
+    }
+}
+
+#[tonic::async_trait]
+impl OpsService for Api {
+    async fn get_summary(
+        &self,
+        request: Request<pb::GetSummaryRequest>,
+    ) -> Result<Response<pb::GetSummaryResponse>, Status> {
+        self.observe("GetSummary", async {
+            self.authorize(&request, Role::Reader)?;
+            let period =
+                match convert::enum_field::<pb::SummaryPeriod>("period", request.get_ref().period)? {
+                    pb::SummaryPeriod::Unspecified | pb::SummaryPeriod::Daily => SummaryPeriod::Daily,
+                    pb::SummaryPeriod::Weekly => SummaryPeriod::Weekly,
+                };
+            let figures = workflow::summary(&self.db, period, self.now()).await?;
+            Ok(pb::GetSummaryResponse {
+                summary: Some(summary_pb(&figures)),
+            })
+        })
+        .await
+    }
+
+    async fn get_health(
+        &self,
+        request: Request<pb::GetHealthRequest>,
+    ) -> Result<Response<pb::GetHealthResponse>, Status> {
+        self.observe("GetHealth", async {
+            self.authorize(&request, Role::Reader)?;
+            let h = workflow::health(&self.db, self.now()).await?;
+            Ok(pb::GetHealthResponse {
+                health: Some(pb::OpsHealth {
+                    step_failures_last_hour: h.step_failures_last_window,
+                    failure_threshold: h.failure_threshold,
+                    failure_spike: h.failure_spike,
+                    pending_proposals: h.pending_proposals,
+                    queued_steps: h.queued_steps,
+                    running_steps: h.running_steps,
+                    expired_leases: h.expired_leases,
+                    emergency_stop: Some(stop_state(
+                        &h.emergency_stop,
+                        Some(h.emergency_stop_changed_at),
+                    )),
+                    alert_cooldown_until: None,
+                    last_heartbeat_at: None,
+                    cost_today_usd: h.cost_today_usd,
+                    cost_month_usd: h.cost_month_usd,
+                    generated_at: Some(convert::ts(h.generated_at)),
+                }),
+            })
+        })
+        .await
+    }
+
+    async fn engage_emergency_stop(
+        &self,
+        request: Request<pb::EngageEmergencyStopRequest>,
+    ) -> Result<Response<pb::EngageEmergencyStopResponse>, Status> {
+        self.observe("EngageEmergencyStop", async {
+            self.authorize(&request, Role::Admin)?;
+            let req = request.into_inner();
+            let reason = required("reason", &req.reason, 1000)?;
+            let actor = actor(&req.actor, "admin")?;
+            let change = workflow::engage_emergency_stop(
+                &self.db,
+                &actor,
+                &reason,
+                self.audit(),
+                self.now(),
+            )
+            .await?;
+            Ok(pb::EngageEmergencyStopResponse {
+                state: Some(stop_state(&change.state, change.changed_at)),
+                changed: change.changed,
+            })
+        })
+        .await
+    }
+
+    async fn release_emergency_stop(
+        &self,
+        request: Request<pb::ReleaseEmergencyStopRequest>,
+    ) -> Result<Response<pb::ReleaseEmergencyStopResponse>, Status> {
+        self.observe("ReleaseEmergencyStop", async {
+            self.authorize(&request, Role::Admin)?;
+            let req = request.into_inner();
+            let reason = required("reason", &req.reason, 1000)?;
+            let actor = actor(&req.actor, "admin")?;
+            let change = workflow::release_emergency_stop(
+                &self.db,
+                &actor,
+                &reason,
+                self.audit(),
+                self.now(),
+            )
+            .await?;
+            Ok(pb::ReleaseEmergencyStopResponse {
+                state: Some(stop_state(&change.state, change.changed_at)),
+                changed: change.changed,
+            })
+        })
+        .await
+    }
+
+    async fn get_weekly_report(
+        &self,
+        request: Request<pb::GetWeeklyReportRequest>,
+    ) -> Result<Response<pb::GetWeeklyReportResponse>, Status> {
+        self.observe("GetWeeklyReport", async {
+            self.authorize(&request, Role::Reader)?;
+            let week_of = request
+                .get_ref()
+                .week_of
+                .as_ref()
+                .map(|t| convert::from_ts("week_of", t))
+                .transpose()?;
+            let backend = self.db.get_database_backend();
+            let stmt = match week_of {
+                Some(t) => Statement::from_sql_and_values(
+                    backend,
+                    "SELECT * FROM reports WHERE kind = 'weekly' AND period_start <= $1 \
+                     AND period_end > $1 ORDER BY created_at DESC LIMIT 1",
+                    vec![t.into()],
+                ),
+                None => Statement::from_string(
+                    backend,
+                    "SELECT * FROM reports WHERE kind = 'weekly' ORDER BY period_start DESC LIMIT 1",
+                ),
+            };
+            let report = reports::Entity::find()
+                .from_raw_sql(stmt)
+                .one(&self.db)
+                .await
+                .map_err(WorkflowError::Db)?
+                .ok_or_else(|| Status::not_found("no weekly report for that week"))?;
+            Ok(pb::GetWeeklyReportResponse {
+                report: Some(weekly(&report)),
+            })
+        })
+        .await
+    }
+}

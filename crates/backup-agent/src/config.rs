@@ -1,0 +1,469 @@
+//! The `[backup]` config section and its validation: what to back up, when
+//! (cron and time zone), where to (a store directory), how long to keep it
+//! (retention), how to verify it, and the tools and time limits used.
+//! Defaults work for `opsloop dev`: the configured database (SQLite
+//! `var/opsloop.db`) into `var/backups`, every day at 02:00 Asia/Tokyo.
+//!
+//! ```toml
+//! [backup]
+//! schedule = "0 2 * * *"          # cron, 5 fields
+//! timezone = "Asia/Tokyo"         # schedule and retention buckets
+//! store_dir = "/var/lib/opsloop/backups"
+//! compression_level = 3
+//! dump_timeout_secs = 3600
+//! # pg_dump_path = "/usr/lib/postgresql/15/bin/pg_dump"   # default: PATH
+//!
+//! [[backup.targets]]              # default: the daemon's own database
+//! name = "opsloop"
+//! url = "postgres://opsloop@db.internal:5432/opsloop"
+//! password_secret = "backup_db_password"
+//!
+//! [[backup.directories]]
+//! name = "files"
+//! paths = ["var/artifacts", "var/logs"]
+//!
+//! [backup.retention]
+//! keep_daily = 7
+//! keep_weekly = 4
+//! keep_monthly = 12
+//! keep_within = "2d"
+//!
+//! [backup.verify]
+//! after_backup = true
+//! max_duration_secs = 600
+//! # scratch_url = "postgres://opsloop@db.internal:5432/postgres"
+//!
+//! [backup.freshness]
+//! max_age_hours = 26
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use crate::retention::RetentionPolicy;
+use crate::schedule::Schedule;
+
+/// The `[backup]` config section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupSettings {
+    /// gRPC listen address.
+    pub grpc_addr: String,
+    /// HTTP listen address (health, readiness, metrics).
+    pub http_addr: String,
+    /// Databases to back up. Empty: the daemon's own database
+    /// (`database.url`, or the `database_url` secret) as target `opsloop`.
+    pub targets: Vec<TargetSettings>,
+    /// Directory sets to back up as tar + zstd (e.g. `var/artifacts`,
+    /// `var/logs`), each its own target.
+    pub directories: Vec<DirectorySetSettings>,
+    /// Cron expression (5 fields) of scheduled backups.
+    pub schedule: String,
+    /// IANA time zone of the schedule and of retention buckets.
+    pub timezone: String,
+    /// Take one backup at start when a scheduled run was missed (the agent
+    /// was down) or no backup exists yet.
+    pub catch_up_missed: bool,
+    /// Directory of the local store.
+    pub store_dir: PathBuf,
+    /// zstd level (1–19).
+    pub compression_level: i32,
+    /// `pg_dump` binary; absent: looked up on `PATH`.
+    pub pg_dump_path: Option<PathBuf>,
+    /// `pg_restore` binary; absent: looked up on `PATH`.
+    pub pg_restore_path: Option<PathBuf>,
+    /// A dump running longer is killed (with its process group) and failed.
+    pub dump_timeout_secs: u64,
+    /// How long the per-target lease is held before another agent may take
+    /// it over (renewed while a backup runs).
+    pub lease_secs: u64,
+    /// Prune by the retention policy after each successful backup.
+    pub prune_after_backup: bool,
+    pub retention: RetentionPolicy,
+    pub verify: VerifySettings,
+    pub freshness: FreshnessSettings,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        Self {
+            grpc_addr: "127.0.0.1:50053".into(),
+            http_addr: "127.0.0.1:9757".into(),
+            targets: Vec::new(),
+            directories: Vec::new(),
+            schedule: "0 2 * * *".into(),
+            timezone: "Asia/Tokyo".into(),
+            catch_up_missed: true,
+            store_dir: PathBuf::from("var/backups"),
+            compression_level: 3,
+            pg_dump_path: None,
+            pg_restore_path: None,
+            dump_timeout_secs: 3600,
+            lease_secs: 300,
+            prune_after_backup: true,
+            retention: RetentionPolicy::default(),
+            verify: VerifySettings::default(),
+            freshness: FreshnessSettings::default(),
+        }
+    }
+}
+
+/// One database to back up.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSettings {
+    /// Name in object keys, rows and metrics (letters, digits, `-`, `_`).
+    pub name: String,
+    /// `postgres://…` or `sqlite://path`. A password is better kept in the
+    /// secret named by `password_secret`.
+    pub url: String,
+    /// Secret holding the database password (never put on argv).
+    pub password_secret: Option<String>,
+}
+
+/// A set of directories backed up together.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorySetSettings {
+    /// Target name (letters, digits, `-`, `_`).
+    pub name: String,
+    /// Directories archived, each under its own path in the archive.
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerifySettings {
+    /// Verify each backup right after taking it.
+    pub after_backup: bool,
+    /// Alert when a verification (the restore-time figure) takes longer.
+    pub max_duration_secs: u64,
+    /// PostgreSQL server (any database on it) where scratch databases are
+    /// created. Absent: the target's own server, database `postgres`.
+    pub scratch_url: Option<String>,
+    /// `pg_restore -j`.
+    pub jobs: u32,
+    /// A restore running longer is killed and failed.
+    pub timeout_secs: u64,
+}
+
+impl Default for VerifySettings {
+    fn default() -> Self {
+        Self {
+            after_backup: true,
+            max_duration_secs: 600,
+            scratch_url: None,
+            jobs: 2,
+            timeout_secs: 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FreshnessSettings {
+    /// Warn when the newest good backup is older than this.
+    pub max_age_hours: u64,
+    /// How often freshness is checked.
+    pub check_interval_secs: u64,
+}
+
+impl Default for FreshnessSettings {
+    fn default() -> Self {
+        Self {
+            max_age_hours: 26,
+            check_interval_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: backup.{key}: {reason}")]
+pub struct SettingsError {
+    pub key: String,
+    pub reason: String,
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> SettingsError {
+    SettingsError {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// What kind of database a target is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    Postgres,
+    Sqlite,
+    Directory,
+}
+
+impl TargetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Sqlite => "sqlite",
+            Self::Directory => "directory",
+        }
+    }
+}
+
+/// A validated target.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub kind: TargetKind,
+    /// The database URL; empty for a directory set.
+    pub url: String,
+    pub password_secret: Option<String>,
+    /// The directories of a directory set; empty for a database.
+    pub paths: Vec<PathBuf>,
+}
+
+fn check_name(key: &str, name: &str, taken: &[Target]) -> Result<(), SettingsError> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(invalid(key, "use letters, digits, '-' and '_'"));
+    }
+    if taken.iter().any(|t| t.name == name) {
+        return Err(invalid(key, format!("{name:?} is used twice")));
+    }
+    Ok(())
+}
+
+/// The validated section: parsed schedule and time zone, resolved targets.
+#[derive(Debug, Clone)]
+pub struct BackupConfig {
+    pub settings: BackupSettings,
+    pub schedule: Schedule,
+    pub timezone: Tz,
+    pub targets: Vec<Target>,
+}
+
+impl BackupConfig {
+    /// Validates `settings`; `default_url` is the daemon's database URL, the
+    /// target when none is configured.
+    pub fn new(settings: BackupSettings, default_url: &str) -> Result<Self, SettingsError> {
+        let timezone: Tz = settings.timezone.parse().map_err(|_| {
+            invalid(
+                "timezone",
+                format!("unknown time zone {:?}", settings.timezone),
+            )
+        })?;
+        let schedule = Schedule::parse(&settings.schedule, timezone)
+            .map_err(|e| invalid("schedule", e.to_string()))?;
+        if !(1..=19).contains(&settings.compression_level) {
+            return Err(invalid("compression_level", "must be between 1 and 19"));
+        }
+        if settings.dump_timeout_secs == 0 {
+            return Err(invalid("dump_timeout_secs", "must be at least 1"));
+        }
+        if settings.lease_secs < 10 {
+            return Err(invalid("lease_secs", "must be at least 10"));
+        }
+        if settings.verify.jobs == 0 {
+            return Err(invalid("verify.jobs", "must be at least 1"));
+        }
+        if settings.store_dir.as_os_str().is_empty() {
+            return Err(invalid("store_dir", "must not be empty"));
+        }
+        let configured = if settings.targets.is_empty() {
+            vec![TargetSettings {
+                name: "opsloop".into(),
+                url: default_url.to_owned(),
+                password_secret: None,
+            }]
+        } else {
+            settings.targets.clone()
+        };
+        let mut targets = Vec::with_capacity(configured.len());
+        for (i, t) in configured.into_iter().enumerate() {
+            let key = format!("targets[{i}]");
+            check_name(&format!("{key}.name"), &t.name, &targets)?;
+            let kind = target_kind(&t.url).ok_or_else(|| {
+                invalid(
+                    &format!("{key}.url"),
+                    "must start with postgres:// or sqlite:",
+                )
+            })?;
+            targets.push(Target {
+                name: t.name,
+                kind,
+                url: t.url,
+                password_secret: t.password_secret,
+                paths: Vec::new(),
+            });
+        }
+        for (i, d) in settings.directories.iter().enumerate() {
+            let key = format!("directories[{i}]");
+            check_name(&format!("{key}.name"), &d.name, &targets)?;
+            if d.paths.is_empty() {
+                return Err(invalid(
+                    &format!("{key}.paths"),
+                    "must name at least one directory",
+                ));
+            }
+            targets.push(Target {
+                name: d.name.clone(),
+                kind: TargetKind::Directory,
+                url: String::new(),
+                password_secret: None,
+                paths: d.paths.clone(),
+            });
+        }
+        Ok(Self {
+            settings,
+            schedule,
+            timezone,
+            targets,
+        })
+    }
+
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+
+    pub fn dump_timeout(&self) -> Duration {
+        Duration::from_secs(self.settings.dump_timeout_secs)
+    }
+
+    pub fn verify_timeout(&self) -> Duration {
+        Duration::from_secs(self.settings.verify.timeout_secs.max(1))
+    }
+
+    pub fn compression(&self) -> String {
+        format!("zstd:{}", self.settings.compression_level)
+    }
+}
+
+/// The kind of database a URL points at.
+pub fn target_kind(url: &str) -> Option<TargetKind> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Some(TargetKind::Postgres)
+    } else if url.starts_with("sqlite:") {
+        Some(TargetKind::Sqlite)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_back_up_the_daemon_database_at_two_in_tokyo() {
+        let config = BackupConfig::new(
+            BackupSettings::default(),
+            "sqlite://var/opsloop.db?mode=rwc",
+        )
+        .expect("defaults are valid");
+        assert_eq!(config.timezone, chrono_tz::Asia::Tokyo);
+        assert_eq!(config.targets.len(), 1);
+        assert_eq!(config.targets[0].name, "opsloop");
+        assert_eq!(config.targets[0].kind, TargetKind::Sqlite);
+        assert_eq!(config.settings.store_dir, PathBuf::from("var/backups"));
+        assert_eq!(config.compression(), "zstd:3");
+    }
+
+    #[test]
+    fn the_documented_example_is_valid() {
+        let source = include_str!("config.rs");
+        let example: String = source
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| format!("{}\n", l.trim_start_matches("//!").trim_start()))
+            .collect();
+        assert!(example.contains("[backup]"), "{example}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("opsloop.toml");
+        std::fs::write(&file, &example).expect("write");
+        let loaded = opsloop_core::config::load(&opsloop_core::config::ConfigSources {
+            file: Some(file),
+            use_default_file: false,
+            env: Some(Default::default()),
+        })
+        .expect("loads");
+        let settings: BackupSettings = loaded.section("backup").expect("backup section");
+        let config = BackupConfig::new(settings, "sqlite://x.db").expect("valid");
+        assert_eq!(config.targets.len(), 2);
+        assert_eq!(config.targets[1].kind, TargetKind::Directory);
+        assert_eq!(
+            config.settings.retention.keep_within.map(|w| w.days),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        type Change = Box<dyn Fn(&mut BackupSettings)>;
+        let table: Vec<(&str, Change)> = vec![
+            (
+                "backup.timezone",
+                Box::new(|s| s.timezone = "Mars/Olympus".into()),
+            ),
+            (
+                "backup.schedule",
+                Box::new(|s| s.schedule = "every day".into()),
+            ),
+            (
+                "backup.compression_level",
+                Box::new(|s| s.compression_level = 40),
+            ),
+            (
+                "backup.targets[0].url",
+                Box::new(|s| {
+                    s.targets = vec![TargetSettings {
+                        name: "x".into(),
+                        url: "mysql://db".into(),
+                        password_secret: None,
+                    }]
+                }),
+            ),
+            (
+                "backup.directories[0].paths",
+                Box::new(|s| {
+                    s.directories = vec![DirectorySetSettings {
+                        name: "files".into(),
+                        paths: vec![],
+                    }]
+                }),
+            ),
+            (
+                "backup.directories[0].name",
+                Box::new(|s| {
+                    s.directories = vec![DirectorySetSettings {
+                        name: "opsloop".into(),
+                        paths: vec![PathBuf::from("var/logs")],
+                    }]
+                }),
+            ),
+            (
+                "backup.targets[0].name",
+                Box::new(|s| {
+                    s.targets = vec![TargetSettings {
+                        name: "../etc".into(),
+                        url: "sqlite://x.db".into(),
+                        password_secret: None,
+                    }]
+                }),
+            ),
+        ];
+        for (key, change) in table {
+            let mut settings = BackupSettings::default();
+            change(&mut settings);
+            let err = BackupConfig::new(settings, "sqlite://x.db").expect_err(key);
+            assert!(err.to_string().contains(key), "{err} should name {key}");
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! `opsloop`: the user's tool. Drives the daemons over gRPC, applies
+//! migrations, and runs every role in one process with `opsloop dev`.
+
+mod dev;
+mod migrate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use opsloop_cli::client::Globals;
+use opsloop_cli::output::OutputFormat;
+use opsloop_cli::{alerts, backup, event, mission, ops, policy, proposal, trigger, worker_cmd};
+
+#[derive(Parser)]
+#[command(name = "opsloop", version, about = "opsloop: a closed-loop operations control plane", long_about = None)]
+struct Cli {
+    /// TOML config file (default: /etc/opsloop/opsloop.toml when present).
+    /// Environment variables OPSLOOP__SECTION__KEY override it.
+    #[arg(
+        long,
+        global = true,
+        env = "OPSLOOP_CONFIG",
+        help_heading = "Global options"
+    )]
+    config: Option<PathBuf>,
+
+    /// gRPC endpoint of the daemon the command talks to. Default: for api
+    /// commands $OPSLOOP_ENDPOINT or http://127.0.0.1:50051; alerts/silence
+    /// $OPSLOOP_ALERTER_ENDPOINT or http://127.0.0.1:50052; backup
+    /// $OPSLOOP_BACKUP_ENDPOINT or http://127.0.0.1:50053; heartbeat (HTTP)
+    /// $OPSLOOP_HEARTBEAT_ENDPOINT or http://127.0.0.1:9755.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        help_heading = "Global options"
+    )]
+    endpoint: Option<String>,
+
+    /// Bearer token sent as `authorization: Bearer …` (default: $OPSLOOP_TOKEN).
+    #[arg(
+        long,
+        global = true,
+        value_name = "TOKEN",
+        help_heading = "Global options"
+    )]
+    token: Option<String>,
+
+    /// Read the bearer token from this file, e.g. a mounted secret (--token wins).
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "OPSLOOP_TOKEN_FILE",
+        help_heading = "Global options"
+    )]
+    token_file: Option<PathBuf>,
+
+    /// How results are printed.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Table, help_heading = "Global options")]
+    output: OutputFormat,
+
+    /// Who is acting, recorded in audit fields (default: $OPSLOOP_ACTOR, else $USER).
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        help_heading = "Global options"
+    )]
+    actor: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run api, heartbeat-worker, alerter and backup-agent in one process on
+    /// SQLite (var/opsloop.db) and the in-process bus.
+    Dev(dev::DevArgs),
+    /// Apply or roll back the database schema.
+    Migrate(migrate::MigrateArgs),
+    /// Submit, list, show, approve and reject proposals.
+    #[command(subcommand)]
+    Proposal(proposal::ProposalCommand),
+    /// List, show and cancel missions.
+    #[command(subcommand)]
+    Mission(mission::MissionCommand),
+    /// Emit, list and tail events.
+    #[command(subcommand)]
+    Event(event::EventCommand),
+    /// Read and change policy.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Add, list and remove heartbeat trigger rules.
+    #[command(subcommand)]
+    Trigger(trigger::TriggerCommand),
+    /// Counts of proposals, missions, steps and events over a period.
+    Summary(ops::SummaryArgs),
+    /// Engage, release or inspect the emergency stop.
+    #[command(subcommand)]
+    EmergencyStop(ops::EmergencyStopCommand),
+    /// Drive the heartbeat-worker.
+    #[command(subcommand)]
+    Heartbeat(ops::HeartbeatCommand),
+    /// Show stored operations reports.
+    #[command(subcommand)]
+    Report(ops::ReportCommand),
+    /// Run a worker: claim steps of some kinds and execute a command for each.
+    Worker(worker_cmd::WorkerArgs),
+    /// List alerts and test receivers (alerter).
+    #[command(subcommand)]
+    Alerts(alerts::AlertsCommand),
+    /// Add, list and expire silences (alerter).
+    #[command(subcommand)]
+    Silence(alerts::SilenceCommand),
+    /// Take, list, verify, restore and preview-prune backups (backup-agent).
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
+}
+
+fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    let globals = Globals {
+        endpoint: cli.endpoint,
+        token: cli.token,
+        token_file: cli.token_file,
+        output: cli.output,
+        actor: cli
+            .actor
+            .or_else(|| std::env::var("OPSLOOP_ACTOR").ok())
+            .or_else(|| std::env::var("USER").ok())
+            .filter(|a| !a.trim().is_empty())
+            .unwrap_or_else(|| "opsloop-cli".to_owned()),
+    };
+    let command = match cli.command {
+        Command::Dev(args) => return dev::run(cli.config, args, &globals),
+        Command::Migrate(args) => return migrate::run(cli.config, args),
+        other => other,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("opsloop: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let submit_matches = matches
+        .subcommand_matches("proposal")
+        .and_then(|m| m.subcommand_matches("submit"));
+    match runtime.block_on(run(command, &globals, submit_matches)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{}", opsloop_cli::output::one_line(&format!("{error:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(
+    command: Command,
+    globals: &Globals,
+    submit_matches: Option<&clap::ArgMatches>,
+) -> anyhow::Result<()> {
+    match command {
+        Command::Proposal(command) => proposal::run(command, globals, submit_matches).await,
+        Command::Mission(command) => mission::run(command, globals).await,
+        Command::Event(command) => event::run(command, globals).await,
+        Command::Policy(command) => policy::run(command, globals).await,
+        Command::Trigger(command) => trigger::run(command, globals).await,
+        Command::Summary(args) => ops::summary(args, globals).await,
+        Command::EmergencyStop(command) => ops::emergency_stop(command, globals).await,
+        Command::Heartbeat(command) => ops::heartbeat(command, globals).await,
+        Command::Report(command) => ops::report(command, globals).await,
+        Command::Worker(args) => worker_cmd::run(args, globals).await,
+        Command::Alerts(command) => alerts::alerts(command, globals).await,
+        Command::Silence(command) => alerts::silence(command, globals).await,
+        Command::Backup(command) => backup::run(command, globals).await,
+        Command::Dev(_) | Command::Migrate(_) => unreachable!("handled before the runtime starts"),
+    }
+}

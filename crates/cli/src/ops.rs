@@ -1,0 +1,449 @@
+//! The operator's commands: `opsloop summary`, `opsloop emergency-stop
+//! engage|release|status`, `opsloop report weekly` (all `OpsService`) and
+//! `opsloop heartbeat run-once` (the heartbeat-worker's HTTP `POST /run`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use clap::{Args, Subcommand, ValueEnum};
+use opsloop_core::proto::v1::{
+    EmergencyStopState, EngageEmergencyStopRequest, GetHealthRequest, GetSummaryRequest,
+    GetWeeklyReportRequest, ReleaseEmergencyStopRequest, SummaryPeriod, WeeklyReport,
+};
+use serde_json::{Value, json};
+
+use crate::client::{Connection, Daemon, Globals};
+use crate::output::{self, OutputFormat, Table, fields, json_doc, opt, opt_json, ts, ts_json};
+
+/// `opsloop summary`
+#[derive(Args)]
+pub struct SummaryArgs {
+    /// The window to count over.
+    #[arg(long, value_enum, default_value_t = PeriodArg::Daily)]
+    period: PeriodArg,
+}
+
+/// A summary window on the command line.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum PeriodArg {
+    /// The last 24 hours.
+    Daily,
+    /// The last 7 days.
+    Weekly,
+}
+
+/// `opsloop emergency-stop …`
+#[derive(Subcommand)]
+pub enum EmergencyStopCommand {
+    /// Engage the stop: proposals are rejected and no step is handed out (admin token).
+    Engage {
+        /// Why (required; audited and alerted).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Release the stop (admin token).
+    Release {
+        /// Why (required; audited).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Show whether the stop is engaged, by whom and why.
+    Status,
+}
+
+/// `opsloop heartbeat …`
+#[derive(Subcommand)]
+pub enum HeartbeatCommand {
+    /// Run one heartbeat tick now (HTTP POST /run on the heartbeat-worker,
+    /// default http://127.0.0.1:9755, or $OPSLOOP_HEARTBEAT_ENDPOINT) and
+    /// print its result.
+    RunOnce {
+        /// How long to wait for the tick to finish: seconds or 90s, 5m.
+        #[arg(long, default_value = "120s", value_name = "DURATION")]
+        timeout: String,
+    },
+}
+
+/// `opsloop report …`
+#[derive(Subcommand)]
+pub enum ReportCommand {
+    /// Show the stored weekly operations report.
+    Weekly {
+        /// Any time within the wanted week (RFC 3339, a date, or `7d` ago).
+        /// Default: the latest report.
+        #[arg(long, value_name = "TIME")]
+        week_of: Option<String>,
+    },
+}
+
+/// Runs `opsloop summary`.
+pub async fn summary(args: SummaryArgs, globals: &Globals) -> anyhow::Result<()> {
+    let period = match args.period {
+        PeriodArg::Daily => SummaryPeriod::Daily,
+        PeriodArg::Weekly => SummaryPeriod::Weekly,
+    };
+    let conn = Connection::open(globals, Daemon::Api).await?;
+    let summary = conn
+        .ops()
+        .get_summary(GetSummaryRequest {
+            period: period as i32,
+        })
+        .await
+        .map_err(|s| conn.error(s))?
+        .into_inner()
+        .summary
+        .ok_or_else(|| anyhow!("the api answered without a summary"))?;
+    let period_word = output::enum_label(summary.period().as_str_name(), "SUMMARY_PERIOD_");
+    match globals.output {
+        // The same shape as GET /api/ops/summary/daily.
+        OutputFormat::Json => output::print_json(&json!({
+            "period": period_word,
+            "since": ts_json(summary.since.as_ref()),
+            "proposals": summary.proposals.iter().collect::<BTreeMap<_, _>>(),
+            "missions": summary.missions.iter().collect::<BTreeMap<_, _>>(),
+            "steps": summary.steps.iter().collect::<BTreeMap<_, _>>(),
+            "totalEvents": summary.total_events,
+            "generatedAt": ts_json(summary.generated_at.as_ref()),
+        })),
+        OutputFormat::Table => {
+            println!("{period_word} summary since {}", ts(summary.since.as_ref()));
+            println!();
+            let mut table = Table::new(&["", "COUNTS"]);
+            table.row(vec![
+                "proposals".into(),
+                counts(
+                    &summary.proposals,
+                    &["pending", "approved", "rejected", "expired"],
+                ),
+            ]);
+            table.row(vec![
+                "missions".into(),
+                counts(
+                    &summary.missions,
+                    &["running", "succeeded", "failed", "cancelled"],
+                ),
+            ]);
+            table.row(vec![
+                "steps".into(),
+                counts(
+                    &summary.steps,
+                    &["queued", "running", "succeeded", "failed", "cancelled"],
+                ),
+            ]);
+            table.row(vec!["events".into(), summary.total_events.to_string()]);
+            print!("{}", table.render());
+            Ok(())
+        }
+    }
+}
+
+/// `pending 1  approved 4 …` in a fixed order, then any other keys.
+fn counts(map: &HashMap<String, i64>, order: &[&str]) -> String {
+    let mut parts: Vec<String> = order
+        .iter()
+        .map(|key| format!("{key} {}", map.get(*key).copied().unwrap_or(0)))
+        .collect();
+    let mut extra: Vec<_> = map
+        .iter()
+        .filter(|(k, _)| !order.contains(&k.as_str()))
+        .collect();
+    extra.sort();
+    parts.extend(extra.into_iter().map(|(k, v)| format!("{k} {v}")));
+    parts.join("  ")
+}
+
+/// Runs `opsloop emergency-stop …`.
+pub async fn emergency_stop(
+    command: EmergencyStopCommand,
+    globals: &Globals,
+) -> anyhow::Result<()> {
+    let conn = Connection::open(globals, Daemon::Api).await?;
+    let mut ops = conn.ops();
+    let (state, changed) = match command {
+        EmergencyStopCommand::Engage { reason } => {
+            let r = ops
+                .engage_emergency_stop(EngageEmergencyStopRequest {
+                    reason,
+                    actor: globals.actor.clone(),
+                })
+                .await
+                .map_err(|s| conn.error(s))?
+                .into_inner();
+            (r.state, Some(r.changed))
+        }
+        EmergencyStopCommand::Release { reason } => {
+            let r = ops
+                .release_emergency_stop(ReleaseEmergencyStopRequest {
+                    reason,
+                    actor: globals.actor.clone(),
+                })
+                .await
+                .map_err(|s| conn.error(s))?
+                .into_inner();
+            (r.state, Some(r.changed))
+        }
+        EmergencyStopCommand::Status => {
+            let health = ops
+                .get_health(GetHealthRequest {})
+                .await
+                .map_err(|s| conn.error(s))?
+                .into_inner()
+                .health
+                .ok_or_else(|| anyhow!("the api answered without health figures"))?;
+            (health.emergency_stop, None)
+        }
+    };
+    let state = state.unwrap_or_default();
+    match globals.output {
+        OutputFormat::Json => {
+            let mut value = stop_json(&state);
+            if let (Some(changed), Value::Object(map)) = (changed, &mut value) {
+                map.insert("changed".into(), Value::Bool(changed));
+            }
+            output::print_json(&value)
+        }
+        OutputFormat::Table => {
+            let mut pairs = vec![(
+                "emergency stop",
+                if state.engaged { "ENGAGED" } else { "released" }.to_owned(),
+            )];
+            if let Some(changed) = changed {
+                pairs.push((
+                    "changed",
+                    if changed {
+                        "yes".into()
+                    } else {
+                        "no (already in that state)".into()
+                    },
+                ));
+            }
+            pairs.extend([
+                ("reason", opt(state.reason.as_deref())),
+                ("by", opt(state.actor.as_deref())),
+                ("since", ts(state.changed_at.as_ref())),
+            ]);
+            print!("{}", fields(&pairs));
+            Ok(())
+        }
+    }
+}
+
+fn stop_json(state: &EmergencyStopState) -> Value {
+    json!({
+        "engaged": state.engaged,
+        "reason": opt_json(state.reason.as_deref()),
+        "actor": opt_json(state.actor.as_deref()),
+        "changed_at": ts_json(state.changed_at.as_ref()),
+    })
+}
+
+/// Runs `opsloop heartbeat run-once`.
+pub async fn heartbeat(command: HeartbeatCommand, globals: &Globals) -> anyhow::Result<()> {
+    let HeartbeatCommand::RunOnce { timeout } = command;
+    let timeout: Duration = crate::parse::duration(&timeout).context("--timeout")?;
+    let base = globals.endpoint(Daemon::Heartbeat);
+    let url = format!("{}/run", base.trim_end_matches('/'));
+    let token = globals.token()?;
+    let response = match crate::http::post(&url, token.as_deref(), timeout).await {
+        Ok(response) => response,
+        Err(crate::http::RequestError::Connect(_)) => {
+            return Err(crate::client::unreachable(Daemon::Heartbeat, &base));
+        }
+        Err(crate::http::RequestError::Other(error)) => {
+            return Err(anyhow!(
+                "UNAVAILABLE: POST {url} failed: {} — is the heartbeat-worker healthy? (see its logs)",
+                output::one_line(&format!("{error:#}"))
+            ));
+        }
+    };
+    let body = String::from_utf8_lossy(&response.body);
+    if !(200..300).contains(&response.status) {
+        let hint = match response.status {
+            401 => "give a token with --token, --token-file or $OPSLOOP_TOKEN",
+            403 => "this call needs the admin token",
+            404 | 405 => "is this the heartbeat-worker's HTTP port (default 9755)?",
+            409 | 423 | 429 => "a tick is running or this process is not the leader; retry shortly",
+            _ => "see the heartbeat-worker's logs",
+        };
+        let body = output::truncate(&output::one_line(&body), 300);
+        let detail = if body.is_empty() {
+            String::new()
+        } else {
+            format!(": {body}")
+        };
+        return Err(anyhow!(
+            "HTTP {} from POST {url}{detail} — {hint}",
+            response.status
+        ));
+    }
+    match globals.output {
+        OutputFormat::Json => output::print_json(&json_doc(&body)),
+        OutputFormat::Table => {
+            match serde_json::from_str::<Value>(&body) {
+                Ok(value) => println!("{}", serde_json::to_string_pretty(&value)?),
+                Err(_) if body.trim().is_empty() => {
+                    println!("heartbeat tick done (HTTP {})", response.status)
+                }
+                Err(_) => println!("{}", body.trim()),
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Runs `opsloop report …`.
+pub async fn report(command: ReportCommand, globals: &Globals) -> anyhow::Result<()> {
+    let ReportCommand::Weekly { week_of } = command;
+    let week_of = week_of
+        .as_deref()
+        .map(|t| crate::parse::instant(t, chrono::Utc::now()).context("--week-of"))
+        .transpose()?
+        .map(output::to_timestamp);
+    let conn = Connection::open(globals, Daemon::Api).await?;
+    let report = conn
+        .ops()
+        .get_weekly_report(GetWeeklyReportRequest { week_of })
+        .await
+        .map_err(|status| {
+            if status.code() == tonic::Code::NotFound {
+                anyhow!(
+                    "NOT_FOUND: {} — the heartbeat stores one report a week (default Monday 09:00 Asia/Tokyo); try another --week-of",
+                    output::one_line(status.message())
+                )
+            } else {
+                conn.error(status)
+            }
+        })?
+        .into_inner()
+        .report
+        .ok_or_else(|| anyhow!("the api answered without a report"))?;
+    match globals.output {
+        OutputFormat::Json => output::print_json(&report_json(&report)),
+        OutputFormat::Table => {
+            print_report(&report);
+            Ok(())
+        }
+    }
+}
+
+fn percent(rate: f64) -> String {
+    format!("{:.1}%", rate * 100.0)
+}
+
+fn print_report(r: &WeeklyReport) {
+    print!(
+        "{}",
+        fields(&[
+            (
+                "week",
+                format!(
+                    "{} → {}",
+                    ts(r.period_start.as_ref()),
+                    ts(r.period_end.as_ref())
+                )
+            ),
+            (
+                "missions",
+                format!(
+                    "{} finished: {} succeeded, {} failed, {} cancelled ({} success)",
+                    r.missions_total,
+                    r.missions_succeeded,
+                    r.missions_failed,
+                    r.missions_cancelled,
+                    percent(r.mission_success_rate)
+                ),
+            ),
+            (
+                "step duration",
+                format!(
+                    "p50 {} ms, p95 {} ms",
+                    r.step_duration_p50_ms, r.step_duration_p95_ms
+                ),
+            ),
+            (
+                "cost",
+                format!("${:.2} of ${:.2} budget", r.cost_usd, r.budget_usd)
+            ),
+            ("last backup", ts(r.last_backup_at.as_ref())),
+            (
+                "last verified backup",
+                ts(r.last_verified_backup_at.as_ref())
+            ),
+            ("generated", ts(r.generated_at.as_ref())),
+        ])
+    );
+    println!();
+    let mut kinds = Table::new(&[
+        "KIND",
+        "TOTAL",
+        "SUCCEEDED",
+        "FAILED",
+        "SUCCESS",
+        "P50 MS",
+        "P95 MS",
+    ]);
+    for k in &r.step_kinds {
+        kinds.row(vec![
+            k.kind.clone(),
+            k.total.to_string(),
+            k.succeeded.to_string(),
+            k.failed.to_string(),
+            percent(k.success_rate),
+            k.duration_p50_ms.to_string(),
+            k.duration_p95_ms.to_string(),
+        ]);
+    }
+    kinds.print_or("no steps finished this week");
+    for (title, list) in [
+        ("FAILURE REASON", &r.failures_by_reason),
+        ("ALERT", &r.alerts_fired),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        println!();
+        let mut table = Table::new(&[title, "COUNT"]);
+        for item in list {
+            table.row(vec![item.name.clone(), item.count.to_string()]);
+        }
+        print!("{}", table.render());
+    }
+}
+
+fn report_json(r: &WeeklyReport) -> Value {
+    let named = |list: &[opsloop_core::proto::v1::NamedCount]| -> Vec<Value> {
+        list.iter()
+            .map(|n| json!({"name": n.name, "count": n.count}))
+            .collect()
+    };
+    json!({
+        "id": r.id,
+        "period_start": ts_json(r.period_start.as_ref()),
+        "period_end": ts_json(r.period_end.as_ref()),
+        "missions_total": r.missions_total,
+        "missions_succeeded": r.missions_succeeded,
+        "missions_failed": r.missions_failed,
+        "missions_cancelled": r.missions_cancelled,
+        "mission_success_rate": r.mission_success_rate,
+        "step_kinds": r.step_kinds.iter().map(|k| json!({
+            "kind": k.kind,
+            "total": k.total,
+            "succeeded": k.succeeded,
+            "failed": k.failed,
+            "success_rate": k.success_rate,
+            "duration_p50_ms": k.duration_p50_ms,
+            "duration_p95_ms": k.duration_p95_ms,
+        })).collect::<Vec<_>>(),
+        "step_duration_p50_ms": r.step_duration_p50_ms,
+        "step_duration_p95_ms": r.step_duration_p95_ms,
+        "failures_by_reason": named(&r.failures_by_reason),
+        "alerts_fired": named(&r.alerts_fired),
+        "cost_usd": r.cost_usd,
+        "budget_usd": r.budget_usd,
+        "last_backup_at": ts_json(r.last_backup_at.as_ref()),
+        "last_verified_backup_at": ts_json(r.last_verified_backup_at.as_ref()),
+        "report": json_doc(&r.report_json),
+        "generated_at": ts_json(r.generated_at.as_ref()),
+    })
+}

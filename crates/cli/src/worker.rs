@@ -1,0 +1,775 @@
+//! The worker protocol as a loop: claim a step of the worker's kinds, run it
+//! through a [`StepHandler`] while renewing its lease at a third of its length,
+//! then report the outcome with `CompleteStep` or `FailStep`. `opsloop worker
+//! --exec` runs a shell command per step ([`ShellHandler`]); `opsloop dev
+//! --demo` runs a built-in handler in process.
+
+use std::future::Future;
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime};
+
+use opsloop_core::proto::v1::{
+    ClaimStepRequest, CompleteStepRequest, FailStepRequest, MissionStatus, RenewLeaseRequest, Step,
+};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+use crate::client::Connection;
+
+/// Most stderr characters kept in a failure's error text.
+const ERROR_TAIL_CHARS: usize = 2000;
+
+/// Most stdout characters kept when stdout is not JSON.
+const STDOUT_TAIL_CHARS: usize = 64 * 1024;
+
+/// Lease assumed when the server's answer does not say how long it is.
+const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// How often reporting an outcome is tried while the api is unreachable.
+const REPORT_ATTEMPTS: u32 = 5;
+
+/// What running a step came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepOutcome {
+    /// Succeeded: `CompleteStep` with this result and cost.
+    Complete {
+        /// The result as one JSON document.
+        result_json: String,
+        /// Cost reported by the step, in US dollars.
+        cost_usd: Option<f64>,
+    },
+    /// Failed: `FailStep` with this error.
+    Fail {
+        /// What went wrong (for the step's `error` and the dead-letter record).
+        error: String,
+        /// True: requeue while attempts remain.
+        retryable: bool,
+    },
+}
+
+/// Runs steps. `interrupt` is cancelled when the worker must abandon the step
+/// at once (a second Ctrl-C, or the lease was lost); the handler then stops
+/// and returns a retryable failure.
+pub trait StepHandler: Send + Sync {
+    /// Runs one claimed step to its outcome.
+    fn run(
+        &self,
+        step: &Step,
+        interrupt: CancellationToken,
+    ) -> impl Future<Output = StepOutcome> + Send;
+}
+
+/// How a worker claims.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Stable worker name, recorded as the lease holder.
+    pub worker_id: String,
+    /// Step kinds this worker runs.
+    pub kinds: Vec<String>,
+    /// Lease length asked for, in seconds; 0: the server's `worker_policy` default.
+    pub lease_seconds: u32,
+    /// True: claim once, run at most one step, then return.
+    pub once: bool,
+    /// Longest wait between claims while there is nothing to claim.
+    pub max_idle_backoff: Duration,
+}
+
+impl WorkerConfig {
+    /// A worker of `kinds` with the defaults: server lease, loop forever,
+    /// idle backoff up to 5 s.
+    pub fn new(worker_id: impl Into<String>, kinds: Vec<String>) -> Self {
+        Self {
+            worker_id: worker_id.into(),
+            kinds,
+            lease_seconds: 0,
+            once: false,
+            max_idle_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How a claimed step ended from the worker's side.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reported {
+    /// `CompleteStep` accepted.
+    Succeeded,
+    /// `FailStep` accepted and the step was requeued for another attempt.
+    Requeued,
+    /// `FailStep` accepted and the step failed terminally.
+    Failed,
+    /// The lease was lost (expired and taken over, or refused): nothing was
+    /// reported, the step's current holder will.
+    LeaseLost(String),
+    /// The outcome could not be reported (the api stayed unreachable); the
+    /// lease will expire and the step be recovered.
+    NotReported(String),
+}
+
+/// One step handled by the worker.
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    /// The step as claimed.
+    pub step: Step,
+    /// What the handler decided.
+    pub outcome: StepOutcome,
+    /// What the api recorded.
+    pub reported: Reported,
+    /// The mission's status after the report (UNSPECIFIED when not reported).
+    pub mission_status: MissionStatus,
+    /// Time from claim to report.
+    pub elapsed: Duration,
+}
+
+/// What the worker tells its caller while it runs.
+#[derive(Debug, Clone)]
+pub enum WorkerEvent {
+    /// A step was handled.
+    Step(Box<StepReport>),
+    /// Something worth a line (retrying after an error, emergency stop).
+    Notice(String),
+}
+
+/// Counts of a worker's run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Steps claimed.
+    pub claimed: u64,
+    /// Steps completed.
+    pub succeeded: u64,
+    /// Steps failed terminally.
+    pub failed: u64,
+    /// Steps failed and requeued.
+    pub requeued: u64,
+    /// Steps whose lease was lost or whose outcome could not be reported.
+    pub abandoned: u64,
+}
+
+/// A worker: claims steps from the api and runs them with its handler.
+pub struct Worker<H> {
+    connection: Connection,
+    config: WorkerConfig,
+    handler: H,
+    on_event: Box<dyn Fn(WorkerEvent) + Send + Sync>,
+}
+
+impl<H: StepHandler> Worker<H> {
+    /// A worker on `connection` (to the api) running steps with `handler`;
+    /// `on_event` hears about every handled step and notice.
+    pub fn new(
+        connection: Connection,
+        config: WorkerConfig,
+        handler: H,
+        on_event: impl Fn(WorkerEvent) + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            connection,
+            config,
+            handler,
+            on_event: Box::new(on_event),
+        }
+    }
+
+    /// Claims and runs steps until `stop` is cancelled (a claim in flight and
+    /// the current step are finished and reported first) or, with `once`,
+    /// after one claim.
+    /// Cancelling `abort` abandons the current step at once (reported as a
+    /// retryable failure). Returns an error only for errors retrying cannot
+    /// fix (bad token, unknown kinds, wrong endpoint).
+    pub async fn run(
+        &self,
+        stop: CancellationToken,
+        abort: CancellationToken,
+    ) -> anyhow::Result<WorkerStats> {
+        let mut stats = WorkerStats::default();
+        let min_idle = Duration::from_millis(200);
+        let mut idle = min_idle;
+        let mut said_stopped = false;
+        let mut missions = self.connection.missions();
+        while !stop.is_cancelled() {
+            let request = ClaimStepRequest {
+                worker_id: self.config.worker_id.clone(),
+                kinds: self.config.kinds.clone(),
+                lease_seconds: self.config.lease_seconds,
+            };
+            // A claim in flight is not cut short by `stop`: the api may already
+            // have leased a step to us, which we then run and report rather
+            // than leave to the lease expiry. Only `abort` cuts it.
+            let claimed = tokio::select! {
+                claimed = missions.claim_step(request) => claimed,
+                () = abort.cancelled() => break,
+            };
+            let response = match claimed {
+                Ok(response) => response.into_inner(),
+                Err(status) if is_transient(status.code()) => {
+                    let wait = jittered(idle.max(Duration::from_secs(1)));
+                    (self.on_event)(WorkerEvent::Notice(format!(
+                        "claim failed, retrying in {:.1}s: {}",
+                        wait.as_secs_f64(),
+                        self.connection.error(status)
+                    )));
+                    idle = (idle * 2).min(self.config.max_idle_backoff);
+                    sleep_or_stop(wait, &stop).await;
+                    continue;
+                }
+                Err(status) => return Err(self.connection.error(status)),
+            };
+            match response.step {
+                Some(step) if response.found => {
+                    said_stopped = false;
+                    idle = min_idle;
+                    stats.claimed += 1;
+                    let report = self.work(step, &abort).await?;
+                    match report.reported {
+                        Reported::Succeeded => stats.succeeded += 1,
+                        Reported::Requeued => stats.requeued += 1,
+                        Reported::Failed => stats.failed += 1,
+                        Reported::LeaseLost(_) | Reported::NotReported(_) => stats.abandoned += 1,
+                    }
+                    (self.on_event)(WorkerEvent::Step(Box::new(report)));
+                }
+                _ => {
+                    if response.emergency_stop && !said_stopped {
+                        said_stopped = true;
+                        (self.on_event)(WorkerEvent::Notice(
+                            "the emergency stop is engaged: nothing is handed out until it is released".into(),
+                        ));
+                    }
+                    if self.config.once {
+                        break;
+                    }
+                    sleep_or_stop(jittered(idle), &stop).await;
+                    idle = (idle * 2).min(self.config.max_idle_backoff);
+                    continue;
+                }
+            }
+            if self.config.once {
+                break;
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Runs one claimed step, renewing its lease, and reports its outcome.
+    async fn work(&self, step: Step, abort: &CancellationToken) -> anyhow::Result<StepReport> {
+        let started = Instant::now();
+        let lease = lease_length(&step).unwrap_or(if self.config.lease_seconds > 0 {
+            Duration::from_secs(u64::from(self.config.lease_seconds))
+        } else {
+            DEFAULT_LEASE
+        });
+        let renew_every = (lease / 3).max(Duration::from_secs(1));
+        let interrupt = abort.child_token();
+        let mut missions = self.connection.missions();
+        let mut lost: Option<String> = None;
+        let mut renewals =
+            tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+        let run = self.handler.run(&step, interrupt.clone());
+        tokio::pin!(run);
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut run => break outcome,
+                _ = renewals.tick(), if lost.is_none() => {
+                    let request = RenewLeaseRequest {
+                        step_id: step.id.clone(),
+                        worker_id: self.config.worker_id.clone(),
+                        attempt: step.attempt,
+                        lease_seconds: self.config.lease_seconds,
+                    };
+                    match missions.renew_lease(request).await {
+                        Ok(_) => {}
+                        Err(status) if is_transient(status.code()) => {
+                            (self.on_event)(WorkerEvent::Notice(format!(
+                                "renewing the lease of step {} failed, retrying: {}",
+                                step.id,
+                                self.connection.error(status)
+                            )));
+                        }
+                        Err(status) => {
+                            // Someone else holds the step now: stop working on it.
+                            lost = Some(self.connection.error(status).to_string());
+                            interrupt.cancel();
+                        }
+                    }
+                }
+            }
+        };
+        let report = |reported, mission_status| StepReport {
+            step: step.clone(),
+            outcome: outcome.clone(),
+            reported,
+            mission_status,
+            elapsed: started.elapsed(),
+        };
+        if let Some(reason) = lost {
+            return Ok(report(
+                Reported::LeaseLost(reason),
+                MissionStatus::Unspecified,
+            ));
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = match &outcome {
+                StepOutcome::Complete {
+                    result_json,
+                    cost_usd,
+                } => missions
+                    .complete_step(CompleteStepRequest {
+                        step_id: step.id.clone(),
+                        worker_id: self.config.worker_id.clone(),
+                        attempt: step.attempt,
+                        result_json: result_json.clone(),
+                        cost_usd: *cost_usd,
+                    })
+                    .await
+                    .map(|r| {
+                        let r = r.into_inner();
+                        (Reported::Succeeded, r.mission_status())
+                    }),
+                StepOutcome::Fail { error, retryable } => missions
+                    .fail_step(FailStepRequest {
+                        step_id: step.id.clone(),
+                        worker_id: self.config.worker_id.clone(),
+                        attempt: step.attempt,
+                        error: error.clone(),
+                        retryable: *retryable,
+                        cost_usd: None,
+                    })
+                    .await
+                    .map(|r| {
+                        let r = r.into_inner();
+                        let reported = if r.requeued {
+                            Reported::Requeued
+                        } else {
+                            Reported::Failed
+                        };
+                        (reported, r.mission_status())
+                    }),
+            };
+            match result {
+                Ok((reported, mission_status)) => return Ok(report(reported, mission_status)),
+                Err(status)
+                    if status.code() == Code::FailedPrecondition
+                        || status.code() == Code::NotFound =>
+                {
+                    let reason = self.connection.error(status).to_string();
+                    return Ok(report(
+                        Reported::LeaseLost(reason),
+                        MissionStatus::Unspecified,
+                    ));
+                }
+                Err(status) if is_transient(status.code()) && attempt < REPORT_ATTEMPTS => {
+                    let wait = jittered(Duration::from_millis(500) * 2u32.pow(attempt));
+                    (self.on_event)(WorkerEvent::Notice(format!(
+                        "reporting step {} failed, retrying in {:.1}s: {}",
+                        step.id,
+                        wait.as_secs_f64(),
+                        self.connection.error(status)
+                    )));
+                    tokio::time::sleep(wait).await;
+                }
+                Err(status) if is_transient(status.code()) => {
+                    let reason = self.connection.error(status).to_string();
+                    return Ok(report(
+                        Reported::NotReported(reason),
+                        MissionStatus::Unspecified,
+                    ));
+                }
+                Err(status) => return Err(self.connection.error(status)),
+            }
+        }
+    }
+}
+
+/// Errors that waiting and retrying can fix.
+fn is_transient(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::Unknown
+            | Code::Internal
+    )
+}
+
+/// The lease the server granted, from its expiry.
+fn lease_length(step: &Step) -> Option<Duration> {
+    let expires = crate::output::to_datetime(step.lease_expires_at.as_ref()?)?;
+    let left = expires
+        .signed_duration_since(chrono::Utc::now())
+        .to_std()
+        .ok()?;
+    (left > Duration::ZERO).then_some(left)
+}
+
+/// `base` plus up to a quarter more, so many workers do not poll in step.
+fn jittered(base: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let quarter = base.as_millis() / 4;
+    let extra = if quarter == 0 {
+        0
+    } else {
+        u128::from(nanos) % quarter
+    };
+    base + Duration::from_millis(u64::try_from(extra).unwrap_or(0))
+}
+
+async fn sleep_or_stop(wait: Duration, stop: &CancellationToken) {
+    tokio::select! {
+        () = tokio::time::sleep(wait) => {}
+        () = stop.cancelled() => {}
+    }
+}
+
+/// A default worker id: `<hostname>-<pid>`.
+pub fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Runs `sh -c COMMAND` per step: the payload JSON on stdin, `OPSLOOP_STEP_ID`,
+/// `OPSLOOP_STEP_KIND`, `OPSLOOP_MISSION_ID`, `OPSLOOP_STEP_ATTEMPT` (and
+/// `OPSLOOP_STEP_SEQ`, `OPSLOOP_WORKER_ID`) in its environment; the outcome
+/// from its exit status, stdout and stderr ([`outcome_from_exit`]).
+pub struct ShellHandler {
+    command: String,
+    worker_id: String,
+}
+
+impl ShellHandler {
+    /// A handler running `command` with `sh -c`.
+    pub fn new(command: impl Into<String>, worker_id: impl Into<String>) -> Self {
+        Self {
+            command: command.into(),
+            worker_id: worker_id.into(),
+        }
+    }
+}
+
+impl StepHandler for ShellHandler {
+    async fn run(&self, step: &Step, interrupt: CancellationToken) -> StepOutcome {
+        let mut command = tokio::process::Command::new("sh");
+        command
+            .arg("-c")
+            .arg(&self.command)
+            .env("OPSLOOP_STEP_ID", &step.id)
+            .env("OPSLOOP_STEP_KIND", &step.kind)
+            .env("OPSLOOP_MISSION_ID", &step.mission_id)
+            .env("OPSLOOP_STEP_ATTEMPT", step.attempt.to_string())
+            .env("OPSLOOP_STEP_SEQ", step.seq.to_string())
+            .env("OPSLOOP_WORKER_ID", &self.worker_id)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        // Its own process group: a Ctrl-C at the terminal reaches the worker
+        // (which finishes the step) and not the command.
+        #[cfg(unix)]
+        command.process_group(0);
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(error) => {
+                return StepOutcome::Fail {
+                    error: format!("cannot start `sh -c {}`: {error}", self.command),
+                    retryable: false,
+                };
+            }
+        };
+        let payload = if step.payload_json.trim().is_empty() {
+            "{}".to_owned()
+        } else {
+            step.payload_json.clone()
+        };
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let io = async move {
+            let feed = async move {
+                if let Some(mut stdin) = stdin {
+                    // A command that does not read its stdin closes the pipe: not an error.
+                    let _ = stdin.write_all(payload.as_bytes()).await;
+                }
+            };
+            let (_, out, err) = tokio::join!(feed, read_all(stdout), read_all(stderr));
+            (out, err)
+        };
+        let finished = tokio::select! {
+            (status, (out, err)) = async { tokio::join!(child.wait(), io) } => Some((status, out, err)),
+            () = interrupt.cancelled() => None,
+        };
+        match finished {
+            Some((Ok(status), out, err)) => {
+                #[cfg(unix)]
+                let signal = std::os::unix::process::ExitStatusExt::signal(&status);
+                #[cfg(not(unix))]
+                let signal = None;
+                outcome_from_exit(status.code(), signal, &out, &err)
+            }
+            Some((Err(error), _, _)) => StepOutcome::Fail {
+                error: format!("waiting for the command failed: {error}"),
+                retryable: true,
+            },
+            None => {
+                kill_group(&mut child).await;
+                StepOutcome::Fail {
+                    error:
+                        "interrupted: the worker abandoned the step (stopped, or lost its lease)"
+                            .into(),
+                    retryable: true,
+                }
+            }
+        }
+    }
+}
+
+async fn read_all<R: tokio::io::AsyncRead + Unpin>(reader: Option<R>) -> Vec<u8> {
+    let mut buffer = Vec::new();
+    if let Some(mut reader) = reader {
+        let _ = reader.read_to_end(&mut buffer).await;
+    }
+    buffer
+}
+
+/// Kills the command and everything it started (its process group).
+async fn kill_group(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = tokio::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+    }
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}
+
+/// The outcome of a finished command. Exit 0: stdout parsed as the JSON result
+/// (empty → `{}`, not JSON → `{"stdout": "…"}`), a top-level `cost_usd`
+/// number is the step's cost. Exit 75 (EX_TEMPFAIL): a retryable failure.
+/// Any other exit, or death by a signal: a terminal failure. A failure's error
+/// is the exit status and the tail of stderr.
+pub fn outcome_from_exit(
+    code: Option<i32>,
+    signal: Option<i32>,
+    stdout: &[u8],
+    stderr: &[u8],
+) -> StepOutcome {
+    if code == Some(0) {
+        let text = String::from_utf8_lossy(stdout);
+        let text = text.trim();
+        if text.is_empty() {
+            return StepOutcome::Complete {
+                result_json: "{}".into(),
+                cost_usd: None,
+            };
+        }
+        return match serde_json::from_str::<Value>(text) {
+            Ok(value) => StepOutcome::Complete {
+                cost_usd: value.get("cost_usd").and_then(Value::as_f64),
+                result_json: value.to_string(),
+            },
+            Err(_) => StepOutcome::Complete {
+                result_json: serde_json::json!({ "stdout": tail(text, STDOUT_TAIL_CHARS) })
+                    .to_string(),
+                cost_usd: None,
+            },
+        };
+    }
+    let status = match (code, signal) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => "exited abnormally".to_owned(),
+    };
+    let stderr = String::from_utf8_lossy(stderr);
+    let stderr = stderr.trim();
+    let error = if stderr.is_empty() {
+        format!("{status} (no stderr)")
+    } else {
+        format!("{status}: {}", tail(stderr, ERROR_TAIL_CHARS))
+    };
+    StepOutcome::Fail {
+        error,
+        retryable: code == Some(75),
+    }
+}
+
+/// The last `max` characters of `text`, with `…` in front when cut.
+fn tail(text: &str, max: usize) -> String {
+    let count = text.chars().count();
+    if count <= max {
+        return text.to_owned();
+    }
+    let mut out = String::from("…");
+    out.extend(text.chars().skip(count - max));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn complete(json: &str, cost: Option<f64>) -> StepOutcome {
+        StepOutcome::Complete {
+            result_json: json.into(),
+            cost_usd: cost,
+        }
+    }
+
+    #[test]
+    fn exit_zero_maps_stdout_to_the_result() {
+        let cases: &[(&str, StepOutcome)] = &[
+            ("", complete("{}", None)),
+            ("  \n", complete("{}", None)),
+            ("{\"ok\": true}\n", complete("{\"ok\":true}", None)),
+            (
+                "{\"n\": 1, \"cost_usd\": 0.25}",
+                complete("{\"cost_usd\":0.25,\"n\":1}", Some(0.25)),
+            ),
+            (
+                "{\"cost_usd\": \"0.25\"}",
+                complete("{\"cost_usd\":\"0.25\"}", None),
+            ),
+            ("[1, 2]", complete("[1,2]", None)),
+            ("42", complete("42", None)),
+            (
+                "hello world\n",
+                complete("{\"stdout\":\"hello world\"}", None),
+            ),
+            ("{broken", complete("{\"stdout\":\"{broken\"}", None)),
+        ];
+        for (stdout, expected) in cases {
+            assert_eq!(
+                &outcome_from_exit(Some(0), None, stdout.as_bytes(), b"ignored"),
+                expected,
+                "stdout {stdout:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn nonzero_exit_maps_to_a_failure() {
+        // (exit code, signal, stderr, expected error, retryable)
+        type Case = (Option<i32>, Option<i32>, &'static str, &'static str, bool);
+        let cases: &[Case] = &[
+            (
+                Some(75),
+                None,
+                "try later\n",
+                "exit code 75: try later",
+                true,
+            ),
+            (Some(1), None, "boom", "exit code 1: boom", false),
+            (Some(2), None, "", "exit code 2 (no stderr)", false),
+            (Some(74), None, "io", "exit code 74: io", false),
+            (None, Some(9), "", "killed by signal 9 (no stderr)", false),
+        ];
+        for (code, signal, stderr, error, retryable) in cases {
+            assert_eq!(
+                outcome_from_exit(*code, *signal, b"{\"ignored\": true}", stderr.as_bytes()),
+                StepOutcome::Fail {
+                    error: (*error).into(),
+                    retryable: *retryable
+                },
+                "exit {code:?} signal {signal:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_stderr_keeps_its_tail() {
+        let stderr = format!("{}END", "x".repeat(5000));
+        let StepOutcome::Fail { error, .. } =
+            outcome_from_exit(Some(1), None, b"", stderr.as_bytes())
+        else {
+            panic!("expected a failure");
+        };
+        assert!(error.ends_with("END"));
+        assert!(error.starts_with("exit code 1: …"));
+        assert_eq!(
+            error.chars().count(),
+            "exit code 1: …".chars().count() + ERROR_TAIL_CHARS
+        );
+    }
+
+    fn step() -> Step {
+        Step {
+            id: "step-1".into(),
+            mission_id: "mission-1".into(),
+            seq: 0,
+            kind: "analyze".into(),
+            payload_json: "{\"text\":\"hi\"}".into(),
+            attempt: 2,
+            ..Step::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn shell_handler_feeds_payload_and_environment() {
+        let handler = ShellHandler::new(
+            r#"payload=$(cat); printf '{"payload": %s, "env": "%s/%s/%s/%s", "cost_usd": 0.5}' "$payload" "$OPSLOOP_STEP_ID" "$OPSLOOP_STEP_KIND" "$OPSLOOP_MISSION_ID" "$OPSLOOP_STEP_ATTEMPT""#,
+            "w1",
+        );
+        let outcome = handler.run(&step(), CancellationToken::new()).await;
+        let StepOutcome::Complete {
+            result_json,
+            cost_usd,
+        } = outcome
+        else {
+            panic!("expected success, got {outcome:?}");
+        };
+        let result: Value = serde_json::from_str(&result_json).unwrap();
+        assert_eq!(result["payload"], serde_json::json!({"text": "hi"}));
+        assert_eq!(result["env"], "step-1/analyze/mission-1/2");
+        assert_eq!(cost_usd, Some(0.5));
+    }
+
+    #[tokio::test]
+    async fn shell_handler_maps_exit_75_to_retryable() {
+        let handler = ShellHandler::new("echo 'rate limited' >&2; exit 75", "w1");
+        assert_eq!(
+            handler.run(&step(), CancellationToken::new()).await,
+            StepOutcome::Fail {
+                error: "exit code 75: rate limited".into(),
+                retryable: true
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn shell_handler_is_interrupted() {
+        let handler = ShellHandler::new("sleep 30", "w1");
+        let interrupt = CancellationToken::new();
+        let trigger = interrupt.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            trigger.cancel();
+        });
+        let started = Instant::now();
+        let outcome = handler.run(&step(), interrupt).await;
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(
+            matches!(
+                outcome,
+                StepOutcome::Fail {
+                    retryable: true,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+    }
+}

@@ -1,0 +1,490 @@
+//! Configuration: defaults, then a TOML file, then `OPSLOOP__SECTION__KEY`
+//! environment variables. Common sections live in [`Settings`]; each daemon
+//! reads its own section with [`LoadedConfig::section`]. A bad value fails at
+//! start with one line naming the key.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The default config file, read when present and no `--config` was given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/opsloop/opsloop.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("invalid configuration: {key}: {reason}")]
+    Key { key: String, reason: String },
+}
+
+impl ConfigError {
+    fn key(key: &str, reason: impl Into<String>) -> Self {
+        Self::Key {
+            key: key.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://user@host:port/db` or `sqlite://path?mode=rwc`. The secret
+    /// `database_url` overrides it (use that when the URL holds a password).
+    pub url: String,
+    pub max_connections: u32,
+    pub min_connections: u32,
+    pub connect_timeout_ms: u64,
+    pub acquire_timeout_ms: u64,
+    /// Apply pending migrations when a daemon starts.
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://var/opsloop.db?mode=rwc".into(),
+            max_connections: 10,
+            min_connections: 1,
+            connect_timeout_ms: 5_000,
+            acquire_timeout_ms: 5_000,
+            migrate_on_start: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// In-process bus: the embedded default, one process only.
+    Memory,
+    /// RabbitMQ over AMQP 0-9-1.
+    Rabbitmq,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusSettings {
+    pub kind: BusKind,
+    /// AMQP URL; the secret `amqp_url` overrides it.
+    pub url: String,
+    pub exchange: String,
+    pub dead_letter_exchange: String,
+    /// Unacknowledged deliveries a consumer holds at once.
+    pub prefetch: u16,
+    /// How long a publish waits (for a reconnect and the broker's confirm)
+    /// before it reports failure to the caller.
+    pub publish_timeout_ms: u64,
+    /// Cap of the exponential reconnect backoff.
+    pub reconnect_max_backoff_ms: u64,
+    /// `quorum` (replicated, the production default) or `classic`.
+    pub queue_type: QueueType,
+    /// Delete a queue after this long without consumers (`x-expires`);
+    /// unset in production, set by tests so their queues clean themselves up.
+    pub queue_expires_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    Quorum,
+    Classic,
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        Self {
+            kind: BusKind::Memory,
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            exchange: "opsloop.events".into(),
+            dead_letter_exchange: "opsloop.dlx".into(),
+            prefetch: 64,
+            publish_timeout_ms: 30_000,
+            reconnect_max_backoff_ms: 10_000,
+            queue_type: QueueType::Quorum,
+            queue_expires_ms: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// An `EnvFilter` directive; `RUST_LOG` wins when set.
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// OTLP gRPC endpoint; `OTEL_EXPORTER_OTLP_ENDPOINT` wins when set.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            log_level: "info".into(),
+            log_format: LogFormat::Json,
+            otlp_endpoint: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// How long in-flight work may take to finish after SIGTERM.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self {
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSettings {
+    /// JSON-lines audit log; rotated by size.
+    pub log_path: PathBuf,
+    /// Rotate when the file reaches this size (`AUDIT_LOG_MAX_BYTES` wins).
+    pub max_bytes: u64,
+    /// Rotated generations kept (`AUDIT_LOG_RETENTION` wins).
+    pub retention: u32,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            log_path: PathBuf::from("var/logs/audit_events.jsonl"),
+            max_bytes: 10 * 1024 * 1024,
+            retention: 5,
+        }
+    }
+}
+
+/// The sections every daemon reads.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Settings {
+    /// Deployment name, stamped on every log line (e.g. `production`).
+    pub environment: String,
+    pub database: DatabaseSettings,
+    pub bus: BusSettings,
+    pub telemetry: TelemetrySettings,
+    pub shutdown: ShutdownSettings,
+    pub audit: AuditSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            environment: "development".into(),
+            database: DatabaseSettings::default(),
+            bus: BusSettings::default(),
+            telemetry: TelemetrySettings::default(),
+            shutdown: ShutdownSettings::default(),
+            audit: AuditSettings::default(),
+        }
+    }
+}
+
+impl Settings {
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown.drain_timeout_ms)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url = &self.database.url;
+        if !(url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+            || url.starts_with("sqlite:"))
+        {
+            return Err(ConfigError::key(
+                "database.url",
+                "must start with postgres:// or sqlite:",
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(ConfigError::key(
+                "database.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if self.database.min_connections > self.database.max_connections {
+            return Err(ConfigError::key(
+                "database.min_connections",
+                "must not exceed database.max_connections",
+            ));
+        }
+        if self.bus.kind == BusKind::Rabbitmq
+            && !(self.bus.url.starts_with("amqp://") || self.bus.url.starts_with("amqps://"))
+        {
+            return Err(ConfigError::key(
+                "bus.url",
+                "must start with amqp:// or amqps://",
+            ));
+        }
+        if self.bus.exchange.is_empty() || self.bus.dead_letter_exchange.is_empty() {
+            return Err(ConfigError::key("bus.exchange", "must not be empty"));
+        }
+        if self.bus.prefetch == 0 {
+            return Err(ConfigError::key("bus.prefetch", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Where configuration comes from. [`ConfigSources::from_process`] is what
+/// daemons use; tests pass an explicit environment.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSources {
+    /// An explicit `--config` file: must exist.
+    pub file: Option<PathBuf>,
+    /// Read `/etc/opsloop/opsloop.toml` when present and `file` is `None`.
+    pub use_default_file: bool,
+    /// Environment variables; `None` means the process environment.
+    pub env: Option<HashMap<String, String>>,
+}
+
+impl ConfigSources {
+    pub fn from_process(file: Option<&Path>) -> Self {
+        Self {
+            file: file.map(Path::to_path_buf),
+            use_default_file: true,
+            env: None,
+        }
+    }
+}
+
+/// Configuration after layering: the common [`Settings`] plus the raw tree
+/// daemons read their own sections from.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub settings: Settings,
+    raw: config::Config,
+}
+
+impl LoadedConfig {
+    /// Reads a daemon's own section (e.g. `"alerter"`); a missing section
+    /// yields the type's defaults.
+    pub fn section<T: DeserializeOwned + Default>(&self, key: &str) -> Result<T, ConfigError> {
+        let value = match self.raw.get::<config::Value>(key) {
+            Ok(value) => value,
+            Err(config::ConfigError::NotFound(_)) => return Ok(T::default()),
+            Err(e) => return Err(describe(e)),
+        };
+        value.try_deserialize().map_err(|e| match describe(e) {
+            ConfigError::Key { key: field, reason } => ConfigError::Key {
+                key: format!("{key}.{field}"),
+                reason,
+            },
+            other => other,
+        })
+    }
+}
+
+/// Layers defaults, the TOML file and the environment, and validates.
+pub fn load(sources: &ConfigSources) -> Result<LoadedConfig, ConfigError> {
+    let defaults = config::Config::try_from(&Settings::default())
+        .map_err(|e| ConfigError::Invalid(format!("defaults: {e}")))?;
+    let mut builder = config::Config::builder().add_source(defaults);
+
+    let file = match &sources.file {
+        Some(path) => {
+            if !path.exists() {
+                return Err(ConfigError::File {
+                    path: path.clone(),
+                    reason: "not found (check --config)".into(),
+                });
+            }
+            Some(path.clone())
+        }
+        None if sources.use_default_file && Path::new(DEFAULT_CONFIG_PATH).exists() => {
+            Some(PathBuf::from(DEFAULT_CONFIG_PATH))
+        }
+        None => None,
+    };
+    if let Some(path) = &file {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+    }
+
+    let env_source = config::Environment::with_prefix("OPSLOOP")
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+        .source(sources.env.clone());
+    builder = builder.add_source(env_source);
+
+    let raw = builder.build().map_err(|e| match (&file, e) {
+        (Some(path), config::ConfigError::FileParse { cause, .. }) => ConfigError::File {
+            path: path.clone(),
+            reason: cause.to_string(),
+        },
+        (_, e) => describe(e),
+    })?;
+    let mut settings: Settings = raw.clone().try_deserialize().map_err(describe)?;
+
+    let env_value = |name: &str| -> Option<String> {
+        match &sources.env {
+            Some(env) => env.get(name).cloned(),
+            None => std::env::var(name).ok(),
+        }
+    };
+    if let Some(endpoint) = env_value("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|v| !v.is_empty()) {
+        settings.telemetry.otlp_endpoint = Some(endpoint);
+    }
+    if let Some(v) = env_value("AUDIT_LOG_MAX_BYTES") {
+        settings.audit.max_bytes = v
+            .parse()
+            .map_err(|_| ConfigError::key("AUDIT_LOG_MAX_BYTES", "must be a whole number of bytes"))?;
+    }
+    if let Some(v) = env_value("AUDIT_LOG_RETENTION") {
+        settings.audit.retention = v.parse().map_err(|_| {
+            ConfigError::key("AUDIT_LOG_RETENTION", "must be a whole number of generations")
+        })?;
+    }
+    settings.validate()?;
+    Ok(LoadedConfig { settings, raw })
+}
+
+/// Turns the config crate's error into one line that names the key.
+fn describe(e: config::ConfigError) -> ConfigError {
+    match e {
+        config::ConfigError::Type {
+            key: Some(key),
+            unexpected,
+            expected,
+            ..
+        } => ConfigError::key(&key, format!("expected {expected}, got {unexpected}")),
+        config::ConfigError::At {
+            error,
+            key: Some(key),
+            ..
+        } => ConfigError::key(&key, error.to_string()),
+        other => ConfigError::Invalid(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(file: Option<&Path>, env: &[(&str, &str)]) -> ConfigSources {
+        ConfigSources {
+            file: file.map(Path::to_path_buf),
+            use_default_file: false,
+            env: Some(
+                env.iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+        }
+    }
+
+    #[test]
+    fn defaults_then_file_then_env() {
+        let loaded = load(&sources(None, &[])).expect("defaults load");
+        assert_eq!(loaded.settings, Settings::default());
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("opsloop.toml");
+        std::fs::write(
+            &path,
+            "environment = \"staging\"\n[database]\nmax_connections = 7\nurl = \"postgres://postgres@db/opsloop\"\n[bus]\nprefetch = 5\n",
+        )
+        .expect("write");
+        let loaded = load(&sources(Some(&path), &[])).expect("file load");
+        assert_eq!(loaded.settings.environment, "staging");
+        assert_eq!(loaded.settings.database.max_connections, 7);
+        assert_eq!(loaded.settings.bus.prefetch, 5);
+
+        let loaded = load(&sources(
+            Some(&path),
+            &[
+                ("OPSLOOP__DATABASE__MAX_CONNECTIONS", "9"),
+                ("OPSLOOP__ENVIRONMENT", "production"),
+                ("OPSLOOP__BUS__KIND", "rabbitmq"),
+            ],
+        ))
+        .expect("env load");
+        assert_eq!(loaded.settings.environment, "production");
+        assert_eq!(loaded.settings.database.max_connections, 9);
+        assert_eq!(loaded.settings.bus.kind, BusKind::Rabbitmq);
+        assert_eq!(loaded.settings.bus.prefetch, 5, "file value kept");
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let err = load(&sources(None, &[("OPSLOOP__DATABASE__MAX_CONNECTIONS", "many")]))
+            .expect_err("must fail");
+        let line = err.to_string();
+        assert!(line.contains("database.max_connections"), "{line}");
+        assert!(!line.contains('\n'));
+
+        let err = load(&sources(None, &[("OPSLOOP__DATABASE__URL", "mysql://x")]))
+            .expect_err("must fail");
+        assert!(err.to_string().contains("database.url"), "{err}");
+
+        let err = load(&sources(None, &[("OPSLOOP__BUS__KIND", "kafka")])).expect_err("must fail");
+        assert!(err.to_string().contains("bus.kind"), "{err}");
+    }
+
+    #[test]
+    fn broken_file_and_unknown_key_are_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("broken.toml");
+        std::fs::write(&path, "[database\nurl = 1").expect("write");
+        let err = load(&sources(Some(&path), &[])).expect_err("must fail");
+        assert!(err.to_string().contains("broken.toml"), "{err}");
+
+        std::fs::write(&path, "[database]\nmax_conections = 3\n").expect("write");
+        let err = load(&sources(Some(&path), &[])).expect_err("typo must fail");
+        assert!(err.to_string().contains("max_conections"), "{err}");
+
+        let missing = dir.path().join("nope.toml");
+        let err = load(&sources(Some(&missing), &[])).expect_err("missing must fail");
+        assert!(err.to_string().contains("nope.toml"), "{err}");
+    }
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    struct DaemonSection {
+        grpc_addr: String,
+        interval_secs: u64,
+    }
+
+    #[test]
+    fn daemon_sections_read_from_the_same_layers() {
+        let loaded = load(&sources(
+            None,
+            &[("OPSLOOP__DEMO__GRPC_ADDR", "0.0.0.0:1"), ("OPSLOOP__DEMO__INTERVAL_SECS", "3")],
+        ))
+        .expect("load");
+        let section: DaemonSection = loaded.section("demo").expect("section");
+        assert_eq!(section.grpc_addr, "0.0.0.0:1");
+        assert_eq!(section.interval_secs, 3);
+        let missing: DaemonSection = loaded.section("absent").expect("defaults");
+        assert_eq!(missing, DaemonSection::default());
+        let bad = load(&sources(None, &[("OPSLOOP__DEMO__INTERVAL_SECS", "soon")])).expect("load");
+        let err = bad.section::<DaemonSection>("demo").expect_err("bad value");
+        assert!(err.to_string().contains("interval_secs"), "{err}");
+    }
+}

@@ -1,0 +1,81 @@
+//! Retry backoff of failed steps: exponential in the attempt number, capped,
+//! with jitter so that steps failing together do not retry together.
+
+use std::time::Duration;
+
+use super::policy::WorkerPolicy;
+
+/// The backoff parameters of `worker_policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl From<&WorkerPolicy> for Backoff {
+    fn from(p: &WorkerPolicy) -> Self {
+        Self {
+            base: Duration::from_secs(p.backoff_base_seconds.into()),
+            max: Duration::from_secs(p.backoff_max_seconds.into()),
+        }
+    }
+}
+
+/// Delay before attempt `attempt + 1`, after `attempt` (≥ 1) failed attempts:
+/// `min(max, base · 2^(attempt-1))`, of which the upper half is jittered by
+/// `jitter` ∈ [0, 1) ("equal jitter"): never less than half the exponential
+/// delay, never more than it.
+pub fn retry_delay(backoff: Backoff, attempt: u32, jitter: f64) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(32);
+    let exponential = backoff
+        .base
+        .checked_mul(1u32 << exponent.min(31))
+        .unwrap_or(backoff.max)
+        .min(backoff.max);
+    let half = exponential / 2;
+    let jitter = if jitter.is_finite() {
+        jitter.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    half + half.mul_f64(jitter)
+}
+
+/// A jitter value from the thread's random generator.
+pub fn random_jitter() -> f64 {
+    rand::random::<f64>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exponential_capped_and_jittered() {
+        let b = Backoff {
+            base: Duration::from_secs(5),
+            max: Duration::from_secs(60),
+        };
+        let table = [
+            (1, 0.0, 2_500),
+            (1, 1.0, 5_000),
+            (2, 0.0, 5_000),
+            (3, 0.5, 15_000),
+            (4, 1.0, 40_000),
+            (5, 1.0, 60_000),
+            (40, 0.0, 30_000),
+            (0, 0.0, 2_500),
+        ];
+        for (attempt, jitter, ms) in table {
+            assert_eq!(
+                retry_delay(b, attempt, jitter),
+                Duration::from_millis(ms),
+                "attempt {attempt} jitter {jitter}"
+            );
+        }
+        for _ in 0..100 {
+            let d = retry_delay(b, 3, random_jitter());
+            assert!(d >= Duration::from_secs(10) && d <= Duration::from_secs(20));
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Telemetry: JSON log lines (timestamp, level, message, service, environment,
+//! span fields), OTLP trace export when an endpoint is configured, the
+//! Prometheus recorder, process metrics, and W3C trace-context helpers for
+//! carrying a trace across the bus.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::{LogFormat, TelemetrySettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("telemetry.log_level: invalid filter directive: {0}")]
+    Filter(String),
+    #[error("OTLP exporter for {endpoint}: {reason}")]
+    Otlp { endpoint: String, reason: String },
+    #[error("tracing subscriber already installed")]
+    AlreadyInstalled,
+}
+
+/// Flushes and shuts the trace exporter down when dropped.
+pub struct TelemetryGuard {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Installs the global subscriber: logs to stdout in the configured format,
+/// plus OTLP export when `settings.otlp_endpoint` is set.
+pub fn init(
+    service: &'static str,
+    environment: &str,
+    settings: &TelemetrySettings,
+) -> Result<TelemetryGuard, TelemetryError> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directive) if !directive.is_empty() => EnvFilter::try_new(directive),
+        _ => EnvFilter::try_new(&settings.log_level),
+    }
+    .map_err(|e| TelemetryError::Filter(e.to_string()))?;
+
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+
+    let fmt_layer = match settings.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLines {
+                service,
+                environment: environment.to_owned(),
+            })
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().compact().boxed(),
+    };
+
+    let mut provider = None;
+    let otel_layer = match &settings.otlp_endpoint {
+        Some(endpoint) => {
+            use opentelemetry_otlp::WithExportConfig;
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.clone())
+                .build()
+                .map_err(|e| TelemetryError::Otlp {
+                    endpoint: endpoint.clone(),
+                    reason: e.to_string(),
+                })?;
+            let resource = opentelemetry_sdk::Resource::builder()
+                .with_service_name(service)
+                .build();
+            let tracer_provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(resource)
+                .build();
+            let tracer = tracer_provider.tracer(service);
+            opentelemetry::global::set_tracer_provider(tracer_provider.clone());
+            provider = Some(tracer_provider);
+            Some(tracing_opentelemetry::layer().with_tracer(tracer))
+        }
+        None => None,
+    };
+
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer)
+        .with(otel_layer)
+        .try_init()
+        .map_err(|_| TelemetryError::AlreadyInstalled)?;
+    Ok(TelemetryGuard { provider })
+}
+
+/// One JSON object per line: `timestamp`, `level`, `message`, `service`,
+/// `environment`, `target`, the event's fields and the fields of every span
+/// in scope (innermost wins).
+struct JsonLines {
+    service: &'static str,
+    environment: String,
+}
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut line = Map::new();
+        line.insert(
+            "timestamp".into(),
+            Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        );
+        line.insert(
+            "level".into(),
+            Value::String(event.metadata().level().as_str().to_owned()),
+        );
+        line.insert("service".into(), Value::String(self.service.to_owned()));
+        line.insert(
+            "environment".into(),
+            Value::String(self.environment.clone()),
+        );
+        line.insert(
+            "target".into(),
+            Value::String(event.metadata().target().to_owned()),
+        );
+        if let Some(scope) = ctx.event_scope() {
+            let mut names = Vec::new();
+            for span in scope.from_root() {
+                names.push(Value::String(span.name().to_owned()));
+                let extensions = span.extensions();
+                if let Some(fields) = extensions.get::<FormattedFields<N>>()
+                    && let Ok(Value::Object(map)) = serde_json::from_str::<Value>(fields)
+                {
+                    line.extend(map);
+                }
+            }
+            line.insert("spans".into(), Value::Array(names));
+        }
+        let mut visitor = JsonVisitor(Map::new());
+        event.record(&mut visitor);
+        line.extend(visitor.0);
+        line.entry("message").or_insert(Value::String(String::new()));
+        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
+        writeln!(writer, "{text}")
+    }
+}
+
+struct JsonVisitor(Map<String, Value>);
+
+impl Visit for JsonVisitor {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().to_owned(), Value::String(format!("{value:?}")));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0
+            .insert(field.name().to_owned(), Value::String(value.to_owned()));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+}
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process's Prometheus handle; the recorder is installed on first use
+/// (one per process: `opsloop dev` runs every role on one recorder).
+pub fn prometheus() -> &'static PrometheusHandle {
+    PROMETHEUS.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ])
+            .map(PrometheusBuilder::build_recorder)
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        // A recorder may already be installed (tests running several apps);
+        // then this handle renders only what reached it, which is harmless.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Renders every metric plus the process metrics, in Prometheus text format.
+pub fn render_metrics() -> String {
+    let mut text = prometheus().render();
+    text.push_str(&process_metrics());
+    text
+}
+
+fn process_metrics() -> String {
+    let Some(stats) = ProcessStats::read() else {
+        return String::new();
+    };
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, kind: &str, value: f64| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    };
+    gauge(
+        "process_resident_memory_bytes",
+        "Resident memory size in bytes.",
+        "gauge",
+        stats.rss_bytes as f64,
+    );
+    gauge(
+        "process_cpu_seconds_total",
+        "Total user and system CPU time spent in seconds.",
+        "counter",
+        stats.cpu_seconds,
+    );
+    gauge(
+        "process_open_fds",
+        "Number of open file descriptors.",
+        "gauge",
+        stats.open_fds as f64,
+    );
+    gauge(
+        "process_start_time_seconds",
+        "Start time of the process since unix epoch in seconds.",
+        "gauge",
+        stats.start_time_seconds,
+    );
+    out
+}
+
+/// Resource figures of this process, read from `/proc`.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessStats {
+    pub rss_bytes: u64,
+    pub cpu_seconds: f64,
+    pub open_fds: u64,
+    pub start_time_seconds: f64,
+}
+
+impl ProcessStats {
+    /// `None` where `/proc` is not available.
+    pub fn read() -> Option<Self> {
+        Self::read_pid("self")
+    }
+
+    pub fn read_pid(pid: &str) -> Option<Self> {
+        const TICKS_PER_SECOND: f64 = 100.0;
+        const PAGE_SIZE: u64 = 4096;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name, which is parenthesised and may hold spaces.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        let start_ticks: f64 = fields.get(19)?.parse().ok()?;
+        let rss_pages: u64 = fields.get(21)?.parse().ok()?;
+        let boot_time = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok()))?;
+        let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count() as u64)
+            .unwrap_or(0);
+        Some(Self {
+            rss_bytes: rss_pages * PAGE_SIZE,
+            cpu_seconds: (utime + stime) / TICKS_PER_SECOND,
+            open_fds,
+            start_time_seconds: boot_time + start_ticks / TICKS_PER_SECOND,
+        })
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut BTreeMap<String, String>);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_owned(), value);
+    }
+}
+
+struct HeaderExtractor<'a>(&'a BTreeMap<String, String>);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+}
+
+/// Writes the current span's W3C `traceparent` (when it has one) into headers.
+pub fn inject_trace_context(headers: &mut BTreeMap<String, String>) {
+    let context = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
+}
+
+/// Makes `span` a child of the trace carried in `headers`, if any.
+pub fn set_parent_from_headers(span: &tracing::Span, headers: &BTreeMap<String, String>) {
+    let context = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    let _ = span.set_parent(context);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_stats_are_read_from_proc() {
+        let stats = ProcessStats::read().expect("linux /proc");
+        assert!(stats.rss_bytes > 0);
+        assert!(stats.open_fds > 0);
+        assert!(stats.start_time_seconds > 1.0e9);
+        let text = render_metrics();
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
+    }
+}

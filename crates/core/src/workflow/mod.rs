@@ -1,0 +1,250 @@
+//! The loop's database side: every state change of DESIGN.md "The loop" as
+//! one transaction that also writes its event row and an outbox row. The
+//! rules themselves live in [`crate::domain`]; this module reads what they
+//! need, asks them, and writes the outcome. Time is always passed in
+//! (`now`), so callers and tests control the clock.
+//!
+//! Concurrency: on PostgreSQL, rows are claimed with `FOR UPDATE SKIP
+//! LOCKED` and every multi-row change locks the mission row first (one lock
+//! order, no deadlocks); on SQLite every write transaction is `BEGIN
+//! IMMEDIATE`, so writers are serialized and conditional updates checked by
+//! `rows_affected` give the same guarantees.
+
+pub mod events;
+pub mod missions;
+pub mod ops;
+pub mod outbox;
+pub mod policy;
+pub mod proposals;
+pub mod triggers;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
+};
+
+use crate::domain::input::ValidationError;
+use crate::domain::policy::{
+    AutoApprove, EmergencyStop, PolicyKey, PolicyValue, StepGates, WorkerPolicy,
+};
+use crate::domain::status::IllegalTransition;
+
+pub use events::{EventFilter, append_event, list_events};
+pub use missions::{
+    ClaimOutcome, MissionFilter, MissionView, RecoveryReport, cancel_mission, claim_step, complete_step,
+    fail_step, get_mission, list_missions, recover_stale_steps, renew_lease,
+};
+pub use ops::{HealthFigures, SummaryFigures, SummaryPeriod, health, summary};
+pub use policy::{
+    EmergencyStopChange, PolicyChange, emergency_stop_state, engage_emergency_stop, get_policy,
+    list_policies, release_emergency_stop, set_policy,
+};
+pub use proposals::{
+    ProposalFilter, ProposalView, SubmitOutcome, approve_proposal, expire_stale_proposals,
+    get_proposal, list_proposals, reject_proposal, submit_proposal,
+};
+
+/// What a workflow operation can fail with, in the domain's words. The api
+/// maps each variant to one gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkflowError {
+    /// Bad input (`INVALID_ARGUMENT`).
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// Unknown id or key (`NOT_FOUND`).
+    #[error("{entity} {id} not found")]
+    NotFound { entity: &'static str, id: String },
+    /// The state machine forbids it (`FAILED_PRECONDITION`).
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
+    /// The caller does not hold the current lease (`FAILED_PRECONDITION`).
+    #[error("step {step_id}: {reason}")]
+    LeaseLost { step_id: String, reason: String },
+    /// A compare-and-set lost (`FAILED_PRECONDITION`).
+    #[error("{0}")]
+    Conflict(String),
+    /// A unique name is taken (`ALREADY_EXISTS`).
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A stored value no longer parses (`INTERNAL`).
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    /// The database failed (`UNAVAILABLE`).
+    #[error("database: {0}")]
+    Db(#[from] DbErr),
+}
+
+impl WorkflowError {
+    pub(crate) fn not_found(entity: &'static str, id: impl ToString) -> Self {
+        Self::NotFound {
+            entity,
+            id: id.to_string(),
+        }
+    }
+}
+
+/// The one mapping of workflow errors to gRPC statuses.
+impl From<WorkflowError> for tonic::Status {
+    fn from(error: WorkflowError) -> Self {
+        match &error {
+            WorkflowError::Invalid(v) => {
+                tonic::Status::invalid_argument(format!("{}: {}", v.field, v.reason))
+            }
+            WorkflowError::NotFound { .. } => tonic::Status::not_found(error.to_string()),
+            WorkflowError::Illegal(_)
+            | WorkflowError::LeaseLost { .. }
+            | WorkflowError::Conflict(_) => tonic::Status::failed_precondition(error.to_string()),
+            WorkflowError::AlreadyExists(_) => tonic::Status::already_exists(error.to_string()),
+            WorkflowError::Corrupt(_) => {
+                tracing::error!(%error, "stored data is invalid");
+                tonic::Status::internal(error.to_string())
+            }
+            WorkflowError::Db(_) => {
+                tracing::error!(%error, "database error");
+                tonic::Status::unavailable("database unavailable, retry later")
+            }
+        }
+    }
+}
+
+pub type Result<T, E = WorkflowError> = std::result::Result<T, E>;
+
+/// Timestamps are stored with microsecond precision (PostgreSQL's); cutting
+/// `now` to that keeps what we return equal to what we stored.
+pub fn db_now(now: DateTime<Utc>) -> DateTime<Utc> {
+    now.trunc_subsecs(6)
+}
+
+/// A write transaction: `BEGIN IMMEDIATE` on SQLite (take the write lock up
+/// front, so a read-then-write never fails on upgrade), plain on PostgreSQL.
+pub(crate) async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction> {
+    let options = if db.get_database_backend() == DbBackend::Sqlite {
+        TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        }
+    } else {
+        TransactionOptions::default()
+    };
+    Ok(db.begin_with_options(options).await?)
+}
+
+/// A raw statement with `$n` placeholders (both sqlx drivers take them).
+pub(crate) fn stmt(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
+    Statement::from_sql_and_values(backend, sql, values)
+}
+
+/// ` FOR UPDATE` on PostgreSQL; nothing on SQLite, where the immediate
+/// transaction already excludes other writers.
+pub(crate) fn for_update(backend: DbBackend) -> &'static str {
+    if backend == DbBackend::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
+    }
+}
+
+/// Locks a mission row (PostgreSQL) so changes to it and its steps happen in
+/// one order everywhere: mission first, then steps.
+pub(crate) async fn lock_mission(
+    tx: &DatabaseTransaction,
+    mission_id: uuid::Uuid,
+) -> Result<Option<String>> {
+    let backend = tx.get_database_backend();
+    let row = tx
+        .query_one_raw(stmt(
+            backend,
+            &format!(
+                "SELECT status FROM missions WHERE id = $1{}",
+                for_update(backend)
+            ),
+            vec![mission_id.into()],
+        ))
+        .await?;
+    match row {
+        Some(row) => Ok(Some(row.try_get::<String>("", "status")?)),
+        None => Ok(None),
+    }
+}
+
+/// The policy values the loop consults, read in one query.
+#[derive(Debug, Clone)]
+pub struct PolicySnapshot {
+    pub version: i64,
+    pub auto_approve: AutoApprove,
+    pub step_gates: StepGates,
+    pub worker: WorkerPolicy,
+    pub emergency_stop: EmergencyStop,
+    pub ops_health: crate::domain::policy::OpsHealth,
+    /// Toggle key → enabled.
+    pub toggles: BTreeMap<String, bool>,
+}
+
+/// Reads every policy row and the global version (max history id).
+pub async fn load_policy(db: &impl ConnectionTrait) -> Result<PolicySnapshot> {
+    let backend = db.get_database_backend();
+    let rows = db
+        .query_all_raw(stmt(backend, "SELECT key, value FROM policy", vec![]))
+        .await?;
+    let mut snapshot = PolicySnapshot {
+        version: 0,
+        auto_approve: AutoApprove {
+            enabled: false,
+            allowed_kinds: vec![],
+        },
+        step_gates: StepGates {
+            timezone: "UTC".into(),
+            kinds: BTreeMap::new(),
+        },
+        worker: WorkerPolicy::default(),
+        emergency_stop: EmergencyStop::default(),
+        ops_health: Default::default(),
+        toggles: BTreeMap::new(),
+    };
+    for row in rows {
+        let key: String = row.try_get("", "key")?;
+        let value: serde_json::Value = row.try_get("", "value")?;
+        let Ok(parsed_key) = PolicyKey::parse(&key) else {
+            continue;
+        };
+        let parsed = PolicyValue::parse(&parsed_key, &value)
+            .map_err(|e| WorkflowError::Corrupt(format!("policy {key}: {e}")))?;
+        match parsed {
+            PolicyValue::AutoApprove(v) => snapshot.auto_approve = v,
+            PolicyValue::StepGates(v) => snapshot.step_gates = v,
+            PolicyValue::WorkerPolicy(v) => snapshot.worker = v,
+            PolicyValue::EmergencyStop(v) => snapshot.emergency_stop = v,
+            PolicyValue::OpsHealth(v) => snapshot.ops_health = v,
+            PolicyValue::Toggle(t) => {
+                snapshot.toggles.insert(key, t.enabled);
+            }
+            _ => {}
+        }
+    }
+    let version = db
+        .query_one_raw(stmt(
+            backend,
+            "SELECT COALESCE(MAX(id), 0) AS version FROM policy_history",
+            vec![],
+        ))
+        .await?
+        .map(|row| row.try_get::<i64>("", "version"))
+        .transpose()?
+        .unwrap_or(0);
+    snapshot.version = version;
+    Ok(snapshot)
+}
+
+/// A page size: 0 means the default (50); capped at 500.
+pub fn page_size(requested: u32) -> u64 {
+    match requested {
+        0 => 50,
+        n => u64::from(n.min(500)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

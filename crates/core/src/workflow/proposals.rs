@@ -1,0 +1,700 @@
+//! Proposals: the one entry point [`submit_proposal`] (dedupe → emergency
+//! stop → toggles → daily caps → auto_approve, in one transaction), manual
+//! approval and rejection, expiry, and reads.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveModelTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, Set,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::events::{EventRecord, write_event};
+use super::{PolicySnapshot, Result, WorkflowError, begin_write, db_now, load_policy, stmt};
+use crate::audit::{AuditLog, AuditRecord};
+use crate::domain::gate::{self, Decision, GateInput, GateRejection};
+use crate::domain::input::{NewProposal, StepKind, StepSpec};
+use crate::domain::status::{MissionStatus, ProposalStatus, StepStatus};
+use crate::store::entities::{audit_events, mission_steps, missions, proposals};
+
+/// A proposal and the mission created from it, if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProposalView {
+    pub proposal: proposals::Model,
+    pub mission_id: Option<Uuid>,
+}
+
+impl ProposalView {
+    pub fn status(&self) -> Result<ProposalStatus> {
+        self.proposal
+            .status
+            .parse()
+            .map_err(|e| WorkflowError::Corrupt(format!("{e}")))
+    }
+
+    /// The steps as stored.
+    pub fn steps(&self) -> Vec<StepSpec> {
+        serde_json::from_value(self.proposal.steps.clone()).unwrap_or_default()
+    }
+}
+
+/// What [`submit_proposal`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubmitOutcome {
+    pub proposal: ProposalView,
+    /// True when the dedupe key matched an earlier proposal (nothing written).
+    pub deduplicated: bool,
+}
+
+/// The single entry point through which work enters the loop: the api,
+/// trigger rules, reactions and manual submissions all call it. One
+/// transaction: the proposal row (insert-on-conflict on `dedupe_key`, so
+/// concurrent submits with one key yield one proposal), the gates, the daily
+/// counters (conditional upsert: O(1), never over the cap), and on approval
+/// the mission with its queued steps, plus the events and outbox rows.
+pub async fn submit_proposal(
+    db: &DatabaseConnection,
+    proposal: NewProposal,
+    now: DateTime<Utc>,
+) -> Result<SubmitOutcome> {
+    let now = db_now(now);
+    let tx = begin_write(db).await?;
+    let id = Uuid::now_v7();
+    let steps_json = serde_json::to_value(&proposal.steps)
+        .map_err(|e| WorkflowError::Corrupt(format!("steps: {e}")))?;
+    let row = proposals::ActiveModel {
+        id: Set(id),
+        dedupe_key: Set(proposal.dedupe_key.as_ref().map(|k| k.as_str().to_owned())),
+        source: Set(proposal.source.as_str().to_owned()),
+        agent: Set(Some(proposal.agent.clone())),
+        title: Set(proposal.title.clone()),
+        status: Set(ProposalStatus::Pending.as_str().to_owned()),
+        rejection_reason: Set(None),
+        rejection_detail: Set(None),
+        steps: Set(steps_json),
+        parallel: Set(proposal.parallel),
+        metadata: Set(proposal.metadata.clone()),
+        policy_version: Set(0),
+        trace_id: Set(None),
+        decided_by: Set(None),
+        decided_at: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    let inserted = proposals::Entity::insert(row)
+        .on_conflict(
+            OnConflict::column(proposals::Column::DedupeKey)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(&tx)
+        .await?;
+    if inserted == 0 {
+        // The key is held: return the holder, change nothing.
+        let key = proposal.dedupe_key.as_ref().map(|k| k.as_str().to_owned());
+        let existing = proposals::Entity::find()
+            .from_raw_sql(stmt(
+                tx.get_database_backend(),
+                "SELECT * FROM proposals WHERE dedupe_key = $1",
+                vec![key.clone().into()],
+            ))
+            .one(&tx)
+            .await?
+            .ok_or_else(|| WorkflowError::Conflict(format!("dedupe key {key:?} vanished")))?;
+        let view = with_mission(&tx, existing).await?;
+        tx.commit().await?;
+        metrics::counter!("opsloop_proposals_total", "outcome" => "deduplicated", "gate" => "dedupe")
+            .increment(1);
+        return Ok(SubmitOutcome {
+            proposal: view,
+            deduplicated: true,
+        });
+    }
+
+    let policy = load_policy(&tx).await?;
+    let kinds: Vec<StepKind> = proposal.steps.iter().map(|s| s.kind.clone()).collect();
+    let decision = judge(&tx, &policy, &kinds, now).await?;
+
+    let (status, decided_by, rejection) = match &decision {
+        Decision::Approve => (ProposalStatus::Approved, Some("auto_approve".to_owned()), None),
+        Decision::Pending | Decision::Duplicate => (ProposalStatus::Pending, None, None),
+        Decision::Reject(r) => (
+            ProposalStatus::Rejected,
+            Some(r.reason().to_owned()),
+            Some(r.clone()),
+        ),
+    };
+    let mut active: proposals::ActiveModel = proposals::ActiveModel {
+        id: Set(id),
+        ..Default::default()
+    };
+    active.status = Set(status.as_str().to_owned());
+    active.policy_version = Set(policy.version);
+    active.decided_by = Set(decided_by.clone());
+    active.decided_at = Set(status.is_final().then_some(now));
+    if let Some(r) = &rejection {
+        active.rejection_reason = Set(Some(r.reason().to_owned()));
+        active.rejection_detail = Set(Some(r.detail()));
+        // A gate-rejected proposal does not hold its key: tomorrow's retry
+        // is judged afresh.
+        active.dedupe_key = Set(None);
+    }
+    let stored = active.update(&tx).await?;
+
+    write_event(
+        &tx,
+        EventRecord::api(
+            "proposal.submitted",
+            json!({"title": stored.title, "source": stored.source, "agent": stored.agent,
+                   "step_kinds": kinds, "policy_version": policy.version}),
+        )
+        .proposal(id),
+        now,
+    )
+    .await?;
+    let mut mission_id = None;
+    match &decision {
+        Decision::Approve => {
+            write_event(
+                &tx,
+                EventRecord::api(
+                    "proposal.approved",
+                    json!({"decided_by": "auto_approve", "policy_version": policy.version}),
+                )
+                .proposal(id),
+                now,
+            )
+            .await?;
+            mission_id = Some(create_mission(&tx, &stored, &policy, now).await?);
+        }
+        Decision::Reject(r) => {
+            write_event(
+                &tx,
+                EventRecord::api(
+                    "proposal.rejected",
+                    json!({"reason": r.reason(), "detail": r.detail(),
+                           "policy_version": policy.version}),
+                )
+                .proposal(id),
+                now,
+            )
+            .await?;
+        }
+        Decision::Pending | Decision::Duplicate => {}
+    }
+    tx.commit().await?;
+
+    let (outcome, gate_label) = match &decision {
+        Decision::Approve => ("approved", "auto_approve"),
+        Decision::Pending | Decision::Duplicate => ("pending", "auto_approve"),
+        Decision::Reject(r) => ("rejected", r.reason()),
+    };
+    metrics::counter!("opsloop_proposals_total", "outcome" => outcome, "gate" => gate_label)
+        .increment(1);
+    tracing::info!(proposal_id = %id, status = status.as_str(), gate = gate_label,
+        policy_version = policy.version, "proposal submitted");
+    Ok(SubmitOutcome {
+        proposal: ProposalView {
+            proposal: stored,
+            mission_id,
+        },
+        deduplicated: false,
+    })
+}
+
+/// The gates after dedupe, with the caps reserved atomically: for each capped
+/// kind (in kind order), a conditional upsert adds this proposal's steps to
+/// today's counter only if the sum stays within the cap. A later failure
+/// gives back what was reserved.
+async fn judge(
+    tx: &DatabaseTransaction,
+    policy: &PolicySnapshot,
+    kinds: &[StepKind],
+    now: DateTime<Utc>,
+) -> Result<Decision> {
+    let no_counts = BTreeMap::new();
+    let input = GateInput {
+        dedupe_key_held: false,
+        emergency_stop: policy
+            .emergency_stop
+            .engaged
+            .then(|| policy.emergency_stop.reason.clone()),
+        step_kinds: kinds,
+        gates: &policy.step_gates,
+        toggles: &policy.toggles,
+        counts_today: &no_counts,
+        auto_approve: &policy.auto_approve,
+        now,
+    };
+    if let Err(rejection) = gate::check_stop_and_toggles(&input) {
+        return Ok(Decision::Reject(rejection));
+    }
+    let day = gate::day_key(now, &policy.step_gates);
+    let backend = tx.get_database_backend();
+    let mut reserved: Vec<(StepKind, u32)> = Vec::new();
+    for capped in gate::capped_kinds(&policy.step_gates, kinds) {
+        let added = if capped.requested > capped.cap {
+            0
+        } else {
+            tx.execute_raw(stmt(
+                backend,
+                "INSERT INTO daily_step_counts (kind, day, count) VALUES ($1, $2, $3) \
+                 ON CONFLICT (kind, day) DO UPDATE SET count = daily_step_counts.count + excluded.count \
+                 WHERE daily_step_counts.count + excluded.count <= $4",
+                vec![
+                    capped.kind.as_str().into(),
+                    day.clone().into(),
+                    i64::from(capped.requested).into(),
+                    i64::from(capped.cap).into(),
+                ],
+            ))
+            .await?
+            .rows_affected()
+        };
+        if added == 0 {
+            let used = count_for(tx, &capped.kind, &day).await?;
+            for (kind, n) in reserved {
+                release(tx, &kind, &day, n).await?;
+            }
+            let rejection = gate::check_cap(&capped, used, &day).err().unwrap_or(
+                GateRejection::DailyCap {
+                    kind: capped.kind.clone(),
+                    cap: capped.cap,
+                    used,
+                    requested: capped.requested,
+                    day: day.clone(),
+                },
+            );
+            return Ok(Decision::Reject(rejection));
+        }
+        reserved.push((capped.kind.clone(), capped.requested));
+    }
+    Ok(gate::auto_approve(&policy.auto_approve, kinds))
+}
+
+async fn count_for(tx: &impl ConnectionTrait, kind: &StepKind, day: &str) -> Result<i64> {
+    let row = tx
+        .query_one_raw(stmt(
+            tx.get_database_backend(),
+            "SELECT count FROM daily_step_counts WHERE kind = $1 AND day = $2",
+            vec![kind.as_str().into(), day.into()],
+        ))
+        .await?;
+    Ok(match row {
+        Some(row) => row.try_get::<i64>("", "count")?,
+        None => 0,
+    })
+}
+
+async fn release(tx: &impl ConnectionTrait, kind: &StepKind, day: &str, n: u32) -> Result<()> {
+    tx.execute_raw(stmt(
+        tx.get_database_backend(),
+        "UPDATE daily_step_counts SET count = CASE WHEN count >= $3 THEN count - $3 ELSE 0 END \
+         WHERE kind = $1 AND day = $2",
+        vec![kind.as_str().into(), day.into(), i64::from(n).into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Gives back the daily-cap counts a pending proposal held (it was rejected
+/// or expired). The day is the proposal's submit day in the gates' zone.
+async fn release_caps(
+    tx: &impl ConnectionTrait,
+    policy: &PolicySnapshot,
+    proposal: &proposals::Model,
+) -> Result<()> {
+    let specs: Vec<StepSpec> = serde_json::from_value(proposal.steps.clone())
+        .map_err(|e| WorkflowError::Corrupt(format!("proposal {} steps: {e}", proposal.id)))?;
+    let kinds: Vec<StepKind> = specs.into_iter().map(|s| s.kind).collect();
+    let day = gate::day_key(proposal.created_at, &policy.step_gates);
+    for capped in gate::capped_kinds(&policy.step_gates, &kinds) {
+        release(tx, &capped.kind, &day, capped.requested).await?;
+    }
+    Ok(())
+}
+
+/// Creates the mission of an approved proposal with its queued steps.
+/// `UNIQUE(missions.proposal_id)` makes a second attempt a no-op.
+async fn create_mission(
+    tx: &DatabaseTransaction,
+    proposal: &proposals::Model,
+    policy: &PolicySnapshot,
+    now: DateTime<Utc>,
+) -> Result<Uuid> {
+    let specs: Vec<StepSpec> = serde_json::from_value(proposal.steps.clone())
+        .map_err(|e| WorkflowError::Corrupt(format!("proposal {} steps: {e}", proposal.id)))?;
+    let mission_id = Uuid::now_v7();
+    let inserted = missions::Entity::insert(missions::ActiveModel {
+        id: Set(mission_id),
+        proposal_id: Set(proposal.id),
+        title: Set(proposal.title.clone()),
+        status: Set(MissionStatus::Running.as_str().to_owned()),
+        parallel: Set(proposal.parallel),
+        created_at: Set(now),
+        updated_at: Set(now),
+        finished_at: Set(None),
+    })
+    .on_conflict(
+        OnConflict::column(missions::Column::ProposalId)
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(tx)
+    .await?;
+    if inserted == 0 {
+        return mission_of(tx, proposal.id)
+            .await?
+            .ok_or_else(|| WorkflowError::Conflict("mission vanished".into()));
+    }
+    for (seq, spec) in specs.iter().enumerate() {
+        let step_id = Uuid::now_v7();
+        mission_steps::ActiveModel {
+            id: Set(step_id),
+            mission_id: Set(mission_id),
+            seq: Set(i32::try_from(seq).unwrap_or(i32::MAX)),
+            kind: Set(spec.kind.as_str().to_owned()),
+            payload: Set(spec.payload.clone()),
+            status: Set(StepStatus::Queued.as_str().to_owned()),
+            attempt: Set(0),
+            max_attempts: Set(i32::try_from(spec.max_attempts.unwrap_or(policy.worker.max_attempts))
+                .unwrap_or(i32::MAX)),
+            lease_holder: Set(None),
+            lease_expires_at: Set(None),
+            next_attempt_at: Set(None),
+            result: Set(None),
+            error: Set(None),
+            cost_usd: Set(None),
+            created_at: Set(now),
+            started_at: Set(None),
+            finished_at: Set(None),
+            updated_at: Set(now),
+        }
+        .insert(tx)
+        .await?;
+    }
+    write_event(
+        tx,
+        EventRecord::api(
+            "mission.started",
+            json!({"title": proposal.title, "step_count": specs.len(), "parallel": proposal.parallel}),
+        )
+        .proposal(proposal.id)
+        .mission(mission_id),
+        now,
+    )
+    .await?;
+    metrics::counter!("opsloop_steps_total", "status" => "queued").increment(specs.len() as u64);
+    Ok(mission_id)
+}
+
+async fn mission_of(tx: &impl ConnectionTrait, proposal_id: Uuid) -> Result<Option<Uuid>> {
+    let row = tx
+        .query_one_raw(stmt(
+            tx.get_database_backend(),
+            "SELECT id FROM missions WHERE proposal_id = $1",
+            vec![proposal_id.into()],
+        ))
+        .await?;
+    Ok(match row {
+        Some(row) => Some(row.try_get::<Uuid>("", "id")?),
+        None => None,
+    })
+}
+
+async fn with_mission(tx: &impl ConnectionTrait, proposal: proposals::Model) -> Result<ProposalView> {
+    let mission_id = mission_of(tx, proposal.id).await?;
+    Ok(ProposalView {
+        proposal,
+        mission_id,
+    })
+}
+
+/// Writes the database audit row; the file copy is appended after commit.
+pub(crate) async fn audit_row(
+    tx: &impl ConnectionTrait,
+    record: &AuditRecord,
+) -> Result<()> {
+    audit_events::ActiveModel {
+        id: sea_orm::ActiveValue::NotSet,
+        actor: Set(record.actor.clone()),
+        action: Set(record.action.clone()),
+        subject: Set(record.subject.clone()),
+        before: Set(record.before.clone()),
+        after: Set(record.after.clone()),
+        reason: Set(record.reason.clone()),
+        created_at: Set(record.at),
+    }
+    .insert(tx)
+    .await?;
+    Ok(())
+}
+
+/// Appends to the audit file; a failure is logged, never undoes the change
+/// (the database row is the record of truth).
+pub(crate) fn audit_file(audit: Option<&AuditLog>, record: &AuditRecord) {
+    if let Some(log) = audit
+        && let Err(error) = log.append(record)
+    {
+        tracing::error!(%error, action = %record.action, subject = %record.subject,
+            "cannot append to the audit log file");
+    }
+}
+
+/// Decides a pending proposal. Shared by approve and reject.
+async fn decide(
+    db: &DatabaseConnection,
+    id: Uuid,
+    to: ProposalStatus,
+    actor: &str,
+    reason: Option<&str>,
+    audit: Option<&AuditLog>,
+    now: DateTime<Utc>,
+) -> Result<ProposalView> {
+    let now = db_now(now);
+    let tx = begin_write(db).await?;
+    let backend = tx.get_database_backend();
+    let changed = match to {
+        ProposalStatus::Approved => {
+            tx.execute_raw(stmt(
+                backend,
+                "UPDATE proposals SET status = 'approved', decided_by = $2, decided_at = $3, updated_at = $3 \
+                 WHERE id = $1 AND status = 'pending'",
+                vec![id.into(), actor.into(), now.into()],
+            ))
+            .await?
+        }
+        _ => {
+            tx.execute_raw(stmt(
+                backend,
+                "UPDATE proposals SET status = 'rejected', decided_by = $2, decided_at = $3, updated_at = $3, \
+                 rejection_reason = 'manual', rejection_detail = $4 \
+                 WHERE id = $1 AND status = 'pending'",
+                vec![id.into(), actor.into(), now.into(), reason.map(str::to_owned).into()],
+            ))
+            .await?
+        }
+    }
+    .rows_affected();
+    let proposal = proposals::Entity::find_by_id(id)
+        .one(&tx)
+        .await?
+        .ok_or_else(|| WorkflowError::not_found("proposal", id))?;
+    if changed == 0 {
+        let current: ProposalStatus = proposal
+            .status
+            .parse()
+            .map_err(|e| WorkflowError::Corrupt(format!("{e}")))?;
+        if current == to && to == ProposalStatus::Approved {
+            // Approving twice returns the first approval (one mission).
+            let view = with_mission(&tx, proposal).await?;
+            tx.commit().await?;
+            return Ok(view);
+        }
+        current.transition(to)?;
+    }
+    let policy = load_policy(&tx).await?;
+    let mut mission_id = None;
+    let action = if to == ProposalStatus::Approved {
+        write_event(
+            &tx,
+            EventRecord::api("proposal.approved", json!({"decided_by": actor, "comment": reason}))
+                .proposal(id),
+            now,
+        )
+        .await?;
+        mission_id = Some(create_mission(&tx, &proposal, &policy, now).await?);
+        "proposal.approve"
+    } else {
+        release_caps(&tx, &policy, &proposal).await?;
+        write_event(
+            &tx,
+            EventRecord::api(
+                "proposal.rejected",
+                json!({"reason": "manual", "detail": reason, "decided_by": actor}),
+            )
+            .proposal(id),
+            now,
+        )
+        .await?;
+        "proposal.reject"
+    };
+    let record = AuditRecord {
+        at: now,
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        subject: format!("proposal/{id}"),
+        reason: reason.map(str::to_owned),
+        before: Some(json!({"status": "pending"})),
+        after: Some(json!({"status": to.as_str(), "mission_id": mission_id})),
+    };
+    audit_row(&tx, &record).await?;
+    tx.commit().await?;
+    audit_file(audit, &record);
+    metrics::counter!("opsloop_proposals_total", "outcome" => to.as_str(), "gate" => "manual")
+        .increment(1);
+    tracing::info!(proposal_id = %id, status = to.as_str(), actor, "proposal decided");
+    Ok(ProposalView {
+        proposal,
+        mission_id,
+    })
+}
+
+/// ApproveProposal: pending → approved, creating the mission in the same
+/// transaction. Approving an approved proposal returns it unchanged.
+pub async fn approve_proposal(
+    db: &DatabaseConnection,
+    id: Uuid,
+    actor: &str,
+    comment: Option<&str>,
+    audit: Option<&AuditLog>,
+    now: DateTime<Utc>,
+) -> Result<ProposalView> {
+    decide(db, id, ProposalStatus::Approved, actor, comment, audit, now).await
+}
+
+/// RejectProposal: pending → rejected (`manual`), giving back its cap counts.
+pub async fn reject_proposal(
+    db: &DatabaseConnection,
+    id: Uuid,
+    actor: &str,
+    reason: &str,
+    audit: Option<&AuditLog>,
+    now: DateTime<Utc>,
+) -> Result<ProposalView> {
+    decide(db, id, ProposalStatus::Rejected, actor, Some(reason), audit, now).await
+}
+
+/// Expires proposals pending for longer than `max_age` (the heartbeat calls
+/// it with 7 days). Returns the expired ids.
+pub async fn expire_stale_proposals(
+    db: &DatabaseConnection,
+    max_age: Duration,
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>> {
+    let now = db_now(now);
+    let tx = begin_write(db).await?;
+    let backend = tx.get_database_backend();
+    let stale = proposals::Entity::find()
+        .from_raw_sql(stmt(
+            backend,
+            &format!(
+                "SELECT * FROM proposals WHERE status = 'pending' AND created_at < $1 \
+                 ORDER BY created_at LIMIT 500{}",
+                super::for_update(backend)
+            ),
+            vec![(now - max_age).into()],
+        ))
+        .all(&tx)
+        .await?;
+    let policy = load_policy(&tx).await?;
+    let mut expired = Vec::with_capacity(stale.len());
+    for proposal in stale {
+        let changed = tx
+            .execute_raw(stmt(
+                backend,
+                "UPDATE proposals SET status = 'expired', decided_by = 'heartbeat', decided_at = $2, \
+                 updated_at = $2 WHERE id = $1 AND status = 'pending'",
+                vec![proposal.id.into(), now.into()],
+            ))
+            .await?
+            .rows_affected();
+        if changed == 0 {
+            continue;
+        }
+        release_caps(&tx, &policy, &proposal).await?;
+        write_event(
+            &tx,
+            EventRecord::api(
+                "proposal.expired",
+                json!({"created_at": proposal.created_at, "max_age_seconds": max_age.num_seconds()}),
+            )
+            .proposal(proposal.id),
+            now,
+        )
+        .await?;
+        expired.push(proposal.id);
+    }
+    tx.commit().await?;
+    if !expired.is_empty() {
+        tracing::info!(count = expired.len(), "expired stale proposals");
+    }
+    Ok(expired)
+}
+
+/// One proposal.
+pub async fn get_proposal(db: &DatabaseConnection, id: Uuid) -> Result<ProposalView> {
+    let proposal = proposals::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .ok_or_else(|| WorkflowError::not_found("proposal", id))?;
+    with_mission(db, proposal).await
+}
+
+/// Filters of ListProposals.
+#[derive(Debug, Clone, Default)]
+pub struct ProposalFilter {
+    pub status: Option<ProposalStatus>,
+    pub source: Option<String>,
+    pub agent: Option<String>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+    /// Continue after this (created_at, id), newest first.
+    pub after: Option<(DateTime<Utc>, Uuid)>,
+    pub limit: u64,
+}
+
+/// Proposals newest first.
+pub async fn list_proposals(
+    db: &DatabaseConnection,
+    filter: &ProposalFilter,
+) -> Result<Vec<ProposalView>> {
+    let mut sql = String::from("SELECT * FROM proposals WHERE 1=1");
+    let mut values: Vec<sea_orm::Value> = Vec::new();
+    let mut add = |cond: &str, v: Vec<sea_orm::Value>, sql: &mut String| {
+        let mut cond = cond.to_owned();
+        for value in v {
+            values.push(value);
+            cond = cond.replacen("$?", &format!("${}", values.len()), 1);
+        }
+        sql.push_str(&cond);
+    };
+    if let Some(status) = filter.status {
+        add(" AND status = $?", vec![status.as_str().into()], &mut sql);
+    }
+    if let Some(source) = &filter.source {
+        add(" AND source = $?", vec![source.clone().into()], &mut sql);
+    }
+    if let Some(agent) = &filter.agent {
+        add(" AND agent = $?", vec![agent.clone().into()], &mut sql);
+    }
+    if let Some(t) = filter.created_after {
+        add(" AND created_at >= $?", vec![t.into()], &mut sql);
+    }
+    if let Some(t) = filter.created_before {
+        add(" AND created_at < $?", vec![t.into()], &mut sql);
+    }
+    if let Some((t, id)) = filter.after {
+        add(
+            " AND (created_at < $? OR (created_at = $? AND id < $?))",
+            vec![t.into(), t.into(), id.into()],
+            &mut sql,
+        );
+    }
+    sql.push_str(&format!(
+        " ORDER BY created_at DESC, id DESC LIMIT {}",
+        filter.limit.clamp(1, 1000)
+    ));
+    let rows = proposals::Entity::find()
+        .from_raw_sql(stmt(db.get_database_backend(), &sql, values))
+        .all(db)
+        .await?;
+    let mut views = Vec::with_capacity(rows.len());
+    for row in rows {
+        views.push(with_mission(db, row).await?);
+    }
+    Ok(views)
+}

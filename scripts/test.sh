@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Runs the whole opsloop test suite against real PostgreSQL and RabbitMQ.
+# Starts either service when it is down; fails with a clear message when it
+# cannot be reached. Extra arguments go to the test runner.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PG_HOST=127.0.0.1 PG_PORT=5432 AMQP_PORT=5672
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+ensure_postgres() {
+  if port_open "$PG_HOST" "$PG_PORT"; then return; fi
+  echo "test.sh: PostgreSQL is down; starting it"
+  if [ -d /etc/postgresql ]; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+  fi
+  for _ in $(seq 1 30); do port_open "$PG_HOST" "$PG_PORT" && return; sleep 1; done
+  echo "test.sh: PostgreSQL is not reachable at $PG_HOST:$PG_PORT (trust auth, user postgres)." >&2
+  echo "         Start it: pg_ctlcluster --skip-systemctl-redirect \$(ls /etc/postgresql) main start" >&2
+  exit 1
+}
+
+ensure_rabbitmq() {
+  if port_open "$PG_HOST" "$AMQP_PORT"; then return; fi
+  echo "test.sh: RabbitMQ is down; starting it"
+  if command -v rabbitmq-server >/dev/null; then rabbitmq-server -detached || true; fi
+  for _ in $(seq 1 90); do port_open "$PG_HOST" "$AMQP_PORT" && return; sleep 1; done
+  echo "test.sh: RabbitMQ is not reachable at $PG_HOST:$AMQP_PORT (guest/guest)." >&2
+  echo "         Start it: rabbitmq-server -detached" >&2
+  exit 1
+}
+
+ensure_postgres
+ensure_rabbitmq
+
+# Daemon process tests start the real binaries.
+cargo build --workspace --bins --quiet
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+  # nextest does not run doctests.
+  cargo test --workspace --doc --quiet
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi

@@ -1,0 +1,172 @@
+//! Support for the end-to-end tests: locating the daemon binaries, starting
+//! them as processes with an isolated database and exchange, reading their
+//! start line, and a small HTTP client.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// `target/<profile>/<name>`, next to the test executable's `deps/` folder.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A daemon started as a child process; killed when dropped.
+pub struct DaemonProcess {
+    pub child: Child,
+    /// The parsed JSON start line.
+    pub start_line: serde_json::Value,
+    /// Every stdout line, as it arrives.
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl DaemonProcess {
+    /// Starts `binary` with `env` and waits (up to `timeout`) for its
+    /// "started" log line.
+    pub fn start(binary: &str, env: &[(&str, String)], timeout: Duration) -> Self {
+        let mut command = Command::new(self::binary(binary));
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("spawn daemon");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        let tx_err = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx_err.send(format!("stderr: {line}")).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
+                        && json["message"]
+                            .as_str()
+                            .is_some_and(|m| m.ends_with(" started"))
+                    {
+                        return Self {
+                            child,
+                            start_line: json,
+                            lines: rx,
+                        };
+                    }
+                    seen.push(line);
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "{binary} did not log its start line within {timeout:?}; output:\n{}",
+                        seen.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    /// The `http` address from the start line.
+    pub fn http_addr(&self) -> String {
+        self.start_line["http"]
+            .as_str()
+            .expect("start line has http")
+            .to_owned()
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("process did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET `url`, returning status and body; retries connection errors until
+/// `timeout`.
+pub async fn get(url: &str, timeout: Duration) -> (u16, String) {
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match client.get(url).timeout(Duration::from_secs(5)).send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = response.text().await.unwrap_or_default();
+                return (status, body);
+            }
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                let _ = error;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("GET {url}: {error}"),
+        }
+    }
+}
+
+/// Polls `url` until it answers `want`, up to `timeout`; the last body.
+pub async fn wait_for_status(url: &str, want: u16, timeout: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let (status, body) = get(url, timeout).await;
+        if status == want {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} answered {status}, not {want}, for {timeout:?}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
