@@ -20,14 +20,18 @@ async fn daemon_starts_serves_and_stops(binary: &str, section: &str, has_grpc: b
         ("OPSLOOP__BUS__KIND", "rabbitmq".to_owned()),
         ("OPSLOOP__BUS__URL", amqp_url()),
         ("OPSLOOP__BUS__EXCHANGE", bus.exchange.clone()),
-        ("OPSLOOP__BUS__DEAD_LETTER_EXCHANGE", bus.dead_letter_exchange.clone()),
+        (
+            "OPSLOOP__BUS__DEAD_LETTER_EXCHANGE",
+            bus.dead_letter_exchange.clone(),
+        ),
         ("OPSLOOP__BUS__QUEUE_TYPE", "classic".to_owned()),
         ("OPSLOOP__BUS__QUEUE_EXPIRES_MS", "60000".to_owned()),
         ("OPSLOOP__SHUTDOWN__DRAIN_TIMEOUT_MS", DRAIN_MS.to_string()),
     ];
     let http_key = format!("OPSLOOP__{section}__HTTP_ADDR");
     let grpc_key = format!("OPSLOOP__{section}__GRPC_ADDR");
-    let audit_dir = std::env::temp_dir().join(format!("opsloop-audit-{}", uuid::Uuid::new_v4().simple()));
+    let audit_dir =
+        std::env::temp_dir().join(format!("opsloop-audit-{}", uuid::Uuid::new_v4().simple()));
     let audit_path = audit_dir.join("audit.jsonl").display().to_string();
     env.push((http_key.as_str(), "127.0.0.1:0".to_owned()));
     if has_grpc {
@@ -50,14 +54,25 @@ async fn daemon_starts_serves_and_stops(binary: &str, section: &str, has_grpc: b
     assert_eq!(ready["checks"]["broker"]["status"], "ok");
     assert!(ready["checks"]["database"]["latency_ms"].is_number());
     let ready_after = started.elapsed();
-    assert!(ready_after < Duration::from_secs(20), "ready after {ready_after:?}");
+    assert!(
+        ready_after < Duration::from_secs(20),
+        "ready after {ready_after:?}"
+    );
 
     let (status, metrics) = get(&format!("{base}/metrics"), Duration::from_secs(5)).await;
     assert_eq!(status, 200);
-    assert!(metrics.contains("process_resident_memory_bytes"), "{metrics}");
+    assert!(
+        metrics.contains("process_resident_memory_bytes"),
+        "{metrics}"
+    );
 
     let exit = daemon.terminate(Duration::from_millis(DRAIN_MS + 5_000));
-    assert_eq!(exit.code(), Some(0), "exit status {exit:?}");
+    assert_eq!(
+        exit.code(),
+        Some(0),
+        "exit status {exit:?}; output:\n{}",
+        daemon.drain_output()
+    );
     let _ = std::fs::remove_dir_all(audit_dir);
     db.cleanup().await;
 }
@@ -97,11 +112,26 @@ fn a_bad_config_value_fails_with_one_line_naming_the_key() {
 
 #[test]
 fn help_and_version() {
-    for binary in ["opsloop-api", "opsloop-heartbeat-worker", "opsloop-alerter", "opsloop-backup-agent", "opsloop"] {
-        let help = std::process::Command::new(opsloop_e2e::binary(binary)).arg("--help").output().expect("run");
+    for binary in [
+        "opsloop-api",
+        "opsloop-heartbeat-worker",
+        "opsloop-alerter",
+        "opsloop-backup-agent",
+        "opsloop",
+    ] {
+        let help = std::process::Command::new(opsloop_e2e::binary(binary))
+            .arg("--help")
+            .output()
+            .expect("run");
         assert!(help.status.success(), "{binary} --help");
-        assert!(String::from_utf8_lossy(&help.stdout).contains("--config"), "{binary} --help names --config");
-        let version = std::process::Command::new(opsloop_e2e::binary(binary)).arg("--version").output().expect("run");
+        assert!(
+            String::from_utf8_lossy(&help.stdout).contains("--config"),
+            "{binary} --help names --config"
+        );
+        let version = std::process::Command::new(opsloop_e2e::binary(binary))
+            .arg("--version")
+            .output()
+            .expect("run");
         assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
     }
 }

@@ -28,7 +28,10 @@ async fn readyz_follows_database_and_broker() {
         ("OPSLOOP__BUS__KIND", "rabbitmq".to_owned()),
         ("OPSLOOP__BUS__URL", amqp.clone()),
         ("OPSLOOP__BUS__EXCHANGE", bus.exchange.clone()),
-        ("OPSLOOP__BUS__DEAD_LETTER_EXCHANGE", bus.dead_letter_exchange.clone()),
+        (
+            "OPSLOOP__BUS__DEAD_LETTER_EXCHANGE",
+            bus.dead_letter_exchange.clone(),
+        ),
         ("OPSLOOP__BUS__QUEUE_TYPE", "classic".to_owned()),
         ("OPSLOOP__BUS__RECONNECT_MAX_BACKOFF_MS", "300".to_owned()),
         ("OPSLOOP__API__GRPC_ADDR", "127.0.0.1:0".to_owned()),
@@ -36,7 +39,10 @@ async fn readyz_follows_database_and_broker() {
         (
             "OPSLOOP__AUDIT__LOG_PATH",
             std::env::temp_dir()
-                .join(format!("opsloop-audit-{}.jsonl", uuid::Uuid::new_v4().simple()))
+                .join(format!(
+                    "opsloop-audit-{}.jsonl",
+                    uuid::Uuid::new_v4().simple()
+                ))
                 .display()
                 .to_string(),
         ),
@@ -51,9 +57,13 @@ async fn readyz_follows_database_and_broker() {
     })
     .expect("config");
     let shutdown = CancellationToken::new();
-    let infra = Infra::connect(config, SecretStore::with_sources(None, std::path::Path::new("/nonexistent"), vec![]), shutdown.clone())
-        .await
-        .expect("infra");
+    let infra = Infra::connect(
+        config,
+        SecretStore::with_sources(None, std::path::Path::new("/nonexistent"), vec![]),
+        shutdown.clone(),
+    )
+    .await
+    .expect("infra");
     let app = opsloop_api::ApiApp::build(infra).await.expect("build");
     let readyz = format!("http://{}/readyz", app.http_addr().expect("addr"));
     let server = tokio::spawn(app.run_until_stopped());

@@ -68,15 +68,14 @@ impl DaemonProcess {
             }
         });
         let deadline = std::time::Instant::now() + timeout;
+        let start_message = format!("{} started", binary.trim_start_matches("opsloop-"));
         let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
-                        && json["message"]
-                            .as_str()
-                            .is_some_and(|m| m.ends_with(" started"))
+                        && json["message"].as_str() == Some(start_message.as_str())
                     {
                         return Self {
                             child,
@@ -88,6 +87,7 @@ impl DaemonProcess {
                 }
                 Err(_) => {
                     let _ = child.kill();
+                    let _ = child.wait();
                     panic!(
                         "{binary} did not log its start line within {timeout:?}; output:\n{}",
                         seen.join("\n")
@@ -95,6 +95,11 @@ impl DaemonProcess {
                 }
             }
         }
+    }
+
+    /// Every line the process printed since its start line (non-blocking).
+    pub fn drain_output(&self) -> String {
+        self.lines.try_iter().collect::<Vec<_>>().join("\n")
     }
 
     /// The `http` address from the start line.

@@ -1,7 +1,8 @@
 //! The Alertmanager v2 HTTP API, so a stock Prometheus (and `amtool`) can
 //! talk to the alerter: `POST/GET /api/v2/alerts`, `GET/POST
-//! /api/v2/silences`, `GET/DELETE /api/v2/silence/{id}`, with Alertmanager's
-//! JSON shapes and status codes.
+//! /api/v2/silences`, `GET/DELETE /api/v2/silence/{id}`, `GET
+//! /api/v2/receivers` and `GET /api/v2/status`, with Alertmanager's JSON
+//! shapes and status codes.
 
 use std::sync::Arc;
 
@@ -23,7 +24,21 @@ use crate::silence::{ApiSilence, NewSilence};
 const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 pub fn router(alerter: Arc<Alerter>) -> Router {
+    let started = alerter.now();
     Router::new()
+        .route("/api/v2/receivers", get(get_receivers))
+        .route(
+            "/api/v2/status",
+            get(move || async move {
+                axum::Json(json!({
+                    "cluster": {"name": "", "status": "disabled", "peers": []},
+                    "versionInfo": {"version": env!("CARGO_PKG_VERSION"), "branch": "", "revision": "",
+                        "buildUser": "", "buildDate": "", "goVersion": ""},
+                    "config": {"original": ""},
+                    "uptime": started,
+                }))
+            }),
+        )
         .route("/api/v2/alerts", post(post_alerts).get(get_alerts))
         .route("/api/v2/silences", get(get_silences).post(post_silence))
         .route(
@@ -151,6 +166,16 @@ async fn get_alerts(
         .collect();
     views.sort_by_key(|v| std::cmp::Reverse(v.alert.starts_at));
     axum::Json(views.iter().map(gettable_alert).collect::<Vec<_>>()).into_response()
+}
+
+async fn get_receivers(State(alerter): State<Arc<Alerter>>) -> Response {
+    let names: Vec<Value> = alerter
+        .receivers()
+        .names()
+        .into_iter()
+        .map(|name| json!({"name": name}))
+        .collect();
+    axum::Json(names).into_response()
 }
 
 async fn get_silences(

@@ -93,10 +93,7 @@ impl Dispatcher {
             None => alert,
         };
         self.alerts.insert(fp, merged.clone());
-        for opts in self.route.matching(&merged.labels) {
-            if !self.enabled.contains(&opts.receiver) {
-                continue;
-            }
+        for opts in self.routes_for(&merged.labels) {
             let key = opts.group_key(&merged.labels);
             let id = (opts.receiver.clone(), key);
             let send_resolved = self.send_resolved.contains(&opts.receiver);
@@ -106,6 +103,23 @@ impl Dispatcher {
                 .insert(merged.clone(), now);
         }
         merged
+    }
+
+    /// The matched routes whose receiver can deliver. When none can (e.g.
+    /// the summary webhook is not configured), the root route's receiver
+    /// takes the alert rather than nobody.
+    pub fn routes_for(&self, labels: &crate::model::LabelSet) -> Vec<crate::route::RouteOpts> {
+        let matched: Vec<crate::route::RouteOpts> = self
+            .route
+            .matching(labels)
+            .into_iter()
+            .filter(|o| self.enabled.contains(&o.receiver))
+            .cloned()
+            .collect();
+        if matched.is_empty() && self.enabled.contains(&self.route.opts.receiver) {
+            return vec![self.route.opts.clone()];
+        }
+        matched
     }
 
     /// The earliest instant a group wants to flush.
@@ -183,11 +197,9 @@ impl Dispatcher {
             .map(|alert| AlertView {
                 alert: alert.clone(),
                 receivers: self
-                    .route
-                    .matching(&alert.labels)
+                    .routes_for(&alert.labels)
                     .into_iter()
-                    .map(|o| o.receiver.clone())
-                    .filter(|r| self.enabled.contains(r))
+                    .map(|o| o.receiver)
                     .collect::<BTreeSet<_>>()
                     .into_iter()
                     .collect(),
@@ -397,5 +409,14 @@ mod tests {
         let mut none = dispatcher(&[]);
         none.ingest(alert(&[("alertname", "Y")], 0), at(0));
         assert_eq!(none.next_wakeup(), None);
+
+        // Info goes to `summary`; without a summary webhook the root
+        // receiver (slack) takes it instead of nobody.
+        let mut slack_only = dispatcher(&["slack"]);
+        slack_only.ingest(
+            alert(&[("alertname", "Fyi"), ("severity", "info")], 0),
+            at(0),
+        );
+        assert_eq!(deliver_all(&mut slack_only, 30), vec![("slack".into(), 1)]);
     }
 }

@@ -46,6 +46,7 @@ pub struct AlerterApp {
     http: TcpListener,
     alerter: Arc<Alerter>,
     queue: String,
+    tokens: grpc::Tokens,
 }
 
 impl AlerterApp {
@@ -69,12 +70,14 @@ impl AlerterApp {
             Some(infra.audit.clone()),
         )
         .await?;
+        let tokens = grpc::Tokens::from_secrets(&infra.secrets)?;
         Ok(Self {
             infra,
             grpc,
             http,
             alerter,
             queue: settings.queue,
+            tokens,
         })
     }
 
@@ -99,7 +102,7 @@ impl AlerterApp {
         health
             .set_serving::<opsloop_core::proto::v1::alert_service_server::AlertServiceServer<grpc::AlertGrpc>>()
             .await;
-        let routes = routes.add_service(grpc::server(self.alerter.clone()));
+        let routes = routes.add_service(grpc::server(self.alerter.clone(), self.tokens));
         let router = opsloop_core::http::base_router(SERVICE, self.infra.readiness())
             .merge(api::router(self.alerter.clone()));
         let mut tasks = JoinSet::new();

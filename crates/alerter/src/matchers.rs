@@ -85,12 +85,20 @@ impl Matcher {
             return Err(MatcherError::Name(name.to_owned()));
         }
         let regex = if op.is_regex() {
-            Some(
-                Regex::new(&format!("^(?:{value})$")).map_err(|e| MatcherError::Regex {
+            Some(Regex::new(&format!("^(?:{value})$")).map_err(|e| {
+                MatcherError::Regex {
                     name: name.to_owned(),
-                    reason: e.to_string(),
-                })?,
-            )
+                    // regex explains over several lines; keep its verdict.
+                    reason: e
+                        .to_string()
+                        .lines()
+                        .last()
+                        .unwrap_or_default()
+                        .trim()
+                        .trim_start_matches("error: ")
+                        .to_owned(),
+                }
+            })?)
         } else {
             None
         };

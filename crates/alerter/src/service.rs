@@ -13,9 +13,10 @@ use chrono::{DateTime, Utc};
 use opsloop_core::audit::{AuditLog, AuditRecord};
 use opsloop_core::secrets::SecretStore;
 use sea_orm::DatabaseConnection;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::config::AlerterSettings;
@@ -79,11 +80,25 @@ impl Blueprint {
     }
 }
 
+/// Where the lease holder's last sync from the database stands.
+#[derive(Debug, Default, Clone, Copy)]
+struct SyncMark {
+    /// When it ran.
+    at: Option<DateTime<Utc>>,
+    /// The newest `updated_at` it read.
+    newest: Option<DateTime<Utc>>,
+}
+
 pub struct Alerter {
     blueprint: Blueprint,
     lease: Option<LeaderLease>,
     /// [`ROLE_UNKNOWN`], [`ROLE_LEADER`] or [`ROLE_STANDBY`].
     role: AtomicU8,
+    /// True while this process delivers (the bus consumer follows it).
+    leading: watch::Sender<bool>,
+    /// When the holder last re-read alerts and silences other alerters
+    /// took in, and the newest `updated_at` it saw.
+    last_sync: tokio::sync::Mutex<SyncMark>,
     dispatcher: tokio::sync::Mutex<Dispatcher>,
     store: AlertStore,
     engine: DeliveryEngine,
@@ -94,6 +109,9 @@ pub struct Alerter {
     seen_retention: chrono::Duration,
     wake: Notify,
     in_flight: Mutex<HashSet<GroupId>>,
+    /// When the alert gauges were last computed (they cost a pass over
+    /// every alert, inhibition included).
+    gauges_at: Mutex<Option<DateTime<Utc>>>,
     tracker: TaskTracker,
     audit: Option<Arc<AuditLog>>,
 }
@@ -102,13 +120,30 @@ pub struct Alerter {
 /// sensible repeat_interval.
 const LOG_LOOKBACK_DAYS: i64 = 7;
 
+/// How often the alert gauges are recomputed.
+const GAUGE_EVERY: chrono::Duration = chrono::Duration::seconds(5);
+
+/// How long notification log rows (dead letters included) are kept.
+const LOG_RETENTION_DAYS: i64 = 30;
+
 /// Before the first step.
 const ROLE_UNKNOWN: u8 = 0;
 const ROLE_LEADER: u8 = 1;
 const ROLE_STANDBY: u8 = 2;
 
+/// How often the lease holder re-reads what a standby took in.
+const SYNC_EVERY: chrono::Duration = chrono::Duration::seconds(5);
+/// How far behind the newest seen `updated_at` a sync reads again (commits
+/// land out of order; other processes' clocks differ).
+const SYNC_OVERLAP: chrono::Duration = chrono::Duration::seconds(30);
+
 fn config_error(key: &str, reason: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("invalid configuration: alerter.{key}: {reason}")
+}
+
+/// For errors that already start with the key under `alerter.`.
+fn config_error_at(reason: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("invalid configuration: alerter.{reason}")
 }
 
 impl Alerter {
@@ -122,7 +157,7 @@ impl Alerter {
         clock: Arc<dyn Clock>,
         audit: Option<Arc<AuditLog>>,
     ) -> anyhow::Result<Arc<Self>> {
-        let route = Route::compile(&settings.route).map_err(|e| config_error("", e))?;
+        let route = Route::compile(&settings.route).map_err(config_error_at)?;
         let inhibit_rules = settings
             .inhibit_rules
             .iter()
@@ -134,7 +169,7 @@ impl Alerter {
         let resolve_timeout = parse_duration(&settings.resolve_timeout)
             .map_err(|e| config_error("resolve_timeout", e))?;
         let receivers = receivers::build(&settings.receivers, secrets, settings.local_output)
-            .map_err(|e| config_error("", e))?;
+            .map_err(config_error_at)?;
         let configured: BTreeSet<String> =
             settings.receivers.iter().map(|r| r.name.clone()).collect();
         if let Some(missing) = route
@@ -185,6 +220,8 @@ impl Alerter {
             blueprint,
             lease,
             role: AtomicU8::new(ROLE_UNKNOWN),
+            leading: watch::Sender::new(false),
+            last_sync: tokio::sync::Mutex::new(SyncMark::default()),
             dispatcher: tokio::sync::Mutex::new(dispatcher),
             store,
             engine,
@@ -198,6 +235,7 @@ impl Alerter {
             seen_retention: chrono::Duration::hours(settings.seen_retention_hours as i64),
             wake: Notify::new(),
             in_flight: Mutex::new(HashSet::new()),
+            gauges_at: Mutex::new(None),
             tracker: TaskTracker::new(),
             audit,
         }))
@@ -319,13 +357,50 @@ impl Alerter {
         } else if previous != ROLE_STANDBY && !leader {
             tracing::info!("another alerter holds the delivery lease: standing by");
         }
+        self.leading.send_replace(leader);
         if leader {
+            if self.lease.is_some() {
+                self.sync_from_store(now).await?;
+            }
             self.tick().await?;
         } else {
             let silences = self.store.load_silences().await?;
             self.dispatcher.lock().await.set_silences(silences);
         }
         Ok(leader)
+    }
+
+    /// Whether this process delivers, as it changes.
+    pub fn leadership(&self) -> watch::Receiver<bool> {
+        self.leading.subscribe()
+    }
+
+    /// The lease holder picks up alerts and silences other alerters wrote
+    /// (an HTTP post that reached only the standby).
+    async fn sync_from_store(&self, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut mark = self.last_sync.lock().await;
+        if let Some(at) = mark.at
+            && now - at < SYNC_EVERY
+        {
+            return Ok(());
+        }
+        let since = mark.newest.map(|newest| newest - SYNC_OVERLAP);
+        let alerts = self.store.load_alerts_updated_since(since).await?;
+        let silences = self.store.load_silences().await?;
+        let newest = alerts.iter().map(|a| a.updated_at).max().or(mark.newest);
+        let mut dispatcher = self.dispatcher.lock().await;
+        for alert in alerts {
+            let known = dispatcher.alert(&alert.fingerprint()).cloned();
+            if known.as_ref() != Some(&alert) {
+                dispatcher.ingest(alert, now);
+            }
+        }
+        dispatcher.set_silences(silences);
+        *mark = SyncMark {
+            at: Some(now),
+            newest,
+        };
+        Ok(())
     }
 
     /// One pass: flush due groups, start their deliveries, persist what the
@@ -337,7 +412,17 @@ impl Alerter {
             let before = dispatcher.fingerprints();
             let work = dispatcher.due(now);
             let after = dispatcher.fingerprints();
-            self.update_gauges(&dispatcher, now);
+            let refresh = {
+                let mut last = self.gauges_at.lock().unwrap_or_else(|p| p.into_inner());
+                let due = last.is_none_or(|at| now - at >= GAUGE_EVERY || at > now);
+                if due {
+                    *last = Some(now);
+                }
+                due
+            };
+            if refresh {
+                self.update_gauges(&dispatcher, now);
+            }
             (
                 work,
                 before
@@ -376,8 +461,13 @@ impl Alerter {
                 continue;
             }
             let this = self.clone();
+            let span = tracing::info_span!(
+                "deliver",
+                receiver = %notification.receiver,
+                group_key = %notification.group_key
+            );
             self.tracker.spawn(async move {
-                this.deliver(notification).await;
+                this.deliver(notification).instrument(span).await;
                 this.in_flight
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -484,6 +574,10 @@ impl Alerter {
                 if let Err(error) = self.store.prune_seen(now - self.seen_retention).await {
                     tracing::warn!(%error, "cannot prune seen message ids");
                 }
+                let log_horizon = now - chrono::Duration::days(LOG_RETENTION_DAYS);
+                if let Err(error) = self.store.prune_log(log_horizon).await {
+                    tracing::warn!(%error, "cannot prune the notification log");
+                }
             }
             let next = self.dispatcher.lock().await.next_wakeup();
             let wait = next
@@ -522,24 +616,36 @@ impl Alerter {
         self.dispatcher.lock().await.silences().to_vec()
     }
 
-    fn audit(&self, actor: &str, action: &str, silence: &Silence) {
-        let Some(audit) = &self.audit else { return };
-        let record = AuditRecord {
-            at: self.now(),
+    /// The audit record of a silence change.
+    fn audit_record(
+        &self,
+        actor: &str,
+        action: &str,
+        before: Option<&Silence>,
+        after: &Silence,
+    ) -> AuditRecord {
+        let now = self.now();
+        let json = |s: &Silence| {
+            serde_json::to_value(crate::silence::ApiSilence::from_silence(s, now))
+                .unwrap_or_default()
+        };
+        AuditRecord {
+            at: now,
             actor: actor.to_owned(),
             action: action.to_owned(),
-            subject: format!("silence:{}", silence.id),
-            reason: Some(silence.comment.clone()),
-            before: None,
-            after: Some(
-                serde_json::to_value(crate::silence::ApiSilence::from_silence(
-                    silence,
-                    self.now(),
-                ))
-                .unwrap_or_default(),
-            ),
-        };
-        if let Err(error) = audit.append(&record) {
+            subject: format!("silence:{}", after.id),
+            reason: Some(after.comment.clone()),
+            before: before.map(json),
+            after: Some(json(after)),
+        }
+    }
+
+    /// Appends to the audit log file (the database copy is written with
+    /// the change).
+    fn audit_file(&self, record: &AuditRecord) {
+        if let Some(audit) = &self.audit
+            && let Err(error) = audit.append(record)
+        {
             tracing::warn!(%error, "cannot append to the audit log");
         }
     }
@@ -559,12 +665,19 @@ impl Alerter {
             None => Uuid::new_v4(),
         };
         let silence = request.into_silence(id, now)?;
-        self.store.save_silence(&silence).await?;
+        let before = silences.iter().find(|s| s.id == id).cloned();
+        let action = if before.is_some() {
+            "silence.update"
+        } else {
+            "silence.create"
+        };
+        let record = self.audit_record(&silence.created_by, action, before.as_ref(), &silence);
+        self.store.save_silence(&silence, Some(&record)).await?;
         silences.retain(|s| s.id != id);
         silences.push(silence.clone());
         dispatcher.set_silences(silences);
         drop(dispatcher);
-        self.audit(&silence.created_by, "silence.create", &silence);
+        self.audit_file(&record);
         tracing::info!(silence_id = %silence.id, created_by = %silence.created_by, "silence created");
         self.wake.notify_one();
         Ok(silence)
@@ -582,12 +695,14 @@ impl Alerter {
         if silence.state(now) == SilenceState::Expired {
             return Err(AlerterError::SilenceExpired(id));
         }
+        let before = silence.clone();
         silence.expire(now);
         let expired = silence.clone();
-        self.store.save_silence(&expired).await?;
+        let record = self.audit_record(actor, "silence.expire", Some(&before), &expired);
+        self.store.save_silence(&expired, Some(&record)).await?;
         dispatcher.set_silences(silences);
         drop(dispatcher);
-        self.audit(actor, "silence.expire", &expired);
+        self.audit_file(&record);
         tracing::info!(silence_id = %id, actor, "silence expired");
         self.wake.notify_one();
         Ok(expired)

@@ -6,7 +6,10 @@
 use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
-use opsloop_core::store::entities::{alert_messages_seen, alerts, notification_log, silences};
+use opsloop_core::audit::AuditRecord;
+use opsloop_core::store::entities::{
+    alert_messages_seen, alerts, audit_events, notification_log, silences,
+};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
@@ -189,10 +192,19 @@ impl AlertStore {
     }
 
     pub async fn load_alerts(&self) -> Result<Vec<Alert>, StoreError> {
-        let rows = alerts::Entity::find()
-            .order_by_asc(alerts::Column::StartsAt)
-            .all(&self.db)
-            .await?;
+        self.load_alerts_updated_since(None).await
+    }
+
+    /// Alerts updated at or after `since` (all when `None`).
+    pub async fn load_alerts_updated_since(
+        &self,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Alert>, StoreError> {
+        let mut query = alerts::Entity::find().order_by_asc(alerts::Column::StartsAt);
+        if let Some(since) = since {
+            query = query.filter(alerts::Column::UpdatedAt.gte(since));
+        }
+        let rows = query.all(&self.db).await?;
         rows.into_iter()
             .map(|row| {
                 let labels: LabelSet =
@@ -212,7 +224,12 @@ impl AlertStore {
             .collect()
     }
 
-    pub async fn save_silence(&self, silence: &Silence) -> Result<(), StoreError> {
+    /// Saves a silence and, in the same transaction, its audit row.
+    pub async fn save_silence(
+        &self,
+        silence: &Silence,
+        audit: Option<&AuditRecord>,
+    ) -> Result<(), StoreError> {
         let matchers: Vec<ApiMatcher> = silence.matchers.iter().map(ApiMatcher::from).collect();
         let model = silences::ActiveModel {
             id: Set(silence.id),
@@ -224,6 +241,7 @@ impl AlertStore {
             created_at: Set(silence.updated_at),
             updated_at: Set(silence.updated_at),
         };
+        let txn = self.db.begin().await?;
         silences::Entity::insert(model)
             .on_conflict(
                 OnConflict::column(silences::Column::Id)
@@ -237,8 +255,23 @@ impl AlertStore {
                     ])
                     .to_owned(),
             )
-            .exec_without_returning(&self.db)
+            .exec_without_returning(&txn)
             .await?;
+        if let Some(record) = audit {
+            audit_events::Entity::insert(audit_events::ActiveModel {
+                actor: Set(record.actor.clone()),
+                action: Set(record.action.clone()),
+                subject: Set(record.subject.clone()),
+                before: Set(record.before.clone()),
+                after: Set(record.after.clone()),
+                reason: Set(record.reason.clone()),
+                created_at: Set(record.at),
+                ..Default::default()
+            })
+            .exec_without_returning(&txn)
+            .await?;
+        }
+        txn.commit().await?;
         Ok(())
     }
 
@@ -338,6 +371,15 @@ impl AlertStore {
     pub async fn prune_seen(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let result = alert_messages_seen::Entity::delete_many()
             .filter(alert_messages_seen::Column::CreatedAt.lt(before))
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected)
+    }
+
+    /// Forgets notification log rows older than `before`.
+    pub async fn prune_log(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let result = notification_log::Entity::delete_many()
+            .filter(notification_log::Column::CreatedAt.lt(before))
             .exec(&self.db)
             .await?;
         Ok(result.rows_affected)

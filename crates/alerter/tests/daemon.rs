@@ -7,89 +7,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::LocalReceiver;
-use opsloop_alerter::AlerterApp;
+use common::{LocalReceiver, spawn_app, stop};
 use opsloop_core::bus::BusMessage;
 use opsloop_core::bus::testing::{amqp_url, isolated_settings, require_rabbitmq};
-use opsloop_core::config::{BusSettings, ConfigSources};
-use opsloop_core::daemon::Infra;
+use opsloop_core::config::BusSettings;
 use opsloop_core::proto::v1 as pb;
-use opsloop_core::secrets::SecretStore;
-use opsloop_core::store::testing::{TestDb, fresh_postgres, fresh_sqlite};
+use opsloop_core::store::testing::{fresh_postgres, fresh_sqlite};
 use pb::alert_service_client::AlertServiceClient;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
-
-struct Running {
-    http: String,
-    grpc: String,
-    infra: Infra,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _dir: tempfile::TempDir,
-}
-
-async fn spawn_app(
-    db: &TestDb,
-    bus: BusSettings,
-    receivers_toml: &str,
-    secrets: Vec<(String, String)>,
-) -> Running {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("opsloop.toml");
-    let toml = format!(
-        r#"
-environment = "test"
-[database]
-url = "{db_url}"
-[audit]
-log_path = "{audit}"
-[alerter]
-grpc_addr = "127.0.0.1:0"
-http_addr = "127.0.0.1:0"
-tick_ms = 50
-queue = "{queue}"
-[alerter.route]
-receiver = "slack"
-group_wait = "0s"
-group_interval = "1s"
-{receivers_toml}
-"#,
-        db_url = db.url,
-        audit = dir.path().join("audit.jsonl").display(),
-        queue = opsloop_core::bus::testing::queue_name("alerter"),
-    );
-    std::fs::write(&path, toml).expect("write config");
-    let mut config = opsloop_core::config::load(&ConfigSources {
-        file: Some(path),
-        use_default_file: false,
-        env: Some(Default::default()),
-    })
-    .expect("config");
-    config.settings.bus = bus;
-    let shutdown = CancellationToken::new();
-    let secrets = SecretStore::with_sources(None, &dir.path().join("no-secrets"), secrets);
-    let infra = Infra::connect(config, secrets, shutdown.clone())
-        .await
-        .expect("infra");
-    let app = AlerterApp::build(infra.clone()).await.expect("app builds");
-    let http = format!("http://{}", app.http_addr().expect("http addr"));
-    let grpc = format!("http://{}", app.grpc_addr().expect("grpc addr"));
-    let task = tokio::spawn(app.run_until_stopped());
-    Running {
-        http,
-        grpc,
-        infra,
-        shutdown,
-        task,
-        _dir: dir,
-    }
-}
-
-async fn stop(app: Running) {
-    app.shutdown.cancel();
-    app.task.await.expect("joins").expect("stops cleanly");
-}
 
 fn alert_names(bodies: &[serde_json::Value]) -> Vec<String> {
     let mut names: Vec<String> = bodies
@@ -133,6 +58,21 @@ min_interval_ms = 0
         .await
         .expect("healthz");
     assert_eq!(health.status(), 200);
+    let receivers: serde_json::Value = http
+        .get(format!("{}/api/v2/receivers", app.http))
+        .send()
+        .await
+        .expect("receivers")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(receivers, json!([{"name": "slack"}]));
+    let status = http
+        .get(format!("{}/api/v2/status", app.http))
+        .send()
+        .await
+        .expect("status");
+    assert_eq!(status.status(), 200);
 
     // One alert over HTTP (Alertmanager v2), one over the bus.
     let response = http
@@ -154,24 +94,20 @@ min_interval_ms = 0
         .expect("post bad");
     assert_eq!(bad.status(), 400);
 
-    // The bus consumer subscribes as the app starts; publish until it has.
+    // The bus consumer subscribes once the app holds the delivery lease;
+    // publish (same id: idempotent) until the queue has taken it.
     let body = json!({"labels": {"alertname": "BusBackupFailed", "severity": "high"},
         "annotations": {"summary": "nightly backup failed"}, "status": "firing"});
     let message = BusMessage::json("msg-1", "alert.high", &body);
-    app.infra
-        .bus
-        .publish(message.clone())
-        .await
-        .expect("publish");
-    let mut accepted = slack.wait_accepted(2, Duration::from_secs(10)).await;
-    if accepted.len() < 2 {
-        // Published before the queue existed: once more (same id; idempotent).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut accepted = Vec::new();
+    while accepted.len() < 2 && tokio::time::Instant::now() < deadline {
         app.infra
             .bus
             .publish(message.clone())
             .await
-            .expect("publish again");
-        accepted = slack.wait_accepted(2, Duration::from_secs(20)).await;
+            .expect("publish");
+        accepted = slack.wait_accepted(2, Duration::from_millis(300)).await;
     }
     assert_eq!(
         alert_names(&accepted),

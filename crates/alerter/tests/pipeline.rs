@@ -330,3 +330,107 @@ async fn two_alerters_one_delivers_and_the_standby_takes_over() {
     assert_eq!(firing_count(&lines[1]), 2);
     db.cleanup().await;
 }
+
+#[tokio::test]
+async fn what_only_the_standby_received_is_delivered_by_the_holder() {
+    let db = fresh_postgres().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("alerts.jsonl");
+    let settings = local_settings(&path);
+    let clock_a = Arc::new(ManualClock::new(start_time()));
+    let clock_b = Arc::new(ManualClock::new(start_time()));
+    let a = alerter(&settings, db.db.clone(), &secrets(&[]), clock_a.clone()).await;
+    let b = alerter(&settings, db.db.clone(), &secrets(&[]), clock_b.clone()).await;
+    assert!(a.step().await.expect("a steps"));
+    assert!(!b.step().await.expect("b steps"));
+    assert!(*a.leadership().borrow() && !*b.leadership().borrow());
+
+    // A silence and an alert reach only the standby.
+    b.create_silence(
+        NewSilence {
+            matchers: vec![Matcher::parse("instance=muted").expect("matcher")],
+            starts_at: None,
+            ends_at: start_time() + chrono::Duration::hours(1),
+            created_by: "ops".into(),
+            comment: "via the standby".into(),
+        },
+        None,
+    )
+    .await
+    .expect("silence");
+    b.post_alerts(
+        vec![
+            posted(&[("alertname", "OnlyStandby"), ("instance", "seen")]),
+            posted(&[("alertname", "OnlyStandby"), ("instance", "muted")]),
+        ],
+        "http",
+    )
+    .await
+    .expect("post");
+    clock_a.advance(Duration::from_secs(10));
+    assert!(a.step().await.expect("a syncs"));
+    clock_a.advance(Duration::from_secs(30));
+    assert!(a.step().await.expect("a flushes"));
+    a.settle().await;
+    let lines = json_lines(&path);
+    assert_eq!(
+        lines.len(),
+        1,
+        "the holder delivered what the standby took in"
+    );
+    assert_eq!(firing_count(&lines[0]), 1, "the standby's silence applies");
+    assert_eq!(lines[0]["alerts"][0]["labels"]["instance"], "seen");
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_bad_config_fails_at_start_naming_the_key() {
+    let db = opsloop_core::store::testing::fresh_sqlite().await;
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(start_time()));
+    let cases = [
+        (
+            json!({"route": {"receiver": "nope"}, "receivers": []}),
+            "alerter.route: receiver \"nope\" is not defined",
+        ),
+        (
+            json!({"route": {"receiver": "local", "routes": [{"group_wait": "soon"}]},
+                "receivers": [{"name": "local", "kind": "console"}]}),
+            "alerter.route.routes[0].group_wait:",
+        ),
+        (
+            json!({"route": {"receiver": "hook"},
+                "receivers": [{"name": "hook", "kind": "webhook"}]}),
+            "alerter.receivers.hook: needs `secret`",
+        ),
+        (
+            json!({"resolve_timeout": "later"}),
+            "alerter.resolve_timeout:",
+        ),
+        (
+            json!({"inhibit_rules": [{"source_matchers": ["a=~("]}]}),
+            "alerter.inhibit_rules[0]:",
+        ),
+    ];
+    for (json, expected) in cases {
+        let settings = settings(json);
+        let err = match Alerter::start(
+            &settings,
+            db.db.clone(),
+            &secrets(&[]),
+            "test",
+            clock.clone(),
+            None,
+        )
+        .await
+        {
+            Ok(_) => panic!("{expected}: must fail"),
+            Err(err) => err.to_string(),
+        };
+        assert!(
+            err.starts_with(&format!("invalid configuration: {expected}")),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+    }
+    db.cleanup().await;
+}

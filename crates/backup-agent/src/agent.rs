@@ -63,6 +63,8 @@ pub enum AgentError {
     Pipeline(#[from] PipelineError),
     #[error("secret: {0}")]
     Secret(String),
+    #[error("backup task: {0}")]
+    Task(String),
 }
 
 impl From<AgentError> for tonic::Status {
@@ -125,6 +127,7 @@ pub struct Agent {
     holder: String,
     running: Mutex<HashSet<String>>,
     stale: Mutex<HashSet<String>>,
+    watching_since: DateTime<Utc>,
 }
 
 impl Agent {
@@ -146,6 +149,7 @@ impl Agent {
             Err(error) if needs_tools => return Err(error.into()),
             Err(_) => None,
         };
+        let watching_since = deps.clock.now();
         Ok(Arc::new(Self {
             config: deps.config,
             db: deps.db,
@@ -162,6 +166,7 @@ impl Agent {
             ),
             running: Mutex::new(HashSet::new()),
             stale: Mutex::new(HashSet::new()),
+            watching_since,
         }))
     }
 
@@ -243,18 +248,25 @@ impl Agent {
         let started = row.clone();
         let work = async move {
             let finished = agent.take(&target, started, claim).await;
+            // The lease is free before anyone hears of the outcome, so a
+            // retry prompted by a failure alert is not refused.
             agent.unclaim(&target).await;
             if let Ok(row) = &finished {
+                agent.announce(&target, row).await;
                 agent.after_backup(&target, row).await;
             }
             finished
         };
+        // Spawned even when waiting: a caller that goes away (a cancelled
+        // gRPC call) must not abort the backup halfway and strand its lease.
+        let handle = tokio::spawn(work);
         if wait {
-            let finished = work.await?;
+            let finished = handle
+                .await
+                .map_err(|e| AgentError::Task(e.to_string()))??;
             // Re-read: verification may have updated it.
             Ok(self.get(finished.id).await.unwrap_or(finished))
         } else {
-            tokio::spawn(work);
             Ok(row)
         }
     }
@@ -370,12 +382,6 @@ impl Agent {
                     duration_ms = duration.as_millis() as u64,
                     "backup completed"
                 );
-                self.publish_event(
-                    "completed",
-                    &row,
-                    json!({"duration_ms": duration.as_millis() as u64}),
-                )
-                .await;
                 Ok(row)
             }
             Err(error) => {
@@ -388,18 +394,33 @@ impl Agent {
                 metrics::counter!("opsloop_backups_total", "target" => target.name.clone(), "outcome" => "failed")
                     .increment(1);
                 tracing::error!(backup_id = %row.id, target = %target.name, error = %message, "backup failed");
-                self.publish_event("failed", &row, json!({})).await;
-                self.publish_alert(
-                    "high",
-                    "BackupFailed",
-                    &target.name,
-                    &format!("Backup of {} failed", target.name),
-                    &format!("Backup {} of {} failed: {message}", row.id, target.name),
-                )
-                .await;
                 Ok(row)
             }
         }
+    }
+
+    /// `backup.completed` or `backup.failed` plus, for a failure, `alert.high`.
+    async fn announce(&self, target: &Target, row: &backups::Model) {
+        let duration_ms = row
+            .finished_at
+            .map(|f| (f - row.started_at).num_milliseconds().max(0))
+            .unwrap_or(0);
+        if row.status == status::COMPLETED {
+            self.publish_event("completed", row, json!({"duration_ms": duration_ms}))
+                .await;
+            return;
+        }
+        let message = row.error.clone().unwrap_or_default();
+        self.publish_event("failed", row, json!({"duration_ms": duration_ms}))
+            .await;
+        self.publish_alert(
+            "high",
+            "BackupFailed",
+            &target.name,
+            &format!("Backup of {} failed", target.name),
+            &format!("Backup {} of {} failed: {message}", row.id, target.name),
+        )
+        .await;
     }
 
     /// Renews the lease while a backup runs.
@@ -915,7 +936,9 @@ impl Agent {
                 metrics::gauge!("opsloop_backup_last_success_timestamp_seconds", "target" => target.name.clone())
                     .set(finished.timestamp() as f64);
             }
-            let stale = finished.is_none_or(|f| now - f > max_age);
+            // With no backup yet, the clock runs from when this agent began
+            // watching: a fresh install is not stale before max_age passes.
+            let stale = now - finished.unwrap_or(self.watching_since) > max_age;
             let was_stale = {
                 let mut set = self.stale.lock().unwrap_or_else(|p| p.into_inner());
                 if stale {
@@ -1030,6 +1053,46 @@ impl crate::schedule::ScheduledJob for ScheduledBackup {
         tracing::info!(target = %self.target, due = %due, "scheduled backup due");
         if let Err(error) = self.agent.run_backup(Some(&self.target), true).await {
             tracing::error!(target = %self.target, %error, "scheduled backup did not run");
+        }
+    }
+}
+
+/// A scheduled verification: the newest completed backup of every target.
+pub struct ScheduledVerify {
+    agent: Arc<Agent>,
+}
+
+impl ScheduledVerify {
+    pub fn new(agent: Arc<Agent>) -> Self {
+        Self { agent }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::schedule::ScheduledJob for ScheduledVerify {
+    async fn last_started(&self) -> Option<DateTime<Utc>> {
+        // Never caught up at start: verification follows each backup anyway.
+        None
+    }
+
+    async fn run(&self, due: DateTime<Utc>) {
+        for target in &self.agent.config.targets {
+            let newest = self
+                .agent
+                .list(Some(&target.name), None, Some(status::COMPLETED), 0, 1)
+                .await;
+            match newest.map(|rows| rows.into_iter().next()) {
+                Ok(Some(row)) => {
+                    tracing::info!(target = %target.name, backup_id = %row.id, due = %due, "scheduled verification");
+                    if let Err(error) = self.agent.verify(row.id).await {
+                        tracing::error!(backup_id = %row.id, %error, "scheduled verification could not run");
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::error!(target = %target.name, %error, "cannot find the backup to verify")
+                }
+            }
         }
     }
 }

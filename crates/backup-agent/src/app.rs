@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::SERVICE;
-use crate::agent::{Agent, AgentDeps, ScheduledBackup};
+use crate::agent::{Agent, AgentDeps, ScheduledBackup, ScheduledVerify};
 use crate::auth::Auth;
 use crate::config::{BackupConfig, BackupSettings};
 use crate::schedule::{Clock, SystemClock, run_schedule};
@@ -116,6 +116,21 @@ impl BackupApp {
                             agent.clock().as_ref(),
                             &job,
                             config.settings.catch_up_missed,
+                            shutdown,
+                        )
+                        .await;
+                    });
+                }
+                if let Some(verify_schedule) = agent.config().verify_schedule.clone() {
+                    let agent = agent.clone();
+                    let shutdown = shutdown.clone();
+                    schedules.spawn(async move {
+                        let job = ScheduledVerify::new(agent.clone());
+                        run_schedule(
+                            &verify_schedule,
+                            agent.clock().as_ref(),
+                            &job,
+                            false,
                             shutdown,
                         )
                         .await;

@@ -30,6 +30,7 @@
 //!
 //! [backup.verify]
 //! after_backup = true
+//! schedule = "0 4 * * 0"          # and weekly, Sunday 04:00
 //! max_duration_secs = 600
 //! # scratch_url = "postgres://opsloop@db.internal:5432/postgres"
 //!
@@ -139,6 +140,9 @@ pub struct DirectorySetSettings {
 pub struct VerifySettings {
     /// Verify each backup right after taking it.
     pub after_backup: bool,
+    /// Also verify the newest backup of every target on this cron schedule
+    /// (in `backup.timezone`), e.g. `0 4 * * 0` for weekly.
+    pub schedule: Option<String>,
     /// Alert when a verification (the restore-time figure) takes longer.
     pub max_duration_secs: u64,
     /// PostgreSQL server (any database on it) where scratch databases are
@@ -154,6 +158,7 @@ impl Default for VerifySettings {
     fn default() -> Self {
         Self {
             after_backup: true,
+            schedule: None,
             max_duration_secs: 600,
             scratch_url: None,
             jobs: 2,
@@ -244,6 +249,8 @@ fn check_name(key: &str, name: &str, taken: &[Target]) -> Result<(), SettingsErr
 pub struct BackupConfig {
     pub settings: BackupSettings,
     pub schedule: Schedule,
+    /// When to verify the newest backups, besides after each backup.
+    pub verify_schedule: Option<Schedule>,
     pub timezone: Tz,
     pub targets: Vec<Target>,
 }
@@ -260,6 +267,13 @@ impl BackupConfig {
         })?;
         let schedule = Schedule::parse(&settings.schedule, timezone)
             .map_err(|e| invalid("schedule", e.to_string()))?;
+        let verify_schedule = match &settings.verify.schedule {
+            Some(expression) => Some(
+                Schedule::parse(expression, timezone)
+                    .map_err(|e| invalid("verify.schedule", e.to_string()))?,
+            ),
+            None => None,
+        };
         if !(1..=19).contains(&settings.compression_level) {
             return Err(invalid("compression_level", "must be between 1 and 19"));
         }
@@ -322,6 +336,7 @@ impl BackupConfig {
         Ok(Self {
             settings,
             schedule,
+            verify_schedule,
             timezone,
             targets,
         })

@@ -1,5 +1,8 @@
 //! The backup-agent daemon: scheduled, checksummed, verified backups with GFS
-//! retention. Serves `BackupService` over gRPC and health and metrics over HTTP.
+//! retention. Serves `BackupService` over gRPC and health and metrics over
+//! HTTP. Pure pieces (`retention`, `schedule`, `archive`) are unit-tested
+//! without I/O; `pipeline`, `store` and `verify` do the work; `agent` ties
+//! them to the database, bus and metrics; `app` is the daemon's wiring.
 
 pub mod agent;
 pub mod app;
@@ -11,12 +14,12 @@ pub mod lease;
 pub mod pipeline;
 pub mod retention;
 pub mod schedule;
+pub mod service;
 pub mod store;
 pub mod verify;
 
-/// The service name in logs, metrics and the start line.
-pub const SERVICE: &str = "backup-agent";
-pub mod service;
-
 pub use app::BackupApp;
 pub use config::BackupSettings;
+
+/// The service name in logs, metrics and the start line.
+pub const SERVICE: &str = "backup-agent";

@@ -450,21 +450,27 @@ fn read_manifest(path: &Path, key: &str) -> Result<Manifest, StoreError> {
     })
 }
 
+/// The behaviour every [`BackupStore`] must have, as one reusable check that
+/// panics on the first deviation. The local store runs it; a future
+/// S3-compatible store in this crate should too.
 #[cfg(test)]
-mod tests {
+pub mod contract {
+    use std::collections::HashSet;
+    use std::io::{Read as _, Write as _};
+
     use super::*;
 
-    fn manifest(target: &str, id: Uuid, object_key: &str) -> Manifest {
+    fn manifest(target: &str, id: Uuid, object_key: &str, size: u64) -> Manifest {
         Manifest {
             format: MANIFEST_FORMAT,
             id,
             target: target.into(),
             kind: "sqlite".into(),
-            database: "var/opsloop.db".into(),
+            database: "contract.db".into(),
             object_key: object_key.into(),
             started_at: Utc::now(),
             finished_at: Utc::now(),
-            size_bytes: 5,
+            size_bytes: size,
             sha256: "00".repeat(32),
             compression: "zstd:3".into(),
             tool_versions: BTreeMap::new(),
@@ -473,94 +479,112 @@ mod tests {
         }
     }
 
-    async fn upload(store: &LocalStore, key: &str, bytes: &[u8]) {
-        let mut up = store.begin_upload(key).await.expect("begin");
-        up.write_all(bytes).expect("write");
-        up.commit().expect("commit");
+    async fn read_all(store: &dyn BackupStore, key: &str) -> Result<Vec<u8>, StoreError> {
+        let mut reader = store.open(key).await?;
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            reader.read_to_end(&mut out).map(|_| out)
+        })
+        .await
+        .map_err(|e| StoreError::Io {
+            key: "-".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .map_err(|source| StoreError::Io {
+            key: "-".into(),
+            source,
+        })
     }
 
-    #[tokio::test]
-    async fn only_objects_with_a_manifest_are_backups() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = LocalStore::new(dir.path());
-        let complete = Uuid::new_v4();
-        let key = object_key("db", complete, "sqlite.zst");
-        upload(&store, &key, b"hello").await;
+    /// Exercises `store`, which must be empty.
+    pub async fn exercise(store: &dyn BackupStore) {
+        let target = "contract";
+        // An abandoned upload is invisible.
+        let abandoned = object_key(target, Uuid::new_v4(), "bin.zst");
+        let mut up = store.begin_upload(&abandoned).await.expect("begin");
+        up.write_all(b"partial").expect("write");
+        drop(up);
+        assert!(matches!(
+            store.open(&abandoned).await,
+            Err(StoreError::NotFound { .. })
+        ));
+
+        // A committed object is readable but not a backup until its manifest.
+        let id = Uuid::new_v4();
+        let key = object_key(target, id, "bin.zst");
+        let mut up = store.begin_upload(&key).await.expect("begin");
+        up.write_all(b"hello store").expect("write");
+        up.commit().expect("commit");
+        assert_eq!(read_all(store, &key).await.expect("read"), b"hello store");
         assert!(
             store.manifests().await.expect("list").is_empty(),
-            "no manifest yet"
+            "no manifest, no backup"
         );
-        let m = manifest("db", complete, &key);
+        assert!(store.manifest(target, id).await.expect("get").is_none());
+
+        let m = manifest(target, id, &key, 11);
         store.put_manifest(&m).await.expect("manifest");
         assert_eq!(store.manifests().await.expect("list"), vec![m.clone()]);
         assert_eq!(
-            store.manifest("db", complete).await.expect("get"),
+            store.manifest(target, id).await.expect("get"),
             Some(m.clone())
         );
-        let err = store.put_manifest(&m).await.expect_err("create-only");
-        assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
+        assert!(
+            matches!(
+                store.put_manifest(&m).await,
+                Err(StoreError::AlreadyExists { .. })
+            ),
+            "manifests are create-only"
+        );
 
-        let mut read = String::new();
-        store
-            .open(&key)
+        // A crashed upload and an unmanifested object are swept; an active
+        // upload and complete backups are not.
+        let crashed = object_key(target, Uuid::new_v4(), "bin.zst");
+        let mut up = store.begin_upload(&crashed).await.expect("begin");
+        up.write_all(b"half").expect("write");
+        up.flush().expect("flush");
+        std::mem::forget(up);
+        let orphan_id = Uuid::new_v4();
+        let mut up = store
+            .begin_upload(&object_key(target, orphan_id, "bin.zst"))
             .await
-            .expect("open")
-            .read_to_string(&mut read)
-            .expect("read");
-        assert_eq!(read, "hello");
+            .expect("begin");
+        up.write_all(b"no manifest").expect("write");
+        up.commit().expect("commit");
+        let active = Uuid::new_v4();
+        let mut live = store
+            .begin_upload(&object_key(target, active, "bin.zst"))
+            .await
+            .expect("begin");
+        live.write_all(b"in progress").expect("write");
+        live.flush().expect("flush");
+        let swept = store.sweep(&HashSet::from([active])).await.expect("sweep");
+        assert_eq!(swept.len(), 2, "{swept:?}");
+        assert!(swept.iter().any(|k| k.contains(&orphan_id.to_string())));
+        live.commit().expect("the active upload survived");
+        assert_eq!(store.manifests().await.expect("list").len(), 1);
+
         store.delete(&m).await.expect("delete");
         assert!(store.manifests().await.expect("list").is_empty());
         assert!(matches!(
             store.open(&key).await,
             Err(StoreError::NotFound { .. })
         ));
+        assert!(matches!(
+            store.begin_upload("../escape").await,
+            Err(StoreError::InvalidKey { .. })
+        ));
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[tokio::test]
-    async fn sweep_removes_partial_and_orphaned_objects_but_not_active_ones() {
+    async fn the_local_store_keeps_the_store_contract() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = LocalStore::new(dir.path());
-        let (complete, orphan, crashed, active) = (
-            Uuid::new_v4(),
-            Uuid::new_v4(),
-            Uuid::new_v4(),
-            Uuid::new_v4(),
-        );
-        let complete_key = object_key("db", complete, "sqlite.zst");
-        upload(&store, &complete_key, b"ok").await;
-        store
-            .put_manifest(&manifest("db", complete, &complete_key))
-            .await
-            .expect("manifest");
-        upload(
-            &store,
-            &object_key("db", orphan, "sqlite.zst"),
-            b"no manifest",
-        )
-        .await;
-        // A crash mid-upload: the writer never commits nor cleans up.
-        let mut partial = store
-            .begin_upload(&object_key("db", crashed, "sqlite.zst"))
-            .await
-            .expect("begin");
-        partial.write_all(b"half").expect("write");
-        partial.flush().expect("flush");
-        std::mem::forget(partial);
-        let mut running = store
-            .begin_upload(&object_key("db", active, "sqlite.zst"))
-            .await
-            .expect("begin");
-        running.write_all(b"in progress").expect("write");
-        running.flush().expect("flush");
-
-        let removed = store.sweep(&HashSet::from([active])).await.expect("sweep");
-        assert_eq!(removed.len(), 2, "{removed:?}");
-        assert!(removed.iter().any(|k| k.contains(&orphan.to_string())));
-        assert!(removed.iter().any(|k| k.contains(&crashed.to_string())));
-        assert_eq!(store.manifests().await.expect("list").len(), 1);
-        running
-            .commit()
-            .expect("the active upload survived the sweep");
+        contract::exercise(&LocalStore::new(dir.path())).await;
     }
 
     #[tokio::test]

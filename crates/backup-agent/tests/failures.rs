@@ -115,6 +115,26 @@ async fn a_hanging_dump_is_killed_with_its_process_group_and_reported() {
             .await
             .expect("lease")
     );
+
+    // A caller that gives up waiting (a cancelled call) does not abort the
+    // backup halfway: it still ends, is reported and frees its lease.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        h.agent.run_backup(Some("main"), true),
+    )
+    .await;
+    assert!(gave_up.is_err(), "still running when the caller left");
+    let alert = next_message(&mut alerts).await;
+    assert_eq!(body(&alert)["labels"]["alertname"], "BackupFailed");
+    assert!(
+        !lease::is_held(&db.db, &lease::backup_lease("main"), h.clock.now())
+            .await
+            .expect("lease"),
+        "lease released after an abandoned call"
+    );
+    let again = h.agent.run_backup(Some("main"), false).await;
+    assert!(again.is_ok(), "not stuck as running: {:?}", again.err());
+    let _ = next_message(&mut alerts).await;
     db.cleanup().await;
 }
 

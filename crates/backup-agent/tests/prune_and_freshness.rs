@@ -112,6 +112,10 @@ async fn a_stale_backup_warns_once_per_episode() {
         .await
         .expect("subscribe");
 
+    // A fresh install without any backup is not stale yet.
+    h.agent.check_freshness().await.expect("new");
+    assert_eq!(h.bus.depth(&queue), 0, "no backup yet, but just started");
+
     let row = h.agent.run_backup(None, true).await.expect("backup");
     assert_eq!(row.status, status::COMPLETED, "{:?}", row.error);
     h.agent.check_freshness().await.expect("fresh");

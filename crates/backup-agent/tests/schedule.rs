@@ -5,7 +5,8 @@
 mod common;
 
 use common::*;
-use opsloop_backup_agent::agent::{ScheduledBackup, status};
+use opsloop_backup_agent::agent::{ScheduledBackup, ScheduledVerify, status};
+use opsloop_backup_agent::schedule::ScheduledJob as _;
 use opsloop_backup_agent::schedule::run_schedule;
 use opsloop_core::store::testing::{fresh_postgres, fresh_sqlite};
 use tokio_util::sync::CancellationToken;
@@ -77,6 +78,45 @@ async fn a_missed_run_is_caught_up_once_at_start() {
     assert_eq!(rows[0].started_at, at("2026-11-23T17:00:00Z"));
     shutdown.cancel();
     task.await.expect("loop stops");
+
+    catalog.cleanup().await;
+    source.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verify_schedule_verifies_the_newest_backup_of_each_target() {
+    let source = fresh_sqlite().await;
+    let catalog = fresh_postgres().await;
+    let h = harness(&catalog, vec![("embedded", source.url.clone())], |s| {
+        s.verify.schedule = Some("0 4 * * 0".into());
+    })
+    .expect("agent");
+    assert!(h.agent.config().verify_schedule.is_some());
+    h.clock.set(at("2026-11-20T10:00:00Z"));
+    let older = h.agent.run_backup(None, true).await.expect("backup");
+    h.clock.set(at("2026-11-21T10:00:00Z"));
+    let newer = h.agent.run_backup(None, true).await.expect("backup");
+    assert!(
+        newer.verify_status.is_none(),
+        "verify.after_backup is off here"
+    );
+
+    let job = ScheduledVerify::new(h.agent.clone());
+    assert_eq!(job.last_started().await, None, "never caught up at start");
+    job.run(at("2026-11-22T19:00:00Z")).await;
+    assert_eq!(
+        h.agent
+            .get(newer.id)
+            .await
+            .expect("row")
+            .verify_status
+            .as_deref(),
+        Some(status::VERIFIED)
+    );
+    assert_eq!(
+        h.agent.get(older.id).await.expect("row").verify_status,
+        None
+    );
 
     catalog.cleanup().await;
     source.cleanup().await;

@@ -44,8 +44,11 @@ impl Globals {
     /// The bearer token: `--token`, else `--token-file`, else `$OPSLOOP_TOKEN`.
     /// `None` when none is given (daemons without tokens are open).
     pub fn token(&self) -> anyhow::Result<Option<String>> {
-        if let Some(token) = &self.token {
-            return Ok(Some(token.trim().to_owned()));
+        if let Some(token) = self.token.as_deref().map(str::trim) {
+            if token.is_empty() {
+                anyhow::bail!("--token is empty");
+            }
+            return Ok(Some(token.to_owned()));
         }
         if let Some(path) = &self.token_file {
             let text = std::fs::read_to_string(path)
@@ -188,6 +191,11 @@ impl Connection {
         token: Option<&str>,
         daemon: Daemon,
     ) -> anyhow::Result<Self> {
+        if !endpoint.starts_with("http://") {
+            anyhow::bail!(
+                "INVALID_ARGUMENT: endpoint {endpoint:?}: only http:// is supported (this build has no TLS) — reach a remote daemon through a TLS-terminating proxy or an SSH tunnel"
+            );
+        }
         let auth = Auth::new(token)?;
         let channel = Endpoint::from_shared(endpoint.to_owned())
             .map_err(|_| {

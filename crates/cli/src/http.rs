@@ -76,11 +76,23 @@ pub async fn post(
             .write_all(request.as_bytes())
             .await
             .context("sending the request")?;
+        // Until the server closes, or the body is complete (a server that
+        // keeps the connection open despite `Connection: close`).
         let mut raw = Vec::new();
-        stream
-            .read_to_end(&mut raw)
-            .await
-            .context("reading the response")?;
+        let mut buffer = [0u8; 8192];
+        loop {
+            let n = stream
+                .read(&mut buffer)
+                .await
+                .context("reading the response")?;
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buffer[..n]);
+            if is_complete(&raw) {
+                break;
+            }
+        }
         parse_response(&raw)
     };
     tokio::time::timeout(timeout, exchange)
@@ -89,6 +101,31 @@ pub async fn post(
             RequestError::Other(anyhow!("no complete answer within {}s", timeout.as_secs()))
         })?
         .map_err(RequestError::Other)
+}
+
+/// True when `raw` holds a whole response by its own framing
+/// (`Content-Length`, or a chunked body's last chunk).
+fn is_complete(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let body = &raw[end + 4..];
+    for line in head.split("\r\n").skip(1) {
+        if let Some((name, value)) = line.split_once(':') {
+            match name.trim() {
+                "content-length" => {
+                    return value
+                        .trim()
+                        .parse::<usize>()
+                        .is_ok_and(|length| body.len() >= length);
+                }
+                "transfer-encoding" if value.contains("chunked") => return dechunk(body).is_ok(),
+                _ => {}
+            }
+        }
+    }
+    false
 }
 
 /// Parses a whole HTTP/1.1 response.
@@ -170,6 +207,21 @@ mod tests {
             }
         );
         assert!(parse_response(b"garbage").is_err());
+        assert!(is_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+        ));
+        assert!(!is_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n{}"
+        ));
+        assert!(is_complete(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n"
+        ));
+        assert!(!is_complete(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n"
+        ));
+        assert!(!is_complete(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nbody"
+        ));
         assert_eq!(
             split_url("http://h/x").unwrap(),
             ("h:80".to_owned(), "/x".to_owned())

@@ -58,7 +58,7 @@ struct Cli {
     token_file: Option<PathBuf>,
 
     /// How results are printed.
-    #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Table, help_heading = "Global options")]
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Table, overrides_with = "output", help_heading = "Global options")]
     output: OutputFormat,
 
     /// Who is acting, recorded in audit fields (default: $OPSLOOP_ACTOR, else $USER).
@@ -98,6 +98,8 @@ enum Command {
     Trigger(trigger::TriggerCommand),
     /// Counts of proposals, missions, steps and events over a period.
     Summary(ops::SummaryArgs),
+    /// The ops-health figures: failures, backlog, leases, stop, cost.
+    Health,
     /// Engage, release or inspect the emergency stop.
     #[command(subcommand)]
     EmergencyStop(ops::EmergencyStopCommand),
@@ -177,6 +179,7 @@ async fn run(
         Command::Policy(command) => policy::run(command, globals).await,
         Command::Trigger(command) => trigger::run(command, globals).await,
         Command::Summary(args) => ops::summary(args, globals).await,
+        Command::Health => ops::health(globals).await,
         Command::EmergencyStop(command) => ops::emergency_stop(command, globals).await,
         Command::Heartbeat(command) => ops::heartbeat(command, globals).await,
         Command::Report(command) => ops::report(command, globals).await,

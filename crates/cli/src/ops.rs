@@ -1,5 +1,6 @@
-//! The operator's commands: `opsloop summary`, `opsloop emergency-stop
-//! engage|release|status`, `opsloop report weekly` (all `OpsService`) and
+//! The operator's commands: `opsloop summary`, `opsloop health`, `opsloop
+//! emergency-stop engage|release|status`, `opsloop report weekly` (all
+//! `OpsService`) and
 //! `opsloop heartbeat run-once` (the heartbeat-worker's HTTP `POST /run`).
 
 use std::collections::{BTreeMap, HashMap};
@@ -151,6 +152,82 @@ fn counts(map: &HashMap<String, i64>, order: &[&str]) -> String {
     extra.sort();
     parts.extend(extra.into_iter().map(|(k, v)| format!("{k} {v}")));
     parts.join("  ")
+}
+
+/// Runs `opsloop health`: the ops-health figures the heartbeat alerts on.
+pub async fn health(globals: &Globals) -> anyhow::Result<()> {
+    let conn = Connection::open(globals, Daemon::Api).await?;
+    let h = conn
+        .ops()
+        .get_health(GetHealthRequest {})
+        .await
+        .map_err(|s| conn.error(s))?
+        .into_inner()
+        .health
+        .ok_or_else(|| anyhow!("the api answered without health figures"))?;
+    let stop = h.emergency_stop.clone().unwrap_or_default();
+    match globals.output {
+        OutputFormat::Json => output::print_json(&json!({
+            "step_failures_last_hour": h.step_failures_last_hour,
+            "failure_threshold": h.failure_threshold,
+            "failure_spike": h.failure_spike,
+            "pending_proposals": h.pending_proposals,
+            "queued_steps": h.queued_steps,
+            "running_steps": h.running_steps,
+            "expired_leases": h.expired_leases,
+            "emergency_stop": stop_json(&stop),
+            "alert_cooldown_until": ts_json(h.alert_cooldown_until.as_ref()),
+            "last_heartbeat_at": ts_json(h.last_heartbeat_at.as_ref()),
+            "cost_today_usd": h.cost_today_usd,
+            "cost_month_usd": h.cost_month_usd,
+            "generated_at": ts_json(h.generated_at.as_ref()),
+        })),
+        OutputFormat::Table => {
+            let spike = if h.failure_spike { " (SPIKE)" } else { "" };
+            print!(
+                "{}",
+                fields(&[
+                    (
+                        "step failures (1h)",
+                        format!(
+                            "{} of threshold {}{spike}",
+                            h.step_failures_last_hour, h.failure_threshold
+                        ),
+                    ),
+                    ("pending proposals", h.pending_proposals.to_string()),
+                    (
+                        "steps",
+                        format!(
+                            "{} queued, {} running, {} with expired lease",
+                            h.queued_steps, h.running_steps, h.expired_leases
+                        ),
+                    ),
+                    (
+                        "emergency stop",
+                        if stop.engaged {
+                            format!(
+                                "ENGAGED by {}: {}",
+                                opt(stop.actor.as_deref()),
+                                opt(stop.reason.as_deref())
+                            )
+                        } else {
+                            "released".into()
+                        },
+                    ),
+                    ("alert cooldown until", ts(h.alert_cooldown_until.as_ref())),
+                    ("last heartbeat", ts(h.last_heartbeat_at.as_ref())),
+                    (
+                        "cost",
+                        format!(
+                            "${:.2} today, ${:.2} this month",
+                            h.cost_today_usd, h.cost_month_usd
+                        )
+                    ),
+                ])
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Runs `opsloop emergency-stop …`.

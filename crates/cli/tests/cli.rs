@@ -157,6 +157,7 @@ const HELP: &[(&[&str], &[&str])] = &[
     ),
     (&["trigger", "rm"], &["<TRIGGER>"]),
     (&["summary"], &["--period"]),
+    (&["health"], &["--endpoint"]),
     (&["emergency-stop", "engage"], &["--reason"]),
     (&["emergency-stop", "release"], &["--reason"]),
     (&["emergency-stop", "status"], &["--endpoint"]),
@@ -300,6 +301,7 @@ fn unreachable_daemons_give_one_clear_line() {
         vec!["event", "tail"],
         vec!["policy", "list"],
         vec!["summary"],
+        vec!["health"],
         vec!["worker", "--kinds", "analyze", "--exec", "cat", "--once"],
         vec!["proposal", "submit", "--title", "t", "--kind", "analyze"],
     ] {
@@ -398,8 +400,75 @@ fn bad_input_is_refused_before_any_call() {
 }
 
 #[test]
+fn unsupported_endpoints_and_empty_tokens_are_refused() {
+    assert_one_line_error(
+        &opsloop(&["--endpoint", "https://api.example:50051", "summary"]),
+        "INVALID_ARGUMENT: endpoint \"https://api.example:50051\": only http:// is supported",
+    );
+    assert_one_line_error(&opsloop(&["--token", " ", "summary"]), "--token is empty");
+    let missing = opsloop(&["--token-file", "/nonexistent/opsloop-token", "summary"]);
+    assert_one_line_error(
+        &missing,
+        "--token-file /nonexistent/opsloop-token: cannot read it",
+    );
+}
+
+#[test]
 fn prune_only_previews() {
     let out = opsloop(&["backup", "prune"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--dry-run"));
+}
+
+/// Serves one canned HTTP response on a local port; returns the URL and a
+/// handle yielding the request that arrived.
+fn one_shot_http(response: &'static str) -> (String, std::thread::JoinHandle<String>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the fake heartbeat");
+    let url = format!("http://{}", listener.local_addr().expect("fake address"));
+    let handle = std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().expect("a request");
+        let mut buffer = [0u8; 4096];
+        let n = socket.read(&mut buffer).expect("reading the request");
+        socket.write_all(response.as_bytes()).expect("answering");
+        String::from_utf8_lossy(&buffer[..n]).into_owned()
+    });
+    (url, handle)
+}
+
+#[test]
+fn heartbeat_run_once_posts_and_reports() {
+    let (url, request) = one_shot_http(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 34\r\n\r\n{\"status\":\"ok\",\"phases\":[\"a\",\"b\"]}",
+    );
+    let out = opsloop(&[
+        "--endpoint",
+        &url,
+        "--token",
+        "adm",
+        "-o",
+        "json",
+        "heartbeat",
+        "run-once",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON output");
+    assert_eq!(printed["status"], "ok");
+    let request = request.join().expect("the fake heartbeat ran");
+    assert!(request.starts_with("POST /run HTTP/1.1\r\n"), "{request}");
+    assert!(
+        request.contains("Authorization: Bearer adm\r\n"),
+        "{request}"
+    );
+
+    let (url, _request) =
+        one_shot_http("HTTP/1.1 409 Conflict\r\ncontent-length: 19\r\n\r\na tick is running\r\n");
+    assert_one_line_error(
+        &opsloop(&["--endpoint", &url, "heartbeat", "run-once"]),
+        &format!("HTTP 409 from POST {url}/run: a tick is running — "),
+    );
 }

@@ -8,7 +8,9 @@ use std::process::Output;
 use opsloop_core::config::{ConfigSources, load};
 use opsloop_core::daemon::Infra;
 use opsloop_core::secrets::SecretStore;
+use opsloop_core::store::entities::reports;
 use opsloop_core::store::testing::fresh_sqlite;
+use sea_orm::{ActiveModelTrait, Set};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -37,35 +39,64 @@ fn json_of(out: &Output, what: &str) -> Value {
     })
 }
 
+/// The api on a fresh SQLite database, serving on a free port.
+struct RunningApi {
+    endpoint: String,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    db: opsloop_core::store::testing::TestDb,
+    _scratch: tempfile::TempDir,
+}
+
+impl RunningApi {
+    async fn start() -> Self {
+        let db = fresh_sqlite().await;
+        let scratch = tempfile::tempdir().unwrap();
+        let audit = scratch.path().join("audit.jsonl");
+        let env: HashMap<String, String> = [
+            ("OPSLOOP__DATABASE__URL", db.url.as_str()),
+            ("OPSLOOP__BUS__KIND", "memory"),
+            ("OPSLOOP__API__GRPC_ADDR", "127.0.0.1:0"),
+            ("OPSLOOP__API__HTTP_ADDR", "127.0.0.1:0"),
+            ("OPSLOOP__AUDIT__LOG_PATH", audit.to_str().unwrap()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let config = load(&ConfigSources {
+            file: None,
+            use_default_file: false,
+            env: Some(env),
+        })
+        .unwrap();
+        let secrets = SecretStore::with_sources(None, scratch.path(), Vec::new());
+        let shutdown = CancellationToken::new();
+        let infra = Infra::connect(config, secrets, shutdown.clone())
+            .await
+            .unwrap();
+        let api = opsloop_api::ApiApp::build(infra).await.unwrap();
+        let endpoint = format!("http://{}", api.grpc_addr().unwrap());
+        let server = tokio::spawn(api.run_until_stopped());
+        Self {
+            endpoint,
+            shutdown,
+            server,
+            db,
+            _scratch: scratch,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.server.await.unwrap().unwrap();
+        self.db.cleanup().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_then_worker_then_mission_show() {
-    let db = fresh_sqlite().await;
-    let scratch = tempfile::tempdir().unwrap();
-    let audit = scratch.path().join("audit.jsonl");
-    let env: HashMap<String, String> = [
-        ("OPSLOOP__DATABASE__URL", db.url.as_str()),
-        ("OPSLOOP__BUS__KIND", "memory"),
-        ("OPSLOOP__API__GRPC_ADDR", "127.0.0.1:0"),
-        ("OPSLOOP__API__HTTP_ADDR", "127.0.0.1:0"),
-        ("OPSLOOP__AUDIT__LOG_PATH", audit.to_str().unwrap()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    let config = load(&ConfigSources {
-        file: None,
-        use_default_file: false,
-        env: Some(env),
-    })
-    .unwrap();
-    let secrets = SecretStore::with_sources(None, scratch.path(), Vec::new());
-    let shutdown = CancellationToken::new();
-    let infra = Infra::connect(config, secrets, shutdown.clone())
-        .await
-        .unwrap();
-    let api = opsloop_api::ApiApp::build(infra).await.unwrap();
-    let endpoint = format!("http://{}", api.grpc_addr().unwrap());
-    let server = tokio::spawn(api.run_until_stopped());
+    let api = RunningApi::start().await;
+    let endpoint = api.endpoint.clone();
 
     // Submit one step; a pending proposal (auto_approve not covering the
     // kind) is approved by hand, as an operator would.
@@ -143,7 +174,193 @@ async fn submit_then_worker_then_mission_show() {
     );
     assert!(String::from_utf8_lossy(&idle.stderr).contains(r#""claimed":0"#));
 
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
-    db.cleanup().await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_against_the_api() {
+    let api = RunningApi::start().await;
+    let endpoint = api.endpoint.as_str();
+    let run = |args: &'static [&'static str]| opsloop(endpoint, args);
+
+    // Emergency stop: submissions are rejected while engaged.
+    let engaged = json_of(
+        &run(&["emergency-stop", "engage", "--reason", "drill"]).await,
+        "engage",
+    );
+    assert_eq!(
+        (engaged["engaged"].clone(), engaged["changed"].clone()),
+        (Value::Bool(true), Value::Bool(true))
+    );
+    let status = json_of(&run(&["emergency-stop", "status"]).await, "status");
+    assert_eq!(status["reason"], "drill");
+    let rejected = json_of(
+        &run(&["proposal", "submit", "--title", "x", "--kind", "analyze"]).await,
+        "submit",
+    );
+    assert_eq!(rejected["proposal"]["status"], "rejected");
+    assert_eq!(rejected["proposal"]["rejection_reason"], "emergency_stop");
+    let health = json_of(&run(&["health"]).await, "health");
+    assert_eq!(health["emergency_stop"]["engaged"], true);
+    json_of(
+        &run(&["emergency-stop", "release", "--reason", "drill over"]).await,
+        "release",
+    );
+
+    // A kind auto_approve does not cover stays pending until approved; its
+    // mission can be cancelled.
+    let pending = json_of(
+        &run(&[
+            "proposal",
+            "submit",
+            "--title",
+            "manual",
+            "--kind",
+            "ops_manual_review",
+        ])
+        .await,
+        "submit",
+    );
+    assert_eq!(pending["proposal"]["status"], "pending", "{pending}");
+    let id = pending["proposal"]["id"].as_str().unwrap().to_owned();
+    let listed = json_of(
+        &opsloop(endpoint, &["proposal", "list", "--status", "pending"]).await,
+        "list",
+    );
+    assert_eq!(listed["proposals"][0]["id"], id.as_str());
+    let approved = json_of(
+        &opsloop(endpoint, &["proposal", "approve", &id]).await,
+        "approve",
+    );
+    assert_eq!(approved["status"], "approved");
+    assert_eq!(approved["decided_by"], "e2e");
+    let mission_id = approved["mission_id"].as_str().unwrap().to_owned();
+    let cancelled = json_of(
+        &opsloop(
+            endpoint,
+            &["mission", "cancel", &mission_id, "--reason", "not needed"],
+        )
+        .await,
+        "cancel",
+    );
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["steps"][0]["status"], "cancelled");
+    let again = opsloop(
+        endpoint,
+        &["mission", "cancel", &mission_id, "--reason", "twice"],
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&again.stderr).starts_with("FAILED_PRECONDITION: "));
+
+    // Policy: set, then read back the new revision.
+    let before = json_of(&run(&["policy", "get", "x_autopost"]).await, "policy get");
+    let set = json_of(
+        &run(&[
+            "policy",
+            "set",
+            "x_autopost",
+            r#"{"enabled": true}"#,
+            "--reason",
+            "rollout",
+        ])
+        .await,
+        "policy set",
+    );
+    assert_eq!(set["policy"]["value"], serde_json::json!({"enabled": true}));
+    assert_eq!(set["previous_value"], before["value"]);
+    assert!(set["policy"]["version"].as_i64().unwrap() > before["version"].as_i64().unwrap());
+    let bad = run(&[
+        "policy",
+        "set",
+        "x_autopost",
+        r#"{"enabled": "yes"}"#,
+        "--reason",
+        "typo",
+    ])
+    .await;
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).starts_with("INVALID_ARGUMENT: "),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
+    // Events: emit, then find it by kind.
+    let emitted = json_of(
+        &run(&[
+            "event",
+            "emit",
+            "--kind",
+            "engagement:high",
+            "--tag",
+            "env:test",
+            "--payload",
+            r#"{"post": 7}"#,
+        ])
+        .await,
+        "emit",
+    );
+    let events = json_of(
+        &run(&["event", "list", "--kind", "engagement:*"]).await,
+        "event list",
+    );
+    assert_eq!(events["events"][0]["id"], emitted["id"]);
+    assert_eq!(events["events"][0]["payload"]["post"], 7);
+    assert_eq!(events["events"][0]["tags"], serde_json::json!(["env:test"]));
+
+    // Triggers: add, list, remove by name.
+    let trigger = json_of(
+        &run(&[
+            "trigger", "add", "--name", "quiet-6h", "--cooldown", "1h", "--condition",
+            r#"{"type": "absence", "kind": "post.published", "window_seconds": 21600}"#, "--action",
+            r#"{"title": "check posting", "agent": "ops", "steps": [{"kind": "analyze", "payload": {}}]}"#,
+        ])
+        .await,
+        "trigger add",
+    );
+    assert_eq!(trigger["cooldown_seconds"], 3600);
+    let triggers = json_of(&run(&["trigger", "list"]).await, "trigger list");
+    assert_eq!(triggers["triggers"][0]["name"], "quiet-6h");
+    json_of(&run(&["trigger", "rm", "quiet-6h"]).await, "trigger rm");
+    let triggers = json_of(&run(&["trigger", "list"]).await, "trigger list");
+    assert_eq!(triggers["triggers"], serde_json::json!([]));
+
+    // The weekly report the heartbeat stores is read back through the api.
+    let start = chrono::Utc::now() - chrono::Duration::days(7);
+    reports::ActiveModel {
+        id: Set(sea_orm::prelude::Uuid::new_v4()),
+        kind: Set("weekly".into()),
+        period_start: Set(start),
+        period_end: Set(start + chrono::Duration::days(7)),
+        body: Set(serde_json::json!({
+            "missions_total": 10, "missions_succeeded": 9, "missions_failed": 1,
+            "mission_success_rate": 0.9, "cost_usd": 4.5, "budget_usd": 186.0,
+        })),
+        created_at: Set(chrono::Utc::now()),
+    }
+    .insert(&api.db.db)
+    .await
+    .unwrap();
+    let report = json_of(&run(&["report", "weekly"]).await, "report weekly");
+    assert_eq!(report["missions_total"], 10);
+    assert_eq!(report["mission_success_rate"], 0.9);
+    let table = run(&["--output", "table", "report", "weekly"]).await;
+    assert!(table.status.success());
+    assert!(
+        String::from_utf8_lossy(&table.stdout)
+            .contains("10 finished: 9 succeeded, 1 failed, 0 cancelled (90.0% success)")
+    );
+    let missing = run(&["report", "weekly", "--week-of", "2020-01-01"]).await;
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).starts_with("NOT_FOUND: "),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+
+    // The summary counts what happened above.
+    let summary = json_of(&run(&["summary"]).await, "summary");
+    assert_eq!(summary["period"], "daily");
+    assert_eq!(summary["proposals"]["rejected"], 1);
+    assert_eq!(summary["missions"]["cancelled"], 1);
+
+    api.stop().await;
 }

@@ -352,13 +352,16 @@ pub fn load(sources: &ConfigSources) -> Result<LoadedConfig, ConfigError> {
         settings.telemetry.otlp_endpoint = Some(endpoint);
     }
     if let Some(v) = env_value("AUDIT_LOG_MAX_BYTES") {
-        settings.audit.max_bytes = v
-            .parse()
-            .map_err(|_| ConfigError::key("AUDIT_LOG_MAX_BYTES", "must be a whole number of bytes"))?;
+        settings.audit.max_bytes = v.parse().map_err(|_| {
+            ConfigError::key("AUDIT_LOG_MAX_BYTES", "must be a whole number of bytes")
+        })?;
     }
     if let Some(v) = env_value("AUDIT_LOG_RETENTION") {
         settings.audit.retention = v.parse().map_err(|_| {
-            ConfigError::key("AUDIT_LOG_RETENTION", "must be a whole number of generations")
+            ConfigError::key(
+                "AUDIT_LOG_RETENTION",
+                "must be a whole number of generations",
+            )
         })?;
     }
     settings.validate()?;
@@ -433,8 +436,11 @@ mod tests {
 
     #[test]
     fn bad_value_names_the_key() {
-        let err = load(&sources(None, &[("OPSLOOP__DATABASE__MAX_CONNECTIONS", "many")]))
-            .expect_err("must fail");
+        let err = load(&sources(
+            None,
+            &[("OPSLOOP__DATABASE__MAX_CONNECTIONS", "many")],
+        ))
+        .expect_err("must fail");
         let line = err.to_string();
         assert!(line.contains("database.max_connections"), "{line}");
         assert!(!line.contains('\n'));
@@ -475,7 +481,10 @@ mod tests {
     fn daemon_sections_read_from_the_same_layers() {
         let loaded = load(&sources(
             None,
-            &[("OPSLOOP__DEMO__GRPC_ADDR", "0.0.0.0:1"), ("OPSLOOP__DEMO__INTERVAL_SECS", "3")],
+            &[
+                ("OPSLOOP__DEMO__GRPC_ADDR", "0.0.0.0:1"),
+                ("OPSLOOP__DEMO__INTERVAL_SECS", "3"),
+            ],
         ))
         .expect("load");
         let section: DaemonSection = loaded.section("demo").expect("section");

@@ -51,7 +51,9 @@ impl Infra {
             .await
             .context("database")?;
         if settings.database.migrate_on_start {
-            store::migrate_up(&db).await.context("applying migrations")?;
+            store::migrate_up(&db)
+                .await
+                .context("applying migrations")?;
         }
         let amqp_url = secrets.get("amqp_url")?;
         let bus = bus::connect(&settings.bus, amqp_url.as_ref()).await?;
@@ -87,7 +89,10 @@ impl ReadinessCheck for DatabaseReadiness {
         "database"
     }
     async fn check(&self) -> Result<(), String> {
-        store::ping(&self.0).await.map(|_| ()).map_err(|e| e.to_string())
+        store::ping(&self.0)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -116,7 +121,10 @@ where
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("{service}: cannot start the async runtime: {error}");
@@ -125,22 +133,24 @@ where
     };
     runtime.block_on(async move {
         let settings = config.settings.clone();
-        let _telemetry = match crate::telemetry::init(service, &settings.environment, &settings.telemetry) {
-            Ok(guard) => guard,
-            Err(error) => {
-                eprintln!("{service}: {error}");
-                return ExitCode::from(2);
-            }
-        };
+        let _telemetry =
+            match crate::telemetry::init(service, &settings.environment, &settings.telemetry) {
+                Ok(guard) => guard,
+                Err(error) => {
+                    eprintln!("{service}: {error}");
+                    return ExitCode::from(2);
+                }
+            };
         let shutdown = CancellationToken::new();
         crate::lifecycle::cancel_on_signals(shutdown.clone());
-        let infra = match Infra::connect(config, SecretStore::from_process(), shutdown.clone()).await {
-            Ok(infra) => infra,
-            Err(error) => {
-                tracing::error!(error = format!("{error:#}"), "cannot start");
-                return ExitCode::FAILURE;
-            }
-        };
+        let infra =
+            match Infra::connect(config, SecretStore::from_process(), shutdown.clone()).await {
+                Ok(infra) => infra,
+                Err(error) => {
+                    tracing::error!(error = format!("{error:#}"), "cannot start");
+                    return ExitCode::FAILURE;
+                }
+            };
         crate::lifecycle::spawn_watchdog(shutdown.clone());
         let result = body(infra).await;
         crate::lifecycle::systemd::stopping();
@@ -241,7 +251,10 @@ pub async fn serve_until_stopped(
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(drain_ms = drain.as_millis() as u64, "drain bound reached; abandoning in-flight work");
+        tracing::warn!(
+            drain_ms = drain.as_millis() as u64,
+            "drain bound reached; abandoning in-flight work"
+        );
         servers.abort_all();
         tasks.abort_all();
     }

@@ -95,7 +95,10 @@ async fn readyz(State(readiness): State<Readiness>) -> Response {
 
 async fn metrics() -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         crate::telemetry::render_metrics(),
     )
         .into_response()

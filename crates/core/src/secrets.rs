@@ -173,17 +173,26 @@ mod tests {
         let env = vec![("OPSLOOP_ADMIN_TOKEN".to_owned(), "from-env".to_owned())];
         let store = SecretStore::with_sources(Some(creds.path()), run.path(), env.clone());
         assert_eq!(
-            store.get("admin_token").expect("read").map(|s| s.expose().to_owned()),
+            store
+                .get("admin_token")
+                .expect("read")
+                .map(|s| s.expose().to_owned()),
             Some("from-env".into())
         );
         std::fs::write(run.path().join("admin_token"), "from-run\n").expect("write");
         assert_eq!(
-            store.get("admin_token").expect("read").map(|s| s.expose().to_owned()),
+            store
+                .get("admin_token")
+                .expect("read")
+                .map(|s| s.expose().to_owned()),
             Some("from-run".into())
         );
         std::fs::write(creds.path().join("admin_token"), "from-creds").expect("write");
         assert_eq!(
-            store.get("admin_token").expect("read").map(|s| s.expose().to_owned()),
+            store
+                .get("admin_token")
+                .expect("read")
+                .map(|s| s.expose().to_owned()),
             Some("from-creds".into())
         );
         assert!(store.get("agent_token").expect("read").is_none());

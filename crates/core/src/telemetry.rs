@@ -162,7 +162,8 @@ where
         let mut visitor = JsonVisitor(Map::new());
         event.record(&mut visitor);
         line.extend(visitor.0);
-        line.entry("message").or_insert(Value::String(String::new()));
+        line.entry("message")
+            .or_insert(Value::String(String::new()));
         let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
         writeln!(writer, "{text}")
     }
@@ -286,7 +287,10 @@ impl ProcessStats {
         let boot_time = std::fs::read_to_string("/proc/stat")
             .ok()?
             .lines()
-            .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok()))?;
+            .find_map(|l| {
+                l.strip_prefix("btime ")
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })?;
         let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .map(|d| d.count() as u64)
             .unwrap_or(0);

@@ -7,13 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opsloop_core::bus::rabbit::{BusReadiness, RabbitBus};
-use opsloop_core::bus::testing::{TcpProxy, amqp_url, isolated_settings, queue_name, require_rabbitmq, via};
+use opsloop_core::bus::testing::{
+    TcpProxy, amqp_url, isolated_settings, queue_name, require_rabbitmq, via,
+};
 use opsloop_core::bus::{Bus, BusMessage, QueueSpec, Subscription};
 use opsloop_core::http::ReadinessCheck;
 
 fn message(id: &str, key: &str) -> BusMessage {
     let mut msg = BusMessage::json(id, key, &serde_json::json!({"id": id}));
-    msg.headers.insert("traceparent".into(), "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+    msg.headers.insert(
+        "traceparent".into(),
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+    );
     msg
 }
 
@@ -34,18 +39,32 @@ async fn nothing_within(sub: &mut Subscription, wait: Duration) {
 async fn publish_consume_ack() {
     require_rabbitmq().await;
     let bus = RabbitBus::start(isolated_settings(&amqp_url()), amqp_url());
-    bus.wait_connected(Duration::from_secs(10)).await.expect("connected");
+    bus.wait_connected(Duration::from_secs(10))
+        .await
+        .expect("connected");
     let queue = queue_name("ack");
-    let mut sub = bus.subscribe(QueueSpec::new(&queue, &["event.#"])).await.expect("subscribe");
+    let mut sub = bus
+        .subscribe(QueueSpec::new(&queue, &["event.#"]))
+        .await
+        .expect("subscribe");
 
-    bus.publish(message("e1", "event.step.failed")).await.expect("publish");
-    bus.publish(message("a1", "alert.critical")).await.expect("publish unrouted");
-    bus.publish(message("e2", "event.proposal.created")).await.expect("publish");
+    bus.publish(message("e1", "event.step.failed"))
+        .await
+        .expect("publish");
+    bus.publish(message("a1", "alert.critical"))
+        .await
+        .expect("publish unrouted");
+    bus.publish(message("e2", "event.proposal.created"))
+        .await
+        .expect("publish");
 
     let first = next(&mut sub).await;
     assert_eq!(first.message.id, "e1");
     assert_eq!(first.message.routing_key, "event.step.failed");
-    assert_eq!(first.message.headers["traceparent"], "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+    assert_eq!(
+        first.message.headers["traceparent"],
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
     let body: serde_json::Value = serde_json::from_slice(&first.message.payload).expect("json");
     assert_eq!(body["id"], "e1");
     assert!(!first.redelivered);
@@ -55,7 +74,10 @@ async fn publish_consume_ack() {
     second.ack().await.expect("ack");
 
     drop(sub);
-    let mut again = bus.subscribe(QueueSpec::new(&queue, &["event.#"])).await.expect("resubscribe");
+    let mut again = bus
+        .subscribe(QueueSpec::new(&queue, &["event.#"]))
+        .await
+        .expect("resubscribe");
     nothing_within(&mut again, Duration::from_millis(500)).await;
     bus.close().await;
 }
@@ -65,13 +87,21 @@ async fn a_consumer_that_dies_without_acking_gets_it_redelivered() {
     require_rabbitmq().await;
     let bus = RabbitBus::start(isolated_settings(&amqp_url()), amqp_url());
     let queue = queue_name("redeliver");
-    let mut sub = bus.subscribe(QueueSpec::new(&queue, &["alert.#"])).await.expect("subscribe");
-    bus.publish(message("x1", "alert.high")).await.expect("publish");
+    let mut sub = bus
+        .subscribe(QueueSpec::new(&queue, &["alert.#"]))
+        .await
+        .expect("subscribe");
+    bus.publish(message("x1", "alert.high"))
+        .await
+        .expect("publish");
     let held = next(&mut sub).await;
     assert_eq!(held.message.id, "x1");
     drop(sub); // the consumer dies holding the message
 
-    let mut survivor = bus.subscribe(QueueSpec::new(&queue, &["alert.#"])).await.expect("subscribe");
+    let mut survivor = bus
+        .subscribe(QueueSpec::new(&queue, &["alert.#"]))
+        .await
+        .expect("subscribe");
     let again = next(&mut survivor).await;
     assert_eq!(again.message.id, "x1");
     assert!(again.redelivered, "broker marks it redelivered");
@@ -86,8 +116,13 @@ async fn nack_without_requeue_dead_letters() {
     let settings = isolated_settings(&amqp_url());
     let parked = format!("{}.parked", settings.dead_letter_exchange);
     let bus = RabbitBus::start(settings, amqp_url());
-    let mut sub = bus.subscribe(QueueSpec::new(queue_name("dlx"), &["event.#"])).await.expect("subscribe");
-    bus.publish(message("poison", "event.bad")).await.expect("publish");
+    let mut sub = bus
+        .subscribe(QueueSpec::new(queue_name("dlx"), &["event.#"]))
+        .await
+        .expect("subscribe");
+    bus.publish(message("poison", "event.bad"))
+        .await
+        .expect("publish");
     next(&mut sub).await.nack(false).await.expect("nack");
 
     // The parked queue is the dead-letter exchange's catch-all: read it raw.
@@ -98,7 +133,10 @@ async fn nack_without_requeue_dead_letters() {
     let mut found = None;
     for _ in 0..100 {
         if let Some(msg) = channel
-            .basic_get(parked.as_str().into(), lapin::options::BasicGetOptions { no_ack: true })
+            .basic_get(
+                parked.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
             .await
             .expect("basic_get")
         {
@@ -109,7 +147,11 @@ async fn nack_without_requeue_dead_letters() {
     }
     let dead = found.expect("dead letter parked");
     assert_eq!(
-        dead.delivery.properties.message_id().as_ref().map(|s| s.as_str().to_owned()),
+        dead.delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str().to_owned()),
         Some("poison".to_owned())
     );
     bus.close().await;
@@ -122,36 +164,53 @@ async fn broker_outage_loses_nothing_and_readiness_follows() {
     let proxy = TcpProxy::start(upstream).await.expect("proxy");
     let url = via(&amqp_url(), proxy.addr);
     let bus = Arc::new(RabbitBus::start(isolated_settings(&url), url));
-    bus.wait_connected(Duration::from_secs(10)).await.expect("connected");
+    bus.wait_connected(Duration::from_secs(10))
+        .await
+        .expect("connected");
     let readiness = BusReadiness(bus.clone());
-    let mut sub = bus.subscribe(QueueSpec::new(queue_name("outage"), &["event.#"])).await.expect("subscribe");
+    let mut sub = bus
+        .subscribe(QueueSpec::new(queue_name("outage"), &["event.#"]))
+        .await
+        .expect("subscribe");
 
     let mut expected = BTreeSet::new();
     for i in 0..5 {
         let id = format!("before-{i}");
-        bus.publish(message(&id, "event.tick")).await.expect("publish");
+        bus.publish(message(&id, "event.tick"))
+            .await
+            .expect("publish");
         expected.insert(id);
     }
 
     proxy.sever();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while bus.is_connected() {
-        assert!(tokio::time::Instant::now() < deadline, "disconnect noticed within 10 s");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "disconnect noticed within 10 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(readiness.check().await.is_err(), "not ready while disconnected");
+    assert!(
+        readiness.check().await.is_err(),
+        "not ready while disconnected"
+    );
 
     let mut publishers = Vec::new();
     for i in 0..10 {
         let id = format!("during-{i}");
         expected.insert(id.clone());
         let bus = bus.clone();
-        publishers.push(tokio::spawn(async move { bus.publish(message(&id, "event.tick")).await }));
+        publishers.push(tokio::spawn(async move {
+            bus.publish(message(&id, "event.tick")).await
+        }));
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
     proxy.restore();
     for p in publishers {
-        p.await.expect("join").expect("publish confirmed after reconnect");
+        p.await
+            .expect("join")
+            .expect("publish confirmed after reconnect");
     }
     assert!(readiness.check().await.is_ok(), "ready again");
 

@@ -18,7 +18,9 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    opsloop_core::daemon::run(opsloop_heartbeat_worker::SERVICE, args.config, |infra| async move {
-        HeartbeatApp::build(infra).await?.run_until_stopped().await
-    })
+    opsloop_core::daemon::run(
+        opsloop_heartbeat_worker::SERVICE,
+        args.config,
+        |infra| async move { HeartbeatApp::build(infra).await?.run_until_stopped().await },
+    )
 }

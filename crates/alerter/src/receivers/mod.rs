@@ -222,49 +222,52 @@ pub fn build(
         };
         let min_interval =
             Duration::from_millis(config.min_interval_ms.unwrap_or(default_interval));
-        if config.kind == ReceiverKind::Console {
-            consoles.push(ConfiguredReceiver {
-                name: config.name.clone(),
-                send_resolved: config.send_resolved.unwrap_or(true),
-                min_interval,
-                target: Target::Console {
-                    path: config.path.clone(),
-                },
-                format: Arc::new(local::Console),
-            });
-            continue;
-        }
-        let Some(secret_name) = &config.secret else {
-            return Err(invalid(
-                "needs `secret`: the name of the secret holding its URL or key",
-            ));
-        };
-        let secret = secrets
-            .get(secret_name)
-            .map_err(|e| invalid(&e.to_string()))?;
-        let Some(secret) = secret else {
-            built.disabled.push((
-                config.name.clone(),
-                format!("secret {secret_name} is not set"),
-            ));
-            continue;
-        };
         let (url, format): (Secret, Arc<dyn Receiver>) = match config.kind {
-            ReceiverKind::Slack => (secret, Arc::new(slack::Slack)),
-            ReceiverKind::Discord => (secret, Arc::new(discord::Discord)),
-            ReceiverKind::Webhook => (secret, Arc::new(webhook::Webhook)),
-            ReceiverKind::Pagerduty => (
-                Secret::new(
-                    config
-                        .api_url
-                        .clone()
-                        .unwrap_or_else(|| PAGERDUTY_EVENTS_URL.into()),
-                ),
-                Arc::new(pagerduty::PagerDuty {
-                    routing_key: secret,
-                }),
-            ),
-            ReceiverKind::Console => unreachable_console(),
+            ReceiverKind::Console => {
+                consoles.push(ConfiguredReceiver {
+                    name: config.name.clone(),
+                    send_resolved: config.send_resolved.unwrap_or(true),
+                    min_interval,
+                    target: Target::Console {
+                        path: config.path.clone(),
+                    },
+                    format: Arc::new(local::Console),
+                });
+                continue;
+            }
+            kind => {
+                let Some(secret_name) = &config.secret else {
+                    return Err(invalid(
+                        "needs `secret`: the name of the secret holding its URL or key",
+                    ));
+                };
+                let Some(secret) = secrets
+                    .get(secret_name)
+                    .map_err(|e| invalid(&e.to_string()))?
+                else {
+                    built.disabled.push((
+                        config.name.clone(),
+                        format!("secret {secret_name} is not set"),
+                    ));
+                    continue;
+                };
+                match kind {
+                    ReceiverKind::Slack => (secret, Arc::new(slack::Slack) as Arc<dyn Receiver>),
+                    ReceiverKind::Discord => (secret, Arc::new(discord::Discord)),
+                    ReceiverKind::Webhook => (secret, Arc::new(webhook::Webhook)),
+                    _ => (
+                        Secret::new(
+                            config
+                                .api_url
+                                .clone()
+                                .unwrap_or_else(|| PAGERDUTY_EVENTS_URL.into()),
+                        ),
+                        Arc::new(pagerduty::PagerDuty {
+                            routing_key: secret,
+                        }),
+                    ),
+                }
+            }
         };
         if !(url.expose().starts_with("http://") || url.expose().starts_with("https://")) {
             return Err(invalid("its URL must start with http:// or https://"));
@@ -293,12 +296,6 @@ pub fn build(
         }
     }
     Ok(built)
-}
-
-// Console receivers are handled before the match; this keeps the match total
-// without a panic path.
-fn unreachable_console() -> (Secret, Arc<dyn Receiver>) {
-    (Secret::new(""), Arc::new(local::Console))
 }
 
 /// Cuts `text` to at most `max` characters, ending with `…` when cut.

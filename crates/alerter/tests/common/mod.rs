@@ -13,10 +13,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chrono::{DateTime, Utc};
+use opsloop_alerter::AlerterApp;
 use opsloop_alerter::config::AlerterSettings;
 use opsloop_alerter::delivery::{Clock, ManualClock};
 use opsloop_alerter::service::Alerter;
+use opsloop_core::config::{BusSettings, ConfigSources};
+use opsloop_core::daemon::Infra;
 use opsloop_core::secrets::SecretStore;
+use opsloop_core::store::testing::TestDb;
 use tokio_util::sync::CancellationToken;
 
 /// One scripted answer: status, headers, body.
@@ -220,4 +224,78 @@ pub fn posted(labels: &[(&str, &str)]) -> opsloop_alerter::model::PostableAlert 
             .collect(),
         ..Default::default()
     }
+}
+
+/// A running `AlerterApp` and how to reach and stop it.
+pub struct Running {
+    pub http: String,
+    pub grpc: String,
+    pub infra: Infra,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts the daemon on port 0 with `db`, `bus`, the given receivers (TOML)
+/// and secrets, a route to `slack` with group_wait 0s.
+pub async fn spawn_app(
+    db: &TestDb,
+    bus: BusSettings,
+    receivers_toml: &str,
+    secrets: Vec<(String, String)>,
+) -> Running {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("opsloop.toml");
+    let toml = format!(
+        r#"
+environment = "test"
+[database]
+url = "{db_url}"
+[audit]
+log_path = "{audit}"
+[alerter]
+grpc_addr = "127.0.0.1:0"
+http_addr = "127.0.0.1:0"
+tick_ms = 50
+queue = "{queue}"
+[alerter.route]
+receiver = "slack"
+group_wait = "0s"
+group_interval = "1s"
+{receivers_toml}
+"#,
+        db_url = db.url,
+        audit = dir.path().join("audit.jsonl").display(),
+        queue = opsloop_core::bus::testing::queue_name("alerter"),
+    );
+    std::fs::write(&path, toml).expect("write config");
+    let mut config = opsloop_core::config::load(&ConfigSources {
+        file: Some(path),
+        use_default_file: false,
+        env: Some(Default::default()),
+    })
+    .expect("config");
+    config.settings.bus = bus;
+    let shutdown = CancellationToken::new();
+    let secrets = SecretStore::with_sources(None, &dir.path().join("no-secrets"), secrets);
+    let infra = Infra::connect(config, secrets, shutdown.clone())
+        .await
+        .expect("infra");
+    let app = AlerterApp::build(infra.clone()).await.expect("app builds");
+    let http = format!("http://{}", app.http_addr().expect("http addr"));
+    let grpc = format!("http://{}", app.grpc_addr().expect("grpc addr"));
+    let task = tokio::spawn(app.run_until_stopped());
+    Running {
+        http,
+        grpc,
+        infra,
+        shutdown,
+        task,
+        _dir: dir,
+    }
+}
+
+pub async fn stop(app: Running) {
+    app.shutdown.cancel();
+    app.task.await.expect("joins").expect("stops cleanly");
 }

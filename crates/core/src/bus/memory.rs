@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::{Acker, Bus, BusError, BusMessage, Delivery, QueueSpec, Subscription, SubscriptionInner, topic_matches};
+use super::{
+    Acker, Bus, BusError, BusMessage, Delivery, QueueSpec, Subscription, SubscriptionInner,
+    topic_matches,
+};
 
 const DEFAULT_PREFETCH: usize = 64;
 
@@ -210,8 +213,12 @@ mod tests {
             .subscribe(QueueSpec::new("alerts", &["alert.#"]))
             .await
             .expect("subscribe");
-        bus.publish(msg("1", "event.step.failed")).await.expect("publish");
-        bus.publish(msg("2", "alert.critical")).await.expect("publish");
+        bus.publish(msg("1", "event.step.failed"))
+            .await
+            .expect("publish");
+        bus.publish(msg("2", "alert.critical"))
+            .await
+            .expect("publish");
         bus.publish(msg("3", "alert.info")).await.expect("publish");
 
         let first = alerts.next().await.expect("delivery");

@@ -49,7 +49,11 @@ pub struct BusMessage {
 }
 
 impl BusMessage {
-    pub fn json(id: impl Into<String>, routing_key: impl Into<String>, body: &serde_json::Value) -> Self {
+    pub fn json(
+        id: impl Into<String>,
+        routing_key: impl Into<String>,
+        body: &serde_json::Value,
+    ) -> Self {
         let mut headers = BTreeMap::new();
         crate::telemetry::inject_trace_context(&mut headers);
         Self {
@@ -112,11 +116,16 @@ pub trait Bus: Send + Sync + 'static {
 
 /// Builds the bus the settings ask for. `url` overrides `settings.url` (the
 /// `amqp_url` secret).
-pub async fn connect(settings: &BusSettings, url: Option<&Secret>) -> Result<Arc<dyn Bus>, BusError> {
+pub async fn connect(
+    settings: &BusSettings,
+    url: Option<&Secret>,
+) -> Result<Arc<dyn Bus>, BusError> {
     match settings.kind {
         BusKind::Memory => Ok(Arc::new(memory::MemoryBus::new())),
         BusKind::Rabbitmq => {
-            let url = url.map(|s| s.expose().to_owned()).unwrap_or_else(|| settings.url.clone());
+            let url = url
+                .map(|s| s.expose().to_owned())
+                .unwrap_or_else(|| settings.url.clone());
             Ok(Arc::new(rabbit::RabbitBus::start(settings.clone(), url)))
         }
     }
@@ -232,6 +241,9 @@ mod tests {
     #[test]
     fn event_kinds_become_routing_keys() {
         assert_eq!(event_routing_key("step.failed"), "event.step.failed");
-        assert_eq!(event_routing_key("engagement:high"), "event.engagement.high");
+        assert_eq!(
+            event_routing_key("engagement:high"),
+            "event.engagement.high"
+        );
     }
 }

@@ -14,12 +14,16 @@ use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::{Acker, Bus, BusError, BusMessage, Delivery, QueueSpec, Subscription, SubscriptionInner};
+use super::{
+    Acker, Bus, BusError, BusMessage, Delivery, QueueSpec, Subscription, SubscriptionInner,
+};
 use crate::config::{BusSettings, QueueType};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,8 +76,8 @@ impl RabbitBus {
     /// Closes the connection and stops reconnecting.
     pub async fn close(&self) {
         self.shared.stop.cancel();
-        if let Some(link) = self.shared.link.borrow().clone() {
-            let _ = link.connection.close(200, "shutdown".into()).await;
+        if let Some(link) = self.shared.link.send_replace(None) {
+            close_link(&link).await;
         }
     }
 }
@@ -105,7 +109,7 @@ async fn manage_connection(shared: Arc<Shared>) {
                 wait_until_broken(&shared, &link).await;
                 shared.link.send_replace(None);
                 if shared.stop.is_cancelled() {
-                    let _ = link.connection.close(200, "shutdown".into()).await;
+                    close_link(&link).await;
                     break;
                 }
                 tracing::warn!("lost the RabbitMQ connection; reconnecting");
@@ -125,10 +129,13 @@ async fn manage_connection(shared: Arc<Shared>) {
 async fn establish(shared: &Shared) -> Result<Arc<Link>, BusError> {
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("opsloop-{}", std::process::id()).into());
-    let connection = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&shared.url, properties))
-        .await
-        .map_err(|_| BusError::Unavailable(format!("connect timed out after {CONNECT_TIMEOUT:?}")))?
-        .map_err(|e| BusError::Unavailable(e.to_string()))?;
+    let connection = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        Connection::connect(&shared.url, properties),
+    )
+    .await
+    .map_err(|_| BusError::Unavailable(format!("connect timed out after {CONNECT_TIMEOUT:?}")))?
+    .map_err(|e| BusError::Unavailable(e.to_string()))?;
     let publisher = connection.create_channel().await.map_err(protocol)?;
     declare_topology(&publisher, &shared.settings).await?;
     publisher
@@ -139,6 +146,21 @@ async fn establish(shared: &Shared) -> Result<Arc<Link>, BusError> {
         connection,
         publisher,
     }))
+}
+
+/// Closes the connection politely. lapin's close joins its I/O thread, which
+/// deadlocks a current-thread runtime (tests, `opsloop migrate`); there the
+/// connection is simply dropped, which the broker treats as a disconnect.
+async fn close_link(link: &Link) {
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            link.connection.close(200, "shutdown".into()),
+        )
+        .await;
+    }
 }
 
 fn protocol(e: lapin::Error) -> BusError {
@@ -195,15 +217,25 @@ async fn declare_topology(channel: &Channel, settings: &BusSettings) -> Result<(
     Ok(())
 }
 
-fn queue_arguments(settings: &BusSettings, dead_letter_exchange: Option<&str>, single_active: bool) -> FieldTable {
+fn queue_arguments(
+    settings: &BusSettings,
+    dead_letter_exchange: Option<&str>,
+    single_active: bool,
+) -> FieldTable {
     let mut args = FieldTable::default();
     let queue_type = match settings.queue_type {
         QueueType::Quorum => "quorum",
         QueueType::Classic => "classic",
     };
-    args.insert("x-queue-type".into(), AMQPValue::LongString(queue_type.into()));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(queue_type.into()),
+    );
     if let Some(dlx) = dead_letter_exchange {
-        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(dlx.into()));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(dlx.into()),
+        );
     }
     if single_active {
         args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
@@ -342,7 +374,14 @@ impl Bus for RabbitBus {
         let (tx, rx) = mpsc::channel(usize::from(prefetch).max(1));
         let stop = self.shared.stop.child_token();
         let (ready_tx, ready_rx) = oneshot::channel();
-        tokio::spawn(consume(self.shared.clone(), spec.clone(), prefetch, tx, stop.clone(), ready_tx));
+        tokio::spawn(consume(
+            self.shared.clone(),
+            spec.clone(),
+            prefetch,
+            tx,
+            stop.clone(),
+            ready_tx,
+        ));
         let timeout = Duration::from_millis(self.shared.settings.publish_timeout_ms);
         match tokio::time::timeout(timeout, ready_rx).await {
             Ok(Ok(Ok(()))) => Ok(Subscription {
@@ -416,7 +455,12 @@ async fn open_consumer(
     let consumer = channel
         .basic_consume(
             spec.name.as_str().into(),
-            format!("opsloop-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()).into(),
+            format!(
+                "opsloop-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            )
+            .into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )

@@ -84,15 +84,14 @@ impl TcpProxy {
                         _ = stop.cancelled() => return,
                         accepted = listener.accept() => accepted,
                     };
-                    let Ok((mut client, _)) = accepted else { continue };
+                    let Ok((mut client, _)) = accepted else {
+                        continue;
+                    };
                     if severed.load(Ordering::SeqCst) {
                         drop(client);
                         continue;
                     }
-                    let token = generation
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .clone();
+                    let token = generation.lock().unwrap_or_else(|p| p.into_inner()).clone();
                     let upstream = upstream.clone();
                     tokio::spawn(async move {
                         let Ok(mut server) = TcpStream::connect(&upstream).await else {
@@ -139,7 +138,10 @@ impl Drop for TcpProxy {
 pub fn via(url: &str, addr: std::net::SocketAddr) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("amqp", url));
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let userinfo = authority.rsplit_once('@').map(|(u, _)| format!("{u}@")).unwrap_or_default();
+    let userinfo = authority
+        .rsplit_once('@')
+        .map(|(u, _)| format!("{u}@"))
+        .unwrap_or_default();
     format!("{scheme}://{userinfo}{addr}/{path}")
 }
 

@@ -181,7 +181,9 @@ pub fn auto_approve(policy: &AutoApprove, steps: &[StepKind]) -> Decision {
 /// The calendar day of `now` in the gates' time zone, `YYYY-MM-DD`: the key
 /// of the daily counter.
 pub fn day_key(now: DateTime<Utc>, gates: &StepGates) -> String {
-    now.with_timezone(&gates.tz()).format("%Y-%m-%d").to_string()
+    now.with_timezone(&gates.tz())
+        .format("%Y-%m-%d")
+        .to_string()
 }
 
 #[cfg(test)]
@@ -230,7 +232,10 @@ mod tests {
         let zero: BTreeMap<StepKind, i64> = BTreeMap::new();
         let one: BTreeMap<StepKind, i64> = [(kind("post_x"), 1), (kind("capped"), 2)].into();
         let two: BTreeMap<StepKind, i64> = [(kind("post_x"), 2)].into();
-        let now = Utc.with_ymd_and_hms(2026, 11, 23, 3, 0, 0).single().expect("time");
+        let now = Utc
+            .with_ymd_and_hms(2026, 11, 23, 3, 0, 0)
+            .single()
+            .expect("time");
         let echo = [kind("echo")];
         let post = [kind("post_x")];
         let post2 = [kind("post_x"), kind("post_x")];
@@ -247,16 +252,96 @@ mod tests {
             expected: &'a str,
         }
         let cases = [
-            Case { name: "dedupe first", held: true, stop: Some(None), steps: &echo, toggles: &on, counts: &zero, expected: "duplicate" },
-            Case { name: "stop before toggles", held: false, stop: Some(Some("budget".into())), steps: &post, toggles: &off, counts: &zero, expected: "emergency_stop" },
-            Case { name: "toggle off", held: false, stop: None, steps: &post, toggles: &off, counts: &zero, expected: "toggle_disabled" },
-            Case { name: "toggle missing = off", held: false, stop: None, steps: &post, toggles: &none, counts: &zero, expected: "toggle_disabled" },
-            Case { name: "below cap", held: false, stop: None, steps: &post, toggles: &on, counts: &one, expected: "approve" },
-            Case { name: "at cap boundary", held: false, stop: None, steps: &post, toggles: &on, counts: &two, expected: "daily_cap" },
-            Case { name: "two steps count twice", held: false, stop: None, steps: &post2, toggles: &on, counts: &one, expected: "daily_cap" },
-            Case { name: "cap without toggle, then auto-approve not allowed", held: false, stop: None, steps: &capped, toggles: &none, counts: &one, expected: "pending" },
-            Case { name: "kind not allowed", held: false, stop: None, steps: &other, toggles: &none, counts: &zero, expected: "pending" },
-            Case { name: "allowed", held: false, stop: None, steps: &echo, toggles: &none, counts: &zero, expected: "approve" },
+            Case {
+                name: "dedupe first",
+                held: true,
+                stop: Some(None),
+                steps: &echo,
+                toggles: &on,
+                counts: &zero,
+                expected: "duplicate",
+            },
+            Case {
+                name: "stop before toggles",
+                held: false,
+                stop: Some(Some("budget".into())),
+                steps: &post,
+                toggles: &off,
+                counts: &zero,
+                expected: "emergency_stop",
+            },
+            Case {
+                name: "toggle off",
+                held: false,
+                stop: None,
+                steps: &post,
+                toggles: &off,
+                counts: &zero,
+                expected: "toggle_disabled",
+            },
+            Case {
+                name: "toggle missing = off",
+                held: false,
+                stop: None,
+                steps: &post,
+                toggles: &none,
+                counts: &zero,
+                expected: "toggle_disabled",
+            },
+            Case {
+                name: "below cap",
+                held: false,
+                stop: None,
+                steps: &post,
+                toggles: &on,
+                counts: &one,
+                expected: "approve",
+            },
+            Case {
+                name: "at cap boundary",
+                held: false,
+                stop: None,
+                steps: &post,
+                toggles: &on,
+                counts: &two,
+                expected: "daily_cap",
+            },
+            Case {
+                name: "two steps count twice",
+                held: false,
+                stop: None,
+                steps: &post2,
+                toggles: &on,
+                counts: &one,
+                expected: "daily_cap",
+            },
+            Case {
+                name: "cap without toggle, then auto-approve not allowed",
+                held: false,
+                stop: None,
+                steps: &capped,
+                toggles: &none,
+                counts: &one,
+                expected: "pending",
+            },
+            Case {
+                name: "kind not allowed",
+                held: false,
+                stop: None,
+                steps: &other,
+                toggles: &none,
+                counts: &zero,
+                expected: "pending",
+            },
+            Case {
+                name: "allowed",
+                held: false,
+                stop: None,
+                steps: &echo,
+                toggles: &none,
+                counts: &zero,
+                expected: "approve",
+            },
         ];
         for case in cases {
             let input = GateInput {
@@ -288,8 +373,14 @@ mod tests {
     fn day_rolls_over_at_the_policy_midnight() {
         let gates = gates();
         // 14:59:59 UTC is 23:59:59 in Tokyo; a second later is the next day there.
-        let before = Utc.with_ymd_and_hms(2026, 11, 23, 14, 59, 59).single().expect("t");
-        let after = Utc.with_ymd_and_hms(2026, 11, 23, 15, 0, 0).single().expect("t");
+        let before = Utc
+            .with_ymd_and_hms(2026, 11, 23, 14, 59, 59)
+            .single()
+            .expect("t");
+        let after = Utc
+            .with_ymd_and_hms(2026, 11, 23, 15, 0, 0)
+            .single()
+            .expect("t");
         assert_eq!(day_key(before, &gates), "2026-11-23");
         assert_eq!(day_key(after, &gates), "2026-11-24");
         let utc = StepGates {
@@ -309,8 +400,16 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                KindGate { kind: kind("capped"), cap: 3, requested: 1 },
-                KindGate { kind: kind("post_x"), cap: 2, requested: 2 },
+                KindGate {
+                    kind: kind("capped"),
+                    cap: 3,
+                    requested: 1
+                },
+                KindGate {
+                    kind: kind("post_x"),
+                    cap: 2,
+                    requested: 2
+                },
             ]
         );
         let rejection = check_cap(&got[1], 1, "2026-11-23").expect_err("over");

@@ -78,7 +78,10 @@ pub fn bounded(field: &str, value: &str, max: usize) -> Result<String, Validatio
             format!("longer than {max} characters"),
         ));
     }
-    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
         return Err(ValidationError::new(field, "contains control characters"));
     }
     Ok(value.to_owned())
@@ -295,8 +298,11 @@ impl StepSpec {
         limits: &Limits,
     ) -> Result<Self, ValidationError> {
         let kind = StepKind::parse(&format!("steps[{index}].kind"), kind)?;
-        let payload =
-            JsonDocument::parse(&format!("steps[{index}].payload_json"), payload_json, limits)?;
+        let payload = JsonDocument::parse(
+            &format!("steps[{index}].payload_json"),
+            payload_json,
+            limits,
+        )?;
         if let Some(n) = max_attempts
             && (n == 0 || n > limits.max_attempts)
         {
@@ -333,7 +339,10 @@ impl NewProposal {
         self.title = text("title", &self.title, limits.max_title_chars)?;
         self.agent = text("agent", &self.agent, limits.max_name_chars)?;
         if self.steps.is_empty() {
-            return Err(ValidationError::new("steps", "at least one step is required"));
+            return Err(ValidationError::new(
+                "steps",
+                "at least one step is required",
+            ));
         }
         if self.steps.len() > limits.max_steps {
             return Err(ValidationError::new(
@@ -344,7 +353,10 @@ impl NewProposal {
         self.metadata =
             JsonDocument::from_value("metadata_json", self.metadata, limits)?.into_value();
         if !self.metadata.is_object() {
-            return Err(ValidationError::new("metadata_json", "must be a JSON object"));
+            return Err(ValidationError::new(
+                "metadata_json",
+                "must be a JSON object",
+            ));
         }
         Ok(self)
     }
@@ -475,7 +487,9 @@ mod tests {
             );
         }
         assert_eq!(
-            JsonDocument::parse("p", "", &limits).expect("empty").value(),
+            JsonDocument::parse("p", "", &limits)
+                .expect("empty")
+                .value(),
             &serde_json::json!({})
         );
         assert_eq!(json_depth(&serde_json::json!(1)), 0);
@@ -508,8 +522,20 @@ mod tests {
             ("", "a", vec![step(0)], serde_json::json!({}), "title"),
             ("t", "", vec![step(0)], serde_json::json!({}), "agent"),
             ("t", "a", vec![], serde_json::json!({}), "steps"),
-            ("t", "a", vec![step(0), step(1), step(2)], serde_json::json!({}), "steps"),
-            ("t", "a", vec![step(0)], serde_json::json!([1]), "metadata_json"),
+            (
+                "t",
+                "a",
+                vec![step(0), step(1), step(2)],
+                serde_json::json!({}),
+                "steps",
+            ),
+            (
+                "t",
+                "a",
+                vec![step(0)],
+                serde_json::json!([1]),
+                "metadata_json",
+            ),
         ];
         for (title, agent, steps, metadata, field) in cases {
             let err = proposal(title, agent, steps, metadata)

@@ -292,7 +292,12 @@ impl PolicyValue {
             PolicyKey::OpsHealth => {
                 let p: OpsHealth = typed(value)?;
                 range("failure_threshold", p.failure_threshold.into(), 1.0, 1e6)?;
-                range("window_seconds", p.window_seconds.into(), 1.0, 7.0 * 86_400.0)?;
+                range(
+                    "window_seconds",
+                    p.window_seconds.into(),
+                    1.0,
+                    7.0 * 86_400.0,
+                )?;
                 Self::OpsHealth(p)
             }
             PolicyKey::CostBudget => {
@@ -336,7 +341,11 @@ mod tests {
         let table: Vec<(&str, serde_json::Value, Option<&str>)> = vec![
             ("x_autopost", json!({"enabled": true}), None),
             ("x_autopost", json!({"enabled": "yes"}), Some("value_json")),
-            ("x_autopost", json!({"enabled": true, "extra": 1}), Some("value_json")),
+            (
+                "x_autopost",
+                json!({"enabled": true, "extra": 1}),
+                Some("value_json"),
+            ),
             ("new_kind_autopost", json!({"enabled": false}), None),
             (
                 "auto_approve",
@@ -363,9 +372,21 @@ mod tests {
                 json!({"lease_seconds": 10, "max_attempts": 3, "backoff_base_seconds": 10, "backoff_max_seconds": 2}),
                 Some("value_json.backoff_max_seconds"),
             ),
-            ("ops_health", json!({"failure_threshold": 0, "window_seconds": 1, "cooldown_seconds": 0}), Some("value_json.failure_threshold")),
-            ("reaction_matrix", json!({"patterns": [1]}), Some("value_json")),
-            ("emergency_stop", json!({"engaged": true, "reason": "x", "actor": "a", "engaged_at": null}), None),
+            (
+                "ops_health",
+                json!({"failure_threshold": 0, "window_seconds": 1, "cooldown_seconds": 0}),
+                Some("value_json.failure_threshold"),
+            ),
+            (
+                "reaction_matrix",
+                json!({"patterns": [1]}),
+                Some("value_json"),
+            ),
+            (
+                "emergency_stop",
+                json!({"engaged": true, "reason": "x", "actor": "a", "engaged_at": null}),
+                None,
+            ),
         ];
         for (key, value, failing_field) in table {
             let key = PolicyKey::parse(key).expect("key");

@@ -197,7 +197,11 @@ mod tests {
     #[test]
     fn mission_transitions_table() {
         use MissionStatus::*;
-        let legal = [(Running, Succeeded), (Running, Failed), (Running, Cancelled)];
+        let legal = [
+            (Running, Succeeded),
+            (Running, Failed),
+            (Running, Cancelled),
+        ];
         for from in MissionStatus::ALL {
             for to in MissionStatus::ALL {
                 assert_eq!(

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ActiveModelTrait, ActiveValue::NotSet, ConnectionTrait, DatabaseConnection, EntityTrait, Set};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::NotSet, ConnectionTrait, DatabaseConnection, EntityTrait, Set,
+};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -245,7 +247,10 @@ pub async fn list_events(
     if let Some(mission) = filter.mission_id {
         push(" AND mission_id = $?", mission.into(), &mut sql);
     }
-    sql.push_str(&format!(" ORDER BY seq LIMIT {}", filter.limit.clamp(1, 1000)));
+    sql.push_str(&format!(
+        " ORDER BY seq LIMIT {}",
+        filter.limit.clamp(1, 1000)
+    ));
     let rows = events::Entity::find()
         .from_raw_sql(stmt(db.get_database_backend(), &sql, values))
         .all(db)

@@ -395,10 +395,7 @@ async fn finalize_mission(
 ) -> Result<MissionStatus> {
     let backend = tx.get_database_backend();
     let steps = steps_of(tx, mission_id).await?;
-    let statuses: Vec<StepStatus> = steps
-        .iter()
-        .map(parse_step_status)
-        .collect::<Result<_>>()?;
+    let statuses: Vec<StepStatus> = steps.iter().map(parse_step_status).collect::<Result<_>>()?;
     let mission = missions::Entity::find_by_id(mission_id)
         .one(tx)
         .await?
@@ -448,7 +445,10 @@ async fn finalize_mission(
     Ok(outcome)
 }
 
-async fn steps_of(tx: &impl ConnectionTrait, mission_id: Uuid) -> Result<Vec<mission_steps::Model>> {
+async fn steps_of(
+    tx: &impl ConnectionTrait,
+    mission_id: Uuid,
+) -> Result<Vec<mission_steps::Model>> {
     Ok(mission_steps::Entity::find()
         .from_raw_sql(stmt(
             tx.get_database_backend(),
@@ -593,9 +593,13 @@ pub async fn recover_stale_steps(
         let tx = begin_write(db).await?;
         lock_mission(&tx, candidate.mission_id).await?;
         // Re-read under the lock: the worker may have finished meanwhile.
-        let step = mission_steps::Entity::find_by_id(candidate.id).one(&tx).await?;
+        let step = mission_steps::Entity::find_by_id(candidate.id)
+            .one(&tx)
+            .await?;
         let Some(step) = step.filter(|s| {
-            s.status == "running" && s.attempt == candidate.attempt && s.lease_expires_at.is_some_and(|t| t < now)
+            s.status == "running"
+                && s.attempt == candidate.attempt
+                && s.lease_expires_at.is_some_and(|t| t < now)
         }) else {
             tx.rollback().await?;
             continue;
@@ -645,8 +649,11 @@ pub async fn recover_stale_steps(
         tx.commit().await?;
     }
     if !report.requeued.is_empty() || !report.failed.is_empty() {
-        tracing::warn!(requeued = report.requeued.len(), failed = report.failed.len(),
-            "recovered steps with expired leases");
+        tracing::warn!(
+            requeued = report.requeued.len(),
+            failed = report.failed.len(),
+            "recovered steps with expired leases"
+        );
     }
     Ok(report)
 }
@@ -689,8 +696,15 @@ async fn outcome_detail(db: &impl ConnectionTrait, view: &MissionView) -> Result
         .await?;
     let Some(row) = row else { return Ok(None) };
     let payload: serde_json::Value = row.try_get("", "payload")?;
-    let field = if kind == "mission.failed" { "error" } else { "reason" };
-    Ok(payload.get(field).and_then(|v| v.as_str()).map(str::to_owned))
+    let field = if kind == "mission.failed" {
+        "error"
+    } else {
+        "reason"
+    };
+    Ok(payload
+        .get(field)
+        .and_then(|v| v.as_str())
+        .map(str::to_owned))
 }
 
 /// Filters of ListMissions.

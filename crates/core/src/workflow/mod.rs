@@ -34,8 +34,8 @@ use crate::domain::status::IllegalTransition;
 
 pub use events::{EventFilter, append_event, list_events};
 pub use missions::{
-    ClaimOutcome, MissionFilter, MissionView, RecoveryReport, cancel_mission, claim_step, complete_step,
-    fail_step, get_mission, list_missions, recover_stale_steps, renew_lease,
+    ClaimOutcome, MissionFilter, MissionView, RecoveryReport, cancel_mission, claim_step,
+    complete_step, fail_step, get_mission, list_missions, recover_stale_steps, renew_lease,
 };
 pub use ops::{HealthFigures, SummaryFigures, SummaryPeriod, health, summary};
 pub use policy::{

@@ -49,8 +49,7 @@ async fn counts_by_status(
     since: DateTime<Utc>,
     statuses: &[&str],
 ) -> Result<BTreeMap<String, i64>> {
-    let mut counts: BTreeMap<String, i64> =
-        statuses.iter().map(|s| ((*s).to_owned(), 0)).collect();
+    let mut counts: BTreeMap<String, i64> = statuses.iter().map(|s| ((*s).to_owned(), 0)).collect();
     let rows = db
         .query_all_raw(stmt(
             db.get_database_backend(),
@@ -105,21 +104,32 @@ pub async fn summary(
         db,
         "proposals",
         since,
-        &names(&ProposalStatus::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>()),
+        &names(
+            &ProposalStatus::ALL
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>(),
+        ),
     )
     .await?;
     let missions = counts_by_status(
         db,
         "missions",
         since,
-        &MissionStatus::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        &MissionStatus::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>(),
     )
     .await?;
     let steps = counts_by_status(
         db,
         "mission_steps",
         since,
-        &StepStatus::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        &StepStatus::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>(),
     )
     .await?;
     let total_events = scalar(

@@ -54,11 +54,7 @@ pub struct RelayPass {
 }
 
 /// Publishes one batch.
-pub async fn relay_once(
-    db: &DatabaseConnection,
-    bus: &dyn Bus,
-    batch: u64,
-) -> Result<RelayPass> {
+pub async fn relay_once(db: &DatabaseConnection, bus: &dyn Bus, batch: u64) -> Result<RelayPass> {
     let backend = db.get_database_backend();
     let tx = db.begin().await?;
     if backend == DbBackend::Postgres {

@@ -4,7 +4,7 @@
 //! stop is a policy key with its own audited engage/release.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, Set, ActiveModelTrait};
+use sea_orm::{ActiveModelTrait, ConnectionTrait, DatabaseConnection, EntityTrait, Set};
 use serde_json::json;
 
 use super::events::{EventRecord, write_event};
@@ -152,7 +152,12 @@ async fn write_policy(
     audit_row(&tx, &record).await?;
     tx.commit().await?;
     audit_file(audit, &record);
-    tracing::info!(key = key.as_str(), version = history.id, actor = change.actor, "policy changed");
+    tracing::info!(
+        key = key.as_str(),
+        version = history.id,
+        actor = change.actor,
+        "policy changed"
+    );
     Ok((stored, before))
 }
 

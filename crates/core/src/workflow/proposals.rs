@@ -119,7 +119,11 @@ pub async fn submit_proposal(
     let decision = judge(&tx, &policy, &kinds, now).await?;
 
     let (status, decided_by, rejection) = match &decision {
-        Decision::Approve => (ProposalStatus::Approved, Some("auto_approve".to_owned()), None),
+        Decision::Approve => (
+            ProposalStatus::Approved,
+            Some("auto_approve".to_owned()),
+            None,
+        ),
         Decision::Pending | Decision::Duplicate => (ProposalStatus::Pending, None, None),
         Decision::Reject(r) => (
             ProposalStatus::Rejected,
@@ -259,15 +263,16 @@ async fn judge(
             for (kind, n) in reserved {
                 release(tx, &kind, &day, n).await?;
             }
-            let rejection = gate::check_cap(&capped, used, &day).err().unwrap_or(
-                GateRejection::DailyCap {
-                    kind: capped.kind.clone(),
-                    cap: capped.cap,
-                    used,
-                    requested: capped.requested,
-                    day: day.clone(),
-                },
-            );
+            let rejection =
+                gate::check_cap(&capped, used, &day)
+                    .err()
+                    .unwrap_or(GateRejection::DailyCap {
+                        kind: capped.kind.clone(),
+                        cap: capped.cap,
+                        used,
+                        requested: capped.requested,
+                        day: day.clone(),
+                    });
             return Ok(Decision::Reject(rejection));
         }
         reserved.push((capped.kind.clone(), capped.requested));
@@ -360,8 +365,10 @@ async fn create_mission(
             payload: Set(spec.payload.clone()),
             status: Set(StepStatus::Queued.as_str().to_owned()),
             attempt: Set(0),
-            max_attempts: Set(i32::try_from(spec.max_attempts.unwrap_or(policy.worker.max_attempts))
-                .unwrap_or(i32::MAX)),
+            max_attempts: Set(i32::try_from(
+                spec.max_attempts.unwrap_or(policy.worker.max_attempts),
+            )
+            .unwrap_or(i32::MAX)),
             lease_holder: Set(None),
             lease_expires_at: Set(None),
             next_attempt_at: Set(None),
@@ -405,7 +412,10 @@ async fn mission_of(tx: &impl ConnectionTrait, proposal_id: Uuid) -> Result<Opti
     })
 }
 
-async fn with_mission(tx: &impl ConnectionTrait, proposal: proposals::Model) -> Result<ProposalView> {
+async fn with_mission(
+    tx: &impl ConnectionTrait,
+    proposal: proposals::Model,
+) -> Result<ProposalView> {
     let mission_id = mission_of(tx, proposal.id).await?;
     Ok(ProposalView {
         proposal,
@@ -414,10 +424,7 @@ async fn with_mission(tx: &impl ConnectionTrait, proposal: proposals::Model) -> 
 }
 
 /// Writes the database audit row; the file copy is appended after commit.
-pub(crate) async fn audit_row(
-    tx: &impl ConnectionTrait,
-    record: &AuditRecord,
-) -> Result<()> {
+pub(crate) async fn audit_row(tx: &impl ConnectionTrait, record: &AuditRecord) -> Result<()> {
     audit_events::ActiveModel {
         id: sea_orm::ActiveValue::NotSet,
         actor: Set(record.actor.clone()),
@@ -501,8 +508,11 @@ async fn decide(
     let action = if to == ProposalStatus::Approved {
         write_event(
             &tx,
-            EventRecord::api("proposal.approved", json!({"decided_by": actor, "comment": reason}))
-                .proposal(id),
+            EventRecord::api(
+                "proposal.approved",
+                json!({"decided_by": actor, "comment": reason}),
+            )
+            .proposal(id),
             now,
         )
         .await?;
@@ -565,7 +575,16 @@ pub async fn reject_proposal(
     audit: Option<&AuditLog>,
     now: DateTime<Utc>,
 ) -> Result<ProposalView> {
-    decide(db, id, ProposalStatus::Rejected, actor, Some(reason), audit, now).await
+    decide(
+        db,
+        id,
+        ProposalStatus::Rejected,
+        actor,
+        Some(reason),
+        audit,
+        now,
+    )
+    .await
 }
 
 /// Expires proposals pending for longer than `max_age` (the heartbeat calls

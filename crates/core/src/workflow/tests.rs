@@ -16,7 +16,9 @@ use crate::store::testing::{TestDb, fresh_postgres, fresh_sqlite};
 
 fn t0() -> DateTime<Utc> {
     // 10:00 in Tokyo.
-    Utc.with_ymd_and_hms(2026, 11, 23, 1, 0, 0).single().expect("time")
+    Utc.with_ymd_and_hms(2026, 11, 23, 1, 0, 0)
+        .single()
+        .expect("time")
 }
 
 fn kind(k: &str) -> StepKind {
@@ -105,23 +107,37 @@ async fn submit_approve_claim_complete_succeeds_with_events() {
             .await
             .expect("submit");
         assert!(!out.deduplicated);
-        assert_eq!(out.proposal.status().expect("status"), ProposalStatus::Approved);
+        assert_eq!(
+            out.proposal.status().expect("status"),
+            ProposalStatus::Approved
+        );
         assert!(out.proposal.proposal.policy_version > 0);
         let mission = out.proposal.mission_id.expect("mission");
 
         // Sequential: the second step waits for the first.
-        let first = claimed(claim_step(db, "w1", &[kind("echo"), kind("analyze")], None, t0()).await.expect("claim"));
+        let first = claimed(
+            claim_step(db, "w1", &[kind("echo"), kind("analyze")], None, t0())
+                .await
+                .expect("claim"),
+        );
         assert_eq!(first.seq, 0);
         assert_eq!(first.attempt, 1);
         assert_eq!(
-            claim_step(db, "w2", &[kind("analyze")], None, t0()).await.expect("claim"),
+            claim_step(db, "w2", &[kind("analyze")], None, t0())
+                .await
+                .expect("claim"),
             ClaimOutcome::Nothing
         );
-        let (_, status) = complete_step(db, first.id, "w1", 1, json!({"ok": true}), Some(0.5), t0())
-            .await
-            .expect("complete");
+        let (_, status) =
+            complete_step(db, first.id, "w1", 1, json!({"ok": true}), Some(0.5), t0())
+                .await
+                .expect("complete");
         assert_eq!(status, MissionStatus::Running);
-        let second = claimed(claim_step(db, "w2", &[kind("analyze")], Some(30), t0()).await.expect("claim"));
+        let second = claimed(
+            claim_step(db, "w2", &[kind("analyze")], Some(30), t0())
+                .await
+                .expect("claim"),
+        );
         let (step, status) = complete_step(db, second.id, "w2", 1, json!({}), None, t0())
             .await
             .expect("complete");
@@ -135,17 +151,31 @@ async fn submit_approve_claim_complete_succeeds_with_events() {
         let kinds = kinds_of_events(db, mission).await;
         assert_eq!(
             kinds,
-            ["mission.started", "step.started", "step.succeeded", "step.started", "step.succeeded", "mission.succeeded"]
+            [
+                "mission.started",
+                "step.started",
+                "step.succeeded",
+                "step.started",
+                "step.succeeded",
+                "mission.succeeded"
+            ]
         );
         // Completing again is an illegal transition / lost lease.
-        let err = complete_step(db, second.id, "w2", 1, json!({}), None, t0()).await.expect_err("twice");
+        let err = complete_step(db, second.id, "w2", 1, json!({}), None, t0())
+            .await
+            .expect_err("twice");
         assert!(matches!(err, WorkflowError::LeaseLost { .. }), "{err:?}");
 
         // Every event has one outbox row.
         let row = db
-            .query_one_raw(stmt(db.get_database_backend(),
-                "SELECT (SELECT COUNT(*) FROM events) - (SELECT COUNT(*) FROM outbox) AS n", vec![]))
-            .await.expect("q").expect("row");
+            .query_one_raw(stmt(
+                db.get_database_backend(),
+                "SELECT (SELECT COUNT(*) FROM events) - (SELECT COUNT(*) FROM outbox) AS n",
+                vec![],
+            ))
+            .await
+            .expect("q")
+            .expect("row");
         assert_eq!(row.try_get::<i64>("", "n").expect("n"), 0);
     })
     .await;
@@ -156,34 +186,60 @@ async fn gates_dedupe_stop_toggle_cap_and_auto_approve() {
     both(|t| async move {
         let db = &t.db;
         // dedupe: same key returns the first proposal.
-        let a = submit_proposal(db, proposal(&["echo"], Some("k1")), t0()).await.expect("a");
-        let b = submit_proposal(db, proposal(&["echo"], Some("k1")), t0()).await.expect("b");
+        let a = submit_proposal(db, proposal(&["echo"], Some("k1")), t0())
+            .await
+            .expect("a");
+        let b = submit_proposal(db, proposal(&["echo"], Some("k1")), t0())
+            .await
+            .expect("b");
         assert!(b.deduplicated);
         assert_eq!(a.proposal.proposal.id, b.proposal.proposal.id);
 
         // toggle off → rejected, and the key is not held.
-        let r = submit_proposal(db, proposal(&["post_x"], Some("k2")), t0()).await.expect("r");
-        assert_eq!(r.proposal.proposal.rejection_reason.as_deref(), Some("toggle_disabled"));
+        let r = submit_proposal(db, proposal(&["post_x"], Some("k2")), t0())
+            .await
+            .expect("r");
+        assert_eq!(
+            r.proposal.proposal.rejection_reason.as_deref(),
+            Some("toggle_disabled")
+        );
         assert_eq!(r.proposal.proposal.dedupe_key, None);
         set(db, "x_autopost", json!({"enabled": true})).await;
-        let p = submit_proposal(db, proposal(&["post_x"], Some("k2")), t0()).await.expect("p");
+        let p = submit_proposal(db, proposal(&["post_x"], Some("k2")), t0())
+            .await
+            .expect("p");
         assert!(!p.deduplicated, "a rejected proposal must not hold its key");
         // post_x is not in auto_approve's allowed kinds → pending.
         assert_eq!(p.proposal.status().expect("s"), ProposalStatus::Pending);
         assert!(p.proposal.proposal.policy_version > r.proposal.proposal.policy_version);
 
         // emergency stop rejects before anything else, and stops claims.
-        engage_emergency_stop(db, "op", "drill", None, t0()).await.expect("engage");
-        let s = submit_proposal(db, proposal(&["echo"], None), t0()).await.expect("s");
-        assert_eq!(s.proposal.proposal.rejection_reason.as_deref(), Some("emergency_stop"));
+        engage_emergency_stop(db, "op", "drill", None, t0())
+            .await
+            .expect("engage");
+        let s = submit_proposal(db, proposal(&["echo"], None), t0())
+            .await
+            .expect("s");
         assert_eq!(
-            claim_step(db, "w", &[kind("echo")], None, t0()).await.expect("claim"),
+            s.proposal.proposal.rejection_reason.as_deref(),
+            Some("emergency_stop")
+        );
+        assert_eq!(
+            claim_step(db, "w", &[kind("echo")], None, t0())
+                .await
+                .expect("claim"),
             ClaimOutcome::EmergencyStop
         );
-        let again = engage_emergency_stop(db, "op", "drill", None, t0()).await.expect("engage");
+        let again = engage_emergency_stop(db, "op", "drill", None, t0())
+            .await
+            .expect("engage");
         assert!(!again.changed);
-        release_emergency_stop(db, "op", "done", None, t0()).await.expect("release");
-        let ok = submit_proposal(db, proposal(&["echo"], None), t0()).await.expect("ok");
+        release_emergency_stop(db, "op", "done", None, t0())
+            .await
+            .expect("release");
+        let ok = submit_proposal(db, proposal(&["echo"], None), t0())
+            .await
+            .expect("ok");
         assert_eq!(ok.proposal.status().expect("s"), ProposalStatus::Approved);
     })
     .await;
@@ -193,35 +249,92 @@ async fn gates_dedupe_stop_toggle_cap_and_auto_approve() {
 async fn daily_cap_at_the_boundary_and_across_the_policy_midnight() {
     both(|t| async move {
         let db = &t.db;
-        set(db, "step_gates", json!({"timezone": "Asia/Tokyo",
-            "kinds": {"echo": {"daily_cap": 3}}})).await;
+        set(
+            db,
+            "step_gates",
+            json!({"timezone": "Asia/Tokyo",
+            "kinds": {"echo": {"daily_cap": 3}}}),
+        )
+        .await;
         // 23:59:59 Tokyo.
-        let late = Utc.with_ymd_and_hms(2026, 11, 23, 14, 59, 59).single().expect("t");
-        let two = submit_proposal(db, proposal(&["echo", "echo"], None), late).await.expect("2");
+        let late = Utc
+            .with_ymd_and_hms(2026, 11, 23, 14, 59, 59)
+            .single()
+            .expect("t");
+        let two = submit_proposal(db, proposal(&["echo", "echo"], None), late)
+            .await
+            .expect("2");
         assert_eq!(two.proposal.status().expect("s"), ProposalStatus::Approved);
-        let over = submit_proposal(db, proposal(&["echo", "echo"], None), late).await.expect("over");
-        assert_eq!(over.proposal.proposal.rejection_reason.as_deref(), Some("daily_cap"));
-        let one = submit_proposal(db, proposal(&["echo"], None), late).await.expect("1");
-        assert_eq!(one.proposal.status().expect("s"), ProposalStatus::Approved, "exactly at the cap");
-        let full = submit_proposal(db, proposal(&["echo"], None), late).await.expect("full");
-        assert_eq!(full.proposal.proposal.rejection_reason.as_deref(), Some("daily_cap"));
+        let over = submit_proposal(db, proposal(&["echo", "echo"], None), late)
+            .await
+            .expect("over");
+        assert_eq!(
+            over.proposal.proposal.rejection_reason.as_deref(),
+            Some("daily_cap")
+        );
+        let one = submit_proposal(db, proposal(&["echo"], None), late)
+            .await
+            .expect("1");
+        assert_eq!(
+            one.proposal.status().expect("s"),
+            ProposalStatus::Approved,
+            "exactly at the cap"
+        );
+        let full = submit_proposal(db, proposal(&["echo"], None), late)
+            .await
+            .expect("full");
+        assert_eq!(
+            full.proposal.proposal.rejection_reason.as_deref(),
+            Some("daily_cap")
+        );
         // One second later it is a new day in Tokyo.
         let midnight = late + Duration::seconds(1);
-        let fresh = submit_proposal(db, proposal(&["echo", "echo", "echo"], None), midnight).await.expect("new day");
-        assert_eq!(fresh.proposal.status().expect("s"), ProposalStatus::Approved);
-        let too_many = submit_proposal(db, proposal(&["echo"; 4], None), midnight + Duration::days(1))
+        let fresh = submit_proposal(db, proposal(&["echo", "echo", "echo"], None), midnight)
             .await
-            .expect("4 > cap");
-        assert_eq!(too_many.proposal.proposal.rejection_reason.as_deref(), Some("daily_cap"));
+            .expect("new day");
+        assert_eq!(
+            fresh.proposal.status().expect("s"),
+            ProposalStatus::Approved
+        );
+        let too_many = submit_proposal(
+            db,
+            proposal(&["echo"; 4], None),
+            midnight + Duration::days(1),
+        )
+        .await
+        .expect("4 > cap");
+        assert_eq!(
+            too_many.proposal.proposal.rejection_reason.as_deref(),
+            Some("daily_cap")
+        );
 
         // Pending proposals count; rejecting one gives its count back.
-        set(db, "step_gates", json!({"timezone": "UTC", "kinds": {"draft_x": {"daily_cap": 1}}})).await;
-        let pending = submit_proposal(db, proposal(&["draft_x"], None), t0()).await.expect("p");
-        assert_eq!(pending.proposal.status().expect("s"), ProposalStatus::Pending);
-        let blocked = submit_proposal(db, proposal(&["draft_x"], None), t0()).await.expect("b");
-        assert_eq!(blocked.proposal.proposal.rejection_reason.as_deref(), Some("daily_cap"));
-        reject_proposal(db, pending.proposal.proposal.id, "op", "no", None, t0()).await.expect("reject");
-        let freed = submit_proposal(db, proposal(&["draft_x"], None), t0()).await.expect("f");
+        set(
+            db,
+            "step_gates",
+            json!({"timezone": "UTC", "kinds": {"draft_x": {"daily_cap": 1}}}),
+        )
+        .await;
+        let pending = submit_proposal(db, proposal(&["draft_x"], None), t0())
+            .await
+            .expect("p");
+        assert_eq!(
+            pending.proposal.status().expect("s"),
+            ProposalStatus::Pending
+        );
+        let blocked = submit_proposal(db, proposal(&["draft_x"], None), t0())
+            .await
+            .expect("b");
+        assert_eq!(
+            blocked.proposal.proposal.rejection_reason.as_deref(),
+            Some("daily_cap")
+        );
+        reject_proposal(db, pending.proposal.proposal.id, "op", "no", None, t0())
+            .await
+            .expect("reject");
+        let freed = submit_proposal(db, proposal(&["draft_x"], None), t0())
+            .await
+            .expect("f");
         assert_eq!(freed.proposal.status().expect("s"), ProposalStatus::Pending);
     })
     .await;
@@ -231,42 +344,75 @@ async fn daily_cap_at_the_boundary_and_across_the_policy_midnight() {
 async fn approve_reject_expire_and_illegal_transitions() {
     both(|t| async move {
         let db = &t.db;
-        let p = submit_proposal(db, proposal(&["publish"], None), t0()).await.expect("p");
+        let p = submit_proposal(db, proposal(&["publish"], None), t0())
+            .await
+            .expect("p");
         let id = p.proposal.proposal.id;
         assert_eq!(p.proposal.status().expect("s"), ProposalStatus::Pending);
-        let approved = approve_proposal(db, id, "op", None, None, t0()).await.expect("approve");
+        let approved = approve_proposal(db, id, "op", None, None, t0())
+            .await
+            .expect("approve");
         let mission = approved.mission_id.expect("mission");
-        let twice = approve_proposal(db, id, "op2", None, None, t0()).await.expect("approve twice");
+        let twice = approve_proposal(db, id, "op2", None, None, t0())
+            .await
+            .expect("approve twice");
         assert_eq!(twice.mission_id, Some(mission));
-        let err = reject_proposal(db, id, "op", "late", None, t0()).await.expect_err("reject approved");
+        let err = reject_proposal(db, id, "op", "late", None, t0())
+            .await
+            .expect_err("reject approved");
         assert!(matches!(err, WorkflowError::Illegal(_)), "{err:?}");
 
-        let q = submit_proposal(db, proposal(&["publish"], None), t0()).await.expect("q");
+        let q = submit_proposal(db, proposal(&["publish"], None), t0())
+            .await
+            .expect("q");
         let qid = q.proposal.proposal.id;
-        let rejected = reject_proposal(db, qid, "op", "no", None, t0()).await.expect("reject");
-        assert_eq!(rejected.proposal.rejection_reason.as_deref(), Some("manual"));
-        let err = approve_proposal(db, qid, "op", None, None, t0()).await.expect_err("approve rejected");
+        let rejected = reject_proposal(db, qid, "op", "no", None, t0())
+            .await
+            .expect("reject");
+        assert_eq!(
+            rejected.proposal.rejection_reason.as_deref(),
+            Some("manual")
+        );
+        let err = approve_proposal(db, qid, "op", None, None, t0())
+            .await
+            .expect_err("approve rejected");
         assert!(matches!(err, WorkflowError::Illegal(_)), "{err:?}");
-        let err = reject_proposal(db, qid, "op", "again", None, t0()).await.expect_err("reject twice");
+        let err = reject_proposal(db, qid, "op", "again", None, t0())
+            .await
+            .expect_err("reject twice");
         assert!(matches!(err, WorkflowError::Illegal(_)), "{err:?}");
 
-        let old = submit_proposal(db, proposal(&["publish"], None), t0()).await.expect("old");
-        let expired = expire_stale_proposals(db, Duration::days(7), t0() + Duration::days(8)).await.expect("expire");
+        let old = submit_proposal(db, proposal(&["publish"], None), t0())
+            .await
+            .expect("old");
+        let expired = expire_stale_proposals(db, Duration::days(7), t0() + Duration::days(8))
+            .await
+            .expect("expire");
         assert_eq!(expired, vec![old.proposal.proposal.id]);
-        let err = approve_proposal(db, old.proposal.proposal.id, "op", None, None, t0()).await.expect_err("expired");
+        let err = approve_proposal(db, old.proposal.proposal.id, "op", None, None, t0())
+            .await
+            .expect_err("expired");
         assert!(matches!(err, WorkflowError::Illegal(_)), "{err:?}");
-        let err = approve_proposal(db, Uuid::now_v7(), "op", None, None, t0()).await.expect_err("unknown");
+        let err = approve_proposal(db, Uuid::now_v7(), "op", None, None, t0())
+            .await
+            .expect_err("unknown");
         assert!(matches!(err, WorkflowError::NotFound { .. }), "{err:?}");
 
         // Mission: cancel running; cancel again is illegal; claims stop.
-        let view = cancel_mission(db, mission, "op", "not needed", None, t0()).await.expect("cancel");
+        let view = cancel_mission(db, mission, "op", "not needed", None, t0())
+            .await
+            .expect("cancel");
         assert_eq!(view.mission.status, "cancelled");
         assert_eq!(view.outcome_detail.as_deref(), Some("not needed"));
         assert!(view.steps.iter().all(|s| s.status == "cancelled"));
-        let err = cancel_mission(db, mission, "op", "again", None, t0()).await.expect_err("twice");
+        let err = cancel_mission(db, mission, "op", "again", None, t0())
+            .await
+            .expect_err("twice");
         assert!(matches!(err, WorkflowError::Illegal(_)), "{err:?}");
         assert_eq!(
-            claim_step(db, "w", &[kind("publish")], None, t0()).await.expect("claim"),
+            claim_step(db, "w", &[kind("publish")], None, t0())
+                .await
+                .expect("claim"),
             ClaimOutcome::Nothing
         );
     })
@@ -277,36 +423,77 @@ async fn approve_reject_expire_and_illegal_transitions() {
 async fn retries_back_off_then_dead_letter_and_fail_the_mission() {
     both(|t| async move {
         let db = &t.db;
-        let out = submit_proposal(db, proposal(&["echo", "draft"], None), t0()).await.expect("submit");
+        let out = submit_proposal(db, proposal(&["echo", "draft"], None), t0())
+            .await
+            .expect("submit");
         let mission = out.proposal.mission_id.expect("mission");
-        let step = claimed(claim_step(db, "w", &[kind("echo")], None, t0()).await.expect("claim"));
-        let err = fail_step(db, step.id, "other", 1, "boom", true, None, t0()).await.expect_err("not holder");
+        let step = claimed(
+            claim_step(db, "w", &[kind("echo")], None, t0())
+                .await
+                .expect("claim"),
+        );
+        let err = fail_step(db, step.id, "other", 1, "boom", true, None, t0())
+            .await
+            .expect_err("not holder");
         assert!(matches!(err, WorkflowError::LeaseLost { .. }));
-        let (step, requeued, status) = fail_step(db, step.id, "w", 1, "boom", true, None, t0()).await.expect("fail");
+        let (step, requeued, status) = fail_step(db, step.id, "w", 1, "boom", true, None, t0())
+            .await
+            .expect("fail");
         assert!(requeued);
         assert_eq!(status, MissionStatus::Running);
         let next = step.next_attempt_at.expect("backoff");
         assert!(next > t0() && next <= t0() + Duration::seconds(5));
-        assert_eq!(claim_step(db, "w", &[kind("echo")], None, t0()).await.expect("c"), ClaimOutcome::Nothing);
+        assert_eq!(
+            claim_step(db, "w", &[kind("echo")], None, t0())
+                .await
+                .expect("c"),
+            ClaimOutcome::Nothing
+        );
         let later = t0() + Duration::seconds(10);
-        let step = claimed(claim_step(db, "w", &[kind("echo")], None, later).await.expect("claim 2"));
+        let step = claimed(
+            claim_step(db, "w", &[kind("echo")], None, later)
+                .await
+                .expect("claim 2"),
+        );
         assert_eq!(step.attempt, 2);
-        fail_step(db, step.id, "w", 2, "boom", true, None, later).await.expect("fail 2");
+        fail_step(db, step.id, "w", 2, "boom", true, None, later)
+            .await
+            .expect("fail 2");
         let later = later + Duration::seconds(60);
-        let step = claimed(claim_step(db, "w", &[kind("echo")], None, later).await.expect("claim 3"));
+        let step = claimed(
+            claim_step(db, "w", &[kind("echo")], None, later)
+                .await
+                .expect("claim 3"),
+        );
         assert_eq!(step.attempt, 3);
-        let (step, requeued, status) = fail_step(db, step.id, "w", 3, "boom", true, Some(0.1), later).await.expect("fail 3");
+        let (step, requeued, status) =
+            fail_step(db, step.id, "w", 3, "boom", true, Some(0.1), later)
+                .await
+                .expect("fail 3");
         assert!(!requeued, "attempts exhausted");
         assert_eq!(step.status, "failed");
         assert_eq!(status, MissionStatus::Failed);
         let view = get_mission(db, mission).await.expect("mission");
         assert_eq!(view.steps[1].status, "cancelled");
         assert_eq!(view.outcome_detail.as_deref(), Some("boom"));
-        let dead = db.query_one_raw(stmt(db.get_database_backend(),
-            "SELECT COUNT(*) AS n FROM step_dead_letters", vec![])).await.expect("q").expect("row");
+        let dead = db
+            .query_one_raw(stmt(
+                db.get_database_backend(),
+                "SELECT COUNT(*) AS n FROM step_dead_letters",
+                vec![],
+            ))
+            .await
+            .expect("q")
+            .expect("row");
         assert_eq!(dead.try_get::<i64>("", "n").expect("n"), 1);
         let kinds = kinds_of_events(db, mission).await;
-        assert_eq!(kinds.iter().filter(|k| k.as_str() == "mission.failed").count(), 1);
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|k| k.as_str() == "mission.failed")
+                .count(),
+            1
+        );
     })
     .await;
 }
@@ -315,21 +502,72 @@ async fn retries_back_off_then_dead_letter_and_fail_the_mission() {
 async fn expired_lease_is_recovered_and_the_late_worker_is_fenced() {
     both(|t| async move {
         let db = &t.db;
-        let out = submit_proposal(db, proposal(&["echo"], None), t0()).await.expect("submit");
-        let step = claimed(claim_step(db, "slow", &[kind("echo")], Some(60), t0()).await.expect("claim"));
-        let renewed = renew_lease(db, step.id, "slow", 1, Some(60), t0() + Duration::seconds(30)).await.expect("renew");
+        let out = submit_proposal(db, proposal(&["echo"], None), t0())
+            .await
+            .expect("submit");
+        let step = claimed(
+            claim_step(db, "slow", &[kind("echo")], Some(60), t0())
+                .await
+                .expect("claim"),
+        );
+        let renewed = renew_lease(
+            db,
+            step.id,
+            "slow",
+            1,
+            Some(60),
+            t0() + Duration::seconds(30),
+        )
+        .await
+        .expect("renew");
         assert_eq!(renewed, t0() + Duration::seconds(90));
-        let report = recover_stale_steps(db, t0() + Duration::seconds(60)).await.expect("recover");
+        let report = recover_stale_steps(db, t0() + Duration::seconds(60))
+            .await
+            .expect("recover");
         assert!(report.requeued.is_empty(), "lease still valid");
-        let report = recover_stale_steps(db, t0() + Duration::seconds(91)).await.expect("recover");
+        let report = recover_stale_steps(db, t0() + Duration::seconds(91))
+            .await
+            .expect("recover");
         assert_eq!(report.requeued, vec![step.id]);
-        let again = claimed(claim_step(db, "fast", &[kind("echo")], None, t0() + Duration::seconds(92)).await.expect("reclaim"));
+        let again = claimed(
+            claim_step(
+                db,
+                "fast",
+                &[kind("echo")],
+                None,
+                t0() + Duration::seconds(92),
+            )
+            .await
+            .expect("reclaim"),
+        );
         assert_eq!(again.attempt, 2);
-        let err = complete_step(db, step.id, "slow", 1, json!({}), None, t0() + Duration::seconds(93)).await.expect_err("late");
+        let err = complete_step(
+            db,
+            step.id,
+            "slow",
+            1,
+            json!({}),
+            None,
+            t0() + Duration::seconds(93),
+        )
+        .await
+        .expect_err("late");
         assert!(matches!(err, WorkflowError::LeaseLost { .. }), "{err:?}");
-        let err = renew_lease(db, step.id, "slow", 1, None, t0() + Duration::seconds(93)).await.expect_err("late renew");
+        let err = renew_lease(db, step.id, "slow", 1, None, t0() + Duration::seconds(93))
+            .await
+            .expect_err("late renew");
         assert!(matches!(err, WorkflowError::LeaseLost { .. }), "{err:?}");
-        let (_, status) = complete_step(db, step.id, "fast", 2, json!({}), None, t0() + Duration::seconds(94)).await.expect("complete");
+        let (_, status) = complete_step(
+            db,
+            step.id,
+            "fast",
+            2,
+            json!({}),
+            None,
+            t0() + Duration::seconds(94),
+        )
+        .await
+        .expect("complete");
         assert_eq!(status, MissionStatus::Succeeded);
         let _ = out;
     })
@@ -344,7 +582,9 @@ async fn races_stay_consistent() {
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..50 {
             let db = db.clone();
-            tasks.spawn(async move { submit_proposal(&db, proposal(&["echo"], Some("same")), t0()).await });
+            tasks.spawn(async move {
+                submit_proposal(&db, proposal(&["echo"], Some("same")), t0()).await
+            });
         }
         let mut ids = std::collections::BTreeSet::new();
         let mut fresh = 0;
@@ -360,7 +600,9 @@ async fn races_stay_consistent() {
 
         // 20 missions, 32 concurrent claimers: no step handed out twice.
         for _ in 0..20 {
-            submit_proposal(&db, proposal(&["echo"], None), t0()).await.expect("submit");
+            submit_proposal(&db, proposal(&["echo"], None), t0())
+                .await
+                .expect("submit");
         }
         let mut tasks = tokio::task::JoinSet::new();
         for w in 0..32 {
@@ -376,11 +618,17 @@ async fn races_stay_consistent() {
             }
         }
         let unique: std::collections::BTreeSet<_> = claimed_ids.iter().collect();
-        assert_eq!(unique.len(), claimed_ids.len(), "a step was handed out twice");
+        assert_eq!(
+            unique.len(),
+            claimed_ids.len(),
+            "a step was handed out twice"
+        );
         assert_eq!(claimed_ids.len(), 21);
 
         // approve racing approve → one mission.
-        let p = submit_proposal(&db, proposal(&["publish"], None), t0()).await.expect("p");
+        let p = submit_proposal(&db, proposal(&["publish"], None), t0())
+            .await
+            .expect("p");
         let id = p.proposal.proposal.id;
         let (a, b) = tokio::join!(
             approve_proposal(&db, id, "a", None, None, t0()),
@@ -389,9 +637,15 @@ async fn races_stay_consistent() {
         assert_eq!(a.expect("a").mission_id, b.expect("b").mission_id);
 
         // cancel racing complete → one final mission event, consistent steps.
-        let out = submit_proposal(&db, proposal(&["analyze"], None), t0()).await.expect("submit");
+        let out = submit_proposal(&db, proposal(&["analyze"], None), t0())
+            .await
+            .expect("submit");
         let mission = out.proposal.mission_id.expect("mission");
-        let step = claimed(claim_step(&db, "w", &[kind("analyze")], None, t0()).await.expect("claim"));
+        let step = claimed(
+            claim_step(&db, "w", &[kind("analyze")], None, t0())
+                .await
+                .expect("claim"),
+        );
         let (c, d) = tokio::join!(
             cancel_mission(&db, mission, "op", "race", None, t0()),
             complete_step(&db, step.id, "w", 1, json!({}), None, t0())
@@ -411,7 +665,12 @@ async fn races_stay_consistent() {
         let finals = kinds_of_events(&db, mission)
             .await
             .into_iter()
-            .filter(|k| matches!(k.as_str(), "mission.cancelled" | "mission.succeeded" | "mission.failed"))
+            .filter(|k| {
+                matches!(
+                    k.as_str(),
+                    "mission.cancelled" | "mission.succeeded" | "mission.failed"
+                )
+            })
             .count();
         assert_eq!(finals, 1);
     })
@@ -465,14 +724,31 @@ async fn outbox_relay_publishes_in_order_once() {
     both(|t| async move {
         let db = &t.db;
         let bus = MemoryBus::new();
-        let mut sub = bus.subscribe(QueueSpec::new("q", &["event.#"])).await.expect("subscribe");
-        let out = submit_proposal(db, proposal(&["echo"], None), t0()).await.expect("submit");
+        let mut sub = bus
+            .subscribe(QueueSpec::new("q", &["event.#"]))
+            .await
+            .expect("subscribe");
+        let out = submit_proposal(db, proposal(&["echo"], None), t0())
+            .await
+            .expect("submit");
         let mission = out.proposal.mission_id.expect("mission");
-        let step = claimed(claim_step(db, "w", &[kind("echo")], None, t0()).await.expect("claim"));
-        complete_step(db, step.id, "w", 1, json!({}), None, t0()).await.expect("complete");
+        let step = claimed(
+            claim_step(db, "w", &[kind("echo")], None, t0())
+                .await
+                .expect("claim"),
+        );
+        complete_step(db, step.id, "w", 1, json!({}), None, t0())
+            .await
+            .expect("complete");
         let pass = outbox::relay_once(db, &bus, 100).await.expect("relay");
         assert_eq!(pass.published, 6);
-        assert_eq!(outbox::relay_once(db, &bus, 100).await.expect("relay").published, 0);
+        assert_eq!(
+            outbox::relay_once(db, &bus, 100)
+                .await
+                .expect("relay")
+                .published,
+            0
+        );
         let mut kinds = Vec::new();
         for _ in 0..6 {
             let d = sub.next().await.expect("delivery");
@@ -482,7 +758,15 @@ async fn outbox_relay_publishes_in_order_once() {
             }
             d.ack().await.expect("ack");
         }
-        assert_eq!(kinds, ["mission.started", "step.started", "step.succeeded", "mission.succeeded"]);
+        assert_eq!(
+            kinds,
+            [
+                "mission.started",
+                "step.started",
+                "step.succeeded",
+                "mission.succeeded"
+            ]
+        );
     })
     .await;
 }

@@ -170,7 +170,14 @@ async fn name_taken(db: &impl ConnectionTrait, name: &str, except: Option<Uuid>)
     })
 }
 
-fn audit_record(actor: &str, action: &str, id: Uuid, before: Option<Value>, after: Option<Value>, now: DateTime<Utc>) -> AuditRecord {
+fn audit_record(
+    actor: &str,
+    action: &str,
+    id: Uuid,
+    before: Option<Value>,
+    after: Option<Value>,
+    now: DateTime<Utc>,
+) -> AuditRecord {
     AuditRecord {
         at: now,
         actor: actor.to_owned(),
@@ -202,7 +209,9 @@ pub async fn create_trigger(
     let cooldown = cooldown(rule.cooldown_seconds)?;
     let tx = begin_write(db).await?;
     if name_taken(&tx, &name, None).await? {
-        return Err(WorkflowError::AlreadyExists(format!("trigger {name:?} exists")));
+        return Err(WorkflowError::AlreadyExists(format!(
+            "trigger {name:?} exists"
+        )));
     }
     let stored = trigger_rules::ActiveModel {
         id: Set(Uuid::now_v7()),
@@ -218,7 +227,14 @@ pub async fn create_trigger(
     }
     .insert(&tx)
     .await?;
-    let record = audit_record(actor, "trigger.create", stored.id, None, Some(rule_json(&stored)), now);
+    let record = audit_record(
+        actor,
+        "trigger.create",
+        stored.id,
+        None,
+        Some(rule_json(&stored)),
+        now,
+    );
     audit_row(&tx, &record).await?;
     tx.commit().await?;
     audit_file(audit, &record);
@@ -280,7 +296,9 @@ pub async fn update_trigger(
     if let Some(name) = update.name {
         let name = text("name", &name, 128)?;
         if name_taken(&tx, &name, Some(id)).await? {
-            return Err(WorkflowError::AlreadyExists(format!("trigger {name:?} exists")));
+            return Err(WorkflowError::AlreadyExists(format!(
+                "trigger {name:?} exists"
+            )));
         }
         active.name = Set(name);
     }
@@ -304,7 +322,14 @@ pub async fn update_trigger(
     };
     active.updated_at = Set(updated_at);
     let stored = active.update(&tx).await?;
-    let record = audit_record(actor, "trigger.update", id, Some(before), Some(rule_json(&stored)), now);
+    let record = audit_record(
+        actor,
+        "trigger.update",
+        id,
+        Some(before),
+        Some(rule_json(&stored)),
+        now,
+    );
     audit_row(&tx, &record).await?;
     tx.commit().await?;
     audit_file(audit, &record);
@@ -326,7 +351,14 @@ pub async fn delete_trigger(
         .await?
         .ok_or_else(|| WorkflowError::not_found("trigger", id))?;
     trigger_rules::Entity::delete_by_id(id).exec(&tx).await?;
-    let record = audit_record(actor, "trigger.delete", id, Some(rule_json(&current)), None, now);
+    let record = audit_record(
+        actor,
+        "trigger.delete",
+        id,
+        Some(rule_json(&current)),
+        None,
+        now,
+    );
     audit_row(&tx, &record).await?;
     tx.commit().await?;
     audit_file(audit, &record);
@@ -351,7 +383,10 @@ mod tests {
             (json!({}), "condition_json.type"),
             (json!({"type": "nope"}), "condition_json.type"),
             (json!({"type": "absence"}), "condition_json.window_seconds"),
-            (json!({"type": "all", "conditions": []}), "condition_json.conditions"),
+            (
+                json!({"type": "all", "conditions": []}),
+                "condition_json.conditions",
+            ),
             (
                 json!({"type": "all", "conditions": [{"type": "absence", "window_seconds": 0}]}),
                 "condition_json.conditions[0].window_seconds",
@@ -361,10 +396,16 @@ mod tests {
             let err = validate_condition("condition_json", &c).expect_err("invalid");
             assert_eq!(err.field, field, "{c}");
         }
-        validate_action("action_json", &json!({"title": "t", "steps": [{"kind": "echo"}]}))
-            .expect("valid action");
-        let err = validate_action("action_json", &json!({"title": "t", "steps": [{"kind": "Bad"}]}))
-            .expect_err("bad kind");
+        validate_action(
+            "action_json",
+            &json!({"title": "t", "steps": [{"kind": "echo"}]}),
+        )
+        .expect("valid action");
+        let err = validate_action(
+            "action_json",
+            &json!({"title": "t", "steps": [{"kind": "Bad"}]}),
+        )
+        .expect_err("bad kind");
         assert_eq!(err.field, "action_json.steps[0].kind");
     }
 }
