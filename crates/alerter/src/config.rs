@@ -2,6 +2,51 @@
 //! inhibition rules, receivers, timings and the delivery retry budget. The
 //! defaults work for `opsloop dev`: with no webhook secret set, alerts go to
 //! the console and `var/alerts.jsonl`.
+//!
+//! With the defaults, setting the secrets `slack_webhook_url`,
+//! `discord_webhook_url`, `pagerduty_routing_key` and
+//! `slack_summary_webhook_url` enables the P0–P3 tree of
+//! [`crate::route::default_route`]. A custom tree looks like this:
+//!
+//! ```toml
+//! [alerter]
+//! resolve_timeout = "5m"
+//! lease_ttl_ms = 15000
+//!
+//! [alerter.route]
+//! receiver = "slack"
+//! group_by = ["alertname", "service"]
+//! group_wait = "30s"
+//! group_interval = "5m"
+//! repeat_interval = "4h"
+//!
+//! [[alerter.route.routes]]
+//! matchers = ['severity="critical"']
+//! receiver = "pagerduty"
+//! continue = true
+//!
+//! [[alerter.inhibit_rules]]
+//! source_matchers = ['severity="critical"']
+//! target_matchers = ['severity="warning"']
+//! equal = ["service"]
+//!
+//! [[alerter.receivers]]
+//! name = "slack"
+//! kind = "slack"              # slack | discord | webhook | pagerduty | console
+//! secret = "slack_webhook_url"
+//! min_interval_ms = 1000
+//!
+//! [[alerter.receivers]]
+//! name = "pagerduty"
+//! kind = "pagerduty"
+//! secret = "pagerduty_routing_key"
+//!
+//! [alerter.delivery]
+//! initial_backoff_ms = 1000
+//! max_backoff_ms = 60000
+//! max_total_ms = 600000
+//! request_timeout_ms = 10000
+//! ```
 
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +110,31 @@ impl Default for AlerterSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_documented_example_loads() {
+        let doc: String = include_str!("config.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("//! "))
+            .skip_while(|l| *l != "```toml")
+            .skip(1)
+            .take_while(|l| *l != "```")
+            .collect::<Vec<_>>()
+            .join("\n");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("opsloop.toml");
+        std::fs::write(&path, doc).expect("write");
+        let loaded = opsloop_core::config::load(&opsloop_core::config::ConfigSources {
+            file: Some(path),
+            use_default_file: false,
+            env: Some(Default::default()),
+        })
+        .expect("loads");
+        let settings: AlerterSettings = loaded.section("alerter").expect("section");
+        assert_eq!(settings.receivers.len(), 2);
+        assert!(settings.route.routes[0].continue_matching);
+        crate::route::Route::compile(&settings.route).expect("compiles");
+    }
 
     #[test]
     fn defaults_round_trip_through_toml_shaped_config() {

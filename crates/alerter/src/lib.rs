@@ -71,6 +71,24 @@ impl AlerterApp {
         )
         .await?;
         let tokens = grpc::Tokens::from_secrets(&infra.secrets)?;
+        if infra.bus.kind() == "memory" {
+            // The in-process bus drops what no queue is bound for: declare
+            // the queue now, so alerts published by the other roles of
+            // `opsloop dev` before this alerter leads are kept for it.
+            // (RabbitMQ's queue is durable: declared by the first run.)
+            drop(
+                infra
+                    .bus
+                    .subscribe(
+                        opsloop_core::bus::QueueSpec::new(
+                            settings.queue.clone(),
+                            &[consumer::BINDING],
+                        )
+                        .single_active(),
+                    )
+                    .await?,
+            );
+        }
         Ok(Self {
             infra,
             grpc,

@@ -222,6 +222,17 @@ async fn a_silence_mutes_and_its_expiry_unmutes() {
         .await
         .expect_err("expired");
     assert!(err.to_string().contains("already expired"), "{err}");
+
+    // The change is audited in the database.
+    use sea_orm::EntityTrait;
+    let audit = opsloop_core::store::entities::audit_events::Entity::find()
+        .all(&db.db)
+        .await
+        .expect("audit rows");
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].action, "silence.create");
+    assert_eq!(audit[0].actor, "ops");
+    assert_eq!(audit[0].subject, format!("silence:{}", silence.id));
     db.cleanup().await;
 }
 

@@ -75,9 +75,9 @@ impl Auth {
             return Err(Status::unauthenticated("unknown token"));
         }
         match role {
-            Role::Admin if !is_admin => Err(Status::permission_denied(
-                "this call needs the admin token",
-            )),
+            Role::Admin if !is_admin => {
+                Err(Status::permission_denied("this call needs the admin token"))
+            }
             _ => Ok(()),
         }
     }
@@ -112,7 +112,11 @@ mod tests {
         let auth = Auth::new(Some(Secret::new("ag")), Some(Secret::new("ad")));
         let table = [
             (None, Role::Reader, Some(tonic::Code::Unauthenticated)),
-            (Some("nope"), Role::Agent, Some(tonic::Code::Unauthenticated)),
+            (
+                Some("nope"),
+                Role::Agent,
+                Some(tonic::Code::Unauthenticated),
+            ),
             (Some("ag"), Role::Agent, None),
             (Some("ag"), Role::Reader, None),
             (Some("ag"), Role::Admin, Some(tonic::Code::PermissionDenied)),

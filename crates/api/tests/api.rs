@@ -62,7 +62,9 @@ async fn end_to_end(backend: Backend) {
     }
     let mission = app
         .missions()
-        .get_mission(pb::GetMissionRequest { id: mission_id.clone() })
+        .get_mission(pb::GetMissionRequest {
+            id: mission_id.clone(),
+        })
         .await
         .expect("get mission")
         .into_inner()
@@ -132,7 +134,11 @@ async fn end_to_end(backend: Backend) {
         .expect("event")
         .event
         .expect("event");
-    assert_eq!(first.seq, resume_from + 1, "resume continues right after the cursor");
+    assert_eq!(
+        first.seq,
+        resume_from + 1,
+        "resume continues right after the cursor"
+    );
     let emitted = app
         .events()
         .emit_event(pb::EmitEventRequest {
@@ -199,15 +205,22 @@ async fn end_to_end(backend: Backend) {
 /// A plain HTTP/1.1 GET (no client library needed for one request).
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect http");
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect http");
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await
         .expect("write");
     let mut response = String::new();
     stream.read_to_string(&mut response).await.expect("read");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("");
     body.to_owned()
 }
 
@@ -224,11 +237,18 @@ async fn gates_and_transitions_over_grpc() {
         .proposal
         .expect("p");
     assert_eq!(rejected.status, pb::ProposalStatus::Rejected as i32);
-    assert_eq!(rejected.rejection_reason.as_deref(), Some("toggle_disabled"));
+    assert_eq!(
+        rejected.rejection_reason.as_deref(),
+        Some("toggle_disabled")
+    );
     // Illegal: approving a rejected proposal.
     let err = app
         .proposals()
-        .approve_proposal(pb::ApproveProposalRequest { id: rejected.id.clone(), actor: "op".into(), comment: None })
+        .approve_proposal(pb::ApproveProposalRequest {
+            id: rejected.id.clone(),
+            actor: "op".into(),
+            comment: None,
+        })
         .await
         .expect_err("approve rejected");
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -245,15 +265,26 @@ async fn gates_and_transitions_over_grpc() {
     assert_eq!(pending.status, pb::ProposalStatus::Pending as i32);
     let (mut first, mut second) = (app.proposals(), app.proposals());
     let (a, b) = tokio::join!(
-        first.approve_proposal(pb::ApproveProposalRequest { id: pending.id.clone(), actor: "a".into(), comment: None }),
-        second.approve_proposal(pb::ApproveProposalRequest { id: pending.id.clone(), actor: "b".into(), comment: None }),
+        first.approve_proposal(pb::ApproveProposalRequest {
+            id: pending.id.clone(),
+            actor: "a".into(),
+            comment: None
+        }),
+        second.approve_proposal(pb::ApproveProposalRequest {
+            id: pending.id.clone(),
+            actor: "b".into(),
+            comment: None
+        }),
     );
     let a = a.expect("a").into_inner().proposal.expect("p");
     let b = b.expect("b").into_inner().proposal.expect("p");
     assert_eq!(a.mission_id, b.mission_id);
     let missions = app
         .missions()
-        .list_missions(pb::ListMissionsRequest { proposal_id: Some(pending.id.clone()), ..Default::default() })
+        .list_missions(pb::ListMissionsRequest {
+            proposal_id: Some(pending.id.clone()),
+            ..Default::default()
+        })
         .await
         .expect("list")
         .into_inner()
@@ -262,7 +293,11 @@ async fn gates_and_transitions_over_grpc() {
     // Reject of an approved one is illegal.
     let err = app
         .proposals()
-        .reject_proposal(pb::RejectProposalRequest { id: pending.id.clone(), actor: "op".into(), reason: "late".into() })
+        .reject_proposal(pb::RejectProposalRequest {
+            id: pending.id.clone(),
+            actor: "op".into(),
+            reason: "late".into(),
+        })
         .await
         .expect_err("reject approved");
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -271,7 +306,11 @@ async fn gates_and_transitions_over_grpc() {
     let mission_id = a.mission_id.expect("mission");
     let cancelled = app
         .missions()
-        .cancel_mission(pb::CancelMissionRequest { id: mission_id.clone(), actor: "op".into(), reason: "no".into() })
+        .cancel_mission(pb::CancelMissionRequest {
+            id: mission_id.clone(),
+            actor: "op".into(),
+            reason: "no".into(),
+        })
         .await
         .expect("cancel")
         .into_inner()
@@ -280,37 +319,78 @@ async fn gates_and_transitions_over_grpc() {
     assert_eq!(cancelled.status, pb::MissionStatus::Cancelled as i32);
     let err = app
         .missions()
-        .cancel_mission(pb::CancelMissionRequest { id: mission_id, actor: "op".into(), reason: "again".into() })
+        .cancel_mission(pb::CancelMissionRequest {
+            id: mission_id,
+            actor: "op".into(),
+            reason: "again".into(),
+        })
         .await
         .expect_err("twice");
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert!(!app.missions().claim_step(claim("w", &["publish"])).await.expect("claim").into_inner().found);
+    assert!(
+        !app.missions()
+            .claim_step(claim("w", &["publish"]))
+            .await
+            .expect("claim")
+            .into_inner()
+            .found
+    );
     let err = app
         .proposals()
-        .get_proposal(pb::GetProposalRequest { id: uuid::Uuid::now_v7().to_string() })
+        .get_proposal(pb::GetProposalRequest {
+            id: uuid::Uuid::now_v7().to_string(),
+        })
         .await
         .expect_err("unknown");
     assert_eq!(err.code(), Code::NotFound);
 
     // Emergency stop: submit rejected, claims hand out nothing.
-    app.proposals().submit_proposal(submit(&["echo"], None)).await.expect("queued work");
+    app.proposals()
+        .submit_proposal(submit(&["echo"], None))
+        .await
+        .expect("queued work");
     let engaged = app
         .ops()
-        .engage_emergency_stop(pb::EngageEmergencyStopRequest { reason: "drill".into(), actor: "op".into() })
+        .engage_emergency_stop(pb::EngageEmergencyStopRequest {
+            reason: "drill".into(),
+            actor: "op".into(),
+        })
         .await
         .expect("engage")
         .into_inner();
     assert!(engaged.changed);
-    let stopped = app.proposals().submit_proposal(submit(&["echo"], None)).await.expect("submit").into_inner().proposal.expect("p");
+    let stopped = app
+        .proposals()
+        .submit_proposal(submit(&["echo"], None))
+        .await
+        .expect("submit")
+        .into_inner()
+        .proposal
+        .expect("p");
     assert_eq!(stopped.rejection_reason.as_deref(), Some("emergency_stop"));
-    let claim_during_stop = app.missions().claim_step(claim("w", &["echo"])).await.expect("claim").into_inner();
+    let claim_during_stop = app
+        .missions()
+        .claim_step(claim("w", &["echo"]))
+        .await
+        .expect("claim")
+        .into_inner();
     assert!(!claim_during_stop.found);
     assert!(claim_during_stop.emergency_stop);
     app.ops()
-        .release_emergency_stop(pb::ReleaseEmergencyStopRequest { reason: "over".into(), actor: "op".into() })
+        .release_emergency_stop(pb::ReleaseEmergencyStopRequest {
+            reason: "over".into(),
+            actor: "op".into(),
+        })
         .await
         .expect("release");
-    assert!(app.missions().claim_step(claim("w", &["echo"])).await.expect("claim").into_inner().found);
+    assert!(
+        app.missions()
+            .claim_step(claim("w", &["echo"]))
+            .await
+            .expect("claim")
+            .into_inner()
+            .found
+    );
 
     // Policy: invalid value names the path; the audit file got the changes.
     let err = app
@@ -325,7 +405,11 @@ async fn gates_and_transitions_over_grpc() {
         .await
         .expect_err("invalid policy");
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("value_json.lease_seconds"), "{}", err.message());
+    assert!(
+        err.message().contains("value_json.lease_seconds"),
+        "{}",
+        err.message()
+    );
     let set = app
         .policy()
         .set_policy(pb::SetPolicyRequest {
@@ -339,9 +423,19 @@ async fn gates_and_transitions_over_grpc() {
         .expect("set")
         .into_inner();
     assert_eq!(set.previous_value_json, r#"{"enabled":false}"#);
-    let audit = std::fs::read_to_string(app.audit_dir.path().join("audit.jsonl")).expect("audit file");
-    for action in ["proposal.approve", "mission.cancel", "emergency_stop.engage", "emergency_stop.release", "policy.set"] {
-        assert!(audit.contains(action), "{action} missing from the audit file");
+    let audit =
+        std::fs::read_to_string(app.audit_dir.path().join("audit.jsonl")).expect("audit file");
+    for action in [
+        "proposal.approve",
+        "mission.cancel",
+        "emergency_stop.engage",
+        "emergency_stop.release",
+        "policy.set",
+    ] {
+        assert!(
+            audit.contains(action),
+            "{action} missing from the audit file"
+        );
     }
     // Triggers: validated condition, CRUD.
     let err = app
@@ -354,14 +448,19 @@ async fn gates_and_transitions_over_grpc() {
         })
         .await
         .expect_err("invalid condition");
-    assert!(err.message().contains("condition_json.window_seconds"), "{}", err.message());
+    assert!(
+        err.message().contains("condition_json.window_seconds"),
+        "{}",
+        err.message()
+    );
     let created = app
         .triggers()
         .create_trigger(pb::CreateTriggerRequest {
             name: "quiet".into(),
             description: "no posts".into(),
             enabled: true,
-            condition_json: r#"{"type": "absence", "kind": "post.published", "window_seconds": 3600}"#.into(),
+            condition_json:
+                r#"{"type": "absence", "kind": "post.published", "window_seconds": 3600}"#.into(),
             action_json: r#"{"title": "t", "steps": [{"kind": "echo"}]}"#.into(),
             cooldown_seconds: 600,
             actor: "op".into(),
@@ -387,12 +486,19 @@ async fn gates_and_transitions_over_grpc() {
     assert!(!updated.enabled);
     let err = app
         .triggers()
-        .update_trigger(pb::UpdateTriggerRequest { id: created.id.clone(), expected_version: Some(created.version), ..Default::default() })
+        .update_trigger(pb::UpdateTriggerRequest {
+            id: created.id.clone(),
+            expected_version: Some(created.version),
+            ..Default::default()
+        })
         .await
         .expect_err("stale version");
     assert_eq!(err.code(), Code::FailedPrecondition);
     app.triggers()
-        .delete_trigger(pb::DeleteTriggerRequest { id: created.id, actor: "op".into() })
+        .delete_trigger(pb::DeleteTriggerRequest {
+            id: created.id,
+            actor: "op".into(),
+        })
         .await
         .expect("delete");
     app.stop().await;
@@ -401,25 +507,61 @@ async fn gates_and_transitions_over_grpc() {
 #[tokio::test]
 async fn leases_expire_and_late_workers_are_fenced() {
     let app = spawn(Backend::Postgres).await;
-    app.proposals().submit_proposal(submit(&["echo"], None)).await.expect("submit");
-    let slow = app.missions().claim_step(claim("slow", &["echo"])).await.expect("claim").into_inner().step.expect("step");
-    // The heartbeat's recovery, an hour later (no sleeping).
-    let report = opsloop_core::workflow::recover_stale_steps(&app.db.db, Utc::now() + chrono::Duration::hours(1))
+    app.proposals()
+        .submit_proposal(submit(&["echo"], None))
         .await
-        .expect("recover");
+        .expect("submit");
+    let slow = app
+        .missions()
+        .claim_step(claim("slow", &["echo"]))
+        .await
+        .expect("claim")
+        .into_inner()
+        .step
+        .expect("step");
+    // The heartbeat's recovery, an hour later (no sleeping).
+    let report = opsloop_core::workflow::recover_stale_steps(
+        &app.db.db,
+        Utc::now() + chrono::Duration::hours(1),
+    )
+    .await
+    .expect("recover");
     assert_eq!(report.requeued.len(), 1);
-    let fast = app.missions().claim_step(claim("fast", &["echo"])).await.expect("reclaim").into_inner().step.expect("step");
+    let fast = app
+        .missions()
+        .claim_step(claim("fast", &["echo"]))
+        .await
+        .expect("reclaim")
+        .into_inner()
+        .step
+        .expect("step");
     assert_eq!(fast.id, slow.id);
     assert_eq!(fast.attempt, 2);
-    let err = app.missions().complete_step(complete(&slow, "slow")).await.expect_err("late complete");
+    let err = app
+        .missions()
+        .complete_step(complete(&slow, "slow"))
+        .await
+        .expect_err("late complete");
     assert_eq!(err.code(), Code::FailedPrecondition);
     let err = app
         .missions()
-        .fail_step(pb::FailStepRequest { step_id: slow.id.clone(), worker_id: "slow".into(), attempt: 1, error: "x".into(), retryable: true, cost_usd: None })
+        .fail_step(pb::FailStepRequest {
+            step_id: slow.id.clone(),
+            worker_id: "slow".into(),
+            attempt: 1,
+            error: "x".into(),
+            retryable: true,
+            cost_usd: None,
+        })
         .await
         .expect_err("late fail");
     assert_eq!(err.code(), Code::FailedPrecondition);
-    let done = app.missions().complete_step(complete(&fast, "fast")).await.expect("complete").into_inner();
+    let done = app
+        .missions()
+        .complete_step(complete(&fast, "fast"))
+        .await
+        .expect("complete")
+        .into_inner();
     assert_eq!(done.mission_status, pb::MissionStatus::Succeeded as i32);
     app.stop().await;
 }
@@ -430,7 +572,11 @@ async fn concurrent_submits_and_claims() {
     let mut submits = Vec::new();
     for _ in 0..50 {
         let mut client = app.proposals();
-        submits.push(tokio::spawn(async move { client.submit_proposal(submit(&["echo"], Some("one-key"))).await }));
+        submits.push(tokio::spawn(async move {
+            client
+                .submit_proposal(submit(&["echo"], Some("one-key")))
+                .await
+        }));
     }
     let mut ids = BTreeSet::new();
     let mut created = 0;
@@ -443,12 +589,19 @@ async fn concurrent_submits_and_claims() {
     assert_eq!(created, 1);
 
     for _ in 0..40 {
-        app.proposals().submit_proposal(submit(&["analyze"], None)).await.expect("submit");
+        app.proposals()
+            .submit_proposal(submit(&["analyze"], None))
+            .await
+            .expect("submit");
     }
     let mut claims = Vec::new();
     for w in 0..32 {
         let mut client = app.missions();
-        claims.push(tokio::spawn(async move { client.claim_step(claim(&format!("w{w}"), &["analyze"])).await }));
+        claims.push(tokio::spawn(async move {
+            client
+                .claim_step(claim(&format!("w{w}"), &["analyze"]))
+                .await
+        }));
     }
     let mut steps = Vec::new();
     for c in claims {
@@ -471,7 +624,11 @@ async fn auth_tokens_and_roles() {
         ..Default::default()
     })
     .await;
-    let err = app.proposals().submit_proposal(submit(&["echo"], None)).await.expect_err("no token");
+    let err = app
+        .proposals()
+        .submit_proposal(submit(&["echo"], None))
+        .await
+        .expect_err("no token");
     assert_eq!(err.code(), Code::Unauthenticated);
     let err = app
         .proposals()
@@ -483,7 +640,10 @@ async fn auth_tokens_and_roles() {
         .submit_proposal(with_token(submit(&["echo"], None), "agent-secret"))
         .await
         .expect("agent may submit");
-    let stop = pb::EngageEmergencyStopRequest { reason: "x".into(), actor: "a".into() };
+    let stop = pb::EngageEmergencyStopRequest {
+        reason: "x".into(),
+        actor: "a".into(),
+    };
     let err = app
         .ops()
         .engage_emergency_stop(with_token(stop.clone(), "agent-secret"))
@@ -510,23 +670,87 @@ async fn limits_are_invalid_argument_naming_the_field_and_write_nothing() {
         (submit(&vec!["echo"; 51], None), "steps"),
         (submit(&[], None), "steps"),
         (submit(&["Not A Kind"], None), "steps[0].kind"),
-        ({ let mut r = submit(&["echo"], None); r.steps[0].payload_json = deep; r }, "steps[0].payload_json"),
-        ({ let mut r = submit(&["echo"], None); r.steps[0].payload_json = huge; r }, "steps[0].payload_json"),
-        ({ let mut r = submit(&["echo"], None); r.source = 99; r }, "source"),
-        ({ let mut r = submit(&["echo"], None); r.title = "t".repeat(201); r }, "title"),
-        ({ let mut r = submit(&["echo"], None); r.dedupe_key = Some("k".repeat(201)); r }, "dedupe_key"),
-        ({ let mut r = submit(&["echo"], None); r.metadata_json = "[1]".into(); r }, "metadata_json"),
+        (
+            {
+                let mut r = submit(&["echo"], None);
+                r.steps[0].payload_json = deep;
+                r
+            },
+            "steps[0].payload_json",
+        ),
+        (
+            {
+                let mut r = submit(&["echo"], None);
+                r.steps[0].payload_json = huge;
+                r
+            },
+            "steps[0].payload_json",
+        ),
+        (
+            {
+                let mut r = submit(&["echo"], None);
+                r.source = 99;
+                r
+            },
+            "source",
+        ),
+        (
+            {
+                let mut r = submit(&["echo"], None);
+                r.title = "t".repeat(201);
+                r
+            },
+            "title",
+        ),
+        (
+            {
+                let mut r = submit(&["echo"], None);
+                r.dedupe_key = Some("k".repeat(201));
+                r
+            },
+            "dedupe_key",
+        ),
+        (
+            {
+                let mut r = submit(&["echo"], None);
+                r.metadata_json = "[1]".into();
+                r
+            },
+            "metadata_json",
+        ),
     ];
     for (request, field) in cases {
-        let err = app.proposals().submit_proposal(request).await.expect_err(field);
-        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {}", err.message());
-        assert!(err.message().starts_with(&format!("{field}:")), "{field}: {}", err.message());
+        let err = app
+            .proposals()
+            .submit_proposal(request)
+            .await
+            .expect_err(field);
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{field}: {}",
+            err.message()
+        );
+        assert!(
+            err.message().starts_with(&format!("{field}:")),
+            "{field}: {}",
+            err.message()
+        );
     }
-    let err = app.missions().claim_step(claim("w", &["BAD"])).await.expect_err("kind");
+    let err = app
+        .missions()
+        .claim_step(claim("w", &["BAD"]))
+        .await
+        .expect_err("kind");
     assert!(err.message().starts_with("kinds[0]:"), "{}", err.message());
     let err = app
         .events()
-        .emit_event(pb::EmitEventRequest { kind: "x".into(), source: "a".into(), cost_usd: Some(f64::NAN), ..Default::default() })
+        .emit_event(pb::EmitEventRequest {
+            kind: "x".into(),
+            source: "a".into(),
+            cost_usd: Some(f64::NAN),
+            ..Default::default()
+        })
         .await
         .expect_err("cost");
     assert!(err.message().starts_with("cost_usd:"), "{}", err.message());
@@ -540,8 +764,15 @@ async fn limits_are_invalid_argument_naming_the_field_and_write_nothing() {
     // A message above the size limit is refused by the server.
     let big = submit(&["echo"], None);
     let mut big = big;
-    big.metadata_json = format!("{{\"x\": \"{}\"}}", "y".repeat(opsloop_core::grpc::MAX_DECODING_MESSAGE_SIZE));
-    let err = app.proposals().submit_proposal(big).await.expect_err("too big");
+    big.metadata_json = format!(
+        "{{\"x\": \"{}\"}}",
+        "y".repeat(opsloop_core::grpc::MAX_DECODING_MESSAGE_SIZE)
+    );
+    let err = app
+        .proposals()
+        .submit_proposal(big)
+        .await
+        .expect_err("too big");
     assert_eq!(err.code(), Code::OutOfRange, "{}", err.message());
     app.stop().await;
 }

@@ -10,16 +10,30 @@ use std::time::Duration;
 
 use helpers::{Backend, Options, claim, complete, spawn_with, submit};
 use opsloop_core::bus::rabbit::RabbitBus;
-use opsloop_core::bus::testing::{TcpProxy, amqp_url, isolated_settings, queue_name, require_rabbitmq, via};
+use opsloop_core::bus::testing::{
+    TcpProxy, amqp_url, isolated_settings, queue_name, require_rabbitmq, via,
+};
 use opsloop_core::bus::{Bus, QueueSpec};
 
 #[tokio::test]
 async fn events_written_while_the_broker_is_down_arrive_once_in_order() {
+    // A hung broker connection must fail the test, not stall the suite.
+    tokio::time::timeout(Duration::from_secs(180), outage_roundtrip())
+        .await
+        .expect("the outage test finishes within 3 minutes");
+}
+
+async fn outage_roundtrip() {
     require_rabbitmq().await;
     let settings = isolated_settings(&amqp_url());
-    let proxy = TcpProxy::start(&settings.url.replace("amqp://guest:guest@", "").replace("/%2f", ""))
-        .await
-        .expect("proxy");
+    let proxy = TcpProxy::start(
+        &settings
+            .url
+            .replace("amqp://guest:guest@", "")
+            .replace("/%2f", ""),
+    )
+    .await
+    .expect("proxy");
     let proxied_url = via(&amqp_url(), proxy.addr);
     let mut proxied_settings = settings.clone();
     proxied_settings.url = proxied_url.clone();
@@ -53,8 +67,18 @@ async fn events_written_while_the_broker_is_down_arrive_once_in_order() {
         missions.push(p.mission_id.expect("mission"));
     }
     for _ in 0..5 {
-        let step = app.missions().claim_step(claim("w", &["echo"])).await.expect("claim").into_inner().step.expect("step");
-        app.missions().complete_step(complete(&step, "w")).await.expect("complete");
+        let step = app
+            .missions()
+            .claim_step(claim("w", &["echo"]))
+            .await
+            .expect("claim")
+            .into_inner()
+            .step
+            .expect("step");
+        app.missions()
+            .complete_step(complete(&step, "w"))
+            .await
+            .expect("complete");
     }
     proxy.restore();
 
@@ -67,13 +91,18 @@ async fn events_written_while_the_broker_is_down_arrive_once_in_order() {
             .await
             .expect("every event within 60 s of the broker's return")
             .expect("subscription open");
-        let body: serde_json::Value = serde_json::from_slice(&delivery.message.payload).expect("json");
-        assert!(ids.insert(delivery.message.id.clone()), "duplicate {}", delivery.message.id);
+        let body: serde_json::Value =
+            serde_json::from_slice(&delivery.message.payload).expect("json");
+        assert!(
+            ids.insert(delivery.message.id.clone()),
+            "duplicate {}",
+            delivery.message.id
+        );
         if let Some(m) = body["mission_id"].as_str() {
-            per_mission
-                .entry(m.to_owned())
-                .or_default()
-                .push((body["seq"].as_i64().unwrap_or(0), body["kind"].as_str().unwrap_or("").to_owned()));
+            per_mission.entry(m.to_owned()).or_default().push((
+                body["seq"].as_i64().unwrap_or(0),
+                body["kind"].as_str().unwrap_or("").to_owned(),
+            ));
         }
         delivery.ack().await.expect("ack");
     }
@@ -82,11 +111,16 @@ async fn events_written_while_the_broker_is_down_arrive_once_in_order() {
         let kinds: Vec<&str> = events.iter().map(|(_, k)| k.as_str()).collect();
         assert_eq!(
             kinds,
-            ["mission.started", "step.started", "step.succeeded", "mission.succeeded"],
+            [
+                "mission.started",
+                "step.started",
+                "step.succeeded",
+                "mission.succeeded"
+            ],
             "mission {mission}"
         );
         assert!(events.windows(2).all(|w| w[0].0 < w[1].0), "in seq order");
     }
     app.stop().await;
-    consumer.close().await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), consumer.close()).await;
 }

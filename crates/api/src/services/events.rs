@@ -171,10 +171,9 @@ impl EventService for Api {
             let req = request.into_inner();
             let mut filter = filter_from(&req)?;
             if !req.page_token.is_empty() {
-                let seq: i64 = req
-                    .page_token
-                    .parse()
-                    .map_err(|_| convert::invalid("page_token", "not a token from a previous response"))?;
+                let seq: i64 = req.page_token.parse().map_err(|_| {
+                    convert::invalid("page_token", "not a token from a previous response")
+                })?;
                 filter.after_seq = Some(filter.after_seq.map_or(seq, |s| s.max(seq)));
             }
             let events = workflow::list_events(&self.db, &filter).await?;

@@ -21,7 +21,10 @@ fn worker(value: &str) -> Result<String, Status> {
 }
 
 fn cost(value: Option<f64>) -> Result<Option<f64>, Status> {
-    value.map(|c| check_cost("cost_usd", c)).transpose().map_err(invalid)
+    value
+        .map(|c| check_cost("cost_usd", c))
+        .transpose()
+        .map_err(invalid)
 }
 
 fn to_pb_status(status: MissionStatus) -> i32 {
@@ -129,9 +132,14 @@ impl MissionService for Api {
                 .map(|(i, k)| StepKind::parse(&format!("kinds[{i}]"), k))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(invalid)?;
-            let outcome =
-                workflow::claim_step(&self.db, &worker, &kinds, lease(req.lease_seconds), self.now())
-                    .await?;
+            let outcome = workflow::claim_step(
+                &self.db,
+                &worker,
+                &kinds,
+                lease(req.lease_seconds),
+                self.now(),
+            )
+            .await?;
             Ok(match outcome {
                 ClaimOutcome::Claimed(step) => pb::ClaimStepResponse {
                     found: true,
@@ -192,7 +200,13 @@ impl MissionService for Api {
                 .into_value();
             let cost = cost(req.cost_usd)?;
             let (step, status) = workflow::complete_step(
-                &self.db, step_id, &worker, req.attempt, result, cost, self.now(),
+                &self.db,
+                step_id,
+                &worker,
+                req.attempt,
+                result,
+                cost,
+                self.now(),
             )
             .await?;
             Ok(pb::CompleteStepResponse {

@@ -38,11 +38,15 @@ pub fn summary_pb(s: &SummaryFigures) -> pb::Summary {
 }
 
 fn int(body: &serde_json::Value, key: &str) -> i64 {
-    body.get(key).and_then(serde_json::Value::as_i64).unwrap_or(0)
+    body.get(key)
+        .and_then(serde_json::Value::as_i64)
+        .unwrap_or(0)
 }
 
 fn float(body: &serde_json::Value, key: &str) -> f64 {
-    body.get(key).and_then(serde_json::Value::as_f64).unwrap_or(0.0)
+    body.get(key)
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or(0.0)
 }
 
 fn weekly(report: &reports::Model) -> pb::WeeklyReport {
@@ -79,8 +83,11 @@ impl OpsService for Api {
         self.observe("GetSummary", async {
             self.authorize(&request, Role::Reader)?;
             let period =
-                match convert::enum_field::<pb::SummaryPeriod>("period", request.get_ref().period)? {
-                    pb::SummaryPeriod::Unspecified | pb::SummaryPeriod::Daily => SummaryPeriod::Daily,
+                match convert::enum_field::<pb::SummaryPeriod>("period", request.get_ref().period)?
+                {
+                    pb::SummaryPeriod::Unspecified | pb::SummaryPeriod::Daily => {
+                        SummaryPeriod::Daily
+                    }
                     pb::SummaryPeriod::Weekly => SummaryPeriod::Weekly,
                 };
             let figures = workflow::summary(&self.db, period, self.now()).await?;

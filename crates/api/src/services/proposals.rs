@@ -12,12 +12,14 @@ use crate::auth::Role;
 use crate::convert;
 
 fn source(value: i32) -> Result<ProposalSource, Status> {
-    Ok(match convert::enum_field::<pb::ProposalSource>("source", value)? {
-        pb::ProposalSource::Unspecified | pb::ProposalSource::Api => ProposalSource::Api,
-        pb::ProposalSource::Trigger => ProposalSource::Trigger,
-        pb::ProposalSource::Reaction => ProposalSource::Reaction,
-        pb::ProposalSource::Manual => ProposalSource::Manual,
-    })
+    Ok(
+        match convert::enum_field::<pb::ProposalSource>("source", value)? {
+            pb::ProposalSource::Unspecified | pb::ProposalSource::Api => ProposalSource::Api,
+            pb::ProposalSource::Trigger => ProposalSource::Trigger,
+            pb::ProposalSource::Reaction => ProposalSource::Reaction,
+            pb::ProposalSource::Manual => ProposalSource::Manual,
+        },
+    )
 }
 
 impl Api {
@@ -33,7 +35,9 @@ impl Api {
             .steps
             .iter()
             .enumerate()
-            .map(|(i, s)| StepSpec::parse(i, &s.kind, &s.payload_json, s.max_attempts, &self.limits))
+            .map(|(i, s)| {
+                StepSpec::parse(i, &s.kind, &s.payload_json, s.max_attempts, &self.limits)
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
         let dedupe_key = req

@@ -54,9 +54,14 @@ impl TriggerService for Api {
                 cooldown_seconds: req.cooldown_seconds,
             };
             let actor = actor(&req.actor, "admin")?;
-            let stored =
-                workflow::triggers::create_trigger(&self.db, rule, &actor, self.audit(), self.now())
-                    .await?;
+            let stored = workflow::triggers::create_trigger(
+                &self.db,
+                rule,
+                &actor,
+                self.audit(),
+                self.now(),
+            )
+            .await?;
             Ok(pb::CreateTriggerResponse {
                 trigger: Some(convert::trigger(&stored)),
             })
@@ -73,7 +78,8 @@ impl TriggerService for Api {
             let req = request.into_inner();
             let limit = workflow::page_size(req.page_size);
             let after = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
-            let rows = workflow::triggers::list_triggers(&self.db, req.enabled, after, limit).await?;
+            let rows =
+                workflow::triggers::list_triggers(&self.db, req.enabled, after, limit).await?;
             let next_page_token = match rows.last() {
                 Some(last) if rows.len() as u64 == limit => last.name.clone(),
                 _ => String::new(),

@@ -1,0 +1,153 @@
+//! The `[heartbeat]` config section: tick cadence (interval or cron), the
+//! leader lease, phase budgets, the daily summary's schedule and zone, and
+//! this instance's id. [`HeartbeatSettings::validate`] turns a bad value
+//! into one line naming the key.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::schedule::{CronSchedule, TickSchedule};
+
+/// The `[heartbeat]` config section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatSettings {
+    /// HTTP listen address (health, readiness, metrics, `POST /run`).
+    pub http_addr: String,
+    /// Seconds between ticks (used when `cron` is unset).
+    pub interval_secs: u64,
+    /// A cron expression for ticks (UTC); overrides `interval_secs`.
+    pub cron: Option<String>,
+    /// Leader lease length; a standby takes over within this long.
+    pub lease_secs: u64,
+    /// This process's name in the lease and in `heartbeat_runs`; default
+    /// `<hostname>-<pid>-<random>`.
+    pub instance_id: Option<String>,
+    pub triggers_budget_ms: u64,
+    pub reactions_budget_ms: u64,
+    /// Budget of every other phase.
+    pub phase_budget_ms: u64,
+    /// When the daily summary goes out, in `summary_timezone`.
+    pub summary_cron: String,
+    pub summary_timezone: String,
+    /// Proposals pending longer than this expire.
+    pub stale_proposal_days: u32,
+    /// Most new events one phase reads per tick.
+    pub event_batch: u64,
+    /// Consume `event.#` from the bus for reactions in near real time.
+    pub consume_events: bool,
+    /// The bus queue of that consumer.
+    pub reactions_queue: String,
+}
+
+impl Default for HeartbeatSettings {
+    fn default() -> Self {
+        Self {
+            http_addr: "127.0.0.1:9755".into(),
+            interval_secs: 300,
+            cron: None,
+            lease_secs: 30,
+            instance_id: None,
+            triggers_budget_ms: 4_000,
+            reactions_budget_ms: 3_000,
+            phase_budget_ms: 10_000,
+            summary_cron: "0 6 * * *".into(),
+            summary_timezone: "Asia/Tokyo".into(),
+            stale_proposal_days: 7,
+            event_batch: 5_000,
+            consume_events: true,
+            reactions_queue: "opsloop.heartbeat.reactions".into(),
+        }
+    }
+}
+
+/// A bad `[heartbeat]` value.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: heartbeat.{key}: {reason}")]
+pub struct SettingsError {
+    pub key: &'static str,
+    pub reason: String,
+}
+
+fn positive(key: &'static str, value: u64) -> Result<(), SettingsError> {
+    if value == 0 {
+        return Err(SettingsError {
+            key,
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(())
+}
+
+impl HeartbeatSettings {
+    /// Checks every value; the parsed schedules are returned.
+    pub fn validate(&self) -> Result<(TickSchedule, CronSchedule), SettingsError> {
+        positive("interval_secs", self.interval_secs)?;
+        positive("lease_secs", self.lease_secs)?;
+        positive("triggers_budget_ms", self.triggers_budget_ms)?;
+        positive("reactions_budget_ms", self.reactions_budget_ms)?;
+        positive("phase_budget_ms", self.phase_budget_ms)?;
+        positive("stale_proposal_days", self.stale_proposal_days.into())?;
+        positive("event_batch", self.event_batch)?;
+        let tick = match &self.cron {
+            Some(expr) => TickSchedule::Cron(CronSchedule::parse(expr, "UTC").map_err(|e| {
+                SettingsError {
+                    key: "cron",
+                    reason: e.to_string(),
+                }
+            })?),
+            None => TickSchedule::Every(chrono::Duration::seconds(
+                i64::try_from(self.interval_secs).unwrap_or(i64::MAX / 2_000_000),
+            )),
+        };
+        let summary = CronSchedule::parse(&self.summary_cron, &self.summary_timezone).map_err(|e| {
+            SettingsError {
+                key: if self.summary_timezone.parse::<chrono_tz::Tz>().is_err() {
+                    "summary_timezone"
+                } else {
+                    "summary_cron"
+                },
+                reason: e.to_string(),
+            }
+        })?;
+        Ok((tick, summary))
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
+
+    /// The configured id, or `<hostname>-<pid>-<random>`.
+    pub fn resolved_instance_id(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "heartbeat".into());
+            let random = uuid::Uuid::new_v4().simple().to_string();
+            format!("{host}-{}-{}", std::process::id(), &random[..8])
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_values_name_the_key() {
+        HeartbeatSettings::default().validate().expect("defaults are valid");
+        let table: Vec<(HeartbeatSettings, &str)> = vec![
+            (HeartbeatSettings { interval_secs: 0, ..Default::default() }, "interval_secs"),
+            (HeartbeatSettings { cron: Some("nope".into()), ..Default::default() }, "cron"),
+            (HeartbeatSettings { summary_cron: "x".into(), ..Default::default() }, "summary_cron"),
+            (HeartbeatSettings { summary_timezone: "Mars/X".into(), ..Default::default() }, "summary_timezone"),
+            (HeartbeatSettings { lease_secs: 0, ..Default::default() }, "lease_secs"),
+        ];
+        for (settings, key) in table {
+            let err = settings.validate().expect_err("invalid");
+            assert_eq!(err.key, key);
+            assert!(err.to_string().contains(&format!("heartbeat.{key}")));
+        }
+        let with_cron = HeartbeatSettings { cron: Some("*/5 * * * *".into()), ..Default::default() };
+        assert!(matches!(with_cron.validate().expect("valid").0, TickSchedule::Cron(_)));
+    }
+}

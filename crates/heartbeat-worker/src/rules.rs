@@ -1,0 +1,432 @@
+//! Trigger conditions as data: `event_count`, `failure_rate`, `absence`
+//! (dead man's switch), `stalled_missions`, composed with `all`/`any`, and
+//! the pure evaluation of a condition over the facts of one tick. A firing
+//! carries its fact window key, so the same facts never fire twice; the
+//! cooldown is a separate pure check. No I/O.
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::matching::{EventMatcher, EventView, SpecError};
+
+/// A trigger condition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    /// At least `min_count` matching events within `window`.
+    EventCount {
+        matcher: EventMatcher,
+        window: Duration,
+        min_count: u64,
+    },
+    /// failures / (failures + successes) within `window` ≥ `threshold`,
+    /// once at least `min_events` outcomes were seen.
+    FailureRate {
+        failures: EventMatcher,
+        successes: EventMatcher,
+        window: Duration,
+        threshold: f64,
+        min_events: u64,
+    },
+    /// No matching event within `window`.
+    Absence {
+        matcher: EventMatcher,
+        window: Duration,
+    },
+    /// At least `min_count` running missions without activity for `older_than`.
+    StalledMissions { older_than: Duration, min_count: u64 },
+    All(Vec<Condition>),
+    Any(Vec<Condition>),
+}
+
+fn seconds(field: &str, spec: &Value, key: &str) -> Result<Duration, SpecError> {
+    match spec.get(key).and_then(Value::as_u64) {
+        Some(n) if n > 0 && n <= 366 * 86_400 => Ok(Duration::seconds(n as i64)),
+        _ => Err(SpecError::new(
+            format!("{field}.{key}"),
+            "must be a positive number of seconds (at most a year)",
+        )),
+    }
+}
+
+fn count(field: &str, spec: &Value, key: &str, default: Option<u64>) -> Result<u64, SpecError> {
+    match (spec.get(key), default) {
+        (None, Some(d)) => Ok(d),
+        (Some(v), _) => match v.as_u64() {
+            Some(n) if n > 0 => Ok(n),
+            _ => Err(SpecError::new(format!("{field}.{key}"), "must be a positive whole number")),
+        },
+        (None, None) => Err(SpecError::new(format!("{field}.{key}"), "required")),
+    }
+}
+
+impl Condition {
+    /// Parses a stored condition, naming the offending path.
+    pub fn parse(field: &str, spec: &Value) -> Result<Self, SpecError> {
+        let kind = spec
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| SpecError::new(format!("{field}.type"), "required"))?;
+        Ok(match kind {
+            "event_count" => Self::EventCount {
+                matcher: EventMatcher::parse(field, spec)?,
+                window: seconds(field, spec, "window_seconds")?,
+                min_count: count(field, spec, "min_count", None)?,
+            },
+            "failure_rate" => {
+                let threshold = spec
+                    .get("threshold")
+                    .and_then(Value::as_f64)
+                    .filter(|t| *t > 0.0 && *t <= 1.0)
+                    .ok_or_else(|| {
+                        SpecError::new(format!("{field}.threshold"), "must be in (0, 1]")
+                    })?;
+                let glob = |key: &str, default: &str| -> Result<EventMatcher, SpecError> {
+                    match spec.get(key) {
+                        None => Ok(EventMatcher::kind(default)),
+                        Some(Value::String(s)) => Ok(EventMatcher::kind(s)),
+                        Some(_) => Err(SpecError::new(format!("{field}.{key}"), "must be a kind glob")),
+                    }
+                };
+                Self::FailureRate {
+                    failures: glob("failure_kind", "step.failed")?,
+                    successes: glob("success_kind", "step.succeeded")?,
+                    window: seconds(field, spec, "window_seconds")?,
+                    threshold,
+                    min_events: count(field, spec, "min_events", Some(1))?,
+                }
+            }
+            "absence" => Self::Absence {
+                matcher: EventMatcher::parse(field, spec)?,
+                window: seconds(field, spec, "window_seconds")?,
+            },
+            "stalled_missions" => Self::StalledMissions {
+                older_than: seconds(field, spec, "older_than_seconds")?,
+                min_count: count(field, spec, "min_count", Some(1))?,
+            },
+            "all" | "any" => {
+                let items = spec
+                    .get("conditions")
+                    .and_then(Value::as_array)
+                    .filter(|items| !items.is_empty())
+                    .ok_or_else(|| {
+                        SpecError::new(format!("{field}.conditions"), "must be a non-empty array")
+                    })?;
+                let parsed = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| Self::parse(&format!("{field}.conditions[{i}]"), c))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if kind == "all" {
+                    Self::All(parsed)
+                } else {
+                    Self::Any(parsed)
+                }
+            }
+            other => {
+                return Err(SpecError::new(
+                    format!("{field}.type"),
+                    format!("unknown condition type {other:?}"),
+                ));
+            }
+        })
+    }
+
+    /// The longest event window this condition looks back over.
+    pub fn max_window(&self) -> Duration {
+        match self {
+            Self::EventCount { window, .. }
+            | Self::FailureRate { window, .. }
+            | Self::Absence { window, .. } => *window,
+            Self::StalledMissions { .. } => Duration::zero(),
+            Self::All(items) | Self::Any(items) => items
+                .iter()
+                .map(Self::max_window)
+                .max()
+                .unwrap_or_else(Duration::zero),
+        }
+    }
+
+    /// True when the condition needs the running missions' activity.
+    pub fn needs_missions(&self) -> bool {
+        match self {
+            Self::StalledMissions { .. } => true,
+            Self::All(items) | Self::Any(items) => items.iter().any(Self::needs_missions),
+            _ => false,
+        }
+    }
+
+    /// Evaluates against the facts of one tick.
+    pub fn evaluate(&self, facts: &Facts<'_>) -> Option<Firing> {
+        let now = facts.now;
+        match self {
+            Self::EventCount {
+                matcher,
+                window,
+                min_count,
+            } => {
+                let matched: Vec<&EventView> = facts
+                    .in_window(*window)
+                    .filter(|e| matcher.matches(e))
+                    .collect();
+                let last = matched.last()?;
+                (matched.len() as u64 >= *min_count).then(|| Firing {
+                    window_key: format!("count:{}", last.seq),
+                    event: Some((*last).clone()),
+                    detail: json!({"type": "event_count", "count": matched.len(),
+                                   "min_count": min_count, "window_seconds": window.num_seconds()}),
+                })
+            }
+            Self::FailureRate {
+                failures,
+                successes,
+                window,
+                threshold,
+                min_events,
+            } => {
+                let failed: Vec<&EventView> = facts
+                    .in_window(*window)
+                    .filter(|e| failures.matches(e))
+                    .collect();
+                let succeeded = facts
+                    .in_window(*window)
+                    .filter(|e| successes.matches(e))
+                    .count();
+                let total = failed.len() + succeeded;
+                let last = failed.last()?;
+                let rate = failed.len() as f64 / total as f64;
+                (total as u64 >= *min_events && rate >= *threshold).then(|| Firing {
+                    window_key: format!("rate:{}", last.seq),
+                    event: Some((*last).clone()),
+                    detail: json!({"type": "failure_rate", "failures": failed.len(),
+                                   "total": total, "rate": rate, "threshold": threshold}),
+                })
+            }
+            Self::Absence { matcher, window } => {
+                if facts.in_window(*window).any(|e| matcher.matches(e)) {
+                    return None;
+                }
+                // One firing per silent window-length period.
+                let bucket = now.timestamp().div_euclid(window.num_seconds().max(1));
+                Some(Firing {
+                    window_key: format!("absence:{bucket}"),
+                    event: None,
+                    detail: json!({"type": "absence", "window_seconds": window.num_seconds()}),
+                })
+            }
+            Self::StalledMissions {
+                older_than,
+                min_count,
+            } => {
+                let mut stalled: Vec<Uuid> = facts
+                    .running_missions
+                    .iter()
+                    .filter(|(_, last_activity)| *last_activity <= now - *older_than)
+                    .map(|(id, _)| *id)
+                    .collect();
+                if (stalled.len() as u64) < *min_count {
+                    return None;
+                }
+                stalled.sort();
+                let mut hash = Sha256::new();
+                for id in &stalled {
+                    hash.update(id.as_bytes());
+                }
+                Some(Firing {
+                    window_key: format!("stalled:{}", &hex::encode(hash.finalize())[..16]),
+                    event: None,
+                    detail: json!({"type": "stalled_missions", "missions": stalled,
+                                   "older_than_seconds": older_than.num_seconds()}),
+                })
+            }
+            Self::All(items) => {
+                let firings: Vec<Firing> = items
+                    .iter()
+                    .map(|c| c.evaluate(facts))
+                    .collect::<Option<Vec<_>>>()?;
+                Some(Firing {
+                    window_key: firings
+                        .iter()
+                        .map(|f| f.window_key.as_str())
+                        .collect::<Vec<_>>()
+                        .join("+"),
+                    event: firings.iter().find_map(|f| f.event.clone()),
+                    detail: json!({"type": "all",
+                                   "conditions": firings.iter().map(|f| f.detail.clone()).collect::<Vec<_>>()}),
+                })
+            }
+            Self::Any(items) => items.iter().find_map(|c| c.evaluate(facts)),
+        }
+    }
+}
+
+/// What one tick knows: the events of the longest window (ascending seq)
+/// and the running missions with their last activity.
+#[derive(Debug, Clone)]
+pub struct Facts<'a> {
+    pub now: DateTime<Utc>,
+    pub events: &'a [EventView],
+    pub running_missions: &'a [(Uuid, DateTime<Utc>)],
+}
+
+impl<'a> Facts<'a> {
+    /// Events with `now - window <= created_at <= now`.
+    fn in_window(&self, window: Duration) -> impl Iterator<Item = &'a EventView> + 'a {
+        let from = self.now - window;
+        let now = self.now;
+        self.events
+            .iter()
+            .filter(move |e| e.created_at >= from && e.created_at <= now)
+    }
+}
+
+/// A condition that holds: its fact window and the event to render from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Firing {
+    pub window_key: String,
+    pub event: Option<EventView>,
+    pub detail: Value,
+}
+
+/// True when a rule last fired at `last_fired` may fire again at `now`.
+pub fn cooldown_passed(last_fired: Option<DateTime<Utc>>, cooldown: Duration, now: DateTime<Utc>) -> bool {
+    last_fired.is_none_or(|last| last + cooldown <= now)
+}
+
+/// The proposal dedupe key of a firing: rule + window (hashed to stay short).
+pub fn trigger_dedupe_key(rule_id: Uuid, window_key: &str) -> String {
+    let digest = Sha256::digest(window_key.as_bytes());
+    format!("trigger:{rule_id}:{}", &hex::encode(digest)[..24])
+}
+
+/// The order rules are evaluated in on tick `n`: rotated by one each tick,
+/// so a tight budget never starves the same rules.
+pub fn rotated<T: Clone>(items: &[T], n: u64) -> Vec<T> {
+    if items.is_empty() {
+        return Vec::new();
+    }
+    let start = (n % items.len() as u64) as usize;
+    items[start..].iter().chain(&items[..start]).cloned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matching::tests::event;
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).single().expect("valid")
+    }
+
+    fn secs(n: i64) -> Duration {
+        Duration::seconds(n)
+    }
+
+    fn eval(spec: Value, events: &[EventView], missions: &[(Uuid, DateTime<Utc>)]) -> Option<Firing> {
+        let c = Condition::parse("condition", &spec).expect("parses");
+        c.evaluate(&Facts {
+            now: now(),
+            events,
+            running_missions: missions,
+        })
+    }
+
+    #[test]
+    fn event_count_boundaries() {
+        let n = now();
+        let spec = json!({"type": "event_count", "kind": "post.*", "window_seconds": 60, "min_count": 2});
+        let table: Vec<(Vec<EventView>, Option<&str>)> = vec![
+            (vec![], None),
+            (vec![event(1, "post.x", &[], n - secs(10))], None),
+            (vec![event(1, "post.x", &[], n - secs(60)), event(2, "post.y", &[], n)], Some("count:2")),
+            (vec![event(1, "post.x", &[], n - secs(61)), event(2, "post.y", &[], n)], None),
+            (vec![event(1, "step.x", &[], n - secs(5)), event(2, "post.y", &[], n)], None),
+            (vec![event(1, "post.x", &[], n - secs(5)), event(2, "post.y", &[], n - secs(1)), event(3, "step.z", &[], n)], Some("count:2")),
+        ];
+        for (events, want) in table {
+            let got = eval(spec.clone(), &events, &[]).map(|f| f.window_key);
+            assert_eq!(got.as_deref(), want, "{events:?}");
+        }
+        // Tags: every listed tag must be present.
+        let tagged = json!({"type": "event_count", "tags": ["a", "b"], "window_seconds": 60, "min_count": 1});
+        assert!(eval(tagged.clone(), &[event(1, "k", &["a"], n)], &[]).is_none());
+        assert!(eval(tagged, &[event(1, "k", &["b", "a"], n)], &[]).is_some());
+    }
+
+    #[test]
+    fn failure_rate_boundaries() {
+        let n = now();
+        let spec = json!({"type": "failure_rate", "window_seconds": 3600, "threshold": 0.5, "min_events": 4});
+        let mk = |f: usize, s: usize| -> Vec<EventView> {
+            let mut v = Vec::new();
+            for i in 0..s {
+                v.push(event(i as i64 + 1, "step.succeeded", &[], n - secs(100)));
+            }
+            for i in 0..f {
+                v.push(event((s + i) as i64 + 1, "step.failed", &[], n - secs(50)));
+            }
+            v
+        };
+        let table = [((2, 2), true), ((1, 3), false), ((3, 0), false), ((4, 0), true), ((0, 5), false)];
+        for ((f, s), want) in table {
+            assert_eq!(eval(spec.clone(), &mk(f, s), &[]).is_some(), want, "{f} failed, {s} ok");
+        }
+    }
+
+    #[test]
+    fn absence_is_a_dead_mans_switch() {
+        let n = now();
+        let spec = json!({"type": "absence", "kind": "backup.succeeded", "window_seconds": 3600});
+        assert!(eval(spec.clone(), &[event(1, "backup.succeeded", &[], n - secs(3600))], &[]).is_none());
+        assert!(eval(spec.clone(), &[event(1, "backup.succeeded", &[], n - secs(3601))], &[]).is_some());
+        assert!(eval(spec.clone(), &[event(1, "other", &[], n)], &[]).is_some());
+        let key = eval(spec, &[], &[]).expect("fires").window_key;
+        assert_eq!(key, format!("absence:{}", n.timestamp() / 3600));
+    }
+
+    #[test]
+    fn stalled_missions_boundaries() {
+        let n = now();
+        let a = Uuid::from_u128(1);
+        let b = Uuid::from_u128(2);
+        let spec = json!({"type": "stalled_missions", "older_than_seconds": 600});
+        assert!(eval(spec.clone(), &[], &[(a, n - secs(599))]).is_none());
+        let one = eval(spec.clone(), &[], &[(a, n - secs(600))]).expect("fires");
+        let two = eval(spec.clone(), &[], &[(a, n - secs(600)), (b, n - secs(9000))]).expect("fires");
+        assert_ne!(one.window_key, two.window_key, "a new stalled set is a new fact");
+        let two_again = eval(spec, &[], &[(b, n - secs(9000)), (a, n - secs(700))]).expect("fires");
+        assert_eq!(two.window_key, two_again.window_key, "same set, same key");
+    }
+
+    #[test]
+    fn all_and_any_compose() {
+        let n = now();
+        let events = vec![event(1, "post.x", &[], n)];
+        let hit = json!({"type": "event_count", "kind": "post.*", "window_seconds": 60, "min_count": 1});
+        let miss = json!({"type": "event_count", "kind": "nope", "window_seconds": 60, "min_count": 1});
+        assert!(eval(json!({"type": "all", "conditions": [hit, miss]}), &events, &[]).is_none());
+        assert!(eval(json!({"type": "any", "conditions": [miss, hit]}), &events, &[]).is_some());
+        let both = eval(json!({"type": "all", "conditions": [hit, hit]}), &events, &[]).expect("fires");
+        assert_eq!(both.window_key, "count:1+count:1");
+        assert!(Condition::parse("c", &json!({"type": "all", "conditions": []})).is_err());
+        let err = Condition::parse("c", &json!({"type": "any", "conditions": [{"type": "absence"}]}))
+            .expect_err("bad");
+        assert_eq!(err.field, "c.conditions[0].window_seconds");
+    }
+
+    #[test]
+    fn cooldown_and_keys() {
+        let n = now();
+        assert!(cooldown_passed(None, secs(60), n));
+        assert!(!cooldown_passed(Some(n - secs(59)), secs(60), n));
+        assert!(cooldown_passed(Some(n - secs(60)), secs(60), n));
+        let rule = Uuid::from_u128(9);
+        assert_eq!(trigger_dedupe_key(rule, "count:1"), trigger_dedupe_key(rule, "count:1"));
+        assert_ne!(trigger_dedupe_key(rule, "count:1"), trigger_dedupe_key(rule, "count:2"));
+        assert_eq!(rotated(&[1, 2, 3], 0), vec![1, 2, 3]);
+        assert_eq!(rotated(&[1, 2, 3], 4), vec![2, 3, 1]);
+        assert!(rotated::<u8>(&[], 3).is_empty());
+    }
+}
