@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use opsloop_core::auth::{Auth, Role};
 use opsloop_core::proto::v1 as pb;
-use opsloop_core::secrets::{Secret, SecretError, SecretStore};
 use pb::alert_service_server::{AlertService, AlertServiceServer};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -24,68 +24,12 @@ const MAX_PAGE_SIZE: usize = 1000;
 
 pub struct AlertGrpc {
     alerter: Arc<Alerter>,
-    tokens: Tokens,
+    auth: Auth,
 }
 
-pub fn server(alerter: Arc<Alerter>, tokens: Tokens) -> AlertServiceServer<AlertGrpc> {
-    AlertServiceServer::new(AlertGrpc { alerter, tokens })
+pub fn server(alerter: Arc<Alerter>, auth: Auth) -> AlertServiceServer<AlertGrpc> {
+    AlertServiceServer::new(AlertGrpc { alerter, auth })
         .max_decoding_message_size(opsloop_core::grpc::MAX_DECODING_MESSAGE_SIZE)
-}
-
-/// The bearer tokens callers must present; none configured: open.
-#[derive(Clone, Default)]
-pub struct Tokens {
-    pub admin: Option<Secret>,
-    pub agent: Option<Secret>,
-}
-
-/// What a call needs.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Access {
-    Read,
-    Admin,
-}
-
-fn same(a: &str, b: &str) -> bool {
-    // Length leaks, content does not.
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
-impl Tokens {
-    pub fn from_secrets(secrets: &SecretStore) -> Result<Self, SecretError> {
-        Ok(Self {
-            admin: secrets.get("admin_token")?,
-            agent: secrets.get("agent_token")?,
-        })
-    }
-
-    fn check<T>(&self, request: &Request<T>, access: Access) -> Result<(), Status> {
-        if self.admin.is_none() && self.agent.is_none() {
-            return Ok(());
-        }
-        let presented = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("authorization: bearer token required"))?;
-        let is =
-            |token: &Option<Secret>| token.as_ref().is_some_and(|t| same(t.expose(), presented));
-        if is(&self.admin) {
-            return Ok(());
-        }
-        if is(&self.agent) {
-            return match access {
-                Access::Read => Ok(()),
-                Access::Admin => Err(Status::permission_denied("this call needs the admin token")),
-            };
-        }
-        Err(Status::unauthenticated("authorization: unknown token"))
-    }
 }
 
 impl From<AlerterError> for Status {
@@ -225,7 +169,7 @@ impl AlertService for AlertGrpc {
         &self,
         request: Request<pb::ListAlertsRequest>,
     ) -> Result<Response<pb::ListAlertsResponse>, Status> {
-        self.tokens.check(&request, Access::Read)?;
+        self.auth.check(request.metadata(), Role::Reader)?;
         let r = request.into_inner();
         let receiver = match &r.receiver {
             Some(re) => Some(
@@ -279,7 +223,7 @@ impl AlertService for AlertGrpc {
         &self,
         request: Request<pb::CreateSilenceRequest>,
     ) -> Result<Response<pb::CreateSilenceResponse>, Status> {
-        self.tokens.check(&request, Access::Admin)?;
+        self.auth.check(request.metadata(), Role::Admin)?;
         let r = request.into_inner();
         let id = match r.id.as_deref().filter(|s| !s.is_empty()) {
             Some(text) => Some(
@@ -325,7 +269,7 @@ impl AlertService for AlertGrpc {
         &self,
         request: Request<pb::ListSilencesRequest>,
     ) -> Result<Response<pb::ListSilencesResponse>, Status> {
-        self.tokens.check(&request, Access::Read)?;
+        self.auth.check(request.metadata(), Role::Reader)?;
         let r = request.into_inner();
         let state = pb::SilenceState::try_from(r.state)
             .map_err(|_| Status::invalid_argument("state: unknown value"))?;
@@ -369,7 +313,7 @@ impl AlertService for AlertGrpc {
         &self,
         request: Request<pb::ExpireSilenceRequest>,
     ) -> Result<Response<pb::ExpireSilenceResponse>, Status> {
-        self.tokens.check(&request, Access::Admin)?;
+        self.auth.check(request.metadata(), Role::Admin)?;
         let r = request.into_inner();
         let id = Uuid::parse_str(&r.id).map_err(|_| Status::invalid_argument("id: not a UUID"))?;
         let actor = if r.actor.is_empty() { "grpc" } else { &r.actor };
@@ -383,7 +327,7 @@ impl AlertService for AlertGrpc {
         &self,
         request: Request<pb::TestReceiverRequest>,
     ) -> Result<Response<pb::TestReceiverResponse>, Status> {
-        self.tokens.check(&request, Access::Admin)?;
+        self.auth.check(request.metadata(), Role::Admin)?;
         let r = request.into_inner();
         let severity = match pb::Severity::try_from(r.severity)
             .map_err(|_| Status::invalid_argument("severity: unknown value"))?
@@ -421,46 +365,6 @@ mod tests {
         assert!(page("abc", 1).is_err());
         assert_eq!(next_token(0, 10, 25), "10");
         assert_eq!(next_token(20, 10, 25), "");
-    }
-
-    #[test]
-    fn tokens_guard_reads_and_changes() {
-        let with = |token: Option<&str>| {
-            let mut request = Request::new(());
-            if let Some(token) = token {
-                request.metadata_mut().insert(
-                    "authorization",
-                    format!("Bearer {token}").parse().expect("ascii"),
-                );
-            }
-            request
-        };
-        let open = Tokens::default();
-        assert!(open.check(&with(None), Access::Admin).is_ok());
-        let tokens = Tokens {
-            admin: Some(Secret::new("adm1n")),
-            agent: Some(Secret::new("ag3nt")),
-        };
-        let table = [
-            (None, Access::Read, Some(tonic::Code::Unauthenticated)),
-            (
-                Some("wrong"),
-                Access::Read,
-                Some(tonic::Code::Unauthenticated),
-            ),
-            (Some("ag3nt"), Access::Read, None),
-            (
-                Some("ag3nt"),
-                Access::Admin,
-                Some(tonic::Code::PermissionDenied),
-            ),
-            (Some("adm1n"), Access::Admin, None),
-            (Some("adm1n"), Access::Read, None),
-        ];
-        for (token, access, expected) in table {
-            let got = tokens.check(&with(token), access).err().map(|s| s.code());
-            assert_eq!(got, expected, "{token:?}");
-        }
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub struct AlerterApp {
     http: TcpListener,
     alerter: Arc<Alerter>,
     queue: String,
-    tokens: grpc::Tokens,
+    auth: opsloop_core::auth::Auth,
 }
 
 impl AlerterApp {
@@ -70,7 +70,7 @@ impl AlerterApp {
             Some(infra.audit.clone()),
         )
         .await?;
-        let tokens = grpc::Tokens::from_secrets(&infra.secrets)?;
+        let auth = opsloop_core::auth::Auth::from_secrets(SERVICE, &infra.secrets)?;
         if infra.bus.kind() == "memory" {
             // The in-process bus drops what no queue is bound for: declare
             // the queue now, so alerts published by the other roles of
@@ -95,7 +95,7 @@ impl AlerterApp {
             http,
             alerter,
             queue: settings.queue,
-            tokens,
+            auth,
         })
     }
 
@@ -120,7 +120,7 @@ impl AlerterApp {
         health
             .set_serving::<opsloop_core::proto::v1::alert_service_server::AlertServiceServer<grpc::AlertGrpc>>()
             .await;
-        let routes = routes.add_service(grpc::server(self.alerter.clone(), self.tokens));
+        let routes = routes.add_service(grpc::server(self.alerter.clone(), self.auth));
         let router = opsloop_core::http::base_router(SERVICE, self.infra.readiness())
             .merge(api::router(self.alerter.clone()));
         let mut tasks = JoinSet::new();

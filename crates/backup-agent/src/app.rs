@@ -15,11 +15,11 @@ use tokio::task::JoinSet;
 
 use crate::SERVICE;
 use crate::agent::{Agent, AgentDeps, ScheduledBackup, ScheduledVerify};
-use crate::auth::Auth;
 use crate::config::{BackupConfig, BackupSettings};
 use crate::schedule::{Clock, SystemClock, run_schedule};
 use crate::service::BackupGrpc;
 use crate::store::LocalStore;
+use opsloop_core::auth::Auth;
 
 /// The daemon, built and bound, ready to run.
 pub struct BackupApp {
@@ -82,7 +82,7 @@ impl BackupApp {
     /// Serves until the infrastructure's shutdown token is cancelled.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let (routes, health) = opsloop_core::grpc::standard_routes()?;
-        let auth = Auth::from_secrets(&self.infra.secrets)?;
+        let auth = Auth::from_secrets(crate::SERVICE, &self.infra.secrets)?;
         let service = BackupServiceServer::new(BackupGrpc::new(self.agent.clone(), auth))
             .max_decoding_message_size(opsloop_core::grpc::MAX_DECODING_MESSAGE_SIZE);
         health

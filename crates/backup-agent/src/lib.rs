@@ -7,7 +7,6 @@
 pub mod agent;
 pub mod app;
 pub mod archive;
-pub mod auth;
 pub mod config;
 pub mod db;
 pub mod lease;

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::agent::{Agent, AgentError, status};
-use crate::auth::{Auth, Role};
+use opsloop_core::auth::{Auth, Role};
 
 const DEFAULT_PAGE_SIZE: u64 = 50;
 const MAX_PAGE_SIZE: u64 = 500;

@@ -4,6 +4,7 @@
 //! Daemons are thin: they wire these pieces together and run their own loop.
 
 pub mod audit;
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod daemon;

@@ -77,6 +77,22 @@ pub fn event_json(event: &events::Model) -> serde_json::Value {
     })
 }
 
+/// The W3C trace id (32 hex digits) of a `traceparent` header, if any.
+fn trace_id_of(headers: &BTreeMap<String, String>) -> Option<String> {
+    headers
+        .get("traceparent")
+        .and_then(|tp| tp.split('-').nth(1))
+        .filter(|id| id.len() == 32 && id.bytes().any(|b| b != b'0'))
+        .map(str::to_owned)
+}
+
+/// The trace id of the current span, when tracing exports one.
+pub fn current_trace_id() -> Option<String> {
+    let mut headers = BTreeMap::new();
+    crate::telemetry::inject_trace_context(&mut headers);
+    trace_id_of(&headers)
+}
+
 /// Writes the event and its outbox row in `tx`. The outbox's aggregate is
 /// the mission (else the proposal, else the event itself): the relay keeps
 /// order per aggregate.
@@ -87,11 +103,7 @@ pub(crate) async fn write_event(
 ) -> Result<events::Model> {
     let mut headers = BTreeMap::new();
     crate::telemetry::inject_trace_context(&mut headers);
-    let trace_id = headers
-        .get("traceparent")
-        .and_then(|tp| tp.split('-').nth(1))
-        .filter(|id| id.len() == 32 && *id != "0".repeat(32))
-        .map(str::to_owned);
+    let trace_id = trace_id_of(&headers);
     let id = Uuid::now_v7();
     let event = events::ActiveModel {
         seq: NotSet,

@@ -140,6 +140,27 @@ async fn write_policy(
         now,
     )
     .await?;
+    if let PolicyKey::EmergencyStop = key {
+        let engaged = change
+            .value
+            .get("engaged")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false);
+        let kind = if engaged {
+            "emergency_stop.engaged"
+        } else {
+            "emergency_stop.released"
+        };
+        write_event(
+            &tx,
+            EventRecord::api(
+                kind,
+                json!({"actor": change.actor, "reason": change.reason}),
+            ),
+            now,
+        )
+        .await?;
+    }
     let record = AuditRecord {
         at: now,
         actor: change.actor.to_owned(),

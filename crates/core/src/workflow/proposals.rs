@@ -61,6 +61,8 @@ pub async fn submit_proposal(
     now: DateTime<Utc>,
 ) -> Result<SubmitOutcome> {
     let now = db_now(now);
+    // Callers other than the api (triggers, reactions) get the same limits.
+    let proposal = proposal.validate(&crate::domain::input::Limits::DEFAULT)?;
     let tx = begin_write(db).await?;
     let id = Uuid::now_v7();
     let steps_json = serde_json::to_value(&proposal.steps)
@@ -78,7 +80,10 @@ pub async fn submit_proposal(
         parallel: Set(proposal.parallel),
         metadata: Set(proposal.metadata.clone()),
         policy_version: Set(0),
-        trace_id: Set(None),
+        trace_id: Set(proposal
+            .trace_id
+            .clone()
+            .or_else(super::events::current_trace_id)),
         decided_by: Set(None),
         decided_at: Set(None),
         created_at: Set(now),
@@ -394,7 +399,10 @@ async fn create_mission(
         now,
     )
     .await?;
-    metrics::counter!("opsloop_steps_total", "status" => "queued").increment(specs.len() as u64);
+    for spec in &specs {
+        metrics::counter!("opsloop_steps_total", "kind" => spec.kind.to_string(), "status" => "queued")
+            .increment(1);
+    }
     Ok(mission_id)
 }
 
