@@ -31,8 +31,19 @@ ensure_rabbitmq() {
   exit 1
 }
 
+# The alerter's end-to-end test drives a stock Prometheus (Debian package);
+# it skips, saying so, only when the package cannot be installed.
+ensure_prometheus() {
+  command -v prometheus >/dev/null && return
+  echo "test.sh: installing Debian's prometheus for the alerter's end-to-end test"
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }; then
+    echo "test.sh: could not install prometheus; its end-to-end test will report a skip" >&2
+  fi
+}
+
 ensure_postgres
 ensure_rabbitmq
+ensure_prometheus
 
 # Daemon process tests start the real binaries.
 cargo build --workspace --bins --quiet

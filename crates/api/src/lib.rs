@@ -3,7 +3,6 @@
 //! health, metrics and summary endpoints, and runs the outbox relay that
 //! publishes every event to the bus.
 
-pub mod auth;
 pub mod convert;
 pub mod services;
 
@@ -78,7 +77,7 @@ impl ApiApp {
         let settings: ApiSettings = infra.config.section("api")?;
         let grpc = bind("api.grpc_addr", &settings.grpc_addr).await?;
         let http = bind("api.http_addr", &settings.http_addr).await?;
-        let auth = auth::Auth::from_secrets(&infra.secrets)?;
+        let auth = opsloop_core::auth::Auth::from_secrets(SERVICE, &infra.secrets)?;
         let api = Api {
             db: infra.db.clone(),
             auth,

@@ -239,7 +239,7 @@ pub async fn alerts(command: AlertsCommand, globals: &Globals) -> anyhow::Result
                     "latency_ms": r.latency_ms,
                     "detail": r.detail,
                 }))?,
-                OutputFormat::Table => print!(
+                OutputFormat::Table => out!(
                     "{}",
                     fields(&[
                         ("receiver", receiver.clone()),
@@ -404,7 +404,7 @@ fn print_silence(s: &Silence, format: OutputFormat) -> anyhow::Result<()> {
     match format {
         OutputFormat::Json => output::print_json(&silence_json(s)),
         OutputFormat::Table => {
-            print!(
+            out!(
                 "{}",
                 fields(&[
                     ("id", s.id.clone()),

@@ -194,7 +194,7 @@ pub async fn run(command: BackupCommand, globals: &Globals) -> anyhow::Result<()
                     "error": opt_json(r.error.as_deref()),
                 }))?,
                 OutputFormat::Table => {
-                    print!(
+                    out!(
                         "{}",
                         fields(&[
                             (
@@ -221,8 +221,8 @@ pub async fn run(command: BackupCommand, globals: &Globals) -> anyhow::Result<()
                         stages.row(vec![s.stage.clone(), s.duration_ms.to_string()]);
                     }
                     if !stages.is_empty() {
-                        println!();
-                        print!("{}", stages.render());
+                        outln!();
+                        out!("{}", stages.render());
                     }
                     let mut mismatches = Table::new(&["TABLE", "EXPECTED ROWS", "RESTORED ROWS"]);
                     for m in &r.mismatches {
@@ -233,8 +233,8 @@ pub async fn run(command: BackupCommand, globals: &Globals) -> anyhow::Result<()
                         ]);
                     }
                     if !mismatches.is_empty() {
-                        println!();
-                        print!("{}", mismatches.render());
+                        outln!();
+                        out!("{}", mismatches.render());
                     }
                 }
             }
@@ -277,7 +277,7 @@ pub async fn run(command: BackupCommand, globals: &Globals) -> anyhow::Result<()
                     "row_counts": rows,
                 })),
                 OutputFormat::Table => {
-                    print!(
+                    out!(
                         "{}",
                         fields(&[
                             (
@@ -295,8 +295,8 @@ pub async fn run(command: BackupCommand, globals: &Globals) -> anyhow::Result<()
                         table.row(vec![name.clone(), count.to_string()]);
                     }
                     if !table.is_empty() {
-                        println!();
-                        print!("{}", table.render());
+                        outln!();
+                        out!("{}", table.render());
                     }
                     Ok(())
                 }
@@ -326,14 +326,14 @@ pub async fn run(command: BackupCommand, globals: &Globals) -> anyhow::Result<()
                 })),
                 OutputFormat::Table => {
                     if let Some(reason) = &r.refused_reason {
-                        println!("pruning would be REFUSED: {reason}");
+                        outln!("pruning would be REFUSED: {reason}");
                     }
-                    println!(
+                    outln!(
                         "retention as of {}: {}",
                         ts(r.evaluated_at.as_ref()),
                         output::one_line(&r.policy_json)
                     );
-                    println!();
+                    outln!();
                     let mut table =
                         Table::new(&["ACTION", "ID", "STARTED", "STATUS", "VERIFIED", "WHY"])
                             .max_cell(240);
@@ -406,7 +406,7 @@ fn print_backup(b: &Backup, format: OutputFormat) -> anyhow::Result<()> {
     match format {
         OutputFormat::Json => output::print_json(&backup_json(b)),
         OutputFormat::Table => {
-            print!(
+            out!(
                 "{}",
                 fields(&[
                     ("id", b.id.clone()),

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use opsloop_cli::client::Globals;
+use opsloop_cli::outln;
 use opsloop_core::config::{BusKind, ConfigSources, LogFormat};
 use opsloop_core::daemon::Infra;
 use opsloop_core::secrets::SecretStore;
@@ -109,27 +110,27 @@ async fn run_all(
     let alerter = opsloop_alerter::AlerterApp::build(infra.clone()).await?;
     let backup = opsloop_backup_agent::BackupApp::build(infra.clone()).await?;
 
-    println!("opsloop dev: every role in one process");
-    println!("  database          {database}");
-    println!("  bus               in-process");
-    println!(
+    outln!("opsloop dev: every role in one process");
+    outln!("  database          {database}");
+    outln!("  bus               in-process");
+    outln!(
         "  api               grpc://{}  http://{}",
         api.grpc_addr()?,
         api.http_addr()?
     );
-    println!("  heartbeat-worker  http://{}", heartbeat.http_addr()?);
-    println!(
+    outln!("  heartbeat-worker  http://{}", heartbeat.http_addr()?);
+    outln!(
         "  alerter           grpc://{}  http://{}",
         alerter.grpc_addr()?,
         alerter.http_addr()?
     );
-    println!(
+    outln!(
         "  backup-agent      grpc://{}  http://{}",
         backup.grpc_addr()?,
         backup.http_addr()?
     );
-    println!("  try: curl -s http://{}/readyz", api.http_addr()?);
-    println!("Ctrl-C stops every role.");
+    outln!("  try: curl -s http://{}/readyz", api.http_addr()?);
+    outln!("Ctrl-C stops every role.");
 
     let demo_run = {
         let api_addr = api.grpc_addr()?;
@@ -161,6 +162,7 @@ mod demo {
     use std::time::Duration;
 
     use opsloop_cli::client::{Connection, Daemon};
+    use opsloop_cli::outln;
     use opsloop_cli::worker::{StepHandler, StepOutcome, Worker, WorkerConfig, WorkerEvent};
     use opsloop_core::proto::v1::{
         GetMissionRequest, MissionStatus, ProposalSource, ProposalStatus, Step, StepSpec,
@@ -215,7 +217,7 @@ mod demo {
             eprintln!("demo: cannot reach the api at {endpoint}; no demo traffic");
             return;
         };
-        println!(
+        outln!(
             "demo: submitting {} proposals of steps analyze → draft → notify; an in-process worker runs them",
             if settings.proposals == 0 {
                 "a stream of".to_owned()
@@ -290,11 +292,12 @@ mod demo {
                     if let Some(p) = response.into_inner().proposal {
                         match p.status() {
                             ProposalStatus::Approved => {}
-                            ProposalStatus::Pending => println!(
+                            ProposalStatus::Pending => outln!(
                                 "demo: proposal {} is pending (auto_approve does not cover the demo kinds): opsloop proposal approve {}",
-                                p.id, p.id
+                                p.id,
+                                p.id
                             ),
-                            _ => println!(
+                            _ => outln!(
                                 "demo: proposal {} was rejected: {} {}",
                                 p.id,
                                 p.rejection_reason.unwrap_or_default(),
@@ -345,7 +348,7 @@ mod demo {
                     }
                     _ => "-".into(),
                 };
-                println!(
+                outln!(
                     "mission {} {}: \"{}\" ({} steps, ${:.4}, {took})",
                     m.id,
                     opsloop_cli::mission::mission_status(&m),
@@ -354,7 +357,7 @@ mod demo {
                     m.cost_usd
                 );
             }
-            Err(status) => println!("mission {mission_id} finished ({})", conn.error(status)),
+            Err(status) => outln!("mission {mission_id} finished ({})", conn.error(status)),
         }
     }
 

@@ -123,7 +123,7 @@ pub async fn run(command: EventCommand, globals: &Globals) -> anyhow::Result<()>
             match globals.output {
                 OutputFormat::Json => output::print_json(&event_json(&event)),
                 OutputFormat::Table => {
-                    print!(
+                    out!(
                         "{}",
                         fields(&[
                             ("id", event.id.clone()),
@@ -289,7 +289,7 @@ fn print_tailed(event: &Event, format: OutputFormat) -> anyhow::Result<()> {
                 event.source,
                 output::one_line(&event.payload_json)
             );
-            println!("{}", output::truncate(&line, 240));
+            outln!("{}", output::truncate(&line, 240));
             Ok(())
         }
     }

@@ -171,7 +171,7 @@ fn print_mission(mission: &Mission, format: OutputFormat) -> anyhow::Result<()> 
     match format {
         OutputFormat::Json => output::print_json(&mission_json(mission)),
         OutputFormat::Table => {
-            print!(
+            out!(
                 "{}",
                 fields(&[
                     ("id", mission.id.clone()),
@@ -185,7 +185,7 @@ fn print_mission(mission: &Mission, format: OutputFormat) -> anyhow::Result<()> 
                     ("finished", ts(mission.finished_at.as_ref())),
                 ])
             );
-            println!();
+            outln!();
             let mut table = Table::new(&[
                 "SEQ",
                 "STEP",

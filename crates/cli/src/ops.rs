@@ -108,8 +108,8 @@ pub async fn summary(args: SummaryArgs, globals: &Globals) -> anyhow::Result<()>
             "generatedAt": ts_json(summary.generated_at.as_ref()),
         })),
         OutputFormat::Table => {
-            println!("{period_word} summary since {}", ts(summary.since.as_ref()));
-            println!();
+            outln!("{period_word} summary since {}", ts(summary.since.as_ref()));
+            outln!();
             let mut table = Table::new(&["", "COUNTS"]);
             table.row(vec![
                 "proposals".into(),
@@ -133,7 +133,7 @@ pub async fn summary(args: SummaryArgs, globals: &Globals) -> anyhow::Result<()>
                 ),
             ]);
             table.row(vec!["events".into(), summary.total_events.to_string()]);
-            print!("{}", table.render());
+            out!("{}", table.render());
             Ok(())
         }
     }
@@ -184,7 +184,7 @@ pub async fn health(globals: &Globals) -> anyhow::Result<()> {
         })),
         OutputFormat::Table => {
             let spike = if h.failure_spike { " (SPIKE)" } else { "" };
-            print!(
+            out!(
                 "{}",
                 fields(&[
                     (
@@ -300,7 +300,7 @@ pub async fn emergency_stop(
                 ("by", opt(state.actor.as_deref())),
                 ("since", ts(state.changed_at.as_ref())),
             ]);
-            print!("{}", fields(&pairs));
+            out!("{}", fields(&pairs));
             Ok(())
         }
     }
@@ -358,11 +358,11 @@ pub async fn heartbeat(command: HeartbeatCommand, globals: &Globals) -> anyhow::
         OutputFormat::Json => output::print_json(&json_doc(&body)),
         OutputFormat::Table => {
             match serde_json::from_str::<Value>(&body) {
-                Ok(value) => println!("{}", serde_json::to_string_pretty(&value)?),
+                Ok(value) => outln!("{}", serde_json::to_string_pretty(&value)?),
                 Err(_) if body.trim().is_empty() => {
-                    println!("heartbeat tick done (HTTP {})", response.status)
+                    outln!("heartbeat tick done (HTTP {})", response.status)
                 }
-                Err(_) => println!("{}", body.trim()),
+                Err(_) => outln!("{}", body.trim()),
             }
             Ok(())
         }
@@ -409,7 +409,7 @@ fn percent(rate: f64) -> String {
 }
 
 fn print_report(r: &WeeklyReport) {
-    print!(
+    out!(
         "{}",
         fields(&[
             (
@@ -450,7 +450,7 @@ fn print_report(r: &WeeklyReport) {
             ("generated", ts(r.generated_at.as_ref())),
         ])
     );
-    println!();
+    outln!();
     let mut kinds = Table::new(&[
         "KIND",
         "TOTAL",
@@ -479,12 +479,12 @@ fn print_report(r: &WeeklyReport) {
         if list.is_empty() {
             continue;
         }
-        println!();
+        outln!();
         let mut table = Table::new(&[title, "COUNT"]);
         for item in list {
             table.row(vec![item.name.clone(), item.count.to_string()]);
         }
-        print!("{}", table.render());
+        out!("{}", table.render());
     }
 }
 

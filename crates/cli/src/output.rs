@@ -98,9 +98,9 @@ impl Table {
     /// Prints the table, or `empty` when it has no rows.
     pub fn print_or(&self, empty: &str) {
         if self.is_empty() {
-            println!("{empty}");
+            outln!("{empty}");
         } else {
-            print!("{}", self.render());
+            out!("{}", self.render());
         }
     }
 }
@@ -122,15 +122,41 @@ pub fn fields(pairs: &[(&str, String)]) -> String {
     out
 }
 
+/// Writes to stdout (plus a newline when `newline`); a closed stdout (the
+/// reader went away, as with `| head`) ends the process quietly with exit 0,
+/// any other write error with exit 1.
+pub fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(args)
+        .and_then(|()| {
+            if newline {
+                stdout.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| stdout.flush());
+    match written {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(error) => {
+            eprintln!("opsloop: cannot write to stdout: {error}");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// Prints one JSON document, pretty.
 pub fn print_json(value: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
 /// Prints one JSON document on one line (streams: JSON lines).
 pub fn print_json_line(value: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string(value)?);
+    outln!("{}", serde_json::to_string(value)?);
     Ok(())
 }
 

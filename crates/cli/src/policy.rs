@@ -66,7 +66,7 @@ pub async fn run(command: PolicyCommand, globals: &Globals) -> anyhow::Result<()
             match globals.output {
                 OutputFormat::Json => output::print_json(&policy_json(&policy)),
                 OutputFormat::Table => {
-                    print!("{}", policy_fields(&policy));
+                    out!("{}", policy_fields(&policy));
                     Ok(())
                 }
             }
@@ -105,8 +105,8 @@ pub async fn run(command: PolicyCommand, globals: &Globals) -> anyhow::Result<()
                     "previous_value": json_doc(&response.previous_value_json),
                 })),
                 OutputFormat::Table => {
-                    print!("{}", policy_fields(&policy));
-                    print!(
+                    out!("{}", policy_fields(&policy));
+                    out!(
                         "{}",
                         fields(&[(
                             "previous",

@@ -175,9 +175,9 @@ pub async fn run(
                 })),
                 OutputFormat::Table => {
                     if response.deduplicated {
-                        println!("deduplicated: the dedupe key is held by this earlier proposal");
+                        outln!("deduplicated: the dedupe key is held by this earlier proposal");
                     }
-                    print!("{}", proposal_fields(&proposal));
+                    out!("{}", proposal_fields(&proposal));
                     print_next_step(&proposal);
                     Ok(())
                 }
@@ -303,7 +303,7 @@ async fn list(args: ListArgs, globals: &Globals) -> anyhow::Result<()> {
 /// Prints the `--page-token` hint for the next page, if there is one.
 pub fn print_more(next_page_token: &str) {
     if !next_page_token.is_empty() {
-        println!("more: --page-token {next_page_token}");
+        outln!("more: --page-token {next_page_token}");
     }
 }
 
@@ -311,7 +311,7 @@ fn print_proposal(proposal: &Proposal, format: OutputFormat) -> anyhow::Result<(
     match format {
         OutputFormat::Json => output::print_json(&proposal_json(proposal)),
         OutputFormat::Table => {
-            print!("{}", proposal_fields(proposal));
+            out!("{}", proposal_fields(proposal));
             print_next_step(proposal);
             Ok(())
         }
@@ -321,9 +321,9 @@ fn print_proposal(proposal: &Proposal, format: OutputFormat) -> anyhow::Result<(
 fn print_next_step(proposal: &Proposal) {
     match (proposal.status(), proposal.mission_id.as_deref()) {
         (ProposalStatus::Approved, Some(mission)) => {
-            println!("\nnext: opsloop mission show {mission}")
+            outln!("\nnext: opsloop mission show {mission}")
         }
-        (ProposalStatus::Pending, _) => println!(
+        (ProposalStatus::Pending, _) => outln!(
             "\nnext: opsloop proposal approve {id}   (or: opsloop proposal reject {id} --reason …)",
             id = proposal.id
         ),

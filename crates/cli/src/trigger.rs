@@ -168,7 +168,7 @@ pub async fn run(command: TriggerCommand, globals: &Globals) -> anyhow::Result<(
                     output::print_json(&json!({ "deleted": trigger_json(&deleted) }))
                 }
                 OutputFormat::Table => {
-                    println!("deleted trigger {} ({})", deleted.name, deleted.id);
+                    outln!("deleted trigger {} ({})", deleted.name, deleted.id);
                     Ok(())
                 }
             }
@@ -277,7 +277,7 @@ fn print_trigger(t: &Trigger, format: OutputFormat) -> anyhow::Result<()> {
     match format {
         OutputFormat::Json => output::print_json(&trigger_json(t)),
         OutputFormat::Table => {
-            print!(
+            out!(
                 "{}",
                 fields(&[
                     ("id", t.id.clone()),

@@ -100,7 +100,7 @@ pub async fn run(args: WorkerArgs, globals: &Globals) -> anyhow::Result<()> {
         }
         OutputFormat::Table => {
             if args.once && stats.claimed == 0 {
-                println!("nothing to claim for {}", kinds.join(","));
+                outln!("nothing to claim for {}", kinds.join(","));
             } else if !args.once {
                 eprintln!(
                     "worker {worker_id} stopped: {} claimed, {} succeeded, {} failed, {} requeued, {} abandoned",
@@ -184,7 +184,7 @@ fn print_event(event: &WorkerEvent, format: OutputFormat) {
                         "mission_status": status_word(report.mission_status),
                         "elapsed_ms": u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
                     });
-                    println!("{line}");
+                    outln!("{line}");
                 }
                 OutputFormat::Table => {
                     let mission = match status_word(report.mission_status).as_str() {
@@ -196,7 +196,7 @@ fn print_event(event: &WorkerEvent, format: OutputFormat) {
                     } else {
                         format!(": {}", output::truncate(&output::one_line(&detail), 200))
                     };
-                    println!(
+                    outln!(
                         "step {} {} attempt {} {outcome} in {:.1}s{detail}{mission}",
                         step.id,
                         step.kind,

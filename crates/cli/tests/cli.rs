@@ -472,3 +472,31 @@ fn heartbeat_run_once_posts_and_reports() {
         &format!("HTTP 409 from POST {url}/run: a tick is running — "),
     );
 }
+
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let body = format!("{{\"padding\": \"{}\"}}", "x".repeat(256 * 1024));
+    let response: &'static str = Box::leak(
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_boxed_str(),
+    );
+    let (url, _request) = one_shot_http(response);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_opsloop"))
+        .args(["--endpoint", &url, "heartbeat", "run-once"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running the opsloop binary");
+    // The reader goes away before anything is printed, as with `| head -0`.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("waiting for opsloop");
+    assert!(out.status.success(), "exit {:?}", out.status);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

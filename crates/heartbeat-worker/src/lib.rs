@@ -1,47 +1,68 @@
-//! The heartbeat-worker daemon: the loop's clock (trigger rules, reactions,
-//! insight promotion, stale-step recovery, ops health, budget, summaries).
-//! Serves HTTP health and metrics.
+//! The heartbeat-worker daemon: the loop's clock. One leader at a time
+//! (lease row with a fencing token) ticks on an interval or cron schedule and
+//! on demand (`POST /run`), running the phases of DESIGN.md in order with
+//! their own budgets: trigger rules, reactions, insight promotion, stale
+//! recovery, ops health, budget, daily summary. Every instance also consumes
+//! `event.#` to queue reactions as events arrive.
+//!
+//! Pure decision code (conditions, matrix, promotion, budget, schedules)
+//! lives in [`rules`], [`matching`], [`reaction_matrix`], [`insight_rules`],
+//! [`guards`] and [`schedule`]; the database side in the phase modules.
+
+pub mod alerts;
+pub mod config;
+pub mod db;
+pub mod guards;
+pub mod heartbeat;
+pub mod insight_rules;
+pub mod insights;
+pub mod matching;
+pub mod ops;
+pub mod reaction_matrix;
+pub mod reactions;
+pub mod rules;
+pub mod schedule;
+pub mod template;
+pub mod triggers;
 
 use std::net::SocketAddr;
+use std::time::Duration as StdDuration;
 
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use chrono::Utc;
 use opsloop_core::daemon::{Endpoints, Infra, bind, serve_until_stopped};
-use serde::{Deserialize, Serialize};
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::HeartbeatSettings;
+pub use heartbeat::{Fault, Heartbeat, HeartbeatError, Phase, PhaseStatus, TickOutcome, TickReport};
 
 /// The service name in logs, metrics and the start line.
 pub const SERVICE: &str = "heartbeat-worker";
-
-/// The `[heartbeat]` config section.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct HeartbeatSettings {
-    /// HTTP listen address (health, readiness, metrics).
-    pub http_addr: String,
-}
-
-impl Default for HeartbeatSettings {
-    fn default() -> Self {
-        Self {
-            http_addr: "127.0.0.1:9755".into(),
-        }
-    }
-}
 
 /// The daemon, built and bound, ready to run.
 pub struct HeartbeatApp {
     infra: Infra,
     http: TcpListener,
+    heartbeat: Heartbeat,
 }
 
 impl HeartbeatApp {
-    /// Reads the `[heartbeat]` section and binds the listeners.
+    /// Reads and validates the `[heartbeat]` section and binds the listener.
     pub async fn build(infra: Infra) -> anyhow::Result<Self> {
         let settings: HeartbeatSettings = infra.config.section("heartbeat")?;
+        let heartbeat = Heartbeat::new(infra.db.clone(), Some(infra.audit.clone()), settings.clone())?;
         let http = bind("heartbeat.http_addr", &settings.http_addr).await?;
         Ok(Self {
             infra,
             http,
+            heartbeat,
         })
     }
 
@@ -50,15 +71,99 @@ impl HeartbeatApp {
         self.http.local_addr()
     }
 
-    /// Serves until the infrastructure's shutdown token is cancelled.
+    /// The heartbeat this daemon runs (tests tick it with their own clock).
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat.clone()
+    }
+
+    /// Serves HTTP and runs the tick loop and the reaction consumer until
+    /// the infrastructure's shutdown token is cancelled.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let grpc = None;
-        let router = opsloop_core::http::base_router(SERVICE, self.infra.readiness());
+        let router = opsloop_core::http::base_router(SERVICE, self.infra.readiness()).merge(
+            Router::new()
+                .route("/run", post(run_now))
+                .with_state(self.heartbeat.clone()),
+        );
+        let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+        {
+            let hb = self.heartbeat.clone();
+            let shutdown = self.infra.shutdown.clone();
+            tasks.spawn(async move {
+                run_loop(hb, shutdown).await;
+                Ok(())
+            });
+        }
+        let settings = self.heartbeat.settings().clone();
+        if settings.consume_events {
+            let db = self.infra.db.clone();
+            let bus = self.infra.bus.clone();
+            let shutdown = self.infra.shutdown.clone();
+            tasks.spawn(reactions::consume(db, bus, settings.reactions_queue, shutdown));
+        }
         let endpoints = Endpoints {
             service: SERVICE,
-            grpc,
+            grpc: None,
             http: (self.http, router),
         };
-        serve_until_stopped(&self.infra, endpoints, JoinSet::new()).await
+        serve_until_stopped(&self.infra, endpoints, tasks).await
+    }
+}
+
+/// `POST /run`: one tick now; 200 with the tick's result, 409 when this
+/// instance is standing by or a tick is running.
+async fn run_now(State(hb): State<Heartbeat>) -> Response {
+    match hb.tick(Utc::now()).await {
+        Ok(outcome @ TickOutcome::Ran(_)) => (StatusCode::OK, axum::Json(outcome)).into_response(),
+        Ok(outcome) => (StatusCode::CONFLICT, axum::Json(outcome)).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "on-demand tick failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"error": error.to_string()})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Ticks on schedule while leader; renews the lease every third of its
+/// length, and a standby that takes the lease over ticks at once.
+pub async fn run_loop(hb: Heartbeat, shutdown: CancellationToken) {
+    let renew_every = StdDuration::from_secs(hb.settings().lease_secs.div_ceil(3).max(1));
+    let mut leader = false;
+    let mut next_tick = Utc::now();
+    loop {
+        let now = Utc::now();
+        if now >= next_tick {
+            match hb.tick(now).await {
+                Ok(TickOutcome::Ran(_)) => leader = true,
+                Ok(TickOutcome::Skipped { reason, .. }) => {
+                    leader = reason == heartbeat::SkipReason::Overlap && leader;
+                }
+                Err(error) => tracing::warn!(%error, "tick failed"),
+            }
+            next_tick = hb.tick_schedule().next_after(now);
+        } else {
+            match hb.acquire_lease(now).await {
+                Ok(Some(grant)) if !leader => {
+                    leader = true;
+                    tracing::info!(instance = hb.instance_id(), fencing_token = grant.fencing_token,
+                        "took over as heartbeat leader");
+                    next_tick = now;
+                    continue;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => leader = false,
+                Err(error) => tracing::warn!(%error, "cannot renew the leader lease"),
+            }
+        }
+        let until_tick = (next_tick - Utc::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(until_tick.min(renew_every)) => {}
+        }
+    }
+    if leader && let Err(error) = hb.release_lease(Utc::now()).await {
+        tracing::warn!(%error, "cannot release the leader lease");
     }
 }

@@ -14,9 +14,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::{Api, invalid};
-use crate::auth::Role;
+use super::{Api, invalid, trace_headers};
 use crate::convert;
+use opsloop_core::auth::Role;
 
 /// How often a tail looks for new events.
 const TAIL_POLL: Duration = Duration::from_millis(200);
@@ -139,7 +139,7 @@ impl EventService for Api {
         &self,
         request: Request<pb::EmitEventRequest>,
     ) -> Result<Response<pb::EmitEventResponse>, Status> {
-        self.observe("EmitEvent", async {
+        self.observe("EmitEvent", trace_headers(&request), async {
             self.authorize(&request, Role::Agent)?;
             let req = request.into_inner();
             let mut event = NewEvent::parse(
@@ -166,7 +166,7 @@ impl EventService for Api {
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
-        self.observe("ListEvents", async {
+        self.observe("ListEvents", trace_headers(&request), async {
             self.authorize(&request, Role::Reader)?;
             let req = request.into_inner();
             let mut filter = filter_from(&req)?;
@@ -195,7 +195,7 @@ impl EventService for Api {
         &self,
         request: Request<pb::TailEventsRequest>,
     ) -> Result<Response<Self::TailEventsStream>, Status> {
-        self.observe("TailEvents", async {
+        self.observe("TailEvents", trace_headers(&request), async {
             self.authorize(&request, Role::Reader)?;
             let req = request.into_inner();
             if let Some(p) = &req.kind_pattern {

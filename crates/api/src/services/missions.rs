@@ -8,9 +8,9 @@ use opsloop_core::proto::v1::mission_service_server::MissionService;
 use opsloop_core::workflow::{self, ClaimOutcome, MissionFilter};
 use tonic::{Request, Response, Status};
 
-use super::{Api, actor, invalid, required};
-use crate::auth::Role;
+use super::{Api, actor, invalid, required, trace_headers};
 use crate::convert;
+use opsloop_core::auth::Role;
 
 fn lease(seconds: u32) -> Option<u32> {
     (seconds > 0).then_some(seconds)
@@ -37,7 +37,7 @@ impl MissionService for Api {
         &self,
         request: Request<pb::GetMissionRequest>,
     ) -> Result<Response<pb::GetMissionResponse>, Status> {
-        self.observe("GetMission", async {
+        self.observe("GetMission", trace_headers(&request), async {
             self.authorize(&request, Role::Reader)?;
             let id = convert::uuid("id", &request.get_ref().id)?;
             let view = workflow::get_mission(&self.db, id).await?;
@@ -52,7 +52,7 @@ impl MissionService for Api {
         &self,
         request: Request<pb::ListMissionsRequest>,
     ) -> Result<Response<pb::ListMissionsResponse>, Status> {
-        self.observe("ListMissions", async {
+        self.observe("ListMissions", trace_headers(&request), async {
             self.authorize(&request, Role::Reader)?;
             let req = request.into_inner();
             let status = match convert::enum_field::<pb::MissionStatus>("status", req.status)? {
@@ -98,7 +98,7 @@ impl MissionService for Api {
         &self,
         request: Request<pb::CancelMissionRequest>,
     ) -> Result<Response<pb::CancelMissionResponse>, Status> {
-        self.observe("CancelMission", async {
+        self.observe("CancelMission", trace_headers(&request), async {
             self.authorize(&request, Role::Admin)?;
             let req = request.into_inner();
             let id = convert::uuid("id", &req.id)?;
@@ -118,7 +118,7 @@ impl MissionService for Api {
         &self,
         request: Request<pb::ClaimStepRequest>,
     ) -> Result<Response<pb::ClaimStepResponse>, Status> {
-        self.observe("ClaimStep", async {
+        self.observe("ClaimStep", trace_headers(&request), async {
             self.authorize(&request, Role::Agent)?;
             let req = request.into_inner();
             let worker = worker(&req.worker_id)?;
@@ -160,7 +160,7 @@ impl MissionService for Api {
         &self,
         request: Request<pb::RenewLeaseRequest>,
     ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
-        self.observe("RenewLease", async {
+        self.observe("RenewLease", trace_headers(&request), async {
             self.authorize(&request, Role::Agent)?;
             let req = request.into_inner();
             let step_id = convert::uuid("step_id", &req.step_id)?;
@@ -185,7 +185,7 @@ impl MissionService for Api {
         &self,
         request: Request<pb::CompleteStepRequest>,
     ) -> Result<Response<pb::CompleteStepResponse>, Status> {
-        self.observe("CompleteStep", async {
+        self.observe("CompleteStep", trace_headers(&request), async {
             self.authorize(&request, Role::Agent)?;
             let req = request.into_inner();
             let step_id = convert::uuid("step_id", &req.step_id)?;
@@ -221,7 +221,7 @@ impl MissionService for Api {
         &self,
         request: Request<pb::FailStepRequest>,
     ) -> Result<Response<pb::FailStepResponse>, Status> {
-        self.observe("FailStep", async {
+        self.observe("FailStep", trace_headers(&request), async {
             self.authorize(&request, Role::Agent)?;
             let req = request.into_inner();
             let step_id = convert::uuid("step_id", &req.step_id)?;

@@ -11,6 +11,7 @@ mod policy;
 mod proposals;
 mod triggers;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,8 +23,9 @@ use opsloop_core::workflow::WorkflowError;
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
-use crate::auth::{Auth, Role};
+use opsloop_core::auth::{Auth, Role};
 
 /// Where "now" comes from; tests may pin it.
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
@@ -53,19 +55,25 @@ impl Api {
         self.auth.check(request.metadata(), role)
     }
 
-    /// Runs a handler, recording `opsloop_grpc_requests_total{method,code}`
-    /// and `opsloop_grpc_request_duration_seconds{method}`.
+    /// Runs a handler in a span (a child of the caller's W3C trace when the
+    /// request carries `traceparent`), recording
+    /// `opsloop_grpc_requests_total{method,code}` and
+    /// `opsloop_grpc_request_duration_seconds{method}`.
     async fn observe<T>(
         &self,
         method: &'static str,
+        trace: BTreeMap<String, String>,
         handler: impl Future<Output = Result<T, Status>>,
     ) -> Result<Response<T>, Status> {
+        let span = tracing::info_span!("grpc", method, code = tracing::field::Empty);
+        opsloop_core::telemetry::set_parent_from_headers(&span, &trace);
         let started = Instant::now();
-        let result = handler.await;
+        let result = handler.instrument(span.clone()).await;
         let code = match &result {
             Ok(_) => tonic::Code::Ok,
             Err(status) => status.code(),
         };
+        span.record("code", format!("{code:?}"));
         metrics::counter!("opsloop_grpc_requests_total", "method" => method, "code" => format!("{code:?}"))
             .increment(1);
         metrics::histogram!("opsloop_grpc_request_duration_seconds", "method" => method)
@@ -77,6 +85,17 @@ impl Api {
         }
         result.map(Response::new)
     }
+}
+
+/// The W3C trace context headers of a request's metadata.
+fn trace_headers<T>(request: &Request<T>) -> BTreeMap<String, String> {
+    ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|name| {
+            let value = request.metadata().get(name)?.to_str().ok()?;
+            Some((name.to_owned(), value.to_owned()))
+        })
+        .collect()
 }
 
 /// A validation error as a gRPC status (INVALID_ARGUMENT naming the field).

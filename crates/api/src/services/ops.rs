@@ -9,9 +9,9 @@ use opsloop_core::workflow::{self, SummaryFigures, SummaryPeriod, WorkflowError}
 use sea_orm::{EntityTrait, Statement};
 use tonic::{Request, Response, Status};
 
-use super::{Api, actor, required};
-use crate::auth::Role;
+use super::{Api, actor, required, trace_headers};
 use crate::convert;
+use opsloop_core::auth::Role;
 
 fn stop_state(stop: &EmergencyStop, changed_at: Option<DateTime<Utc>>) -> pb::EmergencyStopState {
     pb::EmergencyStopState {
@@ -80,7 +80,7 @@ impl OpsService for Api {
         &self,
         request: Request<pb::GetSummaryRequest>,
     ) -> Result<Response<pb::GetSummaryResponse>, Status> {
-        self.observe("GetSummary", async {
+        self.observe("GetSummary", trace_headers(&request), async {
             self.authorize(&request, Role::Reader)?;
             let period =
                 match convert::enum_field::<pb::SummaryPeriod>("period", request.get_ref().period)?
@@ -102,7 +102,7 @@ impl OpsService for Api {
         &self,
         request: Request<pb::GetHealthRequest>,
     ) -> Result<Response<pb::GetHealthResponse>, Status> {
-        self.observe("GetHealth", async {
+        self.observe("GetHealth", trace_headers(&request), async {
             self.authorize(&request, Role::Reader)?;
             let h = workflow::health(&self.db, self.now()).await?;
             Ok(pb::GetHealthResponse {
@@ -118,8 +118,8 @@ impl OpsService for Api {
                         &h.emergency_stop,
                         Some(h.emergency_stop_changed_at),
                     )),
-                    alert_cooldown_until: None,
-                    last_heartbeat_at: None,
+                    alert_cooldown_until: h.alert_cooldown_until.map(convert::ts),
+                    last_heartbeat_at: h.last_heartbeat_at.map(convert::ts),
                     cost_today_usd: h.cost_today_usd,
                     cost_month_usd: h.cost_month_usd,
                     generated_at: Some(convert::ts(h.generated_at)),
@@ -133,7 +133,7 @@ impl OpsService for Api {
         &self,
         request: Request<pb::EngageEmergencyStopRequest>,
     ) -> Result<Response<pb::EngageEmergencyStopResponse>, Status> {
-        self.observe("EngageEmergencyStop", async {
+        self.observe("EngageEmergencyStop", trace_headers(&request), async {
             self.authorize(&request, Role::Admin)?;
             let req = request.into_inner();
             let reason = required("reason", &req.reason, 1000)?;
@@ -158,7 +158,7 @@ impl OpsService for Api {
         &self,
         request: Request<pb::ReleaseEmergencyStopRequest>,
     ) -> Result<Response<pb::ReleaseEmergencyStopResponse>, Status> {
-        self.observe("ReleaseEmergencyStop", async {
+        self.observe("ReleaseEmergencyStop", trace_headers(&request), async {
             self.authorize(&request, Role::Admin)?;
             let req = request.into_inner();
             let reason = required("reason", &req.reason, 1000)?;
@@ -183,7 +183,7 @@ impl OpsService for Api {
         &self,
         request: Request<pb::GetWeeklyReportRequest>,
     ) -> Result<Response<pb::GetWeeklyReportResponse>, Status> {
-        self.observe("GetWeeklyReport", async {
+        self.observe("GetWeeklyReport", trace_headers(&request), async {
             self.authorize(&request, Role::Reader)?;
             let week_of = request
                 .get_ref()

@@ -7,9 +7,9 @@ use opsloop_core::proto::v1::policy_service_server::PolicyService;
 use opsloop_core::workflow::{self, PolicyChange};
 use tonic::{Request, Response, Status};
 
-use super::{Api, actor, invalid, optional, required};
-use crate::auth::Role;
+use super::{Api, actor, invalid, optional, required, trace_headers};
 use crate::convert;
+use opsloop_core::auth::Role;
 
 #[tonic::async_trait]
 impl PolicyService for Api {
@@ -17,7 +17,7 @@ impl PolicyService for Api {
         &self,
         request: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::GetPolicyResponse>, Status> {
-        self.observe("GetPolicy", async {
+        self.observe("GetPolicy", trace_headers(&request), async {
             self.authorize(&request, Role::Reader)?;
             let key = required("key", &request.get_ref().key, 64)?;
             let policy = workflow::get_policy(&self.db, &key).await?;
@@ -32,7 +32,7 @@ impl PolicyService for Api {
         &self,
         request: Request<pb::SetPolicyRequest>,
     ) -> Result<Response<pb::SetPolicyResponse>, Status> {
-        self.observe("SetPolicy", async {
+        self.observe("SetPolicy", trace_headers(&request), async {
             self.authorize(&request, Role::Admin)?;
             let req = request.into_inner();
             let key = required("key", &req.key, 64)?;
@@ -69,7 +69,7 @@ impl PolicyService for Api {
         &self,
         request: Request<pb::ListPoliciesRequest>,
     ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
-        self.observe("ListPolicies", async {
+        self.observe("ListPolicies", trace_headers(&request), async {
             self.authorize(&request, Role::Reader)?;
             let req = request.into_inner();
             let limit = workflow::page_size(req.page_size);

@@ -7,9 +7,9 @@ use opsloop_core::proto::v1::proposal_service_server::ProposalService;
 use opsloop_core::workflow::{self, ProposalFilter};
 use tonic::{Request, Response, Status};
 
-use super::{Api, actor, invalid, required};
-use crate::auth::Role;
+use super::{Api, actor, invalid, required, trace_headers};
 use crate::convert;
+use opsloop_core::auth::Role;
 
 fn source(value: i32) -> Result<ProposalSource, Status> {
     Ok(
@@ -70,7 +70,7 @@ impl ProposalService for Api {
         &self,
         request: Request<pb::SubmitProposalRequest>,
     ) -> Result<Response<pb::SubmitProposalResponse>, Status> {
-        self.observe("SubmitProposal", async {
+        self.observe("SubmitProposal", trace_headers(&request), async {
             self.authorize(&request, Role::Agent)?;
             let proposal = self.parse_submit(request.into_inner())?;
             let out = workflow::submit_proposal(&self.db, proposal, self.now()).await?;
@@ -86,7 +86,7 @@ impl ProposalService for Api {
         &self,
         request: Request<pb::GetProposalRequest>,
     ) -> Result<Response<pb::GetProposalResponse>, Status> {
-        self.observe("GetProposal", async {
+        self.observe("GetProposal", trace_headers(&request), async {
             self.authorize(&request, Role::Reader)?;
             let id = convert::uuid("id", &request.get_ref().id)?;
             let view = workflow::get_proposal(&self.db, id).await?;
@@ -101,7 +101,7 @@ impl ProposalService for Api {
         &self,
         request: Request<pb::ListProposalsRequest>,
     ) -> Result<Response<pb::ListProposalsResponse>, Status> {
-        self.observe("ListProposals", async {
+        self.observe("ListProposals", trace_headers(&request), async {
             self.authorize(&request, Role::Reader)?;
             let req = request.into_inner();
             let status = match convert::enum_field::<pb::ProposalStatus>("status", req.status)? {
@@ -152,7 +152,7 @@ impl ProposalService for Api {
         &self,
         request: Request<pb::ApproveProposalRequest>,
     ) -> Result<Response<pb::ApproveProposalResponse>, Status> {
-        self.observe("ApproveProposal", async {
+        self.observe("ApproveProposal", trace_headers(&request), async {
             self.authorize(&request, Role::Admin)?;
             let req = request.into_inner();
             let id = convert::uuid("id", &req.id)?;
@@ -178,7 +178,7 @@ impl ProposalService for Api {
         &self,
         request: Request<pb::RejectProposalRequest>,
     ) -> Result<Response<pb::RejectProposalResponse>, Status> {
-        self.observe("RejectProposal", async {
+        self.observe("RejectProposal", trace_headers(&request), async {
             self.authorize(&request, Role::Admin)?;
             let req = request.into_inner();
             let id = convert::uuid("id", &req.id)?;

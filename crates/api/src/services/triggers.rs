@@ -8,9 +8,9 @@ use opsloop_core::workflow;
 use opsloop_core::workflow::triggers::{NewTrigger, TriggerUpdate};
 use tonic::{Request, Response, Status};
 
-use super::{Api, actor, invalid, required};
-use crate::auth::Role;
+use super::{Api, actor, invalid, required, trace_headers};
 use crate::convert;
+use opsloop_core::auth::Role;
 
 impl Api {
     fn json(&self, field: &str, text: &str) -> Result<serde_json::Value, Status> {
@@ -40,7 +40,7 @@ impl TriggerService for Api {
         &self,
         request: Request<pb::CreateTriggerRequest>,
     ) -> Result<Response<pb::CreateTriggerResponse>, Status> {
-        self.observe("CreateTrigger", async {
+        self.observe("CreateTrigger", trace_headers(&request), async {
             self.authorize(&request, Role::Admin)?;
             let req = request.into_inner();
             let rule = NewTrigger {
@@ -73,7 +73,7 @@ impl TriggerService for Api {
         &self,
         request: Request<pb::ListTriggersRequest>,
     ) -> Result<Response<pb::ListTriggersResponse>, Status> {
-        self.observe("ListTriggers", async {
+        self.observe("ListTriggers", trace_headers(&request), async {
             self.authorize(&request, Role::Reader)?;
             let req = request.into_inner();
             let limit = workflow::page_size(req.page_size);
@@ -96,7 +96,7 @@ impl TriggerService for Api {
         &self,
         request: Request<pb::UpdateTriggerRequest>,
     ) -> Result<Response<pb::UpdateTriggerResponse>, Status> {
-        self.observe("UpdateTrigger", async {
+        self.observe("UpdateTrigger", trace_headers(&request), async {
             self.authorize(&request, Role::Admin)?;
             let req = request.into_inner();
             let id = convert::uuid("id", &req.id)?;
@@ -138,7 +138,7 @@ impl TriggerService for Api {
         &self,
         request: Request<pb::DeleteTriggerRequest>,
     ) -> Result<Response<pb::DeleteTriggerResponse>, Status> {
-        self.observe("DeleteTrigger", async {
+        self.observe("DeleteTrigger", trace_headers(&request), async {
             self.authorize(&request, Role::Admin)?;
             let req = request.into_inner();
             let id = convert::uuid("id", &req.id)?;

@@ -163,7 +163,26 @@ pub struct HealthFigures {
     pub emergency_stop_changed_at: DateTime<Utc>,
     pub cost_today_usd: f64,
     pub cost_month_usd: f64,
+    /// When the heartbeat last finished a tick.
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    /// Until when the heartbeat holds back a new failure-spike alert (its
+    /// cooldown rows named `ops_health…`).
+    pub alert_cooldown_until: Option<DateTime<Utc>>,
     pub generated_at: DateTime<Utc>,
+}
+
+async fn instant(
+    db: &impl ConnectionTrait,
+    sql: &str,
+    values: Vec<sea_orm::Value>,
+) -> Result<Option<DateTime<Utc>>> {
+    let row = db
+        .query_one_raw(stmt(db.get_database_backend(), sql, values))
+        .await?;
+    Ok(match row {
+        Some(row) => row.try_get::<Option<DateTime<Utc>>>("", "t")?,
+        None => None,
+    })
 }
 
 /// Failed attempts in the `ops_health` window (failures and retries),
@@ -230,6 +249,20 @@ pub async fn health(db: &impl ConnectionTrait, now: DateTime<Utc>) -> Result<Hea
         emergency_stop_changed_at: stop_changed_at,
         cost_today_usd: sum_cost(db, day_start).await?,
         cost_month_usd: sum_cost(db, month_start).await?,
+        last_heartbeat_at: instant(
+            db,
+            "SELECT finished_at AS t FROM heartbeat_runs WHERE finished_at IS NOT NULL \
+             ORDER BY finished_at DESC LIMIT 1",
+            vec![],
+        )
+        .await?,
+        alert_cooldown_until: instant(
+            db,
+            "SELECT until AS t FROM cooldowns WHERE name LIKE 'ops_health%' AND until > $1 \
+             ORDER BY until DESC LIMIT 1",
+            vec![now.into()],
+        )
+        .await?,
         generated_at: now,
     })
 }

@@ -4,8 +4,9 @@
 //! aggregate — and globally — is kept), and retries with backoff until the
 //! broker is back. Safe with several api replicas: on PostgreSQL a batch
 //! runs under a transaction-scoped advisory lock, so one replica relays at a
-//! time; on SQLite (one process) a single relay task is the only writer of
-//! `published_at`. Delivery is at least once; the message id is the event
+//! time; on SQLite (the embedded, single-process mode) passes are
+//! serialized by a process-wide lock, and the database's write lock is not
+//! held while waiting for the broker. Delivery is at least once; the message id is the event
 //! id, so consumers deduplicate.
 
 use std::collections::BTreeMap;
@@ -19,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 use super::{Result, db_now, stmt};
 use crate::bus::{Bus, BusMessage};
 use crate::store::entities::outbox;
+
+/// Serializes relay passes on SQLite within the process.
+static SQLITE_RELAY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Advisory lock key of the relay ("outbox" in ASCII).
 const RELAY_LOCK_KEY: i64 = 0x0000_6f75_7462_6f78;
@@ -56,6 +60,11 @@ pub struct RelayPass {
 /// Publishes one batch.
 pub async fn relay_once(db: &DatabaseConnection, bus: &dyn Bus, batch: u64) -> Result<RelayPass> {
     let backend = db.get_database_backend();
+    let _serial = if backend == DbBackend::Sqlite {
+        Some(SQLITE_RELAY.lock().await)
+    } else {
+        None
+    };
     let tx = db.begin().await?;
     if backend == DbBackend::Postgres {
         let row = tx

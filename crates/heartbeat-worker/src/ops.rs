@@ -1,0 +1,255 @@
+//! The operational phases: stale recovery (expired step leases, proposals
+//! pending too long — both through the workflow), ops health (a failure
+//! spike alert, once per persisted cooldown), the cost budget (a warning
+//! once per day/month, the emergency stop above the hard limit or after
+//! consecutive failures, with a critical alert) and the daily summary
+//! (once per cron occurrence). Every alert is an outbox row written in the
+//! same transaction as the cooldown or mark that makes it once-only.
+
+use chrono::{DateTime, Duration, Utc};
+use chrono_tz::Tz;
+use opsloop_core::domain::policy::{CostBudget, PolicyKey, PolicyValue};
+use opsloop_core::workflow::{self, SummaryPeriod, WorkflowError, db_now};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+use serde_json::{Value, json};
+
+use crate::alerts::{Alert, Severity, enqueue_alert};
+use crate::db::{self, begin_write, stmt};
+use crate::guards::{BudgetAction, Spend, evaluate_budget, failure_spike_due, periods};
+use crate::heartbeat::{Heartbeat, HeartbeatError};
+
+/// The persisted cooldown of the failure-spike alert.
+pub const FAILURE_SPIKE_COOLDOWN: &str = "ops_health.failure_spike";
+/// The mark of the last daily summary sent.
+pub const DAILY_SUMMARY_MARK: &str = "summary.daily";
+/// The actor recorded when the heartbeat engages the emergency stop.
+pub const ACTOR: &str = "heartbeat";
+
+pub async fn recover(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, HeartbeatError> {
+    let db = hb.db();
+    let steps = workflow::recover_stale_steps(db, now).await?;
+    let max_age = Duration::days(i64::from(hb.settings().stale_proposal_days));
+    let expired = workflow::expire_stale_proposals(db, max_age, now).await?;
+    Ok(json!({"requeued_steps": steps.requeued.len(), "failed_steps": steps.failed.len(),
+              "expired_proposals": expired.len()}))
+}
+
+pub async fn ops_health(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, HeartbeatError> {
+    let db = hb.db();
+    let now = db_now(now);
+    let figures = workflow::health(db, now).await?;
+    let policy = workflow::load_policy(db).await?;
+    let until = db::cooldown_until(db, FAILURE_SPIKE_COOLDOWN).await?;
+    let mut alerted = false;
+    if failure_spike_due(figures.step_failures_last_window, figures.failure_threshold, until, now) {
+        let cooldown = Duration::seconds(i64::from(policy.ops_health.cooldown_seconds));
+        let tx = begin_write(db).await?;
+        if db::claim_cooldown(&tx, FAILURE_SPIKE_COOLDOWN, now + cooldown, now).await? {
+            let alert = Alert::new(
+                "OpsFailureSpike",
+                Severity::Warning,
+                format!(
+                    "{} step failures in the last {} s (threshold {})",
+                    figures.step_failures_last_window,
+                    policy.ops_health.window_seconds,
+                    figures.failure_threshold
+                ),
+                format!(
+                    "{} step failures, {} pending proposals, {} queued and {} running steps, {} expired leases",
+                    figures.step_failures_last_window,
+                    figures.pending_proposals,
+                    figures.queued_steps,
+                    figures.running_steps,
+                    figures.expired_leases
+                ),
+            )
+            .annotation("failures", figures.step_failures_last_window)
+            .annotation("pending_proposals", figures.pending_proposals)
+            .annotation("threshold", figures.failure_threshold);
+            enqueue_alert(&tx, &alert, now).await?;
+            alerted = true;
+        }
+        tx.commit().await?;
+    }
+    Ok(json!({"failures": figures.step_failures_last_window, "threshold": figures.failure_threshold,
+              "pending_proposals": figures.pending_proposals, "alerted": alerted}))
+}
+
+async fn cost_policy(db: &impl ConnectionTrait) -> Result<CostBudget, HeartbeatError> {
+    let row = workflow::get_policy(db, "cost_budget").await?;
+    match PolicyValue::parse(&PolicyKey::CostBudget, &row.value) {
+        Ok(PolicyValue::CostBudget(p)) => Ok(p),
+        Ok(_) => Err(WorkflowError::Corrupt("cost_budget".into()).into()),
+        Err(e) => Err(WorkflowError::from(e).into()),
+    }
+}
+
+async fn cost_between(
+    db: &impl ConnectionTrait,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<f64, HeartbeatError> {
+    let row = db
+        .query_one_raw(stmt(
+            db.get_database_backend(),
+            "SELECT SUM(cost_usd) AS total FROM events \
+             WHERE created_at >= $1 AND created_at <= $2 AND cost_usd IS NOT NULL",
+            vec![db_now(from).into(), db_now(to).into()],
+        ))
+        .await?;
+    Ok(match row {
+        Some(row) => row.try_get::<Option<f64>>("", "total")?.unwrap_or(0.0),
+        None => 0.0,
+    })
+}
+
+/// Terminal step outcomes since `since`, newest first, counted while failed.
+async fn consecutive_failures(
+    db: &impl ConnectionTrait,
+    since: DateTime<Utc>,
+    limit: u32,
+) -> Result<u32, HeartbeatError> {
+    let rows = db
+        .query_all_raw(stmt(
+            db.get_database_backend(),
+            &format!(
+                "SELECT status FROM mission_steps WHERE status IN ('succeeded', 'failed') \
+                 AND finished_at > $1 ORDER BY finished_at DESC LIMIT {}",
+                limit.max(1)
+            ),
+            vec![since.into()],
+        ))
+        .await?;
+    let mut n = 0;
+    for row in rows {
+        if row.try_get::<String>("", "status")? != "failed" {
+            break;
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+pub async fn budget(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, HeartbeatError> {
+    let db = hb.db();
+    let now = db_now(now);
+    let policy = cost_policy(db).await?;
+    let tz: Tz = policy.timezone.parse().unwrap_or(chrono_tz::UTC);
+    let p = periods(now, tz);
+    let (stop, stop_changed_at) = workflow::emergency_stop_state(db).await?;
+    let spend = Spend {
+        today_usd: cost_between(db, p.day_start, now).await?,
+        month_usd: cost_between(db, p.month_start, now).await?,
+        consecutive_failures: consecutive_failures(db, stop_changed_at, policy.max_consecutive_failures)
+            .await?,
+    };
+    let mut sent = Vec::new();
+    for action in evaluate_budget(&policy, &spend) {
+        match action {
+            BudgetAction::DailyWarning { spent, limit, ratio } => {
+                let alert = Alert::new(
+                    "OpsBudgetDailyWarning",
+                    Severity::Warning,
+                    format!("cost today ${spent:.2} reached {:.0} % of the daily budget ${limit:.2}", ratio * 100.0),
+                    format!("day {} ({}): ${spent:.2} of ${limit:.2}", p.day_key, policy.timezone),
+                )
+                .label("period", &p.day_key)
+                .annotation("spent_usd", format!("{spent:.2}"))
+                .annotation("budget_usd", format!("{limit:.2}"));
+                if once_per_period(db, &format!("budget.daily_warning:{}", p.day_key), p.day_end, &alert, now).await? {
+                    sent.push("daily_warning");
+                }
+            }
+            BudgetAction::MonthlyWarning { spent, limit, ratio } => {
+                let alert = Alert::new(
+                    "OpsBudgetMonthlyWarning",
+                    Severity::Warning,
+                    format!("cost this month ${spent:.2} reached {:.0} % of the monthly budget ${limit:.2}", ratio * 100.0),
+                    format!("month {} ({}): ${spent:.2} of ${limit:.2}", p.month_key, policy.timezone),
+                )
+                .label("period", &p.month_key)
+                .annotation("spent_usd", format!("{spent:.2}"))
+                .annotation("budget_usd", format!("{limit:.2}"));
+                if once_per_period(db, &format!("budget.monthly_warning:{}", p.month_key), p.month_end, &alert, now).await? {
+                    sent.push("monthly_warning");
+                }
+            }
+            BudgetAction::HardStop { reason } => {
+                let mark = format!("budget.emergency_stop:{}", p.day_key);
+                // Once per day: a human release the same day stands.
+                let already = db::cooldown_until(db, &mark).await?.is_some_and(|until| until > now);
+                if stop.engaged || already {
+                    continue;
+                }
+                let change =
+                    workflow::engage_emergency_stop(db, ACTOR, &reason, hb.inner.audit.as_deref(), now)
+                        .await?;
+                let alert = Alert::new(
+                    "OpsEmergencyStop",
+                    Severity::Critical,
+                    "emergency stop engaged by the heartbeat".into(),
+                    format!("{reason}; nothing is approved or handed to workers until a human releases it"),
+                )
+                .annotation("reason", &reason)
+                .annotation("spent_today_usd", format!("{:.2}", spend.today_usd));
+                if once_per_period(db, &mark, p.day_end, &alert, now).await? && change.changed {
+                    sent.push("emergency_stop");
+                }
+            }
+        }
+    }
+    Ok(json!({"today_usd": spend.today_usd, "month_usd": spend.month_usd,
+              "consecutive_failures": spend.consecutive_failures, "sent": sent}))
+}
+
+/// Claims the cooldown `name` until `until` and enqueues `alert`, in one
+/// transaction. True when this call sent it.
+async fn once_per_period(
+    db: &DatabaseConnection,
+    name: &str,
+    until: DateTime<Utc>,
+    alert: &Alert,
+    now: DateTime<Utc>,
+) -> Result<bool, HeartbeatError> {
+    let tx = begin_write(db).await?;
+    let claimed = db::claim_cooldown(&tx, name, until, now).await?;
+    if claimed {
+        enqueue_alert(&tx, alert, now).await?;
+    }
+    tx.commit().await?;
+    Ok(claimed)
+}
+
+pub async fn daily_summary(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, HeartbeatError> {
+    let db = hb.db();
+    let now = db_now(now);
+    let last = db::cooldown_until(db, DAILY_SUMMARY_MARK).await?;
+    let schedule = &hb.inner.summary_schedule;
+    let Some(occurrence) = schedule.due(last, now, Duration::hours(25)) else {
+        return Ok(json!({"due": false}));
+    };
+    let figures = workflow::summary(db, SummaryPeriod::Daily, now).await?;
+    let figures_json = serde_json::to_value(&figures).unwrap_or(Value::Null);
+    let count = |map: &std::collections::BTreeMap<String, i64>, key: &str| map.get(key).copied().unwrap_or(0);
+    let alert = Alert::new(
+        "OpsDailySummary",
+        Severity::Info,
+        format!(
+            "last 24 h: {} proposals, {} missions succeeded, {} failed, {} events",
+            figures.proposals.values().sum::<i64>(),
+            count(&figures.missions, "succeeded"),
+            count(&figures.missions, "failed"),
+            figures.total_events
+        ),
+        figures_json.to_string(),
+    )
+    .label("period", occurrence.with_timezone(&chrono_tz::UTC).format("%Y-%m-%dT%H:%MZ"))
+    .annotation("figures", figures_json.to_string());
+    let tx = begin_write(db).await?;
+    let sent = db::advance_mark(&tx, DAILY_SUMMARY_MARK, occurrence, now).await?;
+    if sent {
+        enqueue_alert(&tx, &alert, now).await?;
+    }
+    tx.commit().await?;
+    Ok(json!({"due": true, "occurrence": occurrence, "sent": sent}))
+}

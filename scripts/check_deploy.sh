@@ -1,0 +1,499 @@
+#!/usr/bin/env bash
+# Static checks of the deployment files, each by the tool that knows the
+# format (no Docker engine, no build):
+#   compose     docker-compose 1.29 `config -q`, with and without the
+#               `monitoring` profile; services, ports, health probes and
+#               mounted paths agree; opsloop.toml keys exist in the code
+#   docker      Dockerfiles: stages, COPY sources, every workspace member and
+#               binary covered by the dependency layer
+#   systemd     `systemd-analyze verify` of every unit under a scratch root
+#               whose /usr/local/bin holds only the binaries Cargo builds;
+#               `systemd-analyze security --offline=yes` (report kept in
+#               docs/systemd-security.txt, fails above SECURITY_THRESHOLD)
+#   prometheus  `promtool check config`, `check rules`, `test rules`
+#   grafana     JSON, provisioning, and every panel query names a metric the
+#               daemons export (or a recording rule)
+#   scripts     `bash -n` and shellcheck of the operations scripts
+# Installs what it needs from Debian once (quietly). Exits non-zero naming
+# the failed check. STRICT_METRICS=1 also fails when an alert rule needs a
+# metric no daemon exports yet (otherwise listed as a note).
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 2
+ROOT="$PWD"
+SECURITY_THRESHOLD="${SECURITY_THRESHOLD:-2.5}"
+started=$(date +%s)
+failed=()
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+say() { printf '%s\n' "$*"; }
+pass() { say "ok   $1"; }
+fail() { say "FAIL $1"; failed+=("$1"); }
+
+# ---------------------------------------------------------------- tools --
+ensure_tools() {
+  local missing=()
+  command -v docker-compose >/dev/null || missing+=(docker-compose)
+  command -v promtool >/dev/null || missing+=(prometheus)
+  command -v systemd-analyze >/dev/null || missing+=(systemd)
+  command -v shellcheck >/dev/null || missing+=(shellcheck)
+  [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import yaml' 2>/dev/null || missing+=(python3 python3-yaml)
+  if ((${#missing[@]})); then
+    if ! { apt-get update -qq >/dev/null 2>&1 &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1; }; then
+      say "check_deploy: cannot install ${missing[*]} (apt-get failed)" >&2
+      exit 2
+    fi
+  fi
+}
+ensure_tools
+PY=/usr/bin/python3
+
+# -------------------------------------------------------------- compose --
+check_compose() {
+  local file=deploy/compose/docker-compose.yml out
+  # A scratch secrets dir so the check never depends on local secrets.
+  mkdir -p "$work/secrets"
+  for s in database_url amqp_url admin_token agent_token slack_webhook_url \
+    discord_webhook_url postgres_password rabbitmq_password grafana_admin_password; do
+    echo "x" >"$work/secrets/$s"
+  done
+  export OPSLOOP_SECRETS_DIR="$work/secrets"
+  if out=$(docker-compose -f "$file" config -q 2>&1); then pass "compose: config -q"; else
+    say "$out"; fail "compose: docker-compose config -q"
+  fi
+  if out=$(COMPOSE_PROFILES=monitoring docker-compose -f "$file" config -q 2>&1); then
+    pass "compose: config -q (profile monitoring)"
+  else
+    say "$out"; fail "compose: docker-compose config -q (profile monitoring)"
+  fi
+  docker-compose -f "$file" config >"$work/compose.yml" 2>/dev/null
+  COMPOSE_PROFILES=monitoring docker-compose -f "$file" config >"$work/compose-monitoring.yml" 2>/dev/null
+  if out=$("$PY" - "$work/compose.yml" "$work/compose-monitoring.yml" "$ROOT" <<'PY' 2>&1
+import os, re, sys, tomllib, glob, yaml
+base = yaml.safe_load(open(sys.argv[1]))
+mon = yaml.safe_load(open(sys.argv[2]))
+root = sys.argv[3]
+errors = []
+want = {"postgres", "rabbitmq", "migrate", "api", "heartbeat-worker", "alerter", "backup-agent"}
+# docker-compose 1.29's `config` lists every service whatever the profile:
+# the profile membership is checked on the service itself.
+if set(mon["services"]) != want | {"prometheus", "grafana"}:
+    errors.append(f"services {sorted(mon['services'])} != {sorted(want | {'prometheus', 'grafana'})}")
+for name, svc in mon["services"].items():
+    profiles = svc.get("profiles", [])
+    if name in want and profiles:
+        errors.append(f"{name}: must run without a profile, has {profiles}")
+    if name not in want and profiles != ["monitoring"]:
+        errors.append(f"{name}: must be in profile monitoring only, has {profiles}")
+daemons = {"api": ("API", 9754), "heartbeat-worker": ("HEARTBEAT", 9755),
+           "alerter": ("ALERTER", 9756), "backup-agent": ("BACKUP", 9757)}
+for name, (section, port) in daemons.items():
+    svc = base["services"][name]
+    env = svc.get("environment", {})
+    if env.get(f"OPSLOOP__{section}__HTTP_ADDR") != f"0.0.0.0:{port}":
+        errors.append(f"{name}: OPSLOOP__{section}__HTTP_ADDR must be 0.0.0.0:{port}")
+    if str(port) not in " ".join(map(str, svc["healthcheck"]["test"])):
+        errors.append(f"{name}: healthcheck does not probe port {port}")
+    published = [str(p.get("target")) if isinstance(p, dict) else str(p).split("/")[0] for p in svc.get("ports", [])]
+    if not any(p.endswith(f":{port}") or p == str(port) for p in published):
+        errors.append(f"{name}: HTTP port {port} not published")
+    deps = svc.get("depends_on", {})
+    for dep, cond in (("postgres", "service_healthy"), ("rabbitmq", "service_healthy"),
+                      ("migrate", "service_completed_successfully")):
+        if deps.get(dep, {}).get("condition") != cond:
+            errors.append(f"{name}: depends_on {dep} must be condition {cond}")
+    for key in ("restart", "mem_limit", "cpus"):
+        if key not in svc:
+            errors.append(f"{name}: no {key}")
+    for s in svc.get("secrets", []):
+        target = s["source"] if isinstance(s, dict) else s
+        if target not in base.get("secrets", {}):
+            errors.append(f"{name}: unknown secret {target}")
+if base["services"]["migrate"].get("command") != ["opsloop", "migrate", "up"]:
+    errors.append("migrate must run `opsloop migrate up`")
+for name in ("postgres", "rabbitmq"):
+    if "healthcheck" not in base["services"][name]:
+        errors.append(f"{name}: no healthcheck")
+# Bind-mounted files exist in the repository.
+for doc in (base, mon):
+    for name, svc in doc["services"].items():
+        for v in svc.get("volumes", []):
+            src = v.get("source") if isinstance(v, dict) else v.split(":")[0]
+            kind = v.get("type") if isinstance(v, dict) else ("bind" if src.startswith(("/", ".")) else "volume")
+            if kind == "bind" and not os.path.exists(src):
+                errors.append(f"{name}: bind mount source {src} does not exist")
+        b = svc.get("build")
+        if b:
+            df = os.path.join(b["context"], b.get("dockerfile", "Dockerfile"))
+            if not os.path.isfile(df):
+                errors.append(f"{name}: Dockerfile {df} does not exist")
+# opsloop.toml: TOML, and every key is a field of the settings struct that
+# reads it (the daemons reject unknown keys at start).
+cfg = tomllib.load(open(os.path.join(root, "deploy/compose/opsloop.toml"), "rb"))
+src = {}
+for path in glob.glob(os.path.join(root, "crates/*/src/**/*.rs"), recursive=True):
+    src[path] = open(path, encoding="utf-8").read()
+allsrc = "\n".join(src.values())
+known_sections = {"database", "bus", "telemetry", "shutdown", "audit", "api", "heartbeat", "alerter", "backup"}
+def walk(prefix, table):
+    for key, value in table.items():
+        if not prefix and key not in known_sections and not isinstance(value, dict):
+            if not re.search(rf"pub {re.escape(key)}:", allsrc):
+                errors.append(f"opsloop.toml: unknown key {key}")
+            continue
+        if not prefix and key not in known_sections:
+            errors.append(f"opsloop.toml: unknown section [{key}]")
+            continue
+        if prefix and not re.search(rf"pub {re.escape(key)}:", allsrc):
+            errors.append(f"opsloop.toml: [{prefix}] key {key} is not a settings field in crates/")
+        if isinstance(value, dict):
+            walk(f"{prefix}.{key}" if prefix else key, value)
+walk("", cfg)
+print("\n".join(errors))
+sys.exit(1 if errors else 0)
+PY
+  ); then pass "compose: services, ports, probes, mounts, opsloop.toml keys"; else
+    say "$out"; fail "compose: structure"
+  fi
+  unset OPSLOOP_SECRETS_DIR
+}
+
+# --------------------------------------------------------------- docker --
+check_docker() {
+  local out
+  if out=$("$PY" - "$ROOT" <<'PY' 2>&1
+import glob, os, re, sys, tomllib
+root = sys.argv[1]
+errors = []
+ws = tomllib.load(open(os.path.join(root, "Cargo.toml"), "rb"))
+members = ws["workspace"]["members"]
+bins = set()
+for m in members:
+    man = tomllib.load(open(os.path.join(root, m, "Cargo.toml"), "rb"))
+    for b in man.get("bin", []):
+        bins.add(b["name"])
+want_bins = {"opsloop", "opsloop-api", "opsloop-heartbeat-worker", "opsloop-alerter", "opsloop-backup-agent"}
+if not want_bins <= bins:
+    errors.append(f"workspace binaries {sorted(bins)} lack {sorted(want_bins - bins)}")
+
+def instructions(path):
+    text = open(path).read()
+    text = re.sub(r"\\\n", " ", text)
+    out = []
+    for n, line in enumerate(text.split("\n"), 1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        word, _, rest = s.partition(" ")
+        out.append((word.upper(), rest.strip()))
+    return out
+
+KNOWN = {"FROM", "RUN", "COPY", "ADD", "ARG", "ENV", "LABEL", "WORKDIR", "USER", "EXPOSE",
+         "HEALTHCHECK", "ENTRYPOINT", "CMD", "VOLUME", "STOPSIGNAL", "SHELL", "ONBUILD"}
+for df in ("deploy/docker/Dockerfile", "deploy/docker/Dockerfile.runtime"):
+    path = os.path.join(root, df)
+    ins = instructions(path)
+    stages, args, copied_manifests = [], set(), set()
+    has = {k: False for k in ("USER", "HEALTHCHECK", "LABEL")}
+    for word, rest in ins:
+        if word not in KNOWN:
+            errors.append(f"{df}: unknown instruction {word}")
+        if word == "ARG":
+            args.add(rest.split("=")[0])
+        if word == "FROM":
+            parts = rest.split()
+            image = parts[0]
+            m = re.fullmatch(r"\$\{?(\w+)\}?", image)
+            if m and m.group(1) not in args:
+                errors.append(f"{df}: FROM uses undeclared ARG {m.group(1)}")
+            if not m and ":" not in image and image not in stages:
+                errors.append(f"{df}: FROM {image}: neither a stage nor a tagged image")
+            if len(parts) == 3 and parts[1].upper() == "AS":
+                stages.append(parts[2])
+        if word in has:
+            has[word] = True
+        if word in ("COPY", "ADD"):
+            parts = rest.split()
+            flags = [p for p in parts if p.startswith("--")]
+            paths = [p for p in parts if not p.startswith("--")]
+            srcs = paths[:-1]
+            frm = [f.split("=", 1)[1] for f in flags if f.startswith("--from=")]
+            if frm:
+                if frm[0] not in stages:
+                    errors.append(f"{df}: COPY --from={frm[0]} names no earlier stage")
+                continue
+            for s in srcs:
+                if s.startswith("target/release/"):
+                    if s.rsplit("/", 1)[1] not in bins:
+                        errors.append(f"{df}: {s} is not a binary the workspace builds")
+                    continue
+                if not glob.glob(os.path.join(root, s)):
+                    errors.append(f"{df}: COPY source {s} does not exist in the repository")
+                if s.endswith("Cargo.toml"):
+                    copied_manifests.add(os.path.dirname(s))
+    for k, v in has.items():
+        if not v:
+            errors.append(f"{df}: no {k}")
+    text = open(path).read()
+    if df.endswith("Dockerfile"):
+        # The dependency layer must know every workspace member, and the
+        # release build must name every binary the image ships.
+        for m in members:
+            if m not in copied_manifests:
+                errors.append(f"{df}: workspace member {m} has no manifest COPY in the dependency layer")
+        for b in want_bins:
+            if f"target/release/$bin" not in text or b not in text:
+                errors.append(f"{df}: binary {b} not built/copied")
+        if "protoc" in text.replace("no protoc", ""):
+            pass
+    for b in want_bins:
+        if not re.search(rf"\b{re.escape(b)}\b", text):
+            errors.append(f"{df}: does not ship {b}")
+print("\n".join(errors))
+sys.exit(1 if errors else 0)
+PY
+  ); then pass "docker: Dockerfile and Dockerfile.runtime stages, COPY sources, members, binaries"; else
+    say "$out"; fail "docker: Dockerfiles"
+  fi
+  if out=$(bash -n deploy/docker/healthcheck.sh 2>&1 && shellcheck deploy/docker/healthcheck.sh 2>&1); then
+    pass "docker: healthcheck.sh (bash -n, shellcheck)"
+  else
+    say "$out"; fail "docker: healthcheck.sh"
+  fi
+}
+
+# -------------------------------------------------------------- systemd --
+check_systemd() {
+  local sroot="$work/sysroot" unit out ok=1 report="$work/security.txt"
+  mkdir -p "$sroot/etc/systemd/system" "$sroot/usr/local/bin" "$sroot/usr/lib/systemd" "$sroot/etc/opsloop"
+  # The distribution's units (targets, sockets) the opsloop units refer to.
+  cp -a /usr/lib/systemd/system "$sroot/usr/lib/systemd/"
+  # Only the binaries Cargo builds exist: a wrong ExecStart path fails.
+  for b in $("$PY" - <<'PY'
+import tomllib, os
+ws = tomllib.load(open("Cargo.toml", "rb"))
+for m in ws["workspace"]["members"]:
+    for b in tomllib.load(open(os.path.join(m, "Cargo.toml"), "rb")).get("bin", []):
+        print(b["name"])
+PY
+  ); do
+    printf '#!/bin/sh\nexit 0\n' >"$sroot/usr/local/bin/$b"
+    chmod +x "$sroot/usr/local/bin/$b"
+  done
+  cp deploy/systemd/*.service deploy/systemd/*.target "$sroot/etc/systemd/system/"
+  for unit in deploy/systemd/*.service deploy/systemd/*.target; do
+    unit=$(basename "$unit")
+    # verify warns (exit 0) on unknown keys: any output is a failure too.
+    if out=$(systemd-analyze verify --root="$sroot" "$sroot/etc/systemd/system/$unit" 2>&1) && [[ -z "$out" ]]; then
+      :
+    else
+      say "$out"; ok=0; fail "systemd: verify $unit"
+    fi
+  done
+  ((ok)) && pass "systemd: systemd-analyze verify (6 units)"
+  # Required directives, so a dropped hardening line cannot pass unnoticed.
+  ok=1
+  for unit in deploy/systemd/opsloop-{api,heartbeat-worker,alerter,backup-agent}.service; do
+    for d in Type=notify WatchdogSec=30 Restart=on-failure LoadCredential=database_url:/etc/opsloop/credentials/database_url \
+      LoadCredential=amqp_url:/etc/opsloop/credentials/amqp_url DynamicUser=yes \
+      StateDirectory=opsloop LogsDirectory=opsloop \
+      Environment=OPSLOOP__AUDIT__LOG_PATH=/var/log/opsloop/audit_events.jsonl \
+      ProtectSystem=strict NoNewPrivileges=yes PrivateTmp=yes ProtectHome=yes \
+      "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6" SystemCallFilter=@system-service \
+      CapabilityBoundingSet= LockPersonality=yes MemoryDenyWriteExecute=yes ProtectKernelTunables=yes \
+      ProtectKernelModules=yes ProtectKernelLogs=yes ProtectControlGroups=yes RestrictNamespaces=yes \
+      RestrictRealtime=yes SystemCallArchitectures=native; do
+      grep -qxF "$d" "$unit" || { say "$unit: missing $d"; ok=0; }
+    done
+  done
+  grep -qx 'Type=oneshot' deploy/systemd/opsloop-migrate.service || { say "opsloop-migrate.service: not oneshot"; ok=0; }
+  if ((ok)); then pass "systemd: required directives"; else fail "systemd: required directives"; fi
+  # Exposure scores (offline: from the unit files alone).
+  {
+    echo "# systemd-analyze security --offline=yes (systemd $(systemd-analyze --version | head -1 | awk '{print $2}'))"
+    echo "# Generated by scripts/check_deploy.sh; lower is better (0 = fully locked down, 10 = unprotected)."
+    echo "# The check fails above ${SECURITY_THRESHOLD}."
+    echo
+  } >"$report"
+  ok=1
+  local summary=""
+  for unit in deploy/systemd/*.service; do
+    unit=$(basename "$unit")
+    out=$(systemd-analyze security --offline=yes --root="$sroot" --no-pager "$unit" 2>&1)
+    local rc=$?
+    local score
+    score=$(sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p' <<<"$out")
+    summary+="$(printf '%-34s %s' "$unit" "${score:-?}")"$'\n'
+    if ((rc != 0)) || [[ -z "$score" ]] || ! awk -v s="$score" -v t="$SECURITY_THRESHOLD" 'BEGIN{exit !(s<=t)}'; then
+      ok=0; say "$unit: exposure ${score:-unknown} (threshold $SECURITY_THRESHOLD)"
+    fi
+    # shellcheck disable=SC2001 # strip trailing blanks of every line
+    { echo "## $unit"; echo; sed 's/[[:space:]]*$//' <<<"$out"; echo; } >>"$work/security-detail.txt"
+  done
+  { echo "## Overall exposure"; echo; printf '%s' "$summary"; echo; cat "$work/security-detail.txt"; } >>"$report"
+  mkdir -p docs && cp "$report" docs/systemd-security.txt
+  if ((ok)); then pass "systemd: security exposure <= $SECURITY_THRESHOLD (docs/systemd-security.txt)"; else
+    fail "systemd: security exposure"
+  fi
+  if out=$(bash -n deploy/systemd/install.sh 2>&1 && shellcheck deploy/systemd/install.sh 2>&1); then
+    pass "systemd: install.sh (bash -n, shellcheck)"
+  else
+    say "$out"; fail "systemd: install.sh"
+  fi
+}
+
+# ----------------------------------------------------------- prometheus --
+check_prometheus() {
+  local out
+  if out=$(promtool check config deploy/prometheus/prometheus.yml 2>&1); then pass "prometheus: promtool check config"; else
+    say "$out"; fail "prometheus: promtool check config"
+  fi
+  if out=$(promtool check rules deploy/prometheus/rules/*.yml 2>&1); then pass "prometheus: promtool check rules"; else
+    say "$out"; fail "prometheus: promtool check rules"
+  fi
+  if out=$(cd deploy/prometheus/tests && promtool test rules ./*.yml 2>&1); then pass "prometheus: promtool test rules"; else
+    say "$out"; fail "prometheus: promtool test rules"
+  fi
+  # Every daemon is scraped on its HTTP port and alerts go to the alerter.
+  local ok=1
+  for t in api:9754 heartbeat-worker:9755 alerter:9756 backup-agent:9757; do
+    grep -q "\"$t\"" deploy/prometheus/prometheus.yml || { say "prometheus.yml: no scrape target $t"; ok=0; }
+  done
+  grep -A6 '^alerting:' deploy/prometheus/prometheus.yml | grep -q '"alerter:9756"' || { say "prometheus.yml: alerts not sent to alerter:9756"; ok=0; }
+  if ((ok)); then pass "prometheus: scrape targets and alerting"; else fail "prometheus: scrape targets"; fi
+}
+
+# ----------------------------------------------- metric names (grafana) --
+# Metric names the daemons' source mentions, plus recording rules and `up`.
+metric_check() { # mode(grafana|rules)
+  "$PY" - "$1" "$ROOT" <<'PY'
+import glob, json, os, re, sys
+mode, root = sys.argv[1], sys.argv[2]
+src = ""
+for p in glob.glob(os.path.join(root, "crates/*/src/**/*.rs"), recursive=True):
+    src += open(p, encoding="utf-8").read()
+exported = set(re.findall(r'"((?:opsloop|process)_[a-z0-9_]+)"', src))
+rules_text = "".join(open(p).read() for p in glob.glob(os.path.join(root, "deploy/prometheus/rules/*.yml")))
+recorded = set(re.findall(r"record:\s*(\S+)", rules_text))
+KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
+            "unless", "offset", "inf", "nan", "le", "time", "vector", "scalar"}
+def metrics_in(expr):
+    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)          # strings
+    e = re.sub(r"\{[^}]*\}", "", e)                         # label matchers
+    e = re.sub(r"\[[^\]]*\]", "", e)                        # ranges
+    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", e)
+    e = re.sub(r"\$\w+", "", e)                              # grafana variables
+    names = set()
+    for m in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", e):
+        tail = e[m.end():].lstrip()
+        if tail.startswith("("):
+            continue                                          # function call
+        w = m.group(0)
+        if w.lower() in KEYWORDS or re.fullmatch(r"\d+[smhdwy]?", w):
+            continue
+        names.add(w)
+    return names
+def known(name):
+    if name in recorded or name == "up" or name in exported:
+        return True
+    base = re.sub(r"_(bucket|count|sum)$", "", name)
+    return base in exported
+errors, notes = [], []
+if mode == "grafana":
+    prov = open(os.path.join(root, "deploy/grafana/provisioning/datasources/prometheus.yml")).read()
+    uid = re.search(r"uid:\s*(\S+)", prov).group(1)
+    files = sorted(glob.glob(os.path.join(root, "deploy/grafana/dashboards/*.json")))
+    if len(files) < 5:
+        errors.append(f"expected a dashboard per concern (5), found {len(files)}")
+    uids = set()
+    for f in files:
+        name = os.path.basename(f)
+        try:
+            d = json.load(open(f))
+        except ValueError as e:
+            errors.append(f"{name}: invalid JSON: {e}")
+            continue
+        for k in ("uid", "title", "panels", "schemaVersion"):
+            if k not in d:
+                errors.append(f"{name}: no {k}")
+        if d.get("uid") in uids:
+            errors.append(f"{name}: duplicate uid {d.get('uid')}")
+        uids.add(d.get("uid"))
+        ids = [p.get("id") for p in d.get("panels", [])]
+        if len(ids) != len(set(ids)):
+            errors.append(f"{name}: duplicate panel ids")
+        for p in d.get("panels", []):
+            title = p.get("title", "?")
+            if p.get("type") == "row":
+                continue
+            if p.get("datasource", {}).get("uid") != uid:
+                errors.append(f"{name}/{title}: datasource uid is not the provisioned {uid}")
+            targets = p.get("targets", [])
+            if not targets:
+                errors.append(f"{name}/{title}: no queries")
+            for t in targets:
+                ms = metrics_in(t.get("expr", ""))
+                if not ms:
+                    errors.append(f"{name}/{title}: query names no metric: {t.get('expr')!r}")
+                for m in sorted(ms):
+                    if not known(m):
+                        errors.append(f"{name}/{title}: metric {m} is exported by no daemon")
+else:
+    import yaml
+    used = set()
+    for p in glob.glob(os.path.join(root, "deploy/prometheus/rules/*.yml")):
+        for g in yaml.safe_load(open(p))["groups"]:
+            for r in g["rules"]:
+                used |= metrics_in(r["expr"])
+    notes = [m for m in sorted(used) if not known(m)]
+print("\n".join(errors or notes))
+sys.exit(1 if errors else 0)
+PY
+}
+
+check_grafana() {
+  local out
+  if out=$("$PY" - <<'PY' 2>&1
+import glob, yaml, sys
+bad = 0
+for f in glob.glob("deploy/grafana/provisioning/*/*.yml"):
+    d = yaml.safe_load(open(f))
+    if d.get("apiVersion") != 1 or not (d.get("datasources") or d.get("providers")):
+        print(f"{f}: not a Grafana provisioning file"); bad = 1
+sys.exit(bad)
+PY
+  ); then pass "grafana: provisioning YAML"; else say "$out"; fail "grafana: provisioning"; fi
+  if out=$(metric_check grafana 2>&1); then pass "grafana: dashboards JSON, every query names an exported metric"; else
+    say "$out"; fail "grafana: dashboards"
+  fi
+  if out=$(metric_check rules 2>&1) && [[ -n "$out" ]]; then
+    say "note metrics used by alert rules but exported by no daemon yet: $(tr '\n' ' ' <<<"$out")"
+    [[ "${STRICT_METRICS:-0}" == 1 ]] && fail "prometheus: rule metrics not exported"
+  fi
+}
+
+# -------------------------------------------------------------- scripts --
+check_scripts() {
+  local out ok=1 f
+  for f in scripts/check_deploy.sh scripts/smoke.sh scripts/release_check.sh scripts/daily_health_check.sh \
+    scripts/backup_now.sh scripts/restore.sh scripts/rotate_secrets_check.sh deploy/compose/init-secrets.sh; do
+    [[ -f "$f" ]] || continue
+    if ! out=$(bash -n "$f" 2>&1 && shellcheck -x "$f" 2>&1); then say "$out"; ok=0; fail "scripts: $f"; fi
+  done
+  ((ok)) && pass "scripts: bash -n and shellcheck"
+}
+
+check_compose
+check_docker
+check_systemd
+check_prometheus
+check_grafana
+check_scripts
+
+elapsed=$(($(date +%s) - started))
+if ((${#failed[@]})); then
+  say "check_deploy: FAILED (${elapsed}s): ${failed[*]}"
+  exit 1
+fi
+say "check_deploy: all checks passed (${elapsed}s)"
