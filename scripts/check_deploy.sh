@@ -473,6 +473,54 @@ PY
   fi
 }
 
+# ----------------------------------------------------------------- docs --
+# Every alert has a section in docs/monitoring.md (its runbook_url anchor);
+# every metric the daemons export is described there (a note, or a failure
+# with STRICT_METRICS=1).
+check_docs() {
+  local out
+  if out=$("$PY" - "$ROOT" <<'PY' 2>&1
+import glob, os, re, sys, yaml
+root = sys.argv[1]
+doc = open(os.path.join(root, "docs/monitoring.md")).read()
+headings = {h.strip().lower() for h in re.findall(r"^###\s+(.+)$", doc, re.M)}
+errors, notes = [], []
+for p in glob.glob(os.path.join(root, "deploy/prometheus/rules/*.yml")):
+    for g in yaml.safe_load(open(p))["groups"]:
+        for r in g["rules"]:
+            if "alert" not in r:
+                continue
+            name = r["alert"]
+            if name.lower() not in headings:
+                errors.append(f"docs/monitoring.md has no section for alert {name}")
+            url = r.get("annotations", {}).get("runbook_url", "")
+            if url != f"docs/monitoring.md#{name.lower()}":
+                errors.append(f"{name}: runbook_url {url!r} does not point at its section")
+src = ""
+for p in glob.glob(os.path.join(root, "crates/*/src/**/*.rs"), recursive=True):
+    src += open(p, encoding="utf-8").read()
+for m in sorted(set(re.findall(r'(?:counter|gauge|histogram)!\(\s*"([a-z0-9_]+)"', src))):
+    if f"`{m}`" not in doc:
+        notes.append(m)
+for path in ("docs/runbook.md", "docs/deploy.md", "docs/postmortem-template.md", "deploy/systemd/README.md"):
+    if not os.path.isfile(os.path.join(root, path)):
+        errors.append(f"{path} missing")
+if errors:
+    print("\n".join(errors)); sys.exit(1)
+if notes:
+    print("NOTE " + " ".join(notes))
+PY
+  ); then
+    pass "docs: every alert has its section in docs/monitoring.md"
+    if [[ "$out" == NOTE* ]]; then
+      say "note metrics exported but not described in docs/monitoring.md: ${out#NOTE }"
+      [[ "${STRICT_METRICS:-0}" == 1 ]] && fail "docs: undocumented metrics"
+    fi
+  else
+    say "$out"; fail "docs: monitoring reference"
+  fi
+}
+
 # -------------------------------------------------------------- scripts --
 check_scripts() {
   local out ok=1 f
@@ -489,6 +537,7 @@ check_docker
 check_systemd
 check_prometheus
 check_grafana
+check_docs
 check_scripts
 
 elapsed=$(($(date +%s) - started))

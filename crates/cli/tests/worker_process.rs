@@ -32,6 +32,8 @@ struct Seen {
 struct FakeMissions {
     queue: Mutex<VecDeque<Step>>,
     lease: Duration,
+    /// True: every RenewLease is refused, as for a worker whose lease was taken over.
+    refuse_renewals: bool,
     seen: Arc<Mutex<Seen>>,
 }
 
@@ -102,6 +104,11 @@ impl MissionService for FakeMissions {
             .unwrap()
             .renewals
             .push(request.into_inner());
+        if self.refuse_renewals {
+            return Err(Status::failed_precondition(
+                "step is held by attempt 2 of worker w-other",
+            ));
+        }
         Ok(Response::new(RenewLeaseResponse {
             lease_expires_at: Some(expiry(self.lease)),
         }))
@@ -154,10 +161,19 @@ fn step(n: u32) -> Step {
 
 /// Serves a fake MissionService handing out `steps`, with leases of `lease`.
 async fn fake_api(steps: Vec<Step>, lease: Duration) -> (SocketAddr, Arc<Mutex<Seen>>) {
+    serve(steps, lease, false).await
+}
+
+async fn serve(
+    steps: Vec<Step>,
+    lease: Duration,
+    refuse_renewals: bool,
+) -> (SocketAddr, Arc<Mutex<Seen>>) {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let fake = FakeMissions {
         queue: Mutex::new(steps.into()),
         lease,
+        refuse_renewals,
         seen: seen.clone(),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -416,4 +432,40 @@ async fn sigterm_finishes_the_current_step_then_stops() {
     assert_eq!(seen.completes.len(), 1);
     assert_eq!(seen.completes[0].step_id, "step-5");
     assert_eq!(seen.claims.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_stops_the_command_and_reports_nothing() {
+    let (addr, seen) = serve(vec![step(7)], Duration::from_secs(3), true).await;
+    let started = std::time::Instant::now();
+    let out = worker(
+        addr,
+        "sleep 30; echo '{}'",
+        &["--once", "--lease-seconds", "3"],
+    )
+    .output()
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the command was not stopped"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("step step-7 analyze attempt 1 lease-lost"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAILED_PRECONDITION: step is held by attempt 2 of worker w-other"),
+        "{stdout}"
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.renewals.len(), 1);
+    // The step belongs to someone else now: neither completed nor failed by us.
+    assert!(seen.completes.is_empty() && seen.fails.is_empty());
 }

@@ -137,9 +137,11 @@ pub async fn run_loop(hb: Heartbeat, shutdown: CancellationToken) {
         if now >= next_tick {
             match hb.tick(now).await {
                 Ok(TickOutcome::Ran(_)) => leader = true,
-                Ok(TickOutcome::Skipped { reason, .. }) => {
-                    leader = reason == heartbeat::SkipReason::Overlap && leader;
-                }
+                Ok(TickOutcome::Skipped {
+                    reason: heartbeat::SkipReason::NotLeader,
+                    ..
+                }) => leader = false,
+                Ok(TickOutcome::Skipped { .. }) => {}
                 Err(error) => tracing::warn!(%error, "tick failed"),
             }
             next_tick = hb.tick_schedule().next_after(now);
@@ -163,7 +165,8 @@ pub async fn run_loop(hb: Heartbeat, shutdown: CancellationToken) {
             _ = tokio::time::sleep(until_tick.min(renew_every)) => {}
         }
     }
-    if leader && let Err(error) = hb.release_lease(Utc::now()).await {
+    // Only our own row changes, so this is safe when standing by too.
+    if let Err(error) = hb.release_lease(Utc::now()).await {
         tracing::warn!(%error, "cannot release the leader lease");
     }
 }
