@@ -13,6 +13,8 @@
 #   prometheus  `promtool check config`, `check rules`, `test rules`
 #   grafana     JSON, provisioning, and every panel query names a metric the
 #               daemons export (or a recording rule)
+#   docs        every alert has its section in docs/monitoring.md (the
+#               runbook_url anchor); undocumented metrics are listed
 #   scripts     `bash -n` and shellcheck of the operations scripts
 # Installs what it needs from Debian once (quietly). Exits non-zero naming
 # the failed check. STRICT_METRICS=1 also fails when an alert rule needs a
@@ -110,6 +112,11 @@ for name, (section, port) in daemons.items():
         target = s["source"] if isinstance(s, dict) else s
         if target not in base.get("secrets", {}):
             errors.append(f"{name}: unknown secret {target}")
+# docker-compose 1.29 accepts any restart string; the engine does not.
+for name, svc in mon["services"].items():
+    r = str(svc.get("restart", "no"))
+    if not re.fullmatch(r"no|always|unless-stopped|on-failure(:\d+)?", r):
+        errors.append(f"{name}: restart policy {r!r} is not one the engine knows")
 if base["services"]["migrate"].get("command") != ["opsloop", "migrate", "up"]:
     errors.append("migrate must run `opsloop migrate up`")
 for name in ("postgres", "rabbitmq"):
@@ -155,6 +162,15 @@ sys.exit(1 if errors else 0)
 PY
   ); then pass "compose: services, ports, probes, mounts, opsloop.toml keys"; else
     say "$out"; fail "compose: structure"
+  fi
+  # The runtime-only Dockerfile is selectable with the same compose file.
+  local df
+  df=$(OPSLOOP_DOCKERFILE=deploy/docker/Dockerfile.runtime docker-compose -f "$file" config 2>/dev/null |
+    sed -n 's/^ *dockerfile: //p' | sort -u)
+  if [[ "$df" == deploy/docker/Dockerfile.runtime && -f "$df" ]]; then
+    pass "compose: OPSLOOP_DOCKERFILE selects deploy/docker/Dockerfile.runtime"
+  else
+    say "dockerfile(s) with OPSLOOP_DOCKERFILE set: ${df:-none}"; fail "compose: runtime Dockerfile selection"
   fi
   unset OPSLOOP_SECRETS_DIR
 }
@@ -256,6 +272,29 @@ PY
   ); then pass "docker: Dockerfile and Dockerfile.runtime stages, COPY sources, members, binaries"; else
     say "$out"; fail "docker: Dockerfiles"
   fi
+  # Replay the dependency layer's dummy-source step on the manifests alone and
+  # let cargo load the workspace from it (--locked: Cargo.lock fits).
+  if command -v cargo >/dev/null; then
+    local dummy="$work/dummy" manifest
+    mkdir -p "$dummy"
+    cp Cargo.toml Cargo.lock "$dummy/"
+    while read -r manifest; do
+      mkdir -p "$dummy/$(dirname "$manifest")"
+      cp "$manifest" "$dummy/$manifest"
+    done < <(sed -n 's#^COPY \([^ ]*/Cargo.toml\) .*#\1#p' deploy/docker/Dockerfile)
+    "$PY" - >"$work/dummy.sh" <<'PY'
+s = open("deploy/docker/Dockerfile").read().replace("\\\n", " ")
+run = [l for l in s.split("\n") if l.startswith("RUN ") and "Cargo.toml" in l and "cargo build" in l][0]
+print(run[4:run.index("cargo build")])
+PY
+    if out=$(cd "$dummy" && bash -e "$work/dummy.sh" 2>&1 &&
+      { cargo metadata --locked --offline --format-version 1 --filter-platform x86_64-unknown-linux-gnu >/dev/null 2>&1 ||
+        cargo metadata --locked --no-deps --format-version 1 2>&1 >/dev/null; }); then
+      pass "docker: dependency layer's dummy tree loads the workspace (cargo metadata --locked)"
+    else
+      say "$out"; fail "docker: dependency layer (dummy sources)"
+    fi
+  fi
   if out=$(bash -n deploy/docker/healthcheck.sh 2>&1 && shellcheck deploy/docker/healthcheck.sh 2>&1); then
     pass "docker: healthcheck.sh (bash -n, shellcheck)"
   else
@@ -355,6 +394,23 @@ check_prometheus() {
   if out=$(cd deploy/prometheus/tests && promtool test rules ./*.yml 2>&1); then pass "prometheus: promtool test rules"; else
     say "$out"; fail "prometheus: promtool test rules"
   fi
+  # Every alert has a unit test in which it fires.
+  if out=$("$PY" - <<'PY' 2>&1
+import glob, re, yaml
+alerts = {r["alert"] for p in glob.glob("deploy/prometheus/rules/*.yml")
+          for g in yaml.safe_load(open(p))["groups"] for r in g["rules"] if "alert" in r}
+fired = set()
+for p in glob.glob("deploy/prometheus/tests/*.yml"):
+    for t in yaml.safe_load(open(p))["tests"]:
+        for a in t.get("alert_rule_test", []):
+            if a.get("exp_alerts"):
+                fired.add(a["alertname"])
+missing = sorted(alerts - fired)
+if missing:
+    print("alerts without a firing unit test: " + " ".join(missing))
+    raise SystemExit(1)
+PY
+  ); then pass "prometheus: every alert fires in a unit test"; else say "$out"; fail "prometheus: untested alerts"; fi
   # Every daemon is scraped on its HTTP port and alerts go to the alerter.
   local ok=1
   for t in api:9754 heartbeat-worker:9755 alerter:9756 backup-agent:9757; do

@@ -128,6 +128,10 @@ pub struct Agent {
     running: Mutex<HashSet<String>>,
     stale: Mutex<HashSet<String>>,
     watching_since: DateTime<Utc>,
+    /// Uploads hold it shared, sweeps exclusively: a sweep must never see an
+    /// upload between its object's rename and its manifest and take the
+    /// object for an orphan.
+    objects: tokio::sync::RwLock<()>,
 }
 
 impl Agent {
@@ -167,6 +171,7 @@ impl Agent {
             running: Mutex::new(HashSet::new()),
             stale: Mutex::new(HashSet::new()),
             watching_since,
+            objects: tokio::sync::RwLock::new(()),
         }))
     }
 
@@ -247,7 +252,10 @@ impl Agent {
         let agent = self.clone();
         let started = row.clone();
         let work = async move {
-            let finished = agent.take(&target, started, claim).await;
+            let finished = {
+                let _uploading = agent.objects.read().await;
+                agent.take(&target, started, claim).await
+            };
             // The lease is free before anyone hears of the outcome, so a
             // retry prompted by a failure alert is not refused.
             agent.unclaim(&target).await;
@@ -876,6 +884,7 @@ impl Agent {
     /// Removes partial uploads and objects without a manifest (except those
     /// of running backups).
     pub async fn sweep(&self) -> Result<Vec<String>, AgentError> {
+        let _exclusive = self.objects.write().await;
         let active: HashSet<Uuid> = backups::Entity::find()
             .filter(backups::Column::Status.eq(status::RUNNING))
             .all(&self.db)

@@ -30,11 +30,20 @@ pub struct HeartbeatSettings {
     pub phase_budget_ms: u64,
     /// When the daily summary goes out, in `summary_timezone`.
     pub summary_cron: String,
+    /// Time zone of the daily summary and the weekly report.
     pub summary_timezone: String,
+    /// When the weekly report goes out, in `summary_timezone`.
+    pub weekly_report_cron: String,
     /// Proposals pending longer than this expire.
     pub stale_proposal_days: u32,
     /// Most new events one phase reads per tick.
     pub event_batch: u64,
+    /// Base URL of an OpenAI-compatible API (`…/v1`) that writes insight
+    /// summaries; the secret `summarizer_api_key` is its bearer key. Unset:
+    /// the deterministic built-in summary.
+    pub summarizer_url: Option<String>,
+    pub summarizer_model: String,
+    pub summarizer_timeout_ms: u64,
     /// Consume `event.#` from the bus for reactions in near real time.
     pub consume_events: bool,
     /// The bus queue of that consumer.
@@ -54,12 +63,24 @@ impl Default for HeartbeatSettings {
             phase_budget_ms: 10_000,
             summary_cron: "0 6 * * *".into(),
             summary_timezone: "Asia/Tokyo".into(),
+            weekly_report_cron: "0 9 * * 1".into(),
             stale_proposal_days: 7,
             event_batch: 5_000,
+            summarizer_url: None,
+            summarizer_model: "gpt-4o-mini".into(),
+            summarizer_timeout_ms: 10_000,
             consume_events: true,
             reactions_queue: "opsloop.heartbeat.reactions".into(),
         }
     }
+}
+
+/// The parsed schedules of a valid section.
+#[derive(Debug, Clone)]
+pub struct Schedules {
+    pub tick: TickSchedule,
+    pub summary: CronSchedule,
+    pub weekly: CronSchedule,
 }
 
 /// A bad `[heartbeat]` value.
@@ -82,7 +103,7 @@ fn positive(key: &'static str, value: u64) -> Result<(), SettingsError> {
 
 impl HeartbeatSettings {
     /// Checks every value; the parsed schedules are returned.
-    pub fn validate(&self) -> Result<(TickSchedule, CronSchedule), SettingsError> {
+    pub fn validate(&self) -> Result<Schedules, SettingsError> {
         positive("interval_secs", self.interval_secs)?;
         positive("lease_secs", self.lease_secs)?;
         positive("triggers_budget_ms", self.triggers_budget_ms)?;
@@ -90,28 +111,49 @@ impl HeartbeatSettings {
         positive("phase_budget_ms", self.phase_budget_ms)?;
         positive("stale_proposal_days", self.stale_proposal_days.into())?;
         positive("event_batch", self.event_batch)?;
+        positive("summarizer_timeout_ms", self.summarizer_timeout_ms)?;
+        if let Some(url) = &self.summarizer_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(SettingsError {
+                key: "summarizer_url",
+                reason: "must start with http:// or https://".into(),
+            });
+        }
         let tick = match &self.cron {
-            Some(expr) => TickSchedule::Cron(CronSchedule::parse(expr, "UTC").map_err(|e| {
-                SettingsError {
-                    key: "cron",
-                    reason: e.to_string(),
-                }
-            })?),
+            Some(expr) => {
+                TickSchedule::Cron(Box::new(CronSchedule::parse(expr, "UTC").map_err(|e| {
+                    SettingsError {
+                        key: "cron",
+                        reason: e.to_string(),
+                    }
+                })?))
+            }
             None => TickSchedule::Every(chrono::Duration::seconds(
                 i64::try_from(self.interval_secs).unwrap_or(i64::MAX / 2_000_000),
             )),
         };
-        let summary = CronSchedule::parse(&self.summary_cron, &self.summary_timezone).map_err(|e| {
-            SettingsError {
-                key: if self.summary_timezone.parse::<chrono_tz::Tz>().is_err() {
-                    "summary_timezone"
-                } else {
-                    "summary_cron"
-                },
+        let summary =
+            CronSchedule::parse(&self.summary_cron, &self.summary_timezone).map_err(|e| {
+                SettingsError {
+                    key: if self.summary_timezone.parse::<chrono_tz::Tz>().is_err() {
+                        "summary_timezone"
+                    } else {
+                        "summary_cron"
+                    },
+                    reason: e.to_string(),
+                }
+            })?;
+        let weekly = CronSchedule::parse(&self.weekly_report_cron, &self.summary_timezone)
+            .map_err(|e| SettingsError {
+                key: "weekly_report_cron",
                 reason: e.to_string(),
-            }
-        })?;
-        Ok((tick, summary))
+            })?;
+        Ok(Schedules {
+            tick,
+            summary,
+            weekly,
+        })
     }
 
     pub fn lease(&self) -> Duration {
@@ -134,20 +176,58 @@ mod tests {
 
     #[test]
     fn defaults_validate_and_bad_values_name_the_key() {
-        HeartbeatSettings::default().validate().expect("defaults are valid");
+        HeartbeatSettings::default()
+            .validate()
+            .expect("defaults are valid");
         let table: Vec<(HeartbeatSettings, &str)> = vec![
-            (HeartbeatSettings { interval_secs: 0, ..Default::default() }, "interval_secs"),
-            (HeartbeatSettings { cron: Some("nope".into()), ..Default::default() }, "cron"),
-            (HeartbeatSettings { summary_cron: "x".into(), ..Default::default() }, "summary_cron"),
-            (HeartbeatSettings { summary_timezone: "Mars/X".into(), ..Default::default() }, "summary_timezone"),
-            (HeartbeatSettings { lease_secs: 0, ..Default::default() }, "lease_secs"),
+            (
+                HeartbeatSettings {
+                    interval_secs: 0,
+                    ..Default::default()
+                },
+                "interval_secs",
+            ),
+            (
+                HeartbeatSettings {
+                    cron: Some("nope".into()),
+                    ..Default::default()
+                },
+                "cron",
+            ),
+            (
+                HeartbeatSettings {
+                    summary_cron: "x".into(),
+                    ..Default::default()
+                },
+                "summary_cron",
+            ),
+            (
+                HeartbeatSettings {
+                    summary_timezone: "Mars/X".into(),
+                    ..Default::default()
+                },
+                "summary_timezone",
+            ),
+            (
+                HeartbeatSettings {
+                    lease_secs: 0,
+                    ..Default::default()
+                },
+                "lease_secs",
+            ),
         ];
         for (settings, key) in table {
             let err = settings.validate().expect_err("invalid");
             assert_eq!(err.key, key);
             assert!(err.to_string().contains(&format!("heartbeat.{key}")));
         }
-        let with_cron = HeartbeatSettings { cron: Some("*/5 * * * *".into()), ..Default::default() };
-        assert!(matches!(with_cron.validate().expect("valid").0, TickSchedule::Cron(_)));
+        let with_cron = HeartbeatSettings {
+            cron: Some("*/5 * * * *".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            with_cron.validate().expect("valid").tick,
+            TickSchedule::Cron(_)
+        ));
     }
 }

@@ -98,7 +98,8 @@ pub async fn cooldown_until(
             vec![name.into()],
         ))
         .await?;
-    row.map(|r| r.try_get::<DateTime<Utc>>("", "until")).transpose()
+    row.map(|r| r.try_get::<DateTime<Utc>>("", "until"))
+        .transpose()
 }
 
 /// A held lease.
@@ -239,7 +240,11 @@ pub fn to_view(row: &events::Model) -> Result<EventView, String> {
     let tags = match &row.tags {
         serde_json::Value::Array(items) => items
             .iter()
-            .map(|t| t.as_str().map(str::to_owned).ok_or_else(|| "tags must be strings".to_owned()))
+            .map(|t| {
+                t.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| "tags must be strings".to_owned())
+            })
             .collect::<Result<Vec<_>, _>>()?,
         serde_json::Value::Null => Vec::new(),
         _ => return Err("tags must be an array".into()),
@@ -265,7 +270,10 @@ pub async fn events_after(
     events::Entity::find()
         .from_raw_sql(stmt(
             db.get_database_backend(),
-            &format!("SELECT * FROM events WHERE seq > $1 ORDER BY seq LIMIT {}", limit.max(1)),
+            &format!(
+                "SELECT * FROM events WHERE seq > $1 ORDER BY seq LIMIT {}",
+                limit.max(1)
+            ),
             vec![seq.into()],
         ))
         .all(db)

@@ -36,8 +36,20 @@ pub fn periods(now: DateTime<Utc>, tz: Tz) -> Periods {
     };
     Periods {
         day_key: today.format("%Y-%m-%d").to_string(),
-        day_start: midnight(tz, today.year(), today.month(), today.day(), now - Duration::hours(24)),
-        day_end: midnight(tz, tomorrow.year(), tomorrow.month(), tomorrow.day(), now + Duration::hours(24)),
+        day_start: midnight(
+            tz,
+            today.year(),
+            today.month(),
+            today.day(),
+            now - Duration::hours(24),
+        ),
+        day_end: midnight(
+            tz,
+            tomorrow.year(),
+            tomorrow.month(),
+            tomorrow.day(),
+            now + Duration::hours(24),
+        ),
         month_key: format!("{:04}-{:02}", local.year(), local.month()),
         month_start: midnight(tz, local.year(), local.month(), 1, now - Duration::days(31)),
         month_end: midnight(tz, ny, nm, 1, now + Duration::days(31)),
@@ -72,7 +84,8 @@ pub fn evaluate_budget(policy: &CostBudget, spend: &Spend) -> Vec<BudgetAction> 
             ratio: policy.daily_warn_ratio,
         });
     }
-    if policy.monthly_usd > 0.0 && spend.month_usd >= policy.monthly_usd * policy.monthly_warn_ratio {
+    if policy.monthly_usd > 0.0 && spend.month_usd >= policy.monthly_usd * policy.monthly_warn_ratio
+    {
         actions.push(BudgetAction::MonthlyWarning {
             spent: spend.month_usd,
             limit: policy.monthly_usd,
@@ -156,7 +169,11 @@ mod tests {
                 month_usd: month,
                 consecutive_failures: failures,
             };
-            assert_eq!(kinds(&evaluate_budget(&policy(), &spend)), want, "{spend:?}");
+            assert_eq!(
+                kinds(&evaluate_budget(&policy(), &spend)),
+                want,
+                "{spend:?}"
+            );
         }
     }
 
@@ -164,13 +181,31 @@ mod tests {
     fn periods_follow_the_time_zone() {
         let tz: Tz = "Asia/Tokyo".parse().expect("tz");
         // 2026-11-30 15:30 UTC = 2026-12-01 00:30 JST.
-        let now = Utc.with_ymd_and_hms(2026, 11, 30, 15, 30, 0).single().expect("valid");
+        let now = Utc
+            .with_ymd_and_hms(2026, 11, 30, 15, 30, 0)
+            .single()
+            .expect("valid");
         let p = periods(now, tz);
         assert_eq!(p.day_key, "2026-12-01");
         assert_eq!(p.month_key, "2026-12");
-        assert_eq!(p.day_start, Utc.with_ymd_and_hms(2026, 11, 30, 15, 0, 0).single().expect("valid"));
-        assert_eq!(p.day_end, Utc.with_ymd_and_hms(2026, 12, 1, 15, 0, 0).single().expect("valid"));
-        assert_eq!(p.month_end, Utc.with_ymd_and_hms(2026, 12, 31, 15, 0, 0).single().expect("valid"));
+        assert_eq!(
+            p.day_start,
+            Utc.with_ymd_and_hms(2026, 11, 30, 15, 0, 0)
+                .single()
+                .expect("valid")
+        );
+        assert_eq!(
+            p.day_end,
+            Utc.with_ymd_and_hms(2026, 12, 1, 15, 0, 0)
+                .single()
+                .expect("valid")
+        );
+        assert_eq!(
+            p.month_end,
+            Utc.with_ymd_and_hms(2026, 12, 31, 15, 0, 0)
+                .single()
+                .expect("valid")
+        );
     }
 
     #[test]

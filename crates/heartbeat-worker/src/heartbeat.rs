@@ -57,10 +57,11 @@ pub enum Phase {
     OpsHealth,
     Budget,
     DailySummary,
+    WeeklyReport,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 8] = [
         Phase::Triggers,
         Phase::Reactions,
         Phase::Insights,
@@ -68,6 +69,7 @@ impl Phase {
         Phase::OpsHealth,
         Phase::Budget,
         Phase::DailySummary,
+        Phase::WeeklyReport,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -79,6 +81,7 @@ impl Phase {
             Self::OpsHealth => "ops_health",
             Self::Budget => "budget",
             Self::DailySummary => "daily_summary",
+            Self::WeeklyReport => "weekly_report",
         }
     }
 }
@@ -158,6 +161,7 @@ pub(crate) struct Inner {
     pub instance_id: String,
     pub tick_schedule: TickSchedule,
     pub summary_schedule: CronSchedule,
+    pub weekly_schedule: CronSchedule,
     pub summarizer: Arc<dyn Summarizer>,
     tick_lock: tokio::sync::Mutex<()>,
     ticks: AtomicU64,
@@ -187,7 +191,7 @@ impl Heartbeat {
         settings: HeartbeatSettings,
         summarizer: Arc<dyn Summarizer>,
     ) -> Result<Self, SettingsError> {
-        let (tick_schedule, summary_schedule) = settings.validate()?;
+        let schedules = settings.validate()?;
         let instance_id = settings.resolved_instance_id();
         Ok(Self {
             inner: Arc::new(Inner {
@@ -195,8 +199,9 @@ impl Heartbeat {
                 audit,
                 settings,
                 instance_id,
-                tick_schedule,
-                summary_schedule,
+                tick_schedule: schedules.tick,
+                summary_schedule: schedules.summary,
+                weekly_schedule: schedules.weekly,
                 summarizer,
                 tick_lock: tokio::sync::Mutex::new(()),
                 ticks: AtomicU64::new(0),
@@ -254,7 +259,14 @@ impl Heartbeat {
 
     /// Takes or renews the leader lease at `now`.
     pub async fn acquire_lease(&self, now: DateTime<Utc>) -> Result<Option<db::LeaseGrant>, DbErr> {
-        db::acquire_lease(&self.inner.db, LEASE_NAME, &self.inner.instance_id, self.lease_ttl(), now).await
+        db::acquire_lease(
+            &self.inner.db,
+            LEASE_NAME,
+            &self.inner.instance_id,
+            self.lease_ttl(),
+            now,
+        )
+        .await
     }
 
     /// Gives up the lease (graceful shutdown).
@@ -266,7 +278,8 @@ impl Heartbeat {
     /// leader and no tick is running.
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<TickOutcome, HeartbeatError> {
         let Ok(_running) = self.inner.tick_lock.try_lock() else {
-            metrics::counter!("opsloop_heartbeat_ticks_skipped_total", "reason" => "overlap").increment(1);
+            metrics::counter!("opsloop_heartbeat_ticks_skipped_total", "reason" => "overlap")
+                .increment(1);
             tracing::warn!(instance = %self.inner.instance_id, "tick skipped: the previous tick is still running");
             return Ok(TickOutcome::Skipped {
                 reason: SkipReason::Overlap,
@@ -275,8 +288,11 @@ impl Heartbeat {
         };
         let now = db_now(now);
         let Some(grant) = self.acquire_lease(now).await? else {
-            let holder = db::lease_holder(&self.inner.db, LEASE_NAME).await?.map(|(h, _)| h);
-            metrics::counter!("opsloop_heartbeat_ticks_skipped_total", "reason" => "not_leader").increment(1);
+            let holder = db::lease_holder(&self.inner.db, LEASE_NAME)
+                .await?
+                .map(|(h, _)| h);
+            metrics::counter!("opsloop_heartbeat_ticks_skipped_total", "reason" => "not_leader")
+                .increment(1);
             tracing::debug!(instance = %self.inner.instance_id, holder = ?holder, "standing by: not the leader");
             return Ok(TickOutcome::Skipped {
                 reason: SkipReason::NotLeader,
@@ -322,7 +338,8 @@ impl Heartbeat {
             tracing::error!(%error, tick_id = %report.id, "cannot record the tick");
         }
         metrics::counter!("opsloop_heartbeat_ticks_total", "status" => report.status).increment(1);
-        metrics::histogram!("opsloop_heartbeat_tick_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("opsloop_heartbeat_tick_seconds")
+            .record(started.elapsed().as_secs_f64());
         let failed: Vec<&str> = report
             .phases
             .iter()
@@ -340,9 +357,8 @@ impl Heartbeat {
         let started = Instant::now();
         let hb = self.clone();
         let span = tracing::info_span!("heartbeat_phase", phase = phase.as_str(), tick = tick_no);
-        let mut handle = tokio::spawn(
-            async move { hb.run_phase(phase, now, tick_no).await }.instrument(span),
-        );
+        let mut handle =
+            tokio::spawn(async move { hb.run_phase(phase, now, tick_no).await }.instrument(span));
         let budget = self.budget(phase);
         let (status, counts, error) = match tokio::time::timeout(budget, &mut handle).await {
             Ok(Ok(Ok(counts))) => (PhaseStatus::Ok, counts, None),
@@ -404,6 +420,7 @@ impl Heartbeat {
             Phase::OpsHealth => crate::ops::ops_health(self, now).await,
             Phase::Budget => crate::ops::budget(self, now).await,
             Phase::DailySummary => crate::ops::daily_summary(self, now).await,
+            Phase::WeeklyReport => crate::ops::weekly_report(self, now).await,
         }
     }
 

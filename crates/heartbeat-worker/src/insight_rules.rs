@@ -57,7 +57,8 @@ pub fn candidates(
     let mut groups: BTreeMap<String, Candidate> = BTreeMap::new();
     for e in events {
         let tagged = e.kind == tag || e.tags.iter().any(|t| t == tag);
-        if !tagged || e.created_at < now - window || e.created_at > now || promoted.contains(&e.id) {
+        if !tagged || e.created_at < now - window || e.created_at > now || promoted.contains(&e.id)
+        {
             continue;
         }
         let pattern = citation(e);
@@ -102,12 +103,18 @@ mod tests {
             cited(5, "short videos", &hi, now - d(8)),
         ];
         let none = HashSet::new();
-        assert!(candidates(&events, "engagement:high", 3, d(7), &none, now).is_empty(), "2 in window");
+        assert!(
+            candidates(&events, "engagement:high", 3, d(7), &none, now).is_empty(),
+            "2 in window"
+        );
         let mut more = events.clone();
         more.push(cited(6, "Short Videos", &hi, now));
         let found = candidates(&more, "engagement:high", 3, d(7), &none, now);
         assert_eq!(found.len(), 1);
-        assert_eq!(found[0].event_ids, vec![Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(6)]);
+        assert_eq!(
+            found[0].event_ids,
+            vec![Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(6)]
+        );
         let promoted: HashSet<Uuid> = found[0].event_ids.iter().copied().collect();
         assert!(candidates(&more, "engagement:high", 3, d(7), &promoted, now).is_empty());
         assert_eq!(fingerprint("Short videos"), fingerprint("short-videos"));

@@ -53,6 +53,77 @@ impl Summarizer for BuiltinSummarizer {
     }
 }
 
+/// A summarizer behind an OpenAI-compatible chat endpoint
+/// (`POST <base_url>/chat/completions`). One request per candidate, bounded
+/// by a timeout and never retried here: a failure fails the phase and the
+/// candidates come back next tick.
+pub struct ChatSummarizer {
+    client: reqwest::Client,
+    url: String,
+    model: String,
+    api_key: Option<opsloop_core::secrets::Secret>,
+}
+
+impl ChatSummarizer {
+    pub fn new(
+        base_url: &str,
+        model: &str,
+        api_key: Option<opsloop_core::secrets::Secret>,
+        timeout: std::time::Duration,
+    ) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            client,
+            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            model: model.to_owned(),
+            api_key,
+        })
+    }
+}
+
+#[async_trait]
+impl Summarizer for ChatSummarizer {
+    async fn summarize(&self, c: &Candidate) -> Result<String, String> {
+        let examples: Vec<&Value> = c.events.iter().take(20).map(|e| &e.payload).collect();
+        let prompt = format!(
+            "Summarize in one sentence why \"{}\" had high engagement {} times. Event payloads: {}",
+            c.pattern,
+            c.events.len(),
+            json!(examples)
+        );
+        let mut request = self.client.post(&self.url).json(&json!({
+            "model": self.model,
+            "messages": [
+                {"role": "system", "content": "You write short, factual operations insights."},
+                {"role": "user", "content": prompt},
+            ],
+        }));
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key.expose());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("{}: {e}", self.url))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("{} answered {status}", self.url));
+        }
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|e| format!("{}: {e}", self.url))?;
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| format!("{}: no choices[0].message.content in the answer", self.url))
+    }
+}
+
 async fn policy(db: &impl ConnectionTrait) -> Result<InsightPromotion, HeartbeatError> {
     let row = workflow::get_policy(db, "insight_promotion").await?;
     match PolicyValue::parse(&PolicyKey::InsightPromotion, &row.value) {
@@ -62,7 +133,10 @@ async fn policy(db: &impl ConnectionTrait) -> Result<InsightPromotion, Heartbeat
     }
 }
 
-async fn promoted_among(db: &DatabaseConnection, ids: &[Uuid]) -> Result<HashSet<Uuid>, HeartbeatError> {
+async fn promoted_among(
+    db: &DatabaseConnection,
+    ids: &[Uuid],
+) -> Result<HashSet<Uuid>, HeartbeatError> {
     let mut promoted = HashSet::new();
     for chunk in ids.chunks(500) {
         let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
@@ -91,11 +165,18 @@ pub async fn run(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, HeartbeatE
     let events = db::events_between(db, now - window, now, WINDOW_EVENT_LIMIT).await?;
     let tagged: Vec<Uuid> = events
         .iter()
-        .filter(|e| e.kind == p.tag || e.tags.iter().any(|t| *t == p.tag))
+        .filter(|e| e.kind == p.tag || e.tags.contains(&p.tag))
         .map(|e| e.id)
         .collect();
     let promoted = promoted_among(db, &tagged).await?;
-    let found = candidates(&events, &p.tag, p.min_citations as usize, window, &promoted, now);
+    let found = candidates(
+        &events,
+        &p.tag,
+        p.min_citations as usize,
+        window,
+        &promoted,
+        now,
+    );
     let (mut stored, mut merged) = (0, 0);
     for candidate in &found {
         let summary = hb
@@ -120,8 +201,10 @@ pub async fn run(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, HeartbeatE
             merged += 1;
         }
     }
-    Ok(json!({"tagged_events": tagged.len(), "candidates": found.len(),
-              "stored": stored, "merged_into_existing": merged}))
+    Ok(
+        json!({"tagged_events": tagged.len(), "candidates": found.len(),
+              "stored": stored, "merged_into_existing": merged}),
+    )
 }
 
 /// Stores the insight (or finds the one with its fingerprint) and its

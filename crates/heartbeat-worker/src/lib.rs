@@ -2,7 +2,7 @@
 //! (lease row with a fencing token) ticks on an interval or cron schedule and
 //! on demand (`POST /run`), running the phases of DESIGN.md in order with
 //! their own budgets: trigger rules, reactions, insight promotion, stale
-//! recovery, ops health, budget, daily summary. Every instance also consumes
+//! recovery, ops health, budget, daily summary, weekly report. Every instance also consumes
 //! `event.#` to queue reactions as events arrive.
 //!
 //! Pure decision code (conditions, matrix, promotion, budget, schedules)
@@ -20,6 +20,7 @@ pub mod matching;
 pub mod ops;
 pub mod reaction_matrix;
 pub mod reactions;
+pub mod report;
 pub mod rules;
 pub mod schedule;
 pub mod template;
@@ -30,10 +31,11 @@ use std::time::Duration as StdDuration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chrono::Utc;
+use opsloop_core::auth::{Auth, Role};
 use opsloop_core::daemon::{Endpoints, Infra, bind, serve_until_stopped};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -41,7 +43,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use config::HeartbeatSettings;
-pub use heartbeat::{Fault, Heartbeat, HeartbeatError, Phase, PhaseStatus, TickOutcome, TickReport};
+pub use heartbeat::{
+    Fault, Heartbeat, HeartbeatError, Phase, PhaseStatus, TickOutcome, TickReport,
+};
 
 /// The service name in logs, metrics and the start line.
 pub const SERVICE: &str = "heartbeat-worker";
@@ -51,18 +55,41 @@ pub struct HeartbeatApp {
     infra: Infra,
     http: TcpListener,
     heartbeat: Heartbeat,
+    auth: Auth,
 }
 
 impl HeartbeatApp {
     /// Reads and validates the `[heartbeat]` section and binds the listener.
     pub async fn build(infra: Infra) -> anyhow::Result<Self> {
         let settings: HeartbeatSettings = infra.config.section("heartbeat")?;
-        let heartbeat = Heartbeat::new(infra.db.clone(), Some(infra.audit.clone()), settings.clone())?;
+        let summarizer: std::sync::Arc<dyn insights::Summarizer> = match &settings.summarizer_url {
+            Some(url) => std::sync::Arc::new(
+                insights::ChatSummarizer::new(
+                    url,
+                    &settings.summarizer_model,
+                    infra.secrets.get("summarizer_api_key")?,
+                    StdDuration::from_millis(settings.summarizer_timeout_ms),
+                )
+                .map_err(|e| anyhow::anyhow!("heartbeat.summarizer_url: {e}"))?,
+            ),
+            None => std::sync::Arc::new(insights::BuiltinSummarizer),
+        };
+        let heartbeat = Heartbeat::with_summarizer(
+            infra.db.clone(),
+            Some(infra.audit.clone()),
+            settings.clone(),
+            summarizer,
+        )?;
+        let auth = Auth::new(
+            infra.secrets.get("agent_token")?,
+            infra.secrets.get("admin_token")?,
+        );
         let http = bind("heartbeat.http_addr", &settings.http_addr).await?;
         Ok(Self {
             infra,
             http,
             heartbeat,
+            auth,
         })
     }
 
@@ -82,7 +109,7 @@ impl HeartbeatApp {
         let router = opsloop_core::http::base_router(SERVICE, self.infra.readiness()).merge(
             Router::new()
                 .route("/run", post(run_now))
-                .with_state(self.heartbeat.clone()),
+                .with_state((self.heartbeat.clone(), self.auth.clone())),
         );
         let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
         {
@@ -98,7 +125,12 @@ impl HeartbeatApp {
             let db = self.infra.db.clone();
             let bus = self.infra.bus.clone();
             let shutdown = self.infra.shutdown.clone();
-            tasks.spawn(reactions::consume(db, bus, settings.reactions_queue, shutdown));
+            tasks.spawn(reactions::consume(
+                db,
+                bus,
+                settings.reactions_queue,
+                shutdown,
+            ));
         }
         let endpoints = Endpoints {
             service: SERVICE,
@@ -110,8 +142,19 @@ impl HeartbeatApp {
 }
 
 /// `POST /run`: one tick now; 200 with the tick's result, 409 when this
-/// instance is standing by or a tick is running.
-async fn run_now(State(hb): State<Heartbeat>) -> Response {
+/// instance is standing by or a tick is running. Needs the admin token
+/// (`authorization: Bearer …`) when tokens are configured.
+async fn run_now(State((hb, auth)): State<(Heartbeat, Auth)>, headers: HeaderMap) -> Response {
+    if let Err(status) = auth.check(
+        &tonic::metadata::MetadataMap::from_headers(headers),
+        Role::Admin,
+    ) {
+        let code = match status.code() {
+            tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        return (code, axum::Json(json!({"error": status.message()}))).into_response();
+    }
     match hb.tick(Utc::now()).await {
         Ok(outcome @ TickOutcome::Ran(_)) => (StatusCode::OK, axum::Json(outcome)).into_response(),
         Ok(outcome) => (StatusCode::CONFLICT, axum::Json(outcome)).into_response(),
@@ -149,8 +192,11 @@ pub async fn run_loop(hb: Heartbeat, shutdown: CancellationToken) {
             match hb.acquire_lease(now).await {
                 Ok(Some(grant)) if !leader => {
                     leader = true;
-                    tracing::info!(instance = hb.instance_id(), fencing_token = grant.fencing_token,
-                        "took over as heartbeat leader");
+                    tracing::info!(
+                        instance = hb.instance_id(),
+                        fencing_token = grant.fencing_token,
+                        "took over as heartbeat leader"
+                    );
                     next_tick = now;
                     continue;
                 }

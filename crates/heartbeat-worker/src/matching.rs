@@ -136,7 +136,9 @@ impl EventMatcher {
     }
 
     pub fn matches(&self, event: &EventView) -> bool {
-        self.kind.as_deref().is_none_or(|k| glob_matches(k, &event.kind))
+        self.kind
+            .as_deref()
+            .is_none_or(|k| glob_matches(k, &event.kind))
             && self
                 .source
                 .as_deref()

@@ -30,8 +30,10 @@ pub async fn recover(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, Heartb
     let steps = workflow::recover_stale_steps(db, now).await?;
     let max_age = Duration::days(i64::from(hb.settings().stale_proposal_days));
     let expired = workflow::expire_stale_proposals(db, max_age, now).await?;
-    Ok(json!({"requeued_steps": steps.requeued.len(), "failed_steps": steps.failed.len(),
-              "expired_proposals": expired.len()}))
+    Ok(
+        json!({"requeued_steps": steps.requeued.len(), "failed_steps": steps.failed.len(),
+              "expired_proposals": expired.len()}),
+    )
 }
 
 pub async fn ops_health(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, HeartbeatError> {
@@ -41,7 +43,12 @@ pub async fn ops_health(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, Hea
     let policy = workflow::load_policy(db).await?;
     let until = db::cooldown_until(db, FAILURE_SPIKE_COOLDOWN).await?;
     let mut alerted = false;
-    if failure_spike_due(figures.step_failures_last_window, figures.failure_threshold, until, now) {
+    if failure_spike_due(
+        figures.step_failures_last_window,
+        figures.failure_threshold,
+        until,
+        now,
+    ) {
         let cooldown = Duration::seconds(i64::from(policy.ops_health.cooldown_seconds));
         let tx = begin_write(db).await?;
         if db::claim_cooldown(&tx, FAILURE_SPIKE_COOLDOWN, now + cooldown, now).await? {
@@ -71,8 +78,10 @@ pub async fn ops_health(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, Hea
         }
         tx.commit().await?;
     }
-    Ok(json!({"failures": figures.step_failures_last_window, "threshold": figures.failure_threshold,
-              "pending_proposals": figures.pending_proposals, "alerted": alerted}))
+    Ok(
+        json!({"failures": figures.step_failures_last_window, "threshold": figures.failure_threshold,
+              "pending_proposals": figures.pending_proposals, "alerted": alerted}),
+    )
 }
 
 async fn cost_policy(db: &impl ConnectionTrait) -> Result<CostBudget, HeartbeatError> {
@@ -140,27 +149,53 @@ pub async fn budget(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, Heartbe
     let spend = Spend {
         today_usd: cost_between(db, p.day_start, now).await?,
         month_usd: cost_between(db, p.month_start, now).await?,
-        consecutive_failures: consecutive_failures(db, stop_changed_at, policy.max_consecutive_failures)
-            .await?,
+        consecutive_failures: consecutive_failures(
+            db,
+            stop_changed_at,
+            policy.max_consecutive_failures,
+        )
+        .await?,
     };
     let mut sent = Vec::new();
     for action in evaluate_budget(&policy, &spend) {
         match action {
-            BudgetAction::DailyWarning { spent, limit, ratio } => {
+            BudgetAction::DailyWarning {
+                spent,
+                limit,
+                ratio,
+            } => {
                 let alert = Alert::new(
                     "OpsBudgetDailyWarning",
                     Severity::Warning,
-                    format!("cost today ${spent:.2} reached {:.0} % of the daily budget ${limit:.2}", ratio * 100.0),
-                    format!("day {} ({}): ${spent:.2} of ${limit:.2}", p.day_key, policy.timezone),
+                    format!(
+                        "cost today ${spent:.2} reached {:.0} % of the daily budget ${limit:.2}",
+                        ratio * 100.0
+                    ),
+                    format!(
+                        "day {} ({}): ${spent:.2} of ${limit:.2}",
+                        p.day_key, policy.timezone
+                    ),
                 )
                 .label("period", &p.day_key)
                 .annotation("spent_usd", format!("{spent:.2}"))
                 .annotation("budget_usd", format!("{limit:.2}"));
-                if once_per_period(db, &format!("budget.daily_warning:{}", p.day_key), p.day_end, &alert, now).await? {
+                if once_per_period(
+                    db,
+                    &format!("budget.daily_warning:{}", p.day_key),
+                    p.day_end,
+                    &alert,
+                    now,
+                )
+                .await?
+                {
                     sent.push("daily_warning");
                 }
             }
-            BudgetAction::MonthlyWarning { spent, limit, ratio } => {
+            BudgetAction::MonthlyWarning {
+                spent,
+                limit,
+                ratio,
+            } => {
                 let alert = Alert::new(
                     "OpsBudgetMonthlyWarning",
                     Severity::Warning,
@@ -170,20 +205,35 @@ pub async fn budget(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, Heartbe
                 .label("period", &p.month_key)
                 .annotation("spent_usd", format!("{spent:.2}"))
                 .annotation("budget_usd", format!("{limit:.2}"));
-                if once_per_period(db, &format!("budget.monthly_warning:{}", p.month_key), p.month_end, &alert, now).await? {
+                if once_per_period(
+                    db,
+                    &format!("budget.monthly_warning:{}", p.month_key),
+                    p.month_end,
+                    &alert,
+                    now,
+                )
+                .await?
+                {
                     sent.push("monthly_warning");
                 }
             }
             BudgetAction::HardStop { reason } => {
                 let mark = format!("budget.emergency_stop:{}", p.day_key);
                 // Once per day: a human release the same day stands.
-                let already = db::cooldown_until(db, &mark).await?.is_some_and(|until| until > now);
+                let already = db::cooldown_until(db, &mark)
+                    .await?
+                    .is_some_and(|until| until > now);
                 if stop.engaged || already {
                     continue;
                 }
-                let change =
-                    workflow::engage_emergency_stop(db, ACTOR, &reason, hb.inner.audit.as_deref(), now)
-                        .await?;
+                let change = workflow::engage_emergency_stop(
+                    db,
+                    ACTOR,
+                    &reason,
+                    hb.inner.audit.as_deref(),
+                    now,
+                )
+                .await?;
                 let alert = Alert::new(
                     "OpsEmergencyStop",
                     Severity::Critical,
@@ -198,8 +248,10 @@ pub async fn budget(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, Heartbe
             }
         }
     }
-    Ok(json!({"today_usd": spend.today_usd, "month_usd": spend.month_usd,
-              "consecutive_failures": spend.consecutive_failures, "sent": sent}))
+    Ok(
+        json!({"today_usd": spend.today_usd, "month_usd": spend.month_usd,
+              "consecutive_failures": spend.consecutive_failures, "sent": sent}),
+    )
 }
 
 /// Claims the cooldown `name` until `until` and enqueues `alert`, in one
@@ -230,7 +282,9 @@ pub async fn daily_summary(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, 
     };
     let figures = workflow::summary(db, SummaryPeriod::Daily, now).await?;
     let figures_json = serde_json::to_value(&figures).unwrap_or(Value::Null);
-    let count = |map: &std::collections::BTreeMap<String, i64>, key: &str| map.get(key).copied().unwrap_or(0);
+    let count = |map: &std::collections::BTreeMap<String, i64>, key: &str| {
+        map.get(key).copied().unwrap_or(0)
+    };
     let alert = Alert::new(
         "OpsDailySummary",
         Severity::Info,
@@ -243,7 +297,12 @@ pub async fn daily_summary(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, 
         ),
         figures_json.to_string(),
     )
-    .label("period", occurrence.with_timezone(&chrono_tz::UTC).format("%Y-%m-%dT%H:%MZ"))
+    .label(
+        "period",
+        occurrence
+            .with_timezone(&chrono_tz::UTC)
+            .format("%Y-%m-%dT%H:%MZ"),
+    )
     .annotation("figures", figures_json.to_string());
     let tx = begin_write(db).await?;
     let sent = db::advance_mark(&tx, DAILY_SUMMARY_MARK, occurrence, now).await?;
@@ -252,4 +311,135 @@ pub async fn daily_summary(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, 
     }
     tx.commit().await?;
     Ok(json!({"due": true, "occurrence": occurrence, "sent": sent}))
+}
+
+/// The mark of the last weekly report sent.
+pub const WEEKLY_REPORT_MARK: &str = "report.weekly";
+
+/// Once per weekly occurrence: the report of the 7 days before it, stored in
+/// `reports` (kind `weekly`) and sent as `OpsWeeklyReport`, with the mark,
+/// in one transaction.
+pub async fn weekly_report(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, HeartbeatError> {
+    let db = hb.db();
+    let now = db_now(now);
+    let last = db::cooldown_until(db, WEEKLY_REPORT_MARK).await?;
+    let Some(end) = hb.inner.weekly_schedule.due(last, now, Duration::days(8)) else {
+        return Ok(json!({"due": false}));
+    };
+    let start = end - Duration::days(7);
+    let backend = db.get_database_backend();
+    let period = || vec![start.into(), end.into()];
+    let mut missions = std::collections::BTreeMap::new();
+    for row in db
+        .query_all_raw(stmt(
+            backend,
+            "SELECT status, COUNT(*) AS n FROM missions WHERE finished_at >= $1 AND finished_at < $2 GROUP BY status",
+            period(),
+        ))
+        .await?
+    {
+        missions.insert(row.try_get::<String>("", "status")?, row.try_get::<i64>("", "n")?);
+    }
+    let mut steps = Vec::new();
+    for row in db
+        .query_all_raw(stmt(
+            backend,
+            "SELECT kind, status, error, started_at, finished_at FROM mission_steps \
+             WHERE status IN ('succeeded', 'failed') AND finished_at >= $1 AND finished_at < $2 \
+             ORDER BY finished_at LIMIT 100000",
+            period(),
+        ))
+        .await?
+    {
+        let started: Option<DateTime<Utc>> = row.try_get("", "started_at")?;
+        let finished: Option<DateTime<Utc>> = row.try_get("", "finished_at")?;
+        steps.push(crate::report::FinishedStep {
+            kind: row.try_get("", "kind")?,
+            status: row.try_get("", "status")?,
+            error: row.try_get("", "error")?,
+            duration_ms: started
+                .zip(finished)
+                .map(|(s, f)| (f - s).num_milliseconds()),
+        });
+    }
+    let mut alerts = Vec::new();
+    for row in db
+        .query_all_raw(stmt(
+            backend,
+            "SELECT payload FROM outbox WHERE routing_key LIKE 'alert.%' \
+             AND created_at >= $1 AND created_at < $2 LIMIT 100000",
+            period(),
+        ))
+        .await?
+    {
+        let payload: Value = row.try_get("", "payload")?;
+        if let Some(name) = payload["labels"]["alertname"].as_str() {
+            alerts.push(name.to_owned());
+        }
+    }
+    let last_backup = db
+        .query_one_raw(stmt(
+            backend,
+            "SELECT finished_at FROM backups WHERE status = 'completed' AND finished_at < $1 \
+             ORDER BY finished_at DESC LIMIT 1",
+            vec![end.into()],
+        ))
+        .await?
+        .map(|row| row.try_get::<Option<DateTime<Utc>>>("", "finished_at"))
+        .transpose()?
+        .flatten();
+    let budget = cost_policy(db).await?;
+    let input = crate::report::WeeklyInput {
+        period_start: start,
+        period_end: end,
+        missions,
+        steps,
+        alerts,
+        cost_usd: cost_between(db, start, end).await?,
+        budget_usd: budget.daily_usd * 7.0,
+        last_backup_at: last_backup,
+    };
+    let body = crate::report::weekly_body(&input);
+    let rate = |v: &Value| {
+        v.as_f64()
+            .map(|r| format!("{:.0} %", r * 100.0))
+            .unwrap_or_else(|| "n/a".into())
+    };
+    let alert = Alert::new(
+        "OpsWeeklyReport",
+        Severity::Info,
+        format!(
+            "week to {}: mission success {}, cost ${:.2} of ${:.2}",
+            end.format("%Y-%m-%d"),
+            rate(&body["missions"]["successRate"]),
+            input.cost_usd,
+            input.budget_usd
+        ),
+        body.to_string(),
+    )
+    .label("period", end.format("%Y-%m-%d"))
+    .annotation("report", body.to_string());
+    let tx = begin_write(db).await?;
+    let sent = db::advance_mark(&tx, WEEKLY_REPORT_MARK, end, now).await?;
+    let report_id = uuid::Uuid::now_v7();
+    if sent {
+        tx.execute_raw(stmt(
+            backend,
+            "INSERT INTO reports (id, kind, period_start, period_end, body, created_at) \
+             VALUES ($1, 'weekly', $2, $3, $4, $5)",
+            vec![
+                report_id.into(),
+                start.into(),
+                end.into(),
+                body.clone().into(),
+                now.into(),
+            ],
+        ))
+        .await?;
+        enqueue_alert(&tx, &alert, now).await?;
+    }
+    tx.commit().await?;
+    Ok(
+        json!({"due": true, "period_end": end, "sent": sent, "report_id": sent.then_some(report_id)}),
+    )
 }

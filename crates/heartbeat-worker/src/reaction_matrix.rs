@@ -39,14 +39,17 @@ impl ReactionPattern {
             Some(v) => v
                 .as_f64()
                 .filter(|p| (0.0..=1.0).contains(p))
-                .ok_or_else(|| SpecError::new(format!("{field}.probability"), "must be in [0, 1]"))?,
+                .ok_or_else(|| {
+                    SpecError::new(format!("{field}.probability"), "must be in [0, 1]")
+                })?,
         };
-        let cooldown = match spec.get("cooldown_seconds") {
-            None => Duration::zero(),
-            Some(v) => Duration::seconds(v.as_u64().filter(|s| *s <= 366 * 86_400).ok_or_else(
-                || SpecError::new(format!("{field}.cooldown_seconds"), "must be whole seconds"),
-            )? as i64),
-        };
+        let cooldown =
+            match spec.get("cooldown_seconds") {
+                None => Duration::zero(),
+                Some(v) => Duration::seconds(v.as_u64().filter(|s| *s <= 366 * 86_400).ok_or_else(
+                    || SpecError::new(format!("{field}.cooldown_seconds"), "must be whole seconds"),
+                )? as i64),
+            };
         let template = spec
             .get("template")
             .filter(|t| t.get("title").is_some() && t.get("steps").is_some_and(Value::is_array))
@@ -182,6 +185,9 @@ mod tests {
         assert_eq!(bad.len(), 2);
         assert_eq!(bad[1].field, "patterns[2].probability");
         assert_eq!(good[0].cooldown_name(), "reaction:p1:writer");
-        assert_eq!(reaction_dedupe_key(Uuid::nil(), "p1"), format!("reaction:{}:p1", Uuid::nil()));
+        assert_eq!(
+            reaction_dedupe_key(Uuid::nil(), "p1"),
+            format!("reaction:{}:p1", Uuid::nil())
+        );
     }
 }

@@ -33,7 +33,9 @@ pub const CONSUMER: &str = "reactions";
 const DRAIN_BATCH: u64 = 200;
 
 /// The matrix as stored; a bad pattern is logged and skipped.
-pub async fn load_patterns(db: &impl ConnectionTrait) -> Result<Vec<ReactionPattern>, HeartbeatError> {
+pub async fn load_patterns(
+    db: &impl ConnectionTrait,
+) -> Result<Vec<ReactionPattern>, HeartbeatError> {
     let value = match workflow::get_policy(db, "reaction_matrix").await {
         Ok(row) => row.value,
         Err(WorkflowError::NotFound { .. }) => return Ok(Vec::new()),
@@ -82,13 +84,20 @@ pub async fn enqueue(
         let mut status = if m.selected { "queued" } else { "skipped" };
         if m.selected
             && m.pattern.cooldown > chrono::Duration::zero()
-            && !db::claim_cooldown(&tx, &m.pattern.cooldown_name(), now + m.pattern.cooldown, now).await?
+            && !db::claim_cooldown(
+                &tx,
+                &m.pattern.cooldown_name(),
+                now + m.pattern.cooldown,
+                now,
+            )
+            .await?
         {
             status = "cooldown";
         }
         let mut template = render(&m.pattern.template, &|name| event_var(event, name));
         if let Value::Object(map) = &mut template {
-            map.entry("agent").or_insert_with(|| json!(m.pattern.target));
+            map.entry("agent")
+                .or_insert_with(|| json!(m.pattern.target));
         }
         let inserted = tx
             .execute_raw(stmt(
@@ -158,15 +167,20 @@ pub async fn run(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, HeartbeatE
         db::advance_cursor(db, CONSUMER, row.seq, now).await?;
     }
     let drained = drain(db, now).await?;
-    Ok(json!({"new_events": rows.len(), "quarantined": quarantined, "queued": total.queued,
+    Ok(
+        json!({"new_events": rows.len(), "quarantined": quarantined, "queued": total.queued,
               "skipped": total.skipped, "cooling_down": total.cooling_down,
               "duplicates": total.duplicates, "proposed": drained.0, "rejected": drained.1,
-              "invalid": drained.2}))
+              "invalid": drained.2}),
+    )
 }
 
 /// Turns queued reactions into proposals, oldest first. Returns (proposed,
 /// rejected, invalid).
-pub async fn drain(db: &DatabaseConnection, now: DateTime<Utc>) -> Result<(u32, u32, u32), HeartbeatError> {
+pub async fn drain(
+    db: &DatabaseConnection,
+    now: DateTime<Utc>,
+) -> Result<(u32, u32, u32), HeartbeatError> {
     let backend = db.get_database_backend();
     let queued = reactions::Entity::find()
         .from_raw_sql(stmt(
@@ -212,7 +226,12 @@ pub async fn drain(db: &DatabaseConnection, now: DateTime<Utc>) -> Result<(u32, 
             backend,
             "UPDATE reactions SET status = $2, proposal_id = $3, processed_at = $4 \
              WHERE id = $1 AND status = 'queued'",
-            vec![reaction.id.into(), status.into(), proposal_id.into(), db_now(now).into()],
+            vec![
+                reaction.id.into(),
+                status.into(),
+                proposal_id.into(),
+                db_now(now).into(),
+            ],
         ))
         .await?;
     }
@@ -224,7 +243,10 @@ pub fn parse_event_message(payload: &[u8]) -> Result<EventView, String> {
     let v: Value = serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
     let field = |k: &str| v.get(k).ok_or_else(|| format!("missing {k}"));
     let text = |k: &str| -> Result<String, String> {
-        field(k)?.as_str().map(str::to_owned).ok_or_else(|| format!("{k} must be a string"))
+        field(k)?
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("{k} must be a string"))
     };
     let id = Uuid::parse_str(&text("id")?).map_err(|_| "id must be a UUID".to_owned())?;
     let created_at = DateTime::parse_from_rfc3339(&text("created_at")?)
@@ -233,7 +255,11 @@ pub fn parse_event_message(payload: &[u8]) -> Result<EventView, String> {
     let tags = match v.get("tags") {
         Some(Value::Array(items)) => items
             .iter()
-            .map(|t| t.as_str().map(str::to_owned).ok_or_else(|| "tags must be strings".to_owned()))
+            .map(|t| {
+                t.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| "tags must be strings".to_owned())
+            })
             .collect::<Result<Vec<_>, _>>()?,
         _ => Vec::new(),
     };
@@ -261,7 +287,9 @@ pub async fn consume(
     queue: String,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut subscription = bus.subscribe(QueueSpec::new(queue.clone(), &["event.#"])).await?;
+    let mut subscription = bus
+        .subscribe(QueueSpec::new(queue.clone(), &["event.#"]))
+        .await?;
     tracing::info!(%queue, "consuming events for reactions");
     loop {
         let delivery = tokio::select! {

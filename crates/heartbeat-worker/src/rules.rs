@@ -35,7 +35,10 @@ pub enum Condition {
         window: Duration,
     },
     /// At least `min_count` running missions without activity for `older_than`.
-    StalledMissions { older_than: Duration, min_count: u64 },
+    StalledMissions {
+        older_than: Duration,
+        min_count: u64,
+    },
     All(Vec<Condition>),
     Any(Vec<Condition>),
 }
@@ -55,7 +58,10 @@ fn count(field: &str, spec: &Value, key: &str, default: Option<u64>) -> Result<u
         (None, Some(d)) => Ok(d),
         (Some(v), _) => match v.as_u64() {
             Some(n) if n > 0 => Ok(n),
-            _ => Err(SpecError::new(format!("{field}.{key}"), "must be a positive whole number")),
+            _ => Err(SpecError::new(
+                format!("{field}.{key}"),
+                "must be a positive whole number",
+            )),
         },
         (None, None) => Err(SpecError::new(format!("{field}.{key}"), "required")),
     }
@@ -86,7 +92,10 @@ impl Condition {
                     match spec.get(key) {
                         None => Ok(EventMatcher::kind(default)),
                         Some(Value::String(s)) => Ok(EventMatcher::kind(s)),
-                        Some(_) => Err(SpecError::new(format!("{field}.{key}"), "must be a kind glob")),
+                        Some(_) => Err(SpecError::new(
+                            format!("{field}.{key}"),
+                            "must be a kind glob",
+                        )),
                     }
                 };
                 Self::FailureRate {
@@ -290,7 +299,11 @@ pub struct Firing {
 }
 
 /// True when a rule last fired at `last_fired` may fire again at `now`.
-pub fn cooldown_passed(last_fired: Option<DateTime<Utc>>, cooldown: Duration, now: DateTime<Utc>) -> bool {
+pub fn cooldown_passed(
+    last_fired: Option<DateTime<Utc>>,
+    cooldown: Duration,
+    now: DateTime<Utc>,
+) -> bool {
     last_fired.is_none_or(|last| last + cooldown <= now)
 }
 
@@ -307,7 +320,11 @@ pub fn rotated<T: Clone>(items: &[T], n: u64) -> Vec<T> {
         return Vec::new();
     }
     let start = (n % items.len() as u64) as usize;
-    items[start..].iter().chain(&items[..start]).cloned().collect()
+    items[start..]
+        .iter()
+        .chain(&items[..start])
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
@@ -317,14 +334,20 @@ mod tests {
     use chrono::TimeZone;
 
     fn now() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).single().expect("valid")
+        Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
+            .single()
+            .expect("valid")
     }
 
     fn secs(n: i64) -> Duration {
         Duration::seconds(n)
     }
 
-    fn eval(spec: Value, events: &[EventView], missions: &[(Uuid, DateTime<Utc>)]) -> Option<Firing> {
+    fn eval(
+        spec: Value,
+        events: &[EventView],
+        missions: &[(Uuid, DateTime<Utc>)],
+    ) -> Option<Firing> {
         let c = Condition::parse("condition", &spec).expect("parses");
         c.evaluate(&Facts {
             now: now(),
@@ -336,14 +359,40 @@ mod tests {
     #[test]
     fn event_count_boundaries() {
         let n = now();
-        let spec = json!({"type": "event_count", "kind": "post.*", "window_seconds": 60, "min_count": 2});
+        let spec =
+            json!({"type": "event_count", "kind": "post.*", "window_seconds": 60, "min_count": 2});
         let table: Vec<(Vec<EventView>, Option<&str>)> = vec![
             (vec![], None),
             (vec![event(1, "post.x", &[], n - secs(10))], None),
-            (vec![event(1, "post.x", &[], n - secs(60)), event(2, "post.y", &[], n)], Some("count:2")),
-            (vec![event(1, "post.x", &[], n - secs(61)), event(2, "post.y", &[], n)], None),
-            (vec![event(1, "step.x", &[], n - secs(5)), event(2, "post.y", &[], n)], None),
-            (vec![event(1, "post.x", &[], n - secs(5)), event(2, "post.y", &[], n - secs(1)), event(3, "step.z", &[], n)], Some("count:2")),
+            (
+                vec![
+                    event(1, "post.x", &[], n - secs(60)),
+                    event(2, "post.y", &[], n),
+                ],
+                Some("count:2"),
+            ),
+            (
+                vec![
+                    event(1, "post.x", &[], n - secs(61)),
+                    event(2, "post.y", &[], n),
+                ],
+                None,
+            ),
+            (
+                vec![
+                    event(1, "step.x", &[], n - secs(5)),
+                    event(2, "post.y", &[], n),
+                ],
+                None,
+            ),
+            (
+                vec![
+                    event(1, "post.x", &[], n - secs(5)),
+                    event(2, "post.y", &[], n - secs(1)),
+                    event(3, "step.z", &[], n),
+                ],
+                Some("count:2"),
+            ),
         ];
         for (events, want) in table {
             let got = eval(spec.clone(), &events, &[]).map(|f| f.window_key);
@@ -369,9 +418,19 @@ mod tests {
             }
             v
         };
-        let table = [((2, 2), true), ((1, 3), false), ((3, 0), false), ((4, 0), true), ((0, 5), false)];
+        let table = [
+            ((2, 2), true),
+            ((1, 3), false),
+            ((3, 0), false),
+            ((4, 0), true),
+            ((0, 5), false),
+        ];
         for ((f, s), want) in table {
-            assert_eq!(eval(spec.clone(), &mk(f, s), &[]).is_some(), want, "{f} failed, {s} ok");
+            assert_eq!(
+                eval(spec.clone(), &mk(f, s), &[]).is_some(),
+                want,
+                "{f} failed, {s} ok"
+            );
         }
     }
 
@@ -379,8 +438,22 @@ mod tests {
     fn absence_is_a_dead_mans_switch() {
         let n = now();
         let spec = json!({"type": "absence", "kind": "backup.succeeded", "window_seconds": 3600});
-        assert!(eval(spec.clone(), &[event(1, "backup.succeeded", &[], n - secs(3600))], &[]).is_none());
-        assert!(eval(spec.clone(), &[event(1, "backup.succeeded", &[], n - secs(3601))], &[]).is_some());
+        assert!(
+            eval(
+                spec.clone(),
+                &[event(1, "backup.succeeded", &[], n - secs(3600))],
+                &[]
+            )
+            .is_none()
+        );
+        assert!(
+            eval(
+                spec.clone(),
+                &[event(1, "backup.succeeded", &[], n - secs(3601))],
+                &[]
+            )
+            .is_some()
+        );
         assert!(eval(spec.clone(), &[event(1, "other", &[], n)], &[]).is_some());
         let key = eval(spec, &[], &[]).expect("fires").window_key;
         assert_eq!(key, format!("absence:{}", n.timestamp() / 3600));
@@ -394,8 +467,16 @@ mod tests {
         let spec = json!({"type": "stalled_missions", "older_than_seconds": 600});
         assert!(eval(spec.clone(), &[], &[(a, n - secs(599))]).is_none());
         let one = eval(spec.clone(), &[], &[(a, n - secs(600))]).expect("fires");
-        let two = eval(spec.clone(), &[], &[(a, n - secs(600)), (b, n - secs(9000))]).expect("fires");
-        assert_ne!(one.window_key, two.window_key, "a new stalled set is a new fact");
+        let two = eval(
+            spec.clone(),
+            &[],
+            &[(a, n - secs(600)), (b, n - secs(9000))],
+        )
+        .expect("fires");
+        assert_ne!(
+            one.window_key, two.window_key,
+            "a new stalled set is a new fact"
+        );
         let two_again = eval(spec, &[], &[(b, n - secs(9000)), (a, n - secs(700))]).expect("fires");
         assert_eq!(two.window_key, two_again.window_key, "same set, same key");
     }
@@ -404,15 +485,39 @@ mod tests {
     fn all_and_any_compose() {
         let n = now();
         let events = vec![event(1, "post.x", &[], n)];
-        let hit = json!({"type": "event_count", "kind": "post.*", "window_seconds": 60, "min_count": 1});
-        let miss = json!({"type": "event_count", "kind": "nope", "window_seconds": 60, "min_count": 1});
-        assert!(eval(json!({"type": "all", "conditions": [hit, miss]}), &events, &[]).is_none());
-        assert!(eval(json!({"type": "any", "conditions": [miss, hit]}), &events, &[]).is_some());
-        let both = eval(json!({"type": "all", "conditions": [hit, hit]}), &events, &[]).expect("fires");
+        let hit =
+            json!({"type": "event_count", "kind": "post.*", "window_seconds": 60, "min_count": 1});
+        let miss =
+            json!({"type": "event_count", "kind": "nope", "window_seconds": 60, "min_count": 1});
+        assert!(
+            eval(
+                json!({"type": "all", "conditions": [hit, miss]}),
+                &events,
+                &[]
+            )
+            .is_none()
+        );
+        assert!(
+            eval(
+                json!({"type": "any", "conditions": [miss, hit]}),
+                &events,
+                &[]
+            )
+            .is_some()
+        );
+        let both = eval(
+            json!({"type": "all", "conditions": [hit, hit]}),
+            &events,
+            &[],
+        )
+        .expect("fires");
         assert_eq!(both.window_key, "count:1+count:1");
         assert!(Condition::parse("c", &json!({"type": "all", "conditions": []})).is_err());
-        let err = Condition::parse("c", &json!({"type": "any", "conditions": [{"type": "absence"}]}))
-            .expect_err("bad");
+        let err = Condition::parse(
+            "c",
+            &json!({"type": "any", "conditions": [{"type": "absence"}]}),
+        )
+        .expect_err("bad");
         assert_eq!(err.field, "c.conditions[0].window_seconds");
     }
 
@@ -423,8 +528,14 @@ mod tests {
         assert!(!cooldown_passed(Some(n - secs(59)), secs(60), n));
         assert!(cooldown_passed(Some(n - secs(60)), secs(60), n));
         let rule = Uuid::from_u128(9);
-        assert_eq!(trigger_dedupe_key(rule, "count:1"), trigger_dedupe_key(rule, "count:1"));
-        assert_ne!(trigger_dedupe_key(rule, "count:1"), trigger_dedupe_key(rule, "count:2"));
+        assert_eq!(
+            trigger_dedupe_key(rule, "count:1"),
+            trigger_dedupe_key(rule, "count:1")
+        );
+        assert_ne!(
+            trigger_dedupe_key(rule, "count:1"),
+            trigger_dedupe_key(rule, "count:2")
+        );
         assert_eq!(rotated(&[1, 2, 3], 0), vec![1, 2, 3]);
         assert_eq!(rotated(&[1, 2, 3], 4), vec![2, 3, 1]);
         assert!(rotated::<u8>(&[], 3).is_empty());

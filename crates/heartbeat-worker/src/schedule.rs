@@ -84,7 +84,7 @@ impl CronSchedule {
 #[derive(Debug, Clone)]
 pub enum TickSchedule {
     Every(Duration),
-    Cron(CronSchedule),
+    Cron(Box<CronSchedule>),
 }
 
 impl TickSchedule {
@@ -103,7 +103,9 @@ mod tests {
     use chrono::TimeZone;
 
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).single().expect("valid")
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0)
+            .single()
+            .expect("valid")
     }
 
     #[test]
@@ -111,17 +113,39 @@ mod tests {
         let s = CronSchedule::parse("0 6 * * *", "Asia/Tokyo").expect("parses");
         // 06:00 JST = 21:00 UTC the day before.
         let table = [
-            (utc(2026, 11, 22, 20, 59), None, Some(utc(2026, 11, 21, 21, 0))),
-            (utc(2026, 11, 22, 21, 0), None, Some(utc(2026, 11, 22, 21, 0))),
-            (utc(2026, 11, 22, 21, 5), Some(utc(2026, 11, 22, 21, 0)), None),
-            (utc(2026, 11, 23, 21, 0), Some(utc(2026, 11, 22, 21, 0)), Some(utc(2026, 11, 23, 21, 0))),
+            (
+                utc(2026, 11, 22, 20, 59),
+                None,
+                Some(utc(2026, 11, 21, 21, 0)),
+            ),
+            (
+                utc(2026, 11, 22, 21, 0),
+                None,
+                Some(utc(2026, 11, 22, 21, 0)),
+            ),
+            (
+                utc(2026, 11, 22, 21, 5),
+                Some(utc(2026, 11, 22, 21, 0)),
+                None,
+            ),
+            (
+                utc(2026, 11, 23, 21, 0),
+                Some(utc(2026, 11, 22, 21, 0)),
+                Some(utc(2026, 11, 23, 21, 0)),
+            ),
         ];
         for (now, last, expected) in table {
             assert_eq!(s.due(last, now, Duration::hours(25)), expected, "now {now}");
         }
         // Too old to catch up.
-        assert_eq!(s.due(None, utc(2026, 11, 22, 20, 59), Duration::hours(1)), None);
-        assert_eq!(s.next_after(utc(2026, 11, 22, 21, 0)), Some(utc(2026, 11, 23, 21, 0)));
+        assert_eq!(
+            s.due(None, utc(2026, 11, 22, 20, 59), Duration::hours(1)),
+            None
+        );
+        assert_eq!(
+            s.next_after(utc(2026, 11, 22, 21, 0)),
+            Some(utc(2026, 11, 23, 21, 0))
+        );
     }
 
     #[test]
@@ -133,8 +157,14 @@ mod tests {
     #[test]
     fn tick_cadence() {
         let t = utc(2026, 11, 23, 10, 0);
-        assert_eq!(TickSchedule::Every(Duration::seconds(300)).next_after(t), utc(2026, 11, 23, 10, 5));
+        assert_eq!(
+            TickSchedule::Every(Duration::seconds(300)).next_after(t),
+            utc(2026, 11, 23, 10, 5)
+        );
         let cron = CronSchedule::parse("*/10 * * * *", "UTC").expect("parses");
-        assert_eq!(TickSchedule::Cron(cron).next_after(t), utc(2026, 11, 23, 10, 10));
+        assert_eq!(
+            TickSchedule::Cron(Box::new(cron)).next_after(t),
+            utc(2026, 11, 23, 10, 10)
+        );
     }
 }

@@ -66,7 +66,10 @@ pub fn build_proposal(
             .to_owned(),
         dedupe_key: Some(dedupe),
         steps,
-        parallel: rendered.get("parallel").and_then(Value::as_bool).unwrap_or(false),
+        parallel: rendered
+            .get("parallel")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         metadata: Value::Object(meta),
         trace_id: None,
     }
@@ -82,17 +85,26 @@ mod tests {
     fn builds_a_valid_proposal_or_names_the_field() {
         let t = json!({"title": "Check {{event.kind}}", "steps": [{"kind": "analyze", "payload": {"k": "{{event.kind}}"}}]});
         let vars = |name: &str| (name == "event.kind").then(|| json!("post.x"));
-        let p = build_proposal(&t, &vars, ProposalSource::Trigger, "heartbeat", "trigger:1:a", json!({"rule": "r"}))
-            .expect("valid");
+        let p = build_proposal(
+            &t,
+            &vars,
+            ProposalSource::Trigger,
+            "heartbeat",
+            "trigger:1:a",
+            json!({"rule": "r"}),
+        )
+        .expect("valid");
         assert_eq!(p.title, "Check post.x");
         assert_eq!(p.agent, "heartbeat");
         assert_eq!(p.steps[0].payload["k"], "post.x");
         assert_eq!(p.metadata["rule"], "r");
         let bad = json!({"title": "t", "steps": [{"kind": "Bad Kind"}]});
-        let err = build_proposal(&bad, &vars, ProposalSource::Trigger, "h", "k", json!({})).expect_err("bad");
+        let err = build_proposal(&bad, &vars, ProposalSource::Trigger, "h", "k", json!({}))
+            .expect_err("bad");
         assert_eq!(err.field, "template.steps[0].kind");
         let empty = json!({"title": "", "steps": [{"kind": "echo"}]});
-        let err = build_proposal(&empty, &vars, ProposalSource::Trigger, "h", "k", json!({})).expect_err("bad");
+        let err = build_proposal(&empty, &vars, ProposalSource::Trigger, "h", "k", json!({}))
+            .expect_err("bad");
         assert_eq!(err.field, "template.title");
     }
 }

@@ -41,7 +41,11 @@ pub enum FireOutcome {
     CoolingDown,
 }
 
-pub async fn run(hb: &Heartbeat, now: DateTime<Utc>, tick_no: u64) -> Result<Value, HeartbeatError> {
+pub async fn run(
+    hb: &Heartbeat,
+    now: DateTime<Utc>,
+    tick_no: u64,
+) -> Result<Value, HeartbeatError> {
     let db = hb.db();
     let now = db_now(now);
     let cursor = db::read_cursor(db, CONSUMER).await?;
@@ -92,7 +96,11 @@ pub async fn run(hb: &Heartbeat, now: DateTime<Utc>, tick_no: u64) -> Result<Val
         let Some(firing) = condition.evaluate(&facts) else {
             continue;
         };
-        if !cooldown_passed(rule.last_fired_at, Duration::seconds(rule.cooldown_seconds), now) {
+        if !cooldown_passed(
+            rule.last_fired_at,
+            Duration::seconds(rule.cooldown_seconds),
+            now,
+        ) {
             cooling += 1;
             continue;
         }
@@ -111,13 +119,17 @@ pub async fn run(hb: &Heartbeat, now: DateTime<Utc>, tick_no: u64) -> Result<Val
     if let Some(last) = rows.last() {
         db::advance_cursor(db, CONSUMER, last.seq, now).await?;
     }
-    Ok(json!({"new_events": rows.len(), "quarantined": quarantined, "rules": parsed.len(),
+    Ok(
+        json!({"new_events": rows.len(), "quarantined": quarantined, "rules": parsed.len(),
               "invalid_rules": invalid, "fired": fired, "rejected": rejected,
-              "already_fired": duplicate, "cooling_down": cooling, "invalid_actions": bad_actions}))
+              "already_fired": duplicate, "cooling_down": cooling, "invalid_actions": bad_actions}),
+    )
 }
 
 /// Running missions with their last activity (latest event, else creation).
-async fn running_missions(db: &DatabaseConnection) -> Result<Vec<(Uuid, DateTime<Utc>)>, HeartbeatError> {
+async fn running_missions(
+    db: &DatabaseConnection,
+) -> Result<Vec<(Uuid, DateTime<Utc>)>, HeartbeatError> {
     let backend = db.get_database_backend();
     let rows = missions::Entity::find()
         .from_raw_sql(stmt(
@@ -156,7 +168,10 @@ fn vars<'a>(
         "window" => Some(json!(firing.window_key)),
         other => match other.strip_prefix("detail.") {
             Some(path) => lookup(&firing.detail, path).cloned(),
-            None => firing.event.as_ref().and_then(|e: &EventView| event_var(e, other)),
+            None => firing
+                .event
+                .as_ref()
+                .and_then(|e: &EventView| event_var(e, other)),
         },
     }
 }
@@ -271,7 +286,11 @@ pub async fn fire(
             backend,
             "UPDATE trigger_fires SET outcome = 'rejected', proposal_id = $2, \
              window_key = window_key || $3 WHERE id = $1",
-            vec![fire_id.into(), proposal_id.into(), format!("#rejected:{fire_id}").into()],
+            vec![
+                fire_id.into(),
+                proposal_id.into(),
+                format!("#rejected:{fire_id}").into(),
+            ],
         ))
         .await?;
         if let Some(previous) = previous_fired_at {
@@ -298,7 +317,11 @@ pub async fn fire(
     }
     tx.commit().await?;
 
-    let kind = if rejected { "trigger.rejected" } else { "trigger.fired" };
+    let kind = if rejected {
+        "trigger.rejected"
+    } else {
+        "trigger.fired"
+    };
     emit(
         db,
         kind,

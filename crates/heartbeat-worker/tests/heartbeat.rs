@@ -26,7 +26,10 @@ use uuid::Uuid;
 /// A fixed past instant, ten minutes past an hour (so one-hour buckets and
 /// Tokyo days do not roll over inside a test).
 fn base() -> DateTime<Utc> {
-    Utc::now().duration_trunc(Duration::hours(1)).expect("trunc") - Duration::hours(2)
+    Utc::now()
+        .duration_trunc(Duration::hours(1))
+        .expect("trunc")
+        - Duration::hours(2)
         + Duration::minutes(10)
 }
 
@@ -46,7 +49,14 @@ fn heartbeat(db: &TestDb, id: &str) -> Heartbeat {
     Heartbeat::new(db.db.clone(), None, settings(id)).expect("heartbeat")
 }
 
-async fn emit(db: &DatabaseConnection, kind: &str, tags: &[&str], payload: Value, cost: Option<f64>, at: DateTime<Utc>) -> Uuid {
+async fn emit(
+    db: &DatabaseConnection,
+    kind: &str,
+    tags: &[&str],
+    payload: Value,
+    cost: Option<f64>,
+    at: DateTime<Utc>,
+) -> Uuid {
     let event = NewEvent {
         kind: EventKind::parse("kind", kind).expect("kind"),
         source: "agent-1".into(),
@@ -57,7 +67,10 @@ async fn emit(db: &DatabaseConnection, kind: &str, tags: &[&str], payload: Value
         mission_id: None,
         step_id: None,
     };
-    workflow::append_event(db, event, at).await.expect("append").id
+    workflow::append_event(db, event, at)
+        .await
+        .expect("append")
+        .id
 }
 
 async fn rule(db: &DatabaseConnection, name: &str, condition: Value, cooldown: u64) -> Uuid {
@@ -90,7 +103,11 @@ async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
 }
 
 async fn proposals(db: &DatabaseConnection, source: &str) -> i64 {
-    scalar(db, &format!("SELECT COUNT(*) AS n FROM proposals WHERE source = '{source}'")).await
+    scalar(
+        db,
+        &format!("SELECT COUNT(*) AS n FROM proposals WHERE source = '{source}'"),
+    )
+    .await
 }
 
 async fn alerts(db: &DatabaseConnection, alertname: &str) -> Vec<Value> {
@@ -112,7 +129,12 @@ async fn alerts(db: &DatabaseConnection, alertname: &str) -> Vec<Value> {
         .collect()
 }
 
-async fn submit(db: &DatabaseConnection, kind: &str, max_attempts: Option<u32>, at: DateTime<Utc>) -> workflow::ProposalView {
+async fn submit(
+    db: &DatabaseConnection,
+    kind: &str,
+    max_attempts: Option<u32>,
+    at: DateTime<Utc>,
+) -> workflow::ProposalView {
     let proposal = NewProposal {
         title: "work".into(),
         source: ProposalSource::Api,
@@ -127,13 +149,27 @@ async fn submit(db: &DatabaseConnection, kind: &str, max_attempts: Option<u32>, 
         metadata: json!({}),
         trace_id: None,
     };
-    workflow::submit_proposal(db, proposal, at).await.expect("submit").proposal
+    workflow::submit_proposal(db, proposal, at)
+        .await
+        .expect("submit")
+        .proposal
 }
 
-async fn claim(db: &DatabaseConnection, worker: &str, lease: u32, at: DateTime<Utc>) -> opsloop_core::store::entities::mission_steps::Model {
-    match workflow::claim_step(db, worker, &[StepKind::parse("k", "analyze").expect("kind")], Some(lease), at)
-        .await
-        .expect("claim")
+async fn claim(
+    db: &DatabaseConnection,
+    worker: &str,
+    lease: u32,
+    at: DateTime<Utc>,
+) -> opsloop_core::store::entities::mission_steps::Model {
+    match workflow::claim_step(
+        db,
+        worker,
+        &[StepKind::parse("k", "analyze").expect("kind")],
+        Some(lease),
+        at,
+    )
+    .await
+    .expect("claim")
     {
         ClaimOutcome::Claimed(step) => *step,
         other => panic!("nothing claimed: {other:?}"),
@@ -152,12 +188,22 @@ async fn event_count_fires_at_threshold_once_then_cools_down() {
     let db = &t.db;
     let hb = heartbeat(&t, "a");
     let t0 = base();
-    rule(db, "burst", json!({"type": "event_count", "kind": "post.*", "window_seconds": 600, "min_count": 2}), 3600).await;
+    rule(
+        db,
+        "burst",
+        json!({"type": "event_count", "kind": "post.*", "window_seconds": 600, "min_count": 2}),
+        3600,
+    )
+    .await;
 
     emit(db, "post.published", &[], json!({}), None, t0).await;
     emit(db, "step.failed", &[], json!({}), None, t0).await;
     run(&hb, Phase::Triggers, t0 + secs(1)).await;
-    assert_eq!(proposals(db, "trigger").await, 0, "one matching event is below the threshold");
+    assert_eq!(
+        proposals(db, "trigger").await,
+        0,
+        "one matching event is below the threshold"
+    );
 
     emit(db, "post.published", &[], json!({}), None, t0 + secs(2)).await;
     let counts = run(&hb, Phase::Triggers, t0 + secs(3)).await;
@@ -165,7 +211,14 @@ async fn event_count_fires_at_threshold_once_then_cools_down() {
     assert_eq!(proposals(db, "trigger").await, 1);
     let title = scalar(db, "SELECT COUNT(*) AS n FROM proposals WHERE title = 'React to burst post.published' AND status = 'approved'").await;
     assert_eq!(title, 1, "template rendered, gates approved");
-    assert_eq!(scalar(db, "SELECT COUNT(*) AS n FROM events WHERE kind = 'trigger.fired'").await, 1);
+    assert_eq!(
+        scalar(
+            db,
+            "SELECT COUNT(*) AS n FROM events WHERE kind = 'trigger.fired'"
+        )
+        .await,
+        1
+    );
 
     // Same facts: not again. New fact inside the cooldown: not again.
     run(&hb, Phase::Triggers, t0 + secs(4)).await;
@@ -176,12 +229,23 @@ async fn event_count_fires_at_threshold_once_then_cools_down() {
 
     // The window passed the first events; the boundary is inclusive.
     let later = t0 + secs(3 + 3600);
-    emit(db, "post.published", &[], json!({}), None, later - secs(600)).await;
+    emit(
+        db,
+        "post.published",
+        &[],
+        json!({}),
+        None,
+        later - secs(600),
+    )
+    .await;
     emit(db, "post.published", &[], json!({}), None, later).await;
     let counts = run(&hb, Phase::Triggers, later).await;
     assert_eq!(counts["fired"], 1, "{counts}");
     assert_eq!(proposals(db, "trigger").await, 2);
-    assert_eq!(scalar(db, "SELECT fire_count AS n FROM trigger_rules").await, 2);
+    assert_eq!(
+        scalar(db, "SELECT fire_count AS n FROM trigger_rules").await,
+        2
+    );
     t.cleanup().await;
 }
 
@@ -191,15 +255,29 @@ async fn absence_fires_only_after_the_window_and_once_per_silence() {
     let db = &t.db;
     let hb = heartbeat(&t, "a");
     let t0 = base();
-    rule(db, "backups", json!({"type": "absence", "kind": "backup.succeeded", "window_seconds": 3600}), 0).await;
+    rule(
+        db,
+        "backups",
+        json!({"type": "absence", "kind": "backup.succeeded", "window_seconds": 3600}),
+        0,
+    )
+    .await;
     emit(db, "backup.succeeded", &[], json!({}), None, t0).await;
 
     run(&hb, Phase::Triggers, t0 + secs(3600)).await;
-    assert_eq!(proposals(db, "trigger").await, 0, "an event exactly one window ago still counts");
+    assert_eq!(
+        proposals(db, "trigger").await,
+        0,
+        "an event exactly one window ago still counts"
+    );
     run(&hb, Phase::Triggers, t0 + secs(3601)).await;
     assert_eq!(proposals(db, "trigger").await, 1);
     run(&hb, Phase::Triggers, t0 + secs(3602)).await;
-    assert_eq!(proposals(db, "trigger").await, 1, "same silent period: once");
+    assert_eq!(
+        proposals(db, "trigger").await,
+        1,
+        "same silent period: once"
+    );
     t.cleanup().await;
 }
 
@@ -209,7 +287,13 @@ async fn failure_rate_fires_at_the_threshold() {
     let db = &t.db;
     let hb = heartbeat(&t, "a");
     let t0 = base();
-    rule(db, "rate", json!({"type": "failure_rate", "window_seconds": 600, "threshold": 0.5, "min_events": 3}), 0).await;
+    rule(
+        db,
+        "rate",
+        json!({"type": "failure_rate", "window_seconds": 600, "threshold": 0.5, "min_events": 3}),
+        0,
+    )
+    .await;
     emit(db, "step.failed", &[], json!({}), None, t0).await;
     emit(db, "step.succeeded", &[], json!({}), None, t0).await;
     run(&hb, Phase::Triggers, t0 + secs(1)).await;
@@ -230,8 +314,14 @@ async fn stalled_missions_fire_after_the_quiet_period() {
     let hb = heartbeat(&t, "a");
     let t0 = base();
     submit(db, "analyze", None, t0).await;
-    rule(db, "stalled", json!({"type": "all", "conditions": [
-        {"type": "stalled_missions", "older_than_seconds": 600}]}), 0).await;
+    rule(
+        db,
+        "stalled",
+        json!({"type": "all", "conditions": [
+        {"type": "stalled_missions", "older_than_seconds": 600}]}),
+        0,
+    )
+    .await;
     run(&hb, Phase::Triggers, t0 + secs(599)).await;
     assert_eq!(proposals(db, "trigger").await, 0);
     run(&hb, Phase::Triggers, t0 + secs(600)).await;
@@ -248,18 +338,47 @@ async fn two_heartbeats_racing_fire_once() {
     let a = heartbeat(&t, "a");
     let b = heartbeat(&t, "b");
     let t0 = base();
-    rule(db, "cooled", json!({"type": "event_count", "kind": "post.*", "window_seconds": 600, "min_count": 1}), 3600).await;
-    rule(db, "uncooled", json!({"type": "event_count", "kind": "post.*", "window_seconds": 600, "min_count": 1}), 0).await;
+    rule(
+        db,
+        "cooled",
+        json!({"type": "event_count", "kind": "post.*", "window_seconds": 600, "min_count": 1}),
+        3600,
+    )
+    .await;
+    rule(
+        db,
+        "uncooled",
+        json!({"type": "event_count", "kind": "post.*", "window_seconds": 600, "min_count": 1}),
+        0,
+    )
+    .await;
     emit(db, "post.published", &[], json!({}), None, t0).await;
     for round in 0..3 {
         let now = t0 + secs(1 + round);
-        let (x, y) = tokio::join!(a.run_phase(Phase::Triggers, now, 0), b.run_phase(Phase::Triggers, now, 1));
+        let (x, y) = tokio::join!(
+            a.run_phase(Phase::Triggers, now, 0),
+            b.run_phase(Phase::Triggers, now, 1)
+        );
         x.expect("a");
         y.expect("b");
     }
     assert_eq!(proposals(db, "trigger").await, 2, "each rule once");
-    assert_eq!(scalar(db, "SELECT COUNT(*) AS n FROM trigger_fires WHERE outcome = 'fired'").await, 2);
-    assert_eq!(scalar(db, "SELECT CAST(SUM(fire_count) AS BIGINT) AS n FROM trigger_rules").await, 2);
+    assert_eq!(
+        scalar(
+            db,
+            "SELECT COUNT(*) AS n FROM trigger_fires WHERE outcome = 'fired'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        scalar(
+            db,
+            "SELECT CAST(SUM(fire_count) AS BIGINT) AS n FROM trigger_rules"
+        )
+        .await,
+        2
+    );
     t.cleanup().await;
 }
 
@@ -269,17 +388,48 @@ async fn a_gate_rejection_is_recorded_and_does_not_start_the_cooldown() {
     let db = &t.db;
     let hb = heartbeat(&t, "a");
     let t0 = base();
-    rule(db, "r", json!({"type": "event_count", "kind": "post.*", "window_seconds": 600, "min_count": 1}), 3600).await;
-    workflow::engage_emergency_stop(db, "tester", "drill", None, t0).await.expect("engage");
+    rule(
+        db,
+        "r",
+        json!({"type": "event_count", "kind": "post.*", "window_seconds": 600, "min_count": 1}),
+        3600,
+    )
+    .await;
+    workflow::engage_emergency_stop(db, "tester", "drill", None, t0)
+        .await
+        .expect("engage");
     emit(db, "post.published", &[], json!({}), None, t0).await;
     let counts = run(&hb, Phase::Triggers, t0 + secs(1)).await;
     assert_eq!(counts["rejected"], 1, "{counts}");
-    assert_eq!(scalar(db, "SELECT COUNT(*) AS n FROM trigger_fires WHERE outcome = 'rejected'").await, 1);
-    assert_eq!(scalar(db, "SELECT COUNT(*) AS n FROM trigger_rules WHERE last_fired_at IS NULL AND fire_count = 0").await, 1);
-    workflow::release_emergency_stop(db, "tester", "drill over", None, t0 + secs(2)).await.expect("release");
+    assert_eq!(
+        scalar(
+            db,
+            "SELECT COUNT(*) AS n FROM trigger_fires WHERE outcome = 'rejected'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar(
+            db,
+            "SELECT COUNT(*) AS n FROM trigger_rules WHERE last_fired_at IS NULL AND fire_count = 0"
+        )
+        .await,
+        1
+    );
+    workflow::release_emergency_stop(db, "tester", "drill over", None, t0 + secs(2))
+        .await
+        .expect("release");
     let counts = run(&hb, Phase::Triggers, t0 + secs(3)).await;
     assert_eq!(counts["fired"], 1, "{counts}");
-    assert_eq!(scalar(db, "SELECT COUNT(*) AS n FROM proposals WHERE source = 'trigger' AND status = 'approved'").await, 1);
+    assert_eq!(
+        scalar(
+            db,
+            "SELECT COUNT(*) AS n FROM proposals WHERE source = 'trigger' AND status = 'approved'"
+        )
+        .await,
+        1
+    );
     t.cleanup().await;
 }
 
@@ -290,14 +440,19 @@ async fn the_cursor_advances_and_malformed_events_are_quarantined() {
     let hb = heartbeat(&t, "a");
     let t0 = base();
     emit(db, "post.published", &[], json!({}), None, t0).await;
-    db.execute_unprepared("UPDATE events SET tags = '{\"not\": \"a list\"}'").await.expect("corrupt");
+    db.execute_unprepared("UPDATE events SET tags = '{\"not\": \"a list\"}'")
+        .await
+        .expect("corrupt");
     emit(db, "post.published", &[], json!({}), None, t0).await;
     let counts = run(&hb, Phase::Triggers, t0 + secs(1)).await;
     assert_eq!(counts["new_events"], 2);
     assert_eq!(counts["quarantined"], 1);
     let counts = run(&hb, Phase::Triggers, t0 + secs(2)).await;
     assert_eq!(counts["new_events"], 0, "{counts}");
-    assert_eq!(scalar(db, "SELECT COUNT(*) AS n FROM event_quarantine").await, 1);
+    assert_eq!(
+        scalar(db, "SELECT COUNT(*) AS n FROM event_quarantine").await,
+        1
+    );
     t.cleanup().await;
 }
 
@@ -333,36 +488,82 @@ async fn reactions_honour_probability_cooldown_and_redelivery() {
     let hb = heartbeat(&t, "a");
     let t0 = base();
     matrix(db).await;
-    let first = emit(db, "post.published", &["engagement:high"], json!({"topic": "cats"}), None, t0).await;
+    let first = emit(
+        db,
+        "post.published",
+        &["engagement:high"],
+        json!({"topic": "cats"}),
+        None,
+        t0,
+    )
+    .await;
     emit(db, "post.published", &[], json!({}), None, t0).await;
     let counts = run(&hb, Phase::Reactions, t0 + secs(1)).await;
-    assert_eq!((counts["queued"].as_u64(), counts["skipped"].as_u64(), counts["proposed"].as_u64()),
-        (Some(1), Some(1), Some(1)), "{counts}");
+    assert_eq!(
+        (
+            counts["queued"].as_u64(),
+            counts["skipped"].as_u64(),
+            counts["proposed"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{counts}"
+    );
     assert_eq!(scalar(db, "SELECT COUNT(*) AS n FROM proposals WHERE source = 'reaction' AND agent = 'writer' AND title = 'Follow up cats'").await, 1);
-    assert_eq!(scalar(db, "SELECT COUNT(*) AS n FROM reactions WHERE pattern_id = 'never' AND status = 'skipped'").await, 1);
+    assert_eq!(
+        scalar(
+            db,
+            "SELECT COUNT(*) AS n FROM reactions WHERE pattern_id = 'never' AND status = 'skipped'"
+        )
+        .await,
+        1
+    );
 
     // Within the cooldown of (always, writer).
-    emit(db, "post.published", &["engagement:high"], json!({}), None, t0 + secs(10)).await;
+    emit(
+        db,
+        "post.published",
+        &["engagement:high"],
+        json!({}),
+        None,
+        t0 + secs(10),
+    )
+    .await;
     let counts = run(&hb, Phase::Reactions, t0 + secs(11)).await;
     assert_eq!(counts["cooling_down"], 1, "{counts}");
     assert_eq!(proposals(db, "reaction").await, 1);
 
     // A redelivered event changes nothing.
     let patterns = reactions::load_patterns(db).await.expect("patterns");
-    let row = workflow::list_events(db, &workflow::EventFilter { limit: 1000, ..Default::default() })
-        .await
-        .expect("events")
-        .into_iter()
-        .find(|e| e.id == first)
-        .expect("first event");
+    let row = workflow::list_events(
+        db,
+        &workflow::EventFilter {
+            limit: 1000,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("events")
+    .into_iter()
+    .find(|e| e.id == first)
+    .expect("first event");
     let view = opsloop_heartbeat_worker::db::to_view(&row).expect("view");
-    let again = reactions::enqueue(db, &patterns, &view, t0 + secs(700)).await.expect("enqueue");
+    let again = reactions::enqueue(db, &patterns, &view, t0 + secs(700))
+        .await
+        .expect("enqueue");
     assert_eq!(again.duplicates, 2);
     run(&hb, Phase::Reactions, t0 + secs(701)).await;
     assert_eq!(proposals(db, "reaction").await, 1);
 
     // After the cooldown, the next matching event reacts.
-    emit(db, "post.published", &["engagement:high"], json!({}), None, t0 + secs(702)).await;
+    emit(
+        db,
+        "post.published",
+        &["engagement:high"],
+        json!({}),
+        None,
+        t0 + secs(702),
+    )
+    .await;
     run(&hb, Phase::Reactions, t0 + secs(703)).await;
     assert_eq!(proposals(db, "reaction").await, 2);
     t.cleanup().await;
@@ -374,23 +575,47 @@ async fn the_bus_consumer_is_idempotent_on_the_event_id() {
     let db = &t.db;
     let t0 = base();
     matrix(db).await;
-    let id = emit(db, "post.published", &["engagement:high"], json!({}), None, t0).await;
-    let row = workflow::list_events(db, &workflow::EventFilter { limit: 10, ..Default::default() })
-        .await
-        .expect("events")
-        .into_iter()
-        .find(|e| e.id == id)
-        .expect("event");
+    let id = emit(
+        db,
+        "post.published",
+        &["engagement:high"],
+        json!({}),
+        None,
+        t0,
+    )
+    .await;
+    let row = workflow::list_events(
+        db,
+        &workflow::EventFilter {
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("events")
+    .into_iter()
+    .find(|e| e.id == id)
+    .expect("event");
     let body = workflow::events::event_json(&row);
-    let bus: Arc<dyn opsloop_core::bus::Bus> = Arc::new(opsloop_core::bus::memory::MemoryBus::new());
+    let bus: Arc<dyn opsloop_core::bus::Bus> =
+        Arc::new(opsloop_core::bus::memory::MemoryBus::new());
     let stop = tokio_util::sync::CancellationToken::new();
-    let consumer = tokio::spawn(reactions::consume(db.clone(), bus.clone(), "hb.reactions".into(), stop.clone()));
+    let consumer = tokio::spawn(reactions::consume(
+        db.clone(),
+        bus.clone(),
+        "hb.reactions".into(),
+        stop.clone(),
+    ));
     // Let the consumer declare its queue before publishing.
     tokio::time::sleep(StdDuration::from_millis(200)).await;
     for _ in 0..2 {
-        bus.publish(opsloop_core::bus::BusMessage::json(id.to_string(), "event.post.published", &body))
-            .await
-            .expect("publish");
+        bus.publish(opsloop_core::bus::BusMessage::json(
+            id.to_string(),
+            "event.post.published",
+            &body,
+        ))
+        .await
+        .expect("publish");
     }
     let mut rows = 0;
     for _ in 0..50 {
@@ -401,9 +626,96 @@ async fn the_bus_consumer_is_idempotent_on_the_event_id() {
         tokio::time::sleep(StdDuration::from_millis(100)).await;
     }
     tokio::time::sleep(StdDuration::from_millis(300)).await;
-    assert_eq!(scalar(db, "SELECT COUNT(*) AS n FROM reactions").await, 2, "one per pattern, seen {rows}");
+    assert_eq!(
+        scalar(db, "SELECT COUNT(*) AS n FROM reactions").await,
+        2,
+        "one per pattern, seen {rows}"
+    );
     stop.cancel();
-    consumer.await.expect("joins").expect("consumer stops cleanly");
+    consumer
+        .await
+        .expect("joins")
+        .expect("consumer stops cleanly");
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reactions_from_rabbitmq_survive_a_redelivered_event() {
+    use opsloop_core::bus::testing::{amqp_url, isolated_settings, queue_name, require_rabbitmq};
+    require_rabbitmq().await;
+    let t = fresh_postgres().await;
+    let db = &t.db;
+    matrix(db).await;
+    let id = emit(
+        db,
+        "post.published",
+        &["engagement:high"],
+        json!({}),
+        None,
+        base(),
+    )
+    .await;
+    let row = workflow::list_events(
+        db,
+        &workflow::EventFilter {
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("events")
+    .into_iter()
+    .find(|e| e.id == id)
+    .expect("event");
+    let body = workflow::events::event_json(&row);
+    let bus = opsloop_core::bus::connect(&isolated_settings(&amqp_url()), None)
+        .await
+        .expect("bus");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let queue = queue_name("heartbeat.reactions");
+    // Declare the queue before publishing: a first consumer that stops at once.
+    drop(
+        bus.subscribe(opsloop_core::bus::QueueSpec::new(
+            queue.clone(),
+            &["event.#"],
+        ))
+        .await
+        .expect("declare"),
+    );
+    let consumer = tokio::spawn(reactions::consume(
+        db.clone(),
+        bus.clone(),
+        queue,
+        stop.clone(),
+    ));
+    for _ in 0..2 {
+        bus.publish(opsloop_core::bus::BusMessage::json(
+            id.to_string(),
+            "event.post.published",
+            &body,
+        ))
+        .await
+        .expect("publish");
+    }
+    let mut rows = 0;
+    for _ in 0..100 {
+        rows = scalar(db, "SELECT COUNT(*) AS n FROM reactions").await;
+        if rows == 2 {
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    }
+    tokio::time::sleep(StdDuration::from_millis(500)).await;
+    assert_eq!(
+        scalar(db, "SELECT COUNT(*) AS n FROM reactions").await,
+        2,
+        "one per pattern, seen {rows}"
+    );
+    stop.cancel();
+    consumer
+        .await
+        .expect("joins")
+        .expect("consumer stops cleanly");
     t.cleanup().await;
 }
 
@@ -423,34 +735,184 @@ async fn insights_promote_at_the_threshold_once_and_survive_a_failing_summarizer
     let t = fresh_postgres().await;
     let db = &t.db;
     let hb = heartbeat(&t, "a");
-    let failing = Heartbeat::with_summarizer(db.clone(), None, settings("f"), Arc::new(Failing)).expect("hb");
+    let failing =
+        Heartbeat::with_summarizer(db.clone(), None, settings("f"), Arc::new(Failing)).expect("hb");
     let t0 = base();
     let hi = ["engagement:high"];
-    emit(db, "post.metrics", &hi, json!({"pattern": "Short videos"}), None, t0 - Duration::days(2)).await;
-    emit(db, "post.metrics", &hi, json!({"pattern": "Short videos"}), None, t0 - Duration::days(1)).await;
-    emit(db, "post.metrics", &hi, json!({"pattern": "Short videos"}), None, t0 - Duration::days(8)).await;
+    emit(
+        db,
+        "post.metrics",
+        &hi,
+        json!({"pattern": "Short videos"}),
+        None,
+        t0 - Duration::days(2),
+    )
+    .await;
+    emit(
+        db,
+        "post.metrics",
+        &hi,
+        json!({"pattern": "Short videos"}),
+        None,
+        t0 - Duration::days(1),
+    )
+    .await;
+    emit(
+        db,
+        "post.metrics",
+        &hi,
+        json!({"pattern": "Short videos"}),
+        None,
+        t0 - Duration::days(8),
+    )
+    .await;
     let counts = run(&hb, Phase::Insights, t0).await;
     assert_eq!(counts["stored"], 0, "two citations within 7 days: {counts}");
 
-    emit(db, "post.metrics", &hi, json!({"pattern": "short videos"}), None, t0).await;
-    let err = failing.run_phase(Phase::Insights, t0 + secs(1), 0).await.expect_err("summarizer fails");
+    emit(
+        db,
+        "post.metrics",
+        &hi,
+        json!({"pattern": "short videos"}),
+        None,
+        t0,
+    )
+    .await;
+    let err = failing
+        .run_phase(Phase::Insights, t0 + secs(1), 0)
+        .await
+        .expect_err("summarizer fails");
     assert!(err.to_string().contains("endpoint down"), "{err}");
     assert_eq!(scalar(db, "SELECT COUNT(*) AS n FROM insights").await, 0);
 
     let counts = run(&hb, Phase::Insights, t0 + secs(2)).await;
     assert_eq!(counts["stored"], 1, "{counts}");
-    assert_eq!(scalar(db, "SELECT COUNT(*) AS n FROM insight_sources").await, 3);
+    assert_eq!(
+        scalar(db, "SELECT COUNT(*) AS n FROM insight_sources").await,
+        3
+    );
     let counts = run(&hb, Phase::Insights, t0 + secs(3)).await;
-    assert_eq!(counts["stored"], 0, "never twice from the same events: {counts}");
+    assert_eq!(
+        counts["stored"], 0,
+        "never twice from the same events: {counts}"
+    );
 
     // Three new citations of a near-duplicate pattern: linked, not stored again.
     for i in 0..3 {
-        emit(db, "post.metrics", &hi, json!({"pattern": "SHORT-videos!"}), None, t0 + secs(4 + i)).await;
+        emit(
+            db,
+            "post.metrics",
+            &hi,
+            json!({"pattern": "SHORT-videos!"}),
+            None,
+            t0 + secs(4 + i),
+        )
+        .await;
     }
     let counts = run(&hb, Phase::Insights, t0 + secs(10)).await;
     assert_eq!(counts["merged_into_existing"], 1, "{counts}");
     assert_eq!(scalar(db, "SELECT COUNT(*) AS n FROM insights").await, 1);
-    assert_eq!(scalar(db, "SELECT COUNT(*) AS n FROM insight_sources").await, 6);
+    assert_eq!(
+        scalar(db, "SELECT COUNT(*) AS n FROM insight_sources").await,
+        6
+    );
+    t.cleanup().await;
+}
+
+async fn chat_endpoint(
+    status: u16,
+) -> (String, Arc<std::sync::Mutex<Vec<(Option<String>, Value)>>>) {
+    let seen: Arc<std::sync::Mutex<Vec<(Option<String>, Value)>>> = Arc::default();
+    let state = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, axum::Json(body): axum::Json<Value>| {
+                let state = state.clone();
+                async move {
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    state.lock().expect("lock").push((auth, body));
+                    (
+                        axum::http::StatusCode::from_u16(status).expect("status"),
+                        axum::Json(json!({"choices": [{"message": {"role": "assistant",
+                            "content": " Short videos keep winning. "}}]})),
+                    )
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/v1"), seen)
+}
+
+#[tokio::test]
+async fn insight_summaries_come_from_an_openai_compatible_endpoint_when_configured() {
+    let t = fresh_postgres().await;
+    let db = &t.db;
+    let t0 = base();
+    for i in 0..3 {
+        emit(
+            db,
+            "post.metrics",
+            &["engagement:high"],
+            json!({"pattern": "Short videos"}),
+            None,
+            t0 + secs(i),
+        )
+        .await;
+    }
+    let (broken, _) = chat_endpoint(500).await;
+    let failing = opsloop_heartbeat_worker::insights::ChatSummarizer::new(
+        &broken,
+        "m",
+        None,
+        StdDuration::from_secs(2),
+    )
+    .expect("client");
+    let hb =
+        Heartbeat::with_summarizer(db.clone(), None, settings("f"), Arc::new(failing)).expect("hb");
+    let err = hb
+        .run_phase(Phase::Insights, t0 + secs(5), 0)
+        .await
+        .expect_err("500 fails the phase");
+    assert!(err.to_string().contains("500"), "{err}");
+    assert_eq!(scalar(db, "SELECT COUNT(*) AS n FROM insights").await, 0);
+
+    let (url, seen) = chat_endpoint(200).await;
+    let chat = opsloop_heartbeat_worker::insights::ChatSummarizer::new(
+        &url,
+        "test-model",
+        Some(opsloop_core::secrets::Secret::new("sk-test")),
+        StdDuration::from_secs(2),
+    )
+    .expect("client");
+    let hb =
+        Heartbeat::with_summarizer(db.clone(), None, settings("c"), Arc::new(chat)).expect("hb");
+    let counts = run(&hb, Phase::Insights, t0 + secs(6)).await;
+    assert_eq!(counts["stored"], 1, "{counts}");
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT summary FROM insights",
+        ))
+        .await
+        .expect("query")
+        .expect("row");
+    assert_eq!(
+        row.try_get::<String>("", "summary").expect("summary"),
+        "Short videos keep winning."
+    );
+    let requests = seen.lock().expect("lock").clone();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].0.as_deref(), Some("Bearer sk-test"));
+    assert_eq!(requests[0].1["model"], "test-model");
     t.cleanup().await;
 }
 
@@ -466,7 +928,10 @@ async fn stale_steps_are_requeued_then_failed_and_old_proposals_expire() {
     let mission = view.mission_id.expect("auto-approved mission");
     claim(db, "w1", 60, t0).await;
     let counts = run(&hb, Phase::Recovery, t0 + secs(60)).await;
-    assert_eq!(counts["requeued_steps"], 0, "lease not yet expired: {counts}");
+    assert_eq!(
+        counts["requeued_steps"], 0,
+        "lease not yet expired: {counts}"
+    );
     let counts = run(&hb, Phase::Recovery, t0 + secs(61)).await;
     assert_eq!(counts["requeued_steps"], 1, "{counts}");
     claim(db, "w2", 60, t0 + secs(62)).await;
@@ -478,10 +943,24 @@ async fn stale_steps_are_requeued_then_failed_and_old_proposals_expire() {
     let pending = submit(db, "publish", None, t0).await;
     assert_eq!(pending.proposal.status, "pending");
     run(&hb, Phase::Recovery, t0 + Duration::days(7)).await;
-    assert_eq!(workflow::get_proposal(db, pending.proposal.id).await.expect("p").proposal.status, "pending");
+    assert_eq!(
+        workflow::get_proposal(db, pending.proposal.id)
+            .await
+            .expect("p")
+            .proposal
+            .status,
+        "pending"
+    );
     let counts = run(&hb, Phase::Recovery, t0 + Duration::days(7) + secs(1)).await;
     assert_eq!(counts["expired_proposals"], 1, "{counts}");
-    assert_eq!(workflow::get_proposal(db, pending.proposal.id).await.expect("p").proposal.status, "expired");
+    assert_eq!(
+        workflow::get_proposal(db, pending.proposal.id)
+            .await
+            .expect("p")
+            .proposal
+            .status,
+        "expired"
+    );
     t.cleanup().await;
 }
 
@@ -497,7 +976,10 @@ async fn a_failure_spike_alerts_once_per_cooldown_across_a_restart() {
     }
     let hb = heartbeat(&t, "a");
     run(&hb, Phase::OpsHealth, t0 + secs(1)).await;
-    assert!(alerts(db, "OpsFailureSpike").await.is_empty(), "4 is below the threshold");
+    assert!(
+        alerts(db, "OpsFailureSpike").await.is_empty(),
+        "4 is below the threshold"
+    );
     emit(db, "step.failed", &[], json!({}), None, t0 + secs(2)).await;
     let counts = run(&hb, Phase::OpsHealth, t0 + secs(3)).await;
     assert_eq!(counts["alerted"], true, "{counts}");
@@ -513,15 +995,27 @@ async fn a_failure_spike_alerts_once_per_cooldown_across_a_restart() {
     run(&hb, Phase::OpsHealth, t0 + secs(4)).await;
     let restarted = heartbeat(&t, "a-restarted");
     run(&restarted, Phase::OpsHealth, t0 + secs(5)).await;
-    assert_eq!(alerts(db, "OpsFailureSpike").await.len(), 1, "cooldown survives a restart");
+    assert_eq!(
+        alerts(db, "OpsFailureSpike").await.len(),
+        1,
+        "cooldown survives a restart"
+    );
 
     for _ in 0..5 {
         emit(db, "step.failed", &[], json!({}), None, t0 + secs(3500)).await;
     }
     run(&restarted, Phase::OpsHealth, t0 + secs(3602)).await;
-    assert_eq!(alerts(db, "OpsFailureSpike").await.len(), 1, "still cooling down");
+    assert_eq!(
+        alerts(db, "OpsFailureSpike").await.len(),
+        1,
+        "still cooling down"
+    );
     run(&restarted, Phase::OpsHealth, t0 + secs(3603)).await;
-    assert_eq!(alerts(db, "OpsFailureSpike").await.len(), 2, "cooldown over");
+    assert_eq!(
+        alerts(db, "OpsFailureSpike").await.len(),
+        2,
+        "cooldown over"
+    );
     t.cleanup().await;
 }
 
@@ -530,20 +1024,29 @@ async fn budget_warns_once_per_period_and_engages_the_emergency_stop() {
     let t = fresh_postgres().await;
     let db = &t.db;
     let dir = tempfile::tempdir().expect("tempdir");
-    let audit = Arc::new(opsloop_core::audit::AuditLog::new(&opsloop_core::config::AuditSettings {
-        log_path: dir.path().join("audit.jsonl"),
-        ..Default::default()
-    }));
+    let audit = Arc::new(opsloop_core::audit::AuditLog::new(
+        &opsloop_core::config::AuditSettings {
+            log_path: dir.path().join("audit.jsonl"),
+            ..Default::default()
+        },
+    ));
     let hb = Heartbeat::new(db.clone(), Some(audit), settings("a")).expect("hb");
     let t0 = Utc::now();
     emit(db, "step.succeeded", &[], json!({}), Some(23.0), t0).await;
     run(&hb, Phase::Budget, t0 + secs(1)).await;
-    assert!(alerts(db, "OpsBudgetDailyWarning").await.is_empty(), "$23 < 80 % of $30");
+    assert!(
+        alerts(db, "OpsBudgetDailyWarning").await.is_empty(),
+        "$23 < 80 % of $30"
+    );
     emit(db, "step.succeeded", &[], json!({}), Some(1.0), t0).await;
     let counts = run(&hb, Phase::Budget, t0 + secs(2)).await;
     assert_eq!(counts["sent"], json!(["daily_warning"]), "{counts}");
     run(&hb, Phase::Budget, t0 + secs(3)).await;
-    assert_eq!(alerts(db, "OpsBudgetDailyWarning").await.len(), 1, "once per day");
+    assert_eq!(
+        alerts(db, "OpsBudgetDailyWarning").await.len(),
+        1,
+        "once per day"
+    );
 
     emit(db, "step.succeeded", &[], json!({}), Some(80.0), t0).await;
     let counts = run(&hb, Phase::Budget, t0 + secs(4)).await;
@@ -554,13 +1057,26 @@ async fn budget_warns_once_per_period_and_engages_the_emergency_stop() {
     let critical = alerts(db, "OpsEmergencyStop").await;
     assert_eq!(critical.len(), 1);
     assert_eq!(critical[0]["routing_key"], "alert.critical");
-    assert!(std::fs::read_to_string(dir.path().join("audit.jsonl")).expect("audit file").contains("emergency_stop.engage"));
+    assert!(
+        std::fs::read_to_string(dir.path().join("audit.jsonl"))
+            .expect("audit file")
+            .contains("emergency_stop.engage")
+    );
     // Honoured by Submit and ClaimStep.
     let rejected = submit(db, "analyze", None, t0 + secs(5)).await;
-    assert_eq!(rejected.proposal.rejection_reason.as_deref(), Some("emergency_stop"));
-    let outcome = workflow::claim_step(db, "w", &[StepKind::parse("k", "analyze").expect("k")], None, t0 + secs(5))
-        .await
-        .expect("claim");
+    assert_eq!(
+        rejected.proposal.rejection_reason.as_deref(),
+        Some("emergency_stop")
+    );
+    let outcome = workflow::claim_step(
+        db,
+        "w",
+        &[StepKind::parse("k", "analyze").expect("k")],
+        None,
+        t0 + secs(5),
+    )
+    .await
+    .expect("claim");
     assert_eq!(outcome, ClaimOutcome::EmergencyStop);
     run(&hb, Phase::Budget, t0 + secs(6)).await;
     assert_eq!(alerts(db, "OpsEmergencyStop").await.len(), 1);
@@ -577,9 +1093,18 @@ async fn consecutive_step_failures_engage_the_emergency_stop() {
         let at = t0 + secs(i);
         submit(db, "analyze", Some(1), at).await;
         let step = claim(db, "w", 60, at).await;
-        workflow::fail_step(db, step.id, "w", step.attempt as u32, "boom", false, None, at)
-            .await
-            .expect("fail");
+        workflow::fail_step(
+            db,
+            step.id,
+            "w",
+            step.attempt as u32,
+            "boom",
+            false,
+            None,
+            at,
+        )
+        .await
+        .expect("fail");
         if i == 3 {
             let counts = run(&hb, Phase::Budget, at + secs(1)).await;
             assert_eq!(counts["consecutive_failures"], 4, "{counts}");
@@ -587,7 +1112,13 @@ async fn consecutive_step_failures_engage_the_emergency_stop() {
     }
     let counts = run(&hb, Phase::Budget, t0 + secs(10)).await;
     assert_eq!(counts["sent"], json!(["emergency_stop"]), "{counts}");
-    assert!(workflow::emergency_stop_state(db).await.expect("stop").0.engaged);
+    assert!(
+        workflow::emergency_stop_state(db)
+            .await
+            .expect("stop")
+            .0
+            .engaged
+    );
     t.cleanup().await;
 }
 
@@ -599,7 +1130,10 @@ async fn the_daily_summary_goes_out_once_per_occurrence() {
     // 06:00 Asia/Tokyo is 21:00 UTC the day before.
     let six_jst = Utc::now().duration_trunc(Duration::days(1)).expect("trunc") - Duration::hours(3);
     let counts = run(&hb, Phase::DailySummary, six_jst - secs(1)).await;
-    assert_eq!(counts["sent"], true, "catch-up of the latest occurrence: {counts}");
+    assert_eq!(
+        counts["sent"], true,
+        "catch-up of the latest occurrence: {counts}"
+    );
     let counts = run(&hb, Phase::DailySummary, six_jst + secs(30)).await;
     assert_eq!(counts["sent"], true, "{counts}");
     let counts = run(&hb, Phase::DailySummary, six_jst + secs(300)).await;
@@ -607,9 +1141,91 @@ async fn the_daily_summary_goes_out_once_per_occurrence() {
     let sent = alerts(db, "OpsDailySummary").await;
     assert_eq!(sent.len(), 2);
     assert_eq!(sent[1]["routing_key"], "alert.info");
-    let figures: Value = serde_json::from_str(sent[1]["annotations"]["figures"].as_str().expect("figures")).expect("json");
+    let figures: Value =
+        serde_json::from_str(sent[1]["annotations"]["figures"].as_str().expect("figures"))
+            .expect("json");
     assert_eq!(figures["period"], "daily");
     assert!(figures["proposals"].is_object());
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_weekly_report_is_stored_and_sent_once_per_week() {
+    let t = fresh_postgres().await;
+    let db = &t.db;
+    let hb = heartbeat(&t, "a");
+    let monday = opsloop_heartbeat_worker::schedule::CronSchedule::parse("0 9 * * 1", "Asia/Tokyo")
+        .expect("cron")
+        .latest_at_or_before(Utc::now())
+        .expect("a Monday");
+    let during = monday - Duration::days(1);
+    submit(db, "analyze", Some(1), during).await;
+    let step = claim(db, "w", 60, during).await;
+    workflow::complete_step(
+        db,
+        step.id,
+        "w",
+        step.attempt as u32,
+        json!({}),
+        Some(2.5),
+        during + secs(4),
+    )
+    .await
+    .expect("complete");
+    submit(db, "analyze", Some(1), during).await;
+    let step = claim(db, "w", 60, during + secs(5)).await;
+    workflow::fail_step(
+        db,
+        step.id,
+        "w",
+        step.attempt as u32,
+        "quota exceeded",
+        false,
+        None,
+        during + secs(7),
+    )
+    .await
+    .expect("fail");
+
+    let counts = run(&hb, Phase::WeeklyReport, monday + secs(60)).await;
+    assert_eq!(counts["sent"], true, "{counts}");
+    let counts = run(&hb, Phase::WeeklyReport, monday + secs(120)).await;
+    assert_eq!(counts["due"], false, "{counts}");
+    assert_eq!(
+        scalar(
+            db,
+            "SELECT COUNT(*) AS n FROM reports WHERE kind = 'weekly'"
+        )
+        .await,
+        1
+    );
+    let sent = alerts(db, "OpsWeeklyReport").await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["routing_key"], "alert.info");
+    let body: Value =
+        serde_json::from_str(sent[0]["annotations"]["report"].as_str().expect("report"))
+            .expect("json");
+    assert_eq!(body["missions"]["successRate"], 0.5, "{body}");
+    assert_eq!(body["stepsByKind"]["analyze"]["finished"], 2);
+    assert_eq!(body["failuresByReason"]["quota exceeded"], 1);
+    assert_eq!(body["stepDurationMs"]["samples"], 2);
+    assert_eq!(body["cost"]["usd"], 2.5);
+    assert!(body["backup"]["lastCompletedAt"].is_null());
+
+    run(
+        &hb,
+        Phase::WeeklyReport,
+        monday + Duration::days(7) + secs(60),
+    )
+    .await;
+    assert_eq!(
+        scalar(
+            db,
+            "SELECT COUNT(*) AS n FROM reports WHERE kind = 'weekly'"
+        )
+        .await,
+        2
+    );
     t.cleanup().await;
 }
 
@@ -634,9 +1250,22 @@ async fn only_the_lease_holder_ticks_and_a_standby_takes_over_after_expiry() {
         panic!("b takes over within one lease period")
     };
     assert!(taken.fencing_token > first.fencing_token);
-    assert!(matches!(a.tick(t0 + secs(32)).await.expect("tick"), TickOutcome::Skipped { .. }));
-    assert_eq!(scalar(db, "SELECT COUNT(*) AS n FROM heartbeat_runs").await, 2);
-    assert_eq!(scalar(db, "SELECT COUNT(*) AS n FROM events WHERE kind = 'heartbeat.tick'").await, 2);
+    assert!(matches!(
+        a.tick(t0 + secs(32)).await.expect("tick"),
+        TickOutcome::Skipped { .. }
+    ));
+    assert_eq!(
+        scalar(db, "SELECT COUNT(*) AS n FROM heartbeat_runs").await,
+        2
+    );
+    assert_eq!(
+        scalar(
+            db,
+            "SELECT COUNT(*) AS n FROM events WHERE kind = 'heartbeat.tick'"
+        )
+        .await,
+        2
+    );
     t.cleanup().await;
 }
 
@@ -644,8 +1273,15 @@ async fn only_the_lease_holder_ticks_and_a_standby_takes_over_after_expiry() {
 async fn a_phase_that_panics_fails_or_times_out_does_not_stop_the_others() {
     let t = fresh_postgres().await;
     let db = &t.db;
-    let hb = Heartbeat::new(db.clone(), None, HeartbeatSettings { phase_budget_ms: 300, ..settings("a") })
-        .expect("hb");
+    let hb = Heartbeat::new(
+        db.clone(),
+        None,
+        HeartbeatSettings {
+            phase_budget_ms: 300,
+            ..settings("a")
+        },
+    )
+    .expect("hb");
     hb.inject_fault(Phase::Insights, Fault::Panic);
     hb.inject_fault(Phase::OpsHealth, Fault::Delay(StdDuration::from_secs(5)));
     hb.inject_fault(Phase::Budget, Fault::Fail);
@@ -661,8 +1297,22 @@ async fn a_phase_that_panics_fails_or_times_out_does_not_stop_the_others() {
     assert_eq!(status(Phase::OpsHealth), PhaseStatus::Timeout);
     assert_eq!(status(Phase::Budget), PhaseStatus::Error);
     assert_eq!(status(Phase::DailySummary), PhaseStatus::Ok);
-    assert_eq!(scalar(db, "SELECT COUNT(*) AS n FROM heartbeat_runs WHERE status = 'partial'").await, 1);
-    assert_eq!(scalar(db, "SELECT COUNT(*) AS n FROM events WHERE kind = 'heartbeat.phase_error'").await, 1);
+    assert_eq!(
+        scalar(
+            db,
+            "SELECT COUNT(*) AS n FROM heartbeat_runs WHERE status = 'partial'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar(
+            db,
+            "SELECT COUNT(*) AS n FROM events WHERE kind = 'heartbeat.phase_error'"
+        )
+        .await,
+        1
+    );
     t.cleanup().await;
 }
 
@@ -677,8 +1327,20 @@ async fn a_tick_due_while_one_runs_is_skipped() {
     };
     tokio::time::sleep(StdDuration::from_millis(200)).await;
     let second = hb.tick(base() + secs(1)).await.expect("tick");
-    assert!(matches!(second, TickOutcome::Skipped { reason: opsloop_heartbeat_worker::heartbeat::SkipReason::Overlap, .. }), "{second:?}");
-    assert!(matches!(running.await.expect("joins").expect("tick"), TickOutcome::Ran(_)));
+    assert!(
+        matches!(
+            second,
+            TickOutcome::Skipped {
+                reason: opsloop_heartbeat_worker::heartbeat::SkipReason::Overlap,
+                ..
+            }
+        ),
+        "{second:?}"
+    );
+    assert!(matches!(
+        running.await.expect("joins").expect("tick"),
+        TickOutcome::Ran(_)
+    ));
     t.cleanup().await;
 }
 
@@ -689,19 +1351,37 @@ async fn sqlite_ticks_fire_triggers_and_hold_the_lease() {
     let a = heartbeat(&t, "a");
     let b = heartbeat(&t, "b");
     let t0 = base();
-    rule(db, "burst", json!({"type": "event_count", "kind": "post.*", "window_seconds": 600, "min_count": 1}), 3600).await;
+    rule(
+        db,
+        "burst",
+        json!({"type": "event_count", "kind": "post.*", "window_seconds": 600, "min_count": 1}),
+        3600,
+    )
+    .await;
     emit(db, "post.published", &[], json!({}), None, t0).await;
     let TickOutcome::Ran(report) = a.tick(t0 + secs(1)).await.expect("tick") else {
         panic!("a leads")
     };
     assert_eq!(report.status, "ok", "{report:?}");
-    assert_eq!(report.phase(Phase::Triggers).expect("phase").counts["fired"], 1);
-    assert!(matches!(b.tick(t0 + secs(2)).await.expect("tick"), TickOutcome::Skipped { .. }));
-    let (x, y) = tokio::join!(a.run_phase(Phase::Triggers, t0 + secs(3), 1), b.run_phase(Phase::Triggers, t0 + secs(3), 2));
+    assert_eq!(
+        report.phase(Phase::Triggers).expect("phase").counts["fired"],
+        1
+    );
+    assert!(matches!(
+        b.tick(t0 + secs(2)).await.expect("tick"),
+        TickOutcome::Skipped { .. }
+    ));
+    let (x, y) = tokio::join!(
+        a.run_phase(Phase::Triggers, t0 + secs(3), 1),
+        b.run_phase(Phase::Triggers, t0 + secs(3), 2)
+    );
     x.expect("a");
     y.expect("b");
     assert_eq!(proposals(db, "trigger").await, 1);
-    assert!(matches!(b.tick(t0 + secs(40)).await.expect("tick"), TickOutcome::Ran(_)));
+    assert!(matches!(
+        b.tick(t0 + secs(40)).await.expect("tick"),
+        TickOutcome::Ran(_)
+    ));
     t.cleanup().await;
 }
 
@@ -727,37 +1407,54 @@ async fn post_run_ticks_now_over_http() {
     })
     .expect("config loads");
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let secrets = opsloop_core::secrets::SecretStore::with_sources(None, &dir.path().join("none"), vec![]);
-    let infra = opsloop_core::daemon::Infra::connect(config, secrets, shutdown.clone()).await.expect("infra");
-    let app = opsloop_heartbeat_worker::HeartbeatApp::build(infra).await.expect("app");
+    let secrets = opsloop_core::secrets::SecretStore::with_sources(
+        None,
+        &dir.path().join("none"),
+        vec![("OPSLOOP_ADMIN_TOKEN".into(), "s3cret".into())],
+    );
+    let infra = opsloop_core::daemon::Infra::connect(config, secrets, shutdown.clone())
+        .await
+        .expect("infra");
+    let app = opsloop_heartbeat_worker::HeartbeatApp::build(infra)
+        .await
+        .expect("app");
     let addr = app.http_addr().expect("addr");
     let task = tokio::spawn(app.run_until_stopped());
+    let denied = post_run(addr, None).await;
+    assert!(denied.starts_with("HTTP/1.1 401"), "{denied}");
     let mut answer = String::new();
     for _ in 0..50 {
-        answer = post_run(addr).await;
+        answer = post_run(addr, Some("s3cret")).await;
         if answer.starts_with("HTTP/1.1 200") {
             break;
         }
         tokio::time::sleep(StdDuration::from_millis(100)).await;
     }
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).expect("body")).expect("json");
+    let body: Value =
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).expect("body")).expect("json");
     assert_eq!(body["outcome"], "ran");
-    assert_eq!(body["phases"].as_array().expect("phases").len(), 7);
+    assert_eq!(body["phases"].as_array().expect("phases").len(), 8);
     shutdown.cancel();
     task.await.expect("joins").expect("stops cleanly");
-    let lease = opsloop_heartbeat_worker::db::lease_holder(&t.db, "heartbeat.leader").await.expect("lease").expect("row");
+    let lease = opsloop_heartbeat_worker::db::lease_holder(&t.db, "heartbeat.leader")
+        .await
+        .expect("lease")
+        .expect("row");
     assert!(lease.1 <= Utc::now(), "the lease is released on shutdown");
     t.cleanup().await;
 }
 
-async fn post_run(addr: std::net::SocketAddr) -> String {
+async fn post_run(addr: std::net::SocketAddr, token: Option<&str>) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(b"POST /run HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "POST /run HTTP/1.1\r\nHost: test\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
     let mut out = String::new();
     stream.read_to_string(&mut out).await.expect("read");
     out

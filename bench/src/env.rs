@@ -1,0 +1,165 @@
+//! Where the bench runs: the daemon binaries, the bus, a scratch directory
+//! (removed at the end), fresh databases, and starting the api.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::ValueEnum;
+use opsloop_core::store::testing::{TestDb, fresh_postgres};
+
+use crate::daemon::{Daemon, Launch, free_addr};
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BusChoice {
+    Auto,
+    Memory,
+    Rabbitmq,
+}
+
+pub struct Env {
+    pub smoke: bool,
+    pub bin_dir: PathBuf,
+    pub rabbitmq: bool,
+    pub scratch: PathBuf,
+    pub pgbench: Option<PathBuf>,
+    pub require_baselines: bool,
+}
+
+impl Env {
+    pub fn new(
+        smoke: bool,
+        bin_dir: Option<PathBuf>,
+        bus: BusChoice,
+        require_baselines: bool,
+    ) -> anyhow::Result<Self> {
+        let bin_dir = match bin_dir {
+            Some(dir) => dir,
+            None => std::env::current_exe()?
+                .parent()
+                .context("binary directory")?
+                .to_path_buf(),
+        };
+        let rabbitmq = match bus {
+            BusChoice::Memory => false,
+            BusChoice::Rabbitmq => true,
+            BusChoice::Auto => std::net::TcpStream::connect_timeout(
+                &"127.0.0.1:5672".parse().expect("address"),
+                Duration::from_millis(300),
+            )
+            .is_ok(),
+        };
+        let scratch =
+            std::env::temp_dir().join(format!("opsloop-bench-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&scratch)?;
+        Ok(Self {
+            smoke,
+            bin_dir,
+            rabbitmq,
+            scratch,
+            pgbench: crate::pgbench::locate(),
+            require_baselines,
+        })
+    }
+
+    pub fn bus_name(&self) -> &'static str {
+        if self.rabbitmq { "rabbitmq" } else { "memory" }
+    }
+
+    pub fn binary(&self, name: &str) -> PathBuf {
+        self.bin_dir.join(name)
+    }
+
+    /// A fresh, migrated PostgreSQL database (dropped by `TestDb::cleanup`).
+    pub async fn database(&self) -> TestDb {
+        fresh_postgres().await
+    }
+
+    /// The environment every daemon gets: the database, the bus, logs and
+    /// audit under the scratch directory.
+    pub fn daemon_env(&self, db_url: &str, pool: u32) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("OPSLOOP__DATABASE__URL".to_owned(), db_url.to_owned()),
+            (
+                "OPSLOOP__DATABASE__MAX_CONNECTIONS".to_owned(),
+                pool.to_string(),
+            ),
+            (
+                "OPSLOOP__AUDIT__LOG_PATH".to_owned(),
+                self.scratch.join("audit.jsonl").display().to_string(),
+            ),
+            ("OPSLOOP__ENVIRONMENT".to_owned(), "bench".to_owned()),
+            (
+                "OPSLOOP__BUS__KIND".to_owned(),
+                self.bus_name().to_owned(),
+            ),
+        ];
+        if self.rabbitmq {
+            // Queues the bench's daemons declare disappear a minute after it ends.
+            env.push(("OPSLOOP__BUS__QUEUE_EXPIRES_MS".into(), "60000".into()));
+            env.push(("OPSLOOP__BUS__QUEUE_TYPE".into(), "classic".into()));
+        }
+        env
+    }
+
+    /// The api daemon on free loopback ports.
+    pub async fn start_api(&self, db_url: &str, pool: u32) -> anyhow::Result<Daemon> {
+        let grpc = free_addr()?;
+        let http = free_addr()?;
+        let mut env = self.daemon_env(db_url, pool);
+        env.push(("OPSLOOP__API__GRPC_ADDR".into(), grpc.to_string()));
+        env.push(("OPSLOOP__API__HTTP_ADDR".into(), http.to_string()));
+        let binary = self.binary("opsloop-api");
+        Daemon::start(Launch {
+            binary: &binary,
+            name: "opsloop-api",
+            env,
+            config: None,
+            http,
+            grpc: Some(grpc),
+            workdir: &self.scratch,
+            args: Vec::new(),
+            ready_path: "/readyz",
+            ready_timeout: Duration::from_secs(30),
+        })
+        .await
+    }
+
+    /// A gRPC channel to `addr` (one HTTP/2 connection).
+    pub async fn channel(addr: std::net::SocketAddr) -> anyhow::Result<tonic::transport::Channel> {
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {addr}"))
+    }
+
+    /// Says why a baseline is skipped; an error when baselines are required.
+    pub fn missing_baseline(&self, tool: &str) -> anyhow::Result<String> {
+        let line = format!("baseline skipped: `{tool}` is not installed");
+        if self.require_baselines {
+            anyhow::bail!("{line} (--require-baselines)");
+        }
+        eprintln!("opsloop-bench: {line}");
+        Ok(line)
+    }
+
+    pub fn scratch(&self) -> &Path {
+        &self.scratch
+    }
+
+    pub fn cleanup(&self) {
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+/// CPU count and load average, so a reader can tell a busy machine.
+pub fn host_info() -> serde_json::Value {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    serde_json::json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "loadavg": load.trim(),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+    })
+}
