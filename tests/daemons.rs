@@ -9,14 +9,29 @@ use opsloop_core::store::testing::fresh_postgres;
 use opsloop_e2e::{DaemonProcess, get, wait_for_status};
 
 const DRAIN_MS: u64 = 3_000;
+const DB_PASSWORD: &str = "pw-7f3e9c1d-never-logged";
+const ADMIN_TOKEN: &str = "admin-5b2a8e44-never-logged";
+const AGENT_TOKEN: &str = "agent-91c0d7aa-never-logged";
 
 async fn daemon_starts_serves_and_stops(binary: &str, section: &str, has_grpc: bool) {
     require_rabbitmq().await;
     let db = fresh_postgres().await;
     let bus = isolated_settings(&amqp_url());
     let section = section.to_ascii_uppercase();
+    // Secrets come in through the environment (the last of the three
+    // sources); none of their values may appear in any line the daemon logs.
+    let database_url_with_password =
+        db.url
+            .replacen("postgres@", &format!("postgres:{DB_PASSWORD}@"), 1);
+    assert_ne!(
+        database_url_with_password, db.url,
+        "test database URL shape"
+    );
     let mut env = vec![
-        ("OPSLOOP__DATABASE__URL", db.url.clone()),
+        ("OPSLOOP_DATABASE_URL", database_url_with_password),
+        ("OPSLOOP_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+        ("OPSLOOP_AGENT_TOKEN", AGENT_TOKEN.to_owned()),
+        ("RUST_LOG", "debug,h2=info,hyper=info,tower=info".to_owned()),
         ("OPSLOOP__BUS__KIND", "rabbitmq".to_owned()),
         ("OPSLOOP__BUS__URL", amqp_url()),
         ("OPSLOOP__BUS__EXCHANGE", bus.exchange.clone()),

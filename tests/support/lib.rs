@@ -97,9 +97,14 @@ impl DaemonProcess {
         }
     }
 
-    /// Every line the process printed since its start line (non-blocking).
+    /// Every line the process printed since its start line; after the
+    /// process has exited this reads until its output is closed.
     pub fn drain_output(&self) -> String {
-        self.lines.try_iter().collect::<Vec<_>>().join("\n")
+        let mut lines = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            lines.push(line);
+        }
+        lines.join("\n")
     }
 
     /// The `http` address from the start line.
