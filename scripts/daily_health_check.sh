@@ -37,6 +37,14 @@ if h.get("failure_spike"):
     notes.append("step failure spike (%s in the last hour)" % h.get("step_failures_last_hour"))
 if h.get("expired_leases"):
     notes.append("%s steps with expired leases" % h.get("expired_leases"))
+import datetime
+beat = h.get("last_heartbeat_at")
+if not beat:
+    notes.append("no heartbeat tick recorded")
+else:
+    age = datetime.datetime.now(datetime.timezone.utc) - datetime.datetime.fromisoformat(beat.replace("Z", "+00:00"))
+    if age.total_seconds() > 900:
+        notes.append("last heartbeat tick %d min ago" % (age.total_seconds() // 60))
 print("; ".join(notes))' "$health" 2>/dev/null)
   if [[ -n "$verdict" ]]; then line CHECK "ops health: $verdict"; attention=1; else line ok "ops health"; fi
   "$CLI" health | sed 's/^/       /'

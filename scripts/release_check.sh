@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Go/No-Go gate before a release (docs/runbook.md#go-no-go): formatting,
+# Go/No-Go gate before a release (docs/runbook.md, "Go / No-Go"): formatting,
 # lints, the test suite, the deployment files, and the smoke test against a
 # running stack. Stops at the first failed stage and names it.
 #

@@ -6,6 +6,7 @@
 
 mod daemon;
 mod env;
+mod heartbeat;
 mod load;
 mod page;
 mod pgbench;
@@ -52,6 +53,8 @@ enum Scenario {
     WorkCycle(scenarios::WorkArgs),
     /// Alerts posted at a fixed rate → a local Slack-shaped webhook; Alertmanager baseline.
     EventToPage(page::PageArgs),
+    /// The heartbeat's trigger phase with 200 rules over a small and a 10x larger event table.
+    HeartbeatScaling(heartbeat::HeartbeatArgs),
     /// dump + compress + checksum + store by the backup-agent vs pg_dump -Fc | zstd -3 | sha256sum.
     Backup(scenarios::BackupArgs),
     /// Idle RSS and cold start to ready of each daemon binary.
@@ -99,6 +102,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             Scenario::Submit(scenarios::SubmitArgs::default()),
             Scenario::WorkCycle(scenarios::WorkArgs::default()),
             Scenario::EventToPage(page::PageArgs::default()),
+            Scenario::HeartbeatScaling(heartbeat::HeartbeatArgs::default()),
             Scenario::Backup(scenarios::BackupArgs::default()),
         ],
         one => vec![one.clone()],
@@ -112,6 +116,10 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             Scenario::Submit(args) => ("submit", scenarios::submit(&env, args).await),
             Scenario::WorkCycle(args) => ("work-cycle", scenarios::work_cycle(&env, args).await),
             Scenario::EventToPage(args) => ("event-to-page", page::event_to_page(&env, args).await),
+            Scenario::HeartbeatScaling(args) => (
+                "heartbeat-scaling",
+                heartbeat::heartbeat_scaling(&env, args).await,
+            ),
             Scenario::Backup(args) => ("backup", scenarios::backup(&env, args).await),
             Scenario::Footprint => ("footprint", scenarios::footprint(&env).await),
             Scenario::All => unreachable!("expanded above"),
@@ -128,12 +136,6 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 rows.push(Row::new(name, "scenario", "-").note(format!("FAILED: {error}")));
             }
         }
-    }
-    for skipped in [(
-            "heartbeat-scaling",
-        "not measured yet: opsloop_heartbeat_worker::triggers::run is callable; the 100k/1M event fixture is not written (issue 8, scenario 4)",
-    )] {
-        rows.push(Row::new(skipped.0, "scenario", "-").note(skipped.1));
     }
     let table = report::table(&rows);
     println!("{table}");

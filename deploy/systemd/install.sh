@@ -78,7 +78,7 @@ install -d -m 0755 "$dropin"
   echo "# Written by deploy/systemd/install.sh: receiver secrets present in $CRED_DIR."
   echo "[Service]"
   for name in "${OPTIONAL[@]}"; do
-    [[ -s "$CRED_DIR/$name" ]] && echo "LoadCredential=$name:$CRED_DIR/$name"
+    if [[ -s "$CRED_DIR/$name" ]]; then echo "LoadCredential=$name:$CRED_DIR/$name"; fi
   done
 } >"$dropin/receivers.conf"
 chmod 0644 "$dropin/receivers.conf"

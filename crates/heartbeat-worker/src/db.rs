@@ -86,6 +86,49 @@ pub async fn advance_mark(
     Ok(changed == 1)
 }
 
+/// Sets (`true`) or clears (`false`) a flag row in `cooldowns`.
+pub async fn set_flag(
+    db: &impl ConnectionTrait,
+    name: &str,
+    on: bool,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let now = db_now(now);
+    let statement = if on {
+        stmt(
+            db.get_database_backend(),
+            "INSERT INTO cooldowns (name, until, updated_at) VALUES ($1, $2, $2) \
+             ON CONFLICT (name) DO UPDATE SET until = excluded.until, updated_at = excluded.updated_at",
+            vec![name.into(), now.into()],
+        )
+    } else {
+        stmt(
+            db.get_database_backend(),
+            "DELETE FROM cooldowns WHERE name = $1",
+            vec![name.into()],
+        )
+    };
+    db.execute_raw(statement).await?;
+    Ok(())
+}
+
+/// Names of the flag rows starting with `prefix`.
+pub async fn flags_with_prefix(
+    db: &impl ConnectionTrait,
+    prefix: &str,
+) -> Result<Vec<String>, DbErr> {
+    let rows = db
+        .query_all_raw(stmt(
+            db.get_database_backend(),
+            "SELECT name FROM cooldowns WHERE name LIKE $1",
+            vec![format!("{prefix}%").into()],
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| r.try_get::<String>("", "name"))
+        .collect()
+}
+
 /// The stored `until` of a cooldown or mark.
 pub async fn cooldown_until(
     db: &impl ConnectionTrait,

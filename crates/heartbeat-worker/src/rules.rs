@@ -157,6 +157,25 @@ impl Condition {
         }
     }
 
+    /// True when this tick must evaluate the condition: time-driven ones
+    /// (`absence`, `stalled_missions`) always, event-driven ones only when a
+    /// new event could have changed their count. This keeps a tick's cost
+    /// proportional to the events new since the last one.
+    pub fn wakes_on(&self, new_events: &[EventView]) -> bool {
+        match self {
+            Self::EventCount { matcher, .. } => new_events.iter().any(|e| matcher.matches(e)),
+            Self::FailureRate {
+                failures,
+                successes,
+                ..
+            } => new_events
+                .iter()
+                .any(|e| failures.matches(e) || successes.matches(e)),
+            Self::Absence { .. } | Self::StalledMissions { .. } => true,
+            Self::All(items) | Self::Any(items) => items.iter().any(|c| c.wakes_on(new_events)),
+        }
+    }
+
     /// True when the condition needs the running missions' activity.
     pub fn needs_missions(&self) -> bool {
         match self {
@@ -519,6 +538,28 @@ mod tests {
         )
         .expect_err("bad");
         assert_eq!(err.field, "c.conditions[0].window_seconds");
+    }
+
+    #[test]
+    fn only_matching_new_events_wake_event_driven_rules() {
+        let n = now();
+        let parse = |v: Value| Condition::parse("c", &v).expect("parses");
+        let count = parse(
+            json!({"type": "event_count", "kind": "post.*", "window_seconds": 60, "min_count": 1}),
+        );
+        let rate = parse(json!({"type": "failure_rate", "window_seconds": 60, "threshold": 0.5}));
+        let absence = parse(json!({"type": "absence", "kind": "x", "window_seconds": 60}));
+        let post = [event(1, "post.x", &[], n)];
+        let ok = [event(2, "step.succeeded", &[], n)];
+        assert!(count.wakes_on(&post));
+        assert!(!count.wakes_on(&ok));
+        assert!(!count.wakes_on(&[]));
+        assert!(rate.wakes_on(&ok));
+        assert!(!rate.wakes_on(&post));
+        assert!(absence.wakes_on(&[]));
+        let all = Condition::All(vec![count.clone(), rate.clone()]);
+        assert!(all.wakes_on(&ok));
+        assert!(!all.wakes_on(&[]));
     }
 
     #[test]

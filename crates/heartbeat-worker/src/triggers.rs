@@ -1,10 +1,14 @@
 //! The trigger phase: advance the `triggers` cursor past every new event
-//! (quarantining malformed ones), evaluate the enabled rules in a rotating
-//! order over the tick's facts, and fire exactly once per (rule, fact
+//! (quarantining malformed ones), evaluate — in a rotating order — the
+//! enabled rules a new event could affect, the time-driven ones, and those
+//! whose facts held last time without firing (so a tick costs what is new,
+//! not what is stored), and fire exactly once per (rule, fact
 //! window): a transaction claims the fire ledger row and compare-and-sets
 //! the rule's cooldown; the proposal goes through the single entry point
 //! with a dedupe key from rule + window; a gate rejection is recorded, frees
 //! the window and gives the cooldown back.
+
+use std::collections::HashSet;
 
 use chrono::{DateTime, Duration, Utc};
 use opsloop_core::domain::input::ProposalSource;
@@ -29,6 +33,9 @@ pub const CONSUMER: &str = "triggers";
 /// (the dedupe key makes the resubmission safe).
 const CLAIM_TIMEOUT_SECS: i64 = 300;
 
+/// Flag rows (in `cooldowns`) of rules whose facts held without firing.
+const PENDING_PREFIX: &str = "trigger.pending:";
+
 /// Most events of the longest window read per tick.
 const WINDOW_EVENT_LIMIT: u64 = 50_000;
 
@@ -51,12 +58,24 @@ pub async fn run(
     let cursor = db::read_cursor(db, CONSUMER).await?;
     let rows = db::events_after(db, cursor, hb.settings().event_batch).await?;
     let mut quarantined = 0;
+    let mut new_events = Vec::with_capacity(rows.len());
     for row in &rows {
-        if let Err(reason) = db::to_view(row) {
-            db::quarantine(db, CONSUMER, row.seq, &reason, now).await?;
-            quarantined += 1;
+        match db::to_view(row) {
+            Ok(view) => new_events.push(view),
+            Err(reason) => {
+                db::quarantine(db, CONSUMER, row.seq, &reason, now).await?;
+                quarantined += 1;
+            }
         }
     }
+    // Rules whose facts held last time without firing (cooling down or
+    // rejected by the gates) are looked at again until they resolve.
+    let pending: HashSet<Uuid> = db::flags_with_prefix(db, PENDING_PREFIX)
+        .await?
+        .iter()
+        .filter_map(|name| name.strip_prefix(PENDING_PREFIX))
+        .filter_map(|id| Uuid::parse_str(id).ok())
+        .collect();
 
     let rules = workflow::triggers::list_triggers(db, Some(true), None, 1000).await?;
     let mut parsed: Vec<(trigger_rules::Model, Condition)> = Vec::new();
@@ -70,6 +89,8 @@ pub async fn run(
             }
         }
     }
+    let total_rules = parsed.len();
+    parsed.retain(|(rule, c)| c.wakes_on(&new_events) || pending.contains(&rule.id));
     let max_window = parsed
         .iter()
         .map(|(_, c)| c.max_window())
@@ -93,34 +114,53 @@ pub async fn run(
 
     let (mut fired, mut rejected, mut duplicate, mut cooling, mut bad_actions) = (0, 0, 0, 0, 0);
     for (rule, condition) in rotated(&parsed, tick_no) {
-        let Some(firing) = condition.evaluate(&facts) else {
-            continue;
-        };
-        if !cooldown_passed(
-            rule.last_fired_at,
-            Duration::seconds(rule.cooldown_seconds),
-            now,
-        ) {
-            cooling += 1;
-            continue;
-        }
-        match fire(db, &rule, &firing, now).await {
-            Ok(FireOutcome::Fired) => fired += 1,
-            Ok(FireOutcome::Rejected) => rejected += 1,
-            Ok(FireOutcome::AlreadyFired) => duplicate += 1,
-            Ok(FireOutcome::CoolingDown) => cooling += 1,
-            Err(HeartbeatError::Spec(error)) => {
-                bad_actions += 1;
-                tracing::warn!(rule = %rule.name, %error, "trigger action does not render to a valid proposal");
+        let unresolved = match condition.evaluate(&facts) {
+            None => false,
+            Some(_)
+                if !cooldown_passed(
+                    rule.last_fired_at,
+                    Duration::seconds(rule.cooldown_seconds),
+                    now,
+                ) =>
+            {
+                cooling += 1;
+                true
             }
-            Err(error) => return Err(error),
+            Some(firing) => match fire(db, &rule, &firing, now).await {
+                Ok(FireOutcome::Fired) => {
+                    fired += 1;
+                    false
+                }
+                Ok(FireOutcome::Rejected) => {
+                    rejected += 1;
+                    true
+                }
+                Ok(FireOutcome::AlreadyFired) => {
+                    duplicate += 1;
+                    false
+                }
+                Ok(FireOutcome::CoolingDown) => {
+                    cooling += 1;
+                    true
+                }
+                Err(HeartbeatError::Spec(error)) => {
+                    bad_actions += 1;
+                    tracing::warn!(rule = %rule.name, %error, "trigger action does not render to a valid proposal");
+                    false
+                }
+                Err(error) => return Err(error),
+            },
+        };
+        if unresolved != pending.contains(&rule.id) {
+            db::set_flag(db, &format!("{PENDING_PREFIX}{}", rule.id), unresolved, now).await?;
         }
     }
     if let Some(last) = rows.last() {
         db::advance_cursor(db, CONSUMER, last.seq, now).await?;
     }
     Ok(
-        json!({"new_events": rows.len(), "quarantined": quarantined, "rules": parsed.len(),
+        json!({"new_events": rows.len(), "quarantined": quarantined, "rules": total_rules,
+              "evaluated": parsed.len(),
               "invalid_rules": invalid, "fired": fired, "rejected": rejected,
               "already_fired": duplicate, "cooling_down": cooling, "invalid_actions": bad_actions}),
     )

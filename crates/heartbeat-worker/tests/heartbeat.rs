@@ -221,7 +221,11 @@ async fn event_count_fires_at_threshold_once_then_cools_down() {
     );
 
     // Same facts: not again. New fact inside the cooldown: not again.
-    run(&hb, Phase::Triggers, t0 + secs(4)).await;
+    let idle = run(&hb, Phase::Triggers, t0 + secs(4)).await;
+    assert_eq!(
+        idle["evaluated"], 0,
+        "no new matching event, nothing to evaluate: {idle}"
+    );
     emit(db, "post.published", &[], json!({}), None, t0 + secs(5)).await;
     let counts = run(&hb, Phase::Triggers, t0 + secs(6)).await;
     assert_eq!(counts["cooling_down"], 1, "{counts}");
@@ -416,6 +420,15 @@ async fn a_gate_rejection_is_recorded_and_does_not_start_the_cooldown() {
         )
         .await,
         1
+    );
+    assert_eq!(
+        scalar(
+            db,
+            "SELECT COUNT(*) AS n FROM cooldowns WHERE name LIKE 'trigger.pending:%'"
+        )
+        .await,
+        1,
+        "the rule stays pending"
     );
     workflow::release_emergency_stop(db, "tester", "drill over", None, t0 + secs(2))
         .await
@@ -819,10 +832,11 @@ async fn insights_promote_at_the_threshold_once_and_survive_a_failing_summarizer
     t.cleanup().await;
 }
 
-async fn chat_endpoint(
-    status: u16,
-) -> (String, Arc<std::sync::Mutex<Vec<(Option<String>, Value)>>>) {
-    let seen: Arc<std::sync::Mutex<Vec<(Option<String>, Value)>>> = Arc::default();
+/// Requests the chat endpoint received: (authorization header, body).
+type Seen = Arc<std::sync::Mutex<Vec<(Option<String>, Value)>>>;
+
+async fn chat_endpoint(status: u16) -> (String, Seen) {
+    let seen: Seen = Arc::default();
     let state = seen.clone();
     let app = axum::Router::new().route(
         "/v1/chat/completions",
