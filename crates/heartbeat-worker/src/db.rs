@@ -5,10 +5,7 @@
 //! PostgreSQL and SQLite (`$n` placeholders, `ON CONFLICT`, `RETURNING`).
 
 use chrono::{DateTime, Utc};
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
-    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
-};
+use sea_orm::{ConnectionTrait, DbErr, EntityTrait, Value};
 use uuid::Uuid;
 
 use opsloop_core::store::entities::events;
@@ -16,32 +13,7 @@ use opsloop_core::workflow::db_now;
 
 use crate::matching::EventView;
 
-pub(crate) fn stmt(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
-    Statement::from_sql_and_values(backend, sql, values)
-}
-
-/// `BEGIN IMMEDIATE` on SQLite (writers serialized up front), plain on
-/// PostgreSQL.
-pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
-    let options = if db.get_database_backend() == DbBackend::Sqlite {
-        TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..Default::default()
-        }
-    } else {
-        TransactionOptions::default()
-    };
-    db.begin_with_options(options).await
-}
-
-/// ` FOR UPDATE` on PostgreSQL only.
-pub(crate) fn for_update(backend: DbBackend) -> &'static str {
-    if backend == DbBackend::Postgres {
-        " FOR UPDATE"
-    } else {
-        ""
-    }
-}
+pub use opsloop_core::store::{begin_write, for_update, stmt};
 
 /// Claims the cooldown `name` until `until` if it has passed (or never
 /// existed) at `now`. True when claimed: a compare-and-set, so two racing

@@ -21,10 +21,7 @@ pub mod triggers;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr};
 
 use crate::domain::input::ValidationError;
 use crate::domain::policy::{
@@ -118,34 +115,11 @@ pub fn db_now(now: DateTime<Utc>) -> DateTime<Utc> {
     now.trunc_subsecs(6)
 }
 
-/// A write transaction: `BEGIN IMMEDIATE` on SQLite (take the write lock up
-/// front, so a read-then-write never fails on upgrade), plain on PostgreSQL.
 pub(crate) async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction> {
-    let options = if db.get_database_backend() == DbBackend::Sqlite {
-        TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..Default::default()
-        }
-    } else {
-        TransactionOptions::default()
-    };
-    Ok(db.begin_with_options(options).await?)
+    Ok(crate::store::begin_write(db).await?)
 }
 
-/// A raw statement with `$n` placeholders (both sqlx drivers take them).
-pub(crate) fn stmt(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
-    Statement::from_sql_and_values(backend, sql, values)
-}
-
-/// ` FOR UPDATE` on PostgreSQL; nothing on SQLite, where the immediate
-/// transaction already excludes other writers.
-pub(crate) fn for_update(backend: DbBackend) -> &'static str {
-    if backend == DbBackend::Postgres {
-        " FOR UPDATE"
-    } else {
-        ""
-    }
-}
+pub(crate) use crate::store::{for_update, stmt};
 
 /// Locks a mission row (PostgreSQL) so changes to it and its steps happen in
 /// one order everywhere: mission first, then steps.
