@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 /// Latencies are recorded in microseconds, 1 µs .. 120 s, 3 significant digits.
@@ -51,7 +51,7 @@ impl Outcome {
 }
 
 /// The figures every scenario reports for one operation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LatencySummary {
     pub ok: u64,
     pub errors: u64,

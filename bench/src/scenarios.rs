@@ -605,6 +605,8 @@ async fn backup_on(env: &Env, db: &TestDb, mib: u64) -> Outcome {
         http,
         grpc: Some(grpc),
         workdir: env.scratch(),
+        args: Vec::new(),
+        ready_path: "/readyz",
         ready_timeout: Duration::from_secs(30),
     })
     .await?;
