@@ -25,3 +25,25 @@ fmt:
 
 lint:
     cargo clippy --workspace --all-targets -- -D warnings
+
+# Check the deployment files with the tools that know their formats.
+check-deploy:
+    bash scripts/check_deploy.sh
+
+# Health, metrics and a proposal through a finished mission, against running daemons.
+smoke:
+    bash scripts/smoke.sh
+
+# fmt, clippy, tests, smoke; names the failed stage.
+release-check:
+    bash scripts/release_check.sh
+
+daily-health:
+    bash scripts/daily_health_check.sh
+
+backup-now:
+    bash scripts/backup_now.sh
+
+# The compose stack (needs a Docker engine).
+compose-up:
+    docker compose -f deploy/compose/docker-compose.yml up -d --build

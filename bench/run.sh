@@ -53,6 +53,7 @@ ensure_postgres
 ensure_tool pgbench postgresql-client
 ensure_tool pg_dump postgresql-client
 ensure_tool zstd zstd
+ensure_tool prometheus-alertmanager prometheus-alertmanager
 
 cargo build --release --quiet -p opsloop-bench -p opsloop-api -p opsloop-heartbeat-worker \
   -p opsloop-alerter -p opsloop-backup-agent --bins

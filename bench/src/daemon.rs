@@ -42,7 +42,6 @@ pub struct Daemon {
     pub name: String,
     pub pid: u32,
     pub grpc: Option<SocketAddr>,
-    pub http: SocketAddr,
     /// Spawn to the first `200` from `/readyz`.
     pub ready_after: Duration,
     pub log: PathBuf,
@@ -120,7 +119,6 @@ impl Daemon {
             name: launch.name.to_owned(),
             pid,
             grpc: launch.grpc,
-            http: launch.http,
             ready_after: started.elapsed(),
             log,
             child,

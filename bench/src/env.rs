@@ -89,10 +89,7 @@ impl Env {
                 self.scratch.join("audit.jsonl").display().to_string(),
             ),
             ("OPSLOOP__ENVIRONMENT".to_owned(), "bench".to_owned()),
-            (
-                "OPSLOOP__BUS__KIND".to_owned(),
-                self.bus_name().to_owned(),
-            ),
+            ("OPSLOOP__BUS__KIND".to_owned(), self.bus_name().to_owned()),
         ];
         if self.rabbitmq {
             // Queues the bench's daemons declare disappear a minute after it ends.

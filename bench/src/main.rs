@@ -22,7 +22,10 @@ use crate::env::{BusChoice, Env};
 use crate::report::Row;
 
 #[derive(Parser, Debug)]
-#[command(name = "opsloop-bench", about = "Benchmarks of opsloop against its baselines")]
+#[command(
+    name = "opsloop-bench",
+    about = "Benchmarks of opsloop against its baselines"
+)]
 struct Cli {
     /// Tiny sizes: every scenario in seconds (CI keeps the suite from rotting).
     #[arg(long, global = true)]
@@ -45,8 +48,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug, Clone)]
 enum Scenario {
-    /// Every scenario below, in order.
-    All,
+    /// Every scenario below, in order (sizes: the unless given).
+    All(AllArgs),
     /// SubmitProposal (auto-approved, 3 steps) at saturation and at half of it; pgbench baseline.
     Submit(scenarios::SubmitArgs),
     /// ClaimStep → CompleteStep by N workers over M queued steps; pgbench baseline.
@@ -59,6 +62,26 @@ enum Scenario {
     Backup(scenarios::BackupArgs),
     /// Idle RSS and cold start to ready of each daemon binary.
     Footprint,
+}
+
+/// Size overrides for `all` (each scenario's own flag, renamed).
+#[derive(clap::Args, Debug, Clone, Default)]
+struct AllArgs {
+    /// submit: seconds per phase.
+    #[arg(long)]
+    submit_seconds: Option<u64>,
+    /// work-cycle: queued steps.
+    #[arg(long)]
+    work_steps: Option<u64>,
+    /// event-to-page: seconds of posting.
+    #[arg(long)]
+    page_seconds: Option<u64>,
+    /// heartbeat-scaling: the smaller event table.
+    #[arg(long)]
+    heartbeat_table_events: Option<u64>,
+    /// backup: MiB of table data.
+    #[arg(long)]
+    backup_mib: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -85,7 +108,12 @@ fn main() -> ExitCode {
 
 /// Runs the chosen scenarios; `Ok(false)` when one of them failed.
 async fn run(cli: Cli) -> anyhow::Result<bool> {
-    let env = Env::new(cli.smoke, cli.bin_dir.clone(), cli.bus, cli.require_baselines)?;
+    let env = Env::new(
+        cli.smoke,
+        cli.bin_dir.clone(),
+        cli.bus,
+        cli.require_baselines,
+    )?;
     eprintln!(
         "opsloop-bench: smoke={} bus={} binaries={} pgbench={}",
         env.smoke,
@@ -96,14 +124,29 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "missing".into())
     );
+    let invocation: Vec<String> = std::env::args().collect();
     let scenarios: Vec<Scenario> = match &cli.command {
-        Scenario::All => vec![
+        Scenario::All(sizes) => vec![
             Scenario::Footprint,
-            Scenario::Submit(scenarios::SubmitArgs::default()),
-            Scenario::WorkCycle(scenarios::WorkArgs::default()),
-            Scenario::EventToPage(page::PageArgs::default()),
-            Scenario::HeartbeatScaling(heartbeat::HeartbeatArgs::default()),
-            Scenario::Backup(scenarios::BackupArgs::default()),
+            Scenario::Submit(scenarios::SubmitArgs {
+                duration: sizes.submit_seconds,
+                ..Default::default()
+            }),
+            Scenario::WorkCycle(scenarios::WorkArgs {
+                steps: sizes.work_steps,
+                ..Default::default()
+            }),
+            Scenario::EventToPage(page::PageArgs {
+                duration: sizes.page_seconds,
+                ..Default::default()
+            }),
+            Scenario::HeartbeatScaling(heartbeat::HeartbeatArgs {
+                table_events: sizes.heartbeat_table_events,
+                ..Default::default()
+            }),
+            Scenario::Backup(scenarios::BackupArgs {
+                mib: sizes.backup_mib,
+            }),
         ],
         one => vec![one.clone()],
     };
@@ -122,7 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             ),
             Scenario::Backup(args) => ("backup", scenarios::backup(&env, args).await),
             Scenario::Footprint => ("footprint", scenarios::footprint(&env).await),
-            Scenario::All => unreachable!("expanded above"),
+            Scenario::All(_) => unreachable!("expanded above"),
         };
         match result {
             Ok((scenario_rows, detail)) => {
@@ -143,6 +186,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         "started_at": started,
         "finished_at": chrono::Utc::now(),
         "smoke": env.smoke,
+        "command": invocation.join(" "),
         "bus": env.bus_name(),
         "host": env::host_info(),
         "rows": rows,

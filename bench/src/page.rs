@@ -274,7 +274,10 @@ pub async fn event_to_page(env: &Env, args: PageArgs) -> anyhow::Result<(Vec<Row
         Row::new("event-to-page", "p50 alert → receiver", "ms")
             .opsloop(p(&ours, "p50_ms").unwrap_or(0.0))
             .baseline(baseline.as_ref().and_then(|b| p(b, "p50_ms")))
-            .note(format!("{rate:.0} alerts/s for {}s, group_wait 0 {note}", duration.as_secs())),
+            .note(format!(
+                "{rate:.0} alerts/s for {}s, group_wait 0 {note}",
+                duration.as_secs()
+            )),
     ];
     let row = Row::new("event-to-page", "p99 alert → receiver", "ms")
         .target("<= Alertmanager")
@@ -292,5 +295,8 @@ pub async fn event_to_page(env: &Env, args: PageArgs) -> anyhow::Result<(Vec<Row
     if ours["received"].as_u64().unwrap_or(0) == 0 {
         bail!("the receiver got no page from the alerter: {ours}");
     }
-    Ok((rows, json!({"opsloop": ours, "alertmanager": baseline, "rate": rate})))
+    Ok((
+        rows,
+        json!({"opsloop": ours, "alertmanager": baseline, "rate": rate}),
+    ))
 }

@@ -93,7 +93,9 @@ pub fn table(rows: &[Row]) -> String {
             cell(r.baseline),
             cell(r.opsloop),
             r.unit,
-            r.ratio.map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into()),
+            r.ratio
+                .map(|x| format!("{x:.2}x"))
+                .unwrap_or_else(|| "-".into()),
             met,
             r.note
         ));

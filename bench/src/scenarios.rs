@@ -112,13 +112,18 @@ pub async fn submit(env: &Env, args: SubmitArgs) -> Outcome {
             )
             .await;
             if warmup.ok == 0 {
-                bail!("no submit succeeded during warm-up: {:?}", warmup.first_error);
+                bail!(
+                    "no submit succeeded during warm-up: {:?}",
+                    warmup.first_error
+                );
             }
             let sampler = api.sampler();
             let saturated = closed_loop(
                 stubs.clone(),
                 duration,
-                |c: &mut ProposalServiceClient<Channel>, seq| submit_once(c.clone(), seq + (1 << 40)),
+                |c: &mut ProposalServiceClient<Channel>, seq| {
+                    submit_once(c.clone(), seq + (1 << 40))
+                },
             )
             .await;
             let saturated_use = sampler.finish().await;
@@ -148,7 +153,9 @@ pub async fn submit(env: &Env, args: SubmitArgs) -> Outcome {
     })
     .await?;
     let mut detail = measured.1;
-    let sat: f64 = detail["saturation"]["throughput_per_s"].as_f64().unwrap_or(0.0);
+    let sat: f64 = detail["saturation"]["throughput_per_s"]
+        .as_f64()
+        .unwrap_or(0.0);
     let rate = detail["half_load_rate"].as_f64().unwrap_or(1.0);
 
     // Baseline: the same SQL transaction by the same number of pgbench clients.
@@ -466,7 +473,12 @@ pub async fn work_cycle(env: &Env, args: WorkArgs) -> Outcome {
         .baseline(baseline)
         .note(format!(
             "{workers} workers, {} steps; cycle p50 {:.1} ms p99 {:.1} ms; api CPU {:.0}% {note}",
-            detail["steps"], cycle.p50_ms, cycle.p99_ms, detail["api_resources"]["cpu_percent"].as_f64().unwrap_or(0.0)
+            detail["steps"],
+            cycle.p50_ms,
+            cycle.p99_ms,
+            detail["api_resources"]["cpu_percent"]
+                .as_f64()
+                .unwrap_or(0.0)
         ));
     let met = row.ratio.map(|r| r >= 0.7);
     let rows = vec![
@@ -611,7 +623,8 @@ async fn backup_on(env: &Env, db: &TestDb, mib: u64) -> Outcome {
     })
     .await?;
     let measured = async {
-        let mut client = pb::backup_service_client::BackupServiceClient::new(Env::channel(grpc).await?);
+        let mut client =
+            pb::backup_service_client::BackupServiceClient::new(Env::channel(grpc).await?);
         let sampler = agent.sampler();
         let started = Instant::now();
         let response = client
@@ -624,13 +637,17 @@ async fn backup_on(env: &Env, db: &TestDb, mib: u64) -> Outcome {
             .into_inner();
         let wall = started.elapsed();
         let usage = sampler.finish().await;
-        let backup = response.backup.context("RunBackup answered without a backup")?;
+        let backup = response
+            .backup
+            .context("RunBackup answered without a backup")?;
         if backup.status != pb::BackupStatus::Completed as i32 {
             bail!("backup ended with status {}: {:?}", backup.status, backup);
         }
         let started = Instant::now();
         let verified = client
-            .verify_backup(pb::VerifyBackupRequest { id: backup.id.clone() })
+            .verify_backup(pb::VerifyBackupRequest {
+                id: backup.id.clone(),
+            })
             .await
             .map(|r| format!("{:?}", r.into_inner()));
         let verify_wall = started.elapsed();
@@ -645,14 +662,17 @@ async fn backup_on(env: &Env, db: &TestDb, mib: u64) -> Outcome {
     .await;
     let log = agent.log.clone();
     agent.stop().await?;
-    let ours = measured.with_context(|| format!("backup-agent log:\n{}", crate::daemon::tail(&log)))?;
+    let ours =
+        measured.with_context(|| format!("backup-agent log:\n{}", crate::daemon::tail(&log)))?;
     let seconds = ours["seconds"].as_f64().unwrap_or(f64::INFINITY);
     let verify = ours["verify_seconds"].as_f64().unwrap_or(0.0);
     let row = Row::new("backup", "dump+compress+checksum+store", "MiB/s")
         .target(">= 0.9x baseline")
         .opsloop(size / seconds)
         .baseline(baseline)
-        .note(format!("database {size:.0} MiB; {seconds:.1} s {baseline_note}"));
+        .note(format!(
+            "database {size:.0} MiB; {seconds:.1} s {baseline_note}"
+        ));
     let met = row.ratio.map(|r| r >= 0.9);
     let rows = vec![
         row.met(met),
@@ -721,8 +741,8 @@ pub async fn footprint(env: &Env) -> Outcome {
                 grpc,
                 workdir: env.scratch(),
                 args: Vec::new(),
-            ready_path: "/readyz",
-            ready_timeout: Duration::from_secs(30),
+                ready_path: "/readyz",
+                ready_timeout: Duration::from_secs(30),
             })
             .await?;
             let ready_ms = daemon.ready_after.as_secs_f64() * 1000.0;

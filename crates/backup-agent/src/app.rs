@@ -15,10 +15,11 @@ use tokio::task::JoinSet;
 
 use crate::SERVICE;
 use crate::agent::{Agent, AgentDeps, ScheduledBackup, ScheduledVerify};
-use crate::config::{BackupConfig, BackupSettings};
+use crate::config::{BackupConfig, BackupSettings, StoreKind};
+use crate::s3::ObjectBackupStore;
 use crate::schedule::{Clock, SystemClock, run_schedule};
 use crate::service::BackupGrpc;
-use crate::store::LocalStore;
+use crate::store::{BackupStore, LocalStore};
 use opsloop_core::auth::Auth;
 
 /// The daemon, built and bound, ready to run.
@@ -46,7 +47,10 @@ impl BackupApp {
         let config = BackupConfig::new(settings, &default_url)?;
         let grpc = bind("backup.grpc_addr", &config.settings.grpc_addr).await?;
         let http = bind("backup.http_addr", &config.settings.http_addr).await?;
-        let store = Arc::new(LocalStore::new(config.settings.store_dir.clone()));
+        let store: Arc<dyn BackupStore> = match config.settings.store {
+            StoreKind::Local => Arc::new(LocalStore::new(config.settings.store_dir.clone())),
+            StoreKind::S3 => Arc::new(ObjectBackupStore::s3(&config.settings.s3, &infra.secrets)?),
+        };
         let agent = Agent::new(AgentDeps {
             config,
             db: infra.db.clone(),

@@ -1,6 +1,9 @@
 //! The `[backup]` config section and its validation: what to back up, when
 //! (cron and time zone), where to (a store directory), how long to keep it
 //! (retention), how to verify it, and the tools and time limits used.
+//! The store is a local directory (`store = "local"`, `store_dir`) or an
+//! S3-compatible bucket (`store = "s3"` and `[backup.s3]`; the keys come
+//! from the secrets `s3_access_key_id` and `s3_secret_access_key`).
 //! Defaults work for `opsloop dev`: the configured database (SQLite
 //! `var/opsloop.db`) into `var/backups`, every day at 02:00 Asia/Tokyo.
 //!
@@ -9,6 +12,7 @@
 //! schedule = "0 2 * * *"          # cron, 5 fields
 //! timezone = "Asia/Tokyo"         # schedule and retention buckets
 //! store_dir = "/var/lib/opsloop/backups"
+//! # store = "s3"                 # instead: the bucket in [backup.s3]
 //! compression_level = 3
 //! dump_timeout_secs = 3600
 //! # pg_dump_path = "/usr/lib/postgresql/15/bin/pg_dump"   # default: PATH
@@ -36,6 +40,12 @@
 //!
 //! [backup.freshness]
 //! max_age_hours = 26
+//!
+//! [backup.s3]
+//! # endpoint = "https://minio.internal:9000"   # S3-compatible services
+//! region = "eu-central-1"
+//! bucket = "opsloop-backups"
+//! prefix = "prod"
 //! ```
 
 use std::path::PathBuf;
@@ -68,8 +78,12 @@ pub struct BackupSettings {
     /// Take one backup at start when a scheduled run was missed (the agent
     /// was down) or no backup exists yet.
     pub catch_up_missed: bool,
+    /// Where backups are kept: `local` (`store_dir`) or `s3` (`[backup.s3]`).
+    pub store: StoreKind,
     /// Directory of the local store.
     pub store_dir: PathBuf,
+    /// The bucket of the S3 store.
+    pub s3: S3Settings,
     /// zstd level (1–19).
     pub compression_level: i32,
     /// `pg_dump` binary; absent: looked up on `PATH`.
@@ -98,7 +112,9 @@ impl Default for BackupSettings {
             schedule: "0 2 * * *".into(),
             timezone: "Asia/Tokyo".into(),
             catch_up_missed: true,
+            store: StoreKind::Local,
             store_dir: PathBuf::from("var/backups"),
+            s3: S3Settings::default(),
             compression_level: 3,
             pg_dump_path: None,
             pg_restore_path: None,
@@ -109,6 +125,103 @@ impl Default for BackupSettings {
             verify: VerifySettings::default(),
             freshness: FreshnessSettings::default(),
         }
+    }
+}
+
+/// Which store backups go to.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    #[default]
+    Local,
+    S3,
+}
+
+/// `[backup.s3]`: an S3 or S3-compatible bucket. Keys are read from the
+/// secrets `s3_access_key_id` and `s3_secret_access_key` (and optionally
+/// `s3_session_token`), never from the config file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Settings {
+    /// Endpoint of an S3-compatible service; absent: AWS for `region`.
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Required when `backup.store = "s3"`.
+    pub bucket: String,
+    /// Key prefix inside the bucket (may be empty).
+    pub prefix: String,
+    /// Allow a plain `http://` endpoint (local test services).
+    pub allow_http: bool,
+    /// Unsigned requests (a public or policy-open bucket): no keys needed.
+    pub anonymous: bool,
+    /// Write manifests with a conditional create (`If-None-Match: *`). Turn
+    /// off for services without it: the store then checks, then writes.
+    pub conditional_put: bool,
+    /// Multipart part size in MiB (5–512); memory per upload is about
+    /// three parts.
+    pub part_size_mib: usize,
+}
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            region: "us-east-1".into(),
+            bucket: String::new(),
+            prefix: String::new(),
+            allow_http: false,
+            anonymous: false,
+            conditional_put: true,
+            part_size_mib: 16,
+        }
+    }
+}
+
+impl S3Settings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        if self.bucket.trim().is_empty() {
+            return Err(invalid(
+                "s3.bucket",
+                "must be set when backup.store = \"s3\"",
+            ));
+        }
+        if self.region.trim().is_empty() {
+            return Err(invalid("s3.region", "must not be empty"));
+        }
+        if let Some(endpoint) = &self.endpoint {
+            if endpoint.starts_with("http://") {
+                if !self.allow_http {
+                    return Err(invalid(
+                        "s3.endpoint",
+                        "is plain http: set backup.s3.allow_http = true to allow it",
+                    ));
+                }
+            } else if !endpoint.starts_with("https://") {
+                return Err(invalid(
+                    "s3.endpoint",
+                    "must start with https:// or http://",
+                ));
+            }
+        }
+        let prefix = self.prefix.trim_matches('/');
+        if !prefix.is_empty()
+            && !prefix.split('/').all(|p| {
+                !p.is_empty()
+                    && p != "."
+                    && p != ".."
+                    && p.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            })
+        {
+            return Err(invalid(
+                "s3.prefix",
+                "use path segments of letters, digits, '-', '_' and '.'",
+            ));
+        }
+        if !(5..=512).contains(&self.part_size_mib) {
+            return Err(invalid("s3.part_size_mib", "must be between 5 and 512"));
+        }
+        Ok(())
     }
 }
 
@@ -286,8 +399,13 @@ impl BackupConfig {
         if settings.verify.jobs == 0 {
             return Err(invalid("verify.jobs", "must be at least 1"));
         }
-        if settings.store_dir.as_os_str().is_empty() {
-            return Err(invalid("store_dir", "must not be empty"));
+        match settings.store {
+            StoreKind::Local => {
+                if settings.store_dir.as_os_str().is_empty() {
+                    return Err(invalid("store_dir", "must not be empty"));
+                }
+            }
+            StoreKind::S3 => settings.s3.validate()?,
         }
         let configured = if settings.targets.is_empty() {
             vec![TargetSettings {
@@ -413,6 +531,9 @@ mod tests {
         let config = BackupConfig::new(settings, "sqlite://x.db").expect("valid");
         assert_eq!(config.targets.len(), 2);
         assert_eq!(config.targets[1].kind, TargetKind::Directory);
+        assert_eq!(config.settings.store, StoreKind::Local);
+        assert_eq!(config.settings.s3.bucket, "opsloop-backups");
+        assert_eq!(config.settings.s3.prefix, "prod");
         assert_eq!(
             config.settings.retention.keep_within.map(|w| w.days),
             Some(2)
@@ -477,6 +598,67 @@ mod tests {
         for (key, change) in table {
             let mut settings = BackupSettings::default();
             change(&mut settings);
+            let err = BackupConfig::new(settings, "sqlite://x.db").expect_err(key);
+            assert!(err.to_string().contains(key), "{err} should name {key}");
+        }
+    }
+
+    fn load(toml: &str) -> Result<BackupConfig, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("opsloop.toml");
+        std::fs::write(&file, toml).expect("write");
+        let loaded = opsloop_core::config::load(&opsloop_core::config::ConfigSources {
+            file: Some(file),
+            use_default_file: false,
+            env: Some(Default::default()),
+        })
+        .map_err(|e| e.to_string())?;
+        let settings: BackupSettings = loaded.section("backup").map_err(|e| e.to_string())?;
+        BackupConfig::new(settings, "sqlite://x.db").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_s3_store_needs_a_bucket() {
+        let err = load("[backup]\nstore = \"s3\"\n[backup.s3]\nregion = \"eu-central-1\"\n")
+            .expect_err("no bucket");
+        assert!(err.contains("backup.s3.bucket"), "{err}");
+        let err = load("[backup]\nstore = \"s3\"\n").expect_err("no table");
+        assert!(err.contains("backup.s3.bucket"), "{err}");
+
+        let config = load(
+            "[backup]\nstore = \"s3\"\n[backup.s3]\nendpoint = \"http://127.0.0.1:9000\"\nallow_http = true\nbucket = \"b\"\nprefix = \"opsloop/prod\"\n",
+        )
+        .expect("valid");
+        assert_eq!(config.settings.store, StoreKind::S3);
+        assert_eq!(config.settings.s3.region, "us-east-1");
+
+        // A local store ignores an incomplete [backup.s3].
+        load("[backup]\nstore = \"local\"\n[backup.s3]\nprefix = \"x\"\n").expect("local");
+    }
+
+    #[test]
+    fn bad_s3_values_name_their_key() {
+        type Change = Box<dyn Fn(&mut S3Settings)>;
+        let table: Vec<(&str, Change)> = vec![
+            ("backup.s3.region", Box::new(|s| s.region = String::new())),
+            (
+                "backup.s3.endpoint",
+                Box::new(|s| s.endpoint = Some("http://minio:9000".into())),
+            ),
+            (
+                "backup.s3.endpoint",
+                Box::new(|s| s.endpoint = Some("minio:9000".into())),
+            ),
+            ("backup.s3.prefix", Box::new(|s| s.prefix = "a/../b".into())),
+            ("backup.s3.part_size_mib", Box::new(|s| s.part_size_mib = 1)),
+        ];
+        for (key, change) in table {
+            let mut settings = BackupSettings {
+                store: StoreKind::S3,
+                ..BackupSettings::default()
+            };
+            settings.s3.bucket = "b".into();
+            change(&mut settings.s3);
             let err = BackupConfig::new(settings, "sqlite://x.db").expect_err(key);
             assert!(err.to_string().contains(key), "{err} should name {key}");
         }

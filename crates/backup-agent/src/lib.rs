@@ -12,6 +12,7 @@ pub mod db;
 pub mod lease;
 pub mod pipeline;
 pub mod retention;
+pub mod s3;
 pub mod schedule;
 pub mod service;
 pub mod store;

@@ -127,7 +127,7 @@ pub trait BackupStore: Send + Sync + 'static {
 
 /// Keys are `target/file` with plain names: no traversal, no hidden files
 /// (a leading `.` marks temporary files).
-fn check_key(key: &str) -> Result<(), StoreError> {
+pub(crate) fn check_key(key: &str) -> Result<(), StoreError> {
     let parts: Vec<&str> = key.split('/').collect();
     let plain = |p: &str| {
         !p.is_empty()
@@ -430,7 +430,7 @@ impl BackupStore for LocalStore {
 }
 
 /// The backup id a file name starts with (`<uuid>.…`).
-fn backup_id(name: &str) -> Option<Uuid> {
+pub(crate) fn backup_id(name: &str) -> Option<Uuid> {
     name.split('.').next().and_then(|s| Uuid::parse_str(s).ok())
 }
 
@@ -451,8 +451,8 @@ fn read_manifest(path: &Path, key: &str) -> Result<Manifest, StoreError> {
 }
 
 /// The behaviour every [`BackupStore`] must have, as one reusable check that
-/// panics on the first deviation. The local store runs it; a future
-/// S3-compatible store in this crate should too.
+/// panics on the first deviation. The local store and the object store
+/// ([`crate::s3`], over `InMemory`) run it.
 #[cfg(test)]
 pub mod contract {
     use std::collections::HashSet;

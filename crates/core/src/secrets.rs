@@ -124,6 +124,11 @@ impl SecretStore {
                 Ok(value) => {
                     let value = value.strip_suffix('\n').unwrap_or(&value);
                     let value = value.strip_suffix('\r').unwrap_or(value);
+                    // An empty file is a placeholder (e.g. a compose secret
+                    // not filled in yet): the secret is not set.
+                    if value.is_empty() {
+                        return Ok(None);
+                    }
                     return Ok(Some(Secret::new(value)));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -196,6 +201,11 @@ mod tests {
             Some("from-creds".into())
         );
         assert!(store.get("agent_token").expect("read").is_none());
+        std::fs::write(run.path().join("slack_webhook_url"), "\n").expect("write");
+        assert!(
+            store.get("slack_webhook_url").expect("read").is_none(),
+            "an empty file is not a secret"
+        );
         assert!(store.get("../etc/passwd").is_err());
     }
 }
