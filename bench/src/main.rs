@@ -176,7 +176,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             Err(error) => {
                 eprintln!("opsloop-bench: scenario {name} FAILED: {error:#}");
                 failures.push(format!("{name}: {error:#}"));
-                rows.push(Row::new(name, "scenario", "-").note(format!("FAILED: {error}")));
+                rows.push(
+                    Row::new(name, "scenario", "-").note(format!("FAILED: {}", error.root_cause())),
+                );
             }
         }
     }

@@ -172,7 +172,7 @@ fn which(tool: &str) -> Option<std::path::PathBuf> {
 
 pub async fn event_to_page(env: &Env, args: PageArgs) -> anyhow::Result<(Vec<Row>, Value)> {
     let rate = args.rate.unwrap_or(if env.smoke { 20.0 } else { 100.0 });
-    let duration = Duration::from_secs(args.duration.unwrap_or(if env.smoke { 2 } else { 60 }));
+    let duration = Duration::from_secs(args.duration.unwrap_or(if env.smoke { 1 } else { 60 }));
     eprintln!("event-to-page: {rate}/s for {duration:?}");
     let receiver = Receiver::start().await?;
     let hook = format!("http://{}/hook", receiver.addr);

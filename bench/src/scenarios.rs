@@ -96,7 +96,7 @@ async fn submit_once(mut client: ProposalServiceClient<Channel>, seq: u64) -> Re
 
 pub async fn submit(env: &Env, args: SubmitArgs) -> Outcome {
     let clients = args.clients.unwrap_or(if env.smoke { 4 } else { 16 });
-    let duration = Duration::from_secs(args.duration.unwrap_or(if env.smoke { 2 } else { 20 }));
+    let duration = Duration::from_secs(args.duration.unwrap_or(if env.smoke { 1 } else { 20 }));
     eprintln!("submit: {clients} clients, {duration:?} per phase");
     let measured = with_api(env, clients.max(10), |api, db| async move {
         let outcome = async {
@@ -304,7 +304,7 @@ struct Cycle {
 
 pub async fn work_cycle(env: &Env, args: WorkArgs) -> Outcome {
     let workers = args.workers.unwrap_or(if env.smoke { 4 } else { 16 });
-    let wanted = args.steps.unwrap_or(if env.smoke { 600 } else { 100_000 });
+    let wanted = args.steps.unwrap_or(if env.smoke { 300 } else { 100_000 });
     let bound = Duration::from_secs(args.max_seconds.unwrap_or(if env.smoke { 30 } else { 900 }));
     eprintln!("work-cycle: {workers} workers over {wanted} steps");
     let (_, mut detail) = with_api(env, workers.max(10), |api, db| async move {
@@ -599,7 +599,7 @@ async fn backup_on(env: &Env, db: &TestDb, mib: u64) -> Outcome {
     std::fs::write(
         &config,
         format!(
-            "[backup]\nstore_dir = {:?}\nschedule = \"0 3 1 1 *\"\nprune_after_backup = false\n\
+            "[backup]\nstore_dir = {:?}\nschedule = \"0 3 1 1 *\"\ncatch_up_missed = false\nprune_after_backup = false\n\
              [[backup.targets]]\nname = \"bench\"\nurl = {:?}\n[backup.verify]\nafter_backup = false\n",
             dir.join("store").display().to_string(),
             db.url
@@ -707,7 +707,7 @@ fn which(tool: &str) -> Option<std::path::PathBuf> {
 // ---------------------------------------------------------------- footprint
 
 pub async fn footprint(env: &Env) -> Outcome {
-    let settle = Duration::from_secs(if env.smoke { 1 } else { 5 });
+    let settle = Duration::from_millis(if env.smoke { 500 } else { 5_000 });
     let db = env.database().await;
     let result = async {
         let mut rows = Vec::new();
@@ -767,7 +767,7 @@ pub async fn footprint(env: &Env) -> Outcome {
             );
             detail.insert(
                 binary.into(),
-                json!({"idle_rss_mib": rss, "ready_ms": ready_ms, "settle_s": settle.as_secs()}),
+                json!({"idle_rss_mib": rss, "ready_ms": ready_ms, "settle_s": settle.as_secs_f64()}),
             );
         }
         anyhow::Ok((rows, Value::Object(detail)))

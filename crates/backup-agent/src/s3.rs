@@ -950,6 +950,55 @@ mod tests {
         .expect("join")
         .expect("read");
         assert!(read == data);
+
+        // An upload abandoned mid-way is aborted: no parts, no marker left.
+        let key = object_key("db", Uuid::new_v4(), "bin.zst");
+        let mut upload = store.begin_upload(&key).await.expect("begin");
+        let body = data.clone();
+        tokio::task::spawn_blocking(move || {
+            upload.write_all(&body)?;
+            drop(upload);
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .expect("join")
+        .expect("write");
+        assert_eq!(
+            server.pending_uploads(),
+            0,
+            "the multipart upload was aborted"
+        );
+        assert!(server.keys().iter().all(|k| !k.contains(".partial-")));
+        assert!(matches!(
+            store.open(&key).await,
+            Err(StoreError::NotFound { .. })
+        ));
+
+        // Check-then-put (HEAD, then PUT) for services without conditions.
+        let store = store.with_manifest_writes(ManifestWrites::CheckThenPut);
+        let manifest = Manifest {
+            format: crate::store::MANIFEST_FORMAT,
+            id: Uuid::new_v4(),
+            target: "db".into(),
+            kind: "sqlite".into(),
+            database: "x.db".into(),
+            object_key: "db/x.bin.zst".into(),
+            started_at: chrono::Utc::now(),
+            finished_at: chrono::Utc::now(),
+            size_bytes: 0,
+            sha256: String::new(),
+            compression: "zstd:3".into(),
+            tool_versions: Default::default(),
+            row_counts: Default::default(),
+            files: None,
+        };
+        store.put_manifest(&manifest).await.expect("first write");
+        assert!(matches!(
+            store.put_manifest(&manifest).await,
+            Err(StoreError::AlreadyExists { .. })
+        ));
+        assert_eq!(store.manifests().await.expect("list"), vec![manifest]);
+
         assert!(
             server.keys().iter().all(|k| k.starts_with("opsloop/prod/")),
             "{:?}",
@@ -1036,6 +1085,10 @@ mod tests {
 
             pub fn completed_multiparts(&self) -> usize {
                 self.with(|b| b.completed_multiparts)
+            }
+
+            pub fn pending_uploads(&self) -> usize {
+                self.with(|b| b.uploads.len())
             }
 
             pub fn keys(&self) -> Vec<String> {

@@ -292,6 +292,36 @@ pub async fn ping(db: &DatabaseConnection) -> Result<Duration, StoreError> {
     Ok(started.elapsed())
 }
 
+/// Opens a write transaction: `BEGIN IMMEDIATE` on SQLite, so writers are
+/// serialized up front instead of failing with `SQLITE_BUSY` when a read
+/// turns into a write; a plain transaction on PostgreSQL.
+pub async fn begin_write(db: &DatabaseConnection) -> Result<sea_orm::DatabaseTransaction, DbErr> {
+    let options = if db.get_database_backend() == DbBackend::Sqlite {
+        TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        }
+    } else {
+        TransactionOptions::default()
+    };
+    db.begin_with_options(options).await
+}
+
+/// ` FOR UPDATE` on PostgreSQL; nothing on SQLite, where the immediate
+/// transaction of [`begin_write`] already excludes other writers.
+pub fn for_update(backend: DbBackend) -> &'static str {
+    if backend == DbBackend::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
+    }
+}
+
+/// A raw statement with `$n` placeholders (both sqlx drivers take them).
+pub fn stmt(backend: DbBackend, sql: &str, values: Vec<sea_orm::Value>) -> sea_orm::Statement {
+    sea_orm::Statement::from_sql_and_values(backend, sql, values)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,34 +396,4 @@ mod tests {
         assert!(file.exists());
         std::fs::remove_dir_all(&dir).expect("remove temp dir");
     }
-}
-
-/// Opens a write transaction: `BEGIN IMMEDIATE` on SQLite, so writers are
-/// serialized up front instead of failing with `SQLITE_BUSY` when a read
-/// turns into a write; a plain transaction on PostgreSQL.
-pub async fn begin_write(db: &DatabaseConnection) -> Result<sea_orm::DatabaseTransaction, DbErr> {
-    let options = if db.get_database_backend() == DbBackend::Sqlite {
-        TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..Default::default()
-        }
-    } else {
-        TransactionOptions::default()
-    };
-    db.begin_with_options(options).await
-}
-
-/// ` FOR UPDATE` on PostgreSQL; nothing on SQLite, where the immediate
-/// transaction of [`begin_write`] already excludes other writers.
-pub fn for_update(backend: DbBackend) -> &'static str {
-    if backend == DbBackend::Postgres {
-        " FOR UPDATE"
-    } else {
-        ""
-    }
-}
-
-/// A raw statement with `$n` placeholders (both sqlx drivers take them).
-pub fn stmt(backend: DbBackend, sql: &str, values: Vec<sea_orm::Value>) -> sea_orm::Statement {
-    sea_orm::Statement::from_sql_and_values(backend, sql, values)
 }
