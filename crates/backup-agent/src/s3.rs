@@ -848,6 +848,47 @@ mod tests {
         assert_eq!(files.len(), 1, "{files:?}");
     }
 
+    /// The pipeline streams a directory set through zstd and SHA-256 into
+    /// the object store in parts; what is stored is what was hashed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pipeline_streams_into_the_object_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for i in 0..20u32 {
+            let noise: Vec<u8> = (0..20_000u32)
+                .map(|j| (j.wrapping_mul(2_654_435_761).wrapping_add(i) >> 13) as u8)
+                .collect();
+            std::fs::write(dir.path().join(format!("f{i}.bin")), noise).expect("write");
+        }
+        let store = ObjectBackupStore::in_memory()
+            .expect("store")
+            .with_part_size(16 * 1024);
+        let key = object_key("files", Uuid::new_v4(), "tar.zst");
+        let upload = store.begin_upload(&key).await.expect("begin");
+        let dumped = crate::pipeline::dump_directories(
+            &[dir.path().to_path_buf()],
+            upload,
+            3,
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("dump");
+        assert!(dumped.encoded.size_bytes > 3 * 16 * 1024, "several parts");
+        let mut reader = store.open(&key).await.expect("open");
+        let stored = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            reader.read_to_end(&mut out).map(|_| out)
+        })
+        .await
+        .expect("join")
+        .expect("read");
+        use sha2::Digest as _;
+        assert_eq!(stored.len() as u64, dumped.encoded.size_bytes);
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&stored)),
+            dumped.encoded.sha256
+        );
+    }
+
     fn settings() -> S3Settings {
         S3Settings {
             endpoint: Some("http://127.0.0.1:9".into()),

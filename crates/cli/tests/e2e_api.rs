@@ -331,10 +331,19 @@ async fn operator_commands_against_the_api() {
         kind: Set("weekly".into()),
         period_start: Set(start),
         period_end: Set(start + chrono::Duration::days(7)),
-        body: Set(serde_json::json!({
-            "missions_total": 10, "missions_succeeded": 9, "missions_failed": 1,
-            "mission_success_rate": 0.9, "cost_usd": 4.5, "budget_usd": 186.0,
-        })),
+        // Exactly what the heartbeat-worker's report phase writes.
+        body: Set(opsloop_heartbeat_worker::report::weekly_body(
+            &opsloop_heartbeat_worker::report::WeeklyInput {
+                period_start: start,
+                period_end: start + chrono::Duration::days(7),
+                missions: [("succeeded".to_owned(), 9), ("failed".to_owned(), 1)]
+                    .into_iter()
+                    .collect(),
+                cost_usd: 4.5,
+                budget_usd: 186.0,
+                ..Default::default()
+            },
+        )),
         created_at: Set(chrono::Utc::now()),
     }
     .insert(&api.db.db)

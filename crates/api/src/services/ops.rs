@@ -37,37 +37,86 @@ pub fn summary_pb(s: &SummaryFigures) -> pb::Summary {
     }
 }
 
-fn int(body: &serde_json::Value, key: &str) -> i64 {
-    body.get(key)
+fn int(body: &serde_json::Value, pointer: &str) -> i64 {
+    body.pointer(pointer)
         .and_then(serde_json::Value::as_i64)
         .unwrap_or(0)
 }
 
-fn float(body: &serde_json::Value, key: &str) -> f64 {
-    body.get(key)
+fn float(body: &serde_json::Value, pointer: &str) -> f64 {
+    body.pointer(pointer)
         .and_then(serde_json::Value::as_f64)
         .unwrap_or(0.0)
 }
 
+/// `{name: count}` at `pointer`, largest first.
+fn named_counts(body: &serde_json::Value, pointer: &str) -> Vec<pb::NamedCount> {
+    let mut counts: Vec<pb::NamedCount> = body
+        .pointer(pointer)
+        .and_then(serde_json::Value::as_object)
+        .map(|map| {
+            map.iter()
+                .map(|(name, count)| pb::NamedCount {
+                    name: name.clone(),
+                    count: count.as_i64().unwrap_or(0),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    counts.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
+    counts
+}
+
+fn timestamp_at(body: &serde_json::Value, pointer: &str) -> Option<prost_types::Timestamp> {
+    body.pointer(pointer)
+        .and_then(serde_json::Value::as_str)
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| convert::ts(t.with_timezone(&Utc)))
+}
+
+/// The stored weekly report (the body the heartbeat-worker's report phase
+/// writes, see `opsloop_heartbeat_worker::report::weekly_body`) as the
+/// contract's message; the body itself travels as `report_json` too.
 fn weekly(report: &reports::Model) -> pb::WeeklyReport {
     let b = &report.body;
+    let step_kinds = b
+        .pointer("/stepsByKind")
+        .and_then(serde_json::Value::as_object)
+        .map(|kinds| {
+            kinds
+                .iter()
+                .map(|(kind, stats)| {
+                    let total = stats["finished"].as_i64().unwrap_or(0);
+                    let succeeded = stats["succeeded"].as_i64().unwrap_or(0);
+                    pb::StepKindStats {
+                        kind: kind.clone(),
+                        total,
+                        succeeded,
+                        failed: total - succeeded,
+                        success_rate: stats["successRate"].as_f64().unwrap_or(0.0),
+                        ..Default::default()
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     pb::WeeklyReport {
         id: report.id.to_string(),
         period_start: Some(convert::ts(report.period_start)),
         period_end: Some(convert::ts(report.period_end)),
-        missions_total: int(b, "missions_total"),
-        missions_succeeded: int(b, "missions_succeeded"),
-        missions_failed: int(b, "missions_failed"),
-        missions_cancelled: int(b, "missions_cancelled"),
-        mission_success_rate: float(b, "mission_success_rate"),
-        step_kinds: Vec::new(),
-        step_duration_p50_ms: int(b, "step_duration_p50_ms"),
-        step_duration_p95_ms: int(b, "step_duration_p95_ms"),
-        failures_by_reason: Vec::new(),
-        alerts_fired: Vec::new(),
-        cost_usd: float(b, "cost_usd"),
-        budget_usd: float(b, "budget_usd"),
-        last_backup_at: None,
+        missions_total: int(b, "/missions/finished"),
+        missions_succeeded: int(b, "/missions/byStatus/succeeded"),
+        missions_failed: int(b, "/missions/byStatus/failed"),
+        missions_cancelled: int(b, "/missions/byStatus/cancelled"),
+        mission_success_rate: float(b, "/missions/successRate"),
+        step_kinds,
+        step_duration_p50_ms: int(b, "/stepDurationMs/p50"),
+        step_duration_p95_ms: int(b, "/stepDurationMs/p95"),
+        failures_by_reason: named_counts(b, "/failuresByReason"),
+        alerts_fired: named_counts(b, "/alertsFired/byName"),
+        cost_usd: float(b, "/cost/usd"),
+        budget_usd: float(b, "/cost/budgetUsd"),
+        last_backup_at: timestamp_at(b, "/backup/lastCompletedAt"),
         last_verified_backup_at: None,
         report_json: b.to_string(),
         generated_at: Some(convert::ts(report.created_at)),
@@ -215,5 +264,50 @@ impl OpsService for Api {
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_heartbeat_report_body() {
+        let body = serde_json::json!({
+            "missions": {"finished": 10, "byStatus": {"succeeded": 8, "failed": 1, "cancelled": 1}, "successRate": 0.8},
+            "stepsByKind": {"analyze": {"finished": 4, "succeeded": 3, "successRate": 0.75}},
+            "stepDurationMs": {"p50": 120, "p95": 900, "samples": 4},
+            "failuresByReason": {"timeout": 2, "oom": 5},
+            "alertsFired": {"total": 3, "byName": {"OpsFailureSpike": 3}},
+            "cost": {"usd": 12.5, "budgetUsd": 210.0, "ratio": 0.06},
+            "backup": {"lastCompletedAt": "2026-11-22T17:00:00Z", "ageHours": 3.0},
+        });
+        let now = chrono::Utc::now();
+        let report = reports::Model {
+            id: uuid::Uuid::nil(),
+            kind: "weekly".into(),
+            period_start: now,
+            period_end: now,
+            body,
+            created_at: now,
+        };
+        let w = weekly(&report);
+        assert_eq!(
+            (
+                w.missions_total,
+                w.missions_succeeded,
+                w.missions_failed,
+                w.missions_cancelled
+            ),
+            (10, 8, 1, 1)
+        );
+        assert_eq!(w.mission_success_rate, 0.8);
+        assert_eq!(w.step_kinds.len(), 1);
+        assert_eq!((w.step_kinds[0].total, w.step_kinds[0].failed), (4, 1));
+        assert_eq!((w.step_duration_p50_ms, w.step_duration_p95_ms), (120, 900));
+        assert_eq!(w.failures_by_reason[0].name, "oom");
+        assert_eq!(w.alerts_fired[0].count, 3);
+        assert_eq!((w.cost_usd, w.budget_usd), (12.5, 210.0));
+        assert!(w.last_backup_at.is_some());
     }
 }
