@@ -55,7 +55,10 @@ ensure_tool pg_dump postgresql-client
 ensure_tool zstd zstd
 ensure_tool prometheus-alertmanager prometheus-alertmanager
 
-cargo build --release --quiet -p opsloop-bench -p opsloop-api -p opsloop-heartbeat-worker \
+# Two builds, as the crates are usually built (one feature resolution each),
+# so a warm target directory is reused.
+cargo build --release --quiet -p opsloop-bench
+cargo build --release --quiet -p opsloop-api -p opsloop-heartbeat-worker \
   -p opsloop-alerter -p opsloop-backup-agent --bins
 
 TARGET_DIR=${CARGO_TARGET_DIR:-target}

@@ -1,8 +1,9 @@
 //! The backup-agent daemon: scheduled, checksummed, verified backups with GFS
 //! retention. Serves `BackupService` over gRPC and health and metrics over
 //! HTTP. Pure pieces (`retention`, `schedule`, `archive`) are unit-tested
-//! without I/O; `pipeline`, `store` and `verify` do the work; `agent` ties
-//! them to the database, bus and metrics; `app` is the daemon's wiring.
+//! without I/O; `pipeline`, `store` (a local directory, or `s3` for
+//! S3-compatible buckets) and `verify` do the work; `agent` ties them to the
+//! database, bus and metrics; `app` is the daemon's wiring.
 
 pub mod agent;
 pub mod app;

@@ -19,7 +19,9 @@
 //!   The parts of a multipart upload that was never completed are not
 //!   listable through `object_store`: an abandoned upload is aborted, and
 //!   for crashes the bucket needs a lifecycle rule
-//!   (`AbortIncompleteMultipartUpload`, e.g. after 2 days).
+//!   (`AbortIncompleteMultipartUpload`, e.g. after 2 days). Only keys this
+//!   store writes (`<id>.…`) are ever swept; still, give it a `prefix` of its
+//!   own in a shared bucket.
 //! - **Manifest last and create-only.** `PutMode::Create` (S3's
 //!   `If-None-Match: *`). For services without conditional writes
 //!   (`conditional_put = false`) the store checks, then puts: a concurrent
@@ -749,14 +751,18 @@ impl BackupStore for ObjectBackupStore {
             .collect();
         let mut removed = Vec::new();
         for (target, name) in files {
-            let id = backup_id(name.trim_start_matches('.'));
-            if id.is_some_and(|id| active.contains(&id)) {
+            // Only what this store writes (`<id>.…`, `.<id>.…`) is ever
+            // swept: a shared bucket's other objects are left alone.
+            let Some(id) = backup_id(name.trim_start_matches('.')) else {
+                continue;
+            };
+            if active.contains(&id) {
                 continue;
             }
             let partial = name.starts_with('.');
             let orphan = !partial
                 && !name.ends_with(MANIFEST_SUFFIX)
-                && !id.is_some_and(|id| manifested.contains(&(target.clone(), id)));
+                && !manifested.contains(&(target.clone(), id));
             if partial || orphan {
                 let key = format!("{target}/{name}");
                 let location = self.raw_location(&key)?;
@@ -800,11 +806,18 @@ mod tests {
             .put(&ObjectPath::from("other/x/y"), PutPayload::from("keep"))
             .await
             .expect("put");
+        // Nor is a foreign object under the prefix: sweep takes only ours.
+        let foreign = ObjectPath::from("backups/prod/contract/README.txt");
+        inner
+            .put(&foreign, PutPayload::from("keep"))
+            .await
+            .expect("put");
         let store = ObjectBackupStore::new(inner.clone(), "/backups/prod/", "memory:")
             .expect("store")
             .with_manifest_writes(ManifestWrites::CheckThenPut);
         contract::exercise(&store).await;
         assert!(inner.head(&ObjectPath::from("other/x/y")).await.is_ok());
+        assert!(inner.head(&foreign).await.is_ok());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -853,9 +866,16 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_pipeline_streams_into_the_object_store() {
         let dir = tempfile::tempdir().expect("tempdir");
+        // Incompressible content (xorshift), so the object spans parts.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
         for i in 0..20u32 {
-            let noise: Vec<u8> = (0..20_000u32)
-                .map(|j| (j.wrapping_mul(2_654_435_761).wrapping_add(i) >> 13) as u8)
+            let noise: Vec<u8> = (0..20_000)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
                 .collect();
             std::fs::write(dir.path().join(format!("f{i}.bin")), noise).expect("write");
         }
