@@ -2,7 +2,7 @@
 # Runs the whole opsloop test suite against real PostgreSQL and RabbitMQ.
 # Starts either service when it is down; fails with a clear message when it
 # cannot be reached. Extra arguments go to the test runner.
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 
 PG_HOST=127.0.0.1 PG_PORT=5432 AMQP_PORT=5672
@@ -46,12 +46,20 @@ ensure_rabbitmq
 ensure_prometheus
 
 # Daemon process tests start the real binaries.
-cargo build --workspace --bins --quiet
+cargo build --workspace --bins --quiet || { echo "test.sh: the build failed" >&2; exit 1; }
 
+# The workspace has no doctests; nextest runs every other test, in parallel.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast "$@"
-  # nextest does not run doctests.
-  cargo test --workspace --doc --quiet
+  cargo nextest run --workspace --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
+  summary=$(grep -E 'Summary \[' "$log" | tail -n1)
+  passed=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<<"$summary")
+  failed=$(sed -nE 's/.* ([0-9]+) failed.*/\1/p' <<<"$summary")
+  skipped=$(sed -nE 's/.* ([0-9]+) skipped.*/\1/p' <<<"$summary")
+  echo "tests: ${passed:-0} passed, ${failed:-0} failed, ${skipped:-0} skipped"
 else
-  cargo test --workspace --no-fail-fast "$@"
+  cargo test --workspace --no-fail-fast "$@" || status=$?
 fi
+exit "$status"
