@@ -50,17 +50,9 @@ impl From<AlerterError> for Status {
     }
 }
 
-fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
-}
+use opsloop_core::grpc::timestamp;
 
-fn from_timestamp(field: &str, t: &prost_types::Timestamp) -> Result<DateTime<Utc>, Status> {
-    DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
-        .ok_or_else(|| Status::invalid_argument(format!("{field}: out of range")))
-}
+use opsloop_core::grpc::from_timestamp;
 
 fn severity_pb(s: Option<Severity>) -> pb::Severity {
     match s {

@@ -1,28 +1,15 @@
 //! Conversions between stored models and the `opsloop.v1` messages, and the
 //! parsing of request fields into domain values (errors name the field).
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use opsloop_core::domain::input::{StepSpec, ValidationError, uuid_field};
 use opsloop_core::domain::policy::PolicyKey;
 use opsloop_core::proto::v1 as pb;
 use opsloop_core::store::entities::{events, mission_steps, policy, proposals, trigger_rules};
 use opsloop_core::workflow::{MissionView, ProposalView, WorkflowError};
-use prost_types::Timestamp;
 use tonic::Status;
 
-pub fn ts(t: DateTime<Utc>) -> Timestamp {
-    Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
-
-pub fn from_ts(field: &str, t: &Timestamp) -> Result<DateTime<Utc>, Status> {
-    u32::try_from(t.nanos)
-        .ok()
-        .and_then(|nanos| Utc.timestamp_opt(t.seconds, nanos).single())
-        .ok_or_else(|| invalid(field, "not a valid timestamp"))
-}
+pub use opsloop_core::grpc::{from_timestamp as from_ts, timestamp as ts};
 
 pub fn invalid(field: &str, reason: &str) -> Status {
     Status::from(WorkflowError::Invalid(ValidationError::new(field, reason)))

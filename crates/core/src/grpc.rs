@@ -95,6 +95,26 @@ pub async fn serve(
         .await
 }
 
+/// A UTC time as the contract's `google.protobuf.Timestamp`.
+pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// A request's timestamp field as UTC time; `INVALID_ARGUMENT` naming
+/// `field` when it is out of range.
+pub fn from_timestamp(
+    field: &str,
+    t: &prost_types::Timestamp,
+) -> Result<chrono::DateTime<chrono::Utc>, tonic::Status> {
+    u32::try_from(t.nanos)
+        .ok()
+        .and_then(|nanos| chrono::DateTime::from_timestamp(t.seconds, nanos))
+        .ok_or_else(|| tonic::Status::invalid_argument(format!("{field}: not a valid timestamp")))
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message as _;
