@@ -47,3 +47,11 @@ backup-now:
 # The compose stack (needs a Docker engine).
 compose-up:
     docker compose -f deploy/compose/docker-compose.yml up -d --build
+
+# Every benchmark scenario against its baseline (results in bench/README.md).
+bench:
+    bash bench/run.sh
+
+# Every scenario at tiny sizes, as CI runs it.
+bench-smoke:
+    BENCH_PROFILE=debug bash bench/run.sh --smoke

@@ -55,11 +55,18 @@ ensure_tool pg_dump postgresql-client
 ensure_tool zstd zstd
 ensure_tool prometheus-alertmanager prometheus-alertmanager
 
-# Two builds, as the crates are usually built (one feature resolution each),
-# so a warm target directory is reused.
-cargo build --release --quiet -p opsloop-bench
-cargo build --release --quiet -p opsloop-api -p opsloop-heartbeat-worker \
-  -p opsloop-alerter -p opsloop-backup-agent --bins
+# BENCH_PROFILE=debug reuses the test build (CI's smoke run: it checks the
+# scenarios still run, its figures mean nothing); release is for numbers.
+PROFILE=${BENCH_PROFILE:-release}
+if [ "$PROFILE" = debug ]; then
+  cargo build --workspace --bins --quiet
+else
+  # Two builds, as the crates are usually built (one feature resolution
+  # each), so a warm target directory is reused.
+  cargo build --release --quiet -p opsloop-bench
+  cargo build --release --quiet -p opsloop-api -p opsloop-heartbeat-worker \
+    -p opsloop-alerter -p opsloop-backup-agent --bins
+fi
 
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 mkdir -p bench/results
@@ -73,6 +80,6 @@ else
 fi
 started=$SECONDS
 status=0
-"$TARGET_DIR/release/opsloop-bench" all --out "$out" --bin-dir "$TARGET_DIR/release" "${ARGS[@]}" || status=$?
+"$TARGET_DIR/$PROFILE/opsloop-bench" all --out "$out" --bin-dir "$TARGET_DIR/$PROFILE" "${ARGS[@]}" || status=$?
 echo "bench/run.sh: scenarios took $((SECONDS - started)) s; results in $out"
 exit "$status"
