@@ -227,6 +227,7 @@ impl Agent {
             tools: self.tools.clone(),
             jobs: self.config.settings.verify.jobs,
             timeout: self.config.verify_timeout(),
+            secrets: self.secrets.clone(),
         }
     }
 
@@ -460,15 +461,18 @@ impl Agent {
         target: &Target,
         row: &backups::Model,
     ) -> Result<Manifest, AgentError> {
-        let settings = &self.config.settings;
+        let encoding = self.config.encoding();
         let ext = match target.kind {
             TargetKind::Postgres => "pgdump.zst",
             TargetKind::Sqlite => "sqlite.zst",
             TargetKind::Directory => "tar.zst",
         };
-        let key = store::object_key(&target.name, row.id, ext);
+        let ext = match encoding.encryption() {
+            Some(_) => format!("{ext}.age"),
+            None => ext.to_owned(),
+        };
+        let key = store::object_key(&target.name, row.id, &ext);
         let upload = self.store.begin_upload(&key).await?;
-        let level = settings.compression_level;
         let timeout = self.config.dump_timeout();
         let dumped: Dumped = match target.kind {
             TargetKind::Postgres => {
@@ -479,14 +483,14 @@ impl Agent {
                         tool: "pg_dump",
                         detail: "not located at start".into(),
                     })?;
-                pipeline::dump_postgres(tools, &self.pg_url(target)?, upload, level, timeout)
+                pipeline::dump_postgres(tools, &self.pg_url(target)?, upload, &encoding, timeout)
                     .await?
             }
             TargetKind::Sqlite => {
-                pipeline::dump_sqlite(&target.url, upload, level, timeout).await?
+                pipeline::dump_sqlite(&target.url, upload, &encoding, timeout).await?
             }
             TargetKind::Directory => {
-                pipeline::dump_directories(&target.paths, upload, level, timeout).await?
+                pipeline::dump_directories(&target.paths, upload, &encoding, timeout).await?
             }
         };
         let mut tool_versions = dumped.tool_versions;
@@ -509,6 +513,8 @@ impl Agent {
             tool_versions,
             row_counts: dumped.row_counts,
             files: dumped.files,
+            encryption: encoding.encryption(),
+            recipients: encoding.recipient_keys(),
         };
         // Last: only now is the object a backup.
         self.store.put_manifest(&manifest).await?;

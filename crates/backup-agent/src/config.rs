@@ -41,6 +41,11 @@
 //! [backup.freshness]
 //! max_age_hours = 26
 //!
+//! [backup.encryption]            # optional: age, after compression
+//! recipients = ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]
+//! # identities (private keys, one per line; old ones kept after a key
+//! # rotation) come from the secret backup_age_identities, for verify/restore
+//!
 //! [backup.s3]
 //! # endpoint = "https://minio.internal:9000"   # S3-compatible services
 //! region = "eu-central-1"
@@ -100,6 +105,7 @@ pub struct BackupSettings {
     pub retention: RetentionPolicy,
     pub verify: VerifySettings,
     pub freshness: FreshnessSettings,
+    pub encryption: EncryptionSettings,
 }
 
 impl Default for BackupSettings {
@@ -124,6 +130,7 @@ impl Default for BackupSettings {
             retention: RetentionPolicy::default(),
             verify: VerifySettings::default(),
             freshness: FreshnessSettings::default(),
+            encryption: EncryptionSettings::default(),
         }
     }
 }
@@ -298,6 +305,17 @@ impl Default for FreshnessSettings {
     }
 }
 
+/// `[backup.encryption]`: at-rest encryption to age recipients, after
+/// compression. The identities (private keys) that decrypt come from the
+/// secret `backup_age_identities`, one per line; keep old ones there after a
+/// rotation so older backups stay verifiable and restorable.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncryptionSettings {
+    /// age public keys (`age1…`); empty: backups are not encrypted.
+    pub recipients: Vec<String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: backup.{key}: {reason}")]
 pub struct SettingsError {
@@ -399,6 +417,14 @@ impl BackupConfig {
         if settings.verify.jobs == 0 {
             return Err(invalid("verify.jobs", "must be at least 1"));
         }
+        crate::crypt::parse_recipients(&settings.encryption.recipients).map_err(
+            |(i, reason)| {
+                invalid(
+                    &format!("encryption.recipients[{i}]"),
+                    format!("not an age public key (age1…): {reason}"),
+                )
+            },
+        )?;
         match settings.store {
             StoreKind::Local => {
                 if settings.store_dir.as_os_str().is_empty() {
@@ -470,6 +496,16 @@ impl BackupConfig {
 
     pub fn verify_timeout(&self) -> Duration {
         Duration::from_secs(self.settings.verify.timeout_secs.max(1))
+    }
+
+    /// How objects are encoded: the zstd level and the age recipients.
+    pub fn encoding(&self) -> crate::crypt::Encoding {
+        crate::crypt::Encoding {
+            level: self.settings.compression_level,
+            // Validated in `new`.
+            recipients: crate::crypt::parse_recipients(&self.settings.encryption.recipients)
+                .unwrap_or_default(),
+        }
     }
 
     pub fn compression(&self) -> String {
@@ -555,6 +591,15 @@ mod tests {
             (
                 "backup.compression_level",
                 Box::new(|s| s.compression_level = 40),
+            ),
+            (
+                "backup.encryption.recipients[1]",
+                Box::new(|s| {
+                    s.encryption.recipients = vec![
+                        "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p".into(),
+                        "AGE-SECRET-KEY-1QQQ".into(),
+                    ]
+                }),
             ),
             (
                 "backup.targets[0].url",

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod app;
 pub mod archive;
 pub mod config;
+pub mod crypt;
 pub mod db;
 pub mod lease;
 pub mod pipeline;

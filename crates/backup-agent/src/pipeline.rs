@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::archive::{self, FileStats};
+use crate::crypt::{Encoding, Sealed};
 use crate::db::{self, DbError, PgUrl};
 use crate::store::{ObjectUpload, StoreError};
 use opsloop_core::secrets::Secret;
@@ -353,24 +354,28 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// Streams `reader` through zstd (`level`, with frame checksums) and
-/// SHA-256 into `upload`, in one pass, and returns the upload (not yet
+/// Streams `reader` through zstd (with frame checksums), age (when the
+/// encoding has recipients) and SHA-256 into `upload`, in one pass, and returns the upload (not yet
 /// committed) with the stored size and checksum. The compressing side runs
 /// on a blocking thread fed through a small bounded channel, so a slow store
 /// slows the reader instead of buffering the dump in memory.
 pub async fn compress_into<R: AsyncRead + Unpin>(
     mut reader: R,
     upload: Box<dyn ObjectUpload>,
-    level: i32,
+    encoding: &Encoding,
 ) -> Result<(Box<dyn ObjectUpload>, Encoded), PipelineError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let encoding = encoding.clone();
     let encoder = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-        let mut encoder = zstd::stream::write::Encoder::new(HashingWriter::new(upload), level)?;
+        // zstd, then age (when recipients are set), then the hash over the
+        // stored bytes.
+        let sealed = Sealed::new(HashingWriter::new(upload), &encoding.recipients)?;
+        let mut encoder = zstd::stream::write::Encoder::new(sealed, encoding.level)?;
         encoder.include_checksum(true)?;
         while let Some(chunk) = rx.blocking_recv() {
             encoder.write_all(&chunk)?;
         }
-        let mut hashing = encoder.finish()?;
+        let mut hashing = encoder.finish()?.finish()?;
         hashing.flush()?;
         Ok(hashing.finish())
     });
@@ -421,7 +426,7 @@ pub async fn dump_postgres(
     tools: &Tools,
     url: &PgUrl,
     upload: Box<dyn ObjectUpload>,
-    level: i32,
+    encoding: &Encoding,
     timeout: Duration,
 ) -> Result<Dumped, PipelineError> {
     let pg_dump_version = tool_version("pg_dump", &tools.pg_dump).await?;
@@ -460,7 +465,7 @@ pub async fn dump_postgres(
         envs: libpq_env(passfile.as_ref()),
     };
     let result = supervise(&command, timeout, |stdout| {
-        compress_into(stdout, upload, level)
+        compress_into(stdout, upload, encoding)
     })
     .await;
     // The snapshot only had to live while pg_dump imported it; end it.
@@ -486,7 +491,7 @@ pub async fn dump_postgres(
 pub async fn dump_sqlite(
     url: &str,
     upload: Box<dyn ObjectUpload>,
-    level: i32,
+    encoding: &Encoding,
     timeout: Duration,
 ) -> Result<Dumped, PipelineError> {
     let source = db::sqlite_path(url)?;
@@ -517,7 +522,7 @@ pub async fn dump_sqlite(
         let file = tokio::fs::File::open(&copy)
             .await
             .map_err(PipelineError::Stream)?;
-        let (upload, encoded) = compress_into(file, upload, level).await?;
+        let (upload, encoded) = compress_into(file, upload, encoding).await?;
         commit(upload).await?;
         Ok::<_, PipelineError>(Dumped {
             encoded,
@@ -541,15 +546,17 @@ pub async fn dump_sqlite(
 pub async fn dump_directories(
     paths: &[PathBuf],
     upload: Box<dyn ObjectUpload>,
-    level: i32,
+    encoding: &Encoding,
     timeout: Duration,
 ) -> Result<Dumped, PipelineError> {
     let dirs = paths.to_vec();
+    let encoding = encoding.clone();
     let task = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-        let mut encoder = zstd::stream::write::Encoder::new(HashingWriter::new(upload), level)?;
+        let sealed = Sealed::new(HashingWriter::new(upload), &encoding.recipients)?;
+        let mut encoder = zstd::stream::write::Encoder::new(sealed, encoding.level)?;
         encoder.include_checksum(true)?;
         let (encoder, stats) = archive::write_archive(&dirs, encoder)?;
-        let mut hashing = encoder.finish()?;
+        let mut hashing = encoder.finish()?.finish()?;
         hashing.flush()?;
         let (upload, encoded) = hashing.finish();
         Ok((upload, encoded, stats))
@@ -601,7 +608,9 @@ mod tests {
             .flat_map(|i| (i % 251).to_le_bytes())
             .collect();
         let upload = store.begin_upload("t/a.bin.zst").await.expect("begin");
-        let (upload, encoded) = compress_into(&data[..], upload, 3).await.expect("encode");
+        let (upload, encoded) = compress_into(&data[..], upload, &Encoding::plain(3))
+            .await
+            .expect("encode");
         commit(upload).await.expect("commit");
 
         let mut stored = Vec::new();

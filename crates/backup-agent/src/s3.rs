@@ -887,7 +887,7 @@ mod tests {
         let dumped = crate::pipeline::dump_directories(
             &[dir.path().to_path_buf()],
             upload,
-            3,
+            &crate::crypt::Encoding::plain(3),
             Duration::from_secs(60),
         )
         .await
@@ -1052,6 +1052,8 @@ mod tests {
             tool_versions: Default::default(),
             row_counts: Default::default(),
             files: None,
+            encryption: None,
+            recipients: Vec::new(),
         };
         store.put_manifest(&manifest).await.expect("first write");
         assert!(matches!(

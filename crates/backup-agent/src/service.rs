@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use opsloop_core::proto::v1::backup_service_server::BackupService;
 use opsloop_core::proto::v1::{
     Backup, BackupKind, BackupStatus, ListBackupsRequest, ListBackupsResponse,
@@ -34,12 +33,7 @@ impl BackupGrpc {
     }
 }
 
-fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
-}
+use opsloop_core::grpc::timestamp;
 
 fn parse_id(field: &'static str, value: &str) -> Result<Uuid, Status> {
     Uuid::parse_str(value).map_err(|_| {
@@ -79,7 +73,12 @@ pub fn to_proto(row: &backups::Model) -> Backup {
         size_bytes: row.size_bytes.map(|n| n.max(0) as u64),
         sha256: row.sha256.clone(),
         compression: row.compression.clone(),
-        encrypted: false,
+        encrypted: row
+            .manifest
+            .as_ref()
+            .and_then(|m| m.get("encryption"))
+            .and_then(|e| e.as_str())
+            .is_some(),
         object_key: row.object_key.clone().unwrap_or_default(),
         verification: verification as i32,
         verified_at: row.verified_at.map(timestamp),

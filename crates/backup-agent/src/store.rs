@@ -47,6 +47,12 @@ pub struct Manifest {
     /// Files and bytes of a directory set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<crate::archive::FileStats>,
+    /// `age` when the object is encrypted (after compression); absent: not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<String>,
+    /// The age recipients (public keys) it is encrypted to; never identities.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
 }
 
 impl Manifest {
@@ -476,6 +482,8 @@ pub mod contract {
             tool_versions: BTreeMap::new(),
             row_counts: BTreeMap::from([("main.events".into(), 3)]),
             files: None,
+            encryption: None,
+            recipients: Vec::new(),
         }
     }
 

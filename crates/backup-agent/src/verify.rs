@@ -1,5 +1,7 @@
 //! Proving a backup restorable, and restoring it. Verification fetches the
-//! object, checks its SHA-256 against the manifest, decompresses it to a
+//! object, checks its SHA-256 against the manifest (over the stored, maybe
+//! encrypted, bytes), decrypts it when it is encrypted with age (with the
+//! identities in the secret `backup_age_identities`), decompresses it to a
 //! local seekable file, restores it into a scratch database created for the
 //! purpose (`pg_restore -j N --exit-on-error`), compares row counts with the
 //! manifest and drops the scratch database — timing every stage. Restore
@@ -16,9 +18,11 @@ use sea_orm::ConnectionTrait;
 use sha2::{Digest, Sha256};
 
 use crate::archive::{self, FileStats};
+use crate::crypt::{self, CryptError};
 use crate::db::{self, DbError, PgUrl};
 use crate::pipeline::{self, PassFile, PipelineError, ToolCommand, Tools};
 use crate::store::{BackupStore, Manifest, StoreError};
+use opsloop_core::secrets::{Secret, SecretStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -44,6 +48,8 @@ pub enum VerifyError {
     NotEmpty { target: String, detail: String },
     #[error("restoring a {kind} backup into {target} is not supported")]
     Unsupported { kind: String, target: String },
+    #[error(transparent)]
+    Crypt(#[from] CryptError),
     #[error("local scratch files: {0}")]
     Local(std::io::Error),
     #[error(transparent)]
@@ -89,6 +95,9 @@ pub struct Restorer {
     /// `pg_restore -j`.
     pub jobs: u32,
     pub timeout: Duration,
+    /// Where the age identities of encrypted backups are read from (only
+    /// when one is verified or restored).
+    pub secrets: SecretStore,
 }
 
 struct Stages {
@@ -173,7 +182,14 @@ impl Restorer {
         check(manifest, &fetched)?;
         *checksum_ok = true;
         stages.start("restore");
-        let dump = decompress(&fetched.path, &work.path().join("dump")).await?;
+        let identities = self.identities(manifest)?;
+        let dump = decompress(
+            &fetched.path,
+            &work.path().join("dump"),
+            manifest,
+            identities,
+        )
+        .await?;
         let actual = match manifest.kind.as_str() {
             "postgres" => {
                 let admin = scratch.ok_or_else(|| VerifyError::Unsupported {
@@ -237,7 +253,14 @@ impl Restorer {
             .map_err(VerifyError::Local)?;
         let fetched = self.fetch(manifest, work.path()).await?;
         check(manifest, &fetched)?;
-        let dump = decompress(&fetched.path, &work.path().join("dump")).await?;
+        let identities = self.identities(manifest)?;
+        let dump = decompress(
+            &fetched.path,
+            &work.path().join("dump"),
+            manifest,
+            identities,
+        )
+        .await?;
         let row_counts = match (
             manifest.kind.as_str(),
             crate::config::target_kind(target_url),
@@ -305,6 +328,16 @@ impl Restorer {
             duration: started.elapsed(),
             row_counts,
         })
+    }
+
+    /// The identities secret's text when `manifest`'s object is encrypted.
+    fn identities(&self, manifest: &Manifest) -> Result<Option<Secret>, VerifyError> {
+        if manifest.encryption.is_none() {
+            return Ok(None);
+        }
+        self.secrets
+            .get(crypt::IDENTITIES_SECRET)
+            .map_err(|e| VerifyError::Crypt(CryptError::Secret(e.to_string())))
     }
 
     async fn fetch(&self, manifest: &Manifest, dir: &Path) -> Result<Fetched, VerifyError> {
@@ -402,13 +435,27 @@ fn check(manifest: &Manifest, fetched: &Fetched) -> Result<(), VerifyError> {
     }
 }
 
-async fn decompress(from: &Path, to: &Path) -> Result<PathBuf, VerifyError> {
+/// Decrypts (when the manifest says so, with `identities`) and decompresses
+/// `from` into `to`, in one pass.
+async fn decompress(
+    from: &Path,
+    to: &Path,
+    manifest: &Manifest,
+    identities: Option<Secret>,
+) -> Result<PathBuf, VerifyError> {
     let (from, to) = (from.to_path_buf(), to.to_path_buf());
+    let (encryption, recipients) = (manifest.encryption.clone(), manifest.recipients.clone());
     tokio::task::spawn_blocking(move || -> Result<PathBuf, VerifyError> {
         let input = std::fs::File::open(&from).map_err(VerifyError::Local)?;
+        let plain = crypt::open(
+            std::io::BufReader::new(input),
+            encryption.as_deref(),
+            &recipients,
+            identities.as_ref().map(Secret::expose),
+        )?;
         let mut output = std::fs::File::create(&to).map_err(VerifyError::Local)?;
         let mut decoder =
-            zstd::stream::read::Decoder::new(input).map_err(VerifyError::Decompress)?;
+            zstd::stream::read::Decoder::new(plain).map_err(VerifyError::Decompress)?;
         std::io::copy(&mut decoder, &mut output).map_err(VerifyError::Decompress)?;
         output.sync_all().map_err(VerifyError::Local)?;
         Ok(to)
