@@ -30,10 +30,62 @@ INSERT INTO audit_events (actor, action, subject, created_at)
   VALUES ('admin', 'policy.set', 'auto_approve', now()), ('admin', 'emergency_stop.engage', 'ops', now());
 ";
 
+/// A row in every opsloop table the migrations create (policy and
+/// policy_history are seeded by them), so the round trip covers the schema.
+const SEED_EVERY_OPSLOOP_TABLE: &str = "
+INSERT INTO proposals (id, source, agent, title, status, steps, parallel, metadata, policy_version, created_at, updated_at)
+  VALUES ('00000000-0000-4000-8000-000000000001', 'api', 'agent-1', 'digest', 'approved',
+          '[{\"kind\":\"analyze\"}]', false, '{}', 10, now(), now());
+INSERT INTO missions (id, proposal_id, title, status, parallel, created_at, updated_at)
+  VALUES ('00000000-0000-4000-8000-000000000002', '00000000-0000-4000-8000-000000000001', 'digest', 'failed', false, now(), now());
+INSERT INTO mission_steps (id, mission_id, seq, kind, payload, status, attempt, max_attempts, error, cost_usd, created_at, updated_at)
+  VALUES ('00000000-0000-4000-8000-000000000003', '00000000-0000-4000-8000-000000000002', 0, 'analyze', '{\"topic\":\"ü\"}',
+          'failed', 3, 3, 'boom', 0.25, now(), now());
+INSERT INTO step_dead_letters (id, step_id, mission_id, kind, attempt, error, payload, created_at)
+  VALUES (gen_random_uuid(), '00000000-0000-4000-8000-000000000003', '00000000-0000-4000-8000-000000000002', 'analyze', 3, 'boom', '{}', now());
+INSERT INTO daily_step_counts (kind, day, count) VALUES ('post_x', '2026-11-23', 4);
+INSERT INTO events (id, kind, source, mission_id, payload, tags, cost_usd, created_at)
+  SELECT gen_random_uuid(), 'engagement:high', 'api', '00000000-0000-4000-8000-000000000002', jsonb_build_object('n', g), '[\"engagement:high\"]', 0.01, now()
+  FROM generate_series(1, 50) g;
+INSERT INTO outbox (event_id, routing_key, aggregate_id, payload, headers, created_at)
+  VALUES (gen_random_uuid(), 'event.engagement.high', 'mission:2', '{}', '{}', now());
+INSERT INTO trigger_rules (id, name, enabled, condition, action, cooldown_seconds, created_at, updated_at)
+  VALUES ('00000000-0000-4000-8000-000000000004', 'spike', true, '{\"type\":\"event_count\"}', '{}', 3600, now(), now());
+INSERT INTO trigger_fires (id, rule_id, window_key, outcome, created_at)
+  VALUES (gen_random_uuid(), '00000000-0000-4000-8000-000000000004', 'w1', 'fired', now());
+INSERT INTO event_cursors (consumer, last_seq, updated_at) VALUES ('triggers', 50, now());
+INSERT INTO event_quarantine (id, consumer, event_seq, failures, last_error, created_at, updated_at)
+  VALUES (gen_random_uuid(), 'triggers', 7, 1, 'bad tags', now(), now());
+INSERT INTO reactions (id, event_id, pattern_id, target, status, probability, roll, template, created_at)
+  VALUES (gen_random_uuid(), gen_random_uuid(), 'p1', 'writer', 'queued', 0.5, 0.25, '{}', now());
+INSERT INTO insights (id, pattern, summary, fingerprint, source_event_ids, created_at)
+  VALUES ('00000000-0000-4000-8000-000000000005', 'engagement:high', 'threads do well', 'fp1', '[]', now());
+INSERT INTO insight_sources (event_id, insight_id) VALUES (gen_random_uuid(), '00000000-0000-4000-8000-000000000005');
+INSERT INTO heartbeat_runs (id, tick_at, started_at, finished_at, status, leader, phases, created_at)
+  VALUES (gen_random_uuid(), now(), now(), now(), 'ok', 'hb-1', '[]', now());
+INSERT INTO cooldowns (name, until, updated_at) VALUES ('ops_health', now(), now());
+INSERT INTO reports (id, kind, period_start, period_end, body, created_at)
+  VALUES (gen_random_uuid(), 'weekly', now(), now(), '{}', now());
+INSERT INTO alerts (fingerprint, labels, annotations, status, starts_at, source, received_at, updated_at)
+  VALUES ('abc', '{\"alertname\":\"X\"}', '{}', 'firing', now(), 'bus', now(), now());
+INSERT INTO silences (id, matchers, starts_at, ends_at, created_by, comment, created_at, updated_at)
+  VALUES (gen_random_uuid(), '[]', now(), now(), 'ops', 'maintenance', now(), now());
+INSERT INTO notification_log (receiver, group_key, state_hash, firing, resolved, status, created_at)
+  VALUES ('slack', 'g', 'h', '[]', '[]', 'sent', now());
+INSERT INTO alert_messages_seen (message_id, created_at) VALUES ('m1', now());
+INSERT INTO backups (id, target, kind, status, compression, started_at)
+  VALUES (gen_random_uuid(), 'other', 'postgres', 'failed', 'zstd:3', now());
+";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_backup_verify_restore_round_trip() {
     let source = fresh_postgres().await;
     source.db.execute_unprepared(SEED).await.expect("seed");
+    source
+        .db
+        .execute_unprepared(SEED_EVERY_OPSLOOP_TABLE)
+        .await
+        .expect("seed every opsloop table");
     let catalog = fresh_postgres().await;
     let h = harness(&catalog, vec![("main", source.url.clone())], |_| {}).expect("agent");
     let mut events = subscribe(&h.bus, "backup.#").await;
@@ -60,6 +112,10 @@ async fn postgres_backup_verify_restore_round_trip() {
     assert_eq!(manifest.row_counts["public.orders"], 5000);
     assert_eq!(manifest.row_counts["archive.blobs"], 300);
     assert_eq!(manifest.row_counts["public.audit_events"], 2);
+    for table in opsloop_core::store::TABLES {
+        let count = manifest.row_counts[&format!("public.{table}")];
+        assert!(count > 0, "opsloop table {table} has data in the backup");
+    }
     assert!(manifest.tool_versions["pg_dump"].starts_with("pg_dump (PostgreSQL)"));
     assert_eq!(manifest.compression, "zstd:3");
     assert_eq!(Some(manifest.sha256.clone()), row.sha256);
