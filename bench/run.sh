@@ -68,7 +68,7 @@ else
     -p opsloop-alerter -p opsloop-backup-agent --bins
 fi
 
-TARGET_DIR=${CARGO_TARGET_DIR:-target}
+TARGET_DIR=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)
 mkdir -p bench/results
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 if [ "$SMOKE" = 1 ]; then
