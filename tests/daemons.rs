@@ -41,6 +41,16 @@ async fn daemon_starts_serves_and_stops(binary: &str, section: &str, has_grpc: b
         ),
         ("OPSLOOP__BUS__QUEUE_TYPE", "classic".to_owned()),
         ("OPSLOOP__BUS__QUEUE_EXPIRES_MS", "60000".to_owned()),
+        // Queue names too: a queue left by another test (or run) with other
+        // arguments would be refused by the broker.
+        (
+            "OPSLOOP__ALERTER__QUEUE",
+            format!("{}.alerter", bus.exchange),
+        ),
+        (
+            "OPSLOOP__HEARTBEAT__REACTIONS_QUEUE",
+            format!("{}.reactions", bus.exchange),
+        ),
         ("OPSLOOP__SHUTDOWN__DRAIN_TIMEOUT_MS", DRAIN_MS.to_string()),
     ];
     let http_key = format!("OPSLOOP__{section}__HTTP_ADDR");

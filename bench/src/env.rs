@@ -92,9 +92,27 @@ impl Env {
             ("OPSLOOP__BUS__KIND".to_owned(), self.bus_name().to_owned()),
         ];
         if self.rabbitmq {
-            // Queues the bench's daemons declare disappear a minute after it ends.
+            // Queues the bench's daemons declare disappear a minute after it
+            // ends, and share no name (nor exchange) with another run's.
             env.push(("OPSLOOP__BUS__QUEUE_EXPIRES_MS".into(), "60000".into()));
             env.push(("OPSLOOP__BUS__QUEUE_TYPE".into(), "classic".into()));
+            let run = uuid::Uuid::new_v4().simple().to_string();
+            env.push((
+                "OPSLOOP__BUS__EXCHANGE".into(),
+                format!("bench.{run}.events"),
+            ));
+            env.push((
+                "OPSLOOP__BUS__DEAD_LETTER_EXCHANGE".into(),
+                format!("bench.{run}.dlx"),
+            ));
+            env.push((
+                "OPSLOOP__ALERTER__QUEUE".into(),
+                format!("bench.{run}.alerter"),
+            ));
+            env.push((
+                "OPSLOOP__HEARTBEAT__REACTIONS_QUEUE".into(),
+                format!("bench.{run}.reactions"),
+            ));
         }
         env
     }
