@@ -63,6 +63,12 @@ async fn daemon_starts_serves_and_stops(binary: &str, section: &str, has_grpc: b
         env.push((grpc_key.as_str(), "127.0.0.1:0".to_owned()));
     }
     env.push(("OPSLOOP__AUDIT__LOG_PATH", audit_path));
+    // Whatever a daemon writes to disk goes to the temporary directory, not
+    // the repository (the backup-agent catches up its first backup at start).
+    env.push((
+        "OPSLOOP__BACKUP__STORE_DIR",
+        audit_dir.join("backups").display().to_string(),
+    ));
 
     let started = std::time::Instant::now();
     let mut daemon = DaemonProcess::start(binary, &env, Duration::from_secs(30));
