@@ -2,7 +2,6 @@
 //! while it is unreachable (a severed TCP proxy in front of it), 200 once it
 //! is back — with the api daemon running in-process.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use opsloop_core::bus::testing::{TcpProxy, amqp_url, isolated_settings, require_rabbitmq, via};
@@ -21,7 +20,7 @@ async fn readyz_follows_database_and_broker() {
     let mq_proxy = TcpProxy::start("127.0.0.1:5672").await.expect("amqp proxy");
     let amqp = via(&amqp_url(), mq_proxy.addr);
     let bus = isolated_settings(&amqp);
-    let env: HashMap<String, String> = [
+    let config = load(&ConfigSources::env_only([
         ("OPSLOOP__DATABASE__URL", via(&db.url, pg_proxy.addr)),
         ("OPSLOOP__DATABASE__ACQUIRE_TIMEOUT_MS", "1000".to_owned()),
         ("OPSLOOP__DATABASE__CONNECT_TIMEOUT_MS", "1000".to_owned()),
@@ -46,15 +45,7 @@ async fn readyz_follows_database_and_broker() {
                 .display()
                 .to_string(),
         ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let config = load(&ConfigSources {
-        file: None,
-        use_default_file: false,
-        env: Some(env),
-    })
+    ]))
     .expect("config");
     let shutdown = CancellationToken::new();
     let infra = Infra::connect(

@@ -3,7 +3,6 @@
 //! every step → the mission succeeded → its events are listed in order. No
 //! opsloop crate's types are used on the client side.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use opsloop_core::config::{ConfigSources, load};
@@ -28,20 +27,12 @@ async fn the_loop_over_the_wire_contract_alone() {
         "opsloop-wire-{}.jsonl",
         uuid::Uuid::new_v4().simple()
     ));
-    let env: HashMap<String, String> = [
+    let config = load(&ConfigSources::env_only([
         ("OPSLOOP__DATABASE__URL", db.url.clone()),
         ("OPSLOOP__API__GRPC_ADDR", "127.0.0.1:0".to_owned()),
         ("OPSLOOP__API__HTTP_ADDR", "127.0.0.1:0".to_owned()),
         ("OPSLOOP__AUDIT__LOG_PATH", audit.display().to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let config = load(&ConfigSources {
-        file: None,
-        use_default_file: false,
-        env: Some(env),
-    })
+    ]))
     .expect("config");
     let shutdown = CancellationToken::new();
     let secrets = SecretStore::with_sources(None, std::path::Path::new("/nonexistent"), vec![]);

@@ -3,8 +3,6 @@
 //! RunBackup (verified after the backup), ListBackups, VerifyBackup,
 //! PreviewRetention, Restore's input checks, and the bearer tokens.
 
-use std::collections::HashMap;
-
 use opsloop_backup_agent::BackupApp;
 use opsloop_core::config::{ConfigSources, load};
 use opsloop_core::daemon::Infra;
@@ -29,7 +27,7 @@ async fn start(dir: &tempfile::TempDir, secrets: &[(&str, &str)]) -> Running {
         std::fs::write(dir.path().join(name), value).expect("secret file");
     }
     let path = |p: &str| dir.path().join(p).display().to_string();
-    let env: HashMap<String, String> = [
+    let config = load(&ConfigSources::env_only([
         (
             "OPSLOOP__DATABASE__URL",
             format!("sqlite://{}?mode=rwc", path("opsloop.db")),
@@ -39,15 +37,7 @@ async fn start(dir: &tempfile::TempDir, secrets: &[(&str, &str)]) -> Running {
         ("OPSLOOP__BACKUP__HTTP_ADDR", "127.0.0.1:0".into()),
         ("OPSLOOP__BACKUP__STORE_DIR", path("backups")),
         ("OPSLOOP__BACKUP__CATCH_UP_MISSED", "false".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let config = load(&ConfigSources {
-        file: None,
-        use_default_file: false,
-        env: Some(env),
-    })
+    ]))
     .expect("config");
     let shutdown = CancellationToken::new();
     let secrets = SecretStore::with_sources(None, dir.path(), Vec::new());

@@ -261,6 +261,22 @@ pub struct ConfigSources {
 }
 
 impl ConfigSources {
+    /// Defaults plus exactly these environment variables: no file, not the
+    /// process environment. What tests and tools that embed a daemon use.
+    pub fn env_only<K: Into<String>, V: Into<String>>(
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self {
+            file: None,
+            use_default_file: false,
+            env: Some(
+                vars.into_iter()
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect(),
+            ),
+        }
+    }
+
     pub fn from_process(file: Option<&Path>) -> Self {
         Self {
             file: file.map(Path::to_path_buf),

@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,7 +67,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
         Backend::Sqlite => fresh_sqlite().await,
     };
     let audit_dir = tempfile::tempdir().expect("tempdir");
-    let env: HashMap<String, String> = [
+    let config = load(&ConfigSources::env_only([
         ("OPSLOOP__API__GRPC_ADDR", "127.0.0.1:0".to_owned()),
         ("OPSLOOP__API__HTTP_ADDR", "127.0.0.1:0".to_owned()),
         ("OPSLOOP__API__OUTBOX_IDLE_MS", "50".to_owned()),
@@ -77,15 +76,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
             "OPSLOOP__AUDIT__LOG_PATH",
             audit_dir.path().join("audit.jsonl").display().to_string(),
         ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let config = load(&ConfigSources {
-        file: None,
-        use_default_file: false,
-        env: Some(env),
-    })
+    ]))
     .expect("config");
     let mut secrets_env = Vec::new();
     if let Some(t) = &options.agent_token {
