@@ -5,9 +5,8 @@
 //! within one lease time when the active one dies, from the database's state.
 
 use chrono::{DateTime, Duration, Utc};
-use opsloop_core::store::entities::leases;
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
-use sea_orm::{ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use opsloop_core::lease::{self, LeaseKeeper};
+use sea_orm::DatabaseConnection;
 
 use crate::store::StoreError;
 
@@ -15,89 +14,37 @@ pub const LEASE_NAME: &str = "alerter.delivery";
 
 pub struct LeaderLease {
     db: DatabaseConnection,
-    name: String,
-    holder: String,
-    ttl: Duration,
+    keeper: LeaseKeeper,
 }
 
 impl LeaderLease {
     pub fn new(db: DatabaseConnection, name: &str, holder: &str, ttl: Duration) -> Self {
         Self {
             db,
-            name: name.to_owned(),
-            holder: holder.to_owned(),
-            ttl,
+            keeper: LeaseKeeper::new(name, holder, ttl),
         }
     }
 
     pub fn holder(&self) -> &str {
-        &self.holder
+        self.keeper.holder()
     }
 
-    /// Takes or renews the lease; true while this process holds it.
+    /// Takes or renews the lease; true while this process holds it. Asked
+    /// on every wake-up of the delivery loop, it writes only when the lease
+    /// is due for renewal, so an alert's path to the receiver does not wait
+    /// on a lease write.
     pub async fn acquire(&self, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        let expires_at = now + self.ttl;
-        let inserted = leases::Entity::insert(leases::ActiveModel {
-            name: Set(self.name.clone()),
-            holder: Set(self.holder.clone()),
-            expires_at: Set(expires_at),
-            fencing_token: Set(1),
-            updated_at: Set(now),
-        })
-        .on_conflict(
-            OnConflict::column(leases::Column::Name)
-                .do_nothing()
-                .to_owned(),
-        )
-        .exec_without_returning(&self.db)
-        .await?;
-        if inserted == 1 {
-            return Ok(true);
-        }
-        let renewed = leases::Entity::update_many()
-            .col_expr(leases::Column::ExpiresAt, Expr::value(expires_at))
-            .col_expr(leases::Column::UpdatedAt, Expr::value(now))
-            .filter(leases::Column::Name.eq(&self.name))
-            .filter(leases::Column::Holder.eq(&self.holder))
-            .filter(leases::Column::ExpiresAt.gt(now))
-            .exec(&self.db)
-            .await?;
-        if renewed.rows_affected == 1 {
-            return Ok(true);
-        }
-        let taken = leases::Entity::update_many()
-            .col_expr(leases::Column::Holder, Expr::value(self.holder.clone()))
-            .col_expr(leases::Column::ExpiresAt, Expr::value(expires_at))
-            .col_expr(leases::Column::UpdatedAt, Expr::value(now))
-            .col_expr(
-                leases::Column::FencingToken,
-                Expr::col(leases::Column::FencingToken).add(1),
-            )
-            .filter(leases::Column::Name.eq(&self.name))
-            .filter(leases::Column::ExpiresAt.lte(now))
-            .exec(&self.db)
-            .await?;
-        Ok(taken.rows_affected == 1)
+        Ok(self.keeper.hold(&self.db, now).await?.is_some())
     }
 
     /// Gives the lease up (graceful stop), so a standby need not wait.
     pub async fn release(&self, now: DateTime<Utc>) -> Result<(), StoreError> {
-        leases::Entity::update_many()
-            .col_expr(leases::Column::ExpiresAt, Expr::value(now))
-            .col_expr(leases::Column::UpdatedAt, Expr::value(now))
-            .filter(leases::Column::Name.eq(&self.name))
-            .filter(leases::Column::Holder.eq(&self.holder))
-            .exec(&self.db)
-            .await?;
-        Ok(())
+        Ok(self.keeper.release(&self.db, now).await?)
     }
 
     /// The current fencing token (tests and operators).
     pub async fn fencing_token(&self) -> Result<Option<i64>, StoreError> {
-        Ok(leases::Entity::find_by_id(self.name.clone())
-            .one(&self.db)
-            .await?
-            .map(|row| row.fencing_token))
+        Ok(lease::fencing_token(&self.db, self.keeper.name()).await?)
     }
 }
 

@@ -100,6 +100,9 @@ pub struct Alerter {
     /// took in, and the newest `updated_at` it saw.
     last_sync: tokio::sync::Mutex<SyncMark>,
     dispatcher: tokio::sync::Mutex<Dispatcher>,
+    /// Held while alerts are saved or deleted (taken after `dispatcher`,
+    /// never before it).
+    persist: tokio::sync::Mutex<()>,
     store: AlertStore,
     engine: DeliveryEngine,
     receivers: BuiltReceivers,
@@ -223,6 +226,7 @@ impl Alerter {
             leading: watch::Sender::new(false),
             last_sync: tokio::sync::Mutex::new(SyncMark::default()),
             dispatcher: tokio::sync::Mutex::new(dispatcher),
+            persist: tokio::sync::Mutex::new(()),
             store,
             engine,
             receivers,
@@ -278,17 +282,23 @@ impl Alerter {
         let now = self.now();
         let alerts = self.convert(posted, source, now)?;
         let count = alerts.len();
-        {
+        let (merged, persisting) = {
             let mut dispatcher = self.dispatcher.lock().await;
             let merged: Vec<Alert> = alerts
                 .into_iter()
                 .map(|a| dispatcher.ingest(a, now))
                 .collect();
-            self.store.save_alerts(&merged, now).await?;
-        }
+            // Taken before the dispatcher is let go, so saves and deletes
+            // reach the database in the order the dispatcher saw them.
+            (merged, self.persist.lock().await)
+        };
+        // The flush need not wait for the commit: the poster hears back
+        // only once the alerts are saved, and retries if they are not.
+        self.wake.notify_one();
+        self.store.save_alerts(&merged, now).await?;
+        drop(persisting);
         metrics::counter!("opsloop_alerter_alerts_received_total", "source" => source.to_owned())
             .increment(count as u64);
-        self.wake.notify_one();
         Ok(count)
     }
 
@@ -431,7 +441,7 @@ impl Alerter {
                     .collect::<Vec<Fingerprint>>(),
             )
         };
-        self.store.delete_alerts(&forgotten).await?;
+        self.delete_forgotten(&forgotten).await?;
         for ((receiver, group_key), state) in &work.record {
             self.store
                 .log_notification(LogEntry {
@@ -475,6 +485,16 @@ impl Alerter {
             });
         }
         Ok(())
+    }
+
+    /// Deletes the rows of alerts the dispatcher forgot, after any save in
+    /// progress (which may hold an older state of one of them).
+    async fn delete_forgotten(&self, forgotten: &[Fingerprint]) -> Result<(), StoreError> {
+        if forgotten.is_empty() {
+            return Ok(());
+        }
+        let _persisting = self.persist.lock().await;
+        self.store.delete_alerts(forgotten).await
     }
 
     fn update_gauges(&self, dispatcher: &Dispatcher, now: DateTime<Utc>) {
@@ -539,7 +559,7 @@ impl Alerter {
                 let after = dispatcher.fingerprints();
                 before.difference(&after).copied().collect::<Vec<_>>()
             };
-            if let Err(error) = self.store.delete_alerts(&forgotten).await {
+            if let Err(error) = self.delete_forgotten(&forgotten).await {
                 tracing::warn!(%error, "cannot delete resolved alerts");
             }
         } else {

@@ -289,7 +289,7 @@ impl Agent {
             }
         }
         let name = lease::backup_lease(&target.name);
-        match lease::try_acquire(
+        match lease::acquire(
             &self.db,
             &name,
             &self.holder,
@@ -298,7 +298,7 @@ impl Agent {
         )
         .await
         {
-            Ok(Some(token)) => Ok(token),
+            Ok(Some(grant)) => Ok(grant.fencing_token),
             Ok(None) => {
                 self.forget_running(&target.name);
                 Err(AgentError::AlreadyRunning(target.name.clone()))
@@ -311,9 +311,8 @@ impl Agent {
     }
 
     async fn unclaim(&self, target: &Target) {
-        if let Err(error) =
-            lease::release(&self.db, &lease::backup_lease(&target.name), &self.holder).await
-        {
+        let name = lease::backup_lease(&target.name);
+        if let Err(error) = lease::release(&self.db, &name, &self.holder, self.clock.now()).await {
             tracing::warn!(target = %target.name, %error, "could not release the backup lease");
         }
         self.forget_running(&target.name);
@@ -445,9 +444,9 @@ impl Agent {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                match lease::renew(&db, &name, &holder, ttl, clock.now()).await {
-                    Ok(true) => {}
-                    Ok(false) => tracing::warn!(lease = %name, "backup lease lost while running"),
+                match lease::acquire(&db, &name, &holder, ttl, clock.now()).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => tracing::warn!(lease = %name, "backup lease lost while running"),
                     Err(error) => {
                         tracing::warn!(lease = %name, %error, "could not renew the backup lease")
                     }
@@ -632,16 +631,7 @@ impl Agent {
         let row = active.update(&self.db).await?;
 
         let target_name = row.target.clone();
-        metrics::gauge!("opsloop_backup_verify_duration_seconds", "target" => target_name.clone())
-            .set(report.duration.as_secs_f64());
-        for (stage, took) in &report.stages {
-            metrics::gauge!(
-                "opsloop_backup_verify_stage_duration_seconds",
-                "target" => target_name.clone(),
-                "stage" => *stage
-            )
-            .set(took.as_secs_f64());
-        }
+        report.record_metrics(&target_name);
         let stages: serde_json::Map<String, serde_json::Value> = report
             .stages
             .iter()

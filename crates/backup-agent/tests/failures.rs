@@ -230,7 +230,7 @@ async fn a_crashed_upload_is_never_listed_and_is_swept_at_start() {
 
     // Meanwhile another agent is really taking a backup of "other".
     let live = Uuid::now_v7();
-    lease::try_acquire(
+    lease::acquire(
         &db.db,
         &lease::backup_lease("other"),
         "another-agent",

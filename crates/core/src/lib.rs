@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod domain;
 pub mod grpc;
 pub mod http;
+pub mod lease;
 pub mod lifecycle;
 pub mod proto;
 pub mod secrets;
