@@ -396,11 +396,11 @@ impl BackupConfig {
                 format!("unknown time zone {:?}", settings.timezone),
             )
         })?;
-        let schedule = Schedule::parse(&settings.schedule, timezone)
+        let schedule = Schedule::parse_in(&settings.schedule, timezone)
             .map_err(|e| invalid("schedule", e.to_string()))?;
         let verify_schedule = match &settings.verify.schedule {
             Some(expression) => Some(
-                Schedule::parse(expression, timezone)
+                Schedule::parse_in(expression, timezone)
                     .map_err(|e| invalid("verify.schedule", e.to_string()))?,
             ),
             None => None,

@@ -6,62 +6,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// A parsed cron expression bound to a time zone.
-#[derive(Debug, Clone)]
-pub struct Schedule {
-    cron: croner::Cron,
-    tz: Tz,
-    expression: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("invalid cron expression {expression:?}: {reason}")]
-pub struct ScheduleError {
-    expression: String,
-    reason: String,
-}
-
-impl Schedule {
-    pub fn parse(expression: &str, tz: Tz) -> Result<Self, ScheduleError> {
-        let cron: croner::Cron =
-            expression
-                .parse()
-                .map_err(|e: croner::errors::CronError| ScheduleError {
-                    expression: expression.to_owned(),
-                    reason: e.to_string(),
-                })?;
-        Ok(Self {
-            cron,
-            tz,
-            expression: expression.to_owned(),
-        })
-    }
-
-    pub fn expression(&self) -> &str {
-        &self.expression
-    }
-
-    /// The first occurrence strictly after `t`.
-    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.cron
-            .find_next_occurrence(&t.with_timezone(&self.tz), false)
-            .ok()
-            .map(|next| next.with_timezone(&Utc))
-    }
-
-    /// True when an occurrence fell between the last run's start and `now`
-    /// (or nothing ran yet): a run was missed.
-    pub fn missed(&self, last_started: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
-        match last_started {
-            None => true,
-            Some(last) => self.next_after(last).is_some_and(|next| next <= now),
-        }
-    }
-}
+pub use opsloop_core::schedule::{CronSchedule as Schedule, ScheduleError};
 
 /// Wall-clock time, injectable so schedules are tested without waiting.
 #[async_trait]
@@ -218,7 +166,7 @@ mod tests {
 
     #[test]
     fn next_occurrence_is_in_the_schedule_time_zone() {
-        let tokyo = Schedule::parse("0 2 * * *", chrono_tz::Asia::Tokyo).expect("valid");
+        let tokyo = Schedule::parse_in("0 2 * * *", chrono_tz::Asia::Tokyo).expect("valid");
         let table = [
             // 02:00 JST is 17:00 UTC the day before.
             ("2026-11-23T10:00:00Z", "2026-11-23T17:00:00Z"),
@@ -232,12 +180,12 @@ mod tests {
                 "after {from}"
             );
         }
-        assert!(Schedule::parse("not cron", chrono_tz::UTC).is_err());
+        assert!(Schedule::parse_in("not cron", chrono_tz::UTC).is_err());
     }
 
     #[test]
     fn missed_runs() {
-        let s = Schedule::parse("0 2 * * *", chrono_tz::Asia::Tokyo).expect("valid");
+        let s = Schedule::parse_in("0 2 * * *", chrono_tz::Asia::Tokyo).expect("valid");
         let now = at("2026-11-23T10:00:00Z"); // 19:00 JST
         let table = [
             (None, true),
@@ -269,7 +217,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_missed_run_is_caught_up_once_then_the_schedule_continues() {
-        let schedule = Schedule::parse("0 2 * * *", chrono_tz::Asia::Tokyo).expect("valid");
+        let schedule = Schedule::parse_in("0 2 * * *", chrono_tz::Asia::Tokyo).expect("valid");
         // The agent was down for three scheduled runs.
         let start = at("2026-11-23T10:00:00Z");
         let clock = ManualClock::new(start);
@@ -302,7 +250,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_catch_up_when_the_last_run_is_current() {
-        let schedule = Schedule::parse("0 2 * * *", chrono_tz::Asia::Tokyo).expect("valid");
+        let schedule = Schedule::parse_in("0 2 * * *", chrono_tz::Asia::Tokyo).expect("valid");
         let clock = ManualClock::new(at("2026-11-23T10:00:00Z"));
         let (ran, _runs) = tokio::sync::mpsc::unbounded_channel();
         let job = Arc::new(CountingJob {

@@ -14,6 +14,7 @@ pub mod http;
 pub mod lease;
 pub mod lifecycle;
 pub mod proto;
+pub mod schedule;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;

@@ -1,84 +1,10 @@
-//! When the heartbeat ticks (a fixed interval or a cron expression) and when
-//! a cron-scheduled report (the daily summary at 06:00 Asia/Tokyo) is due.
-//! Pure functions of an injected `now`.
+//! When the heartbeat ticks (a fixed interval or a cron expression); cron
+//! schedules themselves (the daily summary at 06:00 Asia/Tokyo, the weekly
+//! report) are `opsloop_core::schedule`.
 
 use chrono::{DateTime, Duration, Utc};
-use chrono_tz::Tz;
 
-/// A cron expression or time zone that does not parse.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid schedule {expression:?}: {reason}")]
-pub struct ScheduleError {
-    pub expression: String,
-    pub reason: String,
-}
-
-/// A cron expression bound to a time zone.
-#[derive(Debug, Clone)]
-pub struct CronSchedule {
-    cron: croner::Cron,
-    tz: Tz,
-    expression: String,
-}
-
-impl CronSchedule {
-    pub fn parse(expression: &str, timezone: &str) -> Result<Self, ScheduleError> {
-        let error = |reason: String| ScheduleError {
-            expression: expression.to_owned(),
-            reason,
-        };
-        let tz: Tz = timezone
-            .parse()
-            .map_err(|_| error(format!("unknown time zone {timezone:?}")))?;
-        let cron: croner::Cron = expression
-            .parse()
-            .map_err(|e: croner::errors::CronError| error(e.to_string()))?;
-        Ok(Self {
-            cron,
-            tz,
-            expression: expression.to_owned(),
-        })
-    }
-
-    pub fn expression(&self) -> &str {
-        &self.expression
-    }
-
-    /// The first occurrence strictly after `t`.
-    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.cron
-            .find_next_occurrence(&t.with_timezone(&self.tz), false)
-            .ok()
-            .map(|next| next.with_timezone(&Utc))
-    }
-
-    /// The latest occurrence at or before `now`.
-    pub fn latest_at_or_before(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.cron
-            .find_previous_occurrence(&now.with_timezone(&self.tz), true)
-            .ok()
-            .map(|prev| prev.with_timezone(&Utc))
-    }
-
-    /// The occurrence that is due at `now`, if it is later than the last one
-    /// handled and not older than `catch_up` (a long outage sends the latest
-    /// report once, not a backlog).
-    pub fn due(
-        &self,
-        last_handled: Option<DateTime<Utc>>,
-        now: DateTime<Utc>,
-        catch_up: Duration,
-    ) -> Option<DateTime<Utc>> {
-        let latest = self.latest_at_or_before(now)?;
-        if now - latest > catch_up {
-            return None;
-        }
-        match last_handled {
-            Some(last) if last >= latest => None,
-            _ => Some(latest),
-        }
-    }
-}
+pub use opsloop_core::schedule::{CronSchedule, ScheduleError};
 
 /// The tick cadence.
 #[derive(Debug, Clone)]
@@ -106,52 +32,6 @@ mod tests {
         Utc.with_ymd_and_hms(y, mo, d, h, mi, 0)
             .single()
             .expect("valid")
-    }
-
-    #[test]
-    fn daily_summary_is_six_in_the_morning_in_tokyo() {
-        let s = CronSchedule::parse("0 6 * * *", "Asia/Tokyo").expect("parses");
-        // 06:00 JST = 21:00 UTC the day before.
-        let table = [
-            (
-                utc(2026, 11, 22, 20, 59),
-                None,
-                Some(utc(2026, 11, 21, 21, 0)),
-            ),
-            (
-                utc(2026, 11, 22, 21, 0),
-                None,
-                Some(utc(2026, 11, 22, 21, 0)),
-            ),
-            (
-                utc(2026, 11, 22, 21, 5),
-                Some(utc(2026, 11, 22, 21, 0)),
-                None,
-            ),
-            (
-                utc(2026, 11, 23, 21, 0),
-                Some(utc(2026, 11, 22, 21, 0)),
-                Some(utc(2026, 11, 23, 21, 0)),
-            ),
-        ];
-        for (now, last, expected) in table {
-            assert_eq!(s.due(last, now, Duration::hours(25)), expected, "now {now}");
-        }
-        // Too old to catch up.
-        assert_eq!(
-            s.due(None, utc(2026, 11, 22, 20, 59), Duration::hours(1)),
-            None
-        );
-        assert_eq!(
-            s.next_after(utc(2026, 11, 22, 21, 0)),
-            Some(utc(2026, 11, 23, 21, 0))
-        );
-    }
-
-    #[test]
-    fn bad_expressions_are_rejected() {
-        assert!(CronSchedule::parse("not cron", "UTC").is_err());
-        assert!(CronSchedule::parse("0 6 * * *", "Mars/Base").is_err());
     }
 
     #[test]
