@@ -1,6 +1,9 @@
 //! Support for the end-to-end tests: locating the daemon binaries, starting
 //! them as processes with an isolated database and exchange, reading their
-//! start line, and a small HTTP client.
+//! start line, a small HTTP client, and [`stack::Stack`]: the four daemons
+//! as processes with the compose file's settings.
+
+pub mod stack;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -37,8 +40,19 @@ impl DaemonProcess {
     /// Starts `binary` with `env` and waits (up to `timeout`) for its
     /// "started" log line.
     pub fn start(binary: &str, env: &[(&str, String)], timeout: Duration) -> Self {
+        Self::start_with_args(binary, &[], env, timeout)
+    }
+
+    /// [`DaemonProcess::start`] with command-line arguments (e.g. `--config`).
+    pub fn start_with_args(
+        binary: &str,
+        args: &[String],
+        env: &[(&str, String)],
+        timeout: Duration,
+    ) -> Self {
         let mut command = Command::new(self::binary(binary));
         command
+            .args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("RUST_LOG", "info")

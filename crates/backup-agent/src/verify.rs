@@ -80,6 +80,37 @@ pub struct VerifyReport {
     pub error: Option<String>,
 }
 
+impl VerifyReport {
+    /// `passed` or `failed`: the `outcome` label of
+    /// `opsloop_backup_verifications_total`.
+    pub fn outcome(&self) -> &'static str {
+        if self.passed { "passed" } else { "failed" }
+    }
+
+    /// Records this verification of a backup of `target`: the
+    /// `opsloop_backup_verifications_total{target, outcome}` counter (which
+    /// the `OpsloopBackupVerificationFailed` alert watches), the duration
+    /// gauge (the recovery-time figure) and each stage's duration.
+    pub fn record_metrics(&self, target: &str) {
+        metrics::counter!(
+            "opsloop_backup_verifications_total",
+            "target" => target.to_owned(),
+            "outcome" => self.outcome()
+        )
+        .increment(1);
+        metrics::gauge!("opsloop_backup_verify_duration_seconds", "target" => target.to_owned())
+            .set(self.duration.as_secs_f64());
+        for (stage, took) in &self.stages {
+            metrics::gauge!(
+                "opsloop_backup_verify_stage_duration_seconds",
+                "target" => target.to_owned(),
+                "stage" => *stage
+            )
+            .set(took.as_secs_f64());
+        }
+    }
+}
+
 /// The outcome of a restore.
 #[derive(Debug, Clone)]
 pub struct RestoreReport {
@@ -568,6 +599,33 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verification_is_counted_by_outcome() {
+        let handle = opsloop_core::telemetry::prometheus();
+        let report = |passed: bool| VerifyReport {
+            passed,
+            checksum_ok: passed,
+            stages: vec![("checksum", Duration::from_millis(5))],
+            mismatches: Vec::new(),
+            duration: Duration::from_millis(20),
+            error: (!passed).then(|| "row counts differ".to_owned()),
+        };
+        report(true).record_metrics("verify-metric-test");
+        report(false).record_metrics("verify-metric-test");
+        report(false).record_metrics("verify-metric-test");
+        let text = handle.render();
+        for (outcome, n) in [("passed", 1), ("failed", 2)] {
+            let line = format!(
+                "opsloop_backup_verifications_total{{target=\"verify-metric-test\",outcome=\"{outcome}\"}} {n}"
+            );
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        assert!(
+            text.contains("# HELP opsloop_backup_verifications_total "),
+            "{text}"
+        );
+    }
 
     #[test]
     fn compare_reports_every_differing_table() {

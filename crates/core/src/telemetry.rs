@@ -210,15 +210,243 @@ pub fn prometheus() -> &'static PrometheusHandle {
         // A recorder may already be installed (tests running several apps);
         // then this handle renders only what reached it, which is harmless.
         let _ = metrics::set_global_recorder(recorder);
+        describe_metrics();
         handle
     })
 }
 
 /// Renders every metric plus the process metrics, in Prometheus text format.
+/// The database pool gauges are sampled first (scrape time is when they
+/// matter).
 pub fn render_metrics() -> String {
+    crate::store::observe::sample_pools();
     let mut text = prometheus().render();
     text.push_str(&process_metrics());
     text
+}
+
+/// `# HELP` text of every metric an opsloop daemon exports (the recorder
+/// prints it only for metrics that have a value, so one list serves every
+/// daemon). Kept in step with docs/monitoring.md; the e2e test
+/// `promtool_metrics` runs `promtool check metrics` on each daemon's live
+/// `/metrics`, which fails on a metric without HELP.
+pub const METRIC_HELP: &[(&str, MetricKind, &str)] = {
+    use MetricKind::{Counter as C, Gauge as G, Histogram as H};
+    &[
+        // api and the workflow (core)
+        (
+            "opsloop_grpc_requests_total",
+            C,
+            "gRPC requests handled by the api, by method and status code.",
+        ),
+        (
+            "opsloop_grpc_request_duration_seconds",
+            H,
+            "Time to handle one gRPC request, by method.",
+        ),
+        (
+            "opsloop_proposals_total",
+            C,
+            "Proposals created, by outcome (approved, pending, rejected, deduplicated) and gate.",
+        ),
+        ("opsloop_missions_total", C, "Missions finished, by status."),
+        (
+            "opsloop_steps_total",
+            C,
+            "Step transitions, by step kind and status (queued, running, succeeded, retrying, failed).",
+        ),
+        ("opsloop_events_total", C, "Events written, by kind."),
+        (
+            "opsloop_outbox_published_total",
+            C,
+            "Outbox rows published to the bus and confirmed by the broker.",
+        ),
+        (
+            "opsloop_outbox_publish_failures_total",
+            C,
+            "Outbox publish attempts that failed (retried).",
+        ),
+        (
+            "opsloop_outbox_lag_seconds",
+            G,
+            "Age of the oldest unpublished outbox row, in seconds.",
+        ),
+        // database (every daemon with a database)
+        (
+            crate::store::observe::QUERY_DURATION,
+            H,
+            "Time of each database statement, by operation (select, insert, update, delete, other).",
+        ),
+        (
+            crate::store::observe::POOL_IN_USE,
+            G,
+            "Database pool connections checked out, sampled at scrape time.",
+        ),
+        (
+            crate::store::observe::POOL_MAX,
+            G,
+            "Most connections the database pool opens (database.max_connections).",
+        ),
+        // heartbeat-worker
+        (
+            "opsloop_heartbeat_ticks_total",
+            C,
+            "Heartbeat ticks run by the leader, by status.",
+        ),
+        (
+            "opsloop_heartbeat_ticks_skipped_total",
+            C,
+            "Heartbeat ticks skipped, by reason (e.g. not the leader).",
+        ),
+        (
+            "opsloop_heartbeat_tick_seconds",
+            H,
+            "Duration of one heartbeat tick.",
+        ),
+        (
+            "opsloop_heartbeat_phase_seconds",
+            H,
+            "Duration of one heartbeat phase, by phase.",
+        ),
+        (
+            "opsloop_heartbeat_phase_failures_total",
+            C,
+            "Heartbeat phases that failed or ran over budget, by phase.",
+        ),
+        (
+            "opsloop_heartbeat_trigger_firings_total",
+            C,
+            "Trigger rule evaluations that fired, by outcome.",
+        ),
+        (
+            "opsloop_heartbeat_reactions_total",
+            C,
+            "Reactions processed from the reaction queue, by status.",
+        ),
+        ("opsloop_heartbeat_insights_total", C, "Insights promoted."),
+        (
+            "opsloop_heartbeat_alerts_total",
+            C,
+            "Alerts raised by the heartbeat, by alert name.",
+        ),
+        (
+            "opsloop_heartbeat_events_quarantined_total",
+            C,
+            "Bus events the heartbeat could not process and dead-lettered, by consumer.",
+        ),
+        // alerter
+        (
+            "opsloop_alerter_alerts_received_total",
+            C,
+            "Alerts taken in, by source (bus, http, grpc).",
+        ),
+        ("opsloop_alerter_alerts_active", G, "Alerts firing now."),
+        (
+            "opsloop_alerter_alerts_silenced",
+            G,
+            "Alerts muted by a silence.",
+        ),
+        (
+            "opsloop_alerter_alerts_inhibited",
+            G,
+            "Alerts muted by an inhibition rule.",
+        ),
+        (
+            "opsloop_alerter_notifications_total",
+            C,
+            "Notifications delivered or given up, by receiver and outcome.",
+        ),
+        (
+            "opsloop_alerter_delivery_seconds",
+            H,
+            "Time to deliver one notification, retries included, by receiver.",
+        ),
+        (
+            "opsloop_alerter_dead_letters_total",
+            C,
+            "Notifications written to the dead-letter log, by receiver.",
+        ),
+        (
+            "opsloop_alerter_delivery_queue_depth",
+            G,
+            "Notification deliveries in flight.",
+        ),
+        (
+            "opsloop_alerter_leader",
+            G,
+            "1 on the alerter holding the delivery lease, 0 on a standby.",
+        ),
+        (
+            "opsloop_alerter_messages_rejected_total",
+            C,
+            "Malformed alert bus messages dead-lettered.",
+        ),
+        // backup-agent
+        (
+            "opsloop_backups_total",
+            C,
+            "Backup runs, by target and outcome.",
+        ),
+        (
+            "opsloop_backup_duration_seconds",
+            H,
+            "Duration of a backup run, by target.",
+        ),
+        (
+            "opsloop_backup_size_bytes",
+            G,
+            "Size of the newest backup, by target.",
+        ),
+        (
+            "opsloop_backup_last_success_timestamp_seconds",
+            G,
+            "Unix time the newest good backup finished, by target.",
+        ),
+        (
+            "opsloop_backup_age_seconds",
+            G,
+            "Age of the newest good backup, by target.",
+        ),
+        (
+            "opsloop_backup_verifications_total",
+            C,
+            "Restore verifications, by target and outcome (passed, failed).",
+        ),
+        (
+            "opsloop_backup_verify_duration_seconds",
+            G,
+            "Duration of the last restore verification, by target.",
+        ),
+        (
+            "opsloop_backup_verify_stage_duration_seconds",
+            G,
+            "Duration of each stage of the last restore verification, by target and stage.",
+        ),
+        (
+            "opsloop_backup_objects_kept",
+            G,
+            "Backups kept by the retention policy, by target.",
+        ),
+    ]
+};
+
+/// The Prometheus type of a metric in [`METRIC_HELP`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Registers the HELP text of [`METRIC_HELP`] with the global recorder.
+fn describe_metrics() {
+    for (name, kind, help) in METRIC_HELP {
+        match kind {
+            MetricKind::Counter => metrics::describe_counter!(*name, *help),
+            MetricKind::Gauge => metrics::describe_gauge!(*name, *help),
+            MetricKind::Histogram => metrics::describe_histogram!(*name, *help),
+        }
+    }
 }
 
 fn process_metrics() -> String {

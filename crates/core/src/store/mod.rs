@@ -8,6 +8,7 @@
 //! once apply them exactly once.
 
 pub mod entities;
+pub mod observe;
 pub mod testing;
 
 use std::path::PathBuf;
@@ -121,12 +122,14 @@ pub async fn connect(url: &str, opts: &PoolOptions) -> Result<DatabaseConnection
         });
     }
 
-    Database::connect(options)
+    let mut db = Database::connect(options)
         .await
         .map_err(|error| StoreError::Connect {
             url: redact_url(url),
             reason: error.to_string(),
-        })
+        })?;
+    observe::instrument(&mut db, opts.max_connections.max(1));
+    Ok(db)
 }
 
 /// One direct connection attempt before the pool is built. The pool retries
