@@ -31,13 +31,15 @@ ensure_rabbitmq() {
   exit 1
 }
 
-# The alerter's end-to-end test drives a stock Prometheus (Debian package);
-# it skips, saying so, only when the package cannot be installed.
+# The alerter's end-to-end test drives a stock Prometheus, and the metrics
+# test runs `promtool check metrics` (both from Debian's prometheus package).
 ensure_prometheus() {
-  command -v prometheus >/dev/null && return
-  echo "test.sh: installing Debian's prometheus for the alerter's end-to-end test"
+  command -v prometheus >/dev/null && command -v promtool >/dev/null && return
+  echo "test.sh: installing Debian's prometheus (prometheus and promtool) for the tests"
   if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }; then
-    echo "test.sh: could not install prometheus; its end-to-end test will report a skip" >&2
+    echo "test.sh: could not install Debian's prometheus package; the alerter's Prometheus test" >&2
+    echo "         and the promtool metrics test need it: apt-get install -y prometheus" >&2
+    exit 1
   fi
 }
 
