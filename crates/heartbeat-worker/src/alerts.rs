@@ -3,12 +3,14 @@
 //! alerter consumes, written as an outbox row (`alert.<severity>`) in the
 //! caller's transaction, so none is lost while the broker is down.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
-use sea_orm::{ActiveModelTrait, ActiveValue::NotSet, ConnectionTrait, DbErr, Set};
+use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use opsloop_core::store::entities::outbox;
+use opsloop_core::workflow::{self, OutboxMessage, WorkflowError};
 
 /// Alert severity: the routing key's last word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,29 +90,26 @@ impl Alert {
     }
 }
 
-/// Writes the alert's outbox row in `tx`; the relay publishes it with the
-/// row's id as message id. (The workflow's own outbox writer is private to
-/// opsloop-core and writes event rows; alerts are not events.)
+/// Writes the alert's outbox row in `tx` through core's one outbox writer;
+/// the relay publishes it after commit, with the row's id as message id.
 pub async fn enqueue_alert(
     tx: &impl ConnectionTrait,
     alert: &Alert,
     now: DateTime<Utc>,
-) -> Result<Uuid, DbErr> {
+) -> Result<Uuid, WorkflowError> {
     let id = Uuid::now_v7();
-    let now = opsloop_core::workflow::db_now(now);
-    outbox::ActiveModel {
-        id: NotSet,
-        event_id: Set(id),
-        routing_key: Set(alert.routing_key()),
-        aggregate_id: Set(format!("alert:{}", alert.name)),
-        payload: Set(alert.to_json(now)),
-        headers: Set(json!({})),
-        created_at: Set(now),
-        published_at: Set(None),
-        attempts: Set(0),
-        last_error: Set(None),
-    }
-    .insert(tx)
+    let now = workflow::db_now(now);
+    workflow::enqueue_message(
+        tx,
+        OutboxMessage {
+            message_id: id,
+            routing_key: alert.routing_key(),
+            aggregate_id: format!("alert:{}", alert.name),
+            payload: alert.to_json(now),
+            headers: BTreeMap::new(),
+        },
+        now,
+    )
     .await?;
     metrics::counter!("opsloop_heartbeat_alerts_total", "alertname" => alert.name.clone(),
         "severity" => alert.severity.as_str())

@@ -38,6 +38,9 @@ pub struct HeartbeatSettings {
     pub stale_proposal_days: u32,
     /// Most new events one phase reads per tick.
     pub event_batch: u64,
+    /// An event whose evaluation fails is retried on the following ticks
+    /// and quarantined (with a record) after this many failed attempts.
+    pub quarantine_after_failures: u32,
     /// Base URL of an OpenAI-compatible API (`…/v1`) that writes insight
     /// summaries; the secret `summarizer_api_key` is its bearer key. Unset:
     /// the deterministic built-in summary.
@@ -66,6 +69,7 @@ impl Default for HeartbeatSettings {
             weekly_report_cron: "0 9 * * 1".into(),
             stale_proposal_days: 7,
             event_batch: 5_000,
+            quarantine_after_failures: 3,
             summarizer_url: None,
             summarizer_model: "gpt-4o-mini".into(),
             summarizer_timeout_ms: 10_000,
@@ -111,6 +115,10 @@ impl HeartbeatSettings {
         positive("phase_budget_ms", self.phase_budget_ms)?;
         positive("stale_proposal_days", self.stale_proposal_days.into())?;
         positive("event_batch", self.event_batch)?;
+        positive(
+            "quarantine_after_failures",
+            self.quarantine_after_failures.into(),
+        )?;
         positive("summarizer_timeout_ms", self.summarizer_timeout_ms)?;
         if let Some(url) = &self.summarizer_url
             && !(url.starts_with("http://") || url.starts_with("https://"))

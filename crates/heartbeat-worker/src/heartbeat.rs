@@ -16,7 +16,7 @@ use opsloop_core::audit::AuditLog;
 use opsloop_core::domain::input::{EventKind, NewEvent};
 use opsloop_core::store::entities::heartbeat_runs;
 use opsloop_core::workflow::{self, WorkflowError, db_now};
-use sea_orm::{ActiveModelTrait, DatabaseConnection, DbErr, Set};
+use sea_orm::{ActiveModelTrait, DatabaseConnection, DatabaseTransaction, DbErr, Set};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tracing::Instrument;
@@ -426,6 +426,8 @@ impl Heartbeat {
 
     async fn record(&self, report: &TickReport) -> Result<(), HeartbeatError> {
         let finished = report.tick_at + chrono::Duration::milliseconds(report.duration_ms as i64);
+        // The run row and its events in one transaction.
+        let tx = db::begin_write(&self.inner.db).await?;
         heartbeat_runs::ActiveModel {
             id: Set(report.id),
             tick_at: Set(report.tick_at),
@@ -436,15 +438,15 @@ impl Heartbeat {
             phases: Set(serde_json::to_value(&report.phases).unwrap_or(Value::Null)),
             created_at: Set(db_now(Utc::now())),
         }
-        .insert(&self.inner.db)
+        .insert(&tx)
         .await?;
         let summary: Vec<Value> = report
             .phases
             .iter()
             .map(|p| json!({"phase": p.phase, "status": p.status, "duration_ms": p.duration_ms}))
             .collect();
-        emit(
-            &self.inner.db,
+        emit_in(
+            &tx,
             "heartbeat.tick",
             json!({"run_id": report.id, "status": report.status, "leader": report.leader,
                    "fencing_token": report.fencing_token, "duration_ms": report.duration_ms,
@@ -459,8 +461,8 @@ impl Heartbeat {
             .filter(|p| p.status != PhaseStatus::Ok)
             .collect();
         if !failed.is_empty() {
-            emit(
-                &self.inner.db,
+            emit_in(
+                &tx,
                 "heartbeat.phase_error",
                 json!({"run_id": report.id, "phases": failed}),
                 None,
@@ -468,33 +470,37 @@ impl Heartbeat {
             )
             .await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 }
 
-/// Appends a heartbeat event through the workflow (event row + outbox row).
-pub(crate) async fn emit(
-    db: &DatabaseConnection,
+/// Appends a heartbeat event (event row + outbox row) in the caller's write
+/// transaction.
+pub(crate) async fn emit_in(
+    tx: &DatabaseTransaction,
     kind: &str,
     payload: Value,
     proposal_id: Option<Uuid>,
     now: DateTime<Utc>,
 ) -> Result<(), HeartbeatError> {
-    let kind = EventKind::parse("kind", kind).map_err(WorkflowError::from)?;
-    workflow::append_event(
-        db,
-        NewEvent {
-            kind,
-            source: crate::SERVICE.to_owned(),
-            payload,
-            tags: Vec::new(),
-            cost_usd: None,
-            proposal_id,
-            mission_id: None,
-            step_id: None,
-        },
-        now,
-    )
-    .await?;
+    workflow::append_event_in(tx, heartbeat_event(kind, payload, proposal_id)?, now).await?;
     Ok(())
+}
+
+fn heartbeat_event(
+    kind: &str,
+    payload: Value,
+    proposal_id: Option<Uuid>,
+) -> Result<NewEvent, HeartbeatError> {
+    Ok(NewEvent {
+        kind: EventKind::parse("kind", kind).map_err(WorkflowError::from)?,
+        source: crate::SERVICE.to_owned(),
+        payload,
+        tags: Vec::new(),
+        cost_usd: None,
+        proposal_id,
+        mission_id: None,
+        step_id: None,
+    })
 }

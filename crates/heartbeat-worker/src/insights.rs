@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::db::{self, begin_write, stmt};
-use crate::heartbeat::{Heartbeat, HeartbeatError, emit};
+use crate::heartbeat::{Heartbeat, HeartbeatError, emit_in};
 use crate::insight_rules::{Candidate, candidates};
 
 /// Most events of the promotion window read per tick.
@@ -188,15 +188,7 @@ pub async fn run(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, HeartbeatE
         let (insight_id, new) = store(db, candidate, &summary, now).await?;
         if new {
             stored += 1;
-            emit(
-                db,
-                "insight.promoted",
-                json!({"insight_id": insight_id, "pattern": candidate.pattern,
-                       "summary": summary, "source_event_ids": candidate.event_ids}),
-                None,
-                now,
-            )
-            .await?;
+            tracing::debug!(%insight_id, "insight stored");
         } else {
             merged += 1;
         }
@@ -252,6 +244,18 @@ async fn store(
              ON CONFLICT (event_id) DO NOTHING",
             vec![(*event_id).into(), id.into()],
         ))
+        .await?;
+    }
+    if new {
+        // The insight and its event commit together.
+        emit_in(
+            &tx,
+            "insight.promoted",
+            json!({"insight_id": id, "pattern": c.pattern,
+                   "summary": summary, "source_event_ids": c.event_ids}),
+            None,
+            now,
+        )
         .await?;
     }
     tx.commit().await?;

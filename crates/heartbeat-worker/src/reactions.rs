@@ -4,7 +4,10 @@
 //! drained into proposals with `source=reaction` through the single entry
 //! point. Matching happens as events arrive on the bus ([`consume`]) and in
 //! the tick as a catch-up behind the `reactions` cursor; both are idempotent
-//! on the event id.
+//! on the event id. An event the catch-up fails on (unparseable, or its
+//! reactions cannot be recorded) is retried on later ticks and quarantined
+//! after `quarantine_after_failures` attempts; each drained reaction becomes
+//! its proposal and its new status in one transaction.
 
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
@@ -139,36 +142,70 @@ pub async fn enqueue(
     Ok(counts)
 }
 
-/// The tick's reaction phase: catch up behind the cursor, then drain.
+/// The tick's reaction phase: catch up behind the cursor (and the retry
+/// set of events that failed to evaluate), then drain.
 pub async fn run(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, HeartbeatError> {
     let db = hb.db();
     let now = db_now(now);
+    let settings = hb.settings();
     let patterns = load_patterns(db).await?;
-    let cursor = db::read_cursor(db, CONSUMER).await?;
-    let rows = db::events_after(db, cursor, hb.settings().event_batch).await?;
-    let mut total = Enqueued::default();
-    let mut quarantined = 0;
-    for row in &rows {
-        match db::to_view(row) {
-            Ok(event) if !patterns.is_empty() => {
-                let c = enqueue(db, &patterns, &event, now).await?;
+    let examined = db::examine(
+        db,
+        CONSUMER,
+        settings.event_batch,
+        settings.quarantine_after_failures,
+        now,
+    )
+    .await?;
+    let max_failures = settings.quarantine_after_failures;
+    let (mut total, mut failed, mut quarantined) =
+        (Enqueued::default(), examined.failed, examined.quarantined);
+    // Matching one event; a failure counts as an attempt at that event
+    // (retried on later ticks, quarantined after `max_failures`). When even
+    // recording the attempt fails (database down), the phase fails.
+    let mut attempt = async |event: &EventView, retried: bool| -> Result<(), HeartbeatError> {
+        if patterns.is_empty() {
+            if retried {
+                db::clear_failure(db, CONSUMER, event.seq).await?;
+            }
+            return Ok(());
+        }
+        match enqueue(db, &patterns, event, now).await {
+            Ok(c) => {
                 total.queued += c.queued;
                 total.skipped += c.skipped;
                 total.cooling_down += c.cooling_down;
                 total.duplicates += c.duplicates;
+                if retried {
+                    db::clear_failure(db, CONSUMER, event.seq).await?;
+                }
             }
-            Ok(_) => {}
-            Err(reason) => {
-                db::quarantine(db, CONSUMER, row.seq, &reason, now).await?;
-                quarantined += 1;
+            Err(error) => {
+                let reason = format!("reactions: {error}");
+                if db::record_failure(db, CONSUMER, event.seq, &reason, max_failures, now).await? {
+                    quarantined += 1;
+                } else {
+                    failed += 1;
+                }
             }
         }
+        Ok(())
+    };
+    for event in &examined.retried {
+        attempt(event, true).await?;
+    }
+    for (seq, event) in &examined.new {
+        if let Some(event) = event {
+            attempt(event, false).await?;
+        }
         // Advance per event, so a timeout keeps what was done.
-        db::advance_cursor(db, CONSUMER, row.seq, now).await?;
+        db::advance_cursor(db, CONSUMER, *seq, now).await?;
     }
     let drained = drain(db, now).await?;
     Ok(
-        json!({"new_events": rows.len(), "quarantined": quarantined, "queued": total.queued,
+        json!({"new_events": examined.new.len(), "retried": examined.retried.len(),
+              "failed": failed, "quarantined": quarantined,
+              "queued": total.queued,
               "skipped": total.skipped, "cooling_down": total.cooling_down,
               "duplicates": total.duplicates, "proposed": drained.0, "rejected": drained.1,
               "invalid": drained.2}),
@@ -205,35 +242,47 @@ pub async fn drain(
             json!({"reaction": {"event_id": reaction.event_id, "pattern_id": reaction.pattern_id,
                                 "roll": reaction.roll, "probability": reaction.probability}}),
         );
+        // One transaction: the proposal and the reaction's new status commit
+        // together; a racing drainer that got there first leaves nothing.
+        let tx = begin_write(db).await?;
         let (status, proposal_id) = match built {
             Err(error) => {
                 tracing::warn!(reaction_id = %reaction.id, %error, "reaction template is invalid");
-                invalid += 1;
                 ("invalid", None)
             }
             Ok(proposal) => {
-                let outcome = workflow::submit_proposal(db, proposal, now).await?;
+                let outcome = workflow::submit_proposal_in(&tx, proposal, now).await?;
                 if outcome.proposal.status()? == ProposalStatus::Rejected {
-                    rejected += 1;
                     ("rejected", Some(outcome.proposal.proposal.id))
                 } else {
-                    proposed += 1;
                     ("proposed", Some(outcome.proposal.proposal.id))
                 }
             }
         };
-        db.execute_raw(stmt(
-            backend,
-            "UPDATE reactions SET status = $2, proposal_id = $3, processed_at = $4 \
-             WHERE id = $1 AND status = 'queued'",
-            vec![
-                reaction.id.into(),
-                status.into(),
-                proposal_id.into(),
-                db_now(now).into(),
-            ],
-        ))
-        .await?;
+        let changed = tx
+            .execute_raw(stmt(
+                backend,
+                "UPDATE reactions SET status = $2, proposal_id = $3, processed_at = $4 \
+                 WHERE id = $1 AND status = 'queued'",
+                vec![
+                    reaction.id.into(),
+                    status.into(),
+                    proposal_id.into(),
+                    db_now(now).into(),
+                ],
+            ))
+            .await?
+            .rows_affected();
+        if changed == 0 {
+            tx.rollback().await?;
+            continue;
+        }
+        tx.commit().await?;
+        match status {
+            "invalid" => invalid += 1,
+            "rejected" => rejected += 1,
+            _ => proposed += 1,
+        }
     }
     Ok((proposed, rejected, invalid))
 }
@@ -279,8 +328,9 @@ pub fn parse_event_message(payload: &[u8]) -> Result<EventView, String> {
 }
 
 /// Consumes `event.#` and records reactions as events arrive, until
-/// `shutdown`. A malformed message is dead-lettered; a database failure
-/// hands the message back for another try.
+/// `shutdown`. A malformed message is dead-lettered; a failure hands the
+/// message back for one more try, a second one leaves the event to the
+/// tick's catch-up (which sees every event, retries and quarantines).
 pub async fn consume(
     db: DatabaseConnection,
     bus: Arc<dyn Bus>,
@@ -316,6 +366,14 @@ pub async fn consume(
         .await;
         let settled = match handled {
             Ok(_) => delivery.ack().await,
+            Err(error) if delivery.redelivered => {
+                // Failed twice: the tick's catch-up (behind its cursor, with
+                // bounded retries and quarantine) takes it from here, so a
+                // poison event never circles the queue forever.
+                tracing::warn!(event_id = %event.id, %error,
+                    "cannot record reactions again; left to the tick's catch-up");
+                delivery.ack().await
+            }
             Err(error) => {
                 tracing::warn!(event_id = %event.id, %error, "cannot record reactions; requeueing");
                 tokio::time::sleep(StdDuration::from_millis(500)).await;

@@ -1,8 +1,10 @@
 //! Trigger conditions as data: `event_count`, `failure_rate`, `absence`
 //! (dead man's switch), `stalled_missions`, composed with `all`/`any`, and
-//! the pure evaluation of a condition over the facts of one tick. A firing
-//! carries its fact window key, so the same facts never fire twice; the
-//! cooldown is a separate pure check. No I/O.
+//! the pure evaluation of a condition over the facts of one tick. Event
+//! windows are asked as [`WindowQuery`]s (count and newest match, or mere
+//! existence), answered by the database in the trigger phase or by events in
+//! memory ([`EventsInMemory`]). A firing carries its fact window key, so the
+//! same facts never fire twice; the cooldown is a separate pure check. No I/O.
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
@@ -185,6 +187,31 @@ impl Condition {
         }
     }
 
+    /// The window questions [`Condition::evaluate`] will ask.
+    pub fn window_queries(&self) -> Vec<WindowQuery> {
+        let q = |matcher: &EventMatcher, window: &Duration, exists_only| WindowQuery {
+            matcher: matcher.clone(),
+            window: *window,
+            exists_only,
+        };
+        match self {
+            Self::EventCount {
+                matcher, window, ..
+            } => vec![q(matcher, window, false)],
+            Self::FailureRate {
+                failures,
+                successes,
+                window,
+                ..
+            } => vec![q(failures, window, false), q(successes, window, false)],
+            Self::Absence { matcher, window } => vec![q(matcher, window, true)],
+            Self::StalledMissions { .. } => Vec::new(),
+            Self::All(items) | Self::Any(items) => {
+                items.iter().flat_map(Self::window_queries).collect()
+            }
+        }
+    }
+
     /// Evaluates against the facts of one tick.
     pub fn evaluate(&self, facts: &Facts<'_>) -> Option<Firing> {
         let now = facts.now;
@@ -194,15 +221,12 @@ impl Condition {
                 window,
                 min_count,
             } => {
-                let matched: Vec<&EventView> = facts
-                    .in_window(*window)
-                    .filter(|e| matcher.matches(e))
-                    .collect();
-                let last = matched.last()?;
-                (matched.len() as u64 >= *min_count).then(|| Firing {
+                let matched = facts.window(matcher, *window, false);
+                let last = matched.last?;
+                (matched.count >= *min_count).then(|| Firing {
                     window_key: format!("count:{}", last.seq),
-                    event: Some((*last).clone()),
-                    detail: json!({"type": "event_count", "count": matched.len(),
+                    event: Some(last),
+                    detail: json!({"type": "event_count", "count": matched.count,
                                    "min_count": min_count, "window_seconds": window.num_seconds()}),
                 })
             }
@@ -213,26 +237,20 @@ impl Condition {
                 threshold,
                 min_events,
             } => {
-                let failed: Vec<&EventView> = facts
-                    .in_window(*window)
-                    .filter(|e| failures.matches(e))
-                    .collect();
-                let succeeded = facts
-                    .in_window(*window)
-                    .filter(|e| successes.matches(e))
-                    .count();
-                let total = failed.len() + succeeded;
-                let last = failed.last()?;
-                let rate = failed.len() as f64 / total as f64;
-                (total as u64 >= *min_events && rate >= *threshold).then(|| Firing {
+                let failed = facts.window(failures, *window, false);
+                let succeeded = facts.window(successes, *window, false).count;
+                let total = failed.count + succeeded;
+                let last = failed.last?;
+                let rate = failed.count as f64 / total as f64;
+                (total >= *min_events && rate >= *threshold).then(|| Firing {
                     window_key: format!("rate:{}", last.seq),
-                    event: Some((*last).clone()),
-                    detail: json!({"type": "failure_rate", "failures": failed.len(),
+                    event: Some(last),
+                    detail: json!({"type": "failure_rate", "failures": failed.count,
                                    "total": total, "rate": rate, "threshold": threshold}),
                 })
             }
             Self::Absence { matcher, window } => {
-                if facts.in_window(*window).any(|e| matcher.matches(e)) {
+                if facts.window(matcher, *window, true).count > 0 {
                     return None;
                 }
                 // One firing per silent window-length period.
@@ -289,23 +307,99 @@ impl Condition {
     }
 }
 
-/// What one tick knows: the events of the longest window (ascending seq)
-/// and the running missions with their last activity.
-#[derive(Debug, Clone)]
+/// One question a condition asks of the event log: how many events
+/// matching `matcher` were created in `[now - window, now]`, and the newest
+/// of them (or only whether there is any, for `exists_only`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowQuery {
+    pub matcher: EventMatcher,
+    pub window: Duration,
+    pub exists_only: bool,
+}
+
+impl WindowQuery {
+    /// Identifies the question (equal queries share one answer).
+    pub fn key(&self) -> String {
+        format!(
+            "{}|{}|{:?}",
+            self.exists_only,
+            self.window.num_seconds(),
+            self.matcher
+        )
+    }
+}
+
+/// The answer to a [`WindowQuery`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WindowFact {
+    /// Matching events (for `exists_only`: 0 or 1).
+    pub count: u64,
+    /// The matching event with the highest seq (not for `exists_only`).
+    pub last: Option<EventView>,
+}
+
+/// Where a condition's window facts come from: answered by the database
+/// (the trigger phase asks [`Condition::window_queries`] up front) or by a
+/// slice of events ([`EventsInMemory`]).
+pub trait WindowFacts: Sync {
+    fn fact(&self, query: &WindowQuery, now: DateTime<Utc>) -> WindowFact;
+}
+
+/// Window facts computed over events held in memory (ascending seq).
+#[derive(Debug, Clone, Copy)]
+pub struct EventsInMemory<'a>(pub &'a [EventView]);
+
+impl WindowFacts for EventsInMemory<'_> {
+    fn fact(&self, query: &WindowQuery, now: DateTime<Utc>) -> WindowFact {
+        let from = now - query.window;
+        let mut matched = self
+            .0
+            .iter()
+            .filter(|e| e.created_at >= from && e.created_at <= now)
+            .filter(|e| query.matcher.matches(e));
+        if query.exists_only {
+            return WindowFact {
+                count: u64::from(matched.next().is_some()),
+                last: None,
+            };
+        }
+        matched.fold(WindowFact::default(), |acc, e| WindowFact {
+            count: acc.count + 1,
+            last: Some(e.clone()),
+        })
+    }
+}
+
+/// Window facts answered ahead of evaluation, by [`WindowQuery::key`]. An
+/// unanswered query reads as "no events".
+#[derive(Debug, Clone, Default)]
+pub struct KnownFacts(pub std::collections::HashMap<String, WindowFact>);
+
+impl WindowFacts for KnownFacts {
+    fn fact(&self, query: &WindowQuery, _now: DateTime<Utc>) -> WindowFact {
+        self.0.get(&query.key()).cloned().unwrap_or_default()
+    }
+}
+
+/// What one tick knows: the event windows (see [`WindowFacts`]) and the
+/// running missions with their last activity.
+#[derive(Clone, Copy)]
 pub struct Facts<'a> {
     pub now: DateTime<Utc>,
-    pub events: &'a [EventView],
+    pub windows: &'a dyn WindowFacts,
     pub running_missions: &'a [(Uuid, DateTime<Utc>)],
 }
 
-impl<'a> Facts<'a> {
-    /// Events with `now - window <= created_at <= now`.
-    fn in_window(&self, window: Duration) -> impl Iterator<Item = &'a EventView> + 'a {
-        let from = self.now - window;
-        let now = self.now;
-        self.events
-            .iter()
-            .filter(move |e| e.created_at >= from && e.created_at <= now)
+impl Facts<'_> {
+    fn window(&self, matcher: &EventMatcher, window: Duration, exists_only: bool) -> WindowFact {
+        self.windows.fact(
+            &WindowQuery {
+                matcher: matcher.clone(),
+                window,
+                exists_only,
+            },
+            self.now,
+        )
     }
 }
 
@@ -370,7 +464,7 @@ mod tests {
         let c = Condition::parse("condition", &spec).expect("parses");
         c.evaluate(&Facts {
             now: now(),
-            events,
+            windows: &EventsInMemory(events),
             running_missions: missions,
         })
     }

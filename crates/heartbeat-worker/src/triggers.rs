@@ -1,14 +1,22 @@
-//! The trigger phase: advance the `triggers` cursor past every new event
-//! (quarantining malformed ones), evaluate — in a rotating order — the
+//! The trigger phase: read the `triggers` cursor's new events (and the retry
+//! set: an event that fails to evaluate is retried on later ticks and
+//! quarantined after `quarantine_after_failures` attempts; the cursor still
+//! advances past every examined event), evaluate — in a rotating order — the
 //! enabled rules a new event could affect, the time-driven ones, and those
-//! whose facts held last time without firing (so a tick costs what is new,
-//! not what is stored), and fire exactly once per (rule, fact
-//! window): a transaction claims the fire ledger row and compare-and-sets
-//! the rule's cooldown; the proposal goes through the single entry point
-//! with a dedupe key from rule + window; a gate rejection is recorded, frees
-//! the window and gives the cooldown back.
+//! whose facts held last time without firing. Window facts are counted by the
+//! database (index range on `created_at`, filters pushed down, only the newest
+//! matching row read), so a tick costs what is new, not what is stored.
+//!
+//! Firing is exactly once per (rule, fact window), in one transaction: lock
+//! the rule row and compare its cooldown, check the fire ledger, submit the
+//! proposal through the single entry point ([`workflow::submit_proposal_in`],
+//! dedupe key from rule + window), write the ledger row, move the cooldown
+//! and write the `trigger.fired` event. A gate rejection records a
+//! `rejected` ledger row and a `trigger.rejected` event in that transaction
+//! and leaves the window free and the cooldown untouched.
 
 use std::collections::HashSet;
+use std::collections::hash_map::Entry;
 
 use chrono::{DateTime, Duration, Utc};
 use opsloop_core::domain::input::ProposalSource;
@@ -20,24 +28,18 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::db::{self, begin_write, for_update, stmt};
-use crate::heartbeat::{Heartbeat, HeartbeatError, emit};
+use crate::heartbeat::{Heartbeat, HeartbeatError, emit_in};
 use crate::matching::{EventView, event_var, lookup};
-use crate::rules::{Condition, Facts, Firing, cooldown_passed, rotated, trigger_dedupe_key};
+use crate::rules::{
+    Condition, Facts, Firing, KnownFacts, cooldown_passed, rotated, trigger_dedupe_key,
+};
 use crate::template::build_proposal;
 
 /// The trigger phase's event cursor.
 pub const CONSUMER: &str = "triggers";
 
-/// A ledger row still `claimed` this long after its claim belongs to a
-/// heartbeat that died between claim and submit: the next one resumes it
-/// (the dedupe key makes the resubmission safe).
-const CLAIM_TIMEOUT_SECS: i64 = 300;
-
 /// Flag rows (in `cooldowns`) of rules whose facts held without firing.
 const PENDING_PREFIX: &str = "trigger.pending:";
-
-/// Most events of the longest window read per tick.
-const WINDOW_EVENT_LIMIT: u64 = 50_000;
 
 /// What firing one rule did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,19 +57,16 @@ pub async fn run(
 ) -> Result<Value, HeartbeatError> {
     let db = hb.db();
     let now = db_now(now);
-    let cursor = db::read_cursor(db, CONSUMER).await?;
-    let rows = db::events_after(db, cursor, hb.settings().event_batch).await?;
-    let mut quarantined = 0;
-    let mut new_events = Vec::with_capacity(rows.len());
-    for row in &rows {
-        match db::to_view(row) {
-            Ok(view) => new_events.push(view),
-            Err(reason) => {
-                db::quarantine(db, CONSUMER, row.seq, &reason, now).await?;
-                quarantined += 1;
-            }
-        }
-    }
+    let settings = hb.settings();
+    let examined = db::examine(
+        db,
+        CONSUMER,
+        settings.event_batch,
+        settings.quarantine_after_failures,
+        now,
+    )
+    .await?;
+    let new_events: Vec<EventView> = examined.views().cloned().collect();
     // Rules whose facts held last time without firing (cooling down or
     // rejected by the gates) are looked at again until they resolve.
     let pending: HashSet<Uuid> = db::flags_with_prefix(db, PENDING_PREFIX)
@@ -91,16 +90,15 @@ pub async fn run(
     }
     let total_rules = parsed.len();
     parsed.retain(|(rule, c)| c.wakes_on(&new_events) || pending.contains(&rule.id));
-    let max_window = parsed
-        .iter()
-        .map(|(_, c)| c.max_window())
-        .max()
-        .unwrap_or_else(Duration::zero);
-    let window_events = if max_window > Duration::zero() {
-        db::events_between(db, now - max_window, now, WINDOW_EVENT_LIMIT).await?
-    } else {
-        Vec::new()
-    };
+    // Every window question of the woken rules, each asked once.
+    let mut known = KnownFacts::default();
+    for (_, condition) in &parsed {
+        for query in condition.window_queries() {
+            if let Entry::Vacant(slot) = known.0.entry(query.key()) {
+                slot.insert(db::window_fact(db, &query, now).await?);
+            }
+        }
+    }
     let running = if parsed.iter().any(|(_, c)| c.needs_missions()) {
         running_missions(db).await?
     } else {
@@ -108,7 +106,7 @@ pub async fn run(
     };
     let facts = Facts {
         now,
-        events: &window_events,
+        windows: &known,
         running_missions: &running,
     };
 
@@ -155,12 +153,19 @@ pub async fn run(
             db::set_flag(db, &format!("{PENDING_PREFIX}{}", rule.id), unresolved, now).await?;
         }
     }
-    if let Some(last) = rows.last() {
-        db::advance_cursor(db, CONSUMER, last.seq, now).await?;
+    // Parsing is all the evaluation an event gets on its own (rules read
+    // window facts from the database): a retried event that parses and has
+    // woken its rules is done.
+    for event in &examined.retried {
+        db::clear_failure(db, CONSUMER, event.seq).await?;
+    }
+    if let Some(last) = examined.last_seq() {
+        db::advance_cursor(db, CONSUMER, last, now).await?;
     }
     Ok(
-        json!({"new_events": rows.len(), "quarantined": quarantined, "rules": total_rules,
-              "evaluated": parsed.len(),
+        json!({"new_events": examined.new.len(), "retried": examined.retried.len(),
+              "failed": examined.failed, "quarantined": examined.quarantined,
+              "rules": total_rules, "evaluated": parsed.len(), "window_queries": known.0.len(),
               "invalid_rules": invalid, "fired": fired, "rejected": rejected,
               "already_fired": duplicate, "cooling_down": cooling, "invalid_actions": bad_actions}),
     )
@@ -216,7 +221,10 @@ fn vars<'a>(
     }
 }
 
-/// Fires `rule` for `firing` at most once (see the module doc).
+/// Fires `rule` for `firing` at most once (see the module doc): one write
+/// transaction holds the rule row's lock (PostgreSQL; SQLite's `BEGIN
+/// IMMEDIATE` excludes every other writer) from the cooldown check to the
+/// commit, so racing heartbeats serialize on it.
 pub async fn fire(
     db: &DatabaseConnection,
     rule: &trigger_rules::Model,
@@ -235,135 +243,94 @@ pub async fn fire(
                            "window_key": firing.window_key, "detail": firing.detail}}),
     )?;
 
-    // Claim: the ledger row and the cooldown, in one transaction.
     let tx = begin_write(db).await?;
     let backend = tx.get_database_backend();
-    let existing = tx
+    // Compare: the rule as it is now, locked until commit.
+    let current = tx
         .query_one_raw(stmt(
             backend,
             &format!(
-                "SELECT id, outcome, created_at FROM trigger_fires WHERE rule_id = $1 AND window_key = $2{}",
+                "SELECT enabled, cooldown_seconds, last_fired_at FROM trigger_rules WHERE id = $1{}",
                 for_update(backend)
             ),
-            vec![rule.id.into(), firing.window_key.clone().into()],
-        ))
-        .await?;
-    let (fire_id, previous_fired_at) = match existing {
-        Some(row) => {
-            let outcome: String = row.try_get("", "outcome")?;
-            let created: DateTime<Utc> = row.try_get("", "created_at")?;
-            if outcome != "claimed" || created > now - Duration::seconds(CLAIM_TIMEOUT_SECS) {
-                tx.rollback().await?;
-                return Ok(FireOutcome::AlreadyFired);
-            }
-            let id: Uuid = row.try_get("", "id")?;
-            tx.execute_raw(stmt(
-                backend,
-                "UPDATE trigger_fires SET created_at = $2 WHERE id = $1",
-                vec![id.into(), now.into()],
-            ))
-            .await?;
-            tracing::warn!(rule = %rule.name, fire_id = %id, "resuming an abandoned trigger firing");
-            (id, None)
-        }
-        None => {
-            let current = tx
-                .query_one_raw(stmt(
-                    backend,
-                    &format!(
-                        "SELECT enabled, cooldown_seconds, last_fired_at FROM trigger_rules WHERE id = $1{}",
-                        for_update(backend)
-                    ),
-                    vec![rule.id.into()],
-                ))
-                .await?;
-            let Some(current) = current else {
-                tx.rollback().await?;
-                return Ok(FireOutcome::AlreadyFired);
-            };
-            let enabled: bool = current.try_get("", "enabled")?;
-            let cooldown: i64 = current.try_get("", "cooldown_seconds")?;
-            let last: Option<DateTime<Utc>> = current.try_get("", "last_fired_at")?;
-            if !enabled || !cooldown_passed(last, Duration::seconds(cooldown), now) {
-                tx.rollback().await?;
-                return Ok(FireOutcome::CoolingDown);
-            }
-            let id = Uuid::now_v7();
-            let inserted = tx
-                .execute_raw(stmt(
-                    backend,
-                    "INSERT INTO trigger_fires (id, rule_id, window_key, outcome, proposal_id, created_at) \
-                     VALUES ($1, $2, $3, 'claimed', NULL, $4) ON CONFLICT (rule_id, window_key) DO NOTHING",
-                    vec![id.into(), rule.id.into(), firing.window_key.clone().into(), now.into()],
-                ))
-                .await?
-                .rows_affected();
-            if inserted == 0 {
-                tx.rollback().await?;
-                return Ok(FireOutcome::AlreadyFired);
-            }
-            tx.execute_raw(stmt(
-                backend,
-                "UPDATE trigger_rules SET last_fired_at = $2 WHERE id = $1",
-                vec![rule.id.into(), now.into()],
-            ))
-            .await?;
-            (id, Some(last))
-        }
-    };
-    tx.commit().await?;
-
-    let submitted = workflow::submit_proposal(db, proposal, now).await?;
-    let status = submitted.proposal.status()?;
-    let proposal_id = submitted.proposal.proposal.id;
-    let rejected = status == ProposalStatus::Rejected;
-
-    let tx = begin_write(db).await?;
-    if rejected {
-        // Recorded, not counted: the window is free again and the cooldown
-        // goes back to what it was (unless someone moved it meanwhile).
-        tx.execute_raw(stmt(
-            backend,
-            "UPDATE trigger_fires SET outcome = 'rejected', proposal_id = $2, \
-             window_key = window_key || $3 WHERE id = $1",
-            vec![
-                fire_id.into(),
-                proposal_id.into(),
-                format!("#rejected:{fire_id}").into(),
-            ],
-        ))
-        .await?;
-        if let Some(previous) = previous_fired_at {
-            tx.execute_raw(stmt(
-                backend,
-                "UPDATE trigger_rules SET last_fired_at = $2 WHERE id = $1 AND last_fired_at = $3",
-                vec![rule.id.into(), previous.into(), now.into()],
-            ))
-            .await?;
-        }
-    } else {
-        tx.execute_raw(stmt(
-            backend,
-            "UPDATE trigger_fires SET outcome = 'fired', proposal_id = $2 WHERE id = $1",
-            vec![fire_id.into(), proposal_id.into()],
-        ))
-        .await?;
-        tx.execute_raw(stmt(
-            backend,
-            "UPDATE trigger_rules SET fire_count = fire_count + 1 WHERE id = $1",
             vec![rule.id.into()],
         ))
         .await?;
+    let Some(current) = current else {
+        tx.rollback().await?;
+        return Ok(FireOutcome::AlreadyFired);
+    };
+    let enabled: bool = current.try_get("", "enabled")?;
+    let cooldown: i64 = current.try_get("", "cooldown_seconds")?;
+    let last: Option<DateTime<Utc>> = current.try_get("", "last_fired_at")?;
+    if !enabled || !cooldown_passed(last, Duration::seconds(cooldown), now) {
+        tx.rollback().await?;
+        return Ok(FireOutcome::CoolingDown);
     }
-    tx.commit().await?;
+    // The ledger: this fact window fired already?
+    let seen = tx
+        .query_one_raw(stmt(
+            backend,
+            "SELECT id FROM trigger_fires WHERE rule_id = $1 AND window_key = $2",
+            vec![rule.id.into(), firing.window_key.clone().into()],
+        ))
+        .await?;
+    if seen.is_some() {
+        tx.rollback().await?;
+        return Ok(FireOutcome::AlreadyFired);
+    }
 
+    let submitted = workflow::submit_proposal_in(&tx, proposal, now).await?;
+    let status = submitted.proposal.status()?;
+    let proposal_id = submitted.proposal.proposal.id;
+    let rejected = status == ProposalStatus::Rejected;
+    let fire_id = Uuid::now_v7();
+    // A rejection is recorded under its own key: the window stays free.
+    let (window_key, outcome) = if rejected {
+        (
+            format!("{}#rejected:{fire_id}", firing.window_key),
+            "rejected",
+        )
+    } else {
+        (firing.window_key.clone(), "fired")
+    };
+    let inserted = tx
+        .execute_raw(stmt(
+            backend,
+            "INSERT INTO trigger_fires (id, rule_id, window_key, outcome, proposal_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (rule_id, window_key) DO NOTHING",
+            vec![
+                fire_id.into(),
+                rule.id.into(),
+                window_key.into(),
+                outcome.into(),
+                proposal_id.into(),
+                now.into(),
+            ],
+        ))
+        .await?
+        .rows_affected();
+    if inserted == 0 {
+        // Unreachable while the rule row is locked; never fire twice anyway.
+        tx.rollback().await?;
+        return Ok(FireOutcome::AlreadyFired);
+    }
+    if !rejected {
+        // Set: the cooldown starts with an accepted proposal only.
+        tx.execute_raw(stmt(
+            backend,
+            "UPDATE trigger_rules SET last_fired_at = $2, fire_count = fire_count + 1 WHERE id = $1",
+            vec![rule.id.into(), now.into()],
+        ))
+        .await?;
+    }
     let kind = if rejected {
         "trigger.rejected"
     } else {
         "trigger.fired"
     };
-    emit(
-        db,
+    emit_in(
+        &tx,
         kind,
         json!({"rule_id": rule.id, "rule": rule.name, "window_key": firing.window_key,
                "fire_id": fire_id, "proposal_status": status.as_str(),
@@ -373,9 +340,9 @@ pub async fn fire(
         now,
     )
     .await?;
-    metrics::counter!("opsloop_heartbeat_trigger_firings_total",
-        "outcome" => if rejected { "rejected" } else { "fired" })
-    .increment(1);
+    tx.commit().await?;
+
+    metrics::counter!("opsloop_heartbeat_trigger_firings_total", "outcome" => outcome).increment(1);
     tracing::info!(rule = %rule.name, %proposal_id, status = status.as_str(),
         window_key = %firing.window_key, "trigger fired");
     Ok(if rejected {

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::NotSet, ConnectionTrait, DatabaseConnection, EntityTrait, Set,
+    ActiveModelTrait, ActiveValue::NotSet, ConnectionTrait, DatabaseConnection,
+    DatabaseTransaction, EntityTrait, Set,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -126,13 +127,50 @@ pub(crate) async fn write_event(
         .or(record.proposal_id)
         .unwrap_or(id)
         .to_string();
+    enqueue_message(
+        tx,
+        OutboxMessage {
+            message_id: id,
+            routing_key: crate::bus::event_routing_key(&record.kind),
+            aggregate_id: aggregate,
+            payload: event_json(&event),
+            headers,
+        },
+        now,
+    )
+    .await?;
+    metrics::counter!("opsloop_events_total", "kind" => kind_label(&record.kind)).increment(1);
+    Ok(event)
+}
+
+/// A bus message to publish through the outbox.
+#[derive(Debug, Clone)]
+pub struct OutboxMessage {
+    /// The bus message id (consumers deduplicate on it).
+    pub message_id: Uuid,
+    pub routing_key: String,
+    /// The relay keeps order per aggregate.
+    pub aggregate_id: String,
+    pub payload: serde_json::Value,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// The one outbox writer: adds `message` to the outbox in the caller's
+/// transaction; the relay publishes it after commit (so nothing is lost
+/// while the broker is down). Event rows get theirs from [`write_event`];
+/// messages that are not events (the heartbeat's alerts) come here directly.
+pub async fn enqueue_message(
+    tx: &impl ConnectionTrait,
+    message: OutboxMessage,
+    now: DateTime<Utc>,
+) -> Result<()> {
     outbox::ActiveModel {
         id: NotSet,
-        event_id: Set(id),
-        routing_key: Set(crate::bus::event_routing_key(&record.kind)),
-        aggregate_id: Set(aggregate),
-        payload: Set(event_json(&event)),
-        headers: Set(json!(headers)),
+        event_id: Set(message.message_id),
+        routing_key: Set(message.routing_key),
+        aggregate_id: Set(message.aggregate_id),
+        payload: Set(message.payload),
+        headers: Set(json!(message.headers)),
         created_at: Set(db_now(now)),
         published_at: Set(None),
         attempts: Set(0),
@@ -140,8 +178,7 @@ pub(crate) async fn write_event(
     }
     .insert(tx)
     .await?;
-    metrics::counter!("opsloop_events_total", "kind" => kind_label(&record.kind)).increment(1);
-    Ok(event)
+    Ok(())
 }
 
 /// Event kinds are open-ended; only the api's own prefixes become labels.
@@ -162,6 +199,19 @@ pub async fn append_event(
     now: DateTime<Utc>,
 ) -> Result<events::Model> {
     let tx = begin_write(db).await?;
+    let written = append_event_in(&tx, event, now).await?;
+    tx.commit().await?;
+    Ok(written)
+}
+
+/// [`append_event`] inside the caller's write transaction, so the event (and
+/// its outbox row) commits together with the caller's own changes. The caller
+/// commits.
+pub async fn append_event_in(
+    tx: &DatabaseTransaction,
+    event: NewEvent,
+    now: DateTime<Utc>,
+) -> Result<events::Model> {
     let backend = tx.get_database_backend();
     for (field, table, id) in [
         ("proposal_id", "proposals", event.proposal_id),
@@ -191,9 +241,7 @@ pub async fn append_event(
         mission_id: event.mission_id,
         step_id: event.step_id,
     };
-    let written = write_event(&tx, record, now).await?;
-    tx.commit().await?;
-    Ok(written)
+    write_event(tx, record, now).await
 }
 
 /// Filters of ListEvents / TailEvents.

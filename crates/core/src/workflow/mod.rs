@@ -29,7 +29,9 @@ use crate::domain::policy::{
 };
 use crate::domain::status::IllegalTransition;
 
-pub use events::{EventFilter, append_event, list_events};
+pub use events::{
+    EventFilter, OutboxMessage, append_event, append_event_in, enqueue_message, list_events,
+};
 pub use missions::{
     ClaimOutcome, MissionFilter, MissionView, RecoveryReport, cancel_mission, claim_step,
     complete_step, fail_step, get_mission, list_missions, recover_stale_steps, renew_lease,
@@ -41,7 +43,7 @@ pub use policy::{
 };
 pub use proposals::{
     ProposalFilter, ProposalView, SubmitOutcome, approve_proposal, expire_stale_proposals,
-    get_proposal, list_proposals, reject_proposal, submit_proposal,
+    get_proposal, list_proposals, reject_proposal, submit_proposal, submit_proposal_in,
 };
 
 /// What a workflow operation can fail with, in the domain's words. The api

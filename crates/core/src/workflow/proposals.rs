@@ -60,10 +60,26 @@ pub async fn submit_proposal(
     proposal: NewProposal,
     now: DateTime<Utc>,
 ) -> Result<SubmitOutcome> {
+    let tx = begin_write(db).await?;
+    let outcome = submit_proposal_in(&tx, proposal, now).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// [`submit_proposal`] inside the caller's write transaction (from
+/// [`crate::store::begin_write`]: `BEGIN IMMEDIATE` on SQLite), so the
+/// caller's own rows (a trigger's fire ledger and cooldown, a reaction's
+/// status) commit or roll back together with the proposal. The same gates,
+/// run on `tx` only: no second connection or transaction is opened. The
+/// caller commits; on error it must roll back (dropping `tx` does).
+pub async fn submit_proposal_in(
+    tx: &DatabaseTransaction,
+    proposal: NewProposal,
+    now: DateTime<Utc>,
+) -> Result<SubmitOutcome> {
     let now = db_now(now);
     // Callers other than the api (triggers, reactions) get the same limits.
     let proposal = proposal.validate(&crate::domain::input::Limits::DEFAULT)?;
-    let tx = begin_write(db).await?;
     let id = Uuid::now_v7();
     let steps_json = serde_json::to_value(&proposal.steps)
         .map_err(|e| WorkflowError::Corrupt(format!("steps: {e}")))?;
@@ -95,7 +111,7 @@ pub async fn submit_proposal(
                 .do_nothing()
                 .to_owned(),
         )
-        .exec_without_returning(&tx)
+        .exec_without_returning(tx)
         .await?;
     if inserted == 0 {
         // The key is held: return the holder, change nothing.
@@ -106,11 +122,10 @@ pub async fn submit_proposal(
                 "SELECT * FROM proposals WHERE dedupe_key = $1",
                 vec![key.clone().into()],
             ))
-            .one(&tx)
+            .one(tx)
             .await?
             .ok_or_else(|| WorkflowError::Conflict(format!("dedupe key {key:?} vanished")))?;
-        let view = with_mission(&tx, existing).await?;
-        tx.commit().await?;
+        let view = with_mission(tx, existing).await?;
         metrics::counter!("opsloop_proposals_total", "outcome" => "deduplicated", "gate" => "dedupe")
             .increment(1);
         return Ok(SubmitOutcome {
@@ -119,9 +134,9 @@ pub async fn submit_proposal(
         });
     }
 
-    let policy = load_policy(&tx).await?;
+    let policy = load_policy(tx).await?;
     let kinds: Vec<StepKind> = proposal.steps.iter().map(|s| s.kind.clone()).collect();
-    let decision = judge(&tx, &policy, &kinds, now).await?;
+    let decision = judge(tx, &policy, &kinds, now).await?;
 
     let (status, decided_by, rejection) = match &decision {
         Decision::Approve => (
@@ -151,10 +166,10 @@ pub async fn submit_proposal(
         // is judged afresh.
         active.dedupe_key = Set(None);
     }
-    let stored = active.update(&tx).await?;
+    let stored = active.update(tx).await?;
 
     write_event(
-        &tx,
+        tx,
         EventRecord::api(
             "proposal.submitted",
             json!({"title": stored.title, "source": stored.source, "agent": stored.agent,
@@ -168,7 +183,7 @@ pub async fn submit_proposal(
     match &decision {
         Decision::Approve => {
             write_event(
-                &tx,
+                tx,
                 EventRecord::api(
                     "proposal.approved",
                     json!({"decided_by": "auto_approve", "policy_version": policy.version}),
@@ -177,11 +192,11 @@ pub async fn submit_proposal(
                 now,
             )
             .await?;
-            mission_id = Some(create_mission(&tx, &stored, &policy, now).await?);
+            mission_id = Some(create_mission(tx, &stored, &policy, now).await?);
         }
         Decision::Reject(r) => {
             write_event(
-                &tx,
+                tx,
                 EventRecord::api(
                     "proposal.rejected",
                     json!({"reason": r.reason(), "detail": r.detail(),
@@ -194,7 +209,6 @@ pub async fn submit_proposal(
         }
         Decision::Pending | Decision::Duplicate => {}
     }
-    tx.commit().await?;
 
     let (outcome, gate_label) = match &decision {
         Decision::Approve => ("approved", "auto_approve"),

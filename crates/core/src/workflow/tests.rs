@@ -246,6 +246,76 @@ async fn gates_dedupe_stop_toggle_cap_and_auto_approve() {
 }
 
 #[tokio::test]
+async fn submit_in_a_callers_transaction_commits_or_rolls_back_with_it() {
+    both(|t| async move {
+        let db = &t.db;
+        let count = |sql: &'static str| async move {
+            db.query_one_raw(stmt(db.get_database_backend(), sql, vec![]))
+                .await
+                .expect("count")
+                .expect("row")
+                .try_get::<i64>("", "n")
+                .expect("n")
+        };
+        let events = "SELECT COUNT(*) AS n FROM events";
+        let before = count(events).await;
+        // Rolled back: the proposal, its mission, events and outbox rows
+        // and the caller's own event vanish together.
+        let tx = begin_write(db).await.expect("begin");
+        let out = submit_proposal_in(&tx, proposal(&["echo"], Some("in-tx")), t0())
+            .await
+            .expect("submit in tx");
+        assert_eq!(out.proposal.status().expect("s"), ProposalStatus::Approved);
+        assert!(out.proposal.mission_id.is_some());
+        append_event_in(
+            &tx,
+            crate::domain::input::NewEvent {
+                kind: crate::domain::input::EventKind::parse("kind", "caller.row").expect("k"),
+                source: "test".into(),
+                payload: json!({}),
+                tags: vec![],
+                cost_usd: None,
+                proposal_id: Some(out.proposal.proposal.id),
+                mission_id: None,
+                step_id: None,
+            },
+            t0(),
+        )
+        .await
+        .expect("event in tx");
+        tx.rollback().await.expect("rollback");
+        assert_eq!(count("SELECT COUNT(*) AS n FROM proposals").await, 0);
+        assert_eq!(count("SELECT COUNT(*) AS n FROM missions").await, 0);
+        assert_eq!(count(events).await, before);
+        // Committed: the same gates, and the key is held afterwards.
+        let tx = begin_write(db).await.expect("begin");
+        let first = submit_proposal_in(&tx, proposal(&["echo"], Some("in-tx")), t0())
+            .await
+            .expect("submit in tx");
+        tx.commit().await.expect("commit");
+        let again = submit_proposal(db, proposal(&["echo"], Some("in-tx")), t0())
+            .await
+            .expect("again");
+        assert!(again.deduplicated);
+        assert_eq!(again.proposal.proposal.id, first.proposal.proposal.id);
+        // The gates run inside the transaction: the emergency stop rejects.
+        engage_emergency_stop(db, "op", "drill", None, t0())
+            .await
+            .expect("engage");
+        let tx = begin_write(db).await.expect("begin");
+        let stopped = submit_proposal_in(&tx, proposal(&["echo"], Some("in-tx-2")), t0())
+            .await
+            .expect("submit in tx");
+        tx.commit().await.expect("commit");
+        assert_eq!(
+            stopped.proposal.proposal.rejection_reason.as_deref(),
+            Some("emergency_stop")
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn daily_cap_at_the_boundary_and_across_the_policy_midnight() {
     both(|t| async move {
         let db = &t.db;
