@@ -20,6 +20,7 @@ mod m0002_heartbeat;
 mod m0003_alerter;
 mod m0004_backup;
 mod m0005_seed_policy;
+mod m0006_event_window_index;
 
 pub use m0005_seed_policy::seed_policies;
 // Re-exported so the store can run the migrator without its own dependency
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0003_alerter::Migration),
             Box::new(m0004_backup::Migration),
             Box::new(m0005_seed_policy::Migration),
+            Box::new(m0006_event_window_index::Migration),
         ]
     }
 }
