@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use opsloop_core::alert::{Alert, Severity, enqueue_alert};
 use opsloop_core::audit::{AuditLog, AuditRecord};
 use opsloop_core::bus::{Bus, BusMessage};
 use opsloop_core::secrets::{Secret, SecretStore};
@@ -422,7 +423,7 @@ impl Agent {
         self.publish_event("failed", row, json!({"duration_ms": duration_ms}))
             .await;
         self.publish_alert(
-            "high",
+            Severity::High,
             "BackupFailed",
             &target.name,
             &format!("Backup of {} failed", target.name),
@@ -652,7 +653,7 @@ impl Agent {
             tracing::error!(backup_id = %row.id, error = %reason, "backup verification failed");
             self.publish_event("verify_failed", &row, details).await;
             self.publish_alert(
-                "high",
+                Severity::High,
                 "BackupVerificationFailed",
                 &target_name,
                 &format!("Verification of a backup of {target_name} failed"),
@@ -666,7 +667,7 @@ impl Agent {
         let max = Duration::from_secs(self.config.settings.verify.max_duration_secs);
         if report.duration > max {
             self.publish_alert(
-                "warning",
+                Severity::Warning,
                 "BackupRestoreSlow",
                 &target_name,
                 &format!("Restoring a backup of {target_name} takes too long"),
@@ -957,7 +958,7 @@ impl Agent {
                     .map(|f| format!("{} h old", (now - f).num_hours()))
                     .unwrap_or_else(|| "none exists".into());
                 self.publish_alert(
-                    "warning",
+                    Severity::Warning,
                     "BackupStale",
                     &target.name,
                     &format!("No fresh backup of {}", target.name),
@@ -996,26 +997,27 @@ impl Agent {
         self.publish(&format!("backup.{outcome}"), &body).await;
     }
 
+    /// Raises an alert through the outbox (relayed by the api), so it is not
+    /// lost while the broker is down.
     async fn publish_alert(
         &self,
-        severity: &str,
+        severity: Severity,
         alertname: &str,
         target: &str,
         summary: &str,
         description: &str,
     ) {
-        let body = json!({
-            "labels": {
-                "alertname": alertname,
-                "severity": severity,
-                "service": SERVICE,
-                "target": target,
-            },
-            "annotations": {"summary": summary, "description": description},
-            "startsAt": self.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "status": "firing",
-        });
-        self.publish(&format!("alert.{severity}"), &body).await;
+        let alert = Alert::new(
+            SERVICE,
+            alertname,
+            severity,
+            summary.to_owned(),
+            description.to_owned(),
+        )
+        .label("target", target);
+        if let Err(error) = enqueue_alert(&self.db, &alert, self.clock.now()).await {
+            tracing::error!(alertname, %error, "could not write the alert to the outbox");
+        }
     }
 
     async fn publish(&self, routing_key: &str, body: &serde_json::Value) {

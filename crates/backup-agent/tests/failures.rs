@@ -71,7 +71,7 @@ async fn a_hanging_dump_is_killed_with_its_process_group_and_reported() {
     let status: tonic::Status = AgentError::AlreadyRunning("main".into()).into();
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
 
-    let alert = next_message(&mut alerts).await;
+    let alert = h.next_alert(&mut alerts).await;
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "killed at the timeout"
@@ -124,7 +124,7 @@ async fn a_hanging_dump_is_killed_with_its_process_group_and_reported() {
     )
     .await;
     assert!(gave_up.is_err(), "still running when the caller left");
-    let alert = next_message(&mut alerts).await;
+    let alert = h.next_alert(&mut alerts).await;
     assert_eq!(body(&alert)["labels"]["alertname"], "BackupFailed");
     assert!(
         !lease::is_held(&db.db, &lease::backup_lease("main"), h.clock.now())
@@ -134,7 +134,7 @@ async fn a_hanging_dump_is_killed_with_its_process_group_and_reported() {
     );
     let again = h.agent.run_backup(Some("main"), false).await;
     assert!(again.is_ok(), "not stuck as running: {:?}", again.err());
-    let _ = next_message(&mut alerts).await;
+    let _ = h.next_alert(&mut alerts).await;
     db.cleanup().await;
 }
 

@@ -114,18 +114,21 @@ async fn a_stale_backup_warns_once_per_episode() {
 
     // A fresh install without any backup is not stale yet.
     h.agent.check_freshness().await.expect("new");
+    h.relay().await;
     assert_eq!(h.bus.depth(&queue), 0, "no backup yet, but just started");
 
     let row = h.agent.run_backup(None, true).await.expect("backup");
     assert_eq!(row.status, status::COMPLETED, "{:?}", row.error);
     h.agent.check_freshness().await.expect("fresh");
+    h.relay().await;
     assert_eq!(h.bus.depth(&queue), 0, "fresh: no alert");
 
     h.clock.set(h.clock.now() + TimeDelta::hours(27));
     h.agent.check_freshness().await.expect("stale");
     h.agent.check_freshness().await.expect("still stale");
+    h.relay().await;
     assert_eq!(h.bus.depth(&queue), 1, "one warning per episode");
-    let alert = next_message(&mut alerts).await;
+    let alert = h.next_alert(&mut alerts).await;
     assert_eq!(alert.routing_key, "alert.warning");
     let alert = body(&alert);
     assert_eq!(alert["labels"]["alertname"], "BackupStale");
@@ -141,9 +144,11 @@ async fn a_stale_backup_warns_once_per_episode() {
     // A new backup ends the episode; the next staleness warns again.
     h.agent.run_backup(None, true).await.expect("backup");
     h.agent.check_freshness().await.expect("fresh again");
+    h.relay().await;
     assert_eq!(h.bus.depth(&queue), 0);
     h.clock.set(h.clock.now() + TimeDelta::hours(30));
     h.agent.check_freshness().await.expect("stale again");
+    h.relay().await;
     assert_eq!(h.bus.depth(&queue), 1);
 
     catalog.cleanup().await;
@@ -162,7 +167,7 @@ async fn a_verification_over_max_duration_warns() {
     let mut alerts = subscribe(&h.bus, "alert.#").await;
     let verified = h.agent.verify(row.id).await.expect("verify");
     assert!(verified.report.passed, "{:?}", verified.report.error);
-    let alert = next_message(&mut alerts).await;
+    let alert = h.next_alert(&mut alerts).await;
     assert_eq!(alert.routing_key, "alert.warning");
     assert_eq!(body(&alert)["labels"]["alertname"], "BackupRestoreSlow");
     catalog.cleanup().await;

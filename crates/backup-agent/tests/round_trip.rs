@@ -293,7 +293,7 @@ async fn a_corrupted_object_fails_verification_and_alerts() {
         "backup.verify_failed"
     );
 
-    let alert = next_message(&mut alerts).await;
+    let alert = h.next_alert(&mut alerts).await;
     assert_eq!(alert.routing_key, "alert.high");
     let alert = body(&alert);
     assert_eq!(alert["labels"]["alertname"], "BackupVerificationFailed");

@@ -3,6 +3,7 @@
 //! systemd notify), the event bus, the store and the generated gRPC contract.
 //! Daemons are thin: they wire these pieces together and run their own loop.
 
+pub mod alert;
 pub mod audit;
 pub mod auth;
 pub mod bus;

@@ -13,7 +13,7 @@ use opsloop_core::workflow::{self, SummaryPeriod, WorkflowError, db_now};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use serde_json::{Value, json};
 
-use crate::alerts::{Alert, Severity, enqueue_alert};
+use crate::alerts::{self, Alert, Severity, enqueue_alert};
 use crate::db::{self, begin_write, stmt};
 use crate::guards::{BudgetAction, Spend, evaluate_budget, failure_spike_due, periods};
 use crate::heartbeat::{Heartbeat, HeartbeatError};
@@ -52,7 +52,7 @@ pub async fn ops_health(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, Hea
         let cooldown = Duration::seconds(i64::from(policy.ops_health.cooldown_seconds));
         let tx = begin_write(db).await?;
         if db::claim_cooldown(&tx, FAILURE_SPIKE_COOLDOWN, now + cooldown, now).await? {
-            let alert = Alert::new(
+            let alert = alerts::alert(
                 "OpsFailureSpike",
                 Severity::Warning,
                 format!(
@@ -164,7 +164,7 @@ pub async fn budget(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, Heartbe
                 limit,
                 ratio,
             } => {
-                let alert = Alert::new(
+                let alert = alerts::alert(
                     "OpsBudgetDailyWarning",
                     Severity::Warning,
                     format!(
@@ -196,7 +196,7 @@ pub async fn budget(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, Heartbe
                 limit,
                 ratio,
             } => {
-                let alert = Alert::new(
+                let alert = alerts::alert(
                     "OpsBudgetMonthlyWarning",
                     Severity::Warning,
                     format!("cost this month ${spent:.2} reached {:.0} % of the monthly budget ${limit:.2}", ratio * 100.0),
@@ -234,7 +234,7 @@ pub async fn budget(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, Heartbe
                     now,
                 )
                 .await?;
-                let alert = Alert::new(
+                let alert = alerts::alert(
                     "OpsEmergencyStop",
                     Severity::Critical,
                     "emergency stop engaged by the heartbeat".into(),
@@ -285,7 +285,7 @@ pub async fn daily_summary(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, 
     let count = |map: &std::collections::BTreeMap<String, i64>, key: &str| {
         map.get(key).copied().unwrap_or(0)
     };
-    let alert = Alert::new(
+    let alert = alerts::alert(
         "OpsDailySummary",
         Severity::Info,
         format!(
@@ -405,7 +405,7 @@ pub async fn weekly_report(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, 
             .map(|r| format!("{:.0} %", r * 100.0))
             .unwrap_or_else(|| "n/a".into())
     };
-    let alert = Alert::new(
+    let alert = alerts::alert(
         "OpsWeeklyReport",
         Severity::Info,
         format!(

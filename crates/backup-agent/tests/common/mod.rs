@@ -36,6 +36,8 @@ pub fn at(text: &str) -> DateTime<Utc> {
 
 pub struct Harness {
     pub agent: Arc<Agent>,
+    /// The catalogue (the agent's own database, with its outbox).
+    pub db: sea_orm::DatabaseConnection,
     pub bus: MemoryBus,
     pub store: LocalStore,
     pub clock: Arc<ManualClock>,
@@ -43,6 +45,31 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// Publishes what the agent wrote to the outbox (alerts), as the api's
+    /// relay does in a deployment. Returns how many messages went out.
+    pub async fn relay(&self) -> usize {
+        opsloop_core::workflow::outbox::relay_once(&self.db, &self.bus, 1000)
+            .await
+            .expect("relay the outbox")
+            .published
+    }
+
+    /// The next alert on `subscription`, relaying the outbox while waiting.
+    pub async fn next_alert(&self, subscription: &mut Subscription) -> BusMessage {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            self.relay().await;
+            if let Ok(Some(delivery)) =
+                tokio::time::timeout(Duration::from_millis(50), subscription.next()).await
+            {
+                let message = delivery.message.clone();
+                delivery.ack().await.expect("ack");
+                return message;
+            }
+            assert!(std::time::Instant::now() < deadline, "an alert within 10 s");
+        }
+    }
+
     pub fn audit_path(&self) -> PathBuf {
         self.dir.path().join("audit.jsonl")
     }
@@ -90,6 +117,7 @@ pub fn harness(
     })?;
     Ok(Harness {
         agent,
+        db: catalog.db.clone(),
         bus,
         store,
         clock,
