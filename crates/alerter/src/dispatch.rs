@@ -138,6 +138,9 @@ impl Dispatcher {
         let mut work = DueWork::default();
         let mut groups = std::mem::take(&mut self.groups);
         for (id, group) in groups.iter_mut() {
+            if now < group.next_flush() {
+                continue;
+            }
             match group.flush(now, self.log.get(id), |a| self.muted(a, now)) {
                 Flush::Notify(n) => work.notify.push(n),
                 Flush::Record(state) => {

@@ -19,6 +19,7 @@ pub mod inhibit;
 pub mod leader;
 pub mod matchers;
 pub mod model;
+pub mod persist;
 pub mod receivers;
 pub mod route;
 pub mod service;

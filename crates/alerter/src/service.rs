@@ -26,6 +26,7 @@ use crate::group::Notification;
 use crate::inhibit::InhibitRule;
 use crate::leader::{LEASE_NAME, LeaderLease};
 use crate::model::{Alert, AlertError, Fingerprint, LabelSet, PostableAlert, Severity};
+use crate::persist::Persister;
 use crate::receivers::{self, BuiltReceivers, RenderContext};
 use crate::route::{Route, parse_duration};
 use crate::silence::{NewSilence, Silence, SilenceError, SilenceState};
@@ -100,9 +101,8 @@ pub struct Alerter {
     /// took in, and the newest `updated_at` it saw.
     last_sync: tokio::sync::Mutex<SyncMark>,
     dispatcher: tokio::sync::Mutex<Dispatcher>,
-    /// Held while alerts are saved or deleted (taken after `dispatcher`,
-    /// never before it).
-    persist: tokio::sync::Mutex<()>,
+    /// Writes alert rows in the dispatcher's order, off its lock.
+    persister: Persister,
     store: AlertStore,
     engine: DeliveryEngine,
     receivers: BuiltReceivers,
@@ -226,7 +226,7 @@ impl Alerter {
             leading: watch::Sender::new(false),
             last_sync: tokio::sync::Mutex::new(SyncMark::default()),
             dispatcher: tokio::sync::Mutex::new(dispatcher),
-            persist: tokio::sync::Mutex::new(()),
+            persister: Persister::start(store.clone()),
             store,
             engine,
             receivers,
@@ -282,21 +282,20 @@ impl Alerter {
         let now = self.now();
         let alerts = self.convert(posted, source, now)?;
         let count = alerts.len();
-        let (merged, persisting) = {
+        let saved = {
             let mut dispatcher = self.dispatcher.lock().await;
             let merged: Vec<Alert> = alerts
                 .into_iter()
                 .map(|a| dispatcher.ingest(a, now))
                 .collect();
-            // Taken before the dispatcher is let go, so saves and deletes
-            // reach the database in the order the dispatcher saw them.
-            (merged, self.persist.lock().await)
+            // Queued while the dispatcher is held, so rows are written in
+            // the order the dispatcher merged them.
+            self.persister.save(merged, now)
         };
         // The flush need not wait for the commit: the poster hears back
         // only once the alerts are saved, and retries if they are not.
         self.wake.notify_one();
-        self.store.save_alerts(&merged, now).await?;
-        drop(persisting);
+        saved.committed().await?;
         metrics::counter!("opsloop_alerter_alerts_received_total", "source" => source.to_owned())
             .increment(count as u64);
         Ok(count)
@@ -441,7 +440,7 @@ impl Alerter {
                     .collect::<Vec<Fingerprint>>(),
             )
         };
-        self.delete_forgotten(&forgotten).await?;
+        self.delete_forgotten(forgotten);
         for ((receiver, group_key), state) in &work.record {
             self.store
                 .log_notification(LogEntry {
@@ -487,14 +486,10 @@ impl Alerter {
         Ok(())
     }
 
-    /// Deletes the rows of alerts the dispatcher forgot, after any save in
-    /// progress (which may hold an older state of one of them).
-    async fn delete_forgotten(&self, forgotten: &[Fingerprint]) -> Result<(), StoreError> {
-        if forgotten.is_empty() {
-            return Ok(());
-        }
-        let _persisting = self.persist.lock().await;
-        self.store.delete_alerts(forgotten).await
+    /// Deletes the rows of alerts the dispatcher forgot, after any save
+    /// queued before (which may hold an older state of one of them).
+    fn delete_forgotten(&self, forgotten: Vec<Fingerprint>) {
+        self.persister.delete(forgotten);
     }
 
     fn update_gauges(&self, dispatcher: &Dispatcher, now: DateTime<Utc>) {
@@ -559,9 +554,7 @@ impl Alerter {
                 let after = dispatcher.fingerprints();
                 before.difference(&after).copied().collect::<Vec<_>>()
             };
-            if let Err(error) = self.delete_forgotten(&forgotten).await {
-                tracing::warn!(%error, "cannot delete resolved alerts");
-            }
+            self.delete_forgotten(forgotten);
         } else {
             metrics::counter!(
                 "opsloop_alerter_dead_letters_total",

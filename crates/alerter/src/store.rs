@@ -29,6 +29,11 @@ pub enum StoreError {
     Db(#[from] DbErr),
     #[error("stored {what} is unreadable: {reason}")]
     Corrupt { what: String, reason: String },
+    /// A batched write failed (the message of the underlying error).
+    #[error("database: {0}")]
+    Batch(String),
+    #[error("the alert writer has stopped")]
+    WriterStopped,
 }
 
 /// How a notification log row ended.
@@ -132,12 +137,22 @@ impl AlertStore {
 
     /// Saves alerts (insert or update by fingerprint).
     pub async fn save_alerts(&self, batch: &[Alert], now: DateTime<Utc>) -> Result<(), StoreError> {
+        let stamped: Vec<(&Alert, DateTime<Utc>)> = batch.iter().map(|a| (a, now)).collect();
+        self.save_alerts_at(&stamped).await
+    }
+
+    /// Saves alerts, each stamped with its own instant, in one transaction
+    /// and in the order given (a later state of an alert wins).
+    pub async fn save_alerts_at(
+        &self,
+        batch: &[(&Alert, DateTime<Utc>)],
+    ) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
         let txn = self.db.begin().await?;
-        for alert in batch {
-            alerts::Entity::insert(alert_model(alert, now))
+        for (alert, at) in batch {
+            alerts::Entity::insert(alert_model(alert, *at))
                 .on_conflict(alert_upsert())
                 .exec_without_returning(&txn)
                 .await?;
