@@ -34,6 +34,8 @@ pub struct DueWork {
     pub notify: Vec<Notification>,
     /// Log entries to record without a delivery.
     pub record: Vec<(GroupId, NotifiedState)>,
+    /// Resolved alerts no group holds any more: their rows can go.
+    pub forgotten: Vec<Fingerprint>,
 }
 
 pub struct Dispatcher {
@@ -152,13 +154,17 @@ impl Dispatcher {
         }
         groups.retain(|_, g| !g.is_empty());
         self.groups = groups;
-        self.collect_garbage(now);
+        work.forgotten = self.collect_garbage(now);
         work
     }
 
     /// Records a delivered notification: the log moves on and its resolved
-    /// alerts leave the group.
-    pub fn delivered(&mut self, notification: &Notification, now: DateTime<Utc>) {
+    /// alerts leave the group. Returns the alerts forgotten as a result.
+    pub fn delivered(
+        &mut self,
+        notification: &Notification,
+        now: DateTime<Utc>,
+    ) -> Vec<Fingerprint> {
         let id = (
             notification.receiver.clone(),
             notification.group_key.clone(),
@@ -170,14 +176,21 @@ impl Dispatcher {
                 self.groups.remove(&id);
             }
         }
-        self.collect_garbage(now);
+        self.collect_garbage(now)
     }
 
-    /// Resolved alerts no group holds any more are forgotten.
-    fn collect_garbage(&mut self, now: DateTime<Utc>) {
+    /// Resolved alerts no group holds any more are forgotten; returns them.
+    fn collect_garbage(&mut self, now: DateTime<Utc>) -> Vec<Fingerprint> {
         let groups = &self.groups;
-        self.alerts
-            .retain(|fp, alert| !alert.is_resolved(now) || groups.values().any(|g| g.contains(fp)));
+        let mut forgotten = Vec::new();
+        self.alerts.retain(|fp, alert| {
+            let keep = !alert.is_resolved(now) || groups.values().any(|g| g.contains(fp));
+            if !keep {
+                forgotten.push(*fp);
+            }
+            keep
+        });
+        forgotten
     }
 
     /// Fingerprints of the alerts the dispatcher still holds.

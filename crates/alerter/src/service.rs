@@ -416,11 +416,9 @@ impl Alerter {
     /// dispatcher forgot, refresh the gauges.
     pub async fn tick(self: &Arc<Self>) -> Result<(), StoreError> {
         let now = self.now();
-        let (work, forgotten) = {
+        let mut work = {
             let mut dispatcher = self.dispatcher.lock().await;
-            let before = dispatcher.fingerprints();
             let work = dispatcher.due(now);
-            let after = dispatcher.fingerprints();
             let refresh = {
                 let mut last = self.gauges_at.lock().unwrap_or_else(|p| p.into_inner());
                 let due = last.is_none_or(|at| now - at >= GAUGE_EVERY || at > now);
@@ -432,15 +430,9 @@ impl Alerter {
             if refresh {
                 self.update_gauges(&dispatcher, now);
             }
-            (
-                work,
-                before
-                    .difference(&after)
-                    .copied()
-                    .collect::<Vec<Fingerprint>>(),
-            )
+            work
         };
-        self.delete_forgotten(forgotten);
+        self.delete_forgotten(std::mem::take(&mut work.forgotten));
         for ((receiver, group_key), state) in &work.record {
             self.store
                 .log_notification(LogEntry {
@@ -547,13 +539,7 @@ impl Alerter {
                 attempts = outcome.attempts,
                 "notification sent"
             );
-            let forgotten = {
-                let mut dispatcher = self.dispatcher.lock().await;
-                let before = dispatcher.fingerprints();
-                dispatcher.delivered(&notification, now);
-                let after = dispatcher.fingerprints();
-                before.difference(&after).copied().collect::<Vec<_>>()
-            };
+            let forgotten = self.dispatcher.lock().await.delivered(&notification, now);
             self.delete_forgotten(forgotten);
         } else {
             metrics::counter!(
