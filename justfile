@@ -48,6 +48,17 @@ backup-now:
 compose-up:
     docker compose -f deploy/compose/docker-compose.yml up -d --build
 
+# The compose stack end to end: release build, images (offline stand-ins),
+# up, smoke, a proposal through to an alert, kill -9 of each daemon, backup
+# and restore, down -v (starts and stops dockerd when none answers).
+compose-e2e:
+    bash scripts/compose_e2e.sh
+
+# Registry-free stand-ins for postgres, rabbitmq, prometheus and the runtime
+# image's Debian base, from debootstrap and Debian packages.
+offline-images:
+    bash scripts/offline_images.sh
+
 # Every benchmark scenario against its baseline (results in bench/README.md).
 bench:
     bash bench/run.sh

@@ -1,0 +1,583 @@
+#!/usr/bin/env bash
+# The compose stack end to end, as an operator lives it (`just compose-e2e`):
+#   1. engine: a Docker engine that answers, else `dockerd` started here
+#      (and stopped on exit); failing that, exit 1 with the reason;
+#   2. images: release binaries (`cargo build --release`), the runtime image
+#      (deploy/docker/Dockerfile.runtime) and, with no registry, the
+#      stand-ins of scripts/offline_images.sh (COMPOSE_E2E_IMAGES=official
+#      uses the compose file's registry images instead);
+#   3. fresh random secrets (deploy/compose/init-secrets.sh into a private
+#      temp dir), free loopback ports, `up -d` with the test override
+#      deploy/compose/docker-compose.e2e.yml (recording webhook receiver,
+#      a worker container, a 3 s heartbeat); every service healthy before a
+#      deadline, else the failing service's logs;
+#   4. scripts/smoke.sh against the published ports;
+#   5. the loop: a trigger rule on this run's `mission.succeeded`; a proposal
+#      over gRPC from the host → auto-approved → executed by the worker
+#      container (`opsloop worker --exec`) → mission succeeded → the event
+#      on the bus → the trigger fires a proposal whose step costs $101 →
+#      the heartbeat's budget check engages the emergency stop → critical
+#      alert → delivered to the receiver as Slack and Discord payloads
+#      (shapes checked); the stop is released;
+#   6. chaos: kill -9 of the api, heartbeat-worker, alerter and backup-agent
+#      processes in turn while proposals keep arriving; each container comes
+#      back by its restart policy (`docker kill` would not do: Docker treats
+#      it as an operator stop and cancels the restart policy); every proposal has exactly one mission, one
+#      succeeded step, one `mission.succeeded` event; outbox drained, queues
+#      empty, each notification received once;
+#   7. a backup by the backup-agent container, verified, restored (timed)
+#      into a scratch database and compared;
+#   8. no secret value in the compose logs; `down -v`; engine stopped;
+#      one summary line with the figures.
+#
+# Usage: scripts/compose_e2e.sh
+# Environment:
+#   COMPOSE_E2E_COMPOSE     compose command (default: docker-compose when
+#                           installed, else "docker compose")
+#   COMPOSE_E2E_IMAGES      offline (default) | official
+#   COMPOSE_E2E_CARGO_PROFILE  release (default); the binaries come from
+#                           target/<profile dir>
+#   COMPOSE_E2E_SKIP_BUILD=1   use the existing binaries as they are
+#   COMPOSE_E2E_LOAD=30     proposals submitted during the kill phase
+#   COMPOSE_E2E_HEALTH_TIMEOUT=180  COMPOSE_E2E_FLOW_TIMEOUT=180 (seconds)
+#   COMPOSE_E2E_KEEP=1      leave the stack (and engine) running on exit
+#   COMPOSE_E2E_PROJECT=opsloop-e2e  compose project name
+# Exits non-zero naming the failed stage; logs of the failing services
+# are printed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+
+for arg in "$@"; do
+  case "$arg" in
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "compose_e2e: unknown argument $arg (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+PROJECT="${COMPOSE_E2E_PROJECT:-opsloop-e2e}"
+IMAGES="${COMPOSE_E2E_IMAGES:-offline}"
+PROFILE="${COMPOSE_E2E_CARGO_PROFILE:-release}"
+LOAD="${COMPOSE_E2E_LOAD:-30}"
+HEALTH_TIMEOUT="${COMPOSE_E2E_HEALTH_TIMEOUT:-180}"
+FLOW_TIMEOUT="${COMPOSE_E2E_FLOW_TIMEOUT:-180}"
+KEEP="${COMPOSE_E2E_KEEP:-0}"
+DAEMONS=(api heartbeat-worker alerter backup-agent)
+SERVICES=(postgres rabbitmq migrate "${DAEMONS[@]}" receiver worker)
+
+started=$(date +%s)
+stage_started=$started
+stage="setup"
+timings=()
+work="$(mktemp -d "${TMPDIR:-/tmp}/opsloop-e2e.XXXXXX")"
+chmod 0700 "$work"
+dockerd_pid=""
+stack_up=0
+result="FAIL"
+
+log() { printf 'compose_e2e: %s\n' "$*"; }
+die() {
+  log "FAILED at stage: $stage: $*" >&2
+  exit 1
+}
+begin() { # stage name
+  local now
+  now=$(date +%s)
+  if [[ "$stage" != setup ]]; then timings+=("$stage=$((now - stage_started))s"); fi
+  stage=$1
+  stage_started=$now
+  log "== $stage ($((now - started))s)"
+}
+
+compose() {
+  # shellcheck disable=SC2086 # COMPOSE may be two words ("docker compose")
+  $COMPOSE -p "$PROJECT" -f deploy/compose/docker-compose.yml -f deploy/compose/docker-compose.e2e.yml "$@"
+}
+
+container_of() { # service → container id (also when stopped)
+  docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" \
+    --filter "label=com.docker.compose.service=$1" | head -n1
+}
+
+psql_q() { # SQL → unaligned tuples
+  docker exec -i "$(container_of postgres)" psql -v ON_ERROR_STOP=1 -U opsloop -d opsloop -tAq -c "$1"
+}
+
+cli() { # opsloop CLI against the api (admin token)
+  "$CLI" --token-file "$SECRETS/admin_token" "$@"
+}
+
+service_logs() { # services...
+  compose logs --no-color --tail 80 "$@" 2>&1 | sed 's/^/  | /' >&2 || true
+}
+
+cleanup() {
+  local rc=$?
+  set +e
+  if ((rc != 0)) && ((stack_up)); then
+    log "--- service states" >&2
+    compose ps >&2 2>&1
+  fi
+  if ((stack_up)) && [[ "$KEEP" != 1 ]]; then
+    compose down -v --remove-orphans >"$work/down.log" 2>&1 || {
+      log "compose down failed:" >&2
+      tail -n 20 "$work/down.log" >&2
+    }
+  fi
+  if [[ -n "$dockerd_pid" && "$KEEP" != 1 ]]; then
+    kill "$dockerd_pid" 2>/dev/null
+    for _ in $(seq 1 30); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 1; done
+    log "engine stopped (dockerd pid $dockerd_pid)"
+  fi
+  if [[ "$KEEP" == 1 ]]; then
+    log "kept: project $PROJECT, secrets in $work/secrets"
+  else
+    rm -rf "$work"
+  fi
+  if ((rc != 0)); then
+    log "FAIL (stage: $stage, $(($(date +%s) - started))s)" >&2
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ------------------------------------------------------------- tools --
+for tool in docker curl python3; do
+  command -v "$tool" >/dev/null || die "$tool not found"
+done
+if [[ -n "${COMPOSE_E2E_COMPOSE:-}" ]]; then
+  COMPOSE="$COMPOSE_E2E_COMPOSE"
+elif command -v docker-compose >/dev/null; then
+  COMPOSE=docker-compose
+else
+  COMPOSE="docker compose"
+fi
+
+# ------------------------------------------------------------ engine --
+begin "engine"
+if ! docker info >/dev/null 2>&1; then
+  command -v dockerd >/dev/null ||
+    die "no Docker engine answers and dockerd is not installed (apt-get install docker.io)"
+  [[ "$(id -u)" == 0 ]] || die "no Docker engine answers and starting dockerd needs root"
+  dockerd >"$work/dockerd.log" 2>&1 &
+  dockerd_pid=$!
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && break
+    kill -0 "$dockerd_pid" 2>/dev/null || break
+    sleep 1
+  done
+  if ! docker info >/dev/null 2>&1; then
+    tail -n 20 "$work/dockerd.log" >&2
+    die "the Docker engine did not start (dockerd log above)"
+  fi
+  log "engine started (dockerd pid $dockerd_pid)"
+fi
+$COMPOSE version >/dev/null 2>&1 || die "compose command '$COMPOSE' does not work"
+log "engine $(docker version -f '{{.Server.Version}}'), compose: $COMPOSE $($COMPOSE version --short 2>/dev/null || true)"
+
+# ---------------------------------------------------------- binaries --
+begin "cargo build --profile $PROFILE"
+profile_dir=$PROFILE
+[[ "$PROFILE" == dev ]] && profile_dir=debug
+BINS=(opsloop opsloop-api opsloop-heartbeat-worker opsloop-alerter opsloop-backup-agent)
+if [[ "${COMPOSE_E2E_SKIP_BUILD:-0}" != 1 ]]; then
+  cargo build --profile "$PROFILE" --locked -p opsloop-cli -p opsloop-api -p opsloop-heartbeat-worker \
+    -p opsloop-alerter -p opsloop-backup-agent --bins 2>&1 | tail -n 3
+fi
+for bin in "${BINS[@]}"; do
+  [[ -x "target/$profile_dir/$bin" ]] || die "target/$profile_dir/$bin missing"
+done
+CLI="$ROOT/target/$profile_dir/opsloop"
+
+# ------------------------------------------------------------ images --
+begin "images"
+if [[ "$IMAGES" == offline ]]; then
+  bash scripts/offline_images.sh >"$work/offline.env" 2>"$work/offline.log" || {
+    cat "$work/offline.log" >&2
+    die "scripts/offline_images.sh failed"
+  }
+  sed 's/^/  /' "$work/offline.log"
+  set -a
+  # shellcheck disable=SC1091
+  source "$work/offline.env"
+  set +a
+else
+  OFFLINE_ONLY="base receiver" bash scripts/offline_images.sh >"$work/offline.env" 2>"$work/offline.log" || {
+    cat "$work/offline.log" >&2
+    die "scripts/offline_images.sh (receiver) failed"
+  }
+  OPSLOOP_RECEIVER_IMAGE=$(sed -n 's/^OPSLOOP_RECEIVER_IMAGE=//p' "$work/offline.env")
+  export OPSLOOP_RECEIVER_IMAGE
+fi
+export OPSLOOP_IMAGE="opsloop:e2e"
+export OPSLOOP_DOCKERFILE=deploy/docker/Dockerfile.runtime
+# The runtime image from the release binaries, as a release pipeline
+# builds it: a minimal context (stripped binaries, the probe) instead of
+# the repository with its target/ directory.
+ctx="$work/context"
+mkdir -p "$ctx/target/release" "$ctx/deploy/docker"
+for bin in "${BINS[@]}"; do
+  cp "target/$profile_dir/$bin" "$ctx/target/release/"
+done
+strip --strip-debug "$ctx"/target/release/* 2>/dev/null || log "note: strip not available, binaries keep their debug info"
+cp deploy/docker/healthcheck.sh "$ctx/deploy/docker/"
+cp deploy/docker/Dockerfile.runtime.dockerignore "$ctx/.dockerignore"
+if ! docker build -f deploy/docker/Dockerfile.runtime \
+  --build-arg "RUNTIME_IMAGE=${OPSLOOP_RUNTIME_IMAGE:-debian:bookworm-slim}" \
+  --build-arg "VCS_REF=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+  --build-arg "BUILD_DATE=$(git log -1 --format=%cI 2>/dev/null || echo unknown)" \
+  -t "$OPSLOOP_IMAGE" "$ctx" >"$work/build.log" 2>&1; then
+  tail -n 40 "$work/build.log" >&2
+  die "docker build of the runtime image failed"
+fi
+image_mb=$(docker image inspect -f '{{.Size}}' "$OPSLOOP_IMAGE" | awk '{printf "%.1f", $1/1e6}')
+bin_mb=$(du -cb "$ctx"/target/release/* | tail -n1 | awk '{printf "%.1f", $1/1e6}')
+log "runtime image $OPSLOOP_IMAGE: $image_mb MB (binaries $bin_mb MB, stripped)"
+
+# ----------------------------------------------------------- secrets --
+begin "secrets and ports"
+SECRETS="$work/secrets"
+export OPSLOOP_SECRETS_DIR="$SECRETS"
+hook_token() { head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+SLACK_WEBHOOK_URL="http://receiver:8080/slack/$(hook_token)" \
+  DISCORD_WEBHOOK_URL="http://receiver:8080/discord/$(hook_token)" \
+  bash deploy/compose/init-secrets.sh >/dev/null
+# Free loopback ports (the host's own PostgreSQL/RabbitMQ keep theirs).
+read -r POSTGRES_PORT RABBITMQ_PORT RABBITMQ_MANAGEMENT_PORT API_GRPC_PORT API_HTTP_PORT \
+  HEARTBEAT_HTTP_PORT ALERTER_GRPC_PORT ALERTER_HTTP_PORT BACKUP_GRPC_PORT BACKUP_HTTP_PORT \
+  PROMETHEUS_PORT GRAFANA_PORT RECEIVER_PORT < <(python3 - <<'PY'
+import socket
+socks = []
+for _ in range(13):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
+)
+export POSTGRES_PORT RABBITMQ_PORT RABBITMQ_MANAGEMENT_PORT API_GRPC_PORT API_HTTP_PORT \
+  HEARTBEAT_HTTP_PORT ALERTER_GRPC_PORT ALERTER_HTTP_PORT BACKUP_GRPC_PORT BACKUP_HTTP_PORT \
+  PROMETHEUS_PORT GRAFANA_PORT RECEIVER_PORT
+export OPSLOOP_PUBLISH_ADDR=127.0.0.1
+export OPSLOOP_ENDPOINT="http://127.0.0.1:$API_GRPC_PORT"
+export OPSLOOP_ALERTER_ENDPOINT="http://127.0.0.1:$ALERTER_GRPC_PORT"
+export OPSLOOP_BACKUP_ENDPOINT="http://127.0.0.1:$BACKUP_GRPC_PORT"
+export OPSLOOP_HEARTBEAT_ENDPOINT="http://127.0.0.1:$HEARTBEAT_HTTP_PORT"
+export OPSLOOP_ACTOR=compose-e2e
+RECEIVER="http://127.0.0.1:$RECEIVER_PORT"
+log "ports: api $API_GRPC_PORT/$API_HTTP_PORT, alerter $ALERTER_GRPC_PORT/$ALERTER_HTTP_PORT, backup $BACKUP_GRPC_PORT/$BACKUP_HTTP_PORT, postgres $POSTGRES_PORT, rabbitmq $RABBITMQ_PORT"
+
+# ---------------------------------------------------------------- up --
+begin "up"
+compose config -q || die "compose config rejected the files"
+# A leftover project of an interrupted run goes first.
+compose down -v --remove-orphans >/dev/null 2>&1 || true
+stack_up=1
+up_started=$(date +%s)
+compose up -d --no-build >"$work/up.log" 2>&1 || {
+  cat "$work/up.log" >&2
+  service_logs
+  die "compose up failed"
+}
+
+# Every service healthy (migrate: exited 0), or the failing one's logs.
+wait_healthy() { # deadline seconds
+  local deadline=$(($(date +%s) + $1)) svc id state pending
+  while :; do
+    pending=()
+    for svc in "${SERVICES[@]}"; do
+      id=$(container_of "$svc")
+      if [[ -z "$id" ]]; then pending+=("$svc:absent"); continue; fi
+      state=$(docker inspect -f '{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}/{{.State.ExitCode}}' "$id")
+      case "$svc:$state" in
+        migrate:exited/*/0 | worker:running/* | *:running/healthy/*) ;;
+        migrate:exited/*) service_logs migrate; die "migrate exited with $state" ;;
+        *) pending+=("$svc:$state") ;;
+      esac
+    done
+    ((${#pending[@]} == 0)) && return 0
+    if (($(date +%s) >= deadline)); then
+      log "not healthy after $1 s: ${pending[*]}" >&2
+      for svc in "${pending[@]}"; do service_logs "${svc%%:*}"; done
+      die "services not healthy: ${pending[*]}"
+    fi
+    sleep 1
+  done
+}
+wait_healthy "$HEALTH_TIMEOUT"
+up_to_healthy=$(($(date +%s) - up_started))
+log "all services healthy ${up_to_healthy}s after up"
+
+mem_of() { # service → memory in MiB (docker stats)
+  docker stats --no-stream --format '{{.MemUsage}}' "$(container_of "$1")" |
+    awk '{v=$1; u=v; gsub(/[0-9.]/,"",u); gsub(/[^0-9.]/,"",v);
+          if (u=="GiB") v*=1024; else if (u=="KiB") v/=1024; else if (u=="B") v/=1048576;
+          printf "%.1f", v}'
+}
+sleep 5
+idle_mem=()
+for svc in "${DAEMONS[@]}" postgres rabbitmq; do
+  idle_mem+=("$svc=$(mem_of "$svc")MiB")
+done
+log "idle memory: ${idle_mem[*]}"
+
+# ------------------------------------------------------------- smoke --
+begin "smoke"
+API_HTTP="http://127.0.0.1:$API_HTTP_PORT" HEARTBEAT_HTTP="http://127.0.0.1:$HEARTBEAT_HTTP_PORT" \
+  ALERTER_HTTP="http://127.0.0.1:$ALERTER_HTTP_PORT" BACKUP_HTTP="http://127.0.0.1:$BACKUP_HTTP_PORT" \
+  OPSLOOP_TOKEN_FILE="$SECRETS/admin_token" OPSLOOP_BIN="$CLI" SMOKE_ALERT_RECEIVER=slack \
+  bash scripts/smoke.sh || die "scripts/smoke.sh failed"
+
+# -------------------------------------------------------------- flow --
+begin "flow: proposal → worker → trigger → alert"
+run="$(date +%s)-$RANDOM"
+# A JSON field (dotted path) of a file.
+jget() { python3 -c 'import json,sys
+v=json.load(open(sys.argv[1]))
+for k in sys.argv[2].split("."):
+    v=v.get(k) if isinstance(v,dict) else None
+print("" if v is None else v)' "$1" "$2"; }
+
+wait_for() { # what timeout command... (until the command succeeds)
+  local what=$1 timeout=$2 deadline
+  shift 2
+  deadline=$(($(date +%s) + timeout))
+  until "$@"; do
+    (($(date +%s) < deadline)) || die "$what: not within ${timeout}s"
+    sleep 1
+  done
+}
+
+flow_title="e2e flow $run"
+reaction_title="e2e budget reaction $run"
+cli -o json trigger add --name "e2e-budget-$run" \
+  --description "compose e2e: this run's mission succeeded → a step costing \$101" \
+  --condition "{\"type\": \"event_count\", \"kind\": \"mission.succeeded\", \"payload\": {\"title\": \"$flow_title\"}, \"window_seconds\": 3600, \"min_count\": 1}" \
+  --action "{\"title\": \"$reaction_title\", \"agent\": \"compose-e2e\", \"steps\": [{\"kind\": \"notify\", \"payload\": {\"run\": \"$run\"}}]}" \
+  --cooldown 1d >"$work/trigger.json" || die "trigger add failed"
+flow_started=$(date +%s)
+cli -o json proposal submit --title "$flow_title" --kind echo --payload "{\"run\": \"$run\"}" \
+  --dedupe-key "e2e-flow-$run" --agent compose-e2e >"$work/flow.json" || die "proposal submit failed"
+flow_id=$(jget "$work/flow.json" proposal.id)
+flow_status=$(jget "$work/flow.json" proposal.status)
+[[ "${flow_status,,}" == approved ]] || die "proposal $flow_id is '$flow_status', not auto-approved"
+mission_status() { # title → status of its mission
+  psql_q "SELECT m.status FROM missions m WHERE m.title = '$1'"
+}
+flow_done() { [[ "$(mission_status "$flow_title")" == succeeded ]]; }
+wait_for "mission of '$flow_title' succeeded (worker container)" "$FLOW_TIMEOUT" flow_done
+flow_mission_s=$(($(date +%s) - flow_started))
+log "proposal $flow_id auto-approved, mission succeeded ${flow_mission_s}s after submit"
+reaction_done() { [[ "$(mission_status "$reaction_title")" == succeeded ]]; }
+wait_for "the trigger's proposal '$reaction_title' executed" "$FLOW_TIMEOUT" reaction_done
+log "trigger fired: '$reaction_title' succeeded with cost \$101 ($(($(date +%s) - flow_started))s)"
+
+records() { curl -sf -m 5 "$RECEIVER/records" >"$work/records.json"; }
+# Slack and Discord payloads of the emergency-stop alert, shapes checked.
+check_alert_records() { # → 0 when both arrived with valid shapes
+  records || return 1
+  python3 - "$work/records.json" <<'PY'
+import json, sys
+records = json.load(open(sys.argv[1]))
+def about(r, name):
+    return name in json.dumps(r["body"])
+found = {"slack": 0, "discord": 0}
+errors = []
+for r in records:
+    b = r["body"]
+    if not about(r, "OpsEmergencyStop"):
+        continue
+    if r["service"] == "slack":
+        ok = (isinstance(b, dict) and isinstance(b.get("text"), str) and b["text"]
+              and isinstance(b.get("blocks"), list) and 0 < len(b["blocks"]) <= 50
+              and all(isinstance(x, dict) and x.get("type") in ("header", "section", "actions", "context", "divider")
+                      for x in b["blocks"]))
+    elif r["service"] == "discord":
+        ok = (isinstance(b, dict) and isinstance(b.get("content"), str) and len(b["content"]) <= 2000
+              and isinstance(b.get("embeds"), list) and 0 < len(b["embeds"]) <= 10
+              and all(isinstance(e.get("title"), str) and len(e["title"]) <= 256
+                      and len(e.get("fields", [])) <= 25 for e in b["embeds"])
+              and b.get("allowed_mentions") == {"parse": []})
+    else:
+        continue
+    if not ok:
+        errors.append(f"{r['service']} payload has the wrong shape: {json.dumps(b)[:300]}")
+    found[r["service"]] += 1
+if errors:
+    print("\n".join(errors), file=sys.stderr)
+    sys.exit(2)
+sys.exit(0 if found["slack"] >= 1 and found["discord"] >= 1 else 1)
+PY
+}
+alert_ok() {
+  local rc=0
+  check_alert_records || rc=$?
+  ((rc == 2)) && die "alert payload shape check failed"
+  return "$rc"
+}
+wait_for "OpsEmergencyStop delivered to the Slack and Discord receivers" "$FLOW_TIMEOUT" alert_ok
+flow_alert_s=$(($(date +%s) - flow_started))
+log "alert OpsEmergencyStop delivered as Slack and Discord payloads ${flow_alert_s}s after submit"
+cli emergency-stop release --reason "compose e2e: budget test done" >/dev/null || die "emergency-stop release failed"
+
+# ------------------------------------------------------------- chaos --
+begin "chaos: kill -9 each daemon under load"
+load_prefix="e2e load $run"
+# Submits LOAD proposals, one every ~0.4 s, each retried with its dedupe
+# key until the api answers (it is being killed meanwhile).
+submitter() {
+  local i tries
+  for ((i = 1; i <= LOAD; i++)); do
+    tries=0
+    until cli -o json proposal submit --title "$load_prefix #$i" --kind analyze \
+      --payload "{\"i\": $i}" --dedupe-key "e2e-load-$run-$i" --agent compose-e2e \
+      >"$work/load-$i.json" 2>>"$work/load.err"; do
+      tries=$((tries + 1))
+      ((tries < 120)) || { echo "proposal $i: gave up" >>"$work/load.err"; return 1; }
+      sleep 1
+    done
+    sleep 0.4
+  done
+}
+submitter &
+submitter_pid=$!
+restarts=()
+for svc in "${DAEMONS[@]}"; do
+  sleep 3
+  id=$(container_of "$svc")
+  before=$(docker inspect -f '{{.RestartCount}}' "$id")
+  # SIGKILL of the daemon process (tini's child), as a crash or the kernel's
+  # OOM killer would: tini exits 137 and the restart policy brings the
+  # container back. (`docker kill -s KILL` counts as an operator stop:
+  # Docker cancels the restart policy for it.) Fallback: the container's
+  # init from the host.
+  docker exec "$id" bash -c 'kill -KILL $(cat /proc/1/task/1/children)' 2>/dev/null ||
+    kill -KILL "$(docker inspect -f '{{.State.Pid}}' "$id")"
+  kill_at=$(date +%s)
+  back() {
+    [[ "$(docker inspect -f '{{.RestartCount}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id")" == "$((before + 1)) running healthy" ]]
+  }
+  wait_for "$svc back after kill -9 (restart policy)" 120 back
+  restarts+=("$svc=$(($(date +%s) - kill_at))s")
+  log "killed $svc: restarted and healthy in $(($(date +%s) - kill_at))s"
+done
+wait "$submitter_pid" || { tail -n 5 "$work/load.err" >&2; die "submitting the load failed"; }
+load_done() {
+  [[ "$(psql_q "SELECT count(*) FROM missions WHERE title LIKE '$load_prefix #%' AND status = 'succeeded'")" == "$LOAD" ]]
+}
+wait_for "all $LOAD load missions succeeded" "$FLOW_TIMEOUT" load_done
+# Exactly once, nothing lost: counted in the database.
+q_count() { psql_q "$1"; }
+proposals_n=$(q_count "SELECT count(*) FROM proposals WHERE title LIKE '$load_prefix #%'")
+distinct_n=$(q_count "SELECT count(DISTINCT title) FROM proposals WHERE title LIKE '$load_prefix #%'")
+missions_n=$(q_count "SELECT count(*) FROM missions WHERE title LIKE '$load_prefix #%'")
+steps_n=$(q_count "SELECT count(*) FROM mission_steps s JOIN missions m ON m.id = s.mission_id WHERE m.title LIKE '$load_prefix #%' AND s.status = 'succeeded'")
+retried_n=$(q_count "SELECT count(*) FROM mission_steps s JOIN missions m ON m.id = s.mission_id WHERE m.title LIKE '$load_prefix #%' AND s.attempt > 1")
+ev_succ_n=$(q_count "SELECT count(*) FROM events e JOIN missions m ON m.id = e.mission_id WHERE m.title LIKE '$load_prefix #%' AND e.kind = 'mission.succeeded'")
+ev_step_n=$(q_count "SELECT count(*) FROM events e JOIN missions m ON m.id = e.mission_id WHERE m.title LIKE '$load_prefix #%' AND e.kind = 'step.succeeded'")
+for pair in "proposals:$proposals_n" "distinct titles:$distinct_n" "missions:$missions_n" \
+  "succeeded steps:$steps_n" "mission.succeeded events:$ev_succ_n" "step.succeeded events:$ev_step_n"; do
+  [[ "${pair##*:}" == "$LOAD" ]] || die "${pair%%:*}: ${pair##*:}, expected $LOAD (lost or duplicated)"
+done
+# Every event row reached the bus (outbox drained) and every queue was
+# consumed (nothing stuck, nothing dead-lettered).
+outbox_drained() { [[ "$(q_count "SELECT count(*) FROM outbox WHERE published_at IS NULL")" == 0 ]]; }
+wait_for "outbox drained to RabbitMQ" 60 outbox_drained
+queues_empty() {
+  docker exec "$(container_of rabbitmq)" rabbitmqctl -q list_queues name messages_ready messages_unacknowledged \
+    >"$work/queues.txt" 2>/dev/null || return 1
+  awk '$2 ~ /^[0-9]+$/ && ($2 != 0 || $3 != 0) {bad=1} END {exit bad}' "$work/queues.txt"
+}
+queues_deadline=$(($(date +%s) + 60))
+until queues_empty; do
+  if (($(date +%s) >= queues_deadline)); then
+    sed 's/^/  | /' "$work/queues.txt" >&2
+    die "messages left in RabbitMQ queues after 60s (name, ready, unacked above)"
+  fi
+  sleep 1
+done
+dead_lettered=$(q_count "SELECT count(*) FROM step_dead_letters")
+# Notifications: each (receiver, alert, state) exactly once.
+records || die "receiver unreachable"
+dupes=$(python3 - "$work/records.json" <<'PY'
+import collections, json, sys
+records = json.load(open(sys.argv[1]))
+seen = collections.Counter()
+for r in records:
+    body = json.dumps(r["body"], sort_keys=True)
+    seen[(r["service"], body)] += 1
+print(sum(n - 1 for n in seen.values() if n > 1))
+PY
+)
+[[ "$dupes" == 0 ]] || die "$dupes duplicated notification(s) at the receiver"
+slack_n=$(python3 -c 'import json,sys; print(sum(r["service"]=="slack" for r in json.load(open(sys.argv[1]))))' "$work/records.json")
+discord_n=$(python3 -c 'import json,sys; print(sum(r["service"]=="discord" for r in json.load(open(sys.argv[1]))))' "$work/records.json")
+# What arrived, by receiver: the alert names found in each payload.
+python3 - "$work/records.json" <<'PY'
+import collections, json, re, sys
+got = collections.Counter()
+for r in json.load(open(sys.argv[1])):
+    text = json.dumps(r["body"])
+    names = sorted(set(re.findall(r"\b(Ops[A-Z][A-Za-z]+|test alert|smoke test)", text))) or ["?"]
+    got[f'{r["service"]}:{"+".join(names)}'] += 1
+print("compose_e2e: received " + ", ".join(f"{k}×{v}" for k, v in sorted(got.items())))
+PY
+log "exactly once: $LOAD proposals → $LOAD missions, steps, events (steps retried: $retried_n); outbox drained, queues empty; notifications slack=$slack_n discord=$discord_n, none duplicated"
+load_mem=()
+for svc in "${DAEMONS[@]}"; do
+  load_mem+=("$svc=$(mem_of "$svc")MiB")
+done
+
+# ------------------------------------------------------------ backup --
+begin "backup, verify, restore"
+"$CLI" --token-file "$SECRETS/admin_token" -o json backup now >"$work/backup.json" || die "backup now failed"
+backup_id=$(jget "$work/backup.json" id)
+backup_status=$(jget "$work/backup.json" status)
+backup_size=$(jget "$work/backup.json" size_bytes)
+[[ "$backup_status" == completed ]] || die "backup $backup_id is $backup_status"
+docker exec "$(container_of backup-agent)" find /var/lib/opsloop/backups -type f -newer /etc/hostname >"$work/backup-files.txt" ||
+  die "cannot list the backup volume"
+[[ -s "$work/backup-files.txt" ]] || die "no backup file in the backup-agent's volume"
+"$CLI" --token-file "$SECRETS/admin_token" -o json backup verify "$backup_id" >"$work/verify.json" ||
+  die "backup verify failed"
+[[ "$(jget "$work/verify.json" passed)" == True ]] || die "verification of $backup_id did not pass: $(head -c 400 "$work/verify.json")"
+verify_ms=$(jget "$work/verify.json" duration_ms)
+psql_q "CREATE DATABASE opsloop_restore" >/dev/null
+pg_password=$(<"$SECRETS/postgres_password")
+restore_started=$(date +%s%N)
+OPSLOOP_RESTORE_TARGET_URL="postgres://opsloop:${pg_password}@postgres:5432/opsloop_restore" \
+  "$CLI" --token-file "$SECRETS/admin_token" -o json backup restore "$backup_id" --confirm >"$work/restore.json" ||
+  die "backup restore failed: $(head -c 400 "$work/restore.json")"
+restore_ms=$((($(date +%s%N) - restore_started) / 1000000))
+restored=$(docker exec -i "$(container_of postgres)" psql -U opsloop -d opsloop_restore -tAq \
+  -c "SELECT count(*) FROM proposals WHERE title LIKE '$load_prefix #%'")
+[[ "$restored" == "$LOAD" ]] || die "restored database has $restored of the $LOAD load proposals"
+log "backup $backup_id: $backup_size bytes, verified in ${verify_ms} ms, restored in ${restore_ms} ms (row counts match)"
+
+# ----------------------------------------------------------- secrets --
+begin "secrets not in logs"
+compose logs --no-color >"$work/compose.log" 2>&1
+leaked=()
+for f in "$SECRETS"/*; do
+  value=$(<"$f")
+  [[ ${#value} -ge 8 ]] || continue
+  if grep -qF -- "$value" "$work/compose.log"; then leaked+=("$(basename "$f")"); fi
+done
+((${#leaked[@]} == 0)) || die "secret value(s) in docker-compose logs: ${leaked[*]}"
+log "no secret value in $(wc -l <"$work/compose.log") log lines"
+
+# -------------------------------------------------------------- down --
+begin "down"
+compose down -v --remove-orphans >"$work/down.log" 2>&1 || { cat "$work/down.log" >&2; die "compose down -v failed"; }
+stack_up=0
+left=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" | wc -l)
+[[ "$left" == 0 ]] || die "$left container(s) left after down"
+begin "done"
+result="PASS"
+echo "compose_e2e: $result image=${image_mb}MB up_to_healthy=${up_to_healthy}s" \
+  "flow=${flow_mission_s}s alert=${flow_alert_s}s kills=${#DAEMONS[@]} restarts=[${restarts[*]}]" \
+  "load=${LOAD}/${LOAD} exactly_once retried_steps=$retried_n dead_letters=$dead_lettered" \
+  "notifications=slack:$slack_n,discord:$discord_n dupes=0 backup=${backup_size}B verify=${verify_ms}ms" \
+  "restore=${restore_ms}ms secrets_in_logs=0 idle_mem=[${idle_mem[*]}] load_mem=[${load_mem[*]}]" \
+  "stages=[${timings[*]}] total=$(($(date +%s) - started))s"
