@@ -48,12 +48,14 @@ impl Drop for TelemetryGuard {
 }
 
 /// Installs the global subscriber: logs to stdout in the configured format,
-/// plus OTLP export when `settings.otlp_endpoint` is set.
+/// plus OTLP export when `settings.otlp_endpoint` is set; and the metrics
+/// recorder, so that nothing counted before the first scrape is lost.
 pub fn init(
     service: &'static str,
     environment: &str,
     settings: &TelemetrySettings,
 ) -> Result<TelemetryGuard, TelemetryError> {
+    prometheus();
     let filter = match std::env::var("RUST_LOG") {
         Ok(directive) if !directive.is_empty() => EnvFilter::try_new(directive),
         _ => EnvFilter::try_new(&settings.log_level),
