@@ -272,6 +272,17 @@ async fn seed_steps(db: &TestDb, steps: u64) -> anyhow::Result<u64> {
         ))
         .await
         .context("seeding queued steps")?;
+    // Fresh statistics, as autovacuum gathers within a minute of a bulk
+    // load; without them the planner takes 100k queued rows for one.
+    for table in ["missions", "mission_steps"] {
+        db.db
+            .execute_raw(Statement::from_string(
+                DbBackend::Postgres,
+                format!("ANALYZE {table}"),
+            ))
+            .await
+            .context("analyzing the seeded tables")?;
+    }
     Ok(missions * 3)
 }
 

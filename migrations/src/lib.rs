@@ -21,6 +21,7 @@ mod m0003_alerter;
 mod m0004_backup;
 mod m0005_seed_policy;
 mod m0006_event_window_index;
+mod m0007_claim_order_index;
 
 pub use m0005_seed_policy::seed_policies;
 // Re-exported so the store can run the migrator without its own dependency
@@ -40,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0004_backup::Migration),
             Box::new(m0005_seed_policy::Migration),
             Box::new(m0006_event_window_index::Migration),
+            Box::new(m0007_claim_order_index::Migration),
         ]
     }
 }

@@ -119,81 +119,11 @@ pub async fn cooldown_until(
         .transpose()
 }
 
-/// A held lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LeaseGrant {
-    /// Grows each time the lease changes hands.
-    pub fencing_token: i64,
-    pub expires_at: DateTime<Utc>,
-}
-
-/// Takes or renews the lease `name` for `holder` until `now + ttl`. Granted
-/// when free, expired or already ours; `None` while another holder's lease
-/// runs.
-pub async fn acquire_lease(
-    db: &impl ConnectionTrait,
-    name: &str,
-    holder: &str,
-    ttl: chrono::Duration,
-    now: DateTime<Utc>,
-) -> Result<Option<LeaseGrant>, DbErr> {
-    let now = db_now(now);
-    let expires = now + ttl;
-    let row = db
-        .query_one_raw(stmt(
-            db.get_database_backend(),
-            "INSERT INTO leases (name, holder, expires_at, fencing_token, updated_at) \
-             VALUES ($1, $2, $3, 1, $4) \
-             ON CONFLICT (name) DO UPDATE SET \
-               fencing_token = CASE WHEN leases.holder = excluded.holder \
-                 THEN leases.fencing_token ELSE leases.fencing_token + 1 END, \
-               holder = excluded.holder, expires_at = excluded.expires_at, \
-               updated_at = excluded.updated_at \
-             WHERE leases.holder = excluded.holder OR leases.expires_at <= excluded.updated_at \
-             RETURNING fencing_token",
-            vec![name.into(), holder.into(), expires.into(), now.into()],
-        ))
-        .await?;
-    Ok(match row {
-        Some(row) => Some(LeaseGrant {
-            fencing_token: row.try_get::<i64>("", "fencing_token")?,
-            expires_at: expires,
-        }),
-        None => None,
-    })
-}
-
-/// Gives the lease up (on shutdown) so a standby takes over at once.
-pub async fn release_lease(
-    db: &impl ConnectionTrait,
-    name: &str,
-    holder: &str,
-    now: DateTime<Utc>,
-) -> Result<(), DbErr> {
-    db.execute_raw(stmt(
-        db.get_database_backend(),
-        "UPDATE leases SET expires_at = $3, updated_at = $3 WHERE name = $1 AND holder = $2",
-        vec![name.into(), holder.into(), db_now(now).into()],
-    ))
-    .await?;
-    Ok(())
-}
-
-/// The current holder of a lease and its expiry.
-pub async fn lease_holder(
-    db: &impl ConnectionTrait,
-    name: &str,
-) -> Result<Option<(String, DateTime<Utc>)>, DbErr> {
-    let row = db
-        .query_one_raw(stmt(
-            db.get_database_backend(),
-            "SELECT holder, expires_at FROM leases WHERE name = $1",
-            vec![name.into()],
-        ))
-        .await?;
-    row.map(|r| Ok((r.try_get("", "holder")?, r.try_get("", "expires_at")?)))
-        .transpose()
-}
+/// The leader lease (`opsloop_core::lease`), under the names this crate
+/// has always used.
+pub use opsloop_core::lease::{
+    LeaseGrant, acquire as acquire_lease, holder as lease_holder, release as release_lease,
+};
 
 /// The last event seq `consumer` has examined (0 before the first).
 pub async fn read_cursor(db: &impl ConnectionTrait, consumer: &str) -> Result<i64, DbErr> {
