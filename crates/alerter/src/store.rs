@@ -135,12 +135,6 @@ impl AlertStore {
         Self { db }
     }
 
-    /// Saves alerts (insert or update by fingerprint).
-    pub async fn save_alerts(&self, batch: &[Alert], now: DateTime<Utc>) -> Result<(), StoreError> {
-        let stamped: Vec<(&Alert, DateTime<Utc>)> = batch.iter().map(|a| (a, now)).collect();
-        self.save_alerts_at(&stamped).await
-    }
-
     /// Saves alerts, each stamped with its own instant, in one transaction
     /// and in the order given (a later state of an alert wins).
     pub async fn save_alerts_at(

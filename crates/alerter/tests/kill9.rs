@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::LocalReceiver;
 use opsloop_core::store::testing::fresh_postgres;
+use sea_orm::ConnectionTrait;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -128,7 +129,29 @@ min_interval_ms = 0
         "🔴 [FIRING:1] KillNine"
     );
 
-    // 3. Killed right after delivering: the next one does not send it again.
+    // 3. Killed right after delivering (once the notification log has the
+    // send: between the receiver's answer and that row, delivery is at
+    // least once by design): the next one does not send it again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = db
+            .db
+            .query_one_raw(sea_orm::Statement::from_string(
+                db.db.get_database_backend(),
+                "SELECT COUNT(*) AS n FROM notification_log WHERE status = 'sent'",
+            ))
+            .await
+            .expect("notification log");
+        let sent: i64 = row.map_or(0, |r| r.try_get("", "n").expect("n"));
+        if sent >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the send was never logged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     kill9(second).await;
     let third = start(&config, &slack.url()).await;
     tokio::time::sleep(Duration::from_secs(8)).await;
