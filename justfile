@@ -54,6 +54,11 @@ compose-up:
 compose-e2e:
     bash scripts/compose_e2e.sh
 
+# The systemd units under systemd in an unprivileged container: start,
+# ready, LoadCredential=, kill -9 and Restart= (needs release binaries).
+systemd-e2e:
+    bash scripts/systemd_e2e.sh
+
 # Registry-free stand-ins for postgres, rabbitmq, prometheus and the runtime
 # image's Debian base, from debootstrap and Debian packages.
 offline-images:

@@ -47,6 +47,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
+# shellcheck source=scripts/lib/docker_engine.sh
+source scripts/lib/docker_engine.sh
 
 for arg in "$@"; do
   case "$arg" in
@@ -71,7 +73,6 @@ stage="setup"
 timings=()
 work="$(mktemp -d "${TMPDIR:-/tmp}/opsloop-e2e.XXXXXX")"
 chmod 0700 "$work"
-dockerd_pid=""
 stack_up=0
 result="FAIL"
 
@@ -124,10 +125,10 @@ cleanup() {
       tail -n 20 "$work/down.log" >&2
     }
   fi
-  if [[ -n "$dockerd_pid" && "$KEEP" != 1 ]]; then
-    kill "$dockerd_pid" 2>/dev/null
-    for _ in $(seq 1 30); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 1; done
-    log "engine stopped (dockerd pid $dockerd_pid)"
+  if [[ -n "$DOCKERD_PID" && "$KEEP" != 1 ]]; then
+    local pid=$DOCKERD_PID
+    stop_docker_engine
+    log "engine stopped (dockerd pid $pid)"
   fi
   if [[ "$KEEP" == 1 ]]; then
     log "kept: project $PROJECT, secrets in $work/secrets"
@@ -156,23 +157,8 @@ fi
 
 # ------------------------------------------------------------ engine --
 begin "engine"
-if ! docker info >/dev/null 2>&1; then
-  command -v dockerd >/dev/null ||
-    die "no Docker engine answers and dockerd is not installed (apt-get install docker.io)"
-  [[ "$(id -u)" == 0 ]] || die "no Docker engine answers and starting dockerd needs root"
-  dockerd >"$work/dockerd.log" 2>&1 &
-  dockerd_pid=$!
-  for _ in $(seq 1 60); do
-    docker info >/dev/null 2>&1 && break
-    kill -0 "$dockerd_pid" 2>/dev/null || break
-    sleep 1
-  done
-  if ! docker info >/dev/null 2>&1; then
-    tail -n 20 "$work/dockerd.log" >&2
-    die "the Docker engine did not start (dockerd log above)"
-  fi
-  log "engine started (dockerd pid $dockerd_pid)"
-fi
+ensure_docker_engine "$work/dockerd.log" || die "no Docker engine (see above)"
+[[ -n "$DOCKERD_PID" ]] && log "engine started (dockerd pid $DOCKERD_PID)"
 $COMPOSE version >/dev/null 2>&1 || die "compose command '$COMPOSE' does not work"
 log "engine $(docker version -f '{{.Server.Version}}'), compose: $COMPOSE $($COMPOSE version --short 2>/dev/null || true)"
 

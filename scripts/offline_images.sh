@@ -9,6 +9,8 @@
 #   opsloop-offline/rabbitmq:3-management  for rabbitmq:3.13-management (RABBITMQ_IMAGE)
 #   opsloop-offline/prometheus:2         for prom/prometheus (PROMETHEUS_IMAGE)
 #   opsloop-offline/receiver:latest      test-only webhook recorder (compose_e2e.sh)
+#   opsloop-offline/systemd:bookworm     test-only: systemd as PID 1 (systemd_e2e.sh;
+#                                        not built by default: OFFLINE_ONLY=systemd)
 # Grafana has no Debian package: the `monitoring` profile's grafana service
 # still needs its official image.
 #
@@ -195,7 +197,8 @@ for what in $ONLY; do
     rabbitmq) build_image "$PREFIX/rabbitmq:3-management" rabbitmq.Dockerfile rabbitmq-entrypoint.sh ;;
     prometheus) build_image "$PREFIX/prometheus:2" prometheus.Dockerfile ;;
     receiver) build_image "$PREFIX/receiver:latest" receiver.Dockerfile receiver.py ;;
-    *) log "unknown image $what (base postgres rabbitmq prometheus receiver)"; exit 2 ;;
+    systemd) build_image "$PREFIX/systemd:bookworm" systemd.Dockerfile ;;
+    *) log "unknown image $what (base postgres rabbitmq prometheus receiver systemd)"; exit 2 ;;
   esac
 done
 echo "# compose variables selecting the stand-ins:"

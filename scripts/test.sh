@@ -3,7 +3,7 @@
 # Starts either service when it is down; fails with a clear message when it
 # cannot be reached. Extra arguments go to the test runner.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 PG_HOST=127.0.0.1 PG_PORT=5432 AMQP_PORT=5672
 
@@ -13,7 +13,8 @@ ensure_postgres() {
   if port_open "$PG_HOST" "$PG_PORT"; then return; fi
   echo "test.sh: PostgreSQL is down; starting it"
   if [ -d /etc/postgresql ]; then
-    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+    local versions=(/etc/postgresql/*)
+    pg_ctlcluster --skip-systemctl-redirect "$(basename "${versions[0]}")" main start || true
   fi
   for _ in $(seq 1 30); do port_open "$PG_HOST" "$PG_PORT" && return; sleep 1; done
   echo "test.sh: PostgreSQL is not reachable at $PG_HOST:$PG_PORT (trust auth, user postgres)." >&2
