@@ -84,6 +84,7 @@ impl ApiApp {
             audit: Some(infra.audit.clone()),
             limits: Limits::DEFAULT,
             clock: Arc::new(chrono::Utc::now),
+            policy: opsloop_core::workflow::PolicyCache::new(),
             shutdown: infra.shutdown.clone(),
         };
         Ok(Self {

@@ -132,8 +132,9 @@ impl MissionService for Api {
                 .map(|(i, k)| StepKind::parse(&format!("kinds[{i}]"), k))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(invalid)?;
-            let outcome = workflow::claim_step(
+            let outcome = workflow::claim_step_cached(
                 &self.db,
+                &self.policy,
                 &worker,
                 &kinds,
                 lease(req.lease_seconds),

@@ -38,6 +38,9 @@ pub struct Api {
     pub audit: Option<Arc<AuditLog>>,
     pub limits: Limits,
     pub clock: Clock,
+    /// This process's policy snapshot, checked against the stored policy by
+    /// every hot-path write (`opsloop_core::workflow::PolicyCache`).
+    pub policy: opsloop_core::workflow::PolicyCache,
     /// Ends open `TailEvents` streams on shutdown.
     pub shutdown: CancellationToken,
 }

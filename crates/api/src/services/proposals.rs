@@ -73,7 +73,9 @@ impl ProposalService for Api {
         self.observe("SubmitProposal", trace_headers(&request), async {
             self.authorize(&request, Role::Agent)?;
             let proposal = self.parse_submit(request.into_inner())?;
-            let out = workflow::submit_proposal(&self.db, proposal, self.now()).await?;
+            let out =
+                workflow::submit_proposal_cached(&self.db, &self.policy, proposal, self.now())
+                    .await?;
             Ok(pb::SubmitProposalResponse {
                 proposal: Some(convert::proposal(&out.proposal)),
                 deduplicated: out.deduplicated,

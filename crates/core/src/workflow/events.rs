@@ -182,7 +182,7 @@ pub async fn enqueue_message(
 }
 
 /// Event kinds are open-ended; only the api's own prefixes become labels.
-fn kind_label(kind: &str) -> String {
+pub(crate) fn kind_label(kind: &str) -> String {
     let prefix = kind.split(['.', ':']).next().unwrap_or("other");
     match prefix {
         "proposal" | "mission" | "step" | "policy" | "emergency_stop" | "trigger" => {

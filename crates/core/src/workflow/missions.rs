@@ -7,14 +7,18 @@
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::{
     ActiveModelTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
-    EntityTrait, Set,
+    EntityTrait, FromQueryResult, Set,
 };
 use serde_json::json;
 use uuid::Uuid;
 
 use super::events::{EventRecord, write_event};
 use super::proposals::{audit_file, audit_row};
-use super::{Result, WorkflowError, begin_write, db_now, load_policy, lock_mission, stmt};
+use super::sql::{Params, trace_context};
+use super::{
+    FINGERPRINT_SQL, PolicyCache, Result, WorkflowError, begin_write, db_now, load_policy,
+    lock_mission, stmt,
+};
 use crate::audit::{AuditLog, AuditRecord};
 use crate::domain::backoff::{Backoff, random_jitter, retry_delay};
 use crate::domain::input::StepKind;
@@ -56,8 +60,117 @@ fn lease_length(requested: Option<u32>, default: u32) -> Duration {
 
 /// Hands `worker_id` the oldest claimable step of one of `kinds`: queued, of
 /// a running mission, past its backoff, and (unless the mission is
-/// parallel) with every earlier step succeeded.
+/// parallel) with every earlier step succeeded. Without a process-wide
+/// policy cache (see [`claim_step_cached`]).
 pub async fn claim_step(
+    db: &DatabaseConnection,
+    worker_id: &str,
+    kinds: &[StepKind],
+    lease_seconds: Option<u32>,
+    now: DateTime<Utc>,
+) -> Result<ClaimOutcome> {
+    claim_step_cached(
+        db,
+        &PolicyCache::new(),
+        worker_id,
+        kinds,
+        lease_seconds,
+        now,
+    )
+    .await
+}
+
+/// [`claim_step`] with the api process's policy cache. On PostgreSQL one
+/// statement: pick (SKIP LOCKED), lease, and the `step.started` event with
+/// its outbox row, written only if the stored policy still has the cached
+/// fingerprint (an emergency stop engaged before the claim is never missed).
+pub async fn claim_step_cached(
+    db: &DatabaseConnection,
+    cache: &PolicyCache,
+    worker_id: &str,
+    kinds: &[StepKind],
+    lease_seconds: Option<u32>,
+    now: DateTime<Utc>,
+) -> Result<ClaimOutcome> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return claim_step_tx(db, worker_id, kinds, lease_seconds, now).await;
+    }
+    let now = db_now(now);
+    if kinds.is_empty() {
+        return Ok(ClaimOutcome::Nothing);
+    }
+    for _ in 0..2 {
+        let mut policy = cache.get(db).await?;
+        if policy.emergency_stop.engaged {
+            // Confirm before refusing work on a cached stop.
+            policy = cache.reload(db).await?;
+            if policy.emergency_stop.engaged {
+                return Ok(ClaimOutcome::EmergencyStop);
+            }
+        }
+        let lease = lease_length(lease_seconds, policy.worker.lease_seconds);
+        match claim_statement(db, policy.fingerprint, worker_id, kinds, now, now + lease).await? {
+            None => {
+                cache.reload(db).await?;
+            }
+            Some(outcome) => return Ok(outcome),
+        }
+    }
+    claim_step_tx(db, worker_id, kinds, lease_seconds, now).await
+}
+
+/// The one claim statement (PostgreSQL). `None` when the policy changed.
+async fn claim_statement(
+    db: &DatabaseConnection,
+    fingerprint: i64,
+    worker_id: &str,
+    kinds: &[StepKind],
+    now: DateTime<Utc>,
+    expires: DateTime<Utc>,
+) -> Result<Option<ClaimOutcome>> {
+    let mut p = Params::default();
+    let fp = p.push(fingerprint);
+    let now_p = p.push(now);
+    let kinds_p: Vec<String> = kinds
+        .iter()
+        .map(|k| p.push(k.as_str().to_owned()))
+        .collect();
+    let worker_p = p.push(worker_id.to_owned());
+    let expires_p = p.push(expires);
+    let expires_text = p.push(json!(expires));
+    let event_id = Uuid::now_v7();
+    let event_p = p.push(event_id);
+    let (headers, trace_id) = trace_context();
+    let headers_p = p.push(json!(headers));
+    let trace_p = p.push(trace_id);
+    let now_text = p.push(json!(now));
+    let sql = format!(
+        "WITH v AS (SELECT ({FINGERPRINT_SQL}) AS fp),          c AS (SELECT s.id FROM mission_steps s JOIN missions m ON m.id = s.mission_id                WHERE (SELECT fp FROM v) = {fp} AND s.status = 'queued' AND s.kind IN ({kinds})                AND m.status = 'running'                AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= {now_p})                AND (m.parallel OR NOT EXISTS (SELECT 1 FROM mission_steps p                     WHERE p.mission_id = s.mission_id AND p.seq < s.seq AND p.status <> 'succeeded'))                ORDER BY s.created_at, s.mission_id, s.seq LIMIT 1 FOR UPDATE OF s SKIP LOCKED),          u AS (UPDATE mission_steps t SET status = 'running', attempt = t.attempt + 1,                lease_holder = {worker_p}, lease_expires_at = {expires_p}, started_at = {now_p},                updated_at = {now_p}, next_attempt_at = NULL                FROM c WHERE t.id = c.id RETURNING t.*),          e AS (INSERT INTO events (id, kind, source, mission_id, step_id, payload, tags, trace_id, created_at)                SELECT {event_p}, 'step.started', 'api', u.mission_id, u.id,                jsonb_build_object('kind', u.kind, 'seq', u.seq, 'attempt', u.attempt,                                   'worker_id', {worker_p}, 'lease_expires_at', {expires_text}),                '[]'::jsonb, {trace_p}, {now_p} FROM u RETURNING id, seq, mission_id, step_id, payload),          o AS (INSERT INTO outbox (event_id, routing_key, aggregate_id, payload, headers, created_at)                SELECT e.id, 'event.step.started', e.mission_id::text,                jsonb_build_object('id', e.id, 'seq', e.seq, 'kind', 'step.started', 'source', 'api',                  'payload', e.payload, 'tags', '[]'::jsonb, 'cost_usd', NULL, 'proposal_id', NULL,                  'mission_id', e.mission_id, 'step_id', e.step_id, 'trace_id', {trace_p},                  'created_at', {now_text}),                {headers_p}, {now_p} FROM e)          SELECT (SELECT fp FROM v) AS fp, u.* FROM (SELECT 1) AS one LEFT JOIN u ON true",
+        kinds = kinds_p.join(", "),
+    );
+    let row = db
+        .query_one_raw(stmt(DbBackend::Postgres, &sql, p.values))
+        .await?
+        .ok_or_else(|| WorkflowError::Conflict("claim statement returned no row".into()))?;
+    let stored: i64 = row.try_get("", "fp")?;
+    if stored != fingerprint {
+        return Ok(None);
+    }
+    let claimed: Option<Uuid> = row.try_get("", "id")?;
+    if claimed.is_none() {
+        return Ok(Some(ClaimOutcome::Nothing));
+    }
+    let step = mission_steps::Model::from_query_result(&row, "")?;
+    metrics::counter!("opsloop_events_total", "kind" => "step.started").increment(1);
+    metrics::counter!("opsloop_steps_total", "kind" => step.kind.clone(), "status" => "running")
+        .increment(1);
+    tracing::info!(step_id = %step.id, mission_id = %step.mission_id, kind = %step.kind,
+        attempt = step.attempt, worker_id, "step claimed");
+    Ok(Some(ClaimOutcome::Claimed(Box::new(step))))
+}
+
+/// The transactional claim (SQLite, whose writers are serialized).
+async fn claim_step_tx(
     db: &DatabaseConnection,
     worker_id: &str,
     kinds: &[StepKind],
@@ -227,7 +340,12 @@ pub async fn renew_lease(
     Ok(expires)
 }
 
-/// Records a step's success; may finish the mission.
+/// Records a step's success; may finish the mission. On PostgreSQL a step
+/// of a sequential mission completes in one statement (mission row locked
+/// first, fenced update, events, and the mission's end when it was the last
+/// step — in a sequential mission the last step can only run once every
+/// earlier one succeeded). Parallel missions, refusals (to say why) and
+/// SQLite take the transactional path.
 pub async fn complete_step(
     db: &DatabaseConnection,
     step_id: Uuid,
@@ -238,6 +356,12 @@ pub async fn complete_step(
     now: DateTime<Utc>,
 ) -> Result<(mission_steps::Model, MissionStatus)> {
     let now = db_now(now);
+    if db.get_database_backend() == DbBackend::Postgres
+        && let Some(done) =
+            complete_statement(db, step_id, worker_id, attempt, &result, cost_usd, now).await?
+    {
+        return Ok(done);
+    }
     let tx = begin_write(db).await?;
     let mission_id = lock_mission_of_step(&tx, step_id).await?;
     let step = fenced_step(&tx, step_id, worker_id, attempt).await?;
@@ -268,6 +392,56 @@ pub async fn complete_step(
         .increment(1);
     tracing::info!(step_id = %step.id, %mission_id, kind = %step.kind, "step succeeded");
     Ok((step, status))
+}
+
+/// The one completion statement (PostgreSQL, sequential missions). `None`
+/// when it did not apply: unknown step, parallel mission, or a lost lease.
+async fn complete_statement(
+    db: &DatabaseConnection,
+    step_id: Uuid,
+    worker_id: &str,
+    attempt: u32,
+    result: &serde_json::Value,
+    cost_usd: Option<f64>,
+    now: DateTime<Utc>,
+) -> Result<Option<(mission_steps::Model, MissionStatus)>> {
+    let mut p = Params::default();
+    let step_p = p.push(step_id);
+    let worker_p = p.push(worker_id.to_owned());
+    let attempt_p = p.push(i64::from(attempt));
+    let result_p = p.push(result.clone());
+    let cost_p = p.push(cost_usd);
+    let now_p = p.push(now);
+    let now_text = p.push(json!(now));
+    let step_event = p.push(Uuid::now_v7());
+    let mission_event = p.push(Uuid::now_v7());
+    let (headers, trace_id) = trace_context();
+    let headers_p = p.push(json!(headers));
+    let trace_p = p.push(trace_id);
+    let sql = format!(
+        "WITH lk AS (SELECT m.id, m.title, m.proposal_id FROM missions m                WHERE m.id = (SELECT mission_id FROM mission_steps WHERE id = {step_p})                AND NOT m.parallel FOR UPDATE),          d AS (UPDATE mission_steps s SET status = 'succeeded', result = {result_p}, cost_usd = {cost_p},                lease_holder = NULL, lease_expires_at = NULL, finished_at = {now_p}, updated_at = {now_p}                FROM lk WHERE s.id = {step_p} AND s.mission_id = lk.id AND s.status = 'running'                AND s.lease_holder = {worker_p} AND s.attempt = {attempt_p} RETURNING s.*),          f AS (UPDATE missions m SET status = 'succeeded', finished_at = {now_p}, updated_at = {now_p}                FROM d WHERE m.id = d.mission_id AND m.status = 'running'                AND NOT EXISTS (SELECT 1 FROM mission_steps x WHERE x.mission_id = d.mission_id AND x.seq > d.seq)                RETURNING m.id, m.title, m.proposal_id),          e AS (INSERT INTO events (id, kind, source, proposal_id, mission_id, step_id, payload, tags,                cost_usd, trace_id, created_at)                SELECT {step_event}, 'step.succeeded', 'api', NULL::uuid, d.mission_id, d.id,                  jsonb_build_object('kind', d.kind, 'seq', d.seq, 'attempt', d.attempt, 'worker_id', {worker_p}),                  '[]'::jsonb, {cost_p}, {trace_p}, {now_p} FROM d                UNION ALL                SELECT {mission_event}, 'mission.succeeded', 'api', f.proposal_id, f.id, NULL::uuid,                  jsonb_build_object('title', f.title, 'error', NULL,                    'step_count', (SELECT count(*) FROM mission_steps WHERE mission_id = f.id)),                  '[]'::jsonb, NULL::float8, {trace_p}, {now_p} FROM f                RETURNING id, seq, kind, proposal_id, mission_id, step_id, payload, cost_usd),          o AS (INSERT INTO outbox (event_id, routing_key, aggregate_id, payload, headers, created_at)                SELECT e.id, 'event.' || e.kind, e.mission_id::text,                jsonb_build_object('id', e.id, 'seq', e.seq, 'kind', e.kind, 'source', 'api',                  'payload', e.payload, 'tags', '[]'::jsonb, 'cost_usd', e.cost_usd,                  'proposal_id', e.proposal_id, 'mission_id', e.mission_id, 'step_id', e.step_id,                  'trace_id', {trace_p}, 'created_at', {now_text}),                {headers_p}, {now_p} FROM e)          SELECT d.*, (SELECT count(*) FROM f) AS finished FROM d"
+    );
+    let Some(row) = db
+        .query_one_raw(stmt(DbBackend::Postgres, &sql, p.values))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let step = mission_steps::Model::from_query_result(&row, "")?;
+    let finished: i64 = row.try_get("", "finished")?;
+    let status = if finished > 0 {
+        metrics::counter!("opsloop_missions_total", "status" => "succeeded").increment(1);
+        metrics::counter!("opsloop_events_total", "kind" => "mission.succeeded").increment(1);
+        tracing::info!(mission_id = %step.mission_id, status = "succeeded", "mission finished");
+        MissionStatus::Succeeded
+    } else {
+        MissionStatus::Running
+    };
+    metrics::counter!("opsloop_events_total", "kind" => "step.succeeded").increment(1);
+    metrics::counter!("opsloop_steps_total", "kind" => step.kind.clone(), "status" => "succeeded")
+        .increment(1);
+    tracing::info!(step_id = %step.id, mission_id = %step.mission_id, kind = %step.kind, "step succeeded");
+    Ok(Some((step, status)))
 }
 
 /// Records a failure: requeued with backoff when retryable and attempts

@@ -16,6 +16,7 @@ pub mod ops;
 pub mod outbox;
 pub mod policy;
 pub mod proposals;
+mod sql;
 pub mod triggers;
 
 use std::collections::BTreeMap;
@@ -34,7 +35,8 @@ pub use events::{
 };
 pub use missions::{
     ClaimOutcome, MissionFilter, MissionView, RecoveryReport, cancel_mission, claim_step,
-    complete_step, fail_step, get_mission, list_missions, recover_stale_steps, renew_lease,
+    claim_step_cached, complete_step, fail_step, get_mission, list_missions, recover_stale_steps,
+    renew_lease,
 };
 pub use ops::{HealthFigures, SummaryFigures, SummaryPeriod, health, summary};
 pub use policy::{
@@ -43,7 +45,8 @@ pub use policy::{
 };
 pub use proposals::{
     ProposalFilter, ProposalView, SubmitOutcome, approve_proposal, expire_stale_proposals,
-    get_proposal, list_proposals, reject_proposal, submit_proposal, submit_proposal_in,
+    get_proposal, list_proposals, reject_proposal, submit_proposal, submit_proposal_cached,
+    submit_proposal_in,
 };
 
 /// What a workflow operation can fail with, in the domain's words. The api
@@ -150,6 +153,13 @@ pub(crate) async fn lock_mission(
 #[derive(Debug, Clone)]
 pub struct PolicySnapshot {
     pub version: i64,
+    /// Sum of every policy row's version: every policy write raises one
+    /// row's version (history ids only grow, and writers of one key are
+    /// serialized by its row lock), so this number grows with every
+    /// committed change — in commit order, unlike `MAX(policy_history.id)`
+    /// (ids are taken before commit). A write statement that checks it
+    /// against [`FINGERPRINT_SQL`] never acts on a stale snapshot.
+    pub fingerprint: i64,
     pub auto_approve: AutoApprove,
     pub step_gates: StepGates,
     pub worker: WorkerPolicy,
@@ -159,14 +169,25 @@ pub struct PolicySnapshot {
     pub toggles: BTreeMap<String, bool>,
 }
 
-/// Reads every policy row and the global version (max history id).
+/// The current policy fingerprint (see [`PolicySnapshot::fingerprint`]) as
+/// a scalar subquery, for folding into write statements.
+pub(crate) const FINGERPRINT_SQL: &str =
+    "SELECT CAST(COALESCE(SUM(version), 0) AS BIGINT) FROM policy";
+
+/// Reads every policy row in one statement: the values, the global version
+/// (the newest row version, i.e. the last history id) and the fingerprint.
 pub async fn load_policy(db: &impl ConnectionTrait) -> Result<PolicySnapshot> {
     let backend = db.get_database_backend();
     let rows = db
-        .query_all_raw(stmt(backend, "SELECT key, value FROM policy", vec![]))
+        .query_all_raw(stmt(
+            backend,
+            "SELECT key, value, version FROM policy",
+            vec![],
+        ))
         .await?;
     let mut snapshot = PolicySnapshot {
         version: 0,
+        fingerprint: 0,
         auto_approve: AutoApprove {
             enabled: false,
             allowed_kinds: vec![],
@@ -183,6 +204,9 @@ pub async fn load_policy(db: &impl ConnectionTrait) -> Result<PolicySnapshot> {
     for row in rows {
         let key: String = row.try_get("", "key")?;
         let value: serde_json::Value = row.try_get("", "value")?;
+        let version: i64 = row.try_get("", "version")?;
+        snapshot.version = snapshot.version.max(version);
+        snapshot.fingerprint = snapshot.fingerprint.wrapping_add(version);
         let Ok(parsed_key) = PolicyKey::parse(&key) else {
             continue;
         };
@@ -200,18 +224,51 @@ pub async fn load_policy(db: &impl ConnectionTrait) -> Result<PolicySnapshot> {
             _ => {}
         }
     }
-    let version = db
-        .query_one_raw(stmt(
-            backend,
-            "SELECT COALESCE(MAX(id), 0) AS version FROM policy_history",
-            vec![],
-        ))
-        .await?
-        .map(|row| row.try_get::<i64>("", "version"))
-        .transpose()?
-        .unwrap_or(0);
-    snapshot.version = version;
     Ok(snapshot)
+}
+
+/// The policy snapshot of one api process, shared by its handlers. It is
+/// never trusted blindly: the hot-path write statements carry the
+/// snapshot's fingerprint and write nothing when the stored policy differs
+/// (then the cache is reloaded and the work judged again), so no decision
+/// is taken against a policy older than the statement that records it.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyCache {
+    current: std::sync::Arc<std::sync::RwLock<Option<std::sync::Arc<PolicySnapshot>>>>,
+}
+
+impl PolicyCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The cached snapshot, loaded on first use.
+    pub async fn get(&self, db: &impl ConnectionTrait) -> Result<std::sync::Arc<PolicySnapshot>> {
+        let cached = self.current.read().ok().and_then(|c| c.clone());
+        match cached {
+            Some(snapshot) => Ok(snapshot),
+            None => self.reload(db).await,
+        }
+    }
+
+    /// Reads the policy again (a write found the snapshot stale).
+    pub async fn reload(
+        &self,
+        db: &impl ConnectionTrait,
+    ) -> Result<std::sync::Arc<PolicySnapshot>> {
+        let fresh = std::sync::Arc::new(load_policy(db).await?);
+        if let Ok(mut current) = self.current.write() {
+            // Keep the newer of two racing reloads.
+            let newer = current
+                .as_ref()
+                .is_none_or(|c| c.fingerprint <= fresh.fingerprint);
+            if newer {
+                *current = Some(fresh.clone());
+            }
+        }
+        metrics::counter!("opsloop_policy_cache_reloads_total").increment(1);
+        Ok(fresh)
+    }
 }
 
 /// A page size: 0 means the default (50); capped at 500.

@@ -7,13 +7,17 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveModelTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, Set,
+    ActiveModelTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
+    EntityTrait, Set,
 };
 use serde_json::json;
 use uuid::Uuid;
 
 use super::events::{EventRecord, write_event};
-use super::{PolicySnapshot, Result, WorkflowError, begin_write, db_now, load_policy, stmt};
+use super::{
+    FINGERPRINT_SQL, PolicyCache, PolicySnapshot, Result, WorkflowError, begin_write, db_now,
+    load_policy, stmt,
+};
 use crate::audit::{AuditLog, AuditRecord};
 use crate::domain::gate::{self, Decision, GateInput, GateRejection};
 use crate::domain::input::{NewProposal, StepKind, StepSpec};
@@ -55,7 +59,76 @@ pub struct SubmitOutcome {
 /// concurrent submits with one key yield one proposal), the gates, the daily
 /// counters (conditional upsert: O(1), never over the cap), and on approval
 /// the mission with its queued steps, plus the events and outbox rows.
+/// Without a process-wide policy cache (see [`submit_proposal_cached`]).
 pub async fn submit_proposal(
+    db: &DatabaseConnection,
+    proposal: NewProposal,
+    now: DateTime<Utc>,
+) -> Result<SubmitOutcome> {
+    submit_proposal_cached(db, &PolicyCache::new(), proposal, now).await
+}
+
+/// [`submit_proposal`] with the api process's policy cache. On PostgreSQL
+/// the common case — no daily cap involved — is one statement: proposal,
+/// mission, steps, events and outbox rows written by data-modifying CTEs in
+/// one round trip, the gates judged on the cached policy and the statement
+/// writing nothing unless the stored policy's fingerprint still equals the
+/// cached one (then the cache is reloaded and the proposal judged again). A
+/// proposal of a capped kind, and every submit on SQLite, takes the
+/// transactional path (the counters need their conditional upserts).
+pub async fn submit_proposal_cached(
+    db: &DatabaseConnection,
+    cache: &PolicyCache,
+    proposal: NewProposal,
+    now: DateTime<Utc>,
+) -> Result<SubmitOutcome> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return submit_proposal_tx(db, proposal, now).await;
+    }
+    let now = db_now(now);
+    let proposal = proposal.validate(&crate::domain::input::Limits::DEFAULT)?;
+    let kinds: Vec<StepKind> = proposal.steps.iter().map(|s| s.kind.clone()).collect();
+    // Two tries: a stale cache is reloaded once; a policy changing again
+    // in between sends the submit down the transactional path.
+    for _ in 0..2 {
+        let policy = cache.get(db).await?;
+        let Some(decision) = judge_uncapped(&policy, &kinds, now) else {
+            return submit_proposal_tx(db, proposal, now).await;
+        };
+        match write_submit(db, &policy, &proposal, &kinds, &decision, now).await? {
+            Written::Stale => {
+                cache.reload(db).await?;
+            }
+            Written::Held => {
+                let key = proposal.dedupe_key.as_ref().map(|k| k.as_str().to_owned());
+                let existing = proposals::Entity::find()
+                    .from_raw_sql(stmt(
+                        DbBackend::Postgres,
+                        "SELECT * FROM proposals WHERE dedupe_key = $1",
+                        vec![key.clone().into()],
+                    ))
+                    .one(db)
+                    .await?;
+                let Some(existing) = existing else {
+                    // The holder was rejected meanwhile (it gave up its
+                    // key): judge this one afresh.
+                    continue;
+                };
+                let view = with_mission(db, existing).await?;
+                metrics::counter!("opsloop_proposals_total", "outcome" => "deduplicated", "gate" => "dedupe")
+                    .increment(1);
+                return Ok(SubmitOutcome {
+                    proposal: view,
+                    deduplicated: true,
+                });
+            }
+            Written::Done(outcome) => return Ok(*outcome),
+        }
+    }
+    submit_proposal_tx(db, proposal, now).await
+}
+
+async fn submit_proposal_tx(
     db: &DatabaseConnection,
     proposal: NewProposal,
     now: DateTime<Utc>,
@@ -64,6 +137,232 @@ pub async fn submit_proposal(
     let outcome = submit_proposal_in(&tx, proposal, now).await?;
     tx.commit().await?;
     Ok(outcome)
+}
+
+/// The gates that need no counter: stop, toggles, auto_approve. `None` when
+/// a daily cap applies to one of `kinds`.
+fn judge_uncapped(
+    policy: &PolicySnapshot,
+    kinds: &[StepKind],
+    now: DateTime<Utc>,
+) -> Option<Decision> {
+    let no_counts = BTreeMap::new();
+    let input = GateInput {
+        dedupe_key_held: false,
+        emergency_stop: policy
+            .emergency_stop
+            .engaged
+            .then(|| policy.emergency_stop.reason.clone()),
+        step_kinds: kinds,
+        gates: &policy.step_gates,
+        toggles: &policy.toggles,
+        counts_today: &no_counts,
+        auto_approve: &policy.auto_approve,
+        now,
+    };
+    if let Err(rejection) = gate::check_stop_and_toggles(&input) {
+        return Some(Decision::Reject(rejection));
+    }
+    if !gate::capped_kinds(&policy.step_gates, kinds).is_empty() {
+        return None;
+    }
+    Some(gate::auto_approve(&policy.auto_approve, kinds))
+}
+
+enum Written {
+    /// The policy changed since the snapshot: nothing written.
+    Stale,
+    /// The dedupe key is held by another proposal: nothing written.
+    Held,
+    Done(Box<SubmitOutcome>),
+}
+
+/// The one statement of a judged submit (PostgreSQL).
+async fn write_submit(
+    db: &DatabaseConnection,
+    policy: &PolicySnapshot,
+    proposal: &NewProposal,
+    kinds: &[StepKind],
+    decision: &Decision,
+    now: DateTime<Utc>,
+) -> Result<Written> {
+    use super::sql::{KnownEvent, Params, events_ctes};
+    let id = Uuid::now_v7();
+    let steps_json = serde_json::to_value(&proposal.steps)
+        .map_err(|e| WorkflowError::Corrupt(format!("steps: {e}")))?;
+    let (status, decided_by, rejection) = match decision {
+        Decision::Approve => (
+            ProposalStatus::Approved,
+            Some("auto_approve".to_owned()),
+            None,
+        ),
+        Decision::Pending | Decision::Duplicate => (ProposalStatus::Pending, None, None),
+        Decision::Reject(r) => (
+            ProposalStatus::Rejected,
+            Some(r.reason().to_owned()),
+            Some(r.clone()),
+        ),
+    };
+    let key = proposal.dedupe_key.as_ref().map(|k| k.as_str().to_owned());
+    let trace_id = proposal
+        .trace_id
+        .clone()
+        .or_else(super::events::current_trace_id);
+    let model = proposals::Model {
+        id,
+        // A gate-rejected proposal does not hold its key.
+        dedupe_key: if rejection.is_some() {
+            None
+        } else {
+            key.clone()
+        },
+        source: proposal.source.as_str().to_owned(),
+        agent: Some(proposal.agent.clone()),
+        title: proposal.title.clone(),
+        status: status.as_str().to_owned(),
+        rejection_reason: rejection.as_ref().map(|r| r.reason().to_owned()),
+        rejection_detail: rejection.as_ref().map(GateRejection::detail),
+        steps: steps_json,
+        parallel: proposal.parallel,
+        metadata: proposal.metadata.clone(),
+        policy_version: policy.version,
+        trace_id,
+        decided_by,
+        decided_at: status.is_final().then_some(now),
+        created_at: now,
+        updated_at: now,
+    };
+
+    let mut p = Params::default();
+    let fingerprint = p.push(policy.fingerprint);
+    let mut sql = format!(
+        "WITH v AS (SELECT ({FINGERPRINT_SQL}) AS fp),          p AS (INSERT INTO proposals (id, dedupe_key, source, agent, title, status, rejection_reason,                rejection_detail, steps, parallel, metadata, policy_version, trace_id, decided_by,                decided_at, created_at, updated_at)                SELECT {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {now_p}, {now_p}                FROM v WHERE v.fp = {fingerprint}",
+        p.push(model.id),
+        p.push(model.dedupe_key.clone()),
+        p.push(model.source.clone()),
+        p.push(model.agent.clone()),
+        p.push(model.title.clone()),
+        p.push(model.status.clone()),
+        p.push(model.rejection_reason.clone()),
+        p.push(model.rejection_detail.clone()),
+        p.push(model.steps.clone()),
+        p.push(model.parallel),
+        p.push(model.metadata.clone()),
+        p.push(model.policy_version),
+        p.push(model.trace_id.clone()),
+        p.push(model.decided_by.clone()),
+        p.push(model.decided_at),
+        now_p = p.push(now),
+    );
+    match (&key, &rejection) {
+        // Dedupe comes before every gate: a held key returns its holder even
+        // when this submit would be rejected.
+        (Some(k), Some(_)) => sql.push_str(&format!(
+            " AND NOT EXISTS (SELECT 1 FROM proposals WHERE dedupe_key = {})",
+            p.push(k.clone())
+        )),
+        (Some(_), None) => sql.push_str(" ON CONFLICT (dedupe_key) DO NOTHING"),
+        (None, _) => {}
+    }
+    sql.push_str(" RETURNING id)");
+
+    let mut events = vec![KnownEvent::new(
+        "proposal.submitted",
+        json!({"title": model.title, "source": model.source, "agent": model.agent,
+                   "step_kinds": kinds, "policy_version": policy.version}),
+    )];
+    let mut mission_id = None;
+    match decision {
+        Decision::Approve => {
+            let mid = Uuid::now_v7();
+            mission_id = Some(mid);
+            events.push(KnownEvent::new(
+                "proposal.approved",
+                json!({"decided_by": "auto_approve", "policy_version": policy.version}),
+            ));
+            sql.push_str(&format!(
+                ", m AS (INSERT INTO missions (id, proposal_id, title, status, parallel, created_at, updated_at)                  SELECT {}, p.id, {}, 'running', {}, {now_p}, {now_p} FROM p RETURNING id)",
+                p.push(mid),
+                p.push(model.title.clone()),
+                p.push(model.parallel),
+                now_p = p.push(now),
+            ));
+            let mut rows = Vec::with_capacity(proposal.steps.len());
+            for (seq, spec) in proposal.steps.iter().enumerate() {
+                let max_attempts =
+                    i32::try_from(spec.max_attempts.unwrap_or(policy.worker.max_attempts))
+                        .unwrap_or(i32::MAX);
+                rows.push(format!(
+                    "({}, {}, {}, {}, {})",
+                    p.push(Uuid::now_v7()),
+                    p.push(i32::try_from(seq).unwrap_or(i32::MAX)),
+                    p.push(spec.kind.as_str().to_owned()),
+                    p.push(spec.payload.clone()),
+                    p.push(max_attempts),
+                ));
+            }
+            if !rows.is_empty() {
+                sql.push_str(&format!(
+                    ", s AS (INSERT INTO mission_steps (id, mission_id, seq, kind, payload, status, attempt,                      max_attempts, created_at, updated_at)                      SELECT x.id, m.id, x.seq, x.kind, x.payload, 'queued', 0, x.max_attempts, {now_p}, {now_p}                      FROM m CROSS JOIN (VALUES {}) x(id, seq, kind, payload, max_attempts))",
+                    rows.join(", "),
+                    now_p = p.push(now),
+                ));
+            }
+            let mut started = KnownEvent::new(
+                "mission.started",
+                json!({"title": model.title, "step_count": proposal.steps.len(),
+                       "parallel": model.parallel}),
+            );
+            started.mission_id = Some(mid);
+            events.push(started);
+        }
+        Decision::Reject(r) => events.push(KnownEvent::new(
+            "proposal.rejected",
+            json!({"reason": r.reason(), "detail": r.detail(), "policy_version": policy.version}),
+        )),
+        Decision::Pending | Decision::Duplicate => {}
+    }
+    for event in &mut events {
+        event.proposal_id = Some(id);
+    }
+    sql.push_str(&events_ctes(&mut p, &events, "p", now));
+    sql.push_str(" SELECT (SELECT fp FROM v) AS fp, (SELECT count(*) FROM p) AS inserted");
+
+    let row = db
+        .query_one_raw(stmt(DbBackend::Postgres, &sql, p.values))
+        .await?
+        .ok_or_else(|| WorkflowError::Conflict("submit statement returned no row".into()))?;
+    let stored_fp: i64 = row.try_get("", "fp")?;
+    let inserted: i64 = row.try_get("", "inserted")?;
+    if stored_fp != policy.fingerprint {
+        return Ok(Written::Stale);
+    }
+    if inserted == 0 {
+        return Ok(Written::Held);
+    }
+    if let Some(mid) = mission_id {
+        tracing::debug!(mission_id = %mid, "mission started");
+        for spec in &proposal.steps {
+            metrics::counter!("opsloop_steps_total", "kind" => spec.kind.to_string(), "status" => "queued")
+                .increment(1);
+        }
+    }
+    let (outcome, gate_label) = match decision {
+        Decision::Approve => ("approved", "auto_approve"),
+        Decision::Pending | Decision::Duplicate => ("pending", "auto_approve"),
+        Decision::Reject(r) => ("rejected", r.reason()),
+    };
+    metrics::counter!("opsloop_proposals_total", "outcome" => outcome, "gate" => gate_label)
+        .increment(1);
+    tracing::info!(proposal_id = %id, status = status.as_str(), gate = gate_label,
+        policy_version = policy.version, "proposal submitted");
+    Ok(Written::Done(Box::new(SubmitOutcome {
+        proposal: ProposalView {
+            proposal: model,
+            mission_id,
+        },
+        deduplicated: false,
+    })))
 }
 
 /// [`submit_proposal`] inside the caller's write transaction (from
@@ -374,10 +673,11 @@ async fn create_mission(
             .await?
             .ok_or_else(|| WorkflowError::Conflict("mission vanished".into()));
     }
-    for (seq, spec) in specs.iter().enumerate() {
-        let step_id = Uuid::now_v7();
-        mission_steps::ActiveModel {
-            id: Set(step_id),
+    let rows: Vec<mission_steps::ActiveModel> = specs
+        .iter()
+        .enumerate()
+        .map(|(seq, spec)| mission_steps::ActiveModel {
+            id: Set(Uuid::now_v7()),
             mission_id: Set(mission_id),
             seq: Set(i32::try_from(seq).unwrap_or(i32::MAX)),
             kind: Set(spec.kind.as_str().to_owned()),
@@ -398,9 +698,13 @@ async fn create_mission(
             started_at: Set(None),
             finished_at: Set(None),
             updated_at: Set(now),
-        }
-        .insert(tx)
-        .await?;
+        })
+        .collect();
+    if !rows.is_empty() {
+        // One multi-row insert, nothing returned.
+        mission_steps::Entity::insert_many(rows)
+            .exec_without_returning(tx)
+            .await?;
     }
     write_event(
         tx,

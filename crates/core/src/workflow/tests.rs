@@ -897,3 +897,96 @@ async fn two_relays_publish_each_event_once_in_order() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_policy_change_racing_submits_never_lets_one_through_a_closed_gate() {
+    both(|t| async move {
+        let db = t.db.clone();
+        // One process's cache, warmed while every gate is open.
+        let cache = PolicyCache::new();
+        let warm = submit_proposal_cached(&db, &cache, proposal(&["echo"], None), t0())
+            .await
+            .expect("warm");
+        assert_eq!(
+            warm.proposal.status().expect("status"),
+            ProposalStatus::Approved
+        );
+
+        // Submitters race an emergency stop engaged by another process (no
+        // access to this cache). Every submit that started after the stop
+        // committed must be rejected.
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..6 {
+            let db = db.clone();
+            let cache = cache.clone();
+            tasks.spawn(async move {
+                let mut seen = Vec::new();
+                for _ in 0..15 {
+                    let started = std::time::Instant::now();
+                    let out = submit_proposal_cached(&db, &cache, proposal(&["echo"], None), t0())
+                        .await
+                        .expect("submit");
+                    seen.push((started, out.proposal.status().expect("status")));
+                }
+                seen
+            });
+        }
+        tokio::task::yield_now().await;
+        engage_emergency_stop(&db, "test", "race", None, t0())
+            .await
+            .expect("engage");
+        let closed = std::time::Instant::now();
+        // Submits certainly started after the stop, on this cache.
+        for _ in 0..3 {
+            let out = submit_proposal_cached(&db, &cache, proposal(&["echo"], None), t0())
+                .await
+                .expect("after stop");
+            assert_eq!(
+                out.proposal.status().expect("status"),
+                ProposalStatus::Rejected
+            );
+            assert_eq!(
+                out.proposal.proposal.rejection_reason.as_deref(),
+                Some("emergency_stop")
+            );
+        }
+        let mut after = 0;
+        while let Some(done) = tasks.join_next().await {
+            for (started, status) in done.expect("join") {
+                if started > closed {
+                    after += 1;
+                    assert_eq!(status, ProposalStatus::Rejected, "passed a closed gate");
+                }
+            }
+        }
+        let _ = after;
+        // Claims on the same cache see the stop too.
+        let claim = claim_step_cached(&db, &cache, "w", &[kind("echo")], None, t0())
+            .await
+            .expect("claim");
+        assert_eq!(claim, ClaimOutcome::EmergencyStop);
+
+        // A toggle closed by another process with this cache stale (it last
+        // saw the toggle open): the next submit is rejected by the toggle.
+        release_emergency_stop(&db, "test", "over", None, t0())
+            .await
+            .expect("release");
+        set(&db, "tiktok_autopost", json!({"enabled": true})).await;
+        let open = submit_proposal_cached(&db, &cache, proposal(&["post_tiktok"], None), t0())
+            .await
+            .expect("open");
+        assert_ne!(
+            open.proposal.proposal.rejection_reason.as_deref(),
+            Some("toggle_disabled")
+        );
+        set(&db, "tiktok_autopost", json!({"enabled": false})).await;
+        let shut = submit_proposal_cached(&db, &cache, proposal(&["post_tiktok"], None), t0())
+            .await
+            .expect("shut");
+        assert_eq!(
+            shut.proposal.status().expect("status"),
+            ProposalStatus::Rejected
+        );
+    })
+    .await;
+}
