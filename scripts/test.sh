@@ -44,9 +44,22 @@ ensure_prometheus() {
   fi
 }
 
+# The alerter's amtool test drives Alertmanager's own CLI (Debian's
+# prometheus-alertmanager package ships amtool).
+ensure_amtool() {
+  command -v amtool >/dev/null && return
+  echo "test.sh: installing Debian's prometheus-alertmanager (amtool) for the tests"
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-alertmanager >/dev/null; }; then
+    echo "test.sh: could not install Debian's prometheus-alertmanager package; the alerter's amtool" >&2
+    echo "         test needs it: apt-get install -y --no-install-recommends prometheus-alertmanager" >&2
+    exit 1
+  fi
+}
+
 ensure_postgres
 ensure_rabbitmq
 ensure_prometheus
+ensure_amtool
 
 # Daemon process tests start the real binaries.
 cargo build --workspace --bins --quiet || { echo "test.sh: the build failed" >&2; exit 1; }

@@ -227,6 +227,15 @@ pub struct PostableAlert {
     pub status: Option<String>,
 }
 
+/// Go's zero `time.Time` (`0001-01-01T00:00:00Z`) or anything before it:
+/// what Go clients send for an unset time.
+pub fn is_go_zero(t: DateTime<Utc>) -> bool {
+    t.timestamp() <= GO_ZERO_UNIX
+}
+
+/// `0001-01-01T00:00:00Z` in Unix seconds.
+const GO_ZERO_UNIX: i64 = -62_135_596_800;
+
 fn valid_label_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -282,8 +291,12 @@ impl PostableAlert {
             Some("resolved") => true,
             Some(other) => return Err(AlertError::Status(other.into())),
         };
-        let starts_at = self.starts_at.or(self.ends_at).unwrap_or(now);
-        let ends_at = match (self.ends_at, resolved) {
+        // Go clients (amtool, client_golang) send the zero time for "not
+        // set"; Alertmanager reads it so, and so do we.
+        let posted_start = self.starts_at.filter(|t| !is_go_zero(*t));
+        let posted_end = self.ends_at.filter(|t| !is_go_zero(*t));
+        let starts_at = posted_start.or(posted_end).unwrap_or(now);
+        let ends_at = match (posted_end, resolved) {
             (Some(end), false) => end,
             (Some(end), true) => end.min(now),
             (None, true) => now,
@@ -456,6 +469,46 @@ pub(crate) mod tests {
             .expect("parses");
         assert_eq!(single[0].status.as_deref(), Some("firing"));
         assert!(parse_bus_payload(b"not json").is_err());
+    }
+
+    /// What `amtool alert add Name label=value` posts: Go's zero time for
+    /// both ends. Unset, as Alertmanager reads it: firing from now until
+    /// `resolve_timeout`.
+    #[test]
+    fn go_zero_times_from_amtool_are_unset() {
+        let body = r#"[{"labels":{"alertname":"AmtoolAdded","service":"api"},"annotations":{},"startsAt":"0001-01-01T00:00:00.000Z","endsAt":"0001-01-01T00:00:00.000Z","generatorURL":""}]"#;
+        let posted: Vec<PostableAlert> = serde_json::from_str(body).expect("amtool's body parses");
+        let now = at(100);
+        let timeout = Duration::minutes(5);
+        let alert = posted[0]
+            .clone()
+            .into_alert("http", now, timeout)
+            .expect("valid");
+        assert_eq!(alert.starts_at, now);
+        assert_eq!(alert.ends_at, Some(now + timeout));
+        assert_eq!(alert.status(now), Status::Firing);
+        assert_eq!(alert.generator_url, None);
+        // Only one end zero: the other is kept.
+        let only_start = PostableAlert {
+            ends_at: Some(at(400)),
+            ..posted[0].clone()
+        }
+        .into_alert("http", now, timeout)
+        .expect("valid");
+        assert_eq!(
+            (only_start.starts_at, only_start.ends_at),
+            (at(400), Some(at(400)))
+        );
+        let zero_end_resolved = PostableAlert {
+            starts_at: Some(at(0)),
+            status: Some("resolved".into()),
+            ..posted[0].clone()
+        }
+        .into_alert("http", now, timeout)
+        .expect("valid");
+        assert_eq!(zero_end_resolved.ends_at, Some(now));
+        assert!(is_go_zero(posted[0].starts_at.expect("parsed")));
+        assert!(!is_go_zero(DateTime::UNIX_EPOCH));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Receiver, ReceiverKind, RenderContext, chars, describe, link, title, truncate};
+use super::{AlertText, Receiver, ReceiverKind, RenderContext, chars, link, title, truncate};
 use crate::group::Notification;
 use crate::model::{Alert, Severity};
 
@@ -120,7 +120,7 @@ fn alert_embed(alert: &Alert, resolved: bool, n: &Notification, ctx: &RenderCont
     };
     Embed {
         title: truncate(&format!("[{state}] {}", alert.name()), MAX_TITLE),
-        description: truncate(&describe(alert), MAX_DESCRIPTION),
+        description: truncate(&AlertText::of(alert).markdown("**"), MAX_DESCRIPTION),
         colour: colour(severity, resolved),
         fields,
         footer: truncate(&format!("opsloop · {}", n.group_key), MAX_FOOTER),

@@ -343,12 +343,45 @@ pub fn title(notification: &Notification) -> String {
     }
 }
 
-/// The text that best describes an alert: description, summary or message.
+/// An alert's texts, as Alertmanager's default templates use them: the
+/// `summary` (or `message`) annotation is the headline, `description` the
+/// body. Either may be absent; a body equal to the headline is left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlertText<'a> {
+    pub headline: Option<&'a str>,
+    pub body: Option<&'a str>,
+}
+
+impl<'a> AlertText<'a> {
+    pub fn of(alert: &'a crate::model::Alert) -> Self {
+        let get = |k: &str| {
+            alert
+                .annotations
+                .get(k)
+                .map(String::as_str)
+                .filter(|v| !v.trim().is_empty())
+        };
+        let headline = get("summary").or_else(|| get("message"));
+        let body = get("description").filter(|b| Some(*b) != headline);
+        Self { headline, body }
+    }
+
+    /// The headline and the body as markdown (`bold` wraps the headline),
+    /// one paragraph each; empty when the alert has neither.
+    pub fn markdown(&self, bold: &str) -> String {
+        match (self.headline, self.body) {
+            (Some(h), Some(b)) => format!("{bold}{h}{bold}\n{b}"),
+            (Some(h), None) => format!("{bold}{h}{bold}"),
+            (None, Some(b)) => b.to_owned(),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+/// One line about an alert: its headline, else its description.
 pub fn describe(alert: &crate::model::Alert) -> String {
-    ["description", "summary", "message"]
-        .iter()
-        .find_map(|k| alert.annotations.get(*k).filter(|v| !v.is_empty()).cloned())
-        .unwrap_or_default()
+    let text = AlertText::of(alert);
+    text.headline.or(text.body).unwrap_or_default().to_owned()
 }
 
 /// The dashboard or runbook link of an alert, when annotated.
@@ -437,6 +470,148 @@ pub(crate) mod tests {
             vec![b],
             at(10),
         )
+    }
+
+    /// Every combination of summary / description / runbook_url, through
+    /// every receiver: the summary is the headline, the description the
+    /// body, each shown exactly once; the runbook is linked when given.
+    #[test]
+    fn summary_description_runbook_in_every_receiver() {
+        const SUMMARY: &str = "SUMMARY-api-is-down";
+        const DESCRIPTION: &str = "DESCRIPTION-all-5-replicas-fail-health-checks";
+        const RUNBOOK: &str = "https://runbooks.example/api-down";
+        let count = |haystack: &serde_json::Value, needle: &str| {
+            serde_json::to_string(haystack)
+                .expect("json")
+                .matches(needle)
+                .count()
+        };
+        let pd = pagerduty::PagerDuty {
+            routing_key: Secret::new("KEY"),
+        };
+        let ctx = RenderContext::default();
+        for mask in 0..8u8 {
+            let (has_summary, has_description, has_runbook) =
+                (mask & 1 != 0, mask & 2 != 0, mask & 4 != 0);
+            let case = format!(
+                "summary={has_summary} description={has_description} runbook={has_runbook}"
+            );
+            let mut a = alert(
+                &[
+                    ("alertname", "Down"),
+                    ("severity", "critical"),
+                    ("service", "api"),
+                ],
+                0,
+            );
+            if has_summary {
+                a.annotations.insert("summary".into(), SUMMARY.into());
+            }
+            if has_description {
+                a.annotations
+                    .insert("description".into(), DESCRIPTION.into());
+            }
+            if has_runbook {
+                a.annotations.insert("runbook_url".into(), RUNBOOK.into());
+            }
+            let n = Notification::new("r", "{}:{}", LabelSet::new(), vec![a], Vec::new(), at(1));
+            let once = |present: bool| usize::from(present);
+
+            // Slack: the body section is "*summary*\ndescription"; the
+            // listing does not repeat either; a runbook button.
+            let p = slack::Slack.payload(&n, &ctx);
+            assert_eq!(count(&p, SUMMARY), once(has_summary), "slack {case}: {p}");
+            assert_eq!(
+                count(&p, DESCRIPTION),
+                once(has_description),
+                "slack {case}: {p}"
+            );
+            let blocks = p["blocks"].as_array().expect("blocks");
+            let body = blocks[2]["text"]["text"].as_str().unwrap_or_default();
+            match (has_summary, has_description) {
+                (true, true) => {
+                    assert_eq!(body, format!("*{SUMMARY}*\n{DESCRIPTION}"), "slack {case}")
+                }
+                (true, false) => assert_eq!(body, format!("*{SUMMARY}*"), "slack {case}"),
+                (false, true) => assert_eq!(body, DESCRIPTION, "slack {case}"),
+                (false, false) => {
+                    assert!(!body.contains("SUMMARY") && !body.contains("DESCRIPTION"))
+                }
+            }
+            let button = blocks
+                .iter()
+                .any(|b| b["type"] == "actions" && b["elements"][0]["url"] == RUNBOOK);
+            assert_eq!(button, has_runbook, "slack {case}");
+
+            // Discord: the embed's description carries both, headline first.
+            let p = discord::Discord.payload(&n, &ctx);
+            assert_eq!(count(&p, SUMMARY), once(has_summary), "discord {case}: {p}");
+            assert_eq!(
+                count(&p, DESCRIPTION),
+                once(has_description),
+                "discord {case}: {p}"
+            );
+            let embed = &p["embeds"][0];
+            let text = embed["description"].as_str().unwrap_or_default();
+            match (has_summary, has_description) {
+                (true, true) => assert_eq!(
+                    text,
+                    format!("**{SUMMARY}**\n{DESCRIPTION}"),
+                    "discord {case}"
+                ),
+                (true, false) => assert_eq!(text, format!("**{SUMMARY}**"), "discord {case}"),
+                (false, true) => assert_eq!(text, DESCRIPTION, "discord {case}"),
+                (false, false) => assert!(embed.get("description").is_none(), "discord {case}"),
+            }
+            let runbook_field = embed["fields"]
+                .as_array()
+                .expect("fields")
+                .iter()
+                .any(|f| f["name"] == "Runbook" && f["value"] == RUNBOOK);
+            assert_eq!(runbook_field, has_runbook, "discord {case}");
+
+            // Webhook v4: the annotations as posted, in the alert and in
+            // the common annotations.
+            let p = webhook::Webhook.payload(&n, &ctx);
+            assert_eq!(
+                p["alerts"][0]["annotations"],
+                serde_json::json!(n.firing[0].annotations),
+                "webhook {case}"
+            );
+            assert_eq!(
+                p["commonAnnotations"],
+                serde_json::json!(n.firing[0].annotations),
+                "webhook {case}"
+            );
+
+            // PagerDuty: the event summary is the headline (the description
+            // when there is no summary); details carry both; runbook link.
+            let p = pd.payload(&n, &ctx);
+            let summary = p["payload"]["summary"].as_str().expect("summary");
+            let expected = match (has_summary, has_description) {
+                (true, _) => format!("[FIRING:1] Down: {SUMMARY}"),
+                (false, true) => format!("[FIRING:1] Down: {DESCRIPTION}"),
+                (false, false) => "[FIRING:1] Down".to_owned(),
+            };
+            assert_eq!(summary, expected, "pagerduty {case}");
+            let details = &p["payload"]["custom_details"]["alerts"][0];
+            assert_eq!(
+                count(details, SUMMARY),
+                once(has_summary),
+                "pagerduty {case}"
+            );
+            assert_eq!(
+                count(details, DESCRIPTION),
+                once(has_description),
+                "pagerduty {case}"
+            );
+            let linked = p["links"]
+                .as_array()
+                .expect("links")
+                .iter()
+                .any(|l| l["href"] == RUNBOOK && l["text"] == "Runbook");
+            assert_eq!(linked, has_runbook, "pagerduty {case}");
+        }
     }
 
     #[test]

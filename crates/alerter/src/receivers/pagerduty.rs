@@ -6,7 +6,7 @@ use opsloop_core::secrets::Secret;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{Receiver, ReceiverKind, RenderContext, describe, title, truncate};
+use super::{AlertText, Receiver, ReceiverKind, RenderContext, describe, title, truncate};
 use crate::group::Notification;
 use crate::model::Severity;
 
@@ -63,10 +63,15 @@ impl Receiver for PagerDuty {
             .iter()
             .take(MAX_LISTED)
             .map(|a| {
-                json!({
+                let text = AlertText::of(a);
+                let mut listed = json!({
                     "labels": a.labels.iter().map(|(k, v)| (k.clone(), truncate(v, 256))).collect::<std::collections::BTreeMap<_, _>>(),
                     "summary": truncate(&describe(a), 512),
-                })
+                });
+                if let (Some(_), Some(body)) = (text.headline, text.body) {
+                    listed["description"] = json!(truncate(body, 512));
+                }
+                listed
             })
             .collect();
         let mut links = Vec::new();

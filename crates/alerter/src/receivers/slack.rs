@@ -8,7 +8,8 @@
 use serde_json::{Value, json};
 
 use super::{
-    Receiver, ReceiverKind, RenderContext, describe, link, title, tokyo_and_utc, truncate,
+    AlertText, Receiver, ReceiverKind, RenderContext, describe, link, title, tokyo_and_utc,
+    truncate,
 };
 use crate::group::Notification;
 use crate::model::Severity;
@@ -81,10 +82,15 @@ impl Receiver for Slack {
             json!({"type": "header", "text": {"type": "plain_text", "text": truncate(&header, MAX_HEADER), "emoji": true}}),
             json!({"type": "section", "fields": fields}),
         ];
-        let description = first.map(describe).unwrap_or_default();
-        if !description.is_empty() {
-            blocks.push(mrkdwn_section(&description));
+        // The first alert's headline (bold) and description: the body of
+        // the message. The listing below does not repeat these texts.
+        let shown = first.map(AlertText::of);
+        let body = shown.map(|t| t.markdown("*")).unwrap_or_default();
+        if !body.is_empty() {
+            blocks.push(mrkdwn_section(&body));
         }
+        let already_shown =
+            |text: &str| shown.is_some_and(|t| t.headline == Some(text) || t.body == Some(text));
 
         // Tail blocks (button, context) are reserved before listing alerts.
         let mut tail = Vec::new();
@@ -118,7 +124,11 @@ impl Receiver for Slack {
                     .map(|i| format!(" `{i}`"))
                     .unwrap_or_default();
                 let text = describe(a);
-                let line = format!("{mark} *{}*{instance} {text}", a.name());
+                let line = if text.is_empty() || already_shown(&text) {
+                    format!("{mark} *{}*{instance}", a.name())
+                } else {
+                    format!("{mark} *{}*{instance} {text}", a.name())
+                };
                 // One line never takes more than a tenth of a section.
                 truncate(&line, MAX_SECTION_TEXT / 10)
             })
@@ -217,7 +227,8 @@ mod tests {
         assert_eq!(fields[3]["text"], "*Environment*\nproduction");
         assert_eq!(blocks[2]["text"]["text"], "api is down");
         let listing = blocks[3]["text"]["text"].as_str().expect("listing");
-        assert!(listing.contains("🔥 *Down* `h1` api is down"), "{listing}");
+        assert!(listing.contains("🔥 *Down* `h1`"), "{listing}");
+        assert!(!listing.contains("api is down"), "shown once: {listing}");
         assert!(listing.contains("✅ *Down* `h2`"), "{listing}");
         let actions = blocks
             .iter()

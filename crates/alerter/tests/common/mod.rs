@@ -186,7 +186,7 @@ pub fn secrets(pairs: &[(&str, &str)]) -> SecretStore {
         pairs
             .iter()
             .map(|(k, v)| (SecretStore::env_name(k), (*v).to_owned()))
-            .collect(),
+            .collect::<Vec<_>>(),
     )
 }
 
