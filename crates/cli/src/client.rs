@@ -277,11 +277,29 @@ pub fn unreachable(daemon: Daemon, endpoint: &str) -> anyhow::Error {
     )
 }
 
+/// True when the api answered UNAVAILABLE because its database is down
+/// (the api is up), as opposed to a connection that never reached it.
+pub fn database_unavailable(status: &Status) -> bool {
+    status.code() == Code::Unavailable
+        && (status
+            .metadata()
+            .get(opsloop_core::workflow::UNAVAILABLE_CAUSE_HEADER)
+            .is_some_and(|v| v == "database")
+            || status
+                .message()
+                .starts_with(opsloop_core::workflow::DATABASE_UNAVAILABLE))
+}
+
 /// `CODE: message — what to do`, on one line.
 pub fn status_line(daemon: Daemon, endpoint: &str, status: &Status) -> String {
     let name = daemon.name();
     let message = crate::output::one_line(status.message());
     let hint = match status.code() {
+        Code::Unavailable if database_unavailable(status) => {
+            return format!(
+                "UNAVAILABLE: the {name} at {endpoint} is up but its database is unavailable — check the database; the {name} reconnects on its own"
+            );
+        }
         Code::Unavailable => {
             return format!(
                 "UNAVAILABLE: cannot reach {name} at {endpoint} — is it running? (opsloop dev){}",

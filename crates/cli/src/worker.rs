@@ -203,13 +203,16 @@ impl<H: StepHandler> Worker<H> {
             let response = match claimed {
                 Ok(response) => response.into_inner(),
                 Err(status) if is_transient(status.code()) => {
-                    let wait = jittered(idle.max(Duration::from_secs(1)));
+                    let outage = Outage::of(&status);
+                    let (wait, next) = outage.backoff(idle, self.config.max_idle_backoff);
+                    let wait = jittered(wait);
                     (self.on_event)(WorkerEvent::Notice(format!(
-                        "claim failed, retrying in {:.1}s: {}",
+                        "{}, retrying in {:.1}s: {}",
+                        outage.describe(),
                         wait.as_secs_f64(),
                         self.connection.error(status)
                     )));
-                    idle = (idle * 2).min(self.config.max_idle_backoff);
+                    idle = next;
                     sleep_or_stop(wait, &stop).await;
                     continue;
                 }
@@ -380,6 +383,53 @@ impl<H: StepHandler> Worker<H> {
                 Err(status) => return Err(self.connection.error(status)),
             }
         }
+    }
+}
+
+/// Why a claim failed, as far as the worker can tell; the two outages need
+/// different answers. Neither ends the worker: both heal on their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// The call never reached the api (refused, reset, DNS, TLS): the api
+    /// is down or restarting, which takes seconds — retry from 1 s,
+    /// doubling up to the idle backoff (5 s).
+    ApiUnreachable,
+    /// The api answered UNAVAILABLE because its database is down: the api
+    /// is fine, asking it again soon only costs it a failed pool acquire —
+    /// retry from 2 s, doubling up to 15 s.
+    DatabaseUnavailable,
+    /// Any other transient answer (deadline, overload): as unreachable.
+    Other,
+}
+
+impl Outage {
+    pub fn of(status: &tonic::Status) -> Self {
+        if crate::client::database_unavailable(status) {
+            Self::DatabaseUnavailable
+        } else if status.code() == Code::Unavailable {
+            Self::ApiUnreachable
+        } else {
+            Self::Other
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::ApiUnreachable => "cannot connect to the api",
+            Self::DatabaseUnavailable => "the api is up but its database is unavailable",
+            Self::Other => "claim failed",
+        }
+    }
+
+    /// The wait before the next claim and the next backoff base, from the
+    /// current one (`idle`).
+    pub fn backoff(self, idle: Duration, max_idle: Duration) -> (Duration, Duration) {
+        let (floor, cap) = match self {
+            Self::DatabaseUnavailable => (Duration::from_secs(2), Duration::from_secs(15)),
+            Self::ApiUnreachable | Self::Other => (Duration::from_secs(1), max_idle),
+        };
+        let wait = idle.max(floor).min(cap.max(floor));
+        (wait, (wait * 2).min(cap.max(floor)))
     }
 }
 
@@ -703,6 +753,52 @@ mod tests {
             error.chars().count(),
             "exit code 1: …".chars().count() + ERROR_TAIL_CHARS
         );
+    }
+
+    #[test]
+    fn outages_are_told_apart_and_backed_off_differently() {
+        let refused = tonic::Status::unavailable("tcp connect error: Connection refused");
+        assert_eq!(Outage::of(&refused), Outage::ApiUnreachable);
+        // What the api sends when its database is down (the mapping in core).
+        let database: tonic::Status = opsloop_core::workflow::WorkflowError::Db(
+            sea_orm::DbErr::Conn(sea_orm::RuntimeErr::Internal("pool timed out".into())),
+        )
+        .into();
+        assert_eq!(Outage::of(&database), Outage::DatabaseUnavailable);
+        let line = crate::client::status_line(
+            crate::client::Daemon::Api,
+            "http://127.0.0.1:50051",
+            &database,
+        );
+        assert!(
+            line.contains("is up but its database is unavailable"),
+            "{line}"
+        );
+        assert!(!line.contains("is it running"), "{line}");
+        let line = crate::client::status_line(
+            crate::client::Daemon::Api,
+            "http://127.0.0.1:50051",
+            &refused,
+        );
+        assert!(line.contains("is it running"), "{line}");
+
+        let max = Duration::from_secs(5);
+        let mut idle = Duration::from_millis(200);
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            let (wait, next) = Outage::ApiUnreachable.backoff(idle, max);
+            waits.push(wait.as_secs());
+            idle = next;
+        }
+        assert_eq!(waits, [1, 2, 4, 5, 5, 5]);
+        let mut idle = Duration::from_millis(200);
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            let (wait, next) = Outage::DatabaseUnavailable.backoff(idle, max);
+            waits.push(wait.as_secs());
+            idle = next;
+        }
+        assert_eq!(waits, [2, 4, 8, 15, 15, 15]);
     }
 
     fn step() -> Step {

@@ -106,13 +106,27 @@ impl From<WorkflowError> for tonic::Status {
             }
             WorkflowError::Db(_) => {
                 tracing::error!(%error, "database error");
-                tonic::Status::unavailable("database unavailable, retry later")
+                let mut status = tonic::Status::unavailable(DATABASE_UNAVAILABLE);
+                // Lets clients tell "the api is up, its database is not"
+                // from "cannot connect to the api".
+                status.metadata_mut().insert(
+                    UNAVAILABLE_CAUSE_HEADER,
+                    tonic::metadata::MetadataValue::from_static("database"),
+                );
+                status
             }
         }
     }
 }
 
 pub type Result<T, E = WorkflowError> = std::result::Result<T, E>;
+
+/// The message of the api's UNAVAILABLE when its database failed.
+pub const DATABASE_UNAVAILABLE: &str = "database unavailable, retry later";
+
+/// Metadata key on an api UNAVAILABLE naming what is unavailable
+/// (`database`); absent on transport failures, which never reached the api.
+pub const UNAVAILABLE_CAUSE_HEADER: &str = "opsloop-unavailable";
 
 /// Timestamps are stored with microsecond precision (PostgreSQL's); cutting
 /// `now` to that keeps what we return equal to what we stored.
