@@ -34,15 +34,34 @@ check-deploy:
 smoke:
     bash scripts/smoke.sh
 
-# fmt, clippy, tests, smoke; names the failed stage.
+# fmt, clippy, quick tests, deployment files, coverage (floor in README),
+# smoke x3; the last line names the failed stage.
 release-check:
     bash scripts/release_check.sh
 
-daily-health:
-    bash scripts/daily_health_check.sh
+# Line coverage per crate of the unit tests, against the floor (cargo-llvm-cov).
+coverage:
+    RELEASE_CHECK_STAGES=coverage bash scripts/release_check.sh
+
+# Go/No-Go before a release: release check, smoke x3, secrets, /healthz and
+# /metrics, broker connected, a verified backup under a day old; exit 0 = GO.
+go-no-go *ARGS:
+    bash scripts/go_no_go.sh {{ARGS}}
+
+# The daily checklist: `just daily-health --morning` (09:00) or `--evening` (18:00).
+daily-health *ARGS:
+    bash scripts/daily_health_check.sh {{ARGS}}
 
 backup-now:
     bash scripts/backup_now.sh
+
+# Restore a backup (lists them without an id): docs/runbook.md#restore.
+restore *ARGS:
+    bash scripts/restore.sh {{ARGS}}
+
+# Rotate the compose stack's secrets, checking after each phase.
+rotate-secrets *ARGS:
+    bash scripts/rotate_secrets_check.sh {{ARGS}}
 
 # The compose stack (needs a Docker engine).
 compose-up:

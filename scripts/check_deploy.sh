@@ -600,7 +600,7 @@ check_scripts() {
   for f in scripts/check_deploy.sh scripts/smoke.sh scripts/release_check.sh scripts/daily_health_check.sh \
     scripts/backup_now.sh scripts/restore.sh scripts/rotate_secrets_check.sh deploy/compose/init-secrets.sh \
     scripts/compose_e2e.sh scripts/systemd_e2e.sh scripts/offline_images.sh scripts/lib/docker_engine.sh \
-    scripts/test.sh; do
+    scripts/test.sh scripts/go_no_go.sh scripts/lib/ops_common.sh; do
     [[ -f "$f" ]] || continue
     if ! out=$(bash -n "$f" 2>&1 && shellcheck -x "$f" 2>&1); then say "$out"; ok=0; fail "scripts: $f"; fi
   done

@@ -17,9 +17,22 @@
 #        deploy/compose (docker compose or docker-compose).
 # Environment: OPSLOOP_SECRETS_DIR (default deploy/compose/secrets),
 #   WAIT_SECONDS=120, and the scripts/smoke.sh variables.
+# Needs docker with compose, curl and the opsloop CLI; without one it stops
+# at once with one line saying how to get it. Tracing (`bash -x`) is
+# switched off: this script handles secret values.
+#   ROTATE_COMPOSE: the stack's compose command (default: docker compose, or
+#   docker-compose, with -f deploy/compose/docker-compose.yml; split on
+#   spaces), e.g. with a project name and an override file.
+if [[ $- == *x* ]]; then
+  set +x
+  echo "rotate: tracing switched off (this script handles secret values)" >&2
+fi
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 ROOT="$PWD"
+SCRIPT_NAME=rotate
+# shellcheck source=scripts/lib/ops_common.sh
+source scripts/lib/ops_common.sh
 COMPOSE_FILE="$ROOT/deploy/compose/docker-compose.yml"
 SECRETS="${OPSLOOP_SECRETS_DIR:-$ROOT/deploy/compose/secrets}"
 export OPSLOOP_SECRETS_DIR="$SECRETS"
@@ -28,14 +41,20 @@ DAEMONS=(api heartbeat-worker alerter backup-agent)
 phases=("$@")
 ((${#phases[@]})) || phases=(tokens database broker)
 
-if docker compose version >/dev/null 2>&1; then
-  compose() { docker compose -f "$COMPOSE_FILE" "$@"; }
+need_tool docker "install Docker (apt-get install docker.io docker-compose)"
+need_tool curl "apt-get install curl"
+find_cli
+if [[ -n "${ROTATE_COMPOSE:-}" ]]; then
+  read -r -a compose_cmd <<<"$ROTATE_COMPOSE"
+  need_tool "${compose_cmd[0]}" "install Docker Compose (apt-get install docker-compose) or fix ROTATE_COMPOSE"
+elif docker compose version >/dev/null 2>&1; then
+  compose_cmd=(docker compose -f "$COMPOSE_FILE")
 elif command -v docker-compose >/dev/null; then
-  compose() { docker-compose -f "$COMPOSE_FILE" "$@"; }
+  compose_cmd=(docker-compose -f "$COMPOSE_FILE")
 else
-  echo "rotate: neither docker compose nor docker-compose found" >&2
-  exit 2
+  missing "docker compose" "install the compose plugin or docker-compose (apt-get install docker-compose)"
 fi
+compose() { "${compose_cmd[@]}" "$@"; }
 
 vault="$(mktemp -d)"
 chmod 0700 "$vault"
@@ -75,7 +94,7 @@ wait_healthy() { # services...
 check() { # phase
   echo "rotate: [$1] checking health, metrics and smoke"
   wait_healthy "${DAEMONS[@]}" || return 1
-  OPSLOOP_TOKEN_FILE="$SECRETS/admin_token" SMOKE_REPEAT_COUNT=1 bash scripts/smoke.sh >"$vault/smoke.log" 2>&1 || {
+  OPSLOOP_BIN="$CLI" OPSLOOP_TOKEN_FILE="$SECRETS/admin_token" SMOKE_REPEAT_COUNT=1 bash scripts/smoke.sh >"$vault/smoke.log" 2>&1 || {
     tail -20 "$vault/smoke.log" >&2
     return 1
   }
@@ -103,7 +122,7 @@ phase_tokens() {
   put agent_token "$(random)"
   restart api alerter backup-agent
   check tokens || fail_phase tokens "${names[@]}"
-  if OPSLOOP_TOKEN_FILE="$vault/old.admin_token" "${OPSLOOP_BIN:-opsloop}" health >/dev/null 2>&1; then
+  if OPSLOOP_TOKEN_FILE="$vault/old.admin_token" "$CLI" health >/dev/null 2>&1; then
     echo "rotate: the old admin token is still accepted" >&2
     fail_phase tokens "${names[@]}"
   fi

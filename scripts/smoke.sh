@@ -22,9 +22,21 @@
 #   SMOKE_REPEAT_COUNT=1  SMOKE_TIMEOUT=60 (seconds per proposal)
 #   SMOKE_STRICT_METRICS=1 (default): fail when `promtool check metrics`
 #   complains about a daemon's /metrics (0: print a note instead)
-# On failure prints `failed_iteration=i/N` and the failing stage.
+#   SMOKE_COMPOSE: the stack's compose command, e.g. "docker compose -f
+#     deploy/compose/docker-compose.yml" (split on spaces); the diagnostics
+#     then carry `ps` and `logs --tail=200` of the failing services
+#   SMOKE_ARTIFACTS_DIR: where a failed run's artefacts are kept (default: a
+#     new /tmp/opsloop-smoke.* directory, printed)
+# On failure prints the diagnostics (failing services, their `ps` and log
+# tail under compose, every /readyz body, the artefacts), then
+# `smoke: FAILED at stage: <stage>` and `failed_iteration=i/N` last.
+# Needs curl, python3, the opsloop CLI and the admin token; without one it
+# stops at once with one line saying how to get it. Never prints the token.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
+SCRIPT_NAME=smoke
+# shellcheck source=scripts/lib/ops_common.sh
+source scripts/lib/ops_common.sh
 
 simulate=0
 for arg in "$@"; do
@@ -44,46 +56,47 @@ TIMEOUT="${SMOKE_TIMEOUT:-60}"
 RECEIVER="${SMOKE_ALERT_RECEIVER:-local}"
 export OPSLOOP_ACTOR="${OPSLOOP_ACTOR:-smoke}"
 
-if [[ -n "${OPSLOOP_BIN:-}" ]]; then
-  CLI="$OPSLOOP_BIN"
-elif command -v opsloop >/dev/null; then
-  CLI=opsloop
-elif [[ -x target/release/opsloop ]]; then
-  CLI=target/release/opsloop
-else
-  CLI=target/debug/opsloop
+need_tool curl "apt-get install curl"
+need_tool python3 "apt-get install python3"
+find_cli
+need_token
+compose_cmd=()
+if [[ -n "${SMOKE_COMPOSE:-}" ]]; then
+  read -r -a compose_cmd <<<"$SMOKE_COMPOSE"
+  need_tool "${compose_cmd[0]}" "install Docker Compose (apt-get install docker-compose) or fix SMOKE_COMPOSE"
 fi
-for tool in curl "$CLI"; do
-  command -v "$tool" >/dev/null || { echo "smoke: $tool not found" >&2; exit 2; }
-done
 if ! [[ "$REPEAT" =~ ^[1-9][0-9]*$ ]]; then
   echo "smoke: SMOKE_REPEAT_COUNT must be a positive whole number" >&2
   exit 2
 fi
 
 tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
+auth="$(mktemp -d)"
+trap 'rm -rf "$tmp" "$auth"' EXIT
+auth_header "$auth/header"
+CURL_AUTH=(-H "@$auth/header")
 stage=""
 
-# JSON field by a dotted path, with jq or python3.
-json() { # file path
-  if command -v jq >/dev/null; then
-    jq -r ".$2 // empty" "$1"
-  else
-    python3 -c 'import json,sys
-v=json.load(open(sys.argv[1]))
-for k in sys.argv[2].split("."):
-    v=v.get(k) if isinstance(v,dict) else None
-print("" if v is None else v)' "$1" "$2"
-  fi
-}
+json() { json_get "$@"; }
+failing=() # services whose HTTP checks failed
 
 diagnostics() {
+  local services=("${failing[@]}") kept
   echo "--- diagnostics (stage: $stage)"
+  if ((${#services[@]})); then echo "failing services: ${services[*]}"; fi
+  if ((${#compose_cmd[@]})); then
+    echo "--- ${compose_cmd[*]} ps"
+    "${compose_cmd[@]}" ps 2>&1
+    if ((${#services[@]} == 0)); then services=(api heartbeat-worker alerter backup-agent); fi
+    for svc in "${services[@]}"; do
+      echo "--- ${compose_cmd[*]} logs --tail=200 $svc"
+      "${compose_cmd[@]}" logs --no-color --tail=200 "$svc" 2>&1
+    done
+  fi
+  local body
   for base in "$API_HTTP" "$HEARTBEAT_HTTP" "$ALERTER_HTTP" "$BACKUP_HTTP"; do
-    printf '%s/readyz: ' "$base"
-    curl -s -m 5 "$base/readyz" || printf 'no answer'
-    echo
+    body=$(curl -s -m 5 "${CURL_AUTH[@]}" "$base/readyz") || body=""
+    printf '%s/readyz: %s\n' "$base" "${body:-no answer}"
   done
   for f in "$tmp"/*.json "$tmp"/*.err; do
     [[ -s "$f" ]] || continue
@@ -92,14 +105,18 @@ diagnostics() {
     echo
   done
   "$CLI" health 2>&1 | head -20 || true
+  kept="${SMOKE_ARTIFACTS_DIR:-$(mktemp -d /tmp/opsloop-smoke.XXXXXX)}"
+  mkdir -p "$kept" && cp -p "$tmp"/* "$kept"/ 2>/dev/null
+  echo "artefacts: $kept (attach them to the escalation: docs/runbook.md#escalation)"
 }
 
 http_check() { # name base
   local name=$1 base=$2 code
   for path in /healthz /readyz /metrics; do
     stage="$name $path"
-    code=$(curl -s -m 5 -o "$tmp/$name${path//\//_}.body" -w '%{http_code}' "$base$path") || code=000
+    code=$(curl -s -m 5 "${CURL_AUTH[@]}" -o "$tmp/$name${path//\//_}.body" -w '%{http_code}' "$base$path") || code=000
     if [[ "$code" != 200 ]]; then
+      failing+=("$name")
       echo "smoke: $name $base$path answered $code" >&2
       head -c 500 "$tmp/$name${path//\//_}.body" >&2 2>/dev/null
       return 1
@@ -107,6 +124,7 @@ http_check() { # name base
   done
   stage="$name /metrics content"
   if ! grep -q '^# TYPE process_resident_memory_bytes gauge' "$tmp/${name}_metrics.body"; then
+    failing+=("$name")
     echo "smoke: $name /metrics is not the expected Prometheus text" >&2
     return 1
   fi
@@ -205,6 +223,7 @@ iteration() { # i
 started=$(date +%s)
 for ((i = 1; i <= REPEAT; i++)); do
   rm -f "$tmp"/*
+  failing=()
   if ! iteration "$i"; then
     diagnostics >&2
     echo "smoke: FAILED at stage: $stage"
