@@ -90,8 +90,8 @@ async fn daemon_starts_serves_and_stops(binary: &str, section: &str, has_grpc: b
         "ready after {ready_after:?}"
     );
 
-    let (status, metrics) = get(&format!("{base}/metrics"), Duration::from_secs(5)).await;
-    assert_eq!(status, 200);
+    let (status, metrics) = get_with_token(&format!("{base}/metrics"), ADMIN_TOKEN).await;
+    assert_eq!(status, 200, "{metrics}");
     assert!(
         metrics.contains("process_resident_memory_bytes"),
         "{metrics}"
@@ -106,6 +106,19 @@ async fn daemon_starts_serves_and_stops(binary: &str, section: &str, has_grpc: b
     );
     let _ = std::fs::remove_dir_all(audit_dir);
     db.cleanup().await;
+}
+
+/// GET with `authorization: Bearer <token>`.
+async fn get_with_token(url: &str, token: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
 }
 
 #[tokio::test]
@@ -139,6 +152,286 @@ fn a_bad_config_value_fails_with_one_line_naming_the_key() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("database.max_connections"), "{stderr}");
+}
+
+/// Whether `READY=1` reaches `socket` within `within`.
+fn ready_within(socket: &std::os::unix::net::UnixDatagram, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    let mut buf = [0u8; 512];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        socket.set_read_timeout(Some(left)).expect("timeout");
+        match socket.recv(&mut buf) {
+            Ok(n) => {
+                if String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == "READY=1")
+                {
+                    return true;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+/// `READY=1` semantics with a fake `NOTIFY_SOCKET` and the broker behind a
+/// severed proxy: the api is ready without the broker (its outbox keeps
+/// events), the alerter and the heartbeat-worker only once the broker answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_waits_for_the_broker_only_where_the_work_needs_it() {
+    require_rabbitmq().await;
+    let db = fresh_postgres().await;
+    let proxy = opsloop_core::bus::testing::TcpProxy::start(&broker_authority())
+        .await
+        .expect("proxy");
+    proxy.sever();
+    let bus_url = opsloop_core::bus::testing::via(&amqp_url(), proxy.addr);
+    let bus = isolated_settings(&bus_url);
+    let dir = tempfile_dir();
+    let mut daemons = Vec::new();
+    for (binary, section, needs_broker) in [
+        ("opsloop-api", "API", false),
+        ("opsloop-alerter", "ALERTER", true),
+        ("opsloop-heartbeat-worker", "HEARTBEAT", true),
+    ] {
+        let socket_path = dir.join(format!("{binary}.notify"));
+        let socket =
+            std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind notify socket");
+        let http_key = format!("OPSLOOP__{section}__HTTP_ADDR");
+        let grpc_key = format!("OPSLOOP__{section}__GRPC_ADDR");
+        let mut env = vec![
+            (http_key.as_str(), "127.0.0.1:0".to_owned()),
+            ("NOTIFY_SOCKET", socket_path.display().to_string()),
+            ("OPSLOOP_DATABASE_URL", db.url.clone()),
+            ("OPSLOOP__BUS__KIND", "rabbitmq".to_owned()),
+            ("OPSLOOP__BUS__URL", bus_url.clone()),
+            ("OPSLOOP__BUS__EXCHANGE", bus.exchange.clone()),
+            (
+                "OPSLOOP__BUS__DEAD_LETTER_EXCHANGE",
+                bus.dead_letter_exchange.clone(),
+            ),
+            ("OPSLOOP__BUS__QUEUE_TYPE", "classic".to_owned()),
+            ("OPSLOOP__BUS__QUEUE_EXPIRES_MS", "60000".to_owned()),
+            ("OPSLOOP__BUS__RECONNECT_MAX_BACKOFF_MS", "300".to_owned()),
+            (
+                "OPSLOOP__ALERTER__QUEUE",
+                format!("{}.alerter", bus.exchange),
+            ),
+            (
+                "OPSLOOP__HEARTBEAT__REACTIONS_QUEUE",
+                format!("{}.reactions", bus.exchange),
+            ),
+            (
+                "OPSLOOP__AUDIT__LOG_PATH",
+                dir.join(format!("{binary}.audit.jsonl"))
+                    .display()
+                    .to_string(),
+            ),
+            ("OPSLOOP__SHUTDOWN__DRAIN_TIMEOUT_MS", "2000".to_owned()),
+        ];
+        if section != "HEARTBEAT" {
+            env.push((grpc_key.as_str(), "127.0.0.1:0".to_owned()));
+        }
+        let daemon = tokio::task::block_in_place(|| {
+            DaemonProcess::start(binary, &env, Duration::from_secs(30))
+        });
+        daemons.push((binary, needs_broker, socket, daemon));
+    }
+    // Started (listening) with the broker away: the api is ready, the others not.
+    for (binary, needs_broker, socket, _) in &daemons {
+        let ready = tokio::task::block_in_place(|| ready_within(socket, Duration::from_secs(3)));
+        assert_eq!(
+            ready, !needs_broker,
+            "{binary}: READY=1 with the broker unreachable must be {}",
+            !needs_broker
+        );
+    }
+    proxy.restore();
+    for (binary, needs_broker, socket, _) in &daemons {
+        if *needs_broker {
+            let ready =
+                tokio::task::block_in_place(|| ready_within(socket, Duration::from_secs(20)));
+            assert!(ready, "{binary}: READY=1 once the broker answers");
+        }
+    }
+    for (_, _, _, mut daemon) in daemons {
+        daemon.terminate(Duration::from_secs(10));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    db.cleanup().await;
+}
+
+/// `host:port` of the test broker.
+fn broker_authority() -> String {
+    let url = amqp_url();
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
+        .to_owned()
+}
+
+/// Runs `binary --config <file>` with `config` as the file's text, in an
+/// empty working directory and a clean environment; returns the exit code,
+/// stderr, and what the directory holds afterwards besides the config file.
+fn run_with_config(
+    binary: &str,
+    config: &str,
+    env: &[(&str, &str)],
+) -> (Option<i32>, String, Vec<String>) {
+    let dir = tempfile_dir();
+    let path = dir.join("opsloop.toml");
+    std::fs::write(&path, config).expect("write config");
+    let output = std::process::Command::new(opsloop_e2e::binary(binary))
+        .env_clear()
+        .envs(env.iter().copied())
+        .current_dir(&dir)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run");
+    let mut left: Vec<String> = std::fs::read_dir(&dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "opsloop.toml")
+        .collect();
+    left.sort();
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        left,
+    )
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("opsloop-cfg-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+#[test]
+fn a_misspelled_section_fails_before_any_file_or_database_is_created() {
+    for binary in [
+        "opsloop-api",
+        "opsloop-heartbeat-worker",
+        "opsloop-alerter",
+        "opsloop-backup-agent",
+    ] {
+        let (code, stderr, left) = run_with_config(
+            binary,
+            "[databse]\nurl = \"postgres://postgres@127.0.0.1:5432/opsloop\"\n",
+            &[],
+        );
+        assert_eq!(code, Some(2), "{binary}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{binary}: {stderr}");
+        assert!(stderr.contains("databse"), "{binary}: {stderr}");
+        assert!(
+            stderr.contains("database"),
+            "names what is accepted: {stderr}"
+        );
+        assert!(
+            left.is_empty(),
+            "{binary} created {left:?} in its working directory"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_key_in_a_daemon_section_fails_before_migrations() {
+    for (binary, section, key) in [
+        ("opsloop-api", "api", "grpc_adress"),
+        ("opsloop-heartbeat-worker", "heartbeat", "intervl_secs"),
+        ("opsloop-alerter", "alerter", "resolve_timout"),
+        ("opsloop-backup-agent", "backup", "schedul"),
+    ] {
+        // The default database is SQLite in the working directory: had the
+        // daemon connected or migrated, `var/opsloop.db` would exist.
+        let (code, stderr, left) =
+            run_with_config(binary, &format!("[{section}]\n{key} = \"x\"\n"), &[]);
+        assert_eq!(code, Some(2), "{binary}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{binary}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{section}.{key}")),
+            "{binary} names the key: {stderr}"
+        );
+        assert!(
+            stderr.contains("expected one of"),
+            "{binary} says what is accepted: {stderr}"
+        );
+        assert!(left.is_empty(), "{binary} created {left:?} before refusing");
+    }
+}
+
+#[test]
+fn production_refuses_the_embedded_defaults_unless_allowed() {
+    let (code, stderr, left) =
+        run_with_config("opsloop-api", "environment = \"production\"\n", &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    for named in [
+        "SQLite",
+        "in-process bus",
+        "no tokens",
+        "allow_insecure_defaults",
+    ] {
+        assert!(stderr.contains(named), "names {named}: {stderr}");
+    }
+    assert!(left.is_empty(), "{left:?}");
+
+    // Tokens and real services configured: nothing insecure is left, so
+    // the refusal is gone (the daemon then fails later, on the closed port).
+    let (code, stderr, _) = run_with_config(
+        "opsloop-api",
+        "environment = \"production\"\n[database]\nurl = \"postgres://postgres@127.0.0.1:1/none\"\nconnect_timeout_ms = 200\nmigrate_on_start = false\n[bus]\nkind = \"rabbitmq\"\n",
+        &[("OPSLOOP_ADMIN_TOKEN", "a-token")],
+    );
+    assert!(!stderr.contains("refuses"), "{stderr}");
+    assert_eq!(
+        code,
+        Some(1),
+        "fails on the unreachable database instead: {stderr}"
+    );
+
+    // The explicit escape hatch starts, and warns.
+    let dir = tempfile_dir();
+    std::fs::write(
+        dir.join("opsloop.toml"),
+        "environment = \"production\"\nallow_insecure_defaults = true\n[api]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n[audit]\nlog_path = \"audit.jsonl\"\n",
+    )
+    .expect("write config");
+    let mut command = std::process::Command::new(opsloop_e2e::binary("opsloop-api"));
+    command
+        .env_clear()
+        .current_dir(&dir)
+        .arg("--config")
+        .arg(dir.join("opsloop.toml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut warned = false;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line.expect("line");
+        if line.contains("allow_insecure_defaults") && line.contains("WARN") {
+            warned = true;
+        }
+        if line.contains("api started") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        warned,
+        "a start with allow_insecure_defaults logs a warning"
+    );
 }
 
 #[test]

@@ -107,6 +107,34 @@ impl Default for AlerterSettings {
     }
 }
 
+/// Parses and validates `[alerter]` (routing tree, inhibition rules,
+/// durations, receivers named by the tree) before any I/O; what
+/// `opsloop_core::daemon::run` calls.
+pub fn check_config(config: &opsloop_core::config::LoadedConfig) -> anyhow::Result<()> {
+    let settings: AlerterSettings = config.section("alerter")?;
+    let route = crate::route::Route::compile(&settings.route)
+        .map_err(|e| anyhow::anyhow!("invalid configuration: alerter.route: {e}"))?;
+    for (i, rule) in settings.inhibit_rules.iter().enumerate() {
+        crate::inhibit::InhibitRule::compile(rule).map_err(|e| {
+            anyhow::anyhow!("invalid configuration: alerter.inhibit_rules[{i}]: {e}")
+        })?;
+    }
+    crate::route::parse_duration(&settings.resolve_timeout)
+        .map_err(|e| anyhow::anyhow!("invalid configuration: alerter.resolve_timeout: {e}"))?;
+    let configured: std::collections::BTreeSet<String> =
+        settings.receivers.iter().map(|r| r.name.clone()).collect();
+    if let Some(missing) = route
+        .receivers()
+        .into_iter()
+        .find(|r| !configured.contains(r))
+    {
+        anyhow::bail!(
+            "invalid configuration: alerter.route: receiver {missing:?} is not defined in alerter.receivers"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

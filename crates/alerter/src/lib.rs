@@ -133,6 +133,9 @@ impl AlerterApp {
             self.infra.shutdown.clone(),
         ));
         let endpoints = Endpoints {
+            health: Some(health),
+            // Its work arrives over the bus: ready once the broker answers.
+            ready: opsloop_core::daemon::ReadyWhen::BrokerConnected,
             service: SERVICE,
             grpc: Some((self.grpc, routes)),
             http: (self.http, router),

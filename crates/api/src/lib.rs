@@ -63,6 +63,13 @@ impl Default for ApiSettings {
 }
 
 /// The daemon, built and bound, ready to run.
+/// Parses and validates `[api]` before any I/O; what
+/// `opsloop_core::daemon::run` calls.
+pub fn check_config(config: &opsloop_core::config::LoadedConfig) -> anyhow::Result<()> {
+    config.section::<ApiSettings>("api")?;
+    Ok(())
+}
+
 pub struct ApiApp {
     infra: Infra,
     settings: ApiSettings,
@@ -196,6 +203,9 @@ impl ApiApp {
 
 /// `GET /api/ops/summary/daily`: the same figures as gRPC `GetSummary`.
 async fn daily_summary(State(api): State<Api>) -> Response {
+            health: Some(health),
+            // The outbox keeps events while the broker is away.
+            ready: opsloop_core::daemon::ReadyWhen::Listening,
     match workflow::summary(&api.db, SummaryPeriod::Daily, api.now()).await {
         Ok(figures) => axum::Json(figures).into_response(),
         Err(error) => {

@@ -18,7 +18,10 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    opsloop_core::daemon::run(opsloop_api::SERVICE, args.config, |infra| async move {
-        ApiApp::build(infra).await?.run_until_stopped().await
-    })
+    opsloop_core::daemon::run(
+        opsloop_api::SERVICE,
+        args.config,
+        opsloop_api::check_config,
+        |infra| async move { ApiApp::build(infra).await?.run_until_stopped().await },
+    )
 }

@@ -96,6 +96,8 @@ impl BackupApp {
         let router = opsloop_core::http::base_router(SERVICE, self.infra.readiness());
         let endpoints = Endpoints {
             service: SERVICE,
+            health: Some(health.clone()),
+            ready: opsloop_core::daemon::ReadyWhen::Listening,
             grpc: Some((self.grpc, routes)),
             http: (self.http, router),
         };

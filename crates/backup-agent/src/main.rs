@@ -21,6 +21,7 @@ fn main() -> ExitCode {
     opsloop_core::daemon::run(
         opsloop_backup_agent::SERVICE,
         args.config,
+        opsloop_backup_agent::config::check_config,
         |infra| async move { BackupApp::build(infra).await?.run_until_stopped().await },
     )
 }

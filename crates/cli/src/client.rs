@@ -191,20 +191,38 @@ impl Connection {
         token: Option<&str>,
         daemon: Daemon,
     ) -> anyhow::Result<Self> {
-        if !endpoint.starts_with("http://") {
+        let https = endpoint.starts_with("https://");
+        if !https && !endpoint.starts_with("http://") {
             anyhow::bail!(
-                "INVALID_ARGUMENT: endpoint {endpoint:?}: only http:// is supported (this build has no TLS) — reach a remote daemon through a TLS-terminating proxy or an SSH tunnel"
+                "INVALID_ARGUMENT: endpoint {endpoint:?}: use http:// or https:// — fix --endpoint or ${}",
+                daemon.env_var()
             );
         }
         let auth = Auth::new(token)?;
-        let channel = Endpoint::from_shared(endpoint.to_owned())
+        let mut builder = Endpoint::from_shared(endpoint.to_owned())
             .map_err(|_| {
                 anyhow!("INVALID_ARGUMENT: endpoint {endpoint:?} is not a URL like {} — fix --endpoint or ${}", daemon.default_endpoint(), daemon.env_var())
             })?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .connect()
-            .await
-            .map_err(|_| unreachable(daemon, endpoint))?;
+            .connect_timeout(CONNECT_TIMEOUT);
+        if https {
+            let ca_file = ca_file();
+            let tls = opsloop_core::tls::tonic_client_tls(ca_file.as_deref(), None)
+                .map_err(|e| anyhow!("INVALID_ARGUMENT: --ca-file: {e}"))?;
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| anyhow!("INVALID_ARGUMENT: endpoint {endpoint:?}: {e}"))?;
+        }
+        let channel = builder.connect().await.map_err(|error| {
+            let cause = error_chain(&error);
+            if https && looks_like_tls(&cause) {
+                anyhow!(
+                    "UNAVAILABLE: TLS to {} at {endpoint} failed: {cause} — the daemon's certificate must be signed by a system root or by --ca-file / $OPSLOOP_CA_FILE, for the host name in the endpoint",
+                    daemon.name()
+                )
+            } else {
+                unreachable(daemon, endpoint)
+            }
+        })?;
         Ok(Self {
             channel,
             auth,
@@ -275,6 +293,38 @@ pub fn unreachable(daemon: Daemon, endpoint: &str) -> anyhow::Error {
         daemon.name(),
         daemon.env_var()
     )
+/// The CA bundle `https://` endpoints are checked against, besides the
+/// system roots: `--ca-file`, else `$OPSLOOP_CA_FILE`.
+static CA_FILE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
+/// Sets the CA bundle from `--ca-file` (once, at start).
+pub fn set_ca_file(path: Option<PathBuf>) {
+    let _ = CA_FILE.set(path);
+}
+
+fn ca_file() -> Option<PathBuf> {
+    CA_FILE.get().cloned().flatten().or_else(|| {
+        std::env::var_os("OPSLOOP_CA_FILE")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+}
+
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(e) = source {
+        parts.push(e.to_string());
+        source = e.source();
+    }
+    parts.join(": ")
+}
+
+fn looks_like_tls(cause: &str) -> bool {
+    let lower = cause.to_ascii_lowercase();
+    lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
+}
+
 }
 
 /// True when the api answered UNAVAILABLE because its database is down

@@ -59,6 +59,16 @@ struct Cli {
 
     /// How results are printed.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Table, overrides_with = "output", help_heading = "Global options")]
+    /// CA bundle (PEM) that https:// endpoints are checked against, besides the system roots.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "OPSLOOP_CA_FILE",
+        help_heading = "Global options"
+    )]
+    ca_file: Option<PathBuf>,
+
     output: OutputFormat,
 
     /// Who is acting, recorded in audit fields (default: $OPSLOOP_ACTOR, else $USER).
@@ -133,6 +143,7 @@ fn main() -> ExitCode {
         token: cli.token,
         token_file: cli.token_file,
         output: cli.output,
+    opsloop_cli::client::set_ca_file(cli.ca_file.clone());
         actor: cli
             .actor
             .or_else(|| std::env::var("OPSLOOP_ACTOR").ok())

@@ -17,6 +17,9 @@ pub struct MigrateArgs {
     /// Database URL; default: the secret `database_url`, then `database.url`.
     #[arg(long, env = "OPSLOOP_DATABASE_URL")]
     database_url: Option<String>,
+    /// Required by `down`: without it, `down` only says what it would drop.
+    #[arg(long)]
+    confirm: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -62,6 +65,21 @@ pub fn run(config: Option<PathBuf>, args: MigrateArgs) -> ExitCode {
                 println!("migrations applied");
             }
             Direction::Down => {
+                let applied: Vec<String> = store::migration_status(&db)
+                    .await?
+                    .into_iter()
+                    .filter_map(|(name, applied)| applied.then_some(name))
+                    .collect();
+                let tables = tables(&db).await?;
+                println!(
+                    "`migrate down` rolls back {} applied migration(s) on {} and drops these tables with all their data: {}",
+                    applied.len(),
+                    redacted(&url),
+                    if tables.is_empty() { "(none)".to_owned() } else { tables.join(", ") }
+                );
+                if !args.confirm {
+                    return Ok(Outcome::NeedsConfirm);
+                }
                 store::migrate_down(&db).await?;
                 println!("migrations rolled back");
             }
@@ -71,13 +89,72 @@ pub fn run(config: Option<PathBuf>, args: MigrateArgs) -> ExitCode {
                 }
             }
         }
-        anyhow::Ok(())
+        anyhow::Ok(Outcome::Done)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::NeedsConfirm) => {
+            eprintln!(
+                "opsloop migrate: nothing dropped; run `opsloop migrate down --confirm` to do it (take a backup first: `opsloop backup run`)"
+            );
+            ExitCode::from(2)
+        }
         Err(error) => {
             eprintln!("opsloop migrate: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+enum Outcome {
+    Done,
+    NeedsConfirm,
+}
+
+/// The tables of the current schema (PostgreSQL) or database (SQLite).
+async fn tables(db: &sea_orm::DatabaseConnection) -> anyhow::Result<Vec<String>> {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+    let backend = db.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => {
+            "SELECT tablename AS name FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1"
+        }
+        _ => {
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY 1"
+        }
+    };
+    let rows = db.query_all_raw(Statement::from_string(backend, sql)).await?;
+    rows.iter()
+        .map(|row| {
+            row.try_get::<String>("", "name")
+                .map_err(anyhow::Error::from)
+        })
+        .collect()
+}
+
+/// A database URL without its password, for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{}{user}@{}", &url[..scheme + 3], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn messages_never_carry_the_database_password() {
+        assert_eq!(
+            super::redacted("postgres://app:s3cret@db:5432/opsloop"),
+            "postgres://app@db:5432/opsloop"
+        );
+        assert_eq!(
+            super::redacted("sqlite://var/opsloop.db?mode=rwc"),
+            "sqlite://var/opsloop.db?mode=rwc"
+        );
     }
 }

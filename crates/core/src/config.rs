@@ -88,6 +88,10 @@ pub struct BusSettings {
     /// Delete a queue after this long without consumers (`x-expires`);
     /// unset in production, set by tests so their queues clean themselves up.
     pub queue_expires_ms: Option<u64>,
+    /// CA bundle trusted for `amqps://` besides the system roots: set from
+    /// `tls.ca_file`, not a key of its own.
+    #[serde(skip)]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -109,6 +113,7 @@ impl Default for BusSettings {
             reconnect_max_backoff_ms: 10_000,
             queue_type: QueueType::Quorum,
             queue_expires_ms: None,
+            ca_file: None,
         }
     }
 }
@@ -176,30 +181,114 @@ impl Default for AuditSettings {
     }
 }
 
+/// TLS of the daemon's listeners and the CA its clients trust. A daemon
+/// serves TLS once it has a certificate: `cert_file`/`key_file`, else the
+/// secrets `tls_cert`/`tls_key` (PEM contents, e.g. systemd
+/// `LoadCredential=tls_key:…`). Both are re-read on SIGHUP and every
+/// `reload_interval_ms`; a new connection gets the new certificate, open
+/// ones keep theirs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain (leaf first).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// PEM CA bundle: when set, clients must present a certificate it
+    /// signed (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
+    /// Serve the gRPC port over TLS (when a certificate is configured).
+    pub grpc: bool,
+    /// Serve the HTTP port (health, readiness, metrics, the daemon's HTTP
+    /// API) over TLS (when a certificate is configured).
+    pub http: bool,
+    /// PEM CA bundle trusted, besides the system roots, by this daemon's
+    /// outgoing TLS connections (`amqps://`, `https://`).
+    pub ca_file: Option<PathBuf>,
+    /// How often the certificate files are checked for a change.
+    pub reload_interval_ms: u64,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            grpc: true,
+            http: true,
+            ca_file: None,
+            reload_interval_ms: 10_000,
+        }
+    }
+}
+
 /// The sections every daemon reads.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct Settings {
     /// Deployment name, stamped on every log line (e.g. `production`).
     pub environment: String,
+    /// With `environment = "production"`, start even on the embedded
+    /// defaults (SQLite, in-process bus) or without tokens; logs a warning
+    /// at every start.
+    pub allow_insecure_defaults: bool,
     pub database: DatabaseSettings,
     pub bus: BusSettings,
     pub telemetry: TelemetrySettings,
     pub shutdown: ShutdownSettings,
     pub audit: AuditSettings,
+    pub tls: TlsSettings,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             environment: "development".into(),
+            allow_insecure_defaults: false,
             database: DatabaseSettings::default(),
             bus: BusSettings::default(),
             telemetry: TelemetrySettings::default(),
             shutdown: ShutdownSettings::default(),
             audit: AuditSettings::default(),
+            tls: TlsSettings::default(),
         }
     }
+}
+
+/// Top-level keys of [`Settings`].
+pub const COMMON_KEYS: &[&str] = &[
+    "environment",
+    "allow_insecure_defaults",
+    "database",
+    "bus",
+    "telemetry",
+    "shutdown",
+    "audit",
+    "tls",
+];
+
+/// The daemons' own sections. One config file may serve every daemon, so
+/// each accepts the others' sections (it validates only its own); any other
+/// top-level key is a typo and an error.
+pub const DAEMON_SECTIONS: &[&str] = &["api", "heartbeat", "alerter", "backup"];
+
+/// Why a production deployment refuses to start, or `None`.
+pub fn insecure_production_defaults(settings: &Settings, has_tokens: bool) -> Option<String> {
+    if settings.environment != "production" {
+        return None;
+    }
+    let mut found = Vec::new();
+    if settings.database.url.starts_with("sqlite:") {
+        found.push("the embedded SQLite database (set database.url or the secret database_url)");
+    }
+    if settings.bus.kind == BusKind::Memory {
+        found.push("the in-process bus (set bus.kind = \"rabbitmq\")");
+    }
+    if !has_tokens {
+        found.push("no tokens (set the secrets admin_token and agent_token)");
+    }
+    (!found.is_empty()).then(|| found.join("; "))
 }
 
 impl Settings {
@@ -243,6 +332,18 @@ impl Settings {
         }
         if self.bus.prefetch == 0 {
             return Err(ConfigError::key("bus.prefetch", "must be at least 1"));
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(ConfigError::key(
+                "tls.cert_file",
+                "tls.cert_file and tls.key_file go together: set both or neither",
+            ));
+        }
+        if self.tls.reload_interval_ms == 0 {
+            return Err(ConfigError::key(
+                "tls.reload_interval_ms",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -308,6 +409,7 @@ impl LoadedConfig {
                 key: format!("{key}.{field}"),
                 reason,
             },
+            ConfigError::Invalid(reason) => name_unknown_field(key, reason),
             other => other,
         })
     }
@@ -356,6 +458,7 @@ pub fn load(sources: &ConfigSources) -> Result<LoadedConfig, ConfigError> {
         },
         (_, e) => describe(e),
     })?;
+    check_top_level_keys(&raw)?;
     let mut settings: Settings = raw.clone().try_deserialize().map_err(describe)?;
 
     let env_value = |name: &str| -> Option<String> {
@@ -380,8 +483,56 @@ pub fn load(sources: &ConfigSources) -> Result<LoadedConfig, ConfigError> {
             )
         })?;
     }
+    settings.bus.ca_file = settings.tls.ca_file.clone();
     settings.validate()?;
     Ok(LoadedConfig { settings, raw })
+}
+
+/// Refuses a top-level key no daemon reads (`[databse]`), naming the key and
+/// what is accepted.
+fn check_top_level_keys(raw: &config::Config) -> Result<(), ConfigError> {
+    let table = raw
+        .clone()
+        .try_deserialize::<HashMap<String, config::Value>>()
+        .map_err(describe)?;
+    let mut unknown: Vec<&String> = table
+        .keys()
+        .filter(|k| !COMMON_KEYS.contains(&k.as_str()) && !DAEMON_SECTIONS.contains(&k.as_str()))
+        .collect();
+    unknown.sort();
+    match unknown.first() {
+        None => Ok(()),
+        Some(key) => Err(ConfigError::key(
+            key,
+            format!(
+                "unknown setting; accepted at the top level: {}, and the sections [{}]",
+                COMMON_KEYS.join(", "),
+                DAEMON_SECTIONS.join("], [")
+            ),
+        )),
+    }
+}
+
+/// serde's "unknown field `x`, expected one of …" under `section`, as the
+/// key `section.x`.
+fn name_unknown_field(section: &str, reason: String) -> ConfigError {
+    let field = reason
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+        .map(str::to_owned);
+    match field {
+        Some(field) => ConfigError::Key {
+            key: format!("{section}.{field}"),
+            reason: match reason.split_once(", ") {
+                Some((_, expected)) => format!("unknown setting; {expected}"),
+                None => "unknown setting".to_owned(),
+            },
+        },
+        None => ConfigError::Key {
+            key: section.to_owned(),
+            reason,
+        },
+    }
 }
 
 /// Turns the config crate's error into one line that names the key.
@@ -397,7 +548,7 @@ fn describe(e: config::ConfigError) -> ConfigError {
             error,
             key: Some(key),
             ..
-        } => ConfigError::key(&key, error.to_string()),
+        } => name_unknown_field(&key, error.to_string()),
         other => ConfigError::Invalid(other.to_string()),
     }
 }
@@ -486,6 +637,74 @@ mod tests {
         assert!(err.to_string().contains("nope.toml"), "{err}");
     }
 
+    #[test]
+    fn unknown_top_level_keys_are_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("typo.toml");
+        std::fs::write(&path, "[databse]\nurl = \"postgres://x@y/z\"\n").expect("write");
+        let err = load(&sources(Some(&path), &[])).expect_err("typo must fail");
+        let line = err.to_string();
+        assert!(
+            line.starts_with("invalid configuration: databse:"),
+            "{line}"
+        );
+        assert!(
+            line.contains("[alerter]") && line.contains("database"),
+            "{line}"
+        );
+        let err = load(&sources(None, &[("OPSLOOP__ENVIRONMNT", "production")]))
+            .expect_err("env typo must fail");
+        assert!(err.to_string().contains("environmnt"), "{err}");
+        // Every daemon's section is accepted by every daemon.
+        load(&sources(
+            None,
+            &[
+                ("OPSLOOP__API__GRPC_ADDR", "127.0.0.1:1"),
+                ("OPSLOOP__BACKUP__SCHEDULE", "x"),
+                ("OPSLOOP__TLS__HTTP", "false"),
+            ],
+        ))
+        .expect("known sections load");
+    }
+
+    #[test]
+    fn production_names_each_insecure_default() {
+        let mut settings = Settings {
+            environment: "production".into(),
+            ..Settings::default()
+        };
+        let reason = insecure_production_defaults(&settings, false).expect("insecure");
+        assert!(
+            reason.contains("SQLite")
+                && reason.contains("in-process bus")
+                && reason.contains("no tokens"),
+            "{reason}"
+        );
+        settings.database.url = "postgres://db/opsloop".into();
+        settings.bus.kind = BusKind::Rabbitmq;
+        assert_eq!(insecure_production_defaults(&settings, true), None);
+        let reason = insecure_production_defaults(&settings, false).expect("no tokens");
+        assert!(!reason.contains("SQLite"), "{reason}");
+        settings.environment = "staging".into();
+        assert_eq!(insecure_production_defaults(&settings, false), None);
+    }
+
+    #[test]
+    fn tls_cert_and_key_go_together() {
+        let err = load(&sources(None, &[("OPSLOOP__TLS__CERT_FILE", "/x.pem")])).expect_err("half");
+        assert!(err.to_string().contains("tls.cert_file"), "{err}");
+        let loaded = load(&sources(
+            None,
+            &[
+                ("OPSLOOP__TLS__CERT_FILE", "/x.pem"),
+                ("OPSLOOP__TLS__KEY_FILE", "/x.key"),
+                ("OPSLOOP__TLS__HTTP", "false"),
+            ],
+        ))
+        .expect("both");
+        assert!(!loaded.settings.tls.http && loaded.settings.tls.grpc);
+    }
+
     #[derive(Debug, Default, Deserialize, PartialEq)]
     #[serde(default, deny_unknown_fields)]
     struct DaemonSection {
@@ -498,18 +717,18 @@ mod tests {
         let loaded = load(&sources(
             None,
             &[
-                ("OPSLOOP__DEMO__GRPC_ADDR", "0.0.0.0:1"),
-                ("OPSLOOP__DEMO__INTERVAL_SECS", "3"),
+                ("OPSLOOP__API__GRPC_ADDR", "0.0.0.0:1"),
+                ("OPSLOOP__API__INTERVAL_SECS", "3"),
             ],
         ))
         .expect("load");
-        let section: DaemonSection = loaded.section("demo").expect("section");
+        let section: DaemonSection = loaded.section("api").expect("section");
         assert_eq!(section.grpc_addr, "0.0.0.0:1");
         assert_eq!(section.interval_secs, 3);
         let missing: DaemonSection = loaded.section("absent").expect("defaults");
         assert_eq!(missing, DaemonSection::default());
-        let bad = load(&sources(None, &[("OPSLOOP__DEMO__INTERVAL_SECS", "soon")])).expect("load");
-        let err = bad.section::<DaemonSection>("demo").expect_err("bad value");
+        let bad = load(&sources(None, &[("OPSLOOP__API__INTERVAL_SECS", "soon")])).expect("load");
+        let err = bad.section::<DaemonSection>("api").expect_err("bad value");
         assert!(err.to_string().contains("interval_secs"), "{err}");
     }
 }

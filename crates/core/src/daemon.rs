@@ -106,10 +106,51 @@ pub async fn bind(key: &str, addr: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("{key}: cannot listen on {addr} (in use? set {key})"))
 }
 
-/// The whole `main` of a daemon binary: config → telemetry → runtime →
-/// infrastructure → `body` until SIGTERM/SIGINT. A config error is one line
-/// on stderr and exit code 2; a runtime error is logged and exit code 1.
-pub fn run<F, Fut>(service: &'static str, config_path: Option<PathBuf>, body: F) -> ExitCode
+/// A daemon's own config check: parses and validates its sections (e.g.
+/// `[api]`) from the loaded config. [`run`] calls it before any I/O.
+pub type ConfigCheck = fn(&LoadedConfig) -> anyhow::Result<()>;
+
+/// Everything [`run`] checks before any I/O (no database connect, no
+/// migration, no bind): the common sections, the daemon's own sections
+/// (`check`), the TLS material, and — in production — that the embedded
+/// defaults and a token-less deployment were asked for explicitly. `Ok`
+/// carries the warnings to log once telemetry is up.
+pub fn preflight(
+    config: &LoadedConfig,
+    secrets: &SecretStore,
+    check: ConfigCheck,
+) -> anyhow::Result<Vec<String>> {
+    check(config)?;
+    crate::tls::ServerTls::from_settings(&config.settings.tls, secrets)?;
+    if let Some(path) = &config.settings.tls.ca_file {
+        crate::tls::client_roots(Some(path))?;
+    }
+    let has_tokens = secrets.get("admin_token")?.is_some() || secrets.get("agent_token")?.is_some();
+    let mut warnings = Vec::new();
+    if let Some(reason) = crate::config::insecure_production_defaults(&config.settings, has_tokens)
+    {
+        if !config.settings.allow_insecure_defaults {
+            anyhow::bail!(
+                "environment = \"production\" refuses to start with {reason}; or set allow_insecure_defaults = true to accept that"
+            );
+        }
+        warnings.push(format!(
+            "production with insecure defaults (allow_insecure_defaults = true): {reason}"
+        ));
+    }
+    Ok(warnings)
+}
+
+/// The whole `main` of a daemon binary: config (common sections and the
+/// daemon's own, through `check`) → telemetry → runtime → infrastructure →
+/// `body` until SIGTERM/SIGINT. A config error is one line on stderr and exit
+/// code 2, before any I/O; a runtime error is logged and exit code 1.
+pub fn run<F, Fut>(
+    service: &'static str,
+    config_path: Option<PathBuf>,
+    check: ConfigCheck,
+    body: F,
+) -> ExitCode
 where
     F: FnOnce(Infra) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
@@ -118,6 +159,15 @@ where
         Ok(config) => config,
         Err(error) => {
             eprintln!("{service}: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let secrets = SecretStore::from_process();
+    let warnings = match preflight(&config, &secrets, check) {
+        Ok(warnings) => warnings,
+        Err(error) => {
+            let line = format!("{error:#}").replace('\n', " ");
+            eprintln!("{service}: {line}");
             return ExitCode::from(2);
         }
     };
@@ -141,16 +191,18 @@ where
                     return ExitCode::from(2);
                 }
             };
+        for warning in warnings {
+            tracing::warn!("{warning}");
+        }
         let shutdown = CancellationToken::new();
         crate::lifecycle::cancel_on_signals(shutdown.clone());
-        let infra =
-            match Infra::connect(config, SecretStore::from_process(), shutdown.clone()).await {
-                Ok(infra) => infra,
-                Err(error) => {
-                    tracing::error!(error = format!("{error:#}"), "cannot start");
-                    return ExitCode::FAILURE;
-                }
-            };
+        let infra = match Infra::connect(config, secrets, shutdown.clone()).await {
+            Ok(infra) => infra,
+            Err(error) => {
+                tracing::error!(error = format!("{error:#}"), "cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
         crate::lifecycle::spawn_watchdog(shutdown.clone());
         let result = body(infra).await;
         crate::lifecycle::systemd::stopping();
@@ -167,6 +219,22 @@ where
     })
 }
 
+/// When a daemon tells systemd `READY=1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadyWhen {
+    /// Once its listeners serve (the database is connected before that):
+    /// the api, whose outbox keeps events while the broker is away.
+    #[default]
+    Listening,
+    /// Once its listeners serve and the broker is connected: daemons whose
+    /// work arrives over the bus (alerter, heartbeat-worker). With the
+    /// in-process bus this is the same as `Listening`.
+    BrokerConnected,
+}
+
+/// How often gRPC health re-runs the readiness checks.
+const HEALTH_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A daemon's listening sockets and what it serves on them.
 pub struct Endpoints {
     pub service: &'static str,
@@ -175,6 +243,12 @@ pub struct Endpoints {
     pub grpc: Option<(TcpListener, tonic::service::Routes)>,
     /// The HTTP port: [`crate::http::base_router`] plus the daemon's routes.
     pub http: (TcpListener, axum::Router),
+    /// The gRPC health reporter from [`crate::grpc::standard_routes`]: its
+    /// overall status (service `""`) follows `/readyz` — NOT_SERVING while
+    /// the database or the broker is down, and once draining.
+    pub health: Option<tonic_health::server::HealthReporter>,
+    /// When `READY=1` goes to systemd.
+    pub ready: ReadyWhen,
 }
 
 /// Serves the endpoints and runs the daemon's own `tasks` until the shutdown
@@ -187,13 +261,21 @@ pub async fn serve_until_stopped(
     mut tasks: tokio::task::JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
     let shutdown = infra.shutdown.clone();
+    let tls_settings = &infra.settings().tls;
+    let tls = crate::tls::ServerTls::from_settings(tls_settings, &infra.secrets)?;
+    if let Some(tls) = &tls {
+        tls.spawn_reloader(shutdown.clone());
+    }
+    let http_tls = tls.clone().filter(|_| tls_settings.http);
+    let grpc_tls = tls.clone().filter(|_| tls_settings.grpc);
     let (http_listener, router) = endpoints.http;
     let http_addr = http_listener.local_addr()?;
     let mut servers: tokio::task::JoinSet<anyhow::Result<()>> = tokio::task::JoinSet::new();
     {
         let shutdown = shutdown.clone();
+        let http_tls = http_tls.clone();
         servers.spawn(async move {
-            crate::http::serve(http_listener, router, shutdown)
+            crate::http::serve_tls(http_listener, router, http_tls.as_ref(), shutdown)
                 .await
                 .context("HTTP server")
         });
@@ -202,25 +284,56 @@ pub async fn serve_until_stopped(
         Some((listener, routes)) => {
             let addr = listener.local_addr()?;
             let shutdown = shutdown.clone();
+            let grpc_tls = grpc_tls.clone();
             servers.spawn(async move {
-                crate::grpc::serve(listener, routes, async move { shutdown.cancelled().await })
-                    .await
-                    .context("gRPC server")
+                crate::grpc::serve_tls(listener, routes, grpc_tls.as_ref(), async move {
+                    shutdown.cancelled().await
+                })
+                .await
+                .context("gRPC server")
             });
             Some(addr)
         }
         None => None,
     };
+    if let Some(health) = endpoints.health {
+        tasks.spawn(health_follows_readiness(
+            health,
+            infra.readiness(),
+            shutdown.clone(),
+        ));
+    }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         grpc = grpc_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
         http = %http_addr,
+        grpc_tls = grpc_addr.is_some() && grpc_tls.is_some(),
+        http_tls = http_tls.is_some(),
+        mutual_tls = tls.is_some() && tls_settings.client_ca_file.is_some(),
         database = infra.db.get_database_backend().as_str(),
         bus = infra.bus.kind(),
         "{} started",
         endpoints.service
     );
-    crate::lifecycle::systemd::ready();
+    {
+        let bus = infra.bus.clone();
+        let ready = endpoints.ready;
+        let shutdown = shutdown.clone();
+        let service = endpoints.service;
+        tokio::spawn(async move {
+            if ready == ReadyWhen::BrokerConnected && !bus.is_connected() {
+                tracing::info!("waiting for the broker before telling systemd READY=1");
+                while !bus.is_connected() {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                    }
+                }
+            }
+            tracing::info!(service, "ready");
+            crate::lifecycle::systemd::ready();
+        });
+    }
 
     // Run until asked to stop, or until a server or task fails.
     let mut failure = None;
@@ -264,6 +377,42 @@ pub async fn serve_until_stopped(
     }
 }
 
+/// Sets the overall gRPC health (service `""`) from the readiness checks
+/// every [`HEALTH_POLL`], and NOT_SERVING once shutdown begins.
+async fn health_follows_readiness(
+    health: tonic_health::server::HealthReporter,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use tonic_health::ServingStatus;
+    let mut last = None;
+    loop {
+        let (ok, body) = readiness.evaluate().await;
+        if last != Some(ok) {
+            if ok {
+                health.set_service_status("", ServingStatus::Serving).await;
+                if last.is_some() {
+                    tracing::info!("ready again: gRPC health SERVING");
+                }
+            } else {
+                health
+                    .set_service_status("", ServingStatus::NotServing)
+                    .await;
+                tracing::warn!(checks = %body["checks"], "not ready: gRPC health NOT_SERVING");
+            }
+            last = Some(ok);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(HEALTH_POLL) => {}
+        }
+    }
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    Ok(())
+}
+
 fn finished_with_error(
     done: Result<anyhow::Result<()>, tokio::task::JoinError>,
 ) -> Option<anyhow::Error> {
@@ -272,5 +421,100 @@ fn finished_with_error(
         Ok(Err(e)) => Some(e),
         Err(e) if e.is_cancelled() => None,
         Err(e) => Some(anyhow::anyhow!("task panicked: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::testing::{TcpProxy, via};
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    async fn overall(client: &mut HealthClient<tonic::transport::Channel>) -> i32 {
+        client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health check")
+            .into_inner()
+            .status
+    }
+
+    async fn until(
+        client: &mut HealthClient<tonic::transport::Channel>,
+        want: ServingStatus,
+    ) -> std::time::Duration {
+        let started = std::time::Instant::now();
+        while overall(client).await != want as i32 {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "gRPC health never became {want:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        started.elapsed()
+    }
+
+    /// `grpc.health.v1` follows `/readyz`: the database cut through a
+    /// severable proxy makes the overall status NOT_SERVING, its return
+    /// SERVING again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grpc_health_follows_the_database() {
+        let test_db = crate::store::testing::fresh_postgres().await;
+        let upstream = {
+            let rest = test_db.url.split_once('@').map_or("", |(_, r)| r);
+            rest.split('/')
+                .next()
+                .unwrap_or("127.0.0.1:5432")
+                .to_owned()
+        };
+        let proxy = TcpProxy::start(&upstream).await.expect("proxy");
+        let url = via(&test_db.url, proxy.addr);
+        let options = store::PoolOptions {
+            max_connections: 2,
+            min_connections: 0,
+            connect_timeout: std::time::Duration::from_secs(1),
+            acquire_timeout: std::time::Duration::from_secs(1),
+        };
+        let db = store::connect(&url, &options)
+            .await
+            .expect("connect via proxy");
+        let readiness = Readiness::new().with(Arc::new(DatabaseReadiness(db)));
+
+        let (routes, health) = crate::grpc::standard_routes().expect("routes");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        {
+            let shutdown = shutdown.clone();
+            tokio::spawn(crate::grpc::serve(listener, routes, async move {
+                shutdown.cancelled().await
+            }));
+        }
+        let poller = tokio::spawn(health_follows_readiness(
+            health,
+            readiness,
+            shutdown.clone(),
+        ));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let mut client = HealthClient::new(channel);
+
+        until(&mut client, ServingStatus::Serving).await;
+        proxy.sever();
+        let took = until(&mut client, ServingStatus::NotServing).await;
+        assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+        proxy.restore();
+        until(&mut client, ServingStatus::Serving).await;
+
+        shutdown.cancel();
+        poller.await.expect("join").expect("poller");
+        test_db.cleanup().await;
     }
 }

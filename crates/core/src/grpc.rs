@@ -87,10 +87,7 @@ pub async fn serve(
             }
         })
     });
-    Server::builder()
-        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
-        .add_routes(routes)
+    server
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
@@ -171,6 +168,39 @@ mod tests {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .expect("valid endpoint")
             .connect()
+    serve_tls(listener, routes, None, shutdown).await
+}
+
+/// [`serve`] over TLS when `tls` is given: each accepted connection is
+/// handshaken with the (reloadable) certificate of [`crate::tls::ServerTls`];
+/// a client that does not speak TLS, or presents no valid client certificate
+/// under mutual TLS, is dropped before any call.
+pub async fn serve_tls(
+    listener: TcpListener,
+    routes: Routes,
+    tls: Option<&crate::tls::ServerTls>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let server = Server::builder()
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .add_routes(routes);
+    if let Some(tls) = tls {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let incoming =
+            match crate::tls::TlsIncoming::new(listener, tls.grpc_acceptor(), "grpc", stop.clone())
+            {
+                Ok(incoming) => incoming,
+                Err(error) => {
+                    tracing::error!(%error, "gRPC listener has no local address");
+                    return Ok(());
+                }
+            };
+        let _stop_accepting = stop.drop_guard();
+        return server
+            .serve_with_incoming_shutdown(incoming.into_stream(), shutdown)
+            .await;
+    }
             .await
             .expect("connect");
         let mut client = HealthClient::new(channel.clone());

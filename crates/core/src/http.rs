@@ -150,3 +150,20 @@ mod tests {
         assert_eq!(body["checks"]["switch"]["error"], "switched off");
     }
 }
+    serve_tls(listener, router, None, shutdown).await
+}
+
+/// [`serve`] over TLS when `tls` is given (HTTP/1.1 and HTTP/2 by ALPN).
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<&crate::tls::ServerTls>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    if let Some(tls) = tls {
+        let stop = shutdown.child_token();
+        let incoming = crate::tls::TlsIncoming::new(listener, tls.http_acceptor(), "http", stop)?;
+        return axum::serve(incoming, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+    }

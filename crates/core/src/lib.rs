@@ -20,3 +20,4 @@ pub mod secrets;
 pub mod store;
 pub mod telemetry;
 pub mod workflow;
+pub mod tls;

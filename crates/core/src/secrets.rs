@@ -87,12 +87,12 @@ impl SecretStore {
     pub fn with_sources(
         credentials_dir: Option<&Path>,
         run_secrets_dir: &Path,
-        env: Vec<(String, String)>,
+        env: impl IntoIterator<Item = (String, String)>,
     ) -> Self {
         Self {
             credentials_dir: credentials_dir.map(Path::to_path_buf),
             run_secrets_dir: run_secrets_dir.to_path_buf(),
-            env: Some(env),
+            env: Some(env.into_iter().collect()),
         }
     }
 

@@ -247,6 +247,11 @@ pub const METRIC_HELP: &[(&str, MetricKind, &str)] = {
             "Time to handle one gRPC request, by method.",
         ),
         (
+            "opsloop_tls_handshake_failures_total",
+            C,
+            "TLS handshakes refused or timed out on a listener (plaintext client, unknown CA, no client certificate), by listener.",
+        ),
+        (
             "opsloop_proposals_total",
             C,
             "Proposals created, by outcome (approved, pending, rejected, deduplicated) and gate.",

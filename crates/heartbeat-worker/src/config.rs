@@ -178,6 +178,14 @@ impl HeartbeatSettings {
     }
 }
 
+/// Parses and validates `[heartbeat]` before any I/O; what
+/// `opsloop_core::daemon::run` calls.
+pub fn check_config(config: &opsloop_core::config::LoadedConfig) -> anyhow::Result<()> {
+    let settings: HeartbeatSettings = config.section("heartbeat")?;
+    settings.validate()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

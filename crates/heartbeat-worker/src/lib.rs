@@ -129,6 +129,9 @@ impl HeartbeatApp {
                 db,
                 bus,
                 settings.reactions_queue,
+            health: None,
+            // Reactions arrive over the bus: ready once the broker answers.
+            ready: opsloop_core::daemon::ReadyWhen::BrokerConnected,
                 shutdown,
             ));
         }

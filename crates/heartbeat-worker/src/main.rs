@@ -21,6 +21,7 @@ fn main() -> ExitCode {
     opsloop_core::daemon::run(
         opsloop_heartbeat_worker::SERVICE,
         args.config,
+        opsloop_heartbeat_worker::config::check_config,
         |infra| async move { HeartbeatApp::build(infra).await?.run_until_stopped().await },
     )
 }

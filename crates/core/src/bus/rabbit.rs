@@ -129,13 +129,15 @@ async fn manage_connection(shared: Arc<Shared>) {
 async fn establish(shared: &Shared) -> Result<Arc<Link>, BusError> {
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("opsloop-{}", std::process::id()).into());
+    let tls = tls_config(&shared.url, &shared.settings)?;
+    let runtime = lapin::runtime::default_runtime().map_err(protocol)?;
     let connection = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        Connection::connect(&shared.url, properties),
+        Connection::connect_with_config(&shared.url, properties, tls, runtime),
     )
     .await
     .map_err(|_| BusError::Unavailable(format!("connect timed out after {CONNECT_TIMEOUT:?}")))?
-    .map_err(|e| BusError::Unavailable(e.to_string()))?;
+    .map_err(|e| connect_error(&shared.url, e))?;
     let publisher = connection.create_channel().await.map_err(protocol)?;
     declare_topology(&publisher, &shared.settings).await?;
     publisher
@@ -146,6 +148,41 @@ async fn establish(shared: &Shared) -> Result<Arc<Link>, BusError> {
         connection,
         publisher,
     }))
+}
+
+/// TLS for `amqps://`: the broker's certificate is checked against the
+/// system roots plus `tls.ca_file` (read at every connect, so a renewed CA
+/// bundle is picked up on reconnect).
+fn tls_config(url: &str, settings: &BusSettings) -> Result<lapin::tcp::OwnedTLSConfig, BusError> {
+    let mut tls = lapin::tcp::OwnedTLSConfig::default();
+    if url.starts_with("amqps://")
+        && let Some(path) = &settings.ca_file
+    {
+        let pem = std::fs::read_to_string(path).map_err(|e| {
+            BusError::Unavailable(format!(
+                "tls.ca_file {}: cannot read it: {e}",
+                path.display()
+            ))
+        })?;
+        tls.cert_chain = Some(pem);
+    }
+    Ok(tls)
+}
+
+/// A connect failure in one line; a TLS failure says what to check.
+fn connect_error(url: &str, e: lapin::Error) -> BusError {
+    let text = e.to_string();
+    if url.starts_with("amqps://")
+        && (text.contains("certificate")
+            || text.contains("Certificate")
+            || text.contains("tls")
+            || text.contains("TLS"))
+    {
+        return BusError::Unavailable(format!(
+            "TLS to the broker failed: {text} (the broker's certificate must be signed by a system root or by tls.ca_file, for the host name in bus.url)"
+        ));
+    }
+    BusError::Unavailable(text)
 }
 
 /// Closes the connection politely. lapin's close joins its I/O thread, which
@@ -571,5 +608,121 @@ impl crate::http::ReadinessCheck for BusReadiness {
         } else {
             Err(format!("{} bus disconnected; reconnecting", self.0.kind()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+    use crate::bus::testing::{amqp_url, isolated_settings, queue_name, require_rabbitmq};
+    use crate::tls::test_pki::Ca;
+
+    /// A TLS-terminating proxy (the test's certificate) in front of the
+    /// broker's plain AMQP port; returns its port.
+    async fn tls_proxy(tls: crate::tls::ServerTls, upstream: String) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let acceptor = tls.acceptor(&[]);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut broker) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
+                });
+            }
+        });
+        port
+    }
+
+    fn broker_addr() -> String {
+        let url = amqp_url();
+        let after_at = url.rsplit('@').next().unwrap_or("127.0.0.1:5672/");
+        after_at
+            .split('/')
+            .next()
+            .unwrap_or("127.0.0.1:5672")
+            .to_owned()
+    }
+
+    fn amqps_url(port: u16) -> String {
+        let url = amqp_url();
+        let credentials = url
+            .strip_prefix("amqp://")
+            .and_then(|rest| rest.split('@').next())
+            .unwrap_or("guest:guest");
+        format!("amqps://{credentials}@localhost:{port}/%2f")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn amqps_publishes_and_consumes_with_the_broker_certificate_checked() {
+        require_rabbitmq().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new(dir.path(), "broker");
+        let (cert, key) = ca.leaf_files(dir.path(), "rabbit", false);
+        let tls = crate::tls::ServerTls::from_files(&cert, &key, None).expect("tls");
+        let port = tls_proxy(tls, broker_addr()).await;
+
+        let mut settings = isolated_settings(&amqps_url(port));
+        settings.ca_file = Some(ca.pem_path.clone());
+        let bus = RabbitBus::start(settings.clone(), amqps_url(port));
+        bus.wait_connected(Duration::from_secs(10))
+            .await
+            .expect("connected over amqps");
+        let queue = queue_name("amqps");
+        let mut sub =
+            crate::bus::Bus::subscribe(&bus, crate::bus::QueueSpec::new(&queue, &["event.#"]))
+                .await
+                .expect("subscribe");
+        crate::bus::Bus::publish(
+            &bus,
+            crate::bus::BusMessage::json(
+                "tls-1",
+                "event.tls.check",
+                &serde_json::json!({"ok": true}),
+            ),
+        )
+        .await
+        .expect("publish over amqps");
+        let delivery = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("a delivery within 10 s")
+            .expect("subscription open");
+        assert_eq!(delivery.message.id, "tls-1");
+        delivery.ack().await.expect("ack");
+        drop(sub);
+        bus.close().await;
+
+        // The same broker behind a certificate from a CA the client does not
+        // trust: refused, with an error that says so.
+        let other = Ca::new(dir.path(), "other");
+        let mut untrusting = settings.clone();
+        untrusting.ca_file = Some(other.pem_path.clone());
+        let (link, _) = watch::channel(None);
+        let shared = Shared {
+            settings: untrusting,
+            url: amqps_url(port),
+            link,
+            broken: Notify::new(),
+            stop: CancellationToken::new(),
+        };
+        let error = match establish(&shared).await {
+            Ok(_) => panic!("a broker certificate from an untrusted CA was accepted"),
+            Err(error) => error.to_string(),
+        };
+        assert!(error.contains("TLS to the broker failed"), "{error}");
+        assert!(error.contains("tls.ca_file"), "{error}");
+        assert!(
+            !error.contains("guest:guest"),
+            "no credentials in the error: {error}"
+        );
     }
 }

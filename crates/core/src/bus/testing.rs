@@ -49,6 +49,7 @@ pub fn isolated_settings(url: &str) -> BusSettings {
         reconnect_max_backoff_ms: 500,
         queue_type: QueueType::Classic,
         queue_expires_ms: Some(60_000),
+        ca_file: None,
     }
 }
 
