@@ -11,7 +11,9 @@
 #      deploy/compose/docker-compose.e2e.yml (recording webhook receiver,
 #      a worker container, a 3 s heartbeat); every service healthy before a
 #      deadline, else the failing service's logs;
-#   4. scripts/smoke.sh against the published ports;
+#   4. scripts/smoke.sh against the published ports; then, with the
+#      alerter stopped, `smoke.sh --simulate-failure` must exit 1 naming
+#      the alerter with `ps` and its `logs --tail=200`;
 #   5. the loop: a trigger rule on this run's `mission.succeeded`; a proposal
 #      over gRPC from the host → auto-approved → executed by the worker
 #      container (`opsloop worker --exec`) → mission succeeded → the event
@@ -314,6 +316,31 @@ API_HTTP="http://127.0.0.1:$API_HTTP_PORT" HEARTBEAT_HTTP="http://127.0.0.1:$HEA
   ALERTER_HTTP="http://127.0.0.1:$ALERTER_HTTP_PORT" BACKUP_HTTP="http://127.0.0.1:$BACKUP_HTTP_PORT" \
   OPSLOOP_TOKEN_FILE="$SECRETS/admin_token" OPSLOOP_BIN="$CLI" SMOKE_ALERT_RECEIVER=slack \
   bash scripts/smoke.sh || die "scripts/smoke.sh failed"
+
+# ------------------------------------ smoke: a stopped service named --
+# scripts/smoke.sh --simulate-failure with the alerter stopped must exit 1,
+# name the alerter and carry `compose ps` and the alerter's log tail.
+begin "smoke --simulate-failure, alerter stopped"
+compose stop alerter >"$work/stop.log" 2>&1 || { cat "$work/stop.log" >&2; die "compose stop alerter failed"; }
+smoke_rc=0
+API_HTTP="http://127.0.0.1:$API_HTTP_PORT" HEARTBEAT_HTTP="http://127.0.0.1:$HEARTBEAT_HTTP_PORT" \
+  ALERTER_HTTP="http://127.0.0.1:$ALERTER_HTTP_PORT" BACKUP_HTTP="http://127.0.0.1:$BACKUP_HTTP_PORT" \
+  OPSLOOP_TOKEN_FILE="$SECRETS/admin_token" OPSLOOP_BIN="$CLI" SMOKE_ALERT_RECEIVER=slack \
+  SMOKE_COMPOSE="$COMPOSE -p $PROJECT -f deploy/compose/docker-compose.yml -f deploy/compose/docker-compose.e2e.yml" \
+  SMOKE_ARTIFACTS_DIR="$work/smoke-artefacts" \
+  bash scripts/smoke.sh --simulate-failure >"$work/smoke-fail.log" 2>&1 || smoke_rc=$?
+compose start alerter >"$work/start.log" 2>&1 || { cat "$work/start.log" >&2; die "compose start alerter failed"; }
+smoke_said() { grep -q -- "$1" "$work/smoke-fail.log" || { sed 's/^/  | /' "$work/smoke-fail.log" >&2; die "smoke --simulate-failure: no line matching: $1"; }; }
+[[ "$smoke_rc" == 1 ]] || { sed 's/^/  | /' "$work/smoke-fail.log" >&2; die "smoke --simulate-failure exited $smoke_rc, not 1"; }
+[[ "$(tail -n1 "$work/smoke-fail.log")" == "failed_iteration=1/1" ]] || die "smoke: the last line is not failed_iteration=1/1"
+smoke_said '^failing services: alerter$'
+smoke_said '^smoke: FAILED at stage: alerter /healthz$'
+smoke_said ' ps$'
+smoke_said ' logs --tail=200 alerter$'
+alerter_tail=$(awk '/ logs --tail=200 alerter$/ {on = 1; next} /^--- / {on = 0} on' "$work/smoke-fail.log" | grep -c alerter || true)
+((alerter_tail > 0)) || die "smoke --simulate-failure printed no alerter log line"
+log "smoke named the stopped alerter, with ps and $alerter_tail lines of its log"
+wait_healthy "$HEALTH_TIMEOUT"
 
 # -------------------------------------------------------------- flow --
 begin "flow: proposal → worker → trigger → alert"

@@ -19,7 +19,7 @@
 #     this order (CI runs `coverage` alone; go_no_go.sh all but smoke)
 #   COVERAGE_SCOPE=lib   lib: the unit tests (what CI measures and the floor
 #     is set on); all: the whole suite (needs PostgreSQL and RabbitMQ)
-#   COVERAGE_FLOOR=<percent>  default: the floor of README.md, development
+#   COVERAGE_FLOOR=<percent>  default 52.0 (README.md, development)
 #   COVERAGE_JSON=<file>  judge an existing `cargo llvm-cov report --json
 #     --summary-only` file instead of measuring (nothing is built)
 #   and the scripts/smoke.sh variables for the smoke stage.
@@ -28,9 +28,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 ALL_STAGES=(fmt clippy tests deploy coverage smoke)
-# Line coverage of the unit tests (COVERAGE_SCOPE=lib) on 2026-12-03 was
-# measured at the figure in README.md; the floor sits a little under it.
-COVERAGE_FLOOR="${COVERAGE_FLOOR:-60.0}"
+# Line coverage of the unit tests (COVERAGE_SCOPE=lib) was 54.5 % of 28031
+# lines on 2026-12-03 (README.md, development); the floor sits under it so
+# that noise does not fail a release, a real drop does.
+COVERAGE_FLOOR="${COVERAGE_FLOOR:-52.0}"
 COVERAGE_SCOPE="${COVERAGE_SCOPE:-lib}"
 skip_smoke=0
 for arg in "$@"; do
