@@ -13,7 +13,10 @@
 #   4. LoadCredential=: the api accepts the admin token read from
 #      /etc/opsloop/credentials (the CLI inside the container);
 #   5. kill -9 of each daemon's main process: back by Restart=, ready again;
-#   6. reports whether the mount-namespace sandboxing was applied (it is not,
+#   6. READY=1 as documented: with the broker unreachable the api still
+#      turns active (the outbox holds its events) while the alerter stays
+#      `activating` (waiting, not crash-looping) until the broker answers;
+#   7. reports whether the mount-namespace sandboxing was applied (it is not,
 #      in an unprivileged container: documented in deploy/systemd/README.md).
 # Prints one summary line `systemd_e2e: PASS|FAIL …`.
 #
@@ -223,6 +226,32 @@ for d in "${DAEMONS[@]}"; do
   log "$unit: killed (pid $pid), restarted by systemd (pid $newpid), ready"
 done
 summary+=("restarted=${#DAEMONS[@]}/${#DAEMONS[@]}")
+
+# ------------------------------------------------------ ready semantics --
+begin "ready semantics"
+closed_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cred=/etc/opsloop/credentials/amqp_url
+in_ct cp -p "$cred" "$cred.saved"
+in_ct sh -c "printf '%s\n' 'amqp://guest:guest@127.0.0.1:$closed_port/%2f' >$cred"
+in_ct systemctl restart --no-block opsloop-api opsloop-alerter
+api_state="" alerter_state="" alerter_sub=""
+for _ in $(seq 1 20); do
+  api_state=$(in_ct systemctl show -p ActiveState --value opsloop-api)
+  [[ "$api_state" == active ]] && break
+  sleep 0.5
+done
+[[ "$api_state" == active ]] || die "with the broker unreachable the api did not turn active (state: $api_state)"
+sleep 3 # the alerter must still be waiting after a while: a window, not a synchronisation
+alerter_state=$(in_ct systemctl show -p ActiveState --value opsloop-alerter)
+alerter_sub=$(in_ct systemctl show -p SubState --value opsloop-alerter)
+[[ "$alerter_state" == activating && "$alerter_sub" == start ]] ||
+  die "with the broker unreachable the alerter should wait before READY=1 (state: $alerter_state/$alerter_sub)"
+log "broker unreachable: api active (READY=1), alerter activating/start (no READY=1 yet)"
+in_ct mv "$cred.saved" "$cred"
+in_ct systemctl restart opsloop-api opsloop-alerter || die "restart after restoring the broker failed"
+for _ in $(seq 1 60); do ready_all && break; sleep 0.5; done
+ready_all || die "not every daemon ready again after the broker came back"
+summary+=("ready_semantics=ok")
 
 # ----------------------------------------------------------- sandbox --
 begin "sandbox report"
