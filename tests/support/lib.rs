@@ -34,6 +34,8 @@ pub struct DaemonProcess {
     pub start_line: serde_json::Value,
     /// Every stdout line, as it arrives.
     pub lines: mpsc::Receiver<String>,
+    /// The lines printed before the start line.
+    pub early_lines: Vec<String>,
 }
 
 impl DaemonProcess {
@@ -95,6 +97,7 @@ impl DaemonProcess {
                             child,
                             start_line: json,
                             lines: rx,
+                            early_lines: seen,
                         };
                     }
                     seen.push(line);

@@ -6,8 +6,30 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-/// Cancels `token` on the first SIGTERM or SIGINT.
+/// Cancels `token` on the first SIGTERM or SIGINT. SIGHUP never stops a
+/// daemon: it reloads what can be reloaded (the TLS certificate, see
+/// [`crate::tls::ServerTls::spawn_reloader`]) and is otherwise logged.
 pub fn cancel_on_signals(token: CancellationToken) {
+    {
+        let token = token.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    received = hangup.recv() => {
+                        if received.is_none() {
+                            break;
+                        }
+                        tracing::info!("SIGHUP received: reloading what can be reloaded (TLS certificate)");
+                    }
+                }
+            }
+        });
+    }
     tokio::spawn(async move {
         let signal = wait_for_signal().await;
         tracing::info!(signal, "shutdown requested, draining");
