@@ -237,6 +237,11 @@ fn stack_env(stack: &Stack, secrets: &Path) -> Vec<(String, String)> {
         s("SMOKE_TIMEOUT", "20".to_owned()),
         // promtool's lint is stack_e2e's business; here the scripts are.
         s("SMOKE_STRICT_METRICS", "0".to_owned()),
+        // A failed smoke keeps its artefacts here (removed with the stack).
+        s(
+            "SMOKE_ARTIFACTS_DIR",
+            stack.dir.join("smoke-failures").display().to_string(),
+        ),
     ]
 }
 
