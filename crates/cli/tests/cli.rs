@@ -402,8 +402,8 @@ fn bad_input_is_refused_before_any_call() {
 #[test]
 fn unsupported_endpoints_and_empty_tokens_are_refused() {
     assert_one_line_error(
-        &opsloop(&["--endpoint", "https://api.example:50051", "summary"]),
-        "INVALID_ARGUMENT: endpoint \"https://api.example:50051\": only http:// is supported",
+        &opsloop(&["--endpoint", "ftp://api.example:50051", "summary"]),
+        "INVALID_ARGUMENT: endpoint \"ftp://api.example:50051\": use http:// or https://",
     );
     assert_one_line_error(&opsloop(&["--token", " ", "summary"]), "--token is empty");
     let missing = opsloop(&["--token-file", "/nonexistent/opsloop-token", "summary"]);
