@@ -392,10 +392,17 @@ PY
 
 # ----------------------------------------------------------- prometheus --
 check_prometheus() {
-  local out
-  if out=$(promtool check config deploy/prometheus/prometheus.yml 2>&1); then pass "prometheus: promtool check config"; else
+  local out cfg
+  # The token files exist only in the container (/run/secrets): check a copy
+  # whose credentials files point at empty stand-ins.
+  cfg=$(mktemp -d)
+  cp -r deploy/prometheus/rules "$cfg/rules"
+  sed "s#/run/secrets/#$cfg/#" deploy/prometheus/prometheus.yml >"$cfg/prometheus.yml"
+  touch "$cfg/viewer_token" "$cfg/alert_sender_token"
+  if out=$(promtool check config "$cfg/prometheus.yml" 2>&1); then pass "prometheus: promtool check config"; else
     say "$out"; fail "prometheus: promtool check config"
   fi
+  rm -rf "$cfg"
   if out=$(promtool check rules deploy/prometheus/rules/*.yml 2>&1); then pass "prometheus: promtool check rules"; else
     say "$out"; fail "prometheus: promtool check rules"
   fi

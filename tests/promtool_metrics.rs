@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use opsloop_core::bus::testing::{amqp_url, isolated_settings, require_rabbitmq};
 use opsloop_core::store::testing::fresh_postgres;
-use opsloop_e2e::get;
-use opsloop_e2e::stack::{DAEMONS, Stack};
+use opsloop_e2e::stack::{DAEMONS, Stack, VIEWER_TOKEN};
 
 fn promtool_check(name: &str, text: &str) -> String {
     let mut child = Command::new("promtool")
@@ -61,7 +60,7 @@ async fn promtool_accepts_every_daemons_live_metrics() {
         // the pool).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let text = loop {
-            let (status, text) = get(&url, Duration::from_secs(5)).await;
+            let (status, text) = scrape(&url).await;
             assert_eq!(status, 200, "{binary} /metrics: {text}");
             if (text.contains("opsloop_db_query_duration_seconds_bucket")
                 && text.contains("opsloop_db_pool_connections_in_use")
@@ -103,4 +102,17 @@ async fn promtool_accepts_every_daemons_live_metrics() {
     }
     drop(stack);
     db.cleanup().await;
+}
+
+/// `GET url` as Prometheus scrapes it: with the viewer token.
+async fn scrape(url: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(VIEWER_TOKEN)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
 }

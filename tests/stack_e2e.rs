@@ -294,6 +294,8 @@ async fn post_alert(stack: &Stack, alertname: &str) {
             "{}/api/v2/alerts",
             stack.http_url("opsloop-alerter")
         ))
+        // Prometheus sends alerts with a token (`alert_sender` or admin).
+        .bearer_auth(opsloop_e2e::stack::ADMIN_TOKEN)
         .json(&body)
         .send()
         .await

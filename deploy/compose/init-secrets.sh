@@ -38,6 +38,8 @@ write database_url "postgres://opsloop:${pg_password}@postgres:5432/opsloop"
 write amqp_url "amqp://opsloop:${mq_password}@rabbitmq:5672/%2f"
 write admin_token "$(random)"
 write agent_token "$(random)"
+write viewer_token "$(random)"
+write alert_sender_token "$(random)"
 write grafana_admin_password "$(random)"
 # The alerter rejects an empty or non-http(s) webhook secret at start; a
 # placeholder keeps it running, but notifications to that receiver are

@@ -22,6 +22,7 @@ mod m0004_backup;
 mod m0005_seed_policy;
 mod m0006_event_window_index;
 mod m0007_claim_order_index;
+mod m0008_api_tokens;
 
 pub use m0005_seed_policy::seed_policies;
 // Re-exported so the store can run the migrator without its own dependency
@@ -42,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0005_seed_policy::Migration),
             Box::new(m0006_event_window_index::Migration),
             Box::new(m0007_claim_order_index::Migration),
+            Box::new(m0008_api_tokens::Migration),
         ]
     }
 }
@@ -79,6 +81,8 @@ pub const TABLES: &[&str] = &[
     "alert_messages_seen",
     // m0004_backup
     "backups",
+    // m0008_api_tokens
+    "api_tokens",
 ];
 
 /// A plain (non-unique) index named `name` on `table(columns…)`.

@@ -25,6 +25,8 @@ pub const DAEMONS: [(&str, &str, bool); 4] = [
 ];
 
 pub const ADMIN_TOKEN: &str = "e2e-admin-3c9d1f7a";
+/// The bootstrap `viewer_token` (Prometheus scraping `/metrics`).
+pub const VIEWER_TOKEN: &str = "e2e-viewer-5b1e8c2d";
 pub const AGENT_TOKEN: &str = "e2e-agent-8b2e4a61";
 
 /// A free loopback port (bound, read and released: the daemon binds it
@@ -150,6 +152,7 @@ impl Stack {
             (s("OPSLOOP_AMQP_URL"), bus.url.clone()),
             (s("OPSLOOP_ADMIN_TOKEN"), s(ADMIN_TOKEN)),
             (s("OPSLOOP_AGENT_TOKEN"), s(AGENT_TOKEN)),
+            (s("OPSLOOP_VIEWER_TOKEN"), s(VIEWER_TOKEN)),
             // An exchange, dead-letter exchange and queues of this run only
             // (classic queues that expire: nothing piles up on the broker).
             (s("OPSLOOP__BUS__EXCHANGE"), bus.exchange.clone()),

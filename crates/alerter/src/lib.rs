@@ -47,7 +47,6 @@ pub struct AlerterApp {
     http: TcpListener,
     alerter: Arc<Alerter>,
     queue: String,
-    auth: opsloop_core::auth::Auth,
 }
 
 impl AlerterApp {
@@ -71,7 +70,6 @@ impl AlerterApp {
             Some(infra.audit.clone()),
         )
         .await?;
-        let auth = opsloop_core::auth::Auth::from_secrets(SERVICE, &infra.secrets)?;
         if infra.bus.kind() == "memory" {
             // The in-process bus drops what no queue is bound for: declare
             // the queue now, so alerts published by the other roles of
@@ -96,7 +94,6 @@ impl AlerterApp {
             http,
             alerter,
             queue: settings.queue,
-            auth,
         })
     }
 
@@ -121,7 +118,7 @@ impl AlerterApp {
         health
             .set_serving::<opsloop_core::proto::v1::alert_service_server::AlertServiceServer<grpc::AlertGrpc>>()
             .await;
-        let routes = routes.add_service(grpc::server(self.alerter.clone(), self.auth));
+        let routes = routes.add_service(grpc::server(self.alerter.clone()));
         let router = opsloop_core::http::base_router(SERVICE, self.infra.readiness())
             .merge(api::router(self.alerter.clone()));
         let mut tasks = JoinSet::new();
@@ -133,12 +130,12 @@ impl AlerterApp {
             self.infra.shutdown.clone(),
         ));
         let endpoints = Endpoints {
-            health: Some(health),
-            // Its work arrives over the bus: ready once the broker answers.
-            ready: opsloop_core::daemon::ReadyWhen::BrokerConnected,
             service: SERVICE,
             grpc: Some((self.grpc, routes)),
             http: (self.http, router),
+            health: Some(health),
+            // Its work arrives over the bus: ready once the broker answers.
+            ready: opsloop_core::daemon::ReadyWhen::BrokerConnected,
         };
         serve_until_stopped(&self.infra, endpoints, tasks).await
     }

@@ -22,6 +22,7 @@ use opsloop_core::proto::v1::mission_service_server::MissionServiceServer;
 use opsloop_core::proto::v1::ops_service_server::OpsServiceServer;
 use opsloop_core::proto::v1::policy_service_server::PolicyServiceServer;
 use opsloop_core::proto::v1::proposal_service_server::ProposalServiceServer;
+use opsloop_core::proto::v1::token_service_server::TokenServiceServer;
 use opsloop_core::proto::v1::trigger_service_server::TriggerServiceServer;
 use opsloop_core::workflow::outbox::{RelaySettings, run_relay};
 use opsloop_core::workflow::{self, SummaryPeriod};
@@ -62,7 +63,6 @@ impl Default for ApiSettings {
     }
 }
 
-/// The daemon, built and bound, ready to run.
 /// Parses and validates `[api]` before any I/O; what
 /// `opsloop_core::daemon::run` calls.
 pub fn check_config(config: &opsloop_core::config::LoadedConfig) -> anyhow::Result<()> {
@@ -70,6 +70,7 @@ pub fn check_config(config: &opsloop_core::config::LoadedConfig) -> anyhow::Resu
     Ok(())
 }
 
+/// The daemon, built and bound, ready to run.
 pub struct ApiApp {
     infra: Infra,
     settings: ApiSettings,
@@ -84,7 +85,7 @@ impl ApiApp {
         let settings: ApiSettings = infra.config.section("api")?;
         let grpc = bind("api.grpc_addr", &settings.grpc_addr).await?;
         let http = bind("api.http_addr", &settings.http_addr).await?;
-        let auth = opsloop_core::auth::Auth::from_secrets(SERVICE, &infra.secrets)?;
+        let auth = infra.auth.clone();
         let api = Api {
             db: infra.db.clone(),
             auth,
@@ -147,6 +148,10 @@ impl ApiApp {
             .add_service(
                 OpsServiceServer::new(api.clone())
                     .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+            )
+            .add_service(
+                TokenServiceServer::new(api.clone())
+                    .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
             );
         health.set_serving::<ProposalServiceServer<Api>>().await;
         health.set_serving::<MissionServiceServer<Api>>().await;
@@ -154,6 +159,7 @@ impl ApiApp {
         health.set_serving::<PolicyServiceServer<Api>>().await;
         health.set_serving::<TriggerServiceServer<Api>>().await;
         health.set_serving::<OpsServiceServer<Api>>().await;
+        health.set_serving::<TokenServiceServer<Api>>().await;
 
         let router = opsloop_core::http::base_router(SERVICE, self.infra.readiness()).merge(
             axum::Router::new()
@@ -188,6 +194,7 @@ impl ApiApp {
                 health.set_not_serving::<PolicyServiceServer<Api>>().await;
                 health.set_not_serving::<TriggerServiceServer<Api>>().await;
                 health.set_not_serving::<OpsServiceServer<Api>>().await;
+                health.set_not_serving::<TokenServiceServer<Api>>().await;
                 Ok(())
             });
         }
@@ -196,6 +203,9 @@ impl ApiApp {
             service: SERVICE,
             grpc: Some((self.grpc, routes)),
             http: (self.http, router),
+            health: Some(health),
+            // The outbox keeps events while the broker is away.
+            ready: opsloop_core::daemon::ReadyWhen::Listening,
         };
         serve_until_stopped(&self.infra, endpoints, tasks).await
     }
@@ -203,9 +213,6 @@ impl ApiApp {
 
 /// `GET /api/ops/summary/daily`: the same figures as gRPC `GetSummary`.
 async fn daily_summary(State(api): State<Api>) -> Response {
-            health: Some(health),
-            // The outbox keeps events while the broker is away.
-            ready: opsloop_core::daemon::ReadyWhen::Listening,
     match workflow::summary(&api.db, SummaryPeriod::Daily, api.now()).await {
         Ok(figures) => axum::Json(figures).into_response(),
         Err(error) => {

@@ -20,7 +20,6 @@ use crate::s3::ObjectBackupStore;
 use crate::schedule::{Clock, SystemClock, run_schedule};
 use crate::service::BackupGrpc;
 use crate::store::{BackupStore, LocalStore};
-use opsloop_core::auth::Auth;
 
 /// The daemon, built and bound, ready to run.
 pub struct BackupApp {
@@ -86,8 +85,7 @@ impl BackupApp {
     /// Serves until the infrastructure's shutdown token is cancelled.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let (routes, health) = opsloop_core::grpc::standard_routes()?;
-        let auth = Auth::from_secrets(crate::SERVICE, &self.infra.secrets)?;
-        let service = BackupServiceServer::new(BackupGrpc::new(self.agent.clone(), auth))
+        let service = BackupServiceServer::new(BackupGrpc::new(self.agent.clone()))
             .max_decoding_message_size(opsloop_core::grpc::MAX_DECODING_MESSAGE_SIZE);
         health
             .set_serving::<BackupServiceServer<BackupGrpc>>()
@@ -96,10 +94,10 @@ impl BackupApp {
         let router = opsloop_core::http::base_router(SERVICE, self.infra.readiness());
         let endpoints = Endpoints {
             service: SERVICE,
-            health: Some(health.clone()),
-            ready: opsloop_core::daemon::ReadyWhen::Listening,
             grpc: Some((self.grpc, routes)),
             http: (self.http, router),
+            health: Some(health.clone()),
+            ready: opsloop_core::daemon::ReadyWhen::Listening,
         };
         let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
         let shutdown = self.infra.shutdown.clone();

@@ -16,7 +16,6 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::agent::{Agent, AgentError, status};
-use opsloop_core::auth::{Auth, Role};
 
 const DEFAULT_PAGE_SIZE: u64 = 50;
 const MAX_PAGE_SIZE: u64 = 500;
@@ -24,12 +23,11 @@ const MAX_PAGE_SIZE: u64 = 500;
 /// The gRPC face of the agent.
 pub struct BackupGrpc {
     agent: Arc<Agent>,
-    auth: Auth,
 }
 
 impl BackupGrpc {
-    pub fn new(agent: Arc<Agent>, auth: Auth) -> Self {
-        Self { agent, auth }
+    pub fn new(agent: Arc<Agent>) -> Self {
+        Self { agent }
     }
 }
 
@@ -99,7 +97,6 @@ impl BackupService for BackupGrpc {
         &self,
         request: Request<RunBackupRequest>,
     ) -> Result<Response<RunBackupResponse>, Status> {
-        self.auth.check(request.metadata(), Role::Admin)?;
         let request = request.into_inner();
         let row = self
             .agent
@@ -117,7 +114,6 @@ impl BackupService for BackupGrpc {
         &self,
         request: Request<ListBackupsRequest>,
     ) -> Result<Response<ListBackupsResponse>, Status> {
-        self.auth.check(request.metadata(), Role::Reader)?;
         let request = request.into_inner();
         let kind = match BackupKind::try_from(request.kind) {
             Ok(BackupKind::Unspecified) => None,
@@ -171,7 +167,6 @@ impl BackupService for BackupGrpc {
         &self,
         request: Request<VerifyBackupRequest>,
     ) -> Result<Response<VerifyBackupResponse>, Status> {
-        self.auth.check(request.metadata(), Role::Admin)?;
         let id = parse_id("id", &request.into_inner().id)?;
         let verified = self.agent.verify(id).await?;
         let report = verified.report;
@@ -207,7 +202,6 @@ impl BackupService for BackupGrpc {
         &self,
         request: Request<RestoreRequest>,
     ) -> Result<Response<RestoreResponse>, Status> {
-        self.auth.check(request.metadata(), Role::Admin)?;
         let request = request.into_inner();
         let id = parse_id("backup_id", &request.backup_id)?;
         if request.target_url.is_empty() {
@@ -235,7 +229,6 @@ impl BackupService for BackupGrpc {
         &self,
         request: Request<PreviewRetentionRequest>,
     ) -> Result<Response<PreviewRetentionResponse>, Status> {
-        self.auth.check(request.metadata(), Role::Reader)?;
         let request = request.into_inner();
         let preview = self
             .agent

@@ -154,7 +154,7 @@ async fn encrypted_sqlite_backup_verifies_restores_and_hides_plaintext() {
     );
 
     // The API says the backup is encrypted.
-    let grpc = BackupGrpc::new(h.agent.clone(), Default::default());
+    let grpc = BackupGrpc::new(h.agent.clone());
     let listed = grpc
         .list_backups(tonic::Request::new(ListBackupsRequest::default()))
         .await

@@ -75,6 +75,8 @@ INSERT INTO notification_log (receiver, group_key, state_hash, firing, resolved,
 INSERT INTO alert_messages_seen (message_id, created_at) VALUES ('m1', now());
 INSERT INTO backups (id, target, kind, status, compression, started_at)
   VALUES (gen_random_uuid(), 'other', 'postgres', 'failed', 'zstd:3', now());
+INSERT INTO api_tokens (id, name, role, secret_sha256, created_at, created_by)
+  VALUES (gen_random_uuid(), 'ci', 'agent', repeat('ab', 32), now(), 'bootstrap-admin');
 ";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,7 +226,7 @@ async fn postgres_backup_verify_restore_round_trip() {
     );
 
     // The gRPC face lists it as verified, and retention keeps it.
-    let grpc = BackupGrpc::new(h.agent.clone(), Default::default());
+    let grpc = BackupGrpc::new(h.agent.clone());
     let listed = grpc
         .list_backups(tonic::Request::new(ListBackupsRequest::default()))
         .await

@@ -13,6 +13,7 @@ use opsloop_core::proto::v1::mission_service_client::MissionServiceClient;
 use opsloop_core::proto::v1::ops_service_client::OpsServiceClient;
 use opsloop_core::proto::v1::policy_service_client::PolicyServiceClient;
 use opsloop_core::proto::v1::proposal_service_client::ProposalServiceClient;
+use opsloop_core::proto::v1::token_service_client::TokenServiceClient;
 use opsloop_core::proto::v1::trigger_service_client::TriggerServiceClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -275,6 +276,11 @@ impl Connection {
         AlertServiceClient::new(self.intercepted())
     }
 
+    /// `TokenService` client.
+    pub fn tokens(&self) -> TokenServiceClient<AuthChannel> {
+        TokenServiceClient::new(self.intercepted())
+    }
+
     /// `BackupService` client.
     pub fn backups(&self) -> BackupServiceClient<AuthChannel> {
         BackupServiceClient::new(self.intercepted())
@@ -287,12 +293,6 @@ impl Connection {
 }
 
 /// The one-line error for a daemon that cannot be reached.
-pub fn unreachable(daemon: Daemon, endpoint: &str) -> anyhow::Error {
-    anyhow!(
-        "UNAVAILABLE: cannot reach {} at {endpoint} — is it running? (opsloop dev; or set --endpoint / ${})",
-        daemon.name(),
-        daemon.env_var()
-    )
 /// The CA bundle `https://` endpoints are checked against, besides the
 /// system roots: `--ca-file`, else `$OPSLOOP_CA_FILE`.
 static CA_FILE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
@@ -325,6 +325,12 @@ fn looks_like_tls(cause: &str) -> bool {
     lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
 }
 
+pub fn unreachable(daemon: Daemon, endpoint: &str) -> anyhow::Error {
+    anyhow!(
+        "UNAVAILABLE: cannot reach {} at {endpoint} — is it running? (opsloop dev; or set --endpoint / ${})",
+        daemon.name(),
+        daemon.env_var()
+    )
 }
 
 /// True when the api answered UNAVAILABLE because its database is down
@@ -367,8 +373,13 @@ pub fn status_line(daemon: Daemon, endpoint: &str, status: &Status) -> String {
             "its current state does not allow this; look at it with the show/list commands"
                 .to_owned()
         }
+        // The server's message already names the call and the role it
+        // needs (one sentence); nothing to add to it.
+        Code::PermissionDenied if !message.is_empty() => {
+            return format!("PERMISSION_DENIED: {message}");
+        }
         Code::PermissionDenied => {
-            "this call needs the admin token (--token, --token-file or $OPSLOOP_TOKEN)".to_owned()
+            "the token's role may not make this call; use a token with the role it needs (opsloop token list)".to_owned()
         }
         Code::Unauthenticated => {
             "give a token with --token, --token-file or $OPSLOOP_TOKEN".to_owned()
@@ -440,8 +451,18 @@ mod tests {
         );
         let line = status_line(Daemon::Alerter, "http://x", &Status::permission_denied(""));
         assert!(
-            line.starts_with("PERMISSION_DENIED: this call needs the admin token"),
+            line.starts_with("PERMISSION_DENIED: the token's role may not make this call"),
             "{line}"
+        );
+        let denied = opsloop_core::auth::Denied::WrongRole {
+            name: "ci".into(),
+            role: opsloop_core::auth::Role::Agent,
+            target: "/opsloop.v1.PolicyService/SetPolicy".into(),
+            needs: vec!["admin"],
+        };
+        assert_eq!(
+            status_line(Daemon::Api, "http://x", &denied.to_status()),
+            "PERMISSION_DENIED: /opsloop.v1.PolicyService/SetPolicy needs the admin role, and token ci has the agent role"
         );
     }
 

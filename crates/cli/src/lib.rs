@@ -33,6 +33,7 @@ pub mod output;
 pub mod parse;
 pub mod policy;
 pub mod proposal;
+pub mod token;
 pub mod trigger;
 pub mod worker;
 pub mod worker_cmd;

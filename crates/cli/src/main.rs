@@ -10,7 +10,9 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use opsloop_cli::client::Globals;
 use opsloop_cli::output::OutputFormat;
-use opsloop_cli::{alerts, backup, event, mission, ops, policy, proposal, trigger, worker_cmd};
+use opsloop_cli::{
+    alerts, backup, event, mission, ops, policy, proposal, token, trigger, worker_cmd,
+};
 
 #[derive(Parser)]
 #[command(name = "opsloop", version, about = "opsloop: a closed-loop operations control plane", long_about = None)]
@@ -57,8 +59,6 @@ struct Cli {
     )]
     token_file: Option<PathBuf>,
 
-    /// How results are printed.
-    #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Table, overrides_with = "output", help_heading = "Global options")]
     /// CA bundle (PEM) that https:// endpoints are checked against, besides the system roots.
     #[arg(
         long,
@@ -69,6 +69,8 @@ struct Cli {
     )]
     ca_file: Option<PathBuf>,
 
+    /// How results are printed.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Table, overrides_with = "output", help_heading = "Global options")]
     output: OutputFormat,
 
     /// Who is acting, recorded in audit fields (default: $OPSLOOP_ACTOR, else $USER).
@@ -106,6 +108,9 @@ enum Command {
     /// Add, list and remove heartbeat trigger rules.
     #[command(subcommand)]
     Trigger(trigger::TriggerCommand),
+    /// Create, list and revoke named API tokens (admin).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Counts of proposals, missions, steps and events over a period.
     Summary(ops::SummaryArgs),
     /// The ops-health figures: failures, backlog, leases, stop, cost.
@@ -138,12 +143,12 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
+    opsloop_cli::client::set_ca_file(cli.ca_file.clone());
     let globals = Globals {
         endpoint: cli.endpoint,
         token: cli.token,
         token_file: cli.token_file,
         output: cli.output,
-    opsloop_cli::client::set_ca_file(cli.ca_file.clone());
         actor: cli
             .actor
             .or_else(|| std::env::var("OPSLOOP_ACTOR").ok())
@@ -189,6 +194,7 @@ async fn run(
         Command::Event(command) => event::run(command, globals).await,
         Command::Policy(command) => policy::run(command, globals).await,
         Command::Trigger(command) => trigger::run(command, globals).await,
+        Command::Token(command) => token::run(command, globals).await,
         Command::Summary(args) => ops::summary(args, globals).await,
         Command::Health => ops::health(globals).await,
         Command::EmergencyStop(command) => ops::emergency_stop(command, globals).await,

@@ -338,7 +338,7 @@ pub async fn heartbeat(command: HeartbeatCommand, globals: &Globals) -> anyhow::
     if !(200..300).contains(&response.status) {
         let hint = match response.status {
             401 => "give a token with --token, --token-file or $OPSLOOP_TOKEN",
-            403 => "this call needs the admin token",
+            403 => "use a token with the role the call needs (opsloop token list)",
             404 | 405 => "is this the heartbeat-worker's HTTP port (default 9755)?",
             409 | 423 | 429 => "a tick is running or this process is not the leader; retry shortly",
             _ => "see the heartbeat-worker's logs",

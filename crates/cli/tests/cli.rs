@@ -218,6 +218,9 @@ const HELP: &[(&[&str], &[&str])] = &[
         &["<ID>", "--target-url", "--confirm", "--force"],
     ),
     (&["backup", "prune"], &["--dry-run", "--target"]),
+    (&["token", "create"], &["--name", "--role", "--expires"]),
+    (&["token", "list"], &[]),
+    (&["token", "revoke"], &["<NAME>"]),
 ];
 
 #[test]

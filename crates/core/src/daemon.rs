@@ -30,6 +30,9 @@ pub struct Infra {
     pub bus: Arc<dyn Bus>,
     pub secrets: SecretStore,
     pub audit: Arc<AuditLog>,
+    /// The tokens every listener checks (bootstrap secrets and the
+    /// `api_tokens` table, reloaded while serving).
+    pub auth: crate::auth::Auth,
     pub shutdown: CancellationToken,
 }
 
@@ -58,12 +61,17 @@ impl Infra {
         let amqp_url = secrets.get("amqp_url")?;
         let bus = bus::connect(&settings.bus, amqp_url.as_ref()).await?;
         let audit = Arc::new(AuditLog::new(&settings.audit));
+        let auth = crate::auth::Auth::from_secrets(&secrets, Some(db.clone()))?;
+        if let Err(error) = auth.refresh().await {
+            tracing::warn!(%error, "cannot read the api_tokens table (run `opsloop migrate up`); only the admin_token/agent_token secrets are accepted until it can be read");
+        }
         Ok(Self {
             config,
             db,
             bus,
             secrets,
             audit,
+            auth,
             shutdown,
         })
     }
@@ -269,6 +277,15 @@ pub async fn serve_until_stopped(
     let http_tls = tls.clone().filter(|_| tls_settings.http);
     let grpc_tls = tls.clone().filter(|_| tls_settings.grpc);
     let (http_listener, router) = endpoints.http;
+    // One access check for every route and method of the daemon.
+    let router = crate::http::secure(router, endpoints.service, infra.auth.clone());
+    if infra.auth.is_open() {
+        tracing::warn!(
+            service = endpoints.service,
+            "no token configured (no admin_token/agent_token secret, no `opsloop token`): every port is open to anyone who can reach it"
+        );
+    }
+    tasks.spawn(infra.auth.clone().refresh_every(shutdown.clone()));
     let http_addr = http_listener.local_addr()?;
     let mut servers: tokio::task::JoinSet<anyhow::Result<()>> = tokio::task::JoinSet::new();
     {
@@ -282,6 +299,7 @@ pub async fn serve_until_stopped(
     }
     let grpc_addr = match endpoints.grpc {
         Some((listener, routes)) => {
+            let routes = crate::grpc::secure(routes, endpoints.service, infra.auth.clone());
             let addr = listener.local_addr()?;
             let shutdown = shutdown.clone();
             let grpc_tls = grpc_tls.clone();

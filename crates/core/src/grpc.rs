@@ -67,6 +67,99 @@ pub fn standard_routes() -> Result<(Routes, HealthReporter), tonic_reflection::s
     Ok((routes, reporter))
 }
 
+/// The one middleware stack of every gRPC server, applied to a daemon's
+/// whole set of routes (its services, reflection and health) by
+/// [`crate::daemon::serve_until_stopped`]. For each call, before the handler:
+/// a `grpc` span whose parent is the caller's W3C trace (`traceparent`,
+/// `tracestate` metadata); authentication and authorization from
+/// [`crate::access::TABLE`] (a method missing from it is refused); the caller
+/// ([`crate::auth::caller`]) set for the handler. After it:
+/// `opsloop_grpc_requests_total{service,method,code}` and
+/// `opsloop_grpc_request_duration_seconds{service,method}` (time to the
+/// response headers; for a server stream, to its first message), and a
+/// warning for `INTERNAL`/`UNAVAILABLE`.
+pub fn secure(routes: Routes, daemon: &'static str, auth: crate::auth::Auth) -> Routes {
+    Routes::from(
+        routes
+            .into_axum_router()
+            .layer(axum::middleware::from_fn_with_state((daemon, auth), guard)),
+    )
+}
+
+async fn guard(
+    axum::extract::State((daemon, auth)): axum::extract::State<(&'static str, crate::auth::Auth)>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = request.uri().path().to_owned();
+    let access = crate::access::grpc_access(&path);
+    // Labels only for listed methods, so random paths cannot grow the
+    // metrics without bound.
+    let (service, method) = match (access, path.trim_start_matches('/').split_once('/')) {
+        (Some(_), Some((service, method))) => (service.to_owned(), method.to_owned()),
+        _ => ("unknown".to_owned(), "unknown".to_owned()),
+    };
+    let span = tracing::info_span!(
+        "grpc",
+        daemon,
+        service = %service,
+        method = %method,
+        code = tracing::field::Empty,
+        actor = tracing::field::Empty,
+    );
+    let trace: std::collections::BTreeMap<String, String> = ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|name| {
+            let value = request.headers().get(name)?.to_str().ok()?;
+            Some((name.to_owned(), value.to_owned()))
+        })
+        .collect();
+    crate::telemetry::set_parent_from_headers(&span, &trace);
+    let started = std::time::Instant::now();
+    let response = match auth.authorize(&path, access, request.headers(), false) {
+        Ok(principal) => {
+            if let Some(p) = &principal {
+                span.record("actor", p.name.as_str());
+            }
+            tracing::Instrument::instrument(
+                crate::auth::with_caller(principal, next.run(request)),
+                span.clone(),
+            )
+            .await
+        }
+        Err(denied) => {
+            auth.record_failure(daemon, &path, &denied);
+            denied
+                .to_status()
+                .into_http::<tonic::body::Body>()
+                .map(axum::body::Body::new)
+        }
+    };
+    let status = tonic::Status::from_header_map(response.headers());
+    let code = status.as_ref().map_or(tonic::Code::Ok, tonic::Status::code);
+    span.record("code", format!("{code:?}"));
+    metrics::counter!(
+        "opsloop_grpc_requests_total",
+        "service" => service.clone(),
+        "method" => method.clone(),
+        "code" => format!("{code:?}")
+    )
+    .increment(1);
+    metrics::histogram!(
+        "opsloop_grpc_request_duration_seconds",
+        "service" => service,
+        "method" => method.clone()
+    )
+    .record(started.elapsed().as_secs_f64());
+    if let Some(status) = status
+        && matches!(code, tonic::Code::Internal | tonic::Code::Unavailable)
+    {
+        let _entered = span.enter();
+        tracing::warn!(method, code = ?code, message = status.message(), "request failed");
+    }
+    response
+}
+
 /// Serves `routes` on `listener` until `shutdown` completes, then stops
 /// accepting, lets in-flight calls finish and returns.
 ///
@@ -78,6 +171,39 @@ pub async fn serve(
     routes: Routes,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    serve_tls(listener, routes, None, shutdown).await
+}
+
+/// [`serve`] over TLS when `tls` is given: each accepted connection is
+/// handshaken with the (reloadable) certificate of [`crate::tls::ServerTls`];
+/// a client that does not speak TLS, or presents no valid client certificate
+/// under mutual TLS, is dropped before any call.
+pub async fn serve_tls(
+    listener: TcpListener,
+    routes: Routes,
+    tls: Option<&crate::tls::ServerTls>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let server = Server::builder()
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .add_routes(routes);
+    if let Some(tls) = tls {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let incoming =
+            match crate::tls::TlsIncoming::new(listener, tls.grpc_acceptor(), "grpc", stop.clone())
+            {
+                Ok(incoming) => incoming,
+                Err(error) => {
+                    tracing::error!(%error, "gRPC listener has no local address");
+                    return Ok(());
+                }
+            };
+        let _stop_accepting = stop.drop_guard();
+        return server
+            .serve_with_incoming_shutdown(incoming.into_stream(), shutdown)
+            .await;
+    }
     let incoming = TcpListenerStream::new(listener).map(|accepted| {
         accepted.inspect(|stream| {
             // Small request/response messages: don't wait for Nagle. Best
@@ -168,39 +294,6 @@ mod tests {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .expect("valid endpoint")
             .connect()
-    serve_tls(listener, routes, None, shutdown).await
-}
-
-/// [`serve`] over TLS when `tls` is given: each accepted connection is
-/// handshaken with the (reloadable) certificate of [`crate::tls::ServerTls`];
-/// a client that does not speak TLS, or presents no valid client certificate
-/// under mutual TLS, is dropped before any call.
-pub async fn serve_tls(
-    listener: TcpListener,
-    routes: Routes,
-    tls: Option<&crate::tls::ServerTls>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
-    let server = Server::builder()
-        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
-        .add_routes(routes);
-    if let Some(tls) = tls {
-        let stop = tokio_util::sync::CancellationToken::new();
-        let incoming =
-            match crate::tls::TlsIncoming::new(listener, tls.grpc_acceptor(), "grpc", stop.clone())
-            {
-                Ok(incoming) => incoming,
-                Err(error) => {
-                    tracing::error!(%error, "gRPC listener has no local address");
-                    return Ok(());
-                }
-            };
-        let _stop_accepting = stop.drop_guard();
-        return server
-            .serve_with_incoming_shutdown(incoming.into_stream(), shutdown)
-            .await;
-    }
             .await
             .expect("connect");
         let mut client = HealthClient::new(channel.clone());

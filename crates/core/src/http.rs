@@ -83,6 +83,51 @@ pub fn base_router(service: &'static str, readiness: Readiness) -> Router {
         .route("/metrics", get(metrics))
 }
 
+/// The access check of every HTTP route (a `route_layer`, so unknown paths
+/// stay 404): the route's roles from [`crate::access::TABLE`] by daemon,
+/// method and path pattern, checked before the handler against a bearer
+/// token or HTTP basic auth (the token's name and secret). 401 without a
+/// valid credential (with `WWW-Authenticate`), 403 for a role that may not
+/// make the call or a route missing from the table. Applied by
+/// [`crate::daemon::serve_until_stopped`] to the daemon's whole router.
+pub fn secure(router: Router, daemon: &'static str, auth: crate::auth::Auth) -> Router {
+    router.route_layer(axum::middleware::from_fn_with_state((daemon, auth), guard))
+}
+
+async fn guard(
+    State((daemon, auth)): State<(&'static str, crate::auth::Auth)>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = request.method().as_str().to_owned();
+    let (pattern, access) =
+        crate::access::http_route(daemon, &method, request.uri().path()).unzip();
+    let target = format!(
+        "{method} {}",
+        pattern.unwrap_or_else(|| request.uri().path())
+    );
+    match auth.authorize(&target, access, request.headers(), true) {
+        Ok(principal) => crate::auth::with_caller(principal, next.run(request)).await,
+        Err(denied) => {
+            auth.record_failure(daemon, &target, &denied);
+            let body = axum::Json(json!({"error": denied.message()}));
+            if denied.is_unauthenticated() {
+                (
+                    StatusCode::UNAUTHORIZED,
+                    [(
+                        header::WWW_AUTHENTICATE,
+                        "Bearer realm=\"opsloop\", Basic realm=\"opsloop\"",
+                    )],
+                    body,
+                )
+                    .into_response()
+            } else {
+                (StatusCode::FORBIDDEN, body).into_response()
+            }
+        }
+    }
+}
+
 async fn readyz(State(readiness): State<Readiness>) -> Response {
     let (ok, body) = readiness.evaluate().await;
     let status = if ok {
@@ -111,6 +156,23 @@ pub async fn serve(
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_tls(listener, router, None, shutdown).await
+}
+
+/// [`serve`] over TLS when `tls` is given (HTTP/1.1 and HTTP/2 by ALPN).
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<&crate::tls::ServerTls>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    if let Some(tls) = tls {
+        let stop = shutdown.child_token();
+        let incoming = crate::tls::TlsIncoming::new(listener, tls.http_acceptor(), "http", stop)?;
+        return axum::serve(incoming, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+    }
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
@@ -150,20 +212,3 @@ mod tests {
         assert_eq!(body["checks"]["switch"]["error"], "switched off");
     }
 }
-    serve_tls(listener, router, None, shutdown).await
-}
-
-/// [`serve`] over TLS when `tls` is given (HTTP/1.1 and HTTP/2 by ALPN).
-pub async fn serve_tls(
-    listener: TcpListener,
-    router: Router,
-    tls: Option<&crate::tls::ServerTls>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    if let Some(tls) = tls {
-        let stop = shutdown.child_token();
-        let incoming = crate::tls::TlsIncoming::new(listener, tls.http_acceptor(), "http", stop)?;
-        return axum::serve(incoming, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-    }

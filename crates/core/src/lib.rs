@@ -3,6 +3,7 @@
 //! systemd notify), the event bus, the store and the generated gRPC contract.
 //! Daemons are thin: they wire these pieces together and run their own loop.
 
+pub mod access;
 pub mod alert;
 pub mod audit;
 pub mod auth;
@@ -19,5 +20,5 @@ pub mod schedule;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;
-pub mod workflow;
 pub mod tls;
+pub mod workflow;

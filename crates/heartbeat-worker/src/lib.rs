@@ -31,11 +31,10 @@ use std::time::Duration as StdDuration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chrono::Utc;
-use opsloop_core::auth::{Auth, Role};
 use opsloop_core::daemon::{Endpoints, Infra, bind, serve_until_stopped};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -55,7 +54,6 @@ pub struct HeartbeatApp {
     infra: Infra,
     http: TcpListener,
     heartbeat: Heartbeat,
-    auth: Auth,
 }
 
 impl HeartbeatApp {
@@ -80,16 +78,11 @@ impl HeartbeatApp {
             settings.clone(),
             summarizer,
         )?;
-        let auth = Auth::new(
-            infra.secrets.get("agent_token")?,
-            infra.secrets.get("admin_token")?,
-        );
         let http = bind("heartbeat.http_addr", &settings.http_addr).await?;
         Ok(Self {
             infra,
             http,
             heartbeat,
-            auth,
         })
     }
 
@@ -109,7 +102,7 @@ impl HeartbeatApp {
         let router = opsloop_core::http::base_router(SERVICE, self.infra.readiness()).merge(
             Router::new()
                 .route("/run", post(run_now))
-                .with_state((self.heartbeat.clone(), self.auth.clone())),
+                .with_state(self.heartbeat.clone()),
         );
         let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
         {
@@ -129,9 +122,6 @@ impl HeartbeatApp {
                 db,
                 bus,
                 settings.reactions_queue,
-            health: None,
-            // Reactions arrive over the bus: ready once the broker answers.
-            ready: opsloop_core::daemon::ReadyWhen::BrokerConnected,
                 shutdown,
             ));
         }
@@ -139,25 +129,18 @@ impl HeartbeatApp {
             service: SERVICE,
             grpc: None,
             http: (self.http, router),
+            health: None,
+            // Reactions arrive over the bus: ready once the broker answers.
+            ready: opsloop_core::daemon::ReadyWhen::BrokerConnected,
         };
         serve_until_stopped(&self.infra, endpoints, tasks).await
     }
 }
 
 /// `POST /run`: one tick now; 200 with the tick's result, 409 when this
-/// instance is standing by or a tick is running. Needs the admin token
-/// (`authorization: Bearer …`) when tokens are configured.
-async fn run_now(State((hb, auth)): State<(Heartbeat, Auth)>, headers: HeaderMap) -> Response {
-    if let Err(status) = auth.check(
-        &tonic::metadata::MetadataMap::from_headers(headers),
-        Role::Admin,
-    ) {
-        let code = match status.code() {
-            tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
-            _ => StatusCode::UNAUTHORIZED,
-        };
-        return (code, axum::Json(json!({"error": status.message()}))).into_response();
-    }
+/// instance is standing by or a tick is running. The admin role, by the
+/// access table.
+async fn run_now(State(hb): State<Heartbeat>) -> Response {
     match hb.tick(Utc::now()).await {
         Ok(outcome @ TickOutcome::Ran(_)) => (StatusCode::OK, axum::Json(outcome)).into_response(),
         Ok(outcome) => (StatusCode::CONFLICT, axum::Json(outcome)).into_response(),

@@ -14,9 +14,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::{Api, invalid, trace_headers};
+use super::{Api, invalid, respond};
 use crate::convert;
-use opsloop_core::auth::Role;
 
 /// How often a tail looks for new events.
 const TAIL_POLL: Duration = Duration::from_millis(200);
@@ -139,8 +138,7 @@ impl EventService for Api {
         &self,
         request: Request<pb::EmitEventRequest>,
     ) -> Result<Response<pb::EmitEventResponse>, Status> {
-        self.observe("EmitEvent", trace_headers(&request), async {
-            self.authorize(&request, Role::Agent)?;
+        respond(async {
             let req = request.into_inner();
             let mut event = NewEvent::parse(
                 &req.kind,
@@ -166,8 +164,7 @@ impl EventService for Api {
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
-        self.observe("ListEvents", trace_headers(&request), async {
-            self.authorize(&request, Role::Reader)?;
+        respond(async {
             let req = request.into_inner();
             let mut filter = filter_from(&req)?;
             if !req.page_token.is_empty() {
@@ -195,8 +192,7 @@ impl EventService for Api {
         &self,
         request: Request<pb::TailEventsRequest>,
     ) -> Result<Response<Self::TailEventsStream>, Status> {
-        self.observe("TailEvents", trace_headers(&request), async {
-            self.authorize(&request, Role::Reader)?;
+        respond(async {
             let req = request.into_inner();
             if let Some(p) = &req.kind_pattern {
                 workflow::events::glob_to_like(p).map_err(invalid)?;

@@ -8,9 +8,8 @@ use opsloop_core::proto::v1::mission_service_server::MissionService;
 use opsloop_core::workflow::{self, ClaimOutcome, MissionFilter};
 use tonic::{Request, Response, Status};
 
-use super::{Api, actor, invalid, required, trace_headers};
+use super::{Api, actor, invalid, required, respond};
 use crate::convert;
-use opsloop_core::auth::Role;
 
 fn lease(seconds: u32) -> Option<u32> {
     (seconds > 0).then_some(seconds)
@@ -37,8 +36,7 @@ impl MissionService for Api {
         &self,
         request: Request<pb::GetMissionRequest>,
     ) -> Result<Response<pb::GetMissionResponse>, Status> {
-        self.observe("GetMission", trace_headers(&request), async {
-            self.authorize(&request, Role::Reader)?;
+        respond(async {
             let id = convert::uuid("id", &request.get_ref().id)?;
             let view = workflow::get_mission(&self.db, id).await?;
             Ok(pb::GetMissionResponse {
@@ -52,8 +50,7 @@ impl MissionService for Api {
         &self,
         request: Request<pb::ListMissionsRequest>,
     ) -> Result<Response<pb::ListMissionsResponse>, Status> {
-        self.observe("ListMissions", trace_headers(&request), async {
-            self.authorize(&request, Role::Reader)?;
+        respond(async {
             let req = request.into_inner();
             let status = match convert::enum_field::<pb::MissionStatus>("status", req.status)? {
                 pb::MissionStatus::Unspecified => None,
@@ -98,8 +95,7 @@ impl MissionService for Api {
         &self,
         request: Request<pb::CancelMissionRequest>,
     ) -> Result<Response<pb::CancelMissionResponse>, Status> {
-        self.observe("CancelMission", trace_headers(&request), async {
-            self.authorize(&request, Role::Admin)?;
+        respond(async {
             let req = request.into_inner();
             let id = convert::uuid("id", &req.id)?;
             let actor = actor(&req.actor, "admin")?;
@@ -118,8 +114,7 @@ impl MissionService for Api {
         &self,
         request: Request<pb::ClaimStepRequest>,
     ) -> Result<Response<pb::ClaimStepResponse>, Status> {
-        self.observe("ClaimStep", trace_headers(&request), async {
-            self.authorize(&request, Role::Agent)?;
+        respond(async {
             let req = request.into_inner();
             let worker = worker(&req.worker_id)?;
             if req.kinds.is_empty() || req.kinds.len() > 64 {
@@ -161,8 +156,7 @@ impl MissionService for Api {
         &self,
         request: Request<pb::RenewLeaseRequest>,
     ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
-        self.observe("RenewLease", trace_headers(&request), async {
-            self.authorize(&request, Role::Agent)?;
+        respond(async {
             let req = request.into_inner();
             let step_id = convert::uuid("step_id", &req.step_id)?;
             let worker = worker(&req.worker_id)?;
@@ -186,8 +180,7 @@ impl MissionService for Api {
         &self,
         request: Request<pb::CompleteStepRequest>,
     ) -> Result<Response<pb::CompleteStepResponse>, Status> {
-        self.observe("CompleteStep", trace_headers(&request), async {
-            self.authorize(&request, Role::Agent)?;
+        respond(async {
             let req = request.into_inner();
             let step_id = convert::uuid("step_id", &req.step_id)?;
             let worker = worker(&req.worker_id)?;
@@ -222,8 +215,7 @@ impl MissionService for Api {
         &self,
         request: Request<pb::FailStepRequest>,
     ) -> Result<Response<pb::FailStepResponse>, Status> {
-        self.observe("FailStep", trace_headers(&request), async {
-            self.authorize(&request, Role::Agent)?;
+        respond(async {
             let req = request.into_inner();
             let step_id = convert::uuid("step_id", &req.step_id)?;
             let worker = worker(&req.worker_id)?;

@@ -9,9 +9,8 @@ use opsloop_core::workflow::{self, SummaryFigures, SummaryPeriod, WorkflowError}
 use sea_orm::{EntityTrait, Statement};
 use tonic::{Request, Response, Status};
 
-use super::{Api, actor, required, trace_headers};
+use super::{Api, actor, required, respond};
 use crate::convert;
-use opsloop_core::auth::Role;
 
 fn stop_state(stop: &EmergencyStop, changed_at: Option<DateTime<Utc>>) -> pb::EmergencyStopState {
     pb::EmergencyStopState {
@@ -129,8 +128,7 @@ impl OpsService for Api {
         &self,
         request: Request<pb::GetSummaryRequest>,
     ) -> Result<Response<pb::GetSummaryResponse>, Status> {
-        self.observe("GetSummary", trace_headers(&request), async {
-            self.authorize(&request, Role::Reader)?;
+        respond(async {
             let period =
                 match convert::enum_field::<pb::SummaryPeriod>("period", request.get_ref().period)?
                 {
@@ -149,10 +147,9 @@ impl OpsService for Api {
 
     async fn get_health(
         &self,
-        request: Request<pb::GetHealthRequest>,
+        _request: Request<pb::GetHealthRequest>,
     ) -> Result<Response<pb::GetHealthResponse>, Status> {
-        self.observe("GetHealth", trace_headers(&request), async {
-            self.authorize(&request, Role::Reader)?;
+        respond(async {
             let h = workflow::health(&self.db, self.now()).await?;
             Ok(pb::GetHealthResponse {
                 health: Some(pb::OpsHealth {
@@ -182,8 +179,7 @@ impl OpsService for Api {
         &self,
         request: Request<pb::EngageEmergencyStopRequest>,
     ) -> Result<Response<pb::EngageEmergencyStopResponse>, Status> {
-        self.observe("EngageEmergencyStop", trace_headers(&request), async {
-            self.authorize(&request, Role::Admin)?;
+        respond(async {
             let req = request.into_inner();
             let reason = required("reason", &req.reason, 1000)?;
             let actor = actor(&req.actor, "admin")?;
@@ -207,8 +203,7 @@ impl OpsService for Api {
         &self,
         request: Request<pb::ReleaseEmergencyStopRequest>,
     ) -> Result<Response<pb::ReleaseEmergencyStopResponse>, Status> {
-        self.observe("ReleaseEmergencyStop", trace_headers(&request), async {
-            self.authorize(&request, Role::Admin)?;
+        respond(async {
             let req = request.into_inner();
             let reason = required("reason", &req.reason, 1000)?;
             let actor = actor(&req.actor, "admin")?;
@@ -232,8 +227,7 @@ impl OpsService for Api {
         &self,
         request: Request<pb::GetWeeklyReportRequest>,
     ) -> Result<Response<pb::GetWeeklyReportResponse>, Status> {
-        self.observe("GetWeeklyReport", trace_headers(&request), async {
-            self.authorize(&request, Role::Reader)?;
+        respond(async {
             let week_of = request
                 .get_ref()
                 .week_of

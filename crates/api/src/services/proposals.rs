@@ -7,9 +7,8 @@ use opsloop_core::proto::v1::proposal_service_server::ProposalService;
 use opsloop_core::workflow::{self, ProposalFilter};
 use tonic::{Request, Response, Status};
 
-use super::{Api, actor, invalid, required, trace_headers};
+use super::{Api, actor, invalid, required, respond};
 use crate::convert;
-use opsloop_core::auth::Role;
 
 fn source(value: i32) -> Result<ProposalSource, Status> {
     Ok(
@@ -70,8 +69,7 @@ impl ProposalService for Api {
         &self,
         request: Request<pb::SubmitProposalRequest>,
     ) -> Result<Response<pb::SubmitProposalResponse>, Status> {
-        self.observe("SubmitProposal", trace_headers(&request), async {
-            self.authorize(&request, Role::Agent)?;
+        respond(async {
             let proposal = self.parse_submit(request.into_inner())?;
             let out =
                 workflow::submit_proposal_cached(&self.db, &self.policy, proposal, self.now())
@@ -88,8 +86,7 @@ impl ProposalService for Api {
         &self,
         request: Request<pb::GetProposalRequest>,
     ) -> Result<Response<pb::GetProposalResponse>, Status> {
-        self.observe("GetProposal", trace_headers(&request), async {
-            self.authorize(&request, Role::Reader)?;
+        respond(async {
             let id = convert::uuid("id", &request.get_ref().id)?;
             let view = workflow::get_proposal(&self.db, id).await?;
             Ok(pb::GetProposalResponse {
@@ -103,8 +100,7 @@ impl ProposalService for Api {
         &self,
         request: Request<pb::ListProposalsRequest>,
     ) -> Result<Response<pb::ListProposalsResponse>, Status> {
-        self.observe("ListProposals", trace_headers(&request), async {
-            self.authorize(&request, Role::Reader)?;
+        respond(async {
             let req = request.into_inner();
             let status = match convert::enum_field::<pb::ProposalStatus>("status", req.status)? {
                 pb::ProposalStatus::Unspecified => None,
@@ -154,8 +150,7 @@ impl ProposalService for Api {
         &self,
         request: Request<pb::ApproveProposalRequest>,
     ) -> Result<Response<pb::ApproveProposalResponse>, Status> {
-        self.observe("ApproveProposal", trace_headers(&request), async {
-            self.authorize(&request, Role::Admin)?;
+        respond(async {
             let req = request.into_inner();
             let id = convert::uuid("id", &req.id)?;
             let actor = actor(&req.actor, "admin")?;
@@ -180,8 +175,7 @@ impl ProposalService for Api {
         &self,
         request: Request<pb::RejectProposalRequest>,
     ) -> Result<Response<pb::RejectProposalResponse>, Status> {
-        self.observe("RejectProposal", trace_headers(&request), async {
-            self.authorize(&request, Role::Admin)?;
+        respond(async {
             let req = request.into_inner();
             let id = convert::uuid("id", &req.id)?;
             let actor = actor(&req.actor, "admin")?;

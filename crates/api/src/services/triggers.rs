@@ -8,9 +8,8 @@ use opsloop_core::workflow;
 use opsloop_core::workflow::triggers::{NewTrigger, TriggerUpdate};
 use tonic::{Request, Response, Status};
 
-use super::{Api, actor, invalid, required, trace_headers};
+use super::{Api, actor, invalid, required, respond};
 use crate::convert;
-use opsloop_core::auth::Role;
 
 impl Api {
     fn json(&self, field: &str, text: &str) -> Result<serde_json::Value, Status> {
@@ -40,8 +39,7 @@ impl TriggerService for Api {
         &self,
         request: Request<pb::CreateTriggerRequest>,
     ) -> Result<Response<pb::CreateTriggerResponse>, Status> {
-        self.observe("CreateTrigger", trace_headers(&request), async {
-            self.authorize(&request, Role::Admin)?;
+        respond(async {
             let req = request.into_inner();
             let rule = NewTrigger {
                 name: required("name", &req.name, 128)?,
@@ -73,8 +71,7 @@ impl TriggerService for Api {
         &self,
         request: Request<pb::ListTriggersRequest>,
     ) -> Result<Response<pb::ListTriggersResponse>, Status> {
-        self.observe("ListTriggers", trace_headers(&request), async {
-            self.authorize(&request, Role::Reader)?;
+        respond(async {
             let req = request.into_inner();
             let limit = workflow::page_size(req.page_size);
             let after = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
@@ -96,8 +93,7 @@ impl TriggerService for Api {
         &self,
         request: Request<pb::UpdateTriggerRequest>,
     ) -> Result<Response<pb::UpdateTriggerResponse>, Status> {
-        self.observe("UpdateTrigger", trace_headers(&request), async {
-            self.authorize(&request, Role::Admin)?;
+        respond(async {
             let req = request.into_inner();
             let id = convert::uuid("id", &req.id)?;
             let update = TriggerUpdate {
@@ -138,8 +134,7 @@ impl TriggerService for Api {
         &self,
         request: Request<pb::DeleteTriggerRequest>,
     ) -> Result<Response<pb::DeleteTriggerResponse>, Status> {
-        self.observe("DeleteTrigger", trace_headers(&request), async {
-            self.authorize(&request, Role::Admin)?;
+        respond(async {
             let req = request.into_inner();
             let id = convert::uuid("id", &req.id)?;
             let actor = actor(&req.actor, "admin")?;

@@ -32,6 +32,8 @@ pub struct TestApp {
     pub channel: Channel,
     pub shutdown: CancellationToken,
     pub audit_dir: tempfile::TempDir,
+    /// The tokens this api accepts (tests call `refresh` instead of waiting).
+    pub auth: opsloop_core::auth::Auth,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
@@ -87,12 +89,17 @@ pub async fn spawn_with(options: Options) -> TestApp {
     }
     let shutdown = CancellationToken::new();
     let audit = Arc::new(AuditLog::new(&config.settings.audit));
+    let secrets = SecretStore::with_sources(None, audit_dir.path(), secrets_env);
+    let auth = opsloop_core::auth::Auth::from_secrets(&secrets, Some(db.db.clone()))
+        .expect("token secrets");
+    auth.refresh().await.expect("api_tokens readable");
     let infra = Infra {
         config,
         db: db.db.clone(),
         bus: options.bus.unwrap_or_else(|| Arc::new(MemoryBus::new())),
-        secrets: SecretStore::with_sources(None, audit_dir.path(), secrets_env),
+        secrets,
         audit,
+        auth: auth.clone(),
         shutdown: shutdown.clone(),
     };
     let app = ApiApp::build(infra).await.expect("build");
@@ -112,6 +119,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
         channel,
         shutdown,
         audit_dir,
+        auth,
         task,
     }
 }
@@ -131,6 +139,9 @@ impl TestApp {
     }
     pub fn ops(&self) -> pb::ops_service_client::OpsServiceClient<Channel> {
         pb::ops_service_client::OpsServiceClient::new(self.channel.clone())
+    }
+    pub fn tokens(&self) -> pb::token_service_client::TokenServiceClient<Channel> {
+        pb::token_service_client::TokenServiceClient::new(self.channel.clone())
     }
     pub fn triggers(&self) -> pb::trigger_service_client::TriggerServiceClient<Channel> {
         pb::trigger_service_client::TriggerServiceClient::new(self.channel.clone())

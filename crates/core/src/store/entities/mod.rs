@@ -9,6 +9,7 @@
 
 pub mod alert_messages_seen;
 pub mod alerts;
+pub mod api_tokens;
 pub mod audit_events;
 pub mod backups;
 pub mod cooldowns;
@@ -38,6 +39,7 @@ pub mod trigger_rules;
 pub mod prelude {
     pub use super::alert_messages_seen::Entity as AlertMessagesSeen;
     pub use super::alerts::Entity as Alerts;
+    pub use super::api_tokens::Entity as ApiTokens;
     pub use super::audit_events::Entity as AuditEvents;
     pub use super::backups::Entity as Backups;
     pub use super::cooldowns::Entity as Cooldowns;

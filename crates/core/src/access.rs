@@ -1,0 +1,370 @@
+//! The one access table: every gRPC method and every HTTP route of every
+//! daemon, and the roles that may call it. The gRPC layer
+//! ([`crate::grpc::secure`]) and the HTTP middleware ([`crate::http::secure`])
+//! look calls up here before any handler runs; a call missing from the table
+//! is denied. `admin` may do everything; `public` needs no credentials (only
+//! the liveness/readiness probes and `grpc.health.v1`, which load balancers
+//! call without a token). The README's roles section is rendered from this
+//! table ([`render_markdown`]) and a test keeps the two equal.
+
+use std::fmt;
+
+/// A token's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// Everything, including policy, approvals, silences, backups, tokens.
+    Admin,
+    /// The worker/agent protocol (submit, claim, renew, complete, fail, emit)
+    /// and the reads.
+    Agent,
+    /// Prometheus sending alerts (`POST /api/v2/alerts`) and nothing else.
+    AlertSender,
+    /// Read-only: dashboards, the console, Prometheus scraping `/metrics`.
+    Viewer,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Admin, Role::Agent, Role::AlertSender, Role::Viewer];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Agent => "agent",
+            Role::AlertSender => "alert_sender",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    /// Parses a role name (`admin`, `agent`, `alert_sender`, `viewer`).
+    pub fn parse(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who may make a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, without credentials.
+    Public,
+    /// A token with one of these roles (or `admin`, which may do everything).
+    Roles(&'static [Role]),
+}
+
+impl Access {
+    /// Whether `role` may make the call.
+    pub fn allows(self, role: Role) -> bool {
+        match self {
+            Access::Public => true,
+            Access::Roles(roles) => role == Role::Admin || roles.contains(&role),
+        }
+    }
+
+    /// The roles that may make the call, `admin` first (`public` alone for
+    /// public calls).
+    pub fn role_names(self) -> Vec<&'static str> {
+        match self {
+            Access::Public => vec!["public"],
+            Access::Roles(roles) => {
+                let mut names = vec![Role::Admin.as_str()];
+                names.extend(
+                    roles
+                        .iter()
+                        .filter(|r| **r != Role::Admin)
+                        .map(|r| r.as_str()),
+                );
+                names
+            }
+        }
+    }
+}
+
+/// Which daemons serve an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Daemons {
+    /// Every daemon (the standard routes).
+    Every,
+    /// The daemons named (their `SERVICE` names: `api`, `alerter`,
+    /// `backup-agent`, `heartbeat-worker`).
+    Only(&'static [&'static str]),
+}
+
+impl Daemons {
+    pub fn includes(self, daemon: &str) -> bool {
+        match self {
+            Daemons::Every => true,
+            Daemons::Only(names) => names.contains(&daemon),
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            Daemons::Every => "every daemon".into(),
+            Daemons::Only(names) => names.join(", "),
+        }
+    }
+}
+
+/// What an entry covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A gRPC method by its full path, `/opsloop.v1.ProposalService/SubmitProposal`.
+    Grpc(&'static str),
+    /// An HTTP route: method (`GET` also covers `HEAD`) and axum path pattern.
+    Http(&'static str, &'static str),
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub daemons: Daemons,
+    pub target: Target,
+    pub access: Access,
+}
+
+const EVERY: Daemons = Daemons::Every;
+const API: Daemons = Daemons::Only(&["api"]);
+const ALERTER: Daemons = Daemons::Only(&["alerter"]);
+const BACKUP: Daemons = Daemons::Only(&["backup-agent"]);
+const HEARTBEAT: Daemons = Daemons::Only(&["heartbeat-worker"]);
+const GRPC_DAEMONS: Daemons = Daemons::Only(&["api", "alerter", "backup-agent"]);
+
+const ADMIN: Access = Access::Roles(&[Role::Admin]);
+const AGENT: Access = Access::Roles(&[Role::Agent]);
+const READ: Access = Access::Roles(&[Role::Agent, Role::Viewer]);
+const VIEWER: Access = Access::Roles(&[Role::Viewer]);
+const ALERTS_IN: Access = Access::Roles(&[Role::AlertSender]);
+
+const fn grpc(daemons: Daemons, path: &'static str, access: Access) -> Entry {
+    Entry {
+        daemons,
+        target: Target::Grpc(path),
+        access,
+    }
+}
+
+const fn http(daemons: Daemons, method: &'static str, path: &'static str, access: Access) -> Entry {
+    Entry {
+        daemons,
+        target: Target::Http(method, path),
+        access,
+    }
+}
+
+/// The table. Keep it sorted by daemon, then service.
+pub const TABLE: &[Entry] = &[
+    // Standard routes of every daemon.
+    http(EVERY, "GET", "/healthz", Access::Public),
+    http(EVERY, "GET", "/readyz", Access::Public),
+    http(EVERY, "GET", "/metrics", VIEWER),
+    grpc(GRPC_DAEMONS, "/grpc.health.v1.Health/Check", Access::Public),
+    grpc(GRPC_DAEMONS, "/grpc.health.v1.Health/Watch", Access::Public),
+    grpc(
+        GRPC_DAEMONS,
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        READ,
+    ),
+    grpc(
+        GRPC_DAEMONS,
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        READ,
+    ),
+    // api
+    grpc(API, "/opsloop.v1.ProposalService/SubmitProposal", AGENT),
+    grpc(API, "/opsloop.v1.ProposalService/GetProposal", READ),
+    grpc(API, "/opsloop.v1.ProposalService/ListProposals", READ),
+    grpc(API, "/opsloop.v1.ProposalService/ApproveProposal", ADMIN),
+    grpc(API, "/opsloop.v1.ProposalService/RejectProposal", ADMIN),
+    grpc(API, "/opsloop.v1.MissionService/GetMission", READ),
+    grpc(API, "/opsloop.v1.MissionService/ListMissions", READ),
+    grpc(API, "/opsloop.v1.MissionService/CancelMission", ADMIN),
+    grpc(API, "/opsloop.v1.MissionService/ClaimStep", AGENT),
+    grpc(API, "/opsloop.v1.MissionService/RenewLease", AGENT),
+    grpc(API, "/opsloop.v1.MissionService/CompleteStep", AGENT),
+    grpc(API, "/opsloop.v1.MissionService/FailStep", AGENT),
+    grpc(API, "/opsloop.v1.EventService/EmitEvent", AGENT),
+    grpc(API, "/opsloop.v1.EventService/ListEvents", READ),
+    grpc(API, "/opsloop.v1.EventService/TailEvents", READ),
+    grpc(API, "/opsloop.v1.PolicyService/GetPolicy", READ),
+    grpc(API, "/opsloop.v1.PolicyService/SetPolicy", ADMIN),
+    grpc(API, "/opsloop.v1.PolicyService/ListPolicies", READ),
+    grpc(API, "/opsloop.v1.TriggerService/CreateTrigger", ADMIN),
+    grpc(API, "/opsloop.v1.TriggerService/ListTriggers", READ),
+    grpc(API, "/opsloop.v1.TriggerService/UpdateTrigger", ADMIN),
+    grpc(API, "/opsloop.v1.TriggerService/DeleteTrigger", ADMIN),
+    grpc(API, "/opsloop.v1.OpsService/GetSummary", READ),
+    grpc(API, "/opsloop.v1.OpsService/GetHealth", READ),
+    grpc(API, "/opsloop.v1.OpsService/EngageEmergencyStop", ADMIN),
+    grpc(API, "/opsloop.v1.OpsService/ReleaseEmergencyStop", ADMIN),
+    grpc(API, "/opsloop.v1.OpsService/GetWeeklyReport", READ),
+    grpc(API, "/opsloop.v1.TokenService/CreateToken", ADMIN),
+    grpc(API, "/opsloop.v1.TokenService/ListTokens", ADMIN),
+    grpc(API, "/opsloop.v1.TokenService/RevokeToken", ADMIN),
+    http(API, "GET", "/api/ops/summary/daily", READ),
+    // alerter
+    grpc(ALERTER, "/opsloop.v1.AlertService/ListAlerts", READ),
+    grpc(ALERTER, "/opsloop.v1.AlertService/CreateSilence", ADMIN),
+    grpc(ALERTER, "/opsloop.v1.AlertService/ListSilences", READ),
+    grpc(ALERTER, "/opsloop.v1.AlertService/ExpireSilence", ADMIN),
+    grpc(ALERTER, "/opsloop.v1.AlertService/TestReceiver", ADMIN),
+    http(ALERTER, "POST", "/api/v2/alerts", ALERTS_IN),
+    http(ALERTER, "GET", "/api/v2/alerts", READ),
+    http(ALERTER, "GET", "/api/v2/silences", READ),
+    http(ALERTER, "POST", "/api/v2/silences", ADMIN),
+    http(ALERTER, "GET", "/api/v2/silence/{id}", READ),
+    http(ALERTER, "DELETE", "/api/v2/silence/{id}", ADMIN),
+    http(ALERTER, "GET", "/api/v2/receivers", READ),
+    http(ALERTER, "GET", "/api/v2/status", READ),
+    // backup-agent
+    grpc(BACKUP, "/opsloop.v1.BackupService/RunBackup", ADMIN),
+    grpc(BACKUP, "/opsloop.v1.BackupService/ListBackups", READ),
+    grpc(BACKUP, "/opsloop.v1.BackupService/VerifyBackup", ADMIN),
+    grpc(BACKUP, "/opsloop.v1.BackupService/Restore", ADMIN),
+    grpc(BACKUP, "/opsloop.v1.BackupService/PreviewRetention", READ),
+    // heartbeat-worker
+    http(HEARTBEAT, "POST", "/run", ADMIN),
+];
+
+/// Who may call the gRPC method at `path` (`/package.Service/Method`);
+/// `None` when it is not in the table (the call is denied).
+pub fn grpc_access(path: &str) -> Option<Access> {
+    TABLE.iter().find_map(|entry| match entry.target {
+        Target::Grpc(p) if p == path => Some(entry.access),
+        _ => None,
+    })
+}
+
+/// Who may call `method` on the route `pattern` (axum's matched path) of
+/// `daemon`; `None` when it is not in the table (the call is denied).
+pub fn http_access(daemon: &str, method: &str, pattern: &str) -> Option<Access> {
+    let method = if method == "HEAD" { "GET" } else { method };
+    TABLE.iter().find_map(|entry| match entry.target {
+        Target::Http(m, p) if m == method && p == pattern && entry.daemons.includes(daemon) => {
+            Some(entry.access)
+        }
+        _ => None,
+    })
+}
+
+/// The table's route pattern of `daemon` that `path` matches for `method`
+/// (a `{name}` segment matches any one segment), with who may call it;
+/// `None` when no entry matches (the call is denied).
+pub fn http_route(daemon: &str, method: &str, path: &str) -> Option<(&'static str, Access)> {
+    let method = if method == "HEAD" { "GET" } else { method };
+    TABLE.iter().find_map(|entry| match entry.target {
+        Target::Http(m, pattern)
+            if m == method && entry.daemons.includes(daemon) && matches_pattern(pattern, path) =>
+        {
+            Some((pattern, entry.access))
+        }
+        _ => None,
+    })
+}
+
+fn matches_pattern(pattern: &str, path: &str) -> bool {
+    let mut want = pattern.split('/');
+    let mut got = path.split('/');
+    loop {
+        match (want.next(), got.next()) {
+            (None, None) => return true,
+            (Some(w), Some(g)) if w.starts_with('{') && w.ends_with('}') && !g.is_empty() => {}
+            (Some(w), Some(g)) if w == g => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The table as the README's roles section: one Markdown table per kind.
+pub fn render_markdown() -> String {
+    let mut out = String::from("| Daemon | gRPC method | Roles |\n|---|---|---|\n");
+    for entry in TABLE {
+        if let Target::Grpc(path) = entry.target {
+            out.push_str(&format!(
+                "| {} | `{}` | {} |\n",
+                entry.daemons.label(),
+                path.trim_start_matches('/'),
+                entry.access.role_names().join(", ")
+            ));
+        }
+    }
+    out.push_str("\n| Daemon | HTTP route | Roles |\n|---|---|---|\n");
+    for entry in TABLE {
+        if let Target::Http(method, path) = entry.target {
+            out.push_str(&format!(
+                "| {} | `{method} {path}` | {} |\n",
+                entry.daemons.label(),
+                entry.access.role_names().join(", ")
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_entry_is_unique() {
+        for (i, a) in TABLE.iter().enumerate() {
+            for b in &TABLE[i + 1..] {
+                let clash = match (a.target, b.target) {
+                    (Target::Grpc(x), Target::Grpc(y)) => x == y,
+                    (Target::Http(m1, p1), Target::Http(m2, p2)) => {
+                        m1 == m2
+                            && p1 == p2
+                            && match (a.daemons, b.daemons) {
+                                (Daemons::Only(x), Daemons::Only(y)) => {
+                                    x.iter().any(|d| y.contains(d))
+                                }
+                                _ => true,
+                            }
+                    }
+                    _ => false,
+                };
+                assert!(!clash, "{a:?} and {b:?} cover the same call");
+            }
+        }
+    }
+
+    #[test]
+    fn public_is_only_the_probes() {
+        for entry in TABLE {
+            if entry.access == Access::Public {
+                let probe = match entry.target {
+                    Target::Http(_, path) => path == "/healthz" || path == "/readyz",
+                    Target::Grpc(path) => path.starts_with("/grpc.health.v1.Health/"),
+                };
+                assert!(probe, "{entry:?} is public");
+            }
+        }
+    }
+
+    #[test]
+    fn lookups() {
+        let submit = grpc_access("/opsloop.v1.ProposalService/SubmitProposal").expect("listed");
+        assert!(submit.allows(Role::Agent) && submit.allows(Role::Admin));
+        assert!(!submit.allows(Role::Viewer) && !submit.allows(Role::AlertSender));
+        assert_eq!(grpc_access("/opsloop.v1.Nope/Nope"), None);
+        assert_eq!(
+            http_access("alerter", "HEAD", "/metrics"),
+            Some(VIEWER),
+            "HEAD is GET"
+        );
+        assert_eq!(http_access("api", "POST", "/run"), None);
+        assert_eq!(http_access("heartbeat-worker", "POST", "/run"), Some(ADMIN));
+        assert_eq!(
+            http_route("alerter", "DELETE", "/api/v2/silence/0b9f").map(|(p, _)| p),
+            Some("/api/v2/silence/{id}")
+        );
+        assert_eq!(http_route("alerter", "DELETE", "/api/v2/silence/a/b"), None);
+        assert_eq!(http_route("alerter", "DELETE", "/api/v2/silence/"), None);
+        assert_eq!(Role::parse("alert_sender"), Some(Role::AlertSender));
+        assert_eq!(Role::parse("root"), None);
+    }
+}
