@@ -9,31 +9,109 @@ use opsloop_core::store::testing::fresh_postgres;
 use opsloop_e2e::{DaemonProcess, get, wait_for_status};
 
 const DRAIN_MS: u64 = 3_000;
-const DB_PASSWORD: &str = "pw-7f3e9c1d-never-logged";
-const ADMIN_TOKEN: &str = "admin-5b2a8e44-never-logged";
-const AGENT_TOKEN: &str = "agent-91c0d7aa-never-logged";
 
+/// A recognisable random secret value.
+fn secret(label: &str) -> String {
+    format!("{label}-{}-never-logged", uuid::Uuid::new_v4().simple())
+}
+
+/// A local webhook receiver that answers every request with 500; counts them.
+async fn failing_receiver() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "receiver down",
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind receiver");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, hits)
+}
+
+/// A self-signed certificate and key (PEM) for `localhost`.
+fn tls_pair() -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("cert params");
+    let cert = params.self_signed(&key).expect("self-signed");
+    (cert.pem(), key.serialize_pem())
+}
+
+/// Each daemon as a process with every secret set to a recognisable random
+/// value, at debug level, driven through flows that log errors (a wrong
+/// token, a malformed `Authorization`, a receiver answering 500, the broker
+/// cut and back): healthy, ready, metrics served, a clean exit on SIGTERM,
+/// and no secret value in stdout, stderr, the audit file, the events table
+/// or `/metrics`.
 async fn daemon_starts_serves_and_stops(binary: &str, section: &str, has_grpc: bool) {
     require_rabbitmq().await;
     let db = fresh_postgres().await;
+    let broker = opsloop_core::bus::testing::TcpProxy::start(&broker_authority())
+        .await
+        .expect("broker proxy");
     let bus = isolated_settings(&amqp_url());
     let section = section.to_ascii_uppercase();
-    // Secrets come in through the environment (the last of the three
-    // sources); none of their values may appear in any line the daemon logs.
+    let (receiver, receiver_hits) = failing_receiver().await;
+
+    let db_password = secret("dbpw");
+    let admin_token = secret("admin");
+    let agent_token = secret("agent");
+    let viewer_token = secret("viewer");
+    let sender_token = secret("sender");
+    let wrong_token = secret("wrong");
+    let slack_path = secret("slackhook");
+    let discord_path = secret("discordhook");
+    let (tls_cert, tls_key) = tls_pair();
+    // The middle of the key's base64 body: a substring any leak would carry.
+    let tls_key_marker: String = tls_key
+        .lines()
+        .find(|l| !l.starts_with("-----") && l.len() >= 40)
+        .expect("a base64 line")
+        .to_owned();
     let database_url_with_password =
         db.url
-            .replacen("postgres@", &format!("postgres:{DB_PASSWORD}@"), 1);
+            .replacen("postgres@", &format!("postgres:{db_password}@"), 1);
     assert_ne!(
         database_url_with_password, db.url,
         "test database URL shape"
     );
+    // Secrets come in through the environment (the last of the three
+    // sources); none of their values may appear anywhere the daemon writes.
     let mut env = vec![
         ("OPSLOOP_DATABASE_URL", database_url_with_password),
-        ("OPSLOOP_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
-        ("OPSLOOP_AGENT_TOKEN", AGENT_TOKEN.to_owned()),
+        (
+            "OPSLOOP_AMQP_URL",
+            opsloop_core::bus::testing::via(&amqp_url(), broker.addr),
+        ),
+        ("OPSLOOP_ADMIN_TOKEN", admin_token.clone()),
+        ("OPSLOOP_AGENT_TOKEN", agent_token.clone()),
+        ("OPSLOOP_VIEWER_TOKEN", viewer_token.clone()),
+        ("OPSLOOP_ALERT_SENDER_TOKEN", sender_token.clone()),
+        (
+            "OPSLOOP_SLACK_WEBHOOK_URL",
+            format!("http://{receiver}/services/{slack_path}"),
+        ),
+        (
+            "OPSLOOP_DISCORD_WEBHOOK_URL",
+            format!("http://{receiver}/api/webhooks/{discord_path}"),
+        ),
+        ("OPSLOOP_TLS_CERT", tls_cert),
+        ("OPSLOOP_TLS_KEY", tls_key.clone()),
+        // gRPC over TLS with that key; HTTP stays plain for the probes below.
+        ("OPSLOOP__TLS__HTTP", "false".to_owned()),
         ("RUST_LOG", "debug,h2=info,hyper=info,tower=info".to_owned()),
         ("OPSLOOP__BUS__KIND", "rabbitmq".to_owned()),
-        ("OPSLOOP__BUS__URL", amqp_url()),
         ("OPSLOOP__BUS__EXCHANGE", bus.exchange.clone()),
         (
             "OPSLOOP__BUS__DEAD_LETTER_EXCHANGE",
@@ -41,12 +119,16 @@ async fn daemon_starts_serves_and_stops(binary: &str, section: &str, has_grpc: b
         ),
         ("OPSLOOP__BUS__QUEUE_TYPE", "classic".to_owned()),
         ("OPSLOOP__BUS__QUEUE_EXPIRES_MS", "60000".to_owned()),
+        ("OPSLOOP__BUS__RECONNECT_MAX_BACKOFF_MS", "300".to_owned()),
         // Queue names too: a queue left by another test (or run) with other
         // arguments would be refused by the broker.
         (
             "OPSLOOP__ALERTER__QUEUE",
             format!("{}.alerter", bus.exchange),
         ),
+        // One route, straight to the failing slack receiver, no group wait.
+        ("OPSLOOP__ALERTER__ROUTE__RECEIVER", "slack".to_owned()),
+        ("OPSLOOP__ALERTER__ROUTE__GROUP_WAIT", "0s".to_owned()),
         (
             "OPSLOOP__HEARTBEAT__REACTIONS_QUEUE",
             format!("{}.reactions", bus.exchange),
@@ -57,12 +139,12 @@ async fn daemon_starts_serves_and_stops(binary: &str, section: &str, has_grpc: b
     let grpc_key = format!("OPSLOOP__{section}__GRPC_ADDR");
     let audit_dir =
         std::env::temp_dir().join(format!("opsloop-audit-{}", uuid::Uuid::new_v4().simple()));
-    let audit_path = audit_dir.join("audit.jsonl").display().to_string();
+    let audit_path = audit_dir.join("audit.jsonl");
     env.push((http_key.as_str(), "127.0.0.1:0".to_owned()));
     if has_grpc {
         env.push((grpc_key.as_str(), "127.0.0.1:0".to_owned()));
     }
-    env.push(("OPSLOOP__AUDIT__LOG_PATH", audit_path));
+    env.push(("OPSLOOP__AUDIT__LOG_PATH", audit_path.display().to_string()));
     // Whatever a daemon writes to disk goes to the temporary directory, not
     // the repository (the backup-agent catches up its first backup at start).
     env.push((
@@ -71,11 +153,16 @@ async fn daemon_starts_serves_and_stops(binary: &str, section: &str, has_grpc: b
     ));
 
     let started = std::time::Instant::now();
-    let mut daemon = DaemonProcess::start(binary, &env, Duration::from_secs(30));
+    let mut daemon =
+        tokio::task::block_in_place(|| DaemonProcess::start(binary, &env, Duration::from_secs(30)));
     let base = format!("http://{}", daemon.http_addr());
     assert_eq!(daemon.start_line["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(daemon.start_line["level"], "INFO");
     assert!(daemon.start_line["service"].is_string());
+    if has_grpc {
+        assert_eq!(daemon.start_line["grpc_tls"], true, "{}", daemon.start_line);
+    }
+    assert_eq!(daemon.start_line["http_tls"], false);
 
     let (status, body) = get(&format!("{base}/healthz"), Duration::from_secs(10)).await;
     assert_eq!(status, 200, "{body}");
@@ -90,7 +177,69 @@ async fn daemon_starts_serves_and_stops(binary: &str, section: &str, has_grpc: b
         "ready after {ready_after:?}"
     );
 
-    let (status, metrics) = get_with_token(&format!("{base}/metrics"), ADMIN_TOKEN).await;
+    // Flows that log errors: a wrong bearer token, a bearer token sent as a
+    // basic-auth password, a malformed header.
+    let client = reqwest::Client::new();
+    for authorization in [
+        format!("Bearer {wrong_token}"),
+        format!(
+            "Basic {}",
+            base64_encode(format!("prometheus:{wrong_token}").as_bytes())
+        ),
+        format!("Bearer{wrong_token}"),
+    ] {
+        let _ = client
+            .get(format!("{base}/metrics"))
+            .header("authorization", authorization)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .expect("request");
+    }
+    if binary == "opsloop-alerter" {
+        // An alert routed to a receiver that answers 500.
+        let alert = serde_json::json!([{
+            "labels": {"alertname": "SecretsNeverLogged", "severity": "critical", "service": "test"},
+            "annotations": {"summary": "drives a failing delivery"}
+        }]);
+        let response = client
+            .post(format!("{base}/api/v2/alerts"))
+            .bearer_auth(&sender_token)
+            .json(&alert)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .expect("post alert");
+        assert!(response.status().is_success(), "{}", response.status());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while receiver_hits.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the failing receiver was never called"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Let the failed attempt be logged.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The broker cut and back: reconnect warnings at debug level.
+    broker.sever();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    broker.restore();
+    wait_for_status(&format!("{base}/readyz"), 200, Duration::from_secs(20)).await;
+
+    // SIGHUP reloads the certificate (unchanged here) and never stops a daemon.
+    let hup = std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(daemon.child.id().to_string())
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = get(&format!("{base}/healthz"), Duration::from_secs(5)).await;
+    assert_eq!(status, 200, "alive after SIGHUP");
+
+    let (status, metrics) = get_with_token(&format!("{base}/metrics"), &viewer_token).await;
     assert_eq!(status, 200, "{metrics}");
     assert!(
         metrics.contains("process_resident_memory_bytes"),
@@ -98,14 +247,89 @@ async fn daemon_starts_serves_and_stops(binary: &str, section: &str, has_grpc: b
     );
 
     let exit = daemon.terminate(Duration::from_millis(DRAIN_MS + 5_000));
+    let output = format!(
+        "{}\n{}\n{}",
+        daemon.early_lines.join("\n"),
+        daemon.start_line,
+        daemon.drain_output()
+    );
     assert_eq!(
         exit.code(),
         Some(0),
-        "exit status {exit:?}; output:\n{}",
-        daemon.drain_output()
+        "exit status {exit:?}; output:\n{output}"
     );
+    assert!(
+        output.lines().count() > 10,
+        "debug output was captured: {output}"
+    );
+
+    let audit = std::fs::read_to_string(&audit_path).unwrap_or_default();
+    let events = events_text(&db.db).await;
+    let secrets = [
+        ("database password", db_password.as_str()),
+        ("admin token", admin_token.as_str()),
+        ("agent token", agent_token.as_str()),
+        ("viewer token", viewer_token.as_str()),
+        ("alert sender token", sender_token.as_str()),
+        ("the wrong token a caller sent", wrong_token.as_str()),
+        ("slack webhook URL", slack_path.as_str()),
+        ("discord webhook URL", discord_path.as_str()),
+        ("TLS key", tls_key_marker.as_str()),
+        ("broker credentials", "guest:guest"),
+    ];
+    for (what, value) in secrets {
+        for (place, text) in [
+            ("stdout/stderr", output.as_str()),
+            ("the audit file", audit.as_str()),
+            ("the events table", events.as_str()),
+            ("/metrics", metrics.as_str()),
+        ] {
+            assert!(
+                !text.contains(value),
+                "{binary}: the {what} appears in {place}"
+            );
+        }
+    }
     let _ = std::fs::remove_dir_all(audit_dir);
     db.cleanup().await;
+}
+
+/// Every row of the events table as text.
+async fn events_text(db: &sea_orm::DatabaseConnection) -> String {
+    use sea_orm::{ConnectionTrait, Statement};
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT row_to_json(e)::text AS row FROM events e",
+        ))
+        .await
+        .expect("read events");
+    rows.iter()
+        .map(|r| r.try_get::<String>("", "row").unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Standard base64 (for a basic-auth header).
+fn base64_encode(bytes: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// GET with `authorization: Bearer <token>`.
@@ -121,22 +345,22 @@ async fn get_with_token(url: &str, token: &str) -> (u16, String) {
     (status, response.text().await.unwrap_or_default())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_process() {
     daemon_starts_serves_and_stops("opsloop-api", "api", true).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_worker_process() {
     daemon_starts_serves_and_stops("opsloop-heartbeat-worker", "heartbeat", false).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerter_process() {
     daemon_starts_serves_and_stops("opsloop-alerter", "alerter", true).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_agent_process() {
     daemon_starts_serves_and_stops("opsloop-backup-agent", "backup", true).await;
 }

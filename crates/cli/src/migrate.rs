@@ -123,7 +123,9 @@ async fn tables(db: &sea_orm::DatabaseConnection) -> anyhow::Result<Vec<String>>
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY 1"
         }
     };
-    let rows = db.query_all_raw(Statement::from_string(backend, sql)).await?;
+    let rows = db
+        .query_all_raw(Statement::from_string(backend, sql))
+        .await?;
     rows.iter()
         .map(|row| {
             row.try_get::<String>("", "name")
