@@ -535,6 +535,33 @@ async fn the_table_is_enforced_on_every_method_and_route_of_every_daemon() {
         .await,
         tonic::Code::PermissionDenied
     );
+    // The one middleware recorded every gRPC server's calls and every
+    // refusal (the daemons share this process's registry).
+    let (_, api_http) = fleet.http[0];
+    let metrics = client
+        .get(format!("http://{api_http}/metrics"))
+        .bearer_auth(fleet.secret(Role::Viewer))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text");
+    for expected in [
+        r#"opsloop_grpc_requests_total{service="opsloop.v1.AlertService",method="ListAlerts",code="Unauthenticated"}"#,
+        r#"opsloop_grpc_requests_total{service="opsloop.v1.BackupService",method="RunBackup",code="PermissionDenied"}"#,
+        r#"opsloop_grpc_requests_total{service="opsloop.v1.ProposalService",method="GetProposal",code="InvalidArgument"}"#,
+        r#"opsloop_grpc_requests_total{service="unknown",method="unknown",code="PermissionDenied"}"#,
+        r#"opsloop_grpc_request_duration_seconds_count{service="grpc.health.v1.Health",method="Check"}"#,
+        r#"opsloop_auth_failures_total{daemon="heartbeat-worker",reason="missing"}"#,
+        r#"opsloop_auth_failures_total{daemon="alerter",reason="wrong_role"}"#,
+        r#"opsloop_auth_failures_total{daemon="api",reason="not_listed"}"#,
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing from /metrics"
+        );
+    }
     fleet.stop().await;
 }
 

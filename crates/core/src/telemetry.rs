@@ -239,12 +239,17 @@ pub const METRIC_HELP: &[(&str, MetricKind, &str)] = {
         (
             "opsloop_grpc_requests_total",
             C,
-            "gRPC requests handled by the api, by method and status code.",
+            "gRPC calls handled, by service, method and status code.",
+        ),
+        (
+            "opsloop_auth_failures_total",
+            C,
+            "Calls refused by the access check, by daemon and reason.",
         ),
         (
             "opsloop_grpc_request_duration_seconds",
             H,
-            "Time to handle one gRPC request, by method.",
+            "Time from a gRPC call to its response headers, by service and method.",
         ),
         (
             "opsloop_tls_handshake_failures_total",
