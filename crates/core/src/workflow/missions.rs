@@ -16,8 +16,8 @@ use super::events::{EventRecord, write_event};
 use super::proposals::{audit_file, audit_row};
 use super::sql::{Params, trace_context};
 use super::{
-    FINGERPRINT_SQL, PolicyCache, Result, WorkflowError, begin_write, db_now, load_policy,
-    lock_mission, stmt,
+    FINGERPRINT_SQL, OutageCredit, PolicyCache, Result, WorkflowError, begin_write, db_now,
+    load_policy, lock_mission, stmt,
 };
 use crate::audit::{AuditLog, AuditRecord};
 use crate::domain::backoff::{Backoff, random_jitter, retry_delay};
@@ -109,17 +109,44 @@ pub async fn claim_step_cached(
             }
         }
         let lease = lease_length(lease_seconds, policy.worker.lease_seconds);
-        match claim_statement(db, policy.fingerprint, worker_id, kinds, now, now + lease).await? {
-            None => {
+        let claimed = claim_statement(
+            db,
+            policy.fingerprint,
+            worker_id,
+            kinds,
+            now,
+            now + lease,
+            cache.outages().credit(now),
+        )
+        .await;
+        match claimed {
+            Err(WorkflowError::Db(error)) => {
+                cache.outages().failed(now);
+                return Err(WorkflowError::Db(error));
+            }
+            Err(other) => return Err(other),
+            Ok(None) => {
+                cache.outages().succeeded(now);
                 cache.reload(db).await?;
             }
-            Some(outcome) => return Ok(outcome),
+            Ok(Some(outcome)) => {
+                cache.outages().succeeded(now);
+                return Ok(outcome);
+            }
         }
     }
     claim_step_tx(db, worker_id, kinds, lease_seconds, now).await
 }
 
 /// The one claim statement (PostgreSQL). `None` when the policy changed.
+///
+/// It takes, first, a running step of one of `kinds` whose lease expired
+/// with attempts left (the attempt is bumped, so the late holder is
+/// fenced), else the oldest claimable queued step. A lease that was live
+/// during the last database outage this process saw (`credit`) counts as
+/// expired only once the outage's length has passed after its expiry; so
+/// does a step the heartbeat requeued for an expired lease (it keeps its
+/// last holder and expiry, and that holder may still report it).
 async fn claim_statement(
     db: &DatabaseConnection,
     fingerprint: i64,
@@ -127,10 +154,22 @@ async fn claim_statement(
     kinds: &[StepKind],
     now: DateTime<Utc>,
     expires: DateTime<Utc>,
+    credit: Option<OutageCredit>,
 ) -> Result<Option<ClaimOutcome>> {
     let mut p = Params::default();
     let fp = p.push(fingerprint);
     let now_p = p.push(now);
+    let (outage_start, outage_end, credited_cutoff) = match credit {
+        Some(c) => (c.start, c.end, now - (c.end - c.start)),
+        None => (now, now, now),
+    };
+    let os_p = p.push(outage_start);
+    let oe_p = p.push(outage_end);
+    let cc_p = p.push(credited_cutoff);
+    // When an expired lease may be taken over.
+    let expired = format!(
+        "s.lease_expires_at < CASE WHEN s.lease_expires_at > {os_p} AND s.started_at < {oe_p}          THEN {cc_p} ELSE {now_p} END"
+    );
     let kinds_p: Vec<String> = kinds
         .iter()
         .map(|k| p.push(k.as_str().to_owned()))
@@ -145,7 +184,38 @@ async fn claim_statement(
     let trace_p = p.push(trace_id);
     let now_text = p.push(json!(now));
     let sql = format!(
-        "WITH v AS (SELECT ({FINGERPRINT_SQL}) AS fp),          c AS (SELECT s.id FROM mission_steps s JOIN missions m ON m.id = s.mission_id                WHERE (SELECT fp FROM v) = {fp} AND s.status = 'queued' AND s.kind IN ({kinds})                AND m.status = 'running'                AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= {now_p})                AND (m.parallel OR NOT EXISTS (SELECT 1 FROM mission_steps p                     WHERE p.mission_id = s.mission_id AND p.seq < s.seq AND p.status <> 'succeeded'))                ORDER BY s.created_at, s.mission_id, s.seq LIMIT 1 FOR UPDATE OF s SKIP LOCKED),          u AS (UPDATE mission_steps t SET status = 'running', attempt = t.attempt + 1,                lease_holder = {worker_p}, lease_expires_at = {expires_p}, started_at = {now_p},                updated_at = {now_p}, next_attempt_at = NULL                FROM c WHERE t.id = c.id RETURNING t.*),          e AS (INSERT INTO events (id, kind, source, mission_id, step_id, payload, tags, trace_id, created_at)                SELECT {event_p}, 'step.started', 'api', u.mission_id, u.id,                jsonb_build_object('kind', u.kind, 'seq', u.seq, 'attempt', u.attempt,                                   'worker_id', {worker_p}, 'lease_expires_at', {expires_text}),                '[]'::jsonb, {trace_p}, {now_p} FROM u RETURNING id, seq, mission_id, step_id, payload),          o AS (INSERT INTO outbox (event_id, routing_key, aggregate_id, payload, headers, created_at)                SELECT e.id, 'event.step.started', e.mission_id::text,                jsonb_build_object('id', e.id, 'seq', e.seq, 'kind', 'step.started', 'source', 'api',                  'payload', e.payload, 'tags', '[]'::jsonb, 'cost_usd', NULL, 'proposal_id', NULL,                  'mission_id', e.mission_id, 'step_id', e.step_id, 'trace_id', {trace_p},                  'created_at', {now_text}),                {headers_p}, {now_p} FROM e)          SELECT (SELECT fp FROM v) AS fp, u.* FROM (SELECT 1) AS one LEFT JOIN u ON true",
+        "WITH v AS (SELECT ({FINGERPRINT_SQL}) AS fp), \
+         x AS (SELECT s.id FROM mission_steps s JOIN missions m ON m.id = s.mission_id \
+               WHERE (SELECT fp FROM v) = {fp} AND s.status = 'running' AND s.kind IN ({kinds}) \
+               AND m.status = 'running' AND s.attempt < s.max_attempts AND {expired} \
+               ORDER BY s.lease_expires_at LIMIT 1 FOR UPDATE OF s SKIP LOCKED), \
+         q AS (SELECT s.id FROM mission_steps s JOIN missions m ON m.id = s.mission_id \
+               WHERE NOT EXISTS (SELECT 1 FROM x) \
+               AND (SELECT fp FROM v) = {fp} AND s.status = 'queued' AND s.kind IN ({kinds}) \
+               AND m.status = 'running' \
+               AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= {now_p}) \
+               AND (s.lease_holder IS NULL OR s.lease_expires_at IS NULL OR {expired}) \
+               AND (m.parallel OR NOT EXISTS (SELECT 1 FROM mission_steps p \
+                    WHERE p.mission_id = s.mission_id AND p.seq < s.seq AND p.status <> 'succeeded')) \
+               ORDER BY s.created_at, s.mission_id, s.seq LIMIT 1 FOR UPDATE OF s SKIP LOCKED), \
+         c AS (SELECT id FROM x UNION ALL SELECT id FROM q), \
+         u AS (UPDATE mission_steps t SET status = 'running', attempt = t.attempt + 1, \
+               lease_holder = {worker_p}, lease_expires_at = {expires_p}, started_at = {now_p}, \
+               updated_at = {now_p}, next_attempt_at = NULL \
+               FROM c WHERE t.id = c.id RETURNING t.*), \
+         e AS (INSERT INTO events (id, kind, source, mission_id, step_id, payload, tags, trace_id, created_at) \
+               SELECT {event_p}, 'step.started', 'api', u.mission_id, u.id, \
+               jsonb_build_object('kind', u.kind, 'seq', u.seq, 'attempt', u.attempt, \
+                                  'worker_id', {worker_p}, 'lease_expires_at', {expires_text}), \
+               '[]'::jsonb, {trace_p}, {now_p} FROM u RETURNING id, seq, mission_id, step_id, payload), \
+         o AS (INSERT INTO outbox (event_id, routing_key, aggregate_id, payload, headers, created_at) \
+               SELECT e.id, 'event.step.started', e.mission_id::text, \
+               jsonb_build_object('id', e.id, 'seq', e.seq, 'kind', 'step.started', 'source', 'api', \
+                 'payload', e.payload, 'tags', '[]'::jsonb, 'cost_usd', NULL, 'proposal_id', NULL, \
+                 'mission_id', e.mission_id, 'step_id', e.step_id, 'trace_id', {trace_p}, \
+                 'created_at', {now_text}), \
+               {headers_p}, {now_p} FROM e) \
+         SELECT (SELECT fp FROM v) AS fp, u.* FROM (SELECT 1) AS one LEFT JOIN u ON true",
         kinds = kinds_p.join(", "),
     );
     let row = db
@@ -208,7 +278,22 @@ async fn claim_step_tx(
          ORDER BY s.created_at, s.mission_id, s.seq LIMIT 1{lock}",
         placeholders.join(", ")
     );
-    let Some(row) = tx.query_one_raw(stmt(backend, &sql, values)).await? else {
+    // An expired lease with attempts left is taken first (as on PostgreSQL).
+    let expired_sql = format!(
+        "SELECT s.id FROM mission_steps s JOIN missions m ON m.id = s.mission_id \
+         WHERE s.status = 'running' AND s.kind IN ({}) AND m.status = 'running' \
+         AND s.attempt < s.max_attempts AND s.lease_expires_at < $1 \
+         ORDER BY s.lease_expires_at LIMIT 1{lock}",
+        placeholders.join(", ")
+    );
+    let row = match tx
+        .query_one_raw(stmt(backend, &expired_sql, values.clone()))
+        .await?
+    {
+        Some(row) => Some(row),
+        None => tx.query_one_raw(stmt(backend, &sql, values)).await?,
+    };
+    let Some(row) = row else {
         tx.commit().await?;
         return Ok(ClaimOutcome::Nothing);
     };
@@ -219,7 +304,7 @@ async fn claim_step_tx(
             backend,
             "UPDATE mission_steps SET status = 'running', attempt = attempt + 1, lease_holder = $2, \
              lease_expires_at = $3, started_at = $4, updated_at = $4, next_attempt_at = NULL \
-             WHERE id = $1 AND status = 'queued'",
+             WHERE id = $1 AND status IN ('queued', 'running')",
             vec![step_id.into(), worker_id.into(), expires.into(), now.into()],
         ))
         .await?
@@ -270,7 +355,11 @@ async fn fenced_step(
         step_id: step_id.to_string(),
         reason,
     };
-    if status != StepStatus::Running {
+    // A step the heartbeat requeued for an expired lease keeps its last
+    // holder and attempt until someone claims it again: until then that
+    // holder's late report is still the step's only run, so it is taken.
+    let requeued_unclaimed = status == StepStatus::Queued && step.lease_holder.is_some();
+    if status != StepStatus::Running && !requeued_unclaimed {
         return Err(lost(format!("step is {status}, not running")));
     }
     if step.lease_holder.as_deref() != Some(worker_id) {
@@ -319,8 +408,9 @@ pub async fn renew_lease(
     let changed = tx
         .execute_raw(stmt(
             tx.get_database_backend(),
-            "UPDATE mission_steps SET lease_expires_at = $4, updated_at = $5 \
-             WHERE id = $1 AND status = 'running' AND lease_holder = $2 AND attempt = $3",
+            "UPDATE mission_steps SET status = 'running', lease_expires_at = $4, updated_at = $5, \
+             next_attempt_at = NULL \
+             WHERE id = $1 AND status IN ('running', 'queued') AND lease_holder = $2 AND attempt = $3",
             vec![
                 step_id.into(),
                 worker_id.into(),
@@ -419,7 +509,7 @@ async fn complete_statement(
     let headers_p = p.push(json!(headers));
     let trace_p = p.push(trace_id);
     let sql = format!(
-        "WITH lk AS (SELECT m.id, m.title, m.proposal_id FROM missions m                WHERE m.id = (SELECT mission_id FROM mission_steps WHERE id = {step_p})                AND NOT m.parallel FOR UPDATE),          d AS (UPDATE mission_steps s SET status = 'succeeded', result = {result_p}, cost_usd = {cost_p},                lease_holder = NULL, lease_expires_at = NULL, finished_at = {now_p}, updated_at = {now_p}                FROM lk WHERE s.id = {step_p} AND s.mission_id = lk.id AND s.status = 'running'                AND s.lease_holder = {worker_p} AND s.attempt = {attempt_p} RETURNING s.*),          f AS (UPDATE missions m SET status = 'succeeded', finished_at = {now_p}, updated_at = {now_p}                FROM d WHERE m.id = d.mission_id AND m.status = 'running'                AND NOT EXISTS (SELECT 1 FROM mission_steps x WHERE x.mission_id = d.mission_id AND x.seq > d.seq)                RETURNING m.id, m.title, m.proposal_id),          e AS (INSERT INTO events (id, kind, source, proposal_id, mission_id, step_id, payload, tags,                cost_usd, trace_id, created_at)                SELECT {step_event}, 'step.succeeded', 'api', NULL::uuid, d.mission_id, d.id,                  jsonb_build_object('kind', d.kind, 'seq', d.seq, 'attempt', d.attempt, 'worker_id', {worker_p}),                  '[]'::jsonb, {cost_p}, {trace_p}, {now_p} FROM d                UNION ALL                SELECT {mission_event}, 'mission.succeeded', 'api', f.proposal_id, f.id, NULL::uuid,                  jsonb_build_object('title', f.title, 'error', NULL,                    'step_count', (SELECT count(*) FROM mission_steps WHERE mission_id = f.id)),                  '[]'::jsonb, NULL::float8, {trace_p}, {now_p} FROM f                RETURNING id, seq, kind, proposal_id, mission_id, step_id, payload, cost_usd),          o AS (INSERT INTO outbox (event_id, routing_key, aggregate_id, payload, headers, created_at)                SELECT e.id, 'event.' || e.kind, e.mission_id::text,                jsonb_build_object('id', e.id, 'seq', e.seq, 'kind', e.kind, 'source', 'api',                  'payload', e.payload, 'tags', '[]'::jsonb, 'cost_usd', e.cost_usd,                  'proposal_id', e.proposal_id, 'mission_id', e.mission_id, 'step_id', e.step_id,                  'trace_id', {trace_p}, 'created_at', {now_text}),                {headers_p}, {now_p} FROM e)          SELECT d.*, (SELECT count(*) FROM f) AS finished FROM d"
+        "WITH lk AS (SELECT m.id, m.title, m.proposal_id FROM missions m                WHERE m.id = (SELECT mission_id FROM mission_steps WHERE id = {step_p})                AND NOT m.parallel FOR UPDATE),          d AS (UPDATE mission_steps s SET status = 'succeeded', result = {result_p}, cost_usd = {cost_p},                lease_holder = NULL, lease_expires_at = NULL, finished_at = {now_p}, updated_at = {now_p}                FROM lk WHERE s.id = {step_p} AND s.mission_id = lk.id AND s.status IN ('running', 'queued')                AND s.lease_holder = {worker_p} AND s.attempt = {attempt_p} RETURNING s.*),          f AS (UPDATE missions m SET status = 'succeeded', finished_at = {now_p}, updated_at = {now_p}                FROM d WHERE m.id = d.mission_id AND m.status = 'running'                AND NOT EXISTS (SELECT 1 FROM mission_steps x WHERE x.mission_id = d.mission_id AND x.seq > d.seq)                RETURNING m.id, m.title, m.proposal_id),          e AS (INSERT INTO events (id, kind, source, proposal_id, mission_id, step_id, payload, tags,                cost_usd, trace_id, created_at)                SELECT {step_event}, 'step.succeeded', 'api', NULL::uuid, d.mission_id, d.id,                  jsonb_build_object('kind', d.kind, 'seq', d.seq, 'attempt', d.attempt, 'worker_id', {worker_p}),                  '[]'::jsonb, {cost_p}, {trace_p}, {now_p} FROM d                UNION ALL                SELECT {mission_event}, 'mission.succeeded', 'api', f.proposal_id, f.id, NULL::uuid,                  jsonb_build_object('title', f.title, 'error', NULL,                    'step_count', (SELECT count(*) FROM mission_steps WHERE mission_id = f.id)),                  '[]'::jsonb, NULL::float8, {trace_p}, {now_p} FROM f                RETURNING id, seq, kind, proposal_id, mission_id, step_id, payload, cost_usd),          o AS (INSERT INTO outbox (event_id, routing_key, aggregate_id, payload, headers, created_at)                SELECT e.id, 'event.' || e.kind, e.mission_id::text,                jsonb_build_object('id', e.id, 'seq', e.seq, 'kind', e.kind, 'source', 'api',                  'payload', e.payload, 'tags', '[]'::jsonb, 'cost_usd', e.cost_usd,                  'proposal_id', e.proposal_id, 'mission_id', e.mission_id, 'step_id', e.step_id,                  'trace_id', {trace_p}, 'created_at', {now_text}),                {headers_p}, {now_p} FROM e)          SELECT d.*, (SELECT count(*) FROM f) AS finished FROM d"
     );
     let Some(row) = db
         .query_one_raw(stmt(DbBackend::Postgres, &sql, p.values))
@@ -784,9 +874,8 @@ pub async fn recover_stale_steps(
             let changed = tx
                 .execute_raw(stmt(
                     tx.get_database_backend(),
-                    "UPDATE mission_steps SET status = 'queued', lease_holder = NULL, \
-                     lease_expires_at = NULL, error = 'lease_expired', updated_at = $2 \
-                     WHERE id = $1 AND status = 'running'",
+                    "UPDATE mission_steps SET status = 'queued', error = 'lease_expired', \
+                     updated_at = $2 WHERE id = $1 AND status = 'running'",
                     vec![step_id.into(), now.into()],
                 ))
                 .await?

@@ -246,14 +246,24 @@ pub async fn load_policy(db: &impl ConnectionTrait) -> Result<PolicySnapshot> {
 /// snapshot's fingerprint and write nothing when the stored policy differs
 /// (then the cache is reloaded and the work judged again), so no decision
 /// is taken against a policy older than the statement that records it.
+///
+/// It also keeps the database outages this process observed
+/// ([`OutageLog`]), which the claim uses so that time the database could
+/// not be reached does not count against a lease.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyCache {
     current: std::sync::Arc<std::sync::RwLock<Option<std::sync::Arc<PolicySnapshot>>>>,
+    outages: OutageLog,
 }
 
 impl PolicyCache {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The database outages this process observed.
+    pub fn outages(&self) -> &OutageLog {
+        &self.outages
     }
 
     /// The cached snapshot, loaded on first use.
@@ -282,6 +292,62 @@ impl PolicyCache {
         }
         metrics::counter!("opsloop_policy_cache_reloads_total").increment(1);
         Ok(fresh)
+    }
+}
+
+/// The last database outage one api process observed (from its own failed
+/// and then successful claims, on its injected clock). A lease that was live
+/// during it is extended by its length before a claim may take it, so time
+/// nobody could report in is not held against the lease holder.
+#[derive(Debug, Clone, Default)]
+pub struct OutageLog {
+    state: std::sync::Arc<std::sync::Mutex<OutageState>>,
+}
+
+#[derive(Debug, Default)]
+struct OutageState {
+    since: Option<DateTime<Utc>>,
+    last: Option<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+/// What a claim must credit to leases: those that expired after `start`
+/// and started before `end` get `end - start` more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutageCredit {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+impl OutageLog {
+    /// A call failed because the database could not be reached.
+    pub fn failed(&self, now: DateTime<Utc>) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.since.is_none() {
+            tracing::warn!(since = %now, "database unreachable: leases are credited until it is back");
+            state.since = Some(now);
+        }
+    }
+
+    /// A call succeeded: an ongoing outage ended at `now`.
+    pub fn succeeded(&self, now: DateTime<Utc>) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(since) = state.since.take() {
+            tracing::info!(%since, until = %now, "database reachable again");
+            state.last = Some((since, now.max(since)));
+        }
+    }
+
+    /// The window to credit at `now`: an outage still open counts as ending
+    /// now (this call may be the first to get through), else the last one.
+    pub fn credit(&self, now: DateTime<Utc>) -> Option<OutageCredit> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match state.since {
+            Some(start) => Some(OutageCredit {
+                start,
+                end: now.max(start),
+            }),
+            None => state.last.map(|(start, end)| OutageCredit { start, end }),
+        }
     }
 }
 

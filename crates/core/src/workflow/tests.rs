@@ -990,3 +990,174 @@ async fn a_policy_change_racing_submits_never_lets_one_through_a_closed_gate() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_claim_takes_an_expired_lease_at_once_and_fences_the_late_worker() {
+    both(|t| async move {
+        let db = &t.db;
+        let out = submit_proposal(db, proposal(&["echo"], None), t0())
+            .await
+            .expect("submit");
+        let cache = PolicyCache::new();
+        let slow = claimed(
+            claim_step_cached(db, &cache, "slow", &[kind("echo")], Some(10), t0())
+                .await
+                .expect("claim"),
+        );
+        let early = claim_step_cached(
+            db,
+            &cache,
+            "fast",
+            &[kind("echo")],
+            None,
+            t0() + Duration::seconds(9),
+        )
+        .await
+        .expect("early");
+        assert_eq!(early, ClaimOutcome::Nothing, "the lease is still live");
+        // No heartbeat tick in between: the claim itself takes the lease.
+        let fast = claimed(
+            claim_step_cached(
+                db,
+                &cache,
+                "fast",
+                &[kind("echo")],
+                None,
+                t0() + Duration::seconds(11),
+            )
+            .await
+            .expect("take over"),
+        );
+        assert_eq!(fast.id, slow.id);
+        assert_eq!(fast.attempt, 2);
+        let err = complete_step(
+            db,
+            slow.id,
+            "slow",
+            1,
+            json!({}),
+            None,
+            t0() + Duration::seconds(12),
+        )
+        .await
+        .expect_err("the late worker is fenced");
+        assert!(matches!(err, WorkflowError::LeaseLost { .. }), "{err:?}");
+        assert_eq!(
+            tonic::Status::from(err).code(),
+            tonic::Code::FailedPrecondition
+        );
+        let (_, status) = complete_step(
+            db,
+            fast.id,
+            "fast",
+            2,
+            json!({}),
+            None,
+            t0() + Duration::seconds(13),
+        )
+        .await
+        .expect("complete");
+        assert_eq!(status, MissionStatus::Succeeded);
+        let _ = out;
+    })
+    .await;
+}
+
+/// Issue 24 item 1: a worker finishes while the api cannot reach its
+/// database for longer than the lease; the heartbeat requeues the step
+/// meanwhile. The step must not run again: the api credits the outage to the
+/// lease (no claim takes it) and the holder's late report is accepted.
+#[tokio::test]
+async fn a_database_outage_longer_than_the_lease_does_not_run_a_finished_step_twice() {
+    use crate::bus::testing::{TcpProxy, via};
+    let t = fresh_postgres().await;
+    let upstream = t
+        .url
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(authority, _)| authority.to_owned())
+        .expect("host:port in the test URL");
+    let proxy = TcpProxy::start(&upstream).await.expect("proxy");
+    // The api's pool goes through the proxy; the heartbeat's does not.
+    let api_db = crate::store::connect(
+        &via(&t.url, proxy.addr),
+        &crate::store::PoolOptions {
+            max_connections: 2,
+            min_connections: 0,
+            connect_timeout: std::time::Duration::from_millis(500),
+            acquire_timeout: std::time::Duration::from_millis(500),
+        },
+    )
+    .await
+    .expect("connect through the proxy");
+    let cache = PolicyCache::new();
+    submit_proposal(&t.db, proposal(&["echo"], None), t0())
+        .await
+        .expect("submit");
+    let step = claimed(
+        claim_step_cached(&api_db, &cache, "w1", &[kind("echo")], Some(20), t0())
+            .await
+            .expect("claim"),
+    );
+    let at = |s: i64| t0() + Duration::seconds(s);
+
+    proxy.sever();
+    let report = complete_step(&api_db, step.id, "w1", 1, json!({"ok": 1}), None, at(5)).await;
+    assert!(matches!(report, Err(WorkflowError::Db(_))), "{report:?}");
+    // An idle worker's claims fail too: the api sees the outage begin.
+    for s in [5, 25] {
+        let claim = claim_step_cached(&api_db, &cache, "w2", &[kind("echo")], None, at(s)).await;
+        assert!(matches!(claim, Err(WorkflowError::Db(_))), "{claim:?}");
+    }
+    // The heartbeat (its own connection) sees the lease expired at t0+20.
+    let recovered = recover_stale_steps(&t.db, at(30)).await.expect("recover");
+    assert_eq!(recovered.requeued, vec![step.id]);
+    proxy.restore();
+
+    // Back after 30 s: the idle worker's claim does not take the step the
+    // outage kept w1 from reporting…
+    let claim = claim_step_cached(&api_db, &cache, "w2", &[kind("echo")], None, at(35))
+        .await
+        .expect("claim after the outage");
+    assert_eq!(claim, ClaimOutcome::Nothing, "the step would run twice");
+    // …and w1's retried report is accepted.
+    let (done, status) = complete_step(&api_db, step.id, "w1", 1, json!({"ok": 1}), None, at(36))
+        .await
+        .expect("late report of the lease holder");
+    assert_eq!(done.attempt, 1, "ran once");
+    assert_eq!(status, MissionStatus::Succeeded);
+    // Had w1 never come back, the step is taken once the outage's length
+    // has passed after its lease's expiry (t0+20+30).
+    drop(api_db);
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_requeued_step_is_claimable_after_the_credited_outage() {
+    let t = fresh_postgres().await;
+    let db = &t.db;
+    let cache = PolicyCache::new();
+    submit_proposal(db, proposal(&["echo"], None), t0())
+        .await
+        .expect("submit");
+    let at = |s: i64| t0() + Duration::seconds(s);
+    let step = claimed(
+        claim_step_cached(db, &cache, "w1", &[kind("echo")], Some(20), t0())
+            .await
+            .expect("claim"),
+    );
+    // An outage from t0+5 to t0+35, as the api saw it.
+    cache.outages().failed(at(5));
+    cache.outages().succeeded(at(35));
+    let none = claim_step_cached(db, &cache, "w2", &[kind("echo")], None, at(49))
+        .await
+        .expect("claim");
+    assert_eq!(none, ClaimOutcome::Nothing, "credited until t0+50");
+    let taken = claimed(
+        claim_step_cached(db, &cache, "w2", &[kind("echo")], None, at(51))
+            .await
+            .expect("claim"),
+    );
+    assert_eq!((taken.id, taken.attempt), (step.id, 2));
+    t.cleanup().await;
+}
