@@ -160,6 +160,32 @@ impl Env {
         Ok(line)
     }
 
+    /// A lean reference script (`lean_submit.sql`, `lean_claim_complete.sql`):
+    /// they live outside the project (`$OPSLOOP_BENCH_LEAN_DIR`, default
+    /// `../shared/bench` beside the repository) so that they cannot drift
+    /// toward the code, and run unchanged. `None` (with a line saying so)
+    /// when absent, an error under `--require-baselines`.
+    pub fn lean_script(&self, name: &str) -> anyhow::Result<Option<String>> {
+        let dir = std::env::var_os("OPSLOOP_BENCH_LEAN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench"));
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(script) => Ok(Some(script)),
+            Err(error) => {
+                let line = format!(
+                    "lean baseline skipped: cannot read {} ({error}); set OPSLOOP_BENCH_LEAN_DIR",
+                    path.display()
+                );
+                if self.require_baselines {
+                    anyhow::bail!("{line} (--require-baselines)");
+                }
+                eprintln!("opsloop-bench: {line}");
+                Ok(None)
+            }
+        }
+    }
+
     pub fn scratch(&self) -> &Path {
         &self.scratch
     }
