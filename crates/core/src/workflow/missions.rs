@@ -170,6 +170,15 @@ async fn claim_statement(
     let expired = format!(
         "s.lease_expires_at < CASE WHEN s.lease_expires_at > {os_p} AND s.started_at < {oe_p}          THEN {cc_p} ELSE {now_p} END"
     );
+    // A step the heartbeat requeued (it keeps its last holder) waits only
+    // while the outage credit covers its lease; without an outage it is free.
+    let requeued_free = match credit {
+        None => "TRUE".to_owned(),
+        Some(_) => format!(
+            "NOT (s.lease_expires_at > {os_p} AND s.started_at < {oe_p} \
+             AND s.lease_expires_at >= {cc_p})"
+        ),
+    };
     let kinds_p: Vec<String> = kinds
         .iter()
         .map(|k| p.push(k.as_str().to_owned()))
@@ -194,7 +203,7 @@ async fn claim_statement(
                AND (SELECT fp FROM v) = {fp} AND s.status = 'queued' AND s.kind IN ({kinds}) \
                AND m.status = 'running' \
                AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= {now_p}) \
-               AND (s.lease_holder IS NULL OR s.lease_expires_at IS NULL OR {expired}) \
+               AND (s.lease_holder IS NULL OR s.lease_expires_at IS NULL OR {requeued_free}) \
                AND (m.parallel OR NOT EXISTS (SELECT 1 FROM mission_steps p \
                     WHERE p.mission_id = s.mission_id AND p.seq < s.seq AND p.status <> 'succeeded')) \
                ORDER BY s.created_at, s.mission_id, s.seq LIMIT 1 FOR UPDATE OF s SKIP LOCKED), \
