@@ -77,6 +77,22 @@ impl IntoResponse for AlerterError {
                 tracing::error!(error = %e, "request failed on the store");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            AlerterError::Busy {
+                reason,
+                retry_after_secs,
+            } => {
+                let status = if *reason == crate::service::BUSY_QUEUE_FULL {
+                    StatusCode::TOO_MANY_REQUESTS
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                let mut response = error(status, self.to_string());
+                response.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from(*retry_after_secs),
+                );
+                return response;
+            }
         };
         error(status, self.to_string())
     }

@@ -6,6 +6,7 @@
 //! dedup stage, over a notification log that survives restarts.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -170,9 +171,13 @@ pub struct AggregationGroup {
     pub key: String,
     pub labels: LabelSet,
     pub send_resolved: bool,
-    alerts: BTreeMap<Fingerprint, Alert>,
+    /// Shared with the dispatcher's own map: one copy of each alert.
+    alerts: BTreeMap<Fingerprint, Arc<Alert>>,
     next_flush: DateTime<Utc>,
     has_flushed: bool,
+    /// Alerts dropped since the last [`AggregationGroup::take_dropped`], so
+    /// the dispatcher can forget them without scanning every group.
+    dropped: Vec<Fingerprint>,
 }
 
 impl AggregationGroup {
@@ -189,16 +194,24 @@ impl AggregationGroup {
             alerts: BTreeMap::new(),
             next_flush,
             has_flushed: false,
+            dropped: Vec::new(),
         }
     }
 
     /// Adds or refreshes an alert. An alert that started longer than
     /// `group_wait` ago makes a not-yet-flushed group flush at once.
-    pub fn insert(&mut self, alert: Alert, now: DateTime<Utc>) {
+    /// Returns true when the alert is new to the group.
+    pub fn insert(&mut self, alert: impl Into<Arc<Alert>>, now: DateTime<Utc>) -> bool {
+        let alert = alert.into();
         if !self.has_flushed && alert.starts_at + self.opts.group_wait < now {
             self.next_flush = self.next_flush.min(now);
         }
-        self.alerts.insert(alert.fingerprint(), alert);
+        self.alerts.insert(alert.fingerprint(), alert).is_none()
+    }
+
+    /// The alerts dropped (resolved and told) since the last call.
+    pub fn take_dropped(&mut self) -> Vec<Fingerprint> {
+        std::mem::take(&mut self.dropped)
     }
 
     pub fn next_flush(&self) -> DateTime<Utc> {
@@ -233,9 +246,9 @@ impl AggregationGroup {
         let (mut firing, mut resolved) = (Vec::new(), Vec::new());
         for alert in self.alerts.values().filter(|a| !is_muted(a)) {
             if alert.is_resolved(now) {
-                resolved.push(alert.clone());
+                resolved.push(Alert::clone(alert));
             } else {
-                firing.push(alert.clone());
+                firing.push(Alert::clone(alert));
             }
         }
         if firing.is_empty() && resolved.is_empty() {
@@ -284,8 +297,12 @@ impl AggregationGroup {
     }
 
     fn drop_resolved(&mut self, resolved: &BTreeSet<Fingerprint>, now: DateTime<Utc>) {
-        self.alerts
-            .retain(|fp, alert| !(resolved.contains(fp) && alert.is_resolved(now)));
+        for fp in resolved {
+            if self.alerts.get(fp).is_some_and(|a| a.is_resolved(now)) {
+                self.alerts.remove(fp);
+                self.dropped.push(*fp);
+            }
+        }
     }
 }
 

@@ -43,6 +43,7 @@ impl From<AlerterError> for Status {
                 tracing::error!(error = %inner, "gRPC call failed on the store");
                 Status::unavailable("the alerter's database is unavailable")
             }
+            AlerterError::Busy { .. } => Status::unavailable(e.to_string()),
         }
     }
 }

@@ -33,6 +33,34 @@ impl InhibitRule {
             equal: config.equal.clone(),
         })
     }
+
+    /// Whether an alert with these labels can inhibit under this rule
+    /// (when firing).
+    pub fn is_source(&self, labels: &crate::model::LabelSet) -> bool {
+        matchers::matches_all(&self.source, labels)
+    }
+
+    /// Whether an alert with these labels can be inhibited by this rule.
+    pub fn is_target(&self, labels: &crate::model::LabelSet) -> bool {
+        matchers::matches_all(&self.target, labels)
+    }
+
+    /// Whether `source` inhibits `target` under this rule, given that
+    /// `target` matches the target matchers.
+    pub fn source_inhibits(
+        &self,
+        (source_fp, source): (Fingerprint, &Alert),
+        (target_fp, target): (Fingerprint, &Alert),
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> bool {
+        source_fp != target_fp
+            && !source.is_resolved(now)
+            && self.is_source(&source.labels)
+            && self
+                .equal
+                .iter()
+                .all(|name| source.labels.get(name) == target.labels.get(name))
+    }
 }
 
 /// The default: a critical alert mutes warnings of the same service.
@@ -55,22 +83,14 @@ pub fn inhibited_by<'a>(
     let target_fp = target.fingerprint();
     let mut sources = Vec::new();
     for rule in rules {
-        if !matchers::matches_all(&rule.target, &target.labels) {
+        if !rule.is_target(&target.labels) {
             continue;
         }
         for source in active.clone() {
             let fp = source.fingerprint();
-            if fp == target_fp
-                || source.is_resolved(now)
-                || !matchers::matches_all(&rule.source, &source.labels)
+            if rule.source_inhibits((fp, source), (target_fp, target), now)
+                && !sources.contains(&fp)
             {
-                continue;
-            }
-            let equal = rule
-                .equal
-                .iter()
-                .all(|name| source.labels.get(name) == target.labels.get(name));
-            if equal && !sources.contains(&fp) {
                 sources.push(fp);
             }
         }

@@ -30,7 +30,7 @@ use crate::persist::Persister;
 use crate::receivers::{self, BuiltReceivers, RenderContext};
 use crate::route::{Route, parse_duration};
 use crate::silence::{NewSilence, Silence, SilenceError, SilenceState};
-use crate::store::{AlertStore, LogEntry, LogStatus, StoreError};
+use crate::store::{AlertStore, LogRecord, LogStatus, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AlerterError {
@@ -46,6 +46,13 @@ pub enum AlerterError {
     UnknownReceiver(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Back-pressure: the alerts were not taken (or not known to be saved)
+    /// in time; the sender should retry after the pause.
+    #[error("the alerter is busy ({reason}); retry in {retry_after_secs} s")]
+    Busy {
+        reason: &'static str,
+        retry_after_secs: u64,
+    },
 }
 
 /// What a dispatcher is built from, kept to rebuild it from the database
@@ -77,6 +84,7 @@ impl Blueprint {
         for alert in store.load_alerts().await? {
             dispatcher.ingest(alert, now);
         }
+        dispatcher.prune_log();
         Ok(dispatcher)
     }
 }
@@ -116,12 +124,34 @@ pub struct Alerter {
     /// every alert, inhibition included).
     gauges_at: Mutex<Option<DateTime<Utc>>>,
     tracker: TaskTracker,
+    /// Cancelled when deliveries still in flight past the shutdown grace
+    /// are to be abandoned.
+    abandon: CancellationToken,
     audit: Option<Arc<AuditLog>>,
 }
 
 /// How far back the notification log is read at start: longer than any
 /// sensible repeat_interval.
 const LOG_LOOKBACK_DAYS: i64 = 7;
+
+/// Longest a post waits to be taken in (merged and committed) before it is
+/// answered 503 with Retry-After: never a hang, whatever the load.
+const ACCEPT_WITHIN: Duration = Duration::from_secs(5);
+
+/// Alerts queued for the writer beyond which posts are refused with 429
+/// and Retry-After until the database catches up.
+const MAX_QUEUED_ALERTS: usize = 100_000;
+
+/// Why a post was refused when the writer is far behind (answered 429).
+pub const BUSY_QUEUE_FULL: &str = "too many alerts waiting to be saved";
+
+/// What Retry-After says when a post is refused.
+const RETRY_AFTER_SECS: u64 = 1;
+
+/// On shutdown, how long deliveries in flight may finish; the rest are
+/// abandoned unsent and unlogged, so the next start sends them (their
+/// alerts are in the database). Inside the daemon's default drain bound.
+const DELIVERY_GRACE: Duration = Duration::from_secs(4);
 
 /// How often the alert gauges are recomputed.
 const GAUGE_EVERY: chrono::Duration = chrono::Duration::seconds(5);
@@ -241,6 +271,7 @@ impl Alerter {
             in_flight: Mutex::new(HashSet::new()),
             gauges_at: Mutex::new(None),
             tracker: TaskTracker::new(),
+            abandon: CancellationToken::new(),
             audit,
         }))
     }
@@ -274,6 +305,9 @@ impl Alerter {
     }
 
     /// Takes in posted alerts (all or none): validated, merged, persisted.
+    /// Answers within [`ACCEPT_WITHIN`] whatever the load: when the writer
+    /// is far behind or the commit does not come in time, the caller hears
+    /// [`AlerterError::Busy`] (a retry of the same alerts is harmless).
     pub async fn post_alerts(
         &self,
         posted: Vec<PostableAlert>,
@@ -282,20 +316,41 @@ impl Alerter {
         let now = self.now();
         let alerts = self.convert(posted, source, now)?;
         let count = alerts.len();
-        let saved = {
-            let mut dispatcher = self.dispatcher.lock().await;
-            let merged: Vec<Alert> = alerts
-                .into_iter()
-                .map(|a| dispatcher.ingest(a, now))
-                .collect();
-            // Queued while the dispatcher is held, so rows are written in
-            // the order the dispatcher merged them.
-            self.persister.save(merged, now)
+        if self.persister.queued_alerts() + count > MAX_QUEUED_ALERTS {
+            metrics::counter!("opsloop_alerter_posts_refused_total", "reason" => "queue_full")
+                .increment(1);
+            return Err(AlerterError::Busy {
+                reason: BUSY_QUEUE_FULL,
+                retry_after_secs: RETRY_AFTER_SECS,
+            });
+        }
+        let accept = async {
+            let saved = {
+                let mut dispatcher = self.dispatcher.lock().await;
+                let merged: Vec<Alert> = alerts
+                    .into_iter()
+                    .map(|a| dispatcher.ingest(a, now))
+                    .collect();
+                // Queued while the dispatcher is held, so rows are written
+                // in the order the dispatcher merged them.
+                self.persister.save(merged, now)
+            };
+            // The flush need not wait for the commit: the poster hears back
+            // only once the alerts are saved, and retries if they are not.
+            self.wake.notify_one();
+            saved.committed().await
         };
-        // The flush need not wait for the commit: the poster hears back
-        // only once the alerts are saved, and retries if they are not.
-        self.wake.notify_one();
-        saved.committed().await?;
+        match tokio::time::timeout(ACCEPT_WITHIN, accept).await {
+            Ok(result) => result?,
+            Err(_) => {
+                metrics::counter!("opsloop_alerter_posts_refused_total", "reason" => "timeout")
+                    .increment(1);
+                return Err(AlerterError::Busy {
+                    reason: "the alerts were not saved in time",
+                    retry_after_secs: RETRY_AFTER_SECS,
+                });
+            }
+        }
         metrics::counter!("opsloop_alerter_alerts_received_total", "source" => source.to_owned())
             .increment(count as u64);
         Ok(count)
@@ -433,18 +488,18 @@ impl Alerter {
             work
         };
         self.delete_forgotten(std::mem::take(&mut work.forgotten));
-        for ((receiver, group_key), state) in &work.record {
-            self.store
-                .log_notification(LogEntry {
-                    receiver,
-                    group_key,
-                    state,
-                    status: LogStatus::Sent,
-                    attempts: 0,
-                    last_error: None,
-                    at: now,
-                })
-                .await?;
+        for ((receiver, group_key), state) in work.record {
+            // Queued with the next batch; a failure is logged by the writer
+            // (the in-memory log has moved on either way).
+            drop(self.persister.log(LogRecord {
+                receiver,
+                group_key,
+                state,
+                status: LogStatus::Sent,
+                attempts: 0,
+                last_error: None,
+                at: now,
+            }));
         }
         for notification in work.notify {
             let id = (
@@ -485,13 +540,10 @@ impl Alerter {
     }
 
     fn update_gauges(&self, dispatcher: &Dispatcher, now: DateTime<Utc>) {
-        let views = dispatcher.views(now);
-        let silenced = views.iter().filter(|v| !v.silenced_by.is_empty()).count();
-        let inhibited = views.iter().filter(|v| !v.inhibited_by.is_empty()).count();
-        let firing = views.iter().filter(|v| !v.alert.is_resolved(now)).count();
-        metrics::gauge!("opsloop_alerter_alerts_active").set(firing as f64);
-        metrics::gauge!("opsloop_alerter_alerts_silenced").set(silenced as f64);
-        metrics::gauge!("opsloop_alerter_alerts_inhibited").set(inhibited as f64);
+        let counts = dispatcher.counts(now);
+        metrics::gauge!("opsloop_alerter_alerts_active").set(counts.firing as f64);
+        metrics::gauge!("opsloop_alerter_alerts_silenced").set(counts.silenced as f64);
+        metrics::gauge!("opsloop_alerter_alerts_inhibited").set(counts.inhibited as f64);
         let in_flight = self
             .in_flight
             .lock()
@@ -505,10 +557,19 @@ impl Alerter {
         let Some(receiver) = self.receivers.get(&notification.receiver) else {
             return;
         };
-        let outcome = self
-            .engine
-            .deliver(receiver, &notification, &self.ctx)
-            .await;
+        let outcome = tokio::select! {
+            outcome = self.engine.deliver(receiver, &notification, &self.ctx) => outcome,
+            _ = self.abandon.cancelled() => {
+                // Shutting down past the grace: not logged, so the next
+                // start (which reloads the alerts) sends it.
+                tracing::warn!(
+                    receiver = %notification.receiver,
+                    group_key = %notification.group_key,
+                    "delivery abandoned at shutdown; the next start sends it"
+                );
+                return;
+            }
+        };
         let now = self.now();
         let status = if outcome.delivered {
             LogStatus::Sent
@@ -516,16 +577,17 @@ impl Alerter {
             LogStatus::DeadLetter
         };
         let logged = self
-            .store
-            .log_notification(LogEntry {
-                receiver: &notification.receiver,
-                group_key: &notification.group_key,
-                state: &notification.state,
+            .persister
+            .log(LogRecord {
+                receiver: notification.receiver.clone(),
+                group_key: notification.group_key.clone(),
+                state: notification.state.clone(),
                 status,
                 attempts: outcome.attempts,
                 last_error: (!outcome.delivered).then(|| outcome.detail.clone()),
                 at: now,
             })
+            .committed()
             .await;
         if let Err(error) = &logged {
             tracing::error!(receiver = %notification.receiver, %error, "cannot write the notification log");
@@ -590,7 +652,13 @@ impl Alerter {
             }
         }
         self.tracker.close();
-        self.tracker.wait().await;
+        if tokio::time::timeout(DELIVERY_GRACE, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            self.abandon.cancel();
+            self.tracker.wait().await;
+        }
         if let Some(lease) = &self.lease
             && let Err(error) = lease.release(self.now()).await
         {

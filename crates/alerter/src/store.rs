@@ -66,6 +66,32 @@ pub struct LogEntry<'a> {
     pub at: DateTime<Utc>,
 }
 
+/// A notification log row to write later (queued to the writer task).
+#[derive(Debug, Clone)]
+pub struct LogRecord {
+    pub receiver: String,
+    pub group_key: String,
+    pub state: NotifiedState,
+    pub status: LogStatus,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+impl LogRecord {
+    pub fn entry(&self) -> LogEntry<'_> {
+        LogEntry {
+            receiver: &self.receiver,
+            group_key: &self.group_key,
+            state: &self.state,
+            status: self.status,
+            attempts: self.attempts,
+            last_error: self.last_error.clone(),
+            at: self.at,
+        }
+    }
+}
+
 /// A notification log row as read back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogRow {
@@ -116,6 +142,26 @@ fn alert_model(alert: &Alert, now: DateTime<Utc>) -> alerts::ActiveModel {
     }
 }
 
+fn log_model(entry: &LogEntry<'_>) -> notification_log::ActiveModel {
+    notification_log::ActiveModel {
+        receiver: Set(entry.receiver.to_owned()),
+        group_key: Set(entry.group_key.to_owned()),
+        state_hash: Set(entry.state.hash()),
+        firing: Set(fingerprints_json(&entry.state.firing)),
+        resolved: Set(fingerprints_json(&entry.state.resolved)),
+        status: Set(entry.status.as_str().to_owned()),
+        attempts: Set(i32::try_from(entry.attempts).unwrap_or(i32::MAX)),
+        last_error: Set(entry.last_error.clone()),
+        created_at: Set(entry.at),
+        sent_at: Set((entry.status == LogStatus::Sent).then_some(entry.state.at)),
+        ..Default::default()
+    }
+}
+
+/// Rows per multi-row statement (PostgreSQL allows 65,535 parameters; an
+/// alert row has 10).
+const ROWS_PER_STATEMENT: usize = 1000;
+
 fn alert_upsert() -> OnConflict {
     OnConflict::column(alerts::Column::Fingerprint)
         .update_columns([
@@ -141,13 +187,44 @@ impl AlertStore {
         &self,
         batch: &[(&Alert, DateTime<Utc>)],
     ) -> Result<(), StoreError> {
-        if batch.is_empty() {
+        self.write_batch(batch, &[]).await
+    }
+
+    /// One transaction: upserts alerts (the last state of each given wins,
+    /// in multi-row statements) and appends notification log rows. What
+    /// the writer task commits for everything queued together.
+    pub async fn write_batch(
+        &self,
+        batch: &[(&Alert, DateTime<Utc>)],
+        log: &[LogEntry<'_>],
+    ) -> Result<(), StoreError> {
+        if batch.is_empty() && log.is_empty() {
             return Ok(());
         }
+        // One row per fingerprint (a multi-row upsert may not touch a row
+        // twice), keeping the last state, in first-seen order.
+        let mut last: HashMap<Fingerprint, usize> = HashMap::new();
+        let mut order = Vec::new();
+        for (i, (alert, _)) in batch.iter().enumerate() {
+            if last.insert(alert.fingerprint(), i).is_none() {
+                order.push(alert.fingerprint());
+            }
+        }
+        let rows: Vec<alerts::ActiveModel> = order
+            .iter()
+            .filter_map(|fp| last.get(fp))
+            .map(|i| alert_model(batch[*i].0, batch[*i].1))
+            .collect();
         let txn = self.db.begin().await?;
-        for (alert, at) in batch {
-            alerts::Entity::insert(alert_model(alert, *at))
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            alerts::Entity::insert_many(chunk.to_vec())
                 .on_conflict(alert_upsert())
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        let log_rows: Vec<notification_log::ActiveModel> = log.iter().map(log_model).collect();
+        for chunk in log_rows.chunks(ROWS_PER_STATEMENT) {
+            notification_log::Entity::insert_many(chunk.to_vec())
                 .exec_without_returning(&txn)
                 .await?;
         }
@@ -312,20 +389,7 @@ impl AlertStore {
     }
 
     pub async fn log_notification(&self, entry: LogEntry<'_>) -> Result<(), StoreError> {
-        let model = notification_log::ActiveModel {
-            receiver: Set(entry.receiver.to_owned()),
-            group_key: Set(entry.group_key.to_owned()),
-            state_hash: Set(entry.state.hash()),
-            firing: Set(fingerprints_json(&entry.state.firing)),
-            resolved: Set(fingerprints_json(&entry.state.resolved)),
-            status: Set(entry.status.as_str().to_owned()),
-            attempts: Set(i32::try_from(entry.attempts).unwrap_or(i32::MAX)),
-            last_error: Set(entry.last_error),
-            created_at: Set(entry.at),
-            sent_at: Set((entry.status == LogStatus::Sent).then_some(entry.state.at)),
-            ..Default::default()
-        };
-        notification_log::Entity::insert(model)
+        notification_log::Entity::insert(log_model(&entry))
             .exec_without_returning(&self.db)
             .await?;
         Ok(())

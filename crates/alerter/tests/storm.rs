@@ -1,0 +1,124 @@
+//! The alerter in an alert storm: with 5,000 active groups, a post costs
+//! about what it costs on an empty alerter (the flush loop visits only due
+//! groups, a post touches only its own). Measured as a ratio of medians
+//! inside one test, generous, never as an absolute time.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{LocalReceiver, spawn_app, stop};
+use opsloop_core::config::BusSettings;
+use opsloop_core::store::testing::fresh_postgres;
+use serde_json::json;
+
+const ACTIVE_GROUPS: usize = 5_000;
+const SAMPLES: usize = 40;
+/// How much slower the median post may be with 5,000 active groups.
+const MAX_RATIO: f64 = 6.0;
+
+/// Posts one new alert (a new group, so also a flush and a delivery);
+/// returns how long the answer took.
+async fn probe(http: &reqwest::Client, url: &str, name: String) -> Duration {
+    let body = json!([{"labels": {"alertname": name, "service": "probe"}}]);
+    let started = Instant::now();
+    let response = http.post(url).json(&body).send().await.expect("post");
+    let took = started.elapsed();
+    assert_eq!(response.status(), 200, "probe post");
+    took
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+struct Side {
+    app: common::Running,
+    hook: LocalReceiver,
+    url: String,
+    db: opsloop_core::store::testing::TestDb,
+}
+
+async fn side() -> Side {
+    let db = fresh_postgres().await;
+    let hook = LocalReceiver::start().await;
+    // Inserted under [alerter.route]: one group per alertname.
+    let receivers = r#"group_by = ["alertname"]
+repeat_interval = "4h"
+[[alerter.receivers]]
+name = "slack"
+kind = "webhook"
+secret = "storm_webhook_url"
+"#;
+    let app = spawn_app(
+        &db,
+        BusSettings::default(),
+        receivers,
+        vec![("OPSLOOP_STORM_WEBHOOK_URL".into(), hook.url())],
+    )
+    .await;
+    let url = format!("{}/api/v2/alerts", app.http);
+    Side { app, hook, url, db }
+}
+
+/// Two alerters side by side, one empty and one holding 5,000 active
+/// groups; probes alternate between them, so whatever else loads the
+/// machine loads both alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_active_groups_do_not_slow_a_post() {
+    let empty = side().await;
+    let loaded = side().await;
+    let http = reqwest::Client::new();
+
+    // 5,000 groups, each notified once (group_wait 0s).
+    for batch in 0..ACTIVE_GROUPS / 500 {
+        let alerts: Vec<serde_json::Value> = (0..500)
+            .map(|i| json!({"labels": {"alertname": format!("Storm{batch}x{i}"), "service": "storm"}}))
+            .collect();
+        let response = http
+            .post(&loaded.url)
+            .json(&alerts)
+            .send()
+            .await
+            .expect("post batch");
+        assert_eq!(response.status(), 200, "batch {batch}");
+    }
+    let delivered = loaded
+        .hook
+        .wait_accepted(ACTIVE_GROUPS, Duration::from_secs(60))
+        .await;
+    assert_eq!(delivered.len(), ACTIVE_GROUPS, "every group notified once");
+
+    // Warm both, then alternate.
+    for i in 0..5 {
+        probe(&http, &empty.url, format!("Warm{i}")).await;
+        probe(&http, &loaded.url, format!("Warm{i}")).await;
+    }
+    let (mut on_empty, mut on_loaded) = (Vec::new(), Vec::new());
+    for i in 0..SAMPLES {
+        on_empty.push(probe(&http, &empty.url, format!("Probe{i}")).await);
+        on_loaded.push(probe(&http, &loaded.url, format!("Probe{i}")).await);
+        // Let the flush loops run between posts, as with real senders.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (empty_median, loaded_median) = (median(on_empty), median(on_loaded));
+    let ratio = loaded_median.as_secs_f64() / empty_median.as_secs_f64().max(1e-4);
+    eprintln!(
+        "median post: empty {empty_median:?}, with {ACTIVE_GROUPS} active groups {loaded_median:?} (x{ratio:.2})"
+    );
+    assert!(
+        ratio <= MAX_RATIO,
+        "a post with {ACTIVE_GROUPS} active groups took {loaded_median:?}, {ratio:.1}x the empty alerter's {empty_median:?}"
+    );
+
+    // Nothing was delivered twice while the groups sat idle.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let expected = ACTIVE_GROUPS + 5 + SAMPLES;
+    assert_eq!(loaded.hook.accepted().len(), expected, "no repeats");
+    assert_eq!(empty.hook.accepted().len(), 5 + SAMPLES, "no repeats");
+    for side in [empty, loaded] {
+        stop(side.app).await;
+        side.db.cleanup().await;
+    }
+}
