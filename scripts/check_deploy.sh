@@ -431,7 +431,7 @@ PY
   for t in api:9754 heartbeat-worker:9755 alerter:9756 backup-agent:9757; do
     grep -q "\"$t\"" deploy/prometheus/prometheus.yml || { say "prometheus.yml: no scrape target $t"; ok=0; }
   done
-  grep -A6 '^alerting:' deploy/prometheus/prometheus.yml | grep -q '"alerter:9756"' || { say "prometheus.yml: alerts not sent to alerter:9756"; ok=0; }
+  grep -A10 '^alerting:' deploy/prometheus/prometheus.yml | grep -q '"alerter:9756"' || { say "prometheus.yml: alerts not sent to alerter:9756"; ok=0; }
   if ((ok)); then pass "prometheus: scrape targets and alerting"; else fail "prometheus: scrape targets"; fi
 }
 

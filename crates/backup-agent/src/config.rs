@@ -528,10 +528,11 @@ pub fn target_kind(url: &str) -> Option<TargetKind> {
 /// `opsloop_core::daemon::run` calls.
 pub fn check_config(config: &opsloop_core::config::LoadedConfig) -> anyhow::Result<()> {
     let settings: BackupSettings = config.section("backup")?;
-    let default_url = match opsloop_core::secrets::SecretStore::from_process().get("database_url")? {
-        Some(secret) => secret.expose().to_owned(),
-        None => config.settings.database.url.clone(),
-    };
+    let default_url =
+        match opsloop_core::secrets::SecretStore::from_process().get("database_url")? {
+            Some(secret) => secret.expose().to_owned(),
+            None => config.settings.database.url.clone(),
+        };
     BackupConfig::new(settings, &default_url)?;
     Ok(())
 }

@@ -247,6 +247,16 @@ pub const METRIC_HELP: &[(&str, MetricKind, &str)] = {
             "Calls refused by the access check, by daemon and reason.",
         ),
         (
+            "opsloop_policy_cache_reloads_total",
+            C,
+            "Times an api process re-read the policy table (first use, or a write found its snapshot stale).",
+        ),
+        (
+            "opsloop_alerter_posts_refused_total",
+            C,
+            "Alert posts refused for back-pressure (429/503 with Retry-After), by reason.",
+        ),
+        (
             "opsloop_grpc_request_duration_seconds",
             H,
             "Time from a gRPC call to its response headers, by service and method.",
