@@ -248,7 +248,11 @@ export POSTGRES_PORT RABBITMQ_PORT RABBITMQ_MANAGEMENT_PORT API_GRPC_PORT API_HT
   HEARTBEAT_HTTP_PORT ALERTER_GRPC_PORT ALERTER_HTTP_PORT BACKUP_GRPC_PORT BACKUP_HTTP_PORT \
   PROMETHEUS_PORT GRAFANA_PORT RECEIVER_PORT
 export OPSLOOP_PUBLISH_SERVICE_ADDR=127.0.0.1 OPSLOOP_PUBLISH_INFRA_ADDR=127.0.0.1
-export OPSLOOP_ENDPOINT="http://127.0.0.1:$API_GRPC_PORT"
+# The api's gRPC port serves TLS (init-secrets.sh wrote its certificate and
+# the CA); the CLI and the worker container check it against tls_ca.
+[[ -s "$SECRETS/tls_cert" && -s "$SECRETS/tls_ca" ]] || die "init-secrets.sh wrote no TLS certificate (is openssl installed?)"
+export OPSLOOP_ENDPOINT="https://127.0.0.1:$API_GRPC_PORT"
+export OPSLOOP_CA_FILE="$SECRETS/tls_ca"
 export OPSLOOP_ALERTER_ENDPOINT="http://127.0.0.1:$ALERTER_GRPC_PORT"
 export OPSLOOP_BACKUP_ENDPOINT="http://127.0.0.1:$BACKUP_GRPC_PORT"
 export OPSLOOP_HEARTBEAT_ENDPOINT="http://127.0.0.1:$HEARTBEAT_HTTP_PORT"
@@ -316,6 +320,24 @@ API_HTTP="http://127.0.0.1:$API_HTTP_PORT" HEARTBEAT_HTTP="http://127.0.0.1:$HEA
   ALERTER_HTTP="http://127.0.0.1:$ALERTER_HTTP_PORT" BACKUP_HTTP="http://127.0.0.1:$BACKUP_HTTP_PORT" \
   OPSLOOP_TOKEN_FILE="$SECRETS/admin_token" OPSLOOP_BIN="$CLI" SMOKE_ALERT_RECEIVER=slack \
   bash scripts/smoke.sh || die "scripts/smoke.sh failed"
+
+# ------------------------------------------ TLS and tokens at the edge --
+# The api's gRPC port takes TLS only, and only with a token: a plaintext
+# client, a client without the CA, and a TLS client without a token are
+# each refused with their reason.
+begin "edges: TLS and tokens"
+edge_fail() { # expected-substring command... → the command must fail saying it
+  local want=$1 out
+  shift
+  if out=$("$@" 2>&1); then die "edges: '$*' succeeded; expected a refusal ($want)"; fi
+  grep -q -- "$want" <<<"$out" || die "edges: '$*' failed without '$want': $out"
+}
+edge_fail "UNAVAILABLE" env -u OPSLOOP_CA_FILE "$CLI" --endpoint "http://127.0.0.1:$API_GRPC_PORT" \
+  --token-file "$SECRETS/admin_token" policy list
+edge_fail "TLS to" env -u OPSLOOP_CA_FILE "$CLI" --token-file "$SECRETS/admin_token" policy list
+edge_fail "UNAUTHENTICATED" env -u OPSLOOP_TOKEN_FILE -u OPSLOOP_TOKEN "$CLI" policy list
+cli policy list >/dev/null || die "edges: the CLI over TLS with the admin token was refused"
+log "api gRPC: TLS with the compose CA and a token accepted; plaintext, unknown CA and no token refused"
 
 # ------------------------------------ smoke: a stopped service named --
 # scripts/smoke.sh --simulate-failure with the alerter stopped must exit 1,
@@ -573,6 +595,8 @@ begin "secrets not in logs"
 compose logs --no-color >"$work/compose.log" 2>&1
 leaked=()
 for f in "$SECRETS"/*; do
+  # Certificates are public; their keys are checked like every secret.
+  case "$(basename "$f")" in tls_cert | tls_ca) continue ;; esac
   value=$(<"$f")
   [[ ${#value} -ge 8 ]] || continue
   if grep -qF -- "$value" "$work/compose.log"; then leaked+=("$(basename "$f")"); fi
@@ -588,7 +612,7 @@ left=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" | wc -
 [[ "$left" == 0 ]] || die "$left container(s) left after down"
 begin "done"
 result="PASS"
-echo "compose_e2e: $result image=${image_mb}MB up_to_healthy=${up_to_healthy}s" \
+echo "compose_e2e: $result image=${image_mb}MB up_to_healthy=${up_to_healthy}s api_grpc=tls+token" \
   "flow=${flow_mission_s}s alert=${flow_alert_s}s kills=${#DAEMONS[@]} restarts=[${restarts[*]}]" \
   "load=${LOAD}/${LOAD} exactly_once retried_steps=$retried_n dead_letters=$dead_lettered" \
   "notifications=slack:$slack_n,discord:$discord_n dupes=0 backup=${backup_size}B verify=${verify_ms}ms" \

@@ -15,7 +15,8 @@
 # Environment (defaults for a local stack):
 #   API_HTTP=http://127.0.0.1:9754  HEARTBEAT_HTTP=http://127.0.0.1:9755
 #   ALERTER_HTTP=http://127.0.0.1:9756  BACKUP_HTTP=http://127.0.0.1:9757
-#   OPSLOOP_ENDPOINT=http://127.0.0.1:50051 (api gRPC),
+#   OPSLOOP_ENDPOINT=http://127.0.0.1:50051 (api gRPC; https://… with
+#   OPSLOOP_CA_FILE for a TLS port such as the compose stack's),
 #   OPSLOOP_ALERTER_ENDPOINT=http://127.0.0.1:50052
 #   OPSLOOP_TOKEN or OPSLOOP_TOKEN_FILE: the admin token (never printed)
 #   OPSLOOP_BIN: the CLI (default: opsloop on PATH, else target/{release,debug})

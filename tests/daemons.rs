@@ -658,6 +658,67 @@ fn production_refuses_the_embedded_defaults_unless_allowed() {
     );
 }
 
+/// Production with no bootstrap token secret: a named token in the database
+/// is enough, none at all is refused with one line and exit 2.
+#[tokio::test(flavor = "multi_thread")]
+async fn production_counts_named_tokens_as_tokens() {
+    require_rabbitmq().await;
+    let db = fresh_postgres().await;
+    opsloop_core::store::migrate_up(&db.db).await.expect("migrate");
+    let config = format!(
+        "environment = \"production\"\n[database]\nurl = \"{}\"\n[bus]\nkind = \"rabbitmq\"\nurl = \"{}\"\n[api]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n[audit]\nlog_path = \"audit.jsonl\"\n",
+        db.url,
+        amqp_url()
+    );
+    let (code, stderr, _) = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || run_with_config("opsloop-api", &config, &[])
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no tokens") && stderr.contains("opsloop token"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    opsloop_core::auth::create_token(
+        &db.db,
+        "fleet-a",
+        opsloop_core::access::Role::Agent,
+        None,
+        "test",
+        None,
+        chrono::Utc::now(),
+    )
+    .await
+    .expect("create token");
+    let dir = tempfile_dir();
+    std::fs::write(dir.join("opsloop.toml"), &config).expect("write config");
+    let mut child = std::process::Command::new(opsloop_e2e::binary("opsloop-api"))
+        .env_clear()
+        .current_dir(&dir)
+        .arg("--config")
+        .arg(dir.join("opsloop.toml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let started = tokio::task::spawn_blocking(move || {
+        std::io::BufRead::lines(std::io::BufReader::new(stdout))
+            .map_while(Result::ok)
+            .any(|line| line.contains("api started"))
+    })
+    .await
+    .expect("join");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(started, "a named token lets production start");
+}
+
 #[test]
 fn help_and_version() {
     for binary in [

@@ -51,3 +51,29 @@ for receiver in slack discord; do
   fi
   write "${receiver}_webhook_url" "${!var:-http://127.0.0.1:9/${receiver}-webhook-not-configured}"
 done
+
+# TLS for the api's gRPC port: a private CA (tls_ca.pem for clients; its key
+# stays in this directory, never mounted) and the api's certificate for the
+# names clients use (api inside the stack, localhost/127.0.0.1 from the host).
+if [[ -s "$dir/tls_cert" && -s "$dir/tls_key" && -s "$dir/tls_ca" ]]; then
+  echo "kept    $dir/tls_cert, $dir/tls_key, $dir/tls_ca"
+elif ! command -v openssl >/dev/null; then
+  echo "warning: openssl not found: no tls_cert/tls_key written, the api's gRPC port stays plaintext (install openssl and rerun)" >&2
+else
+  tmp="$(mktemp -d)"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -keyout "$dir/tls_ca_key" -out "$tmp/ca.pem" -days 3650 -subj "/CN=opsloop compose CA" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -keyout "$tmp/api.key" -out "$tmp/api.csr" -subj "/CN=api" 2>/dev/null
+  openssl x509 -req -in "$tmp/api.csr" -CA "$tmp/ca.pem" -CAkey "$dir/tls_ca_key" -CAcreateserial \
+    -days 397 -out "$tmp/api.pem" \
+    -extfile <(printf "subjectAltName=DNS:api,DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth") 2>/dev/null
+  # PKCS#8 key, readable by the daemons' non-root user through the bind mount.
+  openssl pkcs8 -topk8 -nocrypt -in "$tmp/api.key" -out "$dir/tls_key"
+  cp "$tmp/api.pem" "$dir/tls_cert"
+  cp "$tmp/ca.pem" "$dir/tls_ca"
+  chmod 0644 "$dir/tls_cert" "$dir/tls_key" "$dir/tls_ca"
+  chmod 0600 "$dir/tls_ca_key"
+  rm -rf "$tmp"
+  echo "created $dir/tls_cert, $dir/tls_key, $dir/tls_ca (clients: --ca-file $dir/tls_ca)"
+fi

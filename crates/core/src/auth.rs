@@ -273,6 +273,14 @@ impl Auth {
         self.inner.bootstrap.is_empty() && self.stored().is_empty()
     }
 
+    /// Whether the `api_tokens` table (as last read) holds a token that is
+    /// neither revoked nor expired at `now`.
+    pub fn has_usable_named_token(&self, now: DateTime<Utc>) -> bool {
+        self.stored().values().any(|record| {
+            record.revoked_at.is_none() && record.expires_at.is_none_or(|at| at > now)
+        })
+    }
+
     /// Reloads the `api_tokens` table (revoked and expired records too, so
     /// their callers hear why they are refused).
     pub async fn refresh(&self) -> Result<(), DbErr> {

@@ -286,7 +286,9 @@ pub fn insecure_production_defaults(settings: &Settings, has_tokens: bool) -> Op
         found.push("the in-process bus (set bus.kind = \"rabbitmq\")");
     }
     if !has_tokens {
-        found.push("no tokens (set the secrets admin_token and agent_token)");
+        found.push(
+            "no tokens (set the secrets admin_token and agent_token, or create named ones with `opsloop token create`)",
+        );
     }
     (!found.is_empty()).then(|| found.join("; "))
 }

@@ -133,8 +133,11 @@ pub fn preflight(
     if let Some(path) = &config.settings.tls.ca_file {
         crate::tls::client_roots(Some(path))?;
     }
-    let has_tokens = secrets.get("admin_token")?.is_some() || secrets.get("agent_token")?.is_some();
     let mut warnings = Vec::new();
+    // Without a bootstrap token secret, named tokens may still exist in the
+    // database: that part of the verdict waits for [`require_a_token`].
+    let has_tokens = has_bootstrap_token(secrets)?
+        || crate::config::insecure_production_defaults(&config.settings, true).is_none();
     if let Some(reason) = crate::config::insecure_production_defaults(&config.settings, has_tokens)
     {
         if !config.settings.allow_insecure_defaults {
@@ -147,6 +150,43 @@ pub fn preflight(
         ));
     }
     Ok(warnings)
+}
+
+/// Whether any bootstrap token secret (`admin_token`, `agent_token`,
+/// `viewer_token`, `alert_sender_token`) is set.
+fn has_bootstrap_token(secrets: &SecretStore) -> anyhow::Result<bool> {
+    for (secret, _, _) in crate::auth::BOOTSTRAP {
+        if secrets
+            .get(secret)?
+            .is_some_and(|value| !value.expose().trim().is_empty())
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The second half of production's "no tokens" refusal, once the
+/// `api_tokens` table has been read: with no bootstrap token secret, an
+/// unrevoked, unexpired named token must exist (or
+/// `allow_insecure_defaults` must say the open deployment is meant).
+pub fn require_a_token(infra: &Infra) -> anyhow::Result<Option<String>> {
+    let settings = infra.settings();
+    if settings.environment != "production"
+        || has_bootstrap_token(&infra.secrets)?
+        || infra.auth.has_usable_named_token(chrono::Utc::now())
+    {
+        return Ok(None);
+    }
+    let reason = "no tokens (no admin_token, agent_token, viewer_token or alert_sender_token secret, and no unrevoked, unexpired `opsloop token` record)";
+    if settings.allow_insecure_defaults {
+        return Ok(Some(format!(
+            "production with insecure defaults (allow_insecure_defaults = true): {reason}"
+        )));
+    }
+    anyhow::bail!(
+        "environment = \"production\" refuses to start with {reason}; or set allow_insecure_defaults = true to accept that"
+    )
 }
 
 /// The whole `main` of a daemon binary: config (common sections and the
@@ -211,6 +251,15 @@ where
                 return ExitCode::FAILURE;
             }
         };
+        match require_a_token(&infra) {
+            Ok(None) => {}
+            Ok(Some(warning)) => tracing::warn!("{warning}"),
+            Err(error) => {
+                // A configuration refusal like preflight's: one line, exit 2.
+                eprintln!("{service}: {error:#}");
+                return ExitCode::from(2);
+            }
+        }
         crate::lifecycle::spawn_watchdog(shutdown.clone());
         let result = body(infra).await;
         crate::lifecycle::systemd::stopping();

@@ -157,7 +157,7 @@ pub struct OutboxMessage {
 
 /// The one outbox writer: adds `message` to the outbox in the caller's
 /// transaction; the relay publishes it after commit (so nothing is lost
-/// while the broker is down). Event rows get theirs from [`write_event`];
+/// while the broker is down). Event rows get theirs from `write_event`;
 /// messages that are not events (the heartbeat's alerts) come here directly.
 pub async fn enqueue_message(
     tx: &impl ConnectionTrait,
