@@ -12,6 +12,7 @@ mod page;
 mod pgbench;
 mod report;
 mod scenarios;
+mod storm;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +57,8 @@ enum Scenario {
     WorkCycle(scenarios::WorkArgs),
     /// Alerts posted at a fixed rate → a local Slack-shaped webhook; Alertmanager baseline.
     EventToPage(page::PageArgs),
+    /// The alerter in an alert storm (issue 22): N active groups, idle, 100/s, 1,000/s; Alertmanager side by side.
+    Storm(storm::StormArgs),
     /// The heartbeat's trigger phase with 200 rules over a small and a 10x larger event table.
     HeartbeatScaling(heartbeat::HeartbeatArgs),
     /// dump + compress + checksum + store by the backup-agent vs pg_dump -Fc | zstd -3 | sha256sum.
@@ -76,6 +79,9 @@ struct AllArgs {
     /// event-to-page: seconds of posting.
     #[arg(long)]
     page_seconds: Option<u64>,
+    /// storm: active groups before the measured phases.
+    #[arg(long)]
+    storm_active: Option<u64>,
     /// heartbeat-scaling: the smaller event table.
     #[arg(long)]
     heartbeat_table_events: Option<u64>,
@@ -140,6 +146,10 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 duration: sizes.page_seconds,
                 ..Default::default()
             }),
+            Scenario::Storm(storm::StormArgs {
+                active: sizes.storm_active,
+                ..Default::default()
+            }),
             Scenario::HeartbeatScaling(heartbeat::HeartbeatArgs {
                 table_events: sizes.heartbeat_table_events,
                 ..Default::default()
@@ -159,6 +169,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             Scenario::Submit(args) => ("submit", scenarios::submit(&env, args).await),
             Scenario::WorkCycle(args) => ("work-cycle", scenarios::work_cycle(&env, args).await),
             Scenario::EventToPage(args) => ("event-to-page", page::event_to_page(&env, args).await),
+            Scenario::Storm(args) => ("storm", storm::storm(&env, args).await),
             Scenario::HeartbeatScaling(args) => (
                 "heartbeat-scaling",
                 heartbeat::heartbeat_scaling(&env, args).await,

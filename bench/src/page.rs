@@ -1,9 +1,12 @@
 //! Event to page: alerts posted to the Alertmanager v2 API at a fixed rate,
 //! timed until a local Slack-shaped webhook receives each one; the same
 //! alerts, rate and receiver against Prometheus Alertmanager as the baseline.
+//! The receiver, the two daemons and the open-loop poster are shared with
+//! the `storm` scenario.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,6 +14,7 @@ use anyhow::{Context, bail};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::post;
+use opsloop_core::store::testing::TestDb;
 use serde_json::{Value, json};
 
 use crate::daemon::{Daemon, Launch, free_addr};
@@ -18,7 +22,7 @@ use crate::env::Env;
 use crate::load::{LatencySummary, histogram};
 use crate::report::Row;
 
-const MARK: &str = "bench-alert-";
+pub const MARK: &str = "bench-alert-";
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct PageArgs {
@@ -30,34 +34,49 @@ pub struct PageArgs {
     pub duration: Option<u64>,
 }
 
-type Arrivals = Arc<Mutex<HashMap<u64, Instant>>>;
+/// What a receiver saw: the first arrival of every alert number, and how
+/// many times any alert was named (more than the distinct count = repeats).
+#[derive(Default)]
+struct Seen {
+    first: HashMap<u64, Instant>,
+    marks: u64,
+}
+
+type Arrivals = Arc<Mutex<Seen>>;
 
 /// Records the first arrival of every `bench-alert-<n>` named in a body.
 async fn receive(State(arrivals): State<Arrivals>, body: axum::body::Bytes) -> &'static str {
     let now = Instant::now();
     let text = String::from_utf8_lossy(&body);
     let mut seen = arrivals.lock().expect("arrivals lock");
+    let mut named = std::collections::HashSet::new();
     for (index, _) in text.match_indices(MARK) {
         let digits: String = text[index + MARK.len()..]
             .chars()
             .take_while(char::is_ascii_digit)
             .collect();
         if let Ok(n) = digits.parse::<u64>() {
-            seen.entry(n).or_insert(now);
+            named.insert(n);
         }
+    }
+    // A body names its alert several times (title, labels): count each
+    // alert once per notification.
+    seen.marks += named.len() as u64;
+    for n in named {
+        seen.first.entry(n).or_insert(now);
     }
     "ok"
 }
 
 /// A Slack-shaped webhook on 127.0.0.1 (answers 200 "ok" like Slack).
-struct Receiver {
-    addr: SocketAddr,
+pub struct Receiver {
+    pub addr: SocketAddr,
     arrivals: Arrivals,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Receiver {
-    async fn start() -> anyhow::Result<Self> {
+    pub async fn start() -> anyhow::Result<Self> {
         let arrivals: Arrivals = Arc::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -74,8 +93,38 @@ impl Receiver {
         })
     }
 
-    fn reset(&self) {
-        self.arrivals.lock().expect("arrivals lock").clear();
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn reset(&self) {
+        let mut seen = self.arrivals.lock().expect("arrivals lock");
+        seen.first.clear();
+        seen.marks = 0;
+    }
+
+    /// Distinct alerts received so far.
+    pub fn distinct(&self) -> u64 {
+        self.arrivals.lock().expect("arrivals lock").first.len() as u64
+    }
+
+    /// Notifications of an alert beyond its first (since the last reset).
+    pub fn repeats(&self) -> u64 {
+        let seen = self.arrivals.lock().expect("arrivals lock");
+        seen.marks.saturating_sub(seen.first.len() as u64)
+    }
+
+    /// Waits until `n` distinct alerts arrived, at most `within`; returns
+    /// how many did.
+    pub async fn wait_distinct(&self, n: u64, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.distinct();
+            if got >= n || Instant::now() >= deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -85,14 +134,31 @@ impl Drop for Receiver {
     }
 }
 
-/// Posts `rate`/s alerts for `duration` to `http`'s `/api/v2/alerts` and
-/// measures due time → arrival at the receiver.
-async fn drive(
+/// The body of one posted alert, `bench-alert-<id>` (its own group under
+/// `group_by: [alertname]`), ending `ends_in` from now when given.
+pub fn alert_json(id: u64, ends_in: Option<Duration>) -> Value {
+    let now = chrono::Utc::now();
+    let mut alert = json!({
+        "labels": {"alertname": format!("{MARK}{id}"), "severity": "warning", "service": "bench"},
+        "annotations": {"summary": format!("{MARK}{id} fired")},
+        "startsAt": now.to_rfc3339(),
+    });
+    if let Some(ends) = ends_in.and_then(|d| chrono::Duration::from_std(d).ok()) {
+        alert["endsAt"] = json!((now + ends).to_rfc3339());
+    }
+    alert
+}
+
+/// Posts `rate`/s alerts (one per request) for `duration` to `http`'s
+/// `/api/v2/alerts` and measures due time → arrival at the receiver, and
+/// due time → the post's answer; alert numbers start at `offset`.
+pub async fn drive(
     http: SocketAddr,
     receiver: &Receiver,
     rate: f64,
     duration: Duration,
     offset: u64,
+    ends_in: Option<Duration>,
 ) -> anyhow::Result<Value> {
     receiver.reset();
     let client = reqwest::Client::builder()
@@ -104,44 +170,56 @@ async fn drive(
     let start = Instant::now();
     let mut due = Vec::with_capacity(total as usize);
     let mut posts = tokio::task::JoinSet::new();
+    let mut post_hist = histogram();
+    let mut post_errors = 0u64;
+    let mut first_error = None;
+    let mut tally = |done: Result<(Result<(), String>, u64), tokio::task::JoinError>| match done {
+        Ok((Ok(()), us)) => {
+            let _ = post_hist.record(us.max(1));
+        }
+        Ok((Err(e), _)) => {
+            post_errors += 1;
+            first_error.get_or_insert(e);
+        }
+        Err(e) => {
+            post_errors += 1;
+            first_error.get_or_insert(e.to_string());
+        }
+    };
     for i in 0..total {
         let at = start + interval.mul_f64(i as f64);
         tokio::time::sleep_until(at.into()).await;
         due.push(at);
-        let id = offset + i;
-        let body = json!([{
-            "labels": {"alertname": format!("{MARK}{id}"), "severity": "warning", "service": "bench"},
-            "annotations": {"summary": format!("{MARK}{id} fired")},
-            "startsAt": chrono::Utc::now().to_rfc3339(),
-        }]);
+        let body = json!([alert_json(offset + i, ends_in)]);
         let client = client.clone();
         let url = url.clone();
         posts.spawn(async move {
-            match client.post(&url).json(&body).send().await {
+            let result = match client.post(&url).json(&body).send().await {
                 Ok(r) if r.status().is_success() => Ok(()),
                 Ok(r) => Err(format!("POST answered {}", r.status())),
                 Err(e) => Err(format!("POST failed: {e}")),
-            }
+            };
+            (
+                result,
+                u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX),
+            )
         });
-        while posts.try_join_next().is_some() {}
+        while let Some(done) = posts.try_join_next() {
+            tally(done);
+        }
     }
-    let mut post_errors = 0u64;
-    let mut first_error = None;
     while let Some(done) = posts.join_next().await {
-        if let Ok(Err(e)) = done {
-            post_errors += 1;
-            first_error.get_or_insert(e);
-        }
+        tally(done);
     }
+    let posting = start.elapsed();
     // Let the last pages arrive.
-    let grace = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < grace {
-        if receiver.arrivals.lock().expect("arrivals lock").len() as u64 >= total {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let arrivals = receiver.arrivals.lock().expect("arrivals lock").clone();
+    receiver.wait_distinct(total, Duration::from_secs(10)).await;
+    let arrivals = receiver
+        .arrivals
+        .lock()
+        .expect("arrivals lock")
+        .first
+        .clone();
     let mut hist = histogram();
     let mut received = 0u64;
     for (i, at) in due.iter().enumerate() {
@@ -152,17 +230,20 @@ async fn drive(
         }
     }
     let summary = LatencySummary::of(&hist, received, post_errors, duration);
+    let posts_ok = post_hist.len();
     Ok(json!({
         "sent": total,
         "received": received,
         "lost": total - received,
+        "repeats": receiver.repeats(),
         "post_errors": post_errors,
         "first_error": first_error,
         "latency": summary,
+        "post_latency": LatencySummary::of(&post_hist, posts_ok, post_errors, posting),
     }))
 }
 
-fn which(tool: &str) -> Option<std::path::PathBuf> {
+fn which(tool: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|dir| dir.join(tool))
@@ -170,35 +251,55 @@ fn which(tool: &str) -> Option<std::path::PathBuf> {
     })
 }
 
-pub async fn event_to_page(env: &Env, args: PageArgs) -> anyhow::Result<(Vec<Row>, Value)> {
-    let rate = args.rate.unwrap_or(if env.smoke { 20.0 } else { 100.0 });
-    let duration = Duration::from_secs(args.duration.unwrap_or(if env.smoke { 1 } else { 60 }));
-    eprintln!("event-to-page: {rate}/s for {duration:?}");
-    let receiver = Receiver::start().await?;
-    let hook = format!("http://{}/hook", receiver.addr);
-    let dir = env.scratch().join("page");
-    std::fs::create_dir_all(&dir)?;
+/// The Prometheus Alertmanager binary, when installed.
+pub fn alertmanager_binary() -> Option<PathBuf> {
+    which("prometheus-alertmanager").or_else(|| which("alertmanager"))
+}
 
-    // opsloop's alerter.
-    let db = env.database().await;
-    let grpc = free_addr()?;
-    let http = free_addr()?;
-    let config = dir.join("alerter.toml");
-    std::fs::write(
-        &config,
-        "[alerter]\nlease_ttl_ms = 0\nlocal_output = \"never\"\ninhibit_rules = []\n\
-         [alerter.route]\nreceiver = \"bench-slack\"\ngroup_by = [\"alertname\"]\n\
-         group_wait = \"0s\"\ngroup_interval = \"1s\"\nrepeat_interval = \"4h\"\n\
-         [[alerter.receivers]]\nname = \"bench-slack\"\nkind = \"slack\"\n\
-         secret = \"slack_webhook_url\"\nmin_interval_ms = 0\nsend_resolved = false\n",
-    )?;
-    let mut daemon_env = env.daemon_env(&db.url, 10);
-    daemon_env.push(("OPSLOOP__ALERTER__GRPC_ADDR".into(), grpc.to_string()));
-    daemon_env.push(("OPSLOOP__ALERTER__HTTP_ADDR".into(), http.to_string()));
-    daemon_env.push(("OPSLOOP_SLACK_WEBHOOK_URL".into(), hook.clone()));
-    let binary = env.binary("opsloop-alerter");
-    let ours = async {
-        let alerter = Daemon::start(Launch {
+/// opsloop's alerter on its own fresh database, delivering every alert to
+/// `hook` (route `group_by [alertname]`, `group_wait 0s`, `group_interval
+/// 1s`, `repeat_interval 4h`, Slack receiver without pacing).
+pub struct AlerterSide {
+    pub daemon: Daemon,
+    pub http: SocketAddr,
+    db: TestDb,
+}
+
+impl AlerterSide {
+    pub async fn start(env: &Env, dir: &Path, hook: &str) -> anyhow::Result<Self> {
+        let db = env.database().await;
+        match Self::launch(env, dir, hook, &db).await {
+            Ok((daemon, http)) => Ok(Self { daemon, http, db }),
+            Err(error) => {
+                db.cleanup().await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn launch(
+        env: &Env,
+        dir: &Path,
+        hook: &str,
+        db: &TestDb,
+    ) -> anyhow::Result<(Daemon, SocketAddr)> {
+        let grpc = free_addr()?;
+        let http = free_addr()?;
+        let config = dir.join("alerter.toml");
+        std::fs::write(
+            &config,
+            "[alerter]\nlease_ttl_ms = 0\nlocal_output = \"never\"\ninhibit_rules = []\n\
+             [alerter.route]\nreceiver = \"bench-slack\"\ngroup_by = [\"alertname\"]\n\
+             group_wait = \"0s\"\ngroup_interval = \"1s\"\nrepeat_interval = \"4h\"\n\
+             [[alerter.receivers]]\nname = \"bench-slack\"\nkind = \"slack\"\n\
+             secret = \"slack_webhook_url\"\nmin_interval_ms = 0\nsend_resolved = false\n",
+        )?;
+        let mut daemon_env = env.daemon_env(&db.url, 10);
+        daemon_env.push(("OPSLOOP__ALERTER__GRPC_ADDR".into(), grpc.to_string()));
+        daemon_env.push(("OPSLOOP__ALERTER__HTTP_ADDR".into(), http.to_string()));
+        daemon_env.push(("OPSLOOP_SLACK_WEBHOOK_URL".into(), hook.to_owned()));
+        let binary = env.binary("opsloop-alerter");
+        let daemon = Daemon::start(Launch {
             binary: &binary,
             name: "opsloop-alerter",
             env: daemon_env,
@@ -211,61 +312,88 @@ pub async fn event_to_page(env: &Env, args: PageArgs) -> anyhow::Result<(Vec<Row
             ready_timeout: Duration::from_secs(30),
         })
         .await?;
-        let sampler = alerter.sampler();
-        let result = drive(http, &receiver, rate, duration, 0).await;
-        let usage = sampler.finish().await;
-        let log = alerter.log.clone();
-        alerter.stop().await?;
-        let mut result =
-            result.with_context(|| format!("alerter log:\n{}", crate::daemon::tail(&log)))?;
-        result["alerter_resources"] = serde_json::to_value(usage)?;
-        anyhow::Ok(result)
+        Ok((daemon, http))
     }
-    .await;
-    db.cleanup().await;
-    let ours = ours?;
+
+    /// Stops the daemon (SIGTERM) and drops its database.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let stopped = self.daemon.stop().await;
+        self.db.cleanup().await;
+        stopped
+    }
+}
+
+/// Prometheus Alertmanager with the same route and a Slack receiver at
+/// `hook`, its data under `dir`; returns the daemon and its HTTP address.
+pub async fn start_alertmanager(
+    env: &Env,
+    binary: &Path,
+    dir: &Path,
+    hook: &str,
+) -> anyhow::Result<(Daemon, SocketAddr)> {
+    let http = free_addr()?;
+    let config = dir.join("alertmanager.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "route:\n  receiver: slack\n  group_by: [alertname]\n  group_wait: 0s\n  \
+             group_interval: 1s\n  repeat_interval: 4h\nreceivers:\n- name: slack\n  \
+             slack_configs:\n  - api_url: '{hook}'\n    channel: '#bench'\n    send_resolved: false\n"
+        ),
+    )?;
+    let storage = dir.join("alertmanager-data");
+    std::fs::create_dir_all(&storage)?;
+    let am = Daemon::start(Launch {
+        binary,
+        name: "alertmanager",
+        env: vec![],
+        config: None,
+        args: vec![
+            format!("--config.file={}", config.display()),
+            format!("--storage.path={}", storage.display()),
+            format!("--web.listen-address={http}"),
+            "--cluster.listen-address=".into(),
+        ],
+        http,
+        grpc: None,
+        workdir: env.scratch(),
+        ready_path: "/-/ready",
+        ready_timeout: Duration::from_secs(30),
+    })
+    .await?;
+    Ok((am, http))
+}
+
+pub async fn event_to_page(env: &Env, args: PageArgs) -> anyhow::Result<(Vec<Row>, Value)> {
+    let rate = args.rate.unwrap_or(if env.smoke { 20.0 } else { 100.0 });
+    let duration = Duration::from_secs(args.duration.unwrap_or(if env.smoke { 1 } else { 60 }));
+    eprintln!("event-to-page: {rate}/s for {duration:?}");
+    let receiver = Receiver::start().await?;
+    let hook = receiver.url();
+    let dir = env.scratch().join("page");
+    std::fs::create_dir_all(&dir)?;
+
+    // opsloop's alerter.
+    let alerter = AlerterSide::start(env, &dir, &hook).await?;
+    let sampler = alerter.daemon.sampler();
+    let result = drive(alerter.http, &receiver, rate, duration, 0, None).await;
+    let usage = sampler.finish().await;
+    let log = alerter.daemon.log.clone();
+    alerter.stop().await?;
+    let mut ours =
+        result.with_context(|| format!("alerter log:\n{}", crate::daemon::tail(&log)))?;
+    ours["alerter_resources"] = serde_json::to_value(usage)?;
 
     // Baseline: Prometheus Alertmanager, same alerts, rate and receiver.
-    let alertmanager = which("prometheus-alertmanager").or_else(|| which("alertmanager"));
-    let (baseline, note) = match alertmanager {
+    let (baseline, note) = match alertmanager_binary() {
         Some(binary) => {
-            let http = free_addr()?;
-            let config = dir.join("alertmanager.yml");
-            std::fs::write(
-                &config,
-                format!(
-                    "route:\n  receiver: slack\n  group_by: [alertname]\n  group_wait: 0s\n  \
-                     group_interval: 1s\n  repeat_interval: 4h\nreceivers:\n- name: slack\n  \
-                     slack_configs:\n  - api_url: '{hook}'\n    channel: '#bench'\n    send_resolved: false\n"
-                ),
-            )?;
-            let storage = dir.join("alertmanager-data");
-            std::fs::create_dir_all(&storage)?;
-            let am = Daemon::start(Launch {
-                binary: &binary,
-                name: "alertmanager",
-                env: vec![],
-                config: None,
-                args: vec![
-                    format!("--config.file={}", config.display()),
-                    format!("--storage.path={}", storage.display()),
-                    format!("--web.listen-address={http}"),
-                    "--cluster.listen-address=".into(),
-                ],
-                http,
-                grpc: None,
-                workdir: env.scratch(),
-                ready_path: "/-/ready",
-                ready_timeout: Duration::from_secs(30),
-            })
-            .await?;
-            let result = drive(http, &receiver, rate, duration, 1 << 32).await;
+            let (am, http) = start_alertmanager(env, &binary, &dir, &hook).await?;
+            let result = drive(http, &receiver, rate, duration, 1 << 32, None).await;
             am.stop().await?;
             (Some(result?), String::new())
         }
         None => (None, env.missing_baseline("prometheus-alertmanager")?),
     };
-
     let p = |v: &Value, q: &str| v["latency"][q].as_f64();
     let lost = ours["lost"].as_u64().unwrap_or(0);
     let ours_p99 = p(&ours, "p99_ms");
