@@ -332,7 +332,7 @@ edge_fail() { # expected-substring command... → the command must fail saying i
   if out=$("$@" 2>&1); then die "edges: '$*' succeeded; expected a refusal ($want)"; fi
   grep -q -- "$want" <<<"$out" || die "edges: '$*' failed without '$want': $out"
 }
-edge_fail "UNAVAILABLE" env -u OPSLOOP_CA_FILE "$CLI" --endpoint "http://127.0.0.1:$API_GRPC_PORT" \
+edge_fail "use https://" env -u OPSLOOP_CA_FILE "$CLI" --endpoint "http://127.0.0.1:$API_GRPC_PORT" \
   --token-file "$SECRETS/admin_token" policy list
 edge_fail "TLS to" env -u OPSLOOP_CA_FILE "$CLI" --token-file "$SECRETS/admin_token" policy list
 edge_fail "UNAUTHENTICATED" env -u OPSLOOP_TOKEN_FILE -u OPSLOOP_TOKEN "$CLI" policy list

@@ -394,6 +394,16 @@ pub fn status_line(daemon: Daemon, endpoint: &str, status: &Status) -> String {
         Code::Aborted => "a concurrent change won; retry".to_owned(),
         Code::Cancelled => "the call was cancelled".to_owned(),
         Code::OutOfRange => "the value is out of range; adjust it and retry".to_owned(),
+        // A plaintext client on a TLS port: the TLS alert bytes are not
+        // HTTP/2, so the call fails below gRPC with a protocol error.
+        Code::Internal
+            if endpoint.starts_with("http://") && message.contains("h2 protocol error") =>
+        {
+            format!(
+                "the {name} at {endpoint} does not speak plaintext gRPC; if its port serves TLS, use https://{} (with --ca-file for a private CA)",
+                endpoint.trim_start_matches("http://")
+            )
+        }
         Code::Ok | Code::Unknown | Code::Internal | Code::DataLoss => {
             format!("the {name} failed; see its logs")
         }
@@ -463,6 +473,20 @@ mod tests {
         assert_eq!(
             status_line(Daemon::Api, "http://x", &denied.to_status()),
             "PERMISSION_DENIED: /opsloop.v1.PolicyService/SetPolicy needs the admin role, and token ci has the agent role"
+        );
+    }
+
+    #[test]
+    fn a_plaintext_call_to_a_tls_port_says_to_use_https() {
+        let line = status_line(
+            Daemon::Api,
+            "http://127.0.0.1:50051",
+            &Status::internal("h2 protocol error: http2 error"),
+        );
+        assert!(
+            line.contains("does not speak plaintext gRPC")
+                && line.contains("use https://127.0.0.1:50051"),
+            "{line}"
         );
     }
 
