@@ -23,6 +23,7 @@ mod m0005_seed_policy;
 mod m0006_event_window_index;
 mod m0007_claim_order_index;
 mod m0008_api_tokens;
+mod m0009_incidents;
 
 pub use m0005_seed_policy::seed_policies;
 // Re-exported so the store can run the migrator without its own dependency
@@ -44,6 +45,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0006_event_window_index::Migration),
             Box::new(m0007_claim_order_index::Migration),
             Box::new(m0008_api_tokens::Migration),
+            Box::new(m0009_incidents::Migration),
         ]
     }
 }
@@ -83,6 +85,11 @@ pub const TABLES: &[&str] = &[
     "backups",
     // m0008_api_tokens
     "api_tokens",
+    // m0009_incidents
+    "incidents",
+    "incident_groups",
+    "incident_log",
+    "incident_link_uses",
 ];
 
 /// A plain (non-unique) index named `name` on `table(columns…)`.

@@ -85,6 +85,8 @@ pub struct AlerterSettings {
     /// `always` or `never`.
     pub local_output: LocalOutput,
     pub delivery: RetryPolicy,
+    /// Incidents, on-call and escalation (`[alerter.incidents]`).
+    pub incidents: crate::incident::IncidentSettings,
 }
 
 impl Default for AlerterSettings {
@@ -103,6 +105,7 @@ impl Default for AlerterSettings {
             receivers: default_receivers(),
             local_output: LocalOutput::Auto,
             delivery: RetryPolicy::default(),
+            incidents: Default::default(),
         }
     }
 }
@@ -132,6 +135,7 @@ pub fn check_config(config: &opsloop_core::config::LoadedConfig) -> anyhow::Resu
             "invalid configuration: alerter.route: receiver {missing:?} is not defined in alerter.receivers"
         );
     }
+    crate::incidents::compile(&settings.incidents)?;
     Ok(())
 }
 

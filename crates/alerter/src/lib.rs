@@ -8,6 +8,7 @@
 //! ([`delivery`]) sends with pacing, retries and dead-lettering. [`service`]
 //! is the I/O shell; [`api`], [`grpc`] and [`consumer`] are its inputs.
 
+pub mod ack_link;
 pub mod api;
 pub mod config;
 pub mod consumer;
@@ -15,10 +16,13 @@ pub mod delivery;
 pub mod dispatch;
 pub mod group;
 pub mod grpc;
+pub mod incident;
+pub mod incidents;
 pub mod inhibit;
 pub mod leader;
 pub mod matchers;
 pub mod model;
+pub mod oncall;
 pub mod persist;
 pub mod receivers;
 pub mod route;
@@ -47,6 +51,8 @@ pub struct AlerterApp {
     http: TcpListener,
     alerter: Arc<Alerter>,
     queue: String,
+    incidents: Option<Arc<incidents::IncidentManager>>,
+    tick: std::time::Duration,
 }
 
 impl AlerterApp {
@@ -66,10 +72,25 @@ impl AlerterApp {
             infra.db.clone(),
             &infra.secrets,
             &infra.settings().environment,
-            clock,
+            clock.clone(),
             Some(infra.audit.clone()),
         )
         .await?;
+        let incidents = if settings.incidents.enabled {
+            let manager = incidents::IncidentManager::start(
+                &settings,
+                infra.db.clone(),
+                &infra.secrets,
+                &infra.settings().environment,
+                clock,
+                Some(infra.audit.clone()),
+            )
+            .await?;
+            alerter.attach_incidents(manager.clone());
+            Some(manager)
+        } else {
+            None
+        };
         if infra.bus.kind() == "memory" {
             // The in-process bus drops what no queue is bound for: declare
             // the queue now, so alerts published by the other roles of
@@ -94,6 +115,8 @@ impl AlerterApp {
             http,
             alerter,
             queue: settings.queue,
+            incidents,
+            tick: std::time::Duration::from_millis(settings.tick_ms.max(10)),
         })
     }
 
@@ -112,6 +135,11 @@ impl AlerterApp {
         self.alerter.clone()
     }
 
+    /// The incident manager (None when `alerter.incidents.enabled` is off).
+    pub fn incidents(&self) -> Option<Arc<incidents::IncidentManager>> {
+        self.incidents.clone()
+    }
+
     /// Serves until the infrastructure's shutdown token is cancelled.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let (routes, health) = opsloop_core::grpc::standard_routes()?;
@@ -119,9 +147,17 @@ impl AlerterApp {
             .set_serving::<opsloop_core::proto::v1::alert_service_server::AlertServiceServer<grpc::AlertGrpc>>()
             .await;
         let routes = routes.add_service(grpc::server(self.alerter.clone()));
-        let router = opsloop_core::http::base_router(SERVICE, self.infra.readiness())
+        let mut router = opsloop_core::http::base_router(SERVICE, self.infra.readiness())
             .merge(api::router(self.alerter.clone()));
         let mut tasks = JoinSet::new();
+        if let Some(manager) = &self.incidents {
+            router = router.merge(ack_link::router(manager.clone()));
+            tasks.spawn(manager.clone().run(
+                self.alerter.leadership(),
+                self.infra.shutdown.clone(),
+                self.tick,
+            ));
+        }
         tasks.spawn(self.alerter.clone().run(self.infra.shutdown.clone()));
         tasks.spawn(consumer::consume(
             self.infra.bus.clone(),

@@ -128,6 +128,8 @@ pub struct Alerter {
     /// are to be abandoned.
     abandon: CancellationToken,
     audit: Option<Arc<AuditLog>>,
+    /// Opens and joins incidents from flushed groups, when attached.
+    incidents: std::sync::OnceLock<Arc<crate::incidents::IncidentManager>>,
 }
 
 /// How far back the notification log is read at start: longer than any
@@ -273,11 +275,19 @@ impl Alerter {
             tracker: TaskTracker::new(),
             abandon: CancellationToken::new(),
             audit,
+            incidents: std::sync::OnceLock::new(),
         }))
     }
 
     pub fn now(&self) -> DateTime<Utc> {
         self.engine.clock().now()
+    }
+
+    /// Hands flushed groups to the incident manager from now on.
+    pub fn attach_incidents(&self, manager: Arc<crate::incidents::IncidentManager>) {
+        if self.incidents.set(manager).is_err() {
+            tracing::warn!("an incident manager is already attached");
+        }
     }
 
     pub fn store(&self) -> &AlertStore {
@@ -488,6 +498,11 @@ impl Alerter {
             work
         };
         self.delete_forgotten(std::mem::take(&mut work.forgotten));
+        if let Some(incidents) = self.incidents.get()
+            && !work.notify.is_empty()
+        {
+            incidents.observe(&work.notify, now).await;
+        }
         for ((receiver, group_key), state) in work.record {
             // Queued with the next batch; a failure is logged by the writer
             // (the in-memory log has moved on either way).

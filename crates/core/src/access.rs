@@ -4,7 +4,8 @@
 //! look calls up here before any handler runs; a call missing from the table
 //! is denied. `admin` may do everything; `public` needs no credentials (only
 //! the liveness/readiness probes and `grpc.health.v1`, which load balancers
-//! call without a token). The README's roles section is rendered from this
+//! call without a token, and the alerter's signed incident links, whose
+//! signature is the credential). The README's roles section is rendered from this
 //! table ([`render_markdown`]) and a test keeps the two equal.
 
 use std::fmt;
@@ -176,6 +177,7 @@ pub const TABLE: &[Entry] = &[
     ),
     // api
     grpc(API, "/opsloop.v1.ProposalService/SubmitProposal", AGENT),
+    grpc(API, "/opsloop.v1.ProposalService/SubmitProposals", AGENT),
     grpc(API, "/opsloop.v1.ProposalService/GetProposal", READ),
     grpc(API, "/opsloop.v1.ProposalService/ListProposals", READ),
     grpc(API, "/opsloop.v1.ProposalService/ApproveProposal", ADMIN),
@@ -220,6 +222,15 @@ pub const TABLE: &[Entry] = &[
     http(ALERTER, "DELETE", "/api/v2/silence/{id}", ADMIN),
     http(ALERTER, "GET", "/api/v2/receivers", READ),
     http(ALERTER, "GET", "/api/v2/status", READ),
+    // The signed acknowledge/resolve links of incident pages: the HMAC
+    // signature (bound to incident, action, expiry, single use) is the
+    // credential, so a person acknowledges from Slack without a token.
+    http(
+        ALERTER,
+        "GET",
+        "/api/v1/incidents/{id}/{action}",
+        Access::Public,
+    ),
     // backup-agent
     grpc(BACKUP, "/opsloop.v1.BackupService/RunBackup", ADMIN),
     grpc(BACKUP, "/opsloop.v1.BackupService/ListBackups", READ),
@@ -337,7 +348,11 @@ mod tests {
         for entry in TABLE {
             if entry.access == Access::Public {
                 let probe = match entry.target {
-                    Target::Http(_, path) => path == "/healthz" || path == "/readyz",
+                    Target::Http(_, path) => {
+                        path == "/healthz"
+                            || path == "/readyz"
+                            || path == "/api/v1/incidents/{id}/{action}"
+                    }
                     Target::Grpc(path) => path.starts_with("/grpc.health.v1.Health/"),
                 };
                 assert!(probe, "{entry:?} is public");

@@ -98,7 +98,7 @@ async fn assert_fully_migrated(db: &DatabaseConnection) {
         );
     }
     let status = store::migration_status(db).await.expect("status");
-    assert_eq!(status.len(), 8, "{status:?}");
+    assert_eq!(status.len(), 9, "{status:?}");
     assert!(status.iter().all(|(_, applied)| *applied), "{status:?}");
     assert_seeded(db).await;
 }
