@@ -232,6 +232,7 @@ async fn work(url: String, stop: CancellationToken) -> u64 {
                 worker_id: "e2e-worker".into(),
                 kinds: vec!["echo".into(), "analyze".into()],
                 lease_seconds: 5,
+                ..Default::default()
             })
             .await;
         let step = match claim {

@@ -92,6 +92,7 @@ async fn the_loop_over_the_wire_contract_alone() {
                 worker_id: "wire-worker".into(),
                 kinds: vec!["analyze".into(), "draft".into(), "notify".into()],
                 lease_seconds: 60,
+                ..Default::default()
             })
             .await
             .expect("claim")
@@ -127,6 +128,7 @@ async fn the_loop_over_the_wire_contract_alone() {
             worker_id: "wire-worker".into(),
             kinds: vec!["analyze".into()],
             lease_seconds: 60,
+            ..Default::default()
         })
         .await
         .expect("claim")

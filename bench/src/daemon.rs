@@ -42,6 +42,8 @@ pub struct Daemon {
     pub name: String,
     pub pid: u32,
     pub grpc: Option<SocketAddr>,
+    /// The HTTP address (health, `/metrics`).
+    pub http: SocketAddr,
     /// Spawn to the first `200` from `/readyz`.
     pub ready_after: Duration,
     pub log: PathBuf,
@@ -119,6 +121,7 @@ impl Daemon {
             name: launch.name.to_owned(),
             pid,
             grpc: launch.grpc,
+            http: launch.http,
             ready_after: started.elapsed(),
             log,
             child,

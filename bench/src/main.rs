@@ -8,6 +8,7 @@ mod daemon;
 mod env;
 mod heartbeat;
 mod load;
+mod longpoll;
 mod page;
 mod pgbench;
 mod report;
@@ -55,6 +56,8 @@ enum Scenario {
     Submit(scenarios::SubmitArgs),
     /// ClaimStep → CompleteStep by N workers over M queued steps; pgbench baseline.
     WorkCycle(scenarios::WorkArgs),
+    /// Long-poll claims (submit -> claim latency, idle claim statements) and batch vs single submit.
+    LongPoll(longpoll::LongPollArgs),
     /// Alerts posted at a fixed rate → a local Slack-shaped webhook; Alertmanager baseline.
     EventToPage(page::PageArgs),
     /// The alerter in an alert storm (issue 22): N active groups, idle, 100/s, 1,000/s; Alertmanager side by side.
@@ -142,6 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 steps: sizes.work_steps,
                 ..Default::default()
             }),
+            Scenario::LongPoll(longpoll::LongPollArgs::default()),
             Scenario::EventToPage(page::PageArgs {
                 duration: sizes.page_seconds,
                 ..Default::default()
@@ -168,6 +172,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         let (name, result) = match scenario {
             Scenario::Submit(args) => ("submit", scenarios::submit(&env, args).await),
             Scenario::WorkCycle(args) => ("work-cycle", scenarios::work_cycle(&env, args).await),
+            Scenario::LongPoll(args) => ("long-poll", longpoll::long_poll(&env, args).await),
             Scenario::EventToPage(args) => ("event-to-page", page::event_to_page(&env, args).await),
             Scenario::Storm(args) => ("storm", storm::storm(&env, args).await),
             Scenario::HeartbeatScaling(args) => (

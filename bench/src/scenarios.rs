@@ -380,6 +380,7 @@ pub async fn work_cycle(env: &Env, args: WorkArgs) -> Outcome {
                                 worker_id: worker_id.clone(),
                                 kinds: STEP_KINDS.iter().map(|k| (*k).to_owned()).collect(),
                                 lease_seconds: 0,
+                                ..Default::default()
                             })
                             .await;
                         let step = match claimed.map(|r| r.into_inner()) {

@@ -94,6 +94,7 @@ impl ApiApp {
             clock: Arc::new(chrono::Utc::now),
             policy: opsloop_core::workflow::PolicyCache::new(),
             shutdown: infra.shutdown.clone(),
+            steps: opsloop_core::workflow::notify::StepNotifier::new(),
         };
         Ok(Self {
             infra,
@@ -168,6 +169,19 @@ impl ApiApp {
         );
 
         let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+        // Wake-ups of long-polling claims (LISTEN on PostgreSQL); ends the
+        // open long polls on shutdown.
+        {
+            let listener = opsloop_core::workflow::notify::listen(
+                self.infra.db.clone(),
+                api.steps.clone(),
+                self.infra.shutdown.clone(),
+            );
+            tasks.spawn(async move {
+                listener.await;
+                Ok(())
+            });
+        }
         if self.settings.outbox_relay {
             let db = self.infra.db.clone();
             let bus = self.infra.bus.clone();

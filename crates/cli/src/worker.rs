@@ -74,6 +74,12 @@ pub struct WorkerConfig {
     pub once: bool,
     /// Longest wait between claims while there is nothing to claim.
     pub max_idle_backoff: Duration,
+    /// Long poll: each claim waits up to this many seconds on the api for a
+    /// step to arrive (woken the moment one does), so an idle worker sends
+    /// one claim per wait and a new step starts at once. 0: poll with the
+    /// idle backoff. Not used with `once`. An api that answers an empty
+    /// claim sooner than asked (an older api) is polled with the backoff.
+    pub wait_seconds: u32,
 }
 
 impl WorkerConfig {
@@ -86,6 +92,7 @@ impl WorkerConfig {
             lease_seconds: 0,
             once: false,
             max_idle_backoff: Duration::from_secs(5),
+            wait_seconds: 20,
         }
     }
 }
@@ -188,17 +195,35 @@ impl<H: StepHandler> Worker<H> {
         let mut said_stopped = false;
         let mut missions = self.connection.missions();
         while !stop.is_cancelled() {
+            let wait_seconds = if self.config.once {
+                0
+            } else {
+                self.config.wait_seconds
+            };
             let request = ClaimStepRequest {
                 worker_id: self.config.worker_id.clone(),
                 kinds: self.config.kinds.clone(),
                 lease_seconds: self.config.lease_seconds,
+                wait_seconds,
+                max_steps: 1,
             };
-            // A claim in flight is not cut short by `stop`: the api may already
-            // have leased a step to us, which we then run and report rather
-            // than leave to the lease expiry. Only `abort` cuts it.
+            let sent = Instant::now();
+            // A short claim in flight is not cut short by `stop`: the api may
+            // already have leased a step to us, which we then run and report
+            // rather than leave to the lease expiry. Only `abort` cuts it. A
+            // long poll is cut by `stop` (it is almost always idle; a step
+            // leased in that instant goes back to others when its lease
+            // expires, which claims take at once).
+            let long_poll = async {
+                if wait_seconds == 0 {
+                    std::future::pending::<()>().await;
+                }
+                stop.cancelled().await;
+            };
             let claimed = tokio::select! {
                 claimed = missions.claim_step(request) => claimed,
                 () = abort.cancelled() => break,
+                () = long_poll => break,
             };
             let response = match claimed {
                 Ok(response) => response.into_inner(),
@@ -241,6 +266,15 @@ impl<H: StepHandler> Worker<H> {
                     }
                     if self.config.once {
                         break;
+                    }
+                    // The api waited as asked: claim again at once.
+                    let waited = Duration::from_secs(u64::from(wait_seconds));
+                    if wait_seconds > 0
+                        && !response.emergency_stop
+                        && sent.elapsed() + Duration::from_millis(500) >= waited
+                    {
+                        idle = min_idle;
+                        continue;
                     }
                     sleep_or_stop(jittered(idle), &stop).await;
                     idle = (idle * 2).min(self.config.max_idle_backoff);

@@ -45,6 +45,11 @@ pub struct WorkerArgs {
     /// Longest pause between claims while there is nothing to do: seconds or 5s, 1m.
     #[arg(long, default_value = "5s", value_name = "DURATION")]
     max_idle: String,
+    /// Long poll: seconds each claim waits on the api for a step to arrive
+    /// (1 to 30; the step starts the moment it is submitted, and an idle
+    /// worker sends one claim per wait). 0: poll, pausing up to --max-idle.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=30))]
+    wait_seconds: u32,
 }
 
 /// Runs `opsloop worker` until stopped.
@@ -65,6 +70,7 @@ pub async fn run(args: WorkerArgs, globals: &Globals) -> anyhow::Result<()> {
     config.lease_seconds = args.lease_seconds;
     config.once = args.once;
     config.max_idle_backoff = max_idle.max(Duration::from_millis(200));
+    config.wait_seconds = args.wait_seconds;
     let format = globals.output;
     let worker = Worker::new(
         conn,

@@ -58,6 +58,12 @@ impl ProposalService for FakeProposals {
             deduplicated: false,
         }))
     }
+    async fn submit_proposals(
+        &self,
+        _: Request<opsloop_core::proto::v1::SubmitProposalsRequest>,
+    ) -> Result<Response<opsloop_core::proto::v1::SubmitProposalsResponse>, Status> {
+        Err(Status::unimplemented("the CLI does not batch"))
+    }
     async fn get_proposal(
         &self,
         _: Request<GetProposalRequest>,

@@ -93,6 +93,7 @@ impl MissionService for FakeMissions {
             found: step.is_some(),
             step,
             emergency_stop: false,
+            ..Default::default()
         }))
     }
     async fn renew_lease(

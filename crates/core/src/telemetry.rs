@@ -247,6 +247,11 @@ pub const METRIC_HELP: &[(&str, MetricKind, &str)] = {
             "Calls refused by the access check, by daemon and reason.",
         ),
         (
+            "opsloop_step_claim_statements_total",
+            C,
+            "Claim statements an api process ran (each ClaimStep attempt; a long poll runs one, then one per wake-up).",
+        ),
+        (
             "opsloop_policy_cache_reloads_total",
             C,
             "Times an api process re-read the policy table (first use, or a write found its snapshot stale).",

@@ -5,11 +5,21 @@ use opsloop_core::domain::input::{JsonDocument, Limits, StepKind, check_cost};
 use opsloop_core::domain::status::MissionStatus;
 use opsloop_core::proto::v1 as pb;
 use opsloop_core::proto::v1::mission_service_server::MissionService;
-use opsloop_core::workflow::{self, ClaimOutcome, MissionFilter};
+use std::time::Duration;
+
+use opsloop_core::workflow::notify::Wake;
+use opsloop_core::workflow::{self, MissionFilter};
 use tonic::{Request, Response, Status};
 
 use super::{Api, actor, invalid, required, respond};
 use crate::convert;
+
+/// Longest long poll of a `ClaimStep`, in seconds.
+pub const MAX_CLAIM_WAIT_SECONDS: u32 = 30;
+
+/// Most steps one `ClaimStep` hands out: 32 payloads of at most 64 KiB
+/// stay well within the 4 MiB message limit.
+pub const MAX_CLAIM_STEPS: u32 = 32;
 
 fn lease(seconds: u32) -> Option<u32> {
     (seconds > 0).then_some(seconds)
@@ -127,27 +137,40 @@ impl MissionService for Api {
                 .map(|(i, k)| StepKind::parse(&format!("kinds[{i}]"), k))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(invalid)?;
-            let outcome = workflow::claim_step_cached(
-                &self.db,
-                &self.policy,
-                &worker,
-                &kinds,
-                lease(req.lease_seconds),
-                self.now(),
-            )
-            .await?;
-            Ok(match outcome {
-                ClaimOutcome::Claimed(step) => pb::ClaimStepResponse {
-                    found: true,
-                    step: Some(convert::step(&step)),
-                    emergency_stop: false,
-                },
-                ClaimOutcome::Nothing => pb::ClaimStepResponse::default(),
-                ClaimOutcome::EmergencyStop => pb::ClaimStepResponse {
-                    emergency_stop: true,
-                    ..Default::default()
-                },
-            })
+            let wait = req.wait_seconds.min(MAX_CLAIM_WAIT_SECONDS);
+            let max_steps = req.max_steps.clamp(1, MAX_CLAIM_STEPS) as usize;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait));
+            let names: Vec<&str> = kinds.iter().map(StepKind::as_str).collect();
+            loop {
+                // Taken before the claim, so news that arrives between the
+                // claim and the wait is not missed.
+                let stamp = self.steps.stamp(&names);
+                let (steps, stop) = workflow::claim_steps_cached(
+                    &self.db,
+                    &self.policy,
+                    &worker,
+                    &kinds,
+                    lease(req.lease_seconds),
+                    max_steps,
+                    self.now(),
+                )
+                .await?;
+                if !steps.is_empty() || stop || wait == 0 {
+                    let steps: Vec<pb::Step> = steps.iter().map(convert::step).collect();
+                    return Ok(pb::ClaimStepResponse {
+                        found: !steps.is_empty(),
+                        step: steps.first().cloned(),
+                        emergency_stop: stop && steps.is_empty(),
+                        steps,
+                    });
+                }
+                match self.steps.wait(&names, stamp, deadline).await {
+                    Wake::Notified => continue,
+                    Wake::TimedOut | Wake::Closed => {
+                        return Ok(pb::ClaimStepResponse::default());
+                    }
+                }
+            }
         })
         .await
     }
@@ -203,6 +226,10 @@ impl MissionService for Api {
                 self.now(),
             )
             .await?;
+            if status == MissionStatus::Running {
+                // The next step of a sequential mission (of any kind).
+                self.wake_any();
+            }
             Ok(pb::CompleteStepResponse {
                 step: Some(convert::step(&step)),
                 mission_status: to_pb_status(status),
@@ -232,6 +259,9 @@ impl MissionService for Api {
                 self.now(),
             )
             .await?;
+            if requeued {
+                self.wake([step.kind.as_str()]);
+            }
             Ok(pb::FailStepResponse {
                 step: Some(convert::step(&step)),
                 requeued,

@@ -41,6 +41,9 @@ pub struct Api {
     pub policy: opsloop_core::workflow::PolicyCache,
     /// Ends open `TailEvents` streams on shutdown.
     pub shutdown: CancellationToken,
+    /// Wakes long-polling `ClaimStep`s (fed by PostgreSQL `NOTIFY` through
+    /// `opsloop_core::workflow::notify::listen`; on SQLite by the handlers).
+    pub steps: opsloop_core::workflow::notify::StepNotifier,
 }
 
 impl Api {
@@ -50,6 +53,24 @@ impl Api {
 
     fn audit(&self) -> Option<&AuditLog> {
         self.audit.as_deref()
+    }
+
+    /// Steps of `kinds` may have become claimable: wakes this process's
+    /// long polls on SQLite. On PostgreSQL the writing transaction's
+    /// `NOTIFY` does it, for every replica, so nothing is done here.
+    fn wake<'a>(&self, kinds: impl IntoIterator<Item = &'a str>) {
+        if self.db.get_database_backend() != sea_orm::DbBackend::Postgres {
+            for kind in kinds {
+                self.steps.notify(kind);
+            }
+        }
+    }
+
+    /// [`Api::wake`] for every kind.
+    fn wake_any(&self) {
+        if self.db.get_database_backend() != sea_orm::DbBackend::Postgres {
+            self.steps.notify_all();
+        }
     }
 }
 

@@ -63,8 +63,110 @@ impl Api {
     }
 }
 
+/// Most proposals one `SubmitProposals` takes.
+pub const MAX_BATCH_PROPOSALS: usize = 1000;
+
+impl Api {
+    /// SQLite: wakes long polls for the steps of a mission just created.
+    fn wake_new_mission(&self, view: &workflow::ProposalView) {
+        if view.mission_id.is_some() {
+            let steps = view.steps();
+            self.wake(steps.iter().map(|s| s.kind.as_str()));
+        }
+    }
+}
+
+/// The canonical name of a gRPC code (`INVALID_ARGUMENT`).
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+fn refused(index: usize, status: &Status) -> pb::SubmitProposalResult {
+    pb::SubmitProposalResult {
+        index: u32::try_from(index).unwrap_or(u32::MAX),
+        proposal: None,
+        deduplicated: false,
+        error: Some(status.message().to_owned()),
+        error_code: code_name(status.code()).to_owned(),
+    }
+}
+
 #[tonic::async_trait]
 impl ProposalService for Api {
+    async fn submit_proposals(
+        &self,
+        request: Request<pb::SubmitProposalsRequest>,
+    ) -> Result<Response<pb::SubmitProposalsResponse>, Status> {
+        respond(async {
+            let items = request.into_inner().proposals;
+            if items.is_empty() || items.len() > MAX_BATCH_PROPOSALS {
+                return Err(convert::invalid(
+                    "proposals",
+                    &format!("give 1 to {MAX_BATCH_PROPOSALS} proposals"),
+                ));
+            }
+            let mut results: Vec<Option<pb::SubmitProposalResult>> = vec![None; items.len()];
+            let mut parsed = Vec::with_capacity(items.len());
+            let mut positions = Vec::with_capacity(items.len());
+            for (index, item) in items.into_iter().enumerate() {
+                match self.parse_submit(item) {
+                    Ok(proposal) => {
+                        parsed.push(proposal);
+                        positions.push(index);
+                    }
+                    Err(status) => results[index] = Some(refused(index, &status)),
+                }
+            }
+            let outcomes = if parsed.is_empty() {
+                Vec::new()
+            } else {
+                workflow::submit_proposals_cached(&self.db, &self.policy, parsed, self.now())
+                    .await?
+            };
+            for (index, outcome) in positions.into_iter().zip(outcomes) {
+                results[index] = Some(match outcome {
+                    Ok(out) => {
+                        self.wake_new_mission(&out.proposal);
+                        let mut proposal = convert::proposal(&out.proposal);
+                        proposal.steps.clear();
+                        proposal.metadata_json.clear();
+                        pb::SubmitProposalResult {
+                            index: u32::try_from(index).unwrap_or(u32::MAX),
+                            proposal: Some(proposal),
+                            deduplicated: out.deduplicated,
+                            error: None,
+                            error_code: String::new(),
+                        }
+                    }
+                    Err(error) => refused(index, &Status::from(error)),
+                });
+            }
+            Ok(pb::SubmitProposalsResponse {
+                results: results.into_iter().flatten().collect(),
+            })
+        })
+        .await
+    }
+
     async fn submit_proposal(
         &self,
         request: Request<pb::SubmitProposalRequest>,
@@ -74,6 +176,7 @@ impl ProposalService for Api {
             let out =
                 workflow::submit_proposal_cached(&self.db, &self.policy, proposal, self.now())
                     .await?;
+            self.wake_new_mission(&out.proposal);
             Ok(pb::SubmitProposalResponse {
                 proposal: Some(convert::proposal(&out.proposal)),
                 deduplicated: out.deduplicated,
@@ -164,6 +267,7 @@ impl ProposalService for Api {
                 self.now(),
             )
             .await?;
+            self.wake_new_mission(&view);
             Ok(pb::ApproveProposalResponse {
                 proposal: Some(convert::proposal(&view)),
             })

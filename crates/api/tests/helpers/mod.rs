@@ -179,6 +179,7 @@ pub fn claim(worker: &str, kinds: &[&str]) -> pb::ClaimStepRequest {
         worker_id: worker.into(),
         kinds: kinds.iter().map(|k| (*k).to_owned()).collect(),
         lease_seconds: 0,
+        ..Default::default()
     }
 }
 

@@ -58,6 +58,51 @@ fn lease_length(requested: Option<u32>, default: u32) -> Duration {
     Duration::seconds(i64::from(seconds.clamp(1, MAX_LEASE_SECONDS)))
 }
 
+/// Claim statements this process ran (each [`claim_step_cached`] attempt):
+/// what an idle fleet of long-polling workers costs the database. Also the
+/// counter `opsloop_step_claim_statements_total`.
+static CLAIM_STATEMENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The number of claim statements this process ran so far.
+pub fn claim_statements() -> u64 {
+    CLAIM_STATEMENTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn count_claim_statement() {
+    CLAIM_STATEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    metrics::counter!("opsloop_step_claim_statements_total").increment(1);
+}
+
+/// Up to `max_steps` claims for one worker, each its own statement (so each
+/// step gets its own lease, attempt and `step.started` event and is fenced
+/// on its own), stopping at the first that finds nothing. Empty with
+/// [`ClaimOutcome::EmergencyStop`]'s flag when the stop is engaged.
+pub async fn claim_steps_cached(
+    db: &DatabaseConnection,
+    cache: &PolicyCache,
+    worker_id: &str,
+    kinds: &[StepKind],
+    lease_seconds: Option<u32>,
+    max_steps: usize,
+    now: DateTime<Utc>,
+) -> Result<(Vec<mission_steps::Model>, bool)> {
+    let mut steps = Vec::new();
+    while steps.len() < max_steps.max(1) {
+        match claim_step_cached(db, cache, worker_id, kinds, lease_seconds, now).await {
+            Ok(ClaimOutcome::Claimed(step)) => steps.push(*step),
+            Ok(ClaimOutcome::Nothing) => break,
+            Ok(ClaimOutcome::EmergencyStop) => return Ok((steps, true)),
+            // Steps already leased are handed out; the error shows next time.
+            Err(error) if !steps.is_empty() => {
+                tracing::warn!(%error, claimed = steps.len(), "batch claim cut short");
+                break;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok((steps, false))
+}
+
 /// Hands `worker_id` the oldest claimable step of one of `kinds`: queued, of
 /// a running mission, past its backoff, and (unless the mission is
 /// parallel) with every earlier step succeeded. Without a process-wide
@@ -85,6 +130,21 @@ pub async fn claim_step(
 /// its outbox row, written only if the stored policy still has the cached
 /// fingerprint (an emergency stop engaged before the claim is never missed).
 pub async fn claim_step_cached(
+    db: &DatabaseConnection,
+    cache: &PolicyCache,
+    worker_id: &str,
+    kinds: &[StepKind],
+    lease_seconds: Option<u32>,
+    now: DateTime<Utc>,
+) -> Result<ClaimOutcome> {
+    // Counted once the claim is done: a caller that sees the count knows
+    // the claim has looked (tests wait on it).
+    let outcome = claim_cached(db, cache, worker_id, kinds, lease_seconds, now).await;
+    count_claim_statement();
+    outcome
+}
+
+async fn claim_cached(
     db: &DatabaseConnection,
     cache: &PolicyCache,
     worker_id: &str,
@@ -486,6 +546,13 @@ pub async fn complete_step(
     )
     .await?;
     let status = finalize_mission(&tx, mission_id, now).await?;
+    // Sequential: the next step is claimable now (parallel ones already were).
+    super::notify::notify_in(
+        &tx,
+        "s.mission_id = $1 AND s.seq = $2",
+        vec![mission_id.into(), (step.seq + 1).into()],
+    )
+    .await?;
     tx.commit().await?;
     metrics::counter!("opsloop_steps_total", "kind" => step.kind.clone(), "status" => "succeeded")
         .increment(1);
@@ -518,7 +585,12 @@ async fn complete_statement(
     let headers_p = p.push(json!(headers));
     let trace_p = p.push(trace_id);
     let sql = format!(
-        "WITH lk AS (SELECT m.id, m.title, m.proposal_id FROM missions m                WHERE m.id = (SELECT mission_id FROM mission_steps WHERE id = {step_p})                AND NOT m.parallel FOR UPDATE),          d AS (UPDATE mission_steps s SET status = 'succeeded', result = {result_p}, cost_usd = {cost_p},                lease_holder = NULL, lease_expires_at = NULL, finished_at = {now_p}, updated_at = {now_p}                FROM lk WHERE s.id = {step_p} AND s.mission_id = lk.id AND s.status IN ('running', 'queued')                AND s.lease_holder = {worker_p} AND s.attempt = {attempt_p} RETURNING s.*),          f AS (UPDATE missions m SET status = 'succeeded', finished_at = {now_p}, updated_at = {now_p}                FROM d WHERE m.id = d.mission_id AND m.status = 'running'                AND NOT EXISTS (SELECT 1 FROM mission_steps x WHERE x.mission_id = d.mission_id AND x.seq > d.seq)                RETURNING m.id, m.title, m.proposal_id),          e AS (INSERT INTO events (id, kind, source, proposal_id, mission_id, step_id, payload, tags,                cost_usd, trace_id, created_at)                SELECT {step_event}, 'step.succeeded', 'api', NULL::uuid, d.mission_id, d.id,                  jsonb_build_object('kind', d.kind, 'seq', d.seq, 'attempt', d.attempt, 'worker_id', {worker_p}),                  '[]'::jsonb, {cost_p}, {trace_p}, {now_p} FROM d                UNION ALL                SELECT {mission_event}, 'mission.succeeded', 'api', f.proposal_id, f.id, NULL::uuid,                  jsonb_build_object('title', f.title, 'error', NULL,                    'step_count', (SELECT count(*) FROM mission_steps WHERE mission_id = f.id)),                  '[]'::jsonb, NULL::float8, {trace_p}, {now_p} FROM f                RETURNING id, seq, kind, proposal_id, mission_id, step_id, payload, cost_usd),          o AS (INSERT INTO outbox (event_id, routing_key, aggregate_id, payload, headers, created_at)                SELECT e.id, 'event.' || e.kind, e.mission_id::text,                jsonb_build_object('id', e.id, 'seq', e.seq, 'kind', e.kind, 'source', 'api',                  'payload', e.payload, 'tags', '[]'::jsonb, 'cost_usd', e.cost_usd,                  'proposal_id', e.proposal_id, 'mission_id', e.mission_id, 'step_id', e.step_id,                  'trace_id', {trace_p}, 'created_at', {now_text}),                {headers_p}, {now_p} FROM e)          SELECT d.*, (SELECT count(*) FROM f) AS finished FROM d"
+        "WITH lk AS (SELECT m.id, m.title, m.proposal_id FROM missions m                WHERE m.id = (SELECT mission_id FROM mission_steps WHERE id = {step_p})                AND NOT m.parallel FOR UPDATE),          d AS (UPDATE mission_steps s SET status = 'succeeded', result = {result_p}, cost_usd = {cost_p},                lease_holder = NULL, lease_expires_at = NULL, finished_at = {now_p}, updated_at = {now_p}                FROM lk WHERE s.id = {step_p} AND s.mission_id = lk.id AND s.status IN ('running', 'queued')                AND s.lease_holder = {worker_p} AND s.attempt = {attempt_p} RETURNING s.*),          f AS (UPDATE missions m SET status = 'succeeded', finished_at = {now_p}, updated_at = {now_p}                FROM d WHERE m.id = d.mission_id AND m.status = 'running'                AND NOT EXISTS (SELECT 1 FROM mission_steps x WHERE x.mission_id = d.mission_id AND x.seq > d.seq)                RETURNING m.id, m.title, m.proposal_id),          e AS (INSERT INTO events (id, kind, source, proposal_id, mission_id, step_id, payload, tags,                cost_usd, trace_id, created_at)                SELECT {step_event}, 'step.succeeded', 'api', NULL::uuid, d.mission_id, d.id,                  jsonb_build_object('kind', d.kind, 'seq', d.seq, 'attempt', d.attempt, 'worker_id', {worker_p}),                  '[]'::jsonb, {cost_p}, {trace_p}, {now_p} FROM d                UNION ALL                SELECT {mission_event}, 'mission.succeeded', 'api', f.proposal_id, f.id, NULL::uuid,                  jsonb_build_object('title', f.title, 'error', NULL,                    'step_count', (SELECT count(*) FROM mission_steps WHERE mission_id = f.id)),                  '[]'::jsonb, NULL::float8, {trace_p}, {now_p} FROM f                RETURNING id, seq, kind, proposal_id, mission_id, step_id, payload, cost_usd),          o AS (INSERT INTO outbox (event_id, routing_key, aggregate_id, payload, headers, created_at)                SELECT e.id, 'event.' || e.kind, e.mission_id::text,                jsonb_build_object('id', e.id, 'seq', e.seq, 'kind', e.kind, 'source', 'api',                  'payload', e.payload, 'tags', '[]'::jsonb, 'cost_usd', e.cost_usd,                  'proposal_id', e.proposal_id, 'mission_id', e.mission_id, 'step_id', e.step_id,                  'trace_id', {trace_p}, 'created_at', {now_text}),                {headers_p}, {now_p} FROM e)          SELECT d.*, (SELECT count(*) FROM f) AS finished, {woke} AS woke FROM d",
+        woke = super::notify::notify_sql(
+            "n.kind",
+            "FROM mission_steps n WHERE n.mission_id = d.mission_id AND n.seq = d.seq + 1 \
+             AND n.status = 'queued'"
+        ),
     );
     let Some(row) = db
         .query_one_raw(stmt(DbBackend::Postgres, &sql, p.values))
@@ -606,6 +678,7 @@ async fn fail_or_requeue(
         active.status = Set(StepStatus::Queued.as_str().to_owned());
         active.next_attempt_at = Set(Some(next));
         let step = active.update(tx).await?;
+        super::notify::notify_in(tx, "s.id = $1", vec![step.id.into()]).await?;
         write_event(
             tx,
             EventRecord::api(
@@ -890,6 +963,8 @@ pub async fn recover_stale_steps(
                 .await?
                 .rows_affected();
             if changed == 1 {
+                // Wakes long-polling claims on every api replica.
+                super::notify::notify_in(&tx, "s.id = $1", vec![step_id.into()]).await?;
                 write_event(
                     &tx,
                     EventRecord::api(

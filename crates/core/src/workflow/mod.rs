@@ -12,6 +12,7 @@
 
 pub mod events;
 pub mod missions;
+pub mod notify;
 pub mod ops;
 pub mod outbox;
 pub mod policy;
@@ -34,9 +35,9 @@ pub use events::{
     EventFilter, OutboxMessage, append_event, append_event_in, enqueue_message, list_events,
 };
 pub use missions::{
-    ClaimOutcome, MissionFilter, MissionView, RecoveryReport, cancel_mission, claim_step,
-    claim_step_cached, complete_step, fail_step, get_mission, list_missions, recover_stale_steps,
-    renew_lease,
+    ClaimOutcome, MissionFilter, MissionView, RecoveryReport, cancel_mission, claim_statements,
+    claim_step, claim_step_cached, claim_steps_cached, complete_step, fail_step, get_mission,
+    list_missions, recover_stale_steps, renew_lease,
 };
 pub use ops::{HealthFigures, SummaryFigures, SummaryPeriod, health, summary};
 pub use policy::{
@@ -46,7 +47,7 @@ pub use policy::{
 pub use proposals::{
     ProposalFilter, ProposalView, SubmitOutcome, approve_proposal, expire_stale_proposals,
     get_proposal, list_proposals, reject_proposal, submit_proposal, submit_proposal_cached,
-    submit_proposal_in,
+    submit_proposal_in, submit_proposals_cached,
 };
 
 /// What a workflow operation can fail with, in the domain's words. The api
@@ -172,7 +173,7 @@ pub struct PolicySnapshot {
     /// serialized by its row lock), so this number grows with every
     /// committed change — in commit order, unlike `MAX(policy_history.id)`
     /// (ids are taken before commit). A write statement that checks it
-    /// against [`FINGERPRINT_SQL`] never acts on a stale snapshot.
+    /// against `FINGERPRINT_SQL` never acts on a stale snapshot.
     pub fingerprint: i64,
     pub auto_approve: AutoApprove,
     pub step_gates: StepGates,

@@ -87,13 +87,132 @@ pub async fn submit_proposal_cached(
     }
     let now = db_now(now);
     let proposal = proposal.validate(&crate::domain::input::Limits::DEFAULT)?;
+    match submit_fast(db, cache, proposal, now).await? {
+        Fast::Done(outcome) => Ok(*outcome),
+        Fast::Transactional(proposal) => submit_proposal_tx(db, *proposal, now).await,
+    }
+}
+
+/// Up to 1,000 proposals in one transaction, each judged exactly as
+/// [`submit_proposal_cached`] judges one alone (the same code: the one
+/// statement when it applies, else [`submit_proposal_in`]), in order. An
+/// invalid item is refused in its slot and nothing is written for it. An
+/// item the database refuses is rolled back alone: the batch is then run
+/// again with a savepoint around each item (on PostgreSQL the first run has
+/// none, as an error is rare and a savepoint costs two round trips), and the
+/// failing item reported in its slot while the others commit together. An
+/// error of the transaction itself fails the call.
+pub async fn submit_proposals_cached(
+    db: &DatabaseConnection,
+    cache: &PolicyCache,
+    proposals: Vec<NewProposal>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Result<SubmitOutcome>>> {
+    let now = db_now(now);
+    let items: Vec<Result<NewProposal>> = proposals
+        .into_iter()
+        .map(|p| {
+            p.validate(&crate::domain::input::Limits::DEFAULT)
+                .map_err(WorkflowError::from)
+        })
+        .collect();
+    if db.get_database_backend() == DbBackend::Postgres
+        && let Some(results) = submit_batch(db, cache, &items, now, false).await?
+    {
+        return Ok(results);
+    }
+    submit_batch(db, cache, &items, now, true)
+        .await?
+        .ok_or_else(|| WorkflowError::Conflict("batch item failed under its savepoint".into()))
+}
+
+/// One run of [`submit_proposals_cached`]. `None`: an item failed without
+/// savepoints, nothing was committed.
+async fn submit_batch(
+    db: &DatabaseConnection,
+    cache: &PolicyCache,
+    items: &[Result<NewProposal>],
+    now: DateTime<Utc>,
+    savepoints: bool,
+) -> Result<Option<Vec<Result<SubmitOutcome>>>> {
+    use sea_orm::TransactionTrait;
+    let postgres = db.get_database_backend() == DbBackend::Postgres;
+    let tx = begin_write(db).await?;
+    let mut results = Vec::with_capacity(items.len());
+    for item in items {
+        let proposal = match item {
+            Ok(p) => p.clone(),
+            Err(WorkflowError::Invalid(e)) => {
+                results.push(Err(WorkflowError::Invalid(e.clone())));
+                continue;
+            }
+            Err(other) => {
+                results.push(Err(WorkflowError::Conflict(other.to_string())));
+                continue;
+            }
+        };
+        let savepoint = if savepoints {
+            Some(tx.begin().await?)
+        } else {
+            None
+        };
+        let conn = savepoint.as_ref().unwrap_or(&tx);
+        let outcome = if postgres {
+            match submit_fast(conn, cache, proposal, now).await {
+                Ok(Fast::Done(outcome)) => Ok(*outcome),
+                Ok(Fast::Transactional(proposal)) => submit_proposal_in(conn, *proposal, now).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            submit_proposal_in(conn, proposal, now).await
+        };
+        match (outcome, savepoint) {
+            (Ok(outcome), savepoint) => {
+                if let Some(savepoint) = savepoint {
+                    savepoint.commit().await?;
+                }
+                results.push(Ok(outcome));
+            }
+            (Err(error), Some(savepoint)) => {
+                savepoint.rollback().await?;
+                tracing::warn!(%error, "batch item refused");
+                results.push(Err(error));
+            }
+            (Err(error), None) => {
+                tracing::info!(%error, "batch item failed; running the batch again with savepoints");
+                tx.rollback().await?;
+                return Ok(None);
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(Some(results))
+}
+
+/// What [`submit_fast`] did.
+enum Fast {
+    Done(Box<SubmitOutcome>),
+    /// A daily cap applies, or the policy kept changing: judge it on the
+    /// transactional path.
+    Transactional(Box<NewProposal>),
+}
+
+/// The one-statement submit on `conn` (PostgreSQL; a connection or a
+/// transaction), judged on the cached policy.
+async fn submit_fast(
+    conn: &impl ConnectionTrait,
+    cache: &PolicyCache,
+    proposal: NewProposal,
+    now: DateTime<Utc>,
+) -> Result<Fast> {
+    let db = conn;
     let kinds: Vec<StepKind> = proposal.steps.iter().map(|s| s.kind.clone()).collect();
     // Two tries: a stale cache is reloaded once; a policy changing again
     // in between sends the submit down the transactional path.
     for _ in 0..2 {
         let policy = cache.get(db).await?;
         let Some(decision) = judge_uncapped(&policy, &kinds, now) else {
-            return submit_proposal_tx(db, proposal, now).await;
+            return Ok(Fast::Transactional(Box::new(proposal)));
         };
         match write_submit(db, &policy, &proposal, &kinds, &decision, now).await? {
             Written::Stale => {
@@ -117,15 +236,15 @@ pub async fn submit_proposal_cached(
                 let view = with_mission(db, existing).await?;
                 metrics::counter!("opsloop_proposals_total", "outcome" => "deduplicated", "gate" => "dedupe")
                     .increment(1);
-                return Ok(SubmitOutcome {
+                return Ok(Fast::Done(Box::new(SubmitOutcome {
                     proposal: view,
                     deduplicated: true,
-                });
+                })));
             }
-            Written::Done(outcome) => return Ok(*outcome),
+            Written::Done(outcome) => return Ok(Fast::Done(outcome)),
         }
     }
-    submit_proposal_tx(db, proposal, now).await
+    Ok(Fast::Transactional(Box::new(proposal)))
 }
 
 async fn submit_proposal_tx(
@@ -179,7 +298,7 @@ enum Written {
 
 /// The one statement of a judged submit (PostgreSQL).
 async fn write_submit(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     policy: &PolicySnapshot,
     proposal: &NewProposal,
     kinds: &[StepKind],
@@ -272,6 +391,8 @@ async fn write_submit(
                    "step_kinds": kinds, "policy_version": policy.version}),
     )];
     let mut mission_id = None;
+    // Wakes long-polling claims of the new mission's first steps.
+    let mut notify = None;
     match decision {
         Decision::Approve => {
             let mid = Uuid::now_v7();
@@ -308,6 +429,20 @@ async fn write_submit(
                     now_p = p.push(now),
                 ));
             }
+            // The steps claimable at once: the first, or all when parallel.
+            let woken: Vec<String> = proposal
+                .steps
+                .iter()
+                .take(if model.parallel { usize::MAX } else { 1 })
+                .map(|s| p.push(s.kind.as_str().to_owned()))
+                .map(|k| format!("({k}::text)"))
+                .collect();
+            if !woken.is_empty() {
+                notify = Some(super::notify::notify_sql(
+                    "w.k",
+                    &format!("FROM m CROSS JOIN (VALUES {}) w(k)", woken.join(", ")),
+                ));
+            }
             let mut started = KnownEvent::new(
                 "mission.started",
                 json!({"title": model.title, "step_count": proposal.steps.len(),
@@ -327,6 +462,9 @@ async fn write_submit(
     }
     sql.push_str(&events_ctes(&mut p, &events, "p", now));
     sql.push_str(" SELECT (SELECT fp FROM v) AS fp, (SELECT count(*) FROM p) AS inserted");
+    if let Some(notify) = notify {
+        sql.push_str(&format!(", {notify} AS woke"));
+    }
 
     let row = db
         .query_one_raw(stmt(DbBackend::Postgres, &sql, p.values))
@@ -706,6 +844,13 @@ async fn create_mission(
             .exec_without_returning(tx)
             .await?;
     }
+    // Wakes long-polling claims: the first step, or all when parallel.
+    super::notify::notify_in(
+        tx,
+        "s.mission_id = $1 AND (s.seq = 0 OR $2)",
+        vec![mission_id.into(), proposal.parallel.into()],
+    )
+    .await?;
     write_event(
         tx,
         EventRecord::api(
