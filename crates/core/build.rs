@@ -2,13 +2,17 @@
 //! protobuf compiler, so no `protoc` is needed) and generates the prost
 //! messages and tonic clients and servers from the resulting descriptors.
 //! Also writes the encoded `FileDescriptorSet` to `OUT_DIR` for server
-//! reflection.
+//! reflection, and sets `OPSLOOP_GIT_REVISION` for `opsloop_build_info`:
+//! the variable of that name when the build has it (release and image
+//! builds pass it), else `git rev-parse --short=12 HEAD` of the source tree,
+//! else `unknown` (no git, or not a checkout).
 
 use std::path::{Path, PathBuf};
 
 use protox::prost::Message as _;
 
 fn main() {
+    git_revision();
     let manifest_dir = PathBuf::from(
         std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
     );
@@ -57,4 +61,41 @@ fn proto_files(dir: &Path) -> Vec<PathBuf> {
         })
         .filter(|path| path.extension().is_some_and(|ext| ext == "proto"))
         .collect()
+}
+
+/// Emits `OPSLOOP_GIT_REVISION` for the crate (see the module doc). Reruns
+/// when the variable or the checkout's HEAD changes.
+fn git_revision() {
+    println!("cargo:rerun-if-env-changed=OPSLOOP_GIT_REVISION");
+    let from_env = std::env::var("OPSLOOP_GIT_REVISION")
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty());
+    let revision = from_env.unwrap_or_else(|| {
+        let git = |args: &[&str]| {
+            std::process::Command::new("git")
+                .args(args)
+                .output()
+                .ok()
+                .filter(|out| out.status.success())
+                .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+                .filter(|text| !text.is_empty())
+        };
+        if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+            println!("cargo:rerun-if-changed={dir}/HEAD");
+        }
+        git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned())
+    });
+    // Only characters a label value and a version string carry safely.
+    let clean: String = revision
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '+'))
+        .take(64)
+        .collect();
+    let clean = if clean.is_empty() {
+        "unknown".to_owned()
+    } else {
+        clean
+    };
+    println!("cargo:rustc-env=OPSLOOP_GIT_REVISION={clean}");
 }

@@ -168,6 +168,13 @@ impl ApiApp {
                 .with_state(api.clone()),
         );
 
+        // The loop-state gauges, sampled at each scrape of /metrics for as
+        // long as the daemon runs (opsloop_core::loop_metrics).
+        let loop_sampler: Arc<dyn opsloop_core::telemetry::ScrapeSampler> = Arc::new(
+            opsloop_core::loop_metrics::LoopSampler::new(self.infra.db.clone(), api.clock.clone()),
+        );
+        opsloop_core::telemetry::register_scrape_sampler(&loop_sampler);
+
         let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
         // Wake-ups of long-polling claims (LISTEN on PostgreSQL); ends the
         // open long polls on shutdown.

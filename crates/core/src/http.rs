@@ -144,7 +144,7 @@ async fn metrics() -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::telemetry::render_metrics(),
+        crate::telemetry::scrape().await,
     )
         .into_response()
 }

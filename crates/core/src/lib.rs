@@ -15,6 +15,7 @@ pub mod grpc;
 pub mod http;
 pub mod lease;
 pub mod lifecycle;
+pub mod loop_metrics;
 pub mod proto;
 pub mod schedule;
 pub mod secrets;

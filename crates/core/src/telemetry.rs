@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -64,19 +64,8 @@ pub fn init(
 
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
-    let fmt_layer = match settings.log_format {
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .fmt_fields(JsonFields::new())
-            .event_format(JsonLines {
-                service,
-                environment: environment.to_owned(),
-            })
-            .boxed(),
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().compact().boxed(),
-    };
-
     let mut provider = None;
-    let otel_layer = match &settings.otlp_endpoint {
+    let tracer_provider = match &settings.otlp_endpoint {
         Some(endpoint) => {
             use opentelemetry_otlp::WithExportConfig;
             let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -94,29 +83,123 @@ pub fn init(
                 .with_batch_exporter(exporter)
                 .with_resource(resource)
                 .build();
-            let tracer = tracer_provider.tracer(service);
             opentelemetry::global::set_tracer_provider(tracer_provider.clone());
-            provider = Some(tracer_provider);
-            Some(tracing_opentelemetry::layer().with_tracer(tracer))
+            provider = Some(tracer_provider.clone());
+            tracer_provider
         }
-        None => None,
+        // No exporter: spans still get trace and span ids, so log lines
+        // carry them and bus messages carry `traceparent`.
+        None => opentelemetry_sdk::trace::SdkTracerProvider::builder().build(),
     };
-
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt_layer)
-        .with(otel_layer)
+    let dispatch = log_dispatch(
+        service,
+        environment,
+        settings.log_format,
+        filter,
+        tracer_provider.tracer(service),
+        std::io::stdout,
+    );
+    dispatch
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
     Ok(TelemetryGuard { provider })
 }
 
+/// The subscriber [`init`] installs, writing to `writer`: the filter, the
+/// log layer (JSON lines or pretty), and the OpenTelemetry layer on
+/// `tracer`. Tests install it for a scope with
+/// `tracing::dispatcher::with_default`.
+pub fn log_dispatch<W>(
+    service: &'static str,
+    environment: &str,
+    format: LogFormat,
+    filter: EnvFilter,
+    tracer: opentelemetry_sdk::trace::Tracer,
+    writer: W,
+) -> tracing::Dispatch
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let dispatch_cell = Arc::new(OnceLock::new());
+    let fmt_layer = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLines {
+                service,
+                environment: environment.to_owned(),
+                dispatch: dispatch_cell.clone(),
+            })
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .compact()
+            .with_writer(writer)
+            .boxed(),
+    };
+    let subscriber = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer)
+        .with(tracing_opentelemetry::layer().with_tracer(tracer));
+    let dispatch = tracing::Dispatch::new(subscriber);
+    let _ = dispatch_cell.set(dispatch.downgrade());
+    dispatch
+}
+
+/// Keys the formatter writes itself; a span or event field of the same
+/// name is written as `field_<name>` instead of replacing it (the event's
+/// own `message` excepted: it is the message).
+pub const RESERVED_LOG_KEYS: &[&str] = &[
+    "timestamp",
+    "level",
+    "message",
+    "service",
+    "environment",
+    "target",
+    "spans",
+    "trace_id",
+    "span_id",
+];
+
+/// Adds span or event fields to a line without touching reserved keys.
+fn merge_fields(line: &mut Map<String, Value>, fields: Map<String, Value>, event: bool) {
+    for (key, value) in fields {
+        if RESERVED_LOG_KEYS.contains(&key.as_str()) && !(event && key == "message") {
+            line.insert(format!("field_{key}"), value);
+        } else {
+            line.insert(key, value);
+        }
+    }
+}
+
 /// One JSON object per line: `timestamp`, `level`, `message`, `service`,
-/// `environment`, `target`, the event's fields and the fields of every span
-/// in scope (innermost wins).
+/// `environment`, `target`, inside a span its `trace_id` and `span_id`
+/// (W3C hex, the ids OTLP exports and `traceparent` carries) and `spans`,
+/// the fields of every span in scope (innermost wins) and the event's
+/// fields; a field named like a reserved key is written as `field_<name>`
+/// ([`RESERVED_LOG_KEYS`]).
 struct JsonLines {
     service: &'static str,
     environment: String,
+    /// The subscriber this formatter belongs to, for the span contexts of
+    /// the OpenTelemetry layer.
+    dispatch: Arc<OnceLock<tracing::dispatcher::WeakDispatch>>,
+}
+
+impl JsonLines {
+    /// `(trace_id, span_id)` of the span `id`, when it has a valid context.
+    fn trace_ids(&self, id: &tracing::span::Id) -> Option<(String, String)> {
+        use opentelemetry::trace::TraceContextExt;
+        let dispatch = self.dispatch.get()?.upgrade()?;
+        let context = tracing_opentelemetry::get_otel_context(id, &dispatch)?;
+        let span = context.span();
+        let span_context = span.span_context();
+        span_context.is_valid().then(|| {
+            (
+                span_context.trace_id().to_string(),
+                span_context.span_id().to_string(),
+            )
+        })
+    }
 }
 
 impl<S, N> FormatEvent<S, N> for JsonLines
@@ -148,22 +231,31 @@ where
             "target".into(),
             Value::String(event.metadata().target().to_owned()),
         );
+        let mut ids = None;
         if let Some(scope) = ctx.event_scope() {
             let mut names = Vec::new();
+            let mut innermost = None;
             for span in scope.from_root() {
                 names.push(Value::String(span.name().to_owned()));
+                innermost = Some(span.id());
                 let extensions = span.extensions();
                 if let Some(fields) = extensions.get::<FormattedFields<N>>()
                     && let Ok(Value::Object(map)) = serde_json::from_str::<Value>(fields)
                 {
-                    line.extend(map);
+                    merge_fields(&mut line, map, false);
                 }
             }
             line.insert("spans".into(), Value::Array(names));
+            // No span extensions are held here (get_otel_context locks them).
+            ids = innermost.and_then(|id| self.trace_ids(&id));
         }
         let mut visitor = JsonVisitor(Map::new());
         event.record(&mut visitor);
-        line.extend(visitor.0);
+        merge_fields(&mut line, visitor.0, true);
+        if let Some((trace_id, span_id)) = ids {
+            line.insert("trace_id".into(), Value::String(trace_id));
+            line.insert("span_id".into(), Value::String(span_id));
+        }
         line.entry("message")
             .or_insert(Value::String(String::new()));
         let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
@@ -198,14 +290,61 @@ impl Visit for JsonVisitor {
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Buckets of every histogram without its own set: requests and statements,
+/// 1 ms … 10 s.
+pub const DEFAULT_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Histograms whose values do not fit [`DEFAULT_BUCKETS`]: a backup runs for
+/// minutes to hours, a delivery retries for up to the alerter's retry budget
+/// (`max_total_ms`, 10 minutes by default), a heartbeat tick and its phases
+/// run for up to their budgets (seconds to a minute). docs/monitoring.md
+/// lists them; a test checks the rendered `le` values.
+pub const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
+    (
+        "opsloop_backup_duration_seconds",
+        &[
+            1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0,
+            14400.0, 28800.0,
+        ],
+    ),
+    (
+        "opsloop_alerter_delivery_seconds",
+        &[
+            0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+        ],
+    ),
+    (
+        "opsloop_heartbeat_tick_seconds",
+        &[
+            0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+        ],
+    ),
+    (
+        "opsloop_heartbeat_phase_seconds",
+        &[
+            0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+        ],
+    ),
+];
+
+fn recorder_builder() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
+    let mut builder = PrometheusBuilder::new().set_buckets(DEFAULT_BUCKETS)?;
+    for (name, buckets) in HISTOGRAM_BUCKETS {
+        builder = builder.set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full((*name).to_owned()),
+            buckets,
+        )?;
+    }
+    Ok(builder)
+}
+
 /// The process's Prometheus handle; the recorder is installed on first use
 /// (one per process: `opsloop dev` runs every role on one recorder).
 pub fn prometheus() -> &'static PrometheusHandle {
     PROMETHEUS.get_or_init(|| {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets(&[
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ])
+        let recorder = recorder_builder()
             .map(PrometheusBuilder::build_recorder)
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
         let handle = recorder.handle();
@@ -213,6 +352,9 @@ pub fn prometheus() -> &'static PrometheusHandle {
         // then this handle renders only what reached it, which is harmless.
         let _ = metrics::set_global_recorder(recorder);
         describe_metrics();
+        // `opsloop_build_info{version, revision} 1`, the join key for
+        // "which build runs where" (`… * on (instance) group_left …`).
+        metrics::gauge!(BUILD_INFO, "version" => VERSION, "revision" => REVISION).set(1.0);
         handle
     })
 }
@@ -225,6 +367,67 @@ pub fn render_metrics() -> String {
     let mut text = prometheus().render();
     text.push_str(&process_metrics());
     text
+}
+
+/// The version of the workspace these binaries were built from.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The git revision the binaries were built from: `OPSLOOP_GIT_REVISION`
+/// at build time, else `git rev-parse` of the source tree when it is a
+/// checkout, else `unknown` (crates/core/build.rs).
+pub const REVISION: &str = env!("OPSLOOP_GIT_REVISION");
+
+/// The build-info metric every daemon serves.
+pub const BUILD_INFO: &str = "opsloop_build_info";
+
+/// Something that sets gauges from a live source right before a scrape is
+/// rendered (the api's loop-state gauges: [`crate::loop_metrics`]).
+/// Registered with [`register_scrape_sampler`]; each call is bounded by
+/// [`SCRAPE_SAMPLE_BUDGET`], so a slow source delays a scrape by at most that
+/// and leaves the previous values in place.
+#[async_trait::async_trait]
+pub trait ScrapeSampler: Send + Sync {
+    async fn sample(&self);
+}
+
+/// The most one sampler may add to a scrape.
+pub const SCRAPE_SAMPLE_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
+
+type Samplers = std::sync::Mutex<Vec<std::sync::Weak<dyn ScrapeSampler>>>;
+static SAMPLERS: Samplers = std::sync::Mutex::new(Vec::new());
+
+/// Samples `sampler` at every scrape for as long as the caller keeps the
+/// `Arc` (weakly held: a dropped daemon stops being sampled).
+pub fn register_scrape_sampler(sampler: &std::sync::Arc<dyn ScrapeSampler>) {
+    if let Ok(mut samplers) = SAMPLERS.lock() {
+        samplers.retain(|s| s.strong_count() > 0);
+        samplers.push(std::sync::Arc::downgrade(sampler));
+    }
+}
+
+/// Runs every live sampler (concurrently, each within
+/// [`SCRAPE_SAMPLE_BUDGET`]).
+pub async fn sample_for_scrape() {
+    let live: Vec<std::sync::Arc<dyn ScrapeSampler>> = match SAMPLERS.lock() {
+        Ok(mut samplers) => {
+            samplers.retain(|s| s.strong_count() > 0);
+            samplers
+                .iter()
+                .filter_map(std::sync::Weak::upgrade)
+                .collect()
+        }
+        Err(_) => return,
+    };
+    futures::future::join_all(live.iter().map(|sampler| async move {
+        let _ = tokio::time::timeout(SCRAPE_SAMPLE_BUDGET, sampler.sample()).await;
+    }))
+    .await;
+}
+
+/// [`sample_for_scrape`] then [`render_metrics`]: what `/metrics` serves.
+pub async fn scrape() -> String {
+    sample_for_scrape().await;
+    render_metrics()
 }
 
 /// `# HELP` text of every metric an opsloop daemon exports (the recorder
@@ -297,6 +500,77 @@ pub const METRIC_HELP: &[(&str, MetricKind, &str)] = {
             "opsloop_outbox_lag_seconds",
             G,
             "Age of the oldest unpublished outbox row, in seconds.",
+        ),
+        (
+            crate::telemetry::BUILD_INFO,
+            G,
+            "Version and git revision of the running binary (always 1).",
+        ),
+        // loop state (api, sampled at scrape: crate::loop_metrics)
+        (
+            crate::loop_metrics::PROPOSALS_PENDING,
+            G,
+            "Proposals waiting for a decision (counted up to 100000).",
+        ),
+        (
+            crate::loop_metrics::STEPS_QUEUED,
+            G,
+            "Mission steps queued for a worker (counted up to 100000).",
+        ),
+        (
+            crate::loop_metrics::STEPS_RUNNING,
+            G,
+            "Mission steps claimed by a worker and running (counted up to 100000).",
+        ),
+        (
+            crate::loop_metrics::LEASES_EXPIRED,
+            G,
+            "Running steps whose worker lease has expired (counted up to 100000).",
+        ),
+        (
+            crate::loop_metrics::OLDEST_QUEUED_AGE,
+            G,
+            "Age in seconds of the oldest queued step whose backoff has passed (0 when none): the processing delay.",
+        ),
+        (
+            crate::loop_metrics::CONSECUTIVE_FAILURES,
+            G,
+            "Steps failed terminally since the last step that succeeded.",
+        ),
+        (
+            crate::loop_metrics::EMERGENCY_STOP,
+            G,
+            "1 while the emergency stop is engaged, else 0.",
+        ),
+        (
+            crate::loop_metrics::COST,
+            G,
+            "Cost in US dollars of events since the start of the day or month (cost_budget time zone), by period and event kind prefix.",
+        ),
+        (
+            crate::loop_metrics::COST_BUDGET,
+            G,
+            "The cost_budget policy in US dollars, by period (day, month); 0 when unset.",
+        ),
+        (
+            crate::loop_metrics::QUOTA_USED,
+            G,
+            "Steps of a capped kind counted against today's daily cap, by kind.",
+        ),
+        (
+            crate::loop_metrics::QUOTA_LIMIT,
+            G,
+            "The daily cap of a step kind (step_gates policy), by kind.",
+        ),
+        (
+            crate::loop_metrics::SAMPLE_FAILURES,
+            C,
+            "Scrapes whose loop-state sample failed or timed out (the previous values were served).",
+        ),
+        (
+            crate::bus::CONNECTION_STATE,
+            G,
+            "1 for the bus connection's current state (connecting, connected, reconnecting, closed), 0 for the others.",
         ),
         // database (every daemon with a database)
         (

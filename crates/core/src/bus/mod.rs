@@ -7,6 +7,7 @@
 
 pub mod memory;
 pub mod rabbit;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,22 @@ use async_trait::async_trait;
 
 use crate::config::{BusKind, BusSettings};
 use crate::secrets::Secret;
+
+/// `opsloop_bus_connection_state{state}`: 1 for the connection's current
+/// state, 0 for the others (a Prometheus state set), on every daemon with a
+/// RabbitMQ bus.
+pub const CONNECTION_STATE: &str = "opsloop_bus_connection_state";
+
+/// The states of [`CONNECTION_STATE`]: `connecting` (never connected yet),
+/// `connected`, `reconnecting` (the link was lost), `closed` (shut down).
+pub const CONNECTION_STATES: [&str; 4] = ["connecting", "connected", "reconnecting", "closed"];
+
+/// Sets [`CONNECTION_STATE`] to `state` (one of [`CONNECTION_STATES`]).
+pub fn record_connection_state(state: &str) {
+    for s in CONNECTION_STATES {
+        metrics::gauge!(CONNECTION_STATE, "state" => s).set(if s == state { 1.0 } else { 0.0 });
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {

@@ -92,12 +92,14 @@ async fn manage_connection(shared: Arc<Shared>) {
     let max_backoff = Duration::from_millis(shared.settings.reconnect_max_backoff_ms.max(100));
     let mut backoff = MIN_BACKOFF;
     let mut had_link = false;
+    super::record_connection_state("connecting");
     loop {
         if shared.stop.is_cancelled() {
             break;
         }
         match establish(&shared).await {
             Ok(link) => {
+                super::record_connection_state("connected");
                 backoff = MIN_BACKOFF;
                 tracing::info!(
                     exchange = %shared.settings.exchange,
@@ -112,6 +114,7 @@ async fn manage_connection(shared: Arc<Shared>) {
                     close_link(&link).await;
                     break;
                 }
+                super::record_connection_state("reconnecting");
                 tracing::warn!("lost the RabbitMQ connection; reconnecting");
             }
             Err(error) => {
@@ -124,6 +127,7 @@ async fn manage_connection(shared: Arc<Shared>) {
         }
         backoff = (backoff * 2).min(max_backoff);
     }
+    super::record_connection_state("closed");
 }
 
 async fn establish(shared: &Shared) -> Result<Arc<Link>, BusError> {
