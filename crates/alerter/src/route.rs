@@ -295,6 +295,7 @@ impl Route {
 /// → slack + pagerduty, P2 (warning) → slack, P3 (info) and the periodic
 /// reports → summary. Everything also goes to `local` (console and
 /// `var/alerts.jsonl`), which is only enabled when no webhook is configured.
+/// The always-firing `Watchdog` goes to `watchdog` alone, every minute.
 pub fn default_route() -> RouteConfig {
     let to = |receiver: &str, matcher: &str, cont: bool| RouteConfig {
         receiver: Some(receiver.into()),
@@ -306,6 +307,16 @@ pub fn default_route() -> RouteConfig {
         receiver: Some("slack".into()),
         group_by: Some(vec!["alertname".into(), "service".into()]),
         routes: vec![
+            // The dead-man's switch: only to the heartbeat receiver, every
+            // minute, so its pings stop when Prometheus or the alerter die.
+            RouteConfig {
+                receiver: Some("watchdog".into()),
+                matchers: vec!["alertname=\"Watchdog\"".into()],
+                group_wait: Some("0s".into()),
+                group_interval: Some("1m".into()),
+                repeat_interval: Some("1m".into()),
+                ..RouteConfig::default()
+            },
             RouteConfig {
                 receiver: Some("local".into()),
                 continue_matching: true,
@@ -397,12 +408,23 @@ mod tests {
             ),
             (&[("alertname", "OpsWeeklyReport")], &["local", "summary"]),
             (&[("alertname", "NoSeverity")], &["local", "slack"]),
+            (
+                &[("alertname", "Watchdog"), ("severity", "none")],
+                &["watchdog"],
+            ),
         ];
         for (pairs, expected) in table {
             assert_eq!(receivers(&route, pairs), *expected, "{pairs:?}");
         }
         let all = route.receivers();
-        for name in ["local", "slack", "discord", "pagerduty", "summary"] {
+        for name in [
+            "local",
+            "slack",
+            "discord",
+            "pagerduty",
+            "summary",
+            "watchdog",
+        ] {
             assert!(all.contains(name), "{name}");
         }
     }

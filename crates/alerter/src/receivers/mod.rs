@@ -128,6 +128,12 @@ pub fn default_receivers() -> Vec<ReceiverConfig> {
             path: Some(PathBuf::from("var/alerts.jsonl")),
             ..ReceiverConfig::new("local", ReceiverKind::Console, None)
         },
+        // The Watchdog's heartbeat URL (healthchecks.io, PagerDuty's
+        // heartbeat, …): pinged every minute while alerting works.
+        ReceiverConfig {
+            send_resolved: Some(false),
+            ..ReceiverConfig::new("watchdog", ReceiverKind::Webhook, Some("watchdog_url"))
+        },
     ]
 }
 
@@ -283,7 +289,8 @@ pub fn build(
     let use_consoles = match local_output {
         LocalOutput::Always => true,
         LocalOutput::Never => false,
-        LocalOutput::Auto => built.enabled.is_empty(),
+        // The watchdog's heartbeat URL is not where alerts go.
+        LocalOutput::Auto => built.enabled.iter().all(|r| r.name == "watchdog"),
     };
     if use_consoles {
         built.enabled.extend(consoles);
@@ -635,7 +642,7 @@ pub(crate) mod tests {
         let none = SecretStore::with_sources(None, dir.path(), Vec::new());
         let built = build(&default_receivers(), &none, LocalOutput::Auto).expect("build");
         assert_eq!(built.names(), BTreeSet::from(["local".to_owned()]));
-        assert_eq!(built.disabled.len(), 4);
+        assert_eq!(built.disabled.len(), 5);
         assert!(
             built
                 .disabled
