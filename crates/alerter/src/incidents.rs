@@ -1174,6 +1174,12 @@ impl IncidentManager {
     ) -> Vec<PageReport> {
         let now = self.now();
         let people = self.people_for(target, due);
+        if people.is_empty() {
+            // No schedule (or nobody in this role): nobody to page, and no
+            // page to a channel saying so; the timeline records the step.
+            tracing::warn!(incident = %incident.id, step = target.as_str(), "nobody on call to page");
+            return Vec::new();
+        }
         let names: Vec<String> = people.iter().map(|p| p.name.clone()).collect();
         let response = self.levels.get(incident.level).response;
         let ack = self.link(incident.id, Action::Acknowledge, now);
