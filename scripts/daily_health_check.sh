@@ -244,13 +244,13 @@ if mode == "evening":
     except (OSError, ValueError, ImportError):
         pass
     hbc, bc = cfg.get("heartbeat", {}), cfg.get("backup", {})
-    tz = bc.get("timezone", "Asia/Tokyo")
+    tz = bc.get("timezone", "UTC")
     triggers = load("triggers")
     rules = f"{len(triggers['triggers'])} trigger rule(s)" if triggers is not None else f"trigger rules unavailable: {error('triggers')}"
     line(triggers is not None,
          f"tomorrow: backup at cron '{bc.get('schedule', '0 2 * * *')}' ({tz}), daily summary at "
          f"'{hbc.get('summary_cron', '0 6 * * *')}', weekly report at '{hbc.get('weekly_report_cron', '0 9 * * 1')}' "
-         f"({hbc.get('summary_timezone', 'Asia/Tokyo')}); {rules}")
+         f"({hbc.get('summary_timezone', 'UTC')}); {rules}")
 
 if attention:
     print(f"daily_health_check: {mode}: needs attention ({len(attention)}): docs/runbook.md#daily-checklist")

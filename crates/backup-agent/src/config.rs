@@ -5,12 +5,12 @@
 //! S3-compatible bucket (`store = "s3"` and `[backup.s3]`; the keys come
 //! from the secrets `s3_access_key_id` and `s3_secret_access_key`).
 //! Defaults work for `opsloop dev`: the configured database (SQLite
-//! `var/opsloop.db`) into `var/backups`, every day at 02:00 Asia/Tokyo.
+//! `var/opsloop.db`) into `var/backups`, every day at 02:00 UTC.
 //!
 //! ```toml
 //! [backup]
 //! schedule = "0 2 * * *"          # cron, 5 fields
-//! timezone = "Asia/Tokyo"         # schedule and retention buckets
+//! timezone = "UTC"                # schedule and retention buckets
 //! store_dir = "/var/lib/opsloop/backups"
 //! # store = "s3"                 # instead: the bucket in [backup.s3]
 //! compression_level = 3
@@ -116,7 +116,7 @@ impl Default for BackupSettings {
             targets: Vec::new(),
             directories: Vec::new(),
             schedule: "0 2 * * *".into(),
-            timezone: "Asia/Tokyo".into(),
+            timezone: "UTC".into(),
             catch_up_missed: true,
             store: StoreKind::Local,
             store_dir: PathBuf::from("var/backups"),
@@ -542,13 +542,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_back_up_the_daemon_database_at_two_in_tokyo() {
+    fn defaults_back_up_the_daemon_database_at_two_utc() {
         let config = BackupConfig::new(
             BackupSettings::default(),
             "sqlite://var/opsloop.db?mode=rwc",
         )
         .expect("defaults are valid");
-        assert_eq!(config.timezone, chrono_tz::Asia::Tokyo);
+        assert_eq!(config.timezone, chrono_tz::UTC);
         assert_eq!(config.targets.len(), 1);
         assert_eq!(config.targets[0].name, "opsloop");
         assert_eq!(config.targets[0].kind, TargetKind::Sqlite);

@@ -287,12 +287,16 @@ impl Connection {
     }
 
     /// Turns a failed call into the one-line error the user sees.
+    /// The error carries the status code, which decides the exit status
+    /// ([`crate::exit::for_code`]).
     pub fn error(&self, status: Status) -> anyhow::Error {
-        anyhow!(status_line(self.daemon, &self.endpoint, &status))
+        crate::exit::status(
+            status.code(),
+            status_line(self.daemon, &self.endpoint, &status),
+        )
     }
 }
 
-/// The one-line error for a daemon that cannot be reached.
 /// The CA bundle `https://` endpoints are checked against, besides the
 /// system roots: `--ca-file`, else `$OPSLOOP_CA_FILE`.
 static CA_FILE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
@@ -325,11 +329,15 @@ fn looks_like_tls(cause: &str) -> bool {
     lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
 }
 
+/// The one-line error for a daemon that cannot be reached (exit status 6).
 pub fn unreachable(daemon: Daemon, endpoint: &str) -> anyhow::Error {
-    anyhow!(
-        "UNAVAILABLE: cannot reach {} at {endpoint} — is it running? (opsloop dev; or set --endpoint / ${})",
-        daemon.name(),
-        daemon.env_var()
+    crate::exit::status(
+        Code::Unavailable,
+        format!(
+            "UNAVAILABLE: cannot reach {} at {endpoint} — is it running? (opsloop dev; or set --endpoint / ${})",
+            daemon.name(),
+            daemon.env_var()
+        ),
     )
 }
 

@@ -1,5 +1,6 @@
-//! A minimal HTTP/1.1 client over a tokio `TcpStream`, enough for the one
-//! plain-HTTP call the CLI makes (`POST /run` on the heartbeat-worker): one
+//! A minimal HTTP/1.1 client over a tokio `TcpStream`, enough for the
+//! plain-HTTP calls the CLI makes (`POST /run` on the heartbeat-worker,
+//! `GET /healthz` and `/readyz` for `opsloop status`): one
 //! request with `Connection: close`, the response read to its end, chunked
 //! bodies decoded.
 
@@ -54,6 +55,25 @@ pub async fn post(
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<Response, RequestError> {
+    send("POST", url, token, timeout).await
+}
+
+/// Sends `GET url` (and `Authorization: Bearer` when a token is given),
+/// waiting at most `timeout` for the whole exchange.
+pub async fn get(
+    url: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<Response, RequestError> {
+    send("GET", url, token, timeout).await
+}
+
+async fn send(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<Response, RequestError> {
     let (authority, path) = split_url(url).map_err(RequestError::Other)?;
     let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&authority))
         .await
@@ -66,7 +86,7 @@ pub async fn post(
         .map_err(RequestError::Connect)?;
     let exchange = async {
         let mut request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: opsloop-cli\r\nAccept: application/json\r\nContent-Length: 0\r\nConnection: close\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: opsloop-cli\r\nAccept: application/json\r\nContent-Length: 0\r\nConnection: close\r\n"
         );
         if let Some(token) = token {
             request.push_str(&format!("Authorization: Bearer {token}\r\n"));

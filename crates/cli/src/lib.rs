@@ -25,7 +25,9 @@ macro_rules! out {
 pub mod alerts;
 pub mod backup;
 pub mod client;
+pub mod config_check;
 pub mod event;
+pub mod exit;
 pub mod http;
 pub mod mission;
 pub mod ops;
@@ -33,6 +35,7 @@ pub mod output;
 pub mod parse;
 pub mod policy;
 pub mod proposal;
+pub mod status;
 pub mod token;
 pub mod trigger;
 pub mod worker;

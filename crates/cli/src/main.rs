@@ -11,11 +11,29 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use opsloop_cli::client::Globals;
 use opsloop_cli::output::OutputFormat;
 use opsloop_cli::{
-    alerts, backup, event, mission, ops, policy, proposal, token, trigger, worker_cmd,
+    alerts, backup, config_check, event, mission, ops, policy, proposal, status, token, trigger,
+    worker_cmd,
 };
 
+/// `opsloop --version`: the crate version, git revision and build date
+/// (stamped by `build.rs`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (rev ",
+    env!("OPSLOOP_GIT_REVISION"),
+    ", built ",
+    env!("OPSLOOP_BUILD_DATE"),
+    ")"
+);
+
 #[derive(Parser)]
-#[command(name = "opsloop", version, about = "opsloop: a closed-loop operations control plane", long_about = None)]
+#[command(
+    name = "opsloop",
+    version = VERSION,
+    about = "opsloop: a closed-loop operations control plane",
+    long_about = None,
+    after_help = opsloop_cli::exit::TABLE
+)]
 struct Cli {
     /// TOML config file (default: /etc/opsloop/opsloop.toml when present).
     /// Environment variables OPSLOOP__SECTION__KEY override it.
@@ -135,6 +153,16 @@ enum Command {
     /// Take, list, verify, restore and preview-prune backups (backup-agent).
     #[command(subcommand)]
     Backup(backup::BackupCommand),
+    /// Every daemon's version and readiness, the emergency stop, the
+    /// backlog and the newest backup, on one screen.
+    Status(status::StatusArgs),
+    /// Check the configuration a daemon would start with.
+    #[command(subcommand)]
+    Config(config_check::ConfigCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Write the man pages (opsloop.1 and one per subcommand) into a directory.
+    Man(ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -159,6 +187,18 @@ fn main() -> ExitCode {
     let command = match cli.command {
         Command::Dev(args) => return dev::run(cli.config, args, &globals),
         Command::Migrate(args) => return migrate::run(cli.config, args),
+        Command::Config(config_check::ConfigCommand::Check(args)) => {
+            return config_check::run(cli.config, args, globals.output);
+        }
+        Command::Completions(args) => {
+            // Into a buffer first: clap_complete panics on a closed stdout
+            // (`opsloop completions bash | head`); `out!` ends quietly.
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut Cli::command(), "opsloop", &mut script);
+            opsloop_cli::out!("{}", String::from_utf8_lossy(&script));
+            return ExitCode::SUCCESS;
+        }
+        Command::Man(args) => return man(&args.out),
         other => other,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -178,7 +218,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("{}", opsloop_cli::output::one_line(&format!("{error:#}")));
-            ExitCode::FAILURE
+            ExitCode::from(opsloop_cli::exit::for_error(&error))
         }
     }
 }
@@ -204,6 +244,43 @@ async fn run(
         Command::Alerts(command) => alerts::alerts(command, globals).await,
         Command::Silence(command) => alerts::silence(command, globals).await,
         Command::Backup(command) => backup::run(command, globals).await,
-        Command::Dev(_) | Command::Migrate(_) => unreachable!("handled before the runtime starts"),
+        Command::Status(args) => status::run(args, globals).await,
+        Command::Dev(_)
+        | Command::Migrate(_)
+        | Command::Config(_)
+        | Command::Completions(_)
+        | Command::Man(_) => unreachable!("handled before the runtime starts"),
+    }
+}
+
+/// `opsloop completions SHELL`.
+#[derive(clap::Args)]
+struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+/// `opsloop man --out DIR`.
+#[derive(clap::Args)]
+struct ManArgs {
+    /// Directory the pages are written into (created when missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+/// Writes `opsloop.1` and `opsloop-<sub>[-<sub>].1` for every subcommand.
+fn man(out: &std::path::Path) -> ExitCode {
+    let result =
+        std::fs::create_dir_all(out).and_then(|()| clap_mangen::generate_to(Cli::command(), out));
+    match result {
+        Ok(()) => {
+            opsloop_cli::outln!("man pages written to {}", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("opsloop man: {}: {error}", out.display());
+            ExitCode::from(opsloop_cli::exit::OTHER)
+        }
     }
 }

@@ -385,7 +385,7 @@ pub async fn report(command: ReportCommand, globals: &Globals) -> anyhow::Result
         .map_err(|status| {
             if status.code() == tonic::Code::NotFound {
                 anyhow!(
-                    "NOT_FOUND: {} — the heartbeat stores one report a week (default Monday 09:00 Asia/Tokyo); try another --week-of",
+                    "NOT_FOUND: {} — the heartbeat stores one report a week (default Monday 09:00 UTC, heartbeat.summary_timezone); try another --week-of",
                     output::one_line(status.message())
                 )
             } else {

@@ -1,4 +1,4 @@
-//! `opsloop trigger add|list|rm`: the heartbeat's trigger rules through
+//! `opsloop trigger add|list|update|rm`: the heartbeat's trigger rules through
 //! `TriggerService` (conditions and actions are validated by the api).
 
 use std::path::{Path, PathBuf};
@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
 use opsloop_core::proto::v1::{
-    CreateTriggerRequest, DeleteTriggerRequest, ListTriggersRequest, Trigger,
+    CreateTriggerRequest, DeleteTriggerRequest, ListTriggersRequest, Trigger, UpdateTriggerRequest,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -34,6 +34,9 @@ pub enum TriggerCommand {
         #[arg(long)]
         page_token: Option<String>,
     },
+    /// Change a trigger rule by id or name (admin token); only the given
+    /// fields change.
+    Update(UpdateArgs),
     /// Delete a trigger rule by id or name (admin token).
     Rm {
         /// Trigger id, or its name.
@@ -66,6 +69,37 @@ pub struct AddArgs {
     /// condition, action, cooldown_seconds}; flags override its fields.
     #[arg(long, value_name = "PATH")]
     file: Option<PathBuf>,
+}
+
+/// `opsloop trigger update`
+#[derive(Args)]
+pub struct UpdateArgs {
+    /// Trigger id, or its name.
+    trigger: String,
+    /// New name.
+    #[arg(long)]
+    name: Option<String>,
+    /// New description.
+    #[arg(long)]
+    description: Option<String>,
+    /// New condition as JSON.
+    #[arg(long, value_name = "JSON")]
+    condition: Option<String>,
+    /// New action (proposal template) as JSON.
+    #[arg(long, value_name = "JSON")]
+    action: Option<String>,
+    /// New minimum time between two firings: seconds or 90s, 15m, 2h, 1d.
+    #[arg(long, value_name = "DURATION")]
+    cooldown: Option<String>,
+    /// Evaluate the rule again.
+    #[arg(long, conflicts_with = "disable")]
+    enable: bool,
+    /// Keep the rule but stop evaluating it.
+    #[arg(long)]
+    disable: bool,
+    /// Apply only if the rule's current version is this (compare-and-set).
+    #[arg(long, value_name = "VERSION")]
+    expected_version: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -148,6 +182,50 @@ pub async fn run(command: TriggerCommand, globals: &Globals) -> anyhow::Result<(
                     Ok(())
                 }
             }
+        }
+        TriggerCommand::Update(args) => {
+            let condition_json = args
+                .condition
+                .as_deref()
+                .map(|text| crate::parse::json_arg("--condition", text))
+                .transpose()?;
+            let action_json = args
+                .action
+                .as_deref()
+                .map(|text| crate::parse::json_arg("--action", text))
+                .transpose()?;
+            let cooldown_seconds = args
+                .cooldown
+                .as_deref()
+                .map(|text| crate::parse::duration(text).context("--cooldown"))
+                .transpose()?
+                .map(|d| d.as_secs());
+            let enabled = match (args.enable, args.disable) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
+            let conn = Connection::open(globals, Daemon::Api).await?;
+            let id = resolve_id(&conn, &args.trigger).await?;
+            let trigger = conn
+                .triggers()
+                .update_trigger(UpdateTriggerRequest {
+                    id,
+                    name: args.name,
+                    description: args.description,
+                    enabled,
+                    condition_json,
+                    action_json,
+                    cooldown_seconds,
+                    expected_version: args.expected_version,
+                    actor: globals.actor.clone(),
+                })
+                .await
+                .map_err(|s| conn.error(s))?
+                .into_inner()
+                .trigger
+                .ok_or_else(|| anyhow!("the api answered without a trigger"))?;
+            print_trigger(&trigger, globals.output)
         }
         TriggerCommand::Rm { trigger } => {
             let conn = Connection::open(globals, Daemon::Api).await?;

@@ -221,6 +221,27 @@ const HELP: &[(&[&str], &[&str])] = &[
     (&["token", "create"], &["--name", "--role", "--expires"]),
     (&["token", "list"], &[]),
     (&["token", "revoke"], &["<NAME>"]),
+    (&["config", "check"], &["--daemon", "--config"]),
+    (&["completions"], &["<SHELL>"]),
+    (&["man"], &["--out"]),
+    (
+        &["status"],
+        &["--api-http", "--alerter-http", "--backup-http"],
+    ),
+    (
+        &["trigger", "update"],
+        &[
+            "<TRIGGER>",
+            "--name",
+            "--description",
+            "--condition",
+            "--action",
+            "--cooldown",
+            "--enable",
+            "--disable",
+            "--expected-version",
+        ],
+    ),
 ];
 
 #[test]

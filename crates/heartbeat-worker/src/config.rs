@@ -65,7 +65,7 @@ impl Default for HeartbeatSettings {
             reactions_budget_ms: 3_000,
             phase_budget_ms: 10_000,
             summary_cron: "0 6 * * *".into(),
-            summary_timezone: "Asia/Tokyo".into(),
+            summary_timezone: "UTC".into(),
             weekly_report_cron: "0 9 * * 1".into(),
             stale_proposal_days: 7,
             event_batch: 5_000,

@@ -1,5 +1,5 @@
 //! When the heartbeat ticks (a fixed interval or a cron expression); cron
-//! schedules themselves (the daily summary at 06:00 Asia/Tokyo, the weekly
+//! schedules themselves (the daily summary at 06:00 UTC by default, the weekly
 //! report) are `opsloop_core::schedule`.
 
 use chrono::{DateTime, Duration, Utc};

@@ -323,12 +323,32 @@ pub fn chars(text: &str) -> usize {
     text.chars().count()
 }
 
-/// An instant in Asia/Tokyo and UTC: `2026-11-23 19:00 JST (10:00 UTC)`.
-pub fn tokyo_and_utc(at: DateTime<Utc>) -> String {
-    let tokyo = at.with_timezone(&chrono_tz::Asia::Tokyo);
+/// The zone notification times are printed in: UTC unless the daemon set
+/// another at start ([`set_display_timezone`]).
+static DISPLAY_TIMEZONE: std::sync::OnceLock<chrono_tz::Tz> = std::sync::OnceLock::new();
+
+/// Sets the zone notification times are printed in (once, at start; later
+/// calls are ignored).
+pub fn set_display_timezone(tz: chrono_tz::Tz) {
+    let _ = DISPLAY_TIMEZONE.set(tz);
+}
+
+/// The zone notification times are printed in.
+pub fn display_timezone() -> chrono_tz::Tz {
+    DISPLAY_TIMEZONE.get().copied().unwrap_or(chrono_tz::UTC)
+}
+
+/// An instant in `tz` with the zone's abbreviation, and in UTC:
+/// `2026-11-23 19:00 JST (10:00 UTC)`; in UTC itself just
+/// `2026-11-23 10:00 UTC`.
+pub fn zoned_and_utc(at: DateTime<Utc>, tz: chrono_tz::Tz) -> String {
+    if tz == chrono_tz::UTC {
+        return format!("{} UTC", at.format("%Y-%m-%d %H:%M"));
+    }
+    let local = at.with_timezone(&tz);
     format!(
-        "{} JST ({} UTC)",
-        tokyo.format("%Y-%m-%d %H:%M"),
+        "{} ({} UTC)",
+        local.format("%Y-%m-%d %H:%M %Z"),
         at.format("%H:%M")
     )
 }
@@ -691,7 +711,17 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn times_show_tokyo_and_utc() {
-        assert_eq!(tokyo_and_utc(at(0)), "2027-01-15 17:00 JST (08:00 UTC)");
+    fn times_show_the_zone_with_its_abbreviation_and_utc() {
+        assert_eq!(
+            zoned_and_utc(at(0), chrono_tz::Asia::Tokyo),
+            "2027-01-15 17:00 JST (08:00 UTC)"
+        );
+        assert_eq!(
+            zoned_and_utc(at(0), chrono_tz::America::New_York),
+            "2027-01-15 03:00 EST (08:00 UTC)"
+        );
+        assert_eq!(zoned_and_utc(at(0), chrono_tz::UTC), "2027-01-15 08:00 UTC");
+        // Nothing set the zone in this process: UTC.
+        assert_eq!(display_timezone(), chrono_tz::UTC);
     }
 }

@@ -1,5 +1,5 @@
 //! Slack incoming webhooks, in Block Kit: a header with the severity emoji
-//! and alert name, fields for severity / service / time (Asia/Tokyo and UTC),
+//! and alert name, fields for severity / service / time (the display zone and UTC),
 //! the description, the alerts listed compactly, and a button to the runbook
 //! or dashboard when annotated. Slack's limits are enforced here (header 150
 //! characters, section text 3000, ten fields of 2000, 50 blocks), cutting
@@ -8,8 +8,8 @@
 use serde_json::{Value, json};
 
 use super::{
-    AlertText, Receiver, ReceiverKind, RenderContext, describe, link, title, tokyo_and_utc,
-    truncate,
+    AlertText, Receiver, ReceiverKind, RenderContext, describe, display_timezone, link, title,
+    truncate, zoned_and_utc,
 };
 use crate::group::Notification;
 use crate::model::Severity;
@@ -62,7 +62,7 @@ impl Receiver for Slack {
             .cloned()
             .unwrap_or_else(|| "—".into());
         let started = first
-            .map(|a| tokyo_and_utc(a.starts_at))
+            .map(|a| zoned_and_utc(a.starts_at, display_timezone()))
             .unwrap_or_default();
         let mut fields = vec![
             ("Severity", severity),
@@ -222,8 +222,8 @@ mod tests {
         let fields = blocks[1]["fields"].as_array().expect("fields");
         assert_eq!(fields[0]["text"], "*Severity*\ncritical (P0)");
         assert_eq!(fields[1]["text"], "*Service*\napi");
-        assert!(fields[2]["text"].as_str().expect("t").contains("JST"));
-        assert!(fields[2]["text"].as_str().expect("t").contains("UTC"));
+        // The default display zone is UTC.
+        assert!(fields[2]["text"].as_str().expect("t").ends_with(" UTC"));
         assert_eq!(fields[3]["text"], "*Environment*\nproduction");
         assert_eq!(blocks[2]["text"]["text"], "api is down");
         let listing = blocks[3]["text"]["text"].as_str().expect("listing");
