@@ -508,6 +508,18 @@ if mode == "grafana":
         if d.get("uid") in uids:
             errors.append(f"{name}: duplicate uid {d.get('uid')}")
         uids.add(d.get("uid"))
+        # Importable anywhere: a datasource variable defaulting to the
+        # provisioned uid, __inputs for the import dialog, job/instance.
+        tvars = {v.get("name"): v for v in d.get("templating", {}).get("list", [])}
+        if tvars.get("datasource", {}).get("type") != "datasource":
+            errors.append(f"{name}: no datasource variable")
+        elif tvars["datasource"].get("current", {}).get("value") != uid:
+            errors.append(f"{name}: the datasource variable does not default to the provisioned {uid}")
+        for v in ("job", "instance"):
+            if v not in tvars:
+                errors.append(f"{name}: no {v} variable")
+        if not any(i.get("type") == "datasource" for i in d.get("__inputs", [])):
+            errors.append(f"{name}: no __inputs datasource")
         ids = [p.get("id") for p in d.get("panels", [])]
         if len(ids) != len(set(ids)):
             errors.append(f"{name}: duplicate panel ids")
@@ -515,8 +527,8 @@ if mode == "grafana":
             title = p.get("title", "?")
             if p.get("type") == "row":
                 continue
-            if p.get("datasource", {}).get("uid") != uid:
-                errors.append(f"{name}/{title}: datasource uid is not the provisioned {uid}")
+            if p.get("datasource", {}).get("uid") != "${datasource}":
+                errors.append(f"{name}/{title}: datasource is not the ${{datasource}} variable")
             targets = p.get("targets", [])
             if not targets:
                 errors.append(f"{name}/{title}: no queries")
