@@ -177,6 +177,13 @@ for bin in "${BINS[@]}"; do
   [[ -x "target/$profile_dir/$bin" ]] || die "target/$profile_dir/$bin missing"
 done
 CLI="$ROOT/target/$profile_dir/opsloop"
+# Test support (opsloop-core's `testing` feature) stays out of the shipped
+# binaries: its messages would be in them as string constants.
+for bin in "${BINS[@]}"; do
+  if grep -q "PostgreSQL for tests is not reachable" "target/$profile_dir/$bin"; then
+    die "target/$profile_dir/$bin contains opsloop-core's test support (built with the testing feature?)"
+  fi
+done
 
 # ------------------------------------------------------------ images --
 begin "images"

@@ -664,7 +664,9 @@ fn production_refuses_the_embedded_defaults_unless_allowed() {
 async fn production_counts_named_tokens_as_tokens() {
     require_rabbitmq().await;
     let db = fresh_postgres().await;
-    opsloop_core::store::migrate_up(&db.db).await.expect("migrate");
+    opsloop_core::store::migrate_up(&db.db)
+        .await
+        .expect("migrate");
     let config = format!(
         "environment = \"production\"\n[database]\nurl = \"{}\"\n[bus]\nkind = \"rabbitmq\"\nurl = \"{}\"\n[api]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n[audit]\nlog_path = \"audit.jsonl\"\n",
         db.url,

@@ -105,3 +105,95 @@ fn the_domain_does_no_io() {
         offences.join("\n")
     );
 }
+
+/// The dependency names of one manifest section kind (`dependencies`,
+/// `dev-dependencies`, `build-dependencies`), read line by line: every
+/// manifest here writes one dependency per line (`name.workspace = true`
+/// or `name = …`).
+fn manifest_dependencies(manifest: &str) -> Vec<(String, String)> {
+    let mut section = String::new();
+    let mut found = Vec::new();
+    for line in manifest.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            section = line.trim_matches(['[', ']']).to_owned();
+            continue;
+        }
+        if !matches!(
+            section.as_str(),
+            "dependencies" | "dev-dependencies" | "build-dependencies"
+        ) || line.is_empty()
+            || line.starts_with('#')
+        {
+            continue;
+        }
+        let name = line
+            .split(['=', '.', ' '])
+            .next()
+            .unwrap_or_default()
+            .trim();
+        if !name.is_empty() {
+            found.push((section.clone(), name.to_owned()));
+        }
+    }
+    found
+}
+
+/// No dependency that no source of its crate names (what `cargo machete`
+/// finds, without installing it): each costs build time on a 2-core
+/// machine. A dependency used only through generated code or a feature is
+/// listed here with the reason.
+#[test]
+fn every_dependency_is_used() {
+    const INDIRECT: [(&str, &str, &str); 1] = [(
+        "crates/core",
+        "tonic-prost",
+        "named only by the generated gRPC code in OUT_DIR",
+    )];
+    let root = workspace_root();
+    let mut unused = Vec::new();
+    for member in [
+        "crates/core",
+        "crates/api",
+        "crates/heartbeat-worker",
+        "crates/alerter",
+        "crates/backup-agent",
+        "crates/cli",
+        "migrations",
+        "tests",
+        "bench",
+    ] {
+        let dir = root.join(member);
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).expect("manifest");
+        let mut files = Vec::new();
+        rust_files(&dir, &mut files);
+        let text: String = files
+            .iter()
+            .map(|path| std::fs::read_to_string(path).expect("readable source"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for (section, name) in manifest_dependencies(&manifest) {
+            if INDIRECT.iter().any(|(m, n, _)| *m == member && *n == name) {
+                continue;
+            }
+            let ident = name.replace('-', "_");
+            let named = [
+                format!("{ident}::"),
+                format!("use {ident}"),
+                format!("{ident}!"),
+                format!("extern crate {ident}"),
+                format!("#[{ident}"),
+            ]
+            .iter()
+            .any(|needle| text.contains(needle.as_str()));
+            if !named {
+                unused.push(format!("{member}: [{section}] {name}"));
+            }
+        }
+    }
+    assert!(
+        unused.is_empty(),
+        "dependencies no source of their crate names (remove them, or list them in INDIRECT with the reason):\n{}",
+        unused.join("\n")
+    );
+}

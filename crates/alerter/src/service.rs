@@ -315,7 +315,7 @@ impl Alerter {
     }
 
     /// Takes in posted alerts (all or none): validated, merged, persisted.
-    /// Answers within [`ACCEPT_WITHIN`] whatever the load: when the writer
+    /// Answers within `ACCEPT_WITHIN` whatever the load: when the writer
     /// is far behind or the commit does not come in time, the caller hears
     /// [`AlerterError::Busy`] (a retry of the same alerts is harmless).
     pub async fn post_alerts(

@@ -176,8 +176,7 @@ async fn a_stock_prometheus_alert_reaches_slack() {
 /// with the same TLS settings and no token is refused (its notification
 /// errors count up, and its alert never reaches the receiver).
 #[tokio::test]
-async fn a_stock_prometheus_over_tls_with_a_bearer_token_is_delivered_and_one_without_is_refused()
-{
+async fn a_stock_prometheus_over_tls_with_a_bearer_token_is_delivered_and_one_without_is_refused() {
     let Some(binary) = prometheus_binary() else {
         eprintln!(
             "SKIPPED: no prometheus binary (install the Debian package `prometheus` \

@@ -316,6 +316,19 @@ pub const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
         ],
     ),
     (
+        "opsloop_incident_time_to_acknowledge_seconds",
+        &[
+            30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0,
+            86400.0, 172800.0,
+        ],
+    ),
+    (
+        "opsloop_incident_time_to_resolve_seconds",
+        &[
+            300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0, 172800.0, 604800.0,
+        ],
+    ),
+    (
         "opsloop_heartbeat_tick_seconds",
         &[
             0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
@@ -448,6 +461,37 @@ pub const METRIC_HELP: &[(&str, MetricKind, &str)] = {
             "opsloop_auth_failures_total",
             C,
             "Calls refused by the access check, by daemon and reason.",
+        ),
+        // alerter: incidents
+        (
+            "opsloop_incidents_opened_total",
+            C,
+            "Incidents opened, by level (P0..P3).",
+        ),
+        (
+            "opsloop_incident_pages_total",
+            C,
+            "Escalation pages sent, by level and target (primary, secondary, everyone, a person).",
+        ),
+        (
+            "opsloop_incident_time_to_acknowledge_seconds",
+            H,
+            "Time from an incident opening to its acknowledgement, by level.",
+        ),
+        (
+            "opsloop_incident_response_breaches_total",
+            C,
+            "Incidents acknowledged after their level's response time, by level.",
+        ),
+        (
+            "opsloop_incident_time_to_resolve_seconds",
+            H,
+            "Time from an incident opening to its resolution, by level.",
+        ),
+        (
+            "opsloop_incident_links_refused_total",
+            C,
+            "Acknowledge/resolve links refused (forged, expired or reused), by reason.",
         ),
         (
             "opsloop_step_claim_statements_total",

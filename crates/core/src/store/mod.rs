@@ -9,6 +9,7 @@
 
 pub mod entities;
 pub mod observe;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 use std::path::PathBuf;

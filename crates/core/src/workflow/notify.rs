@@ -2,7 +2,7 @@
 //! claimable". On PostgreSQL the transactions that make a step claimable
 //! (submit and approve, the completion of a step of a sequential mission, a
 //! retry, the heartbeat's lease recovery) send `NOTIFY opsloop_steps, 'K'`
-//! (see [`notify_sql`]); PostgreSQL delivers it at commit, to every api
+//! (see `notify_sql`); PostgreSQL delivers it at commit, to every api
 //! replica's [`listen`] task, which bumps that replica's [`StepNotifier`]. On
 //! SQLite the api calls [`StepNotifier::notify`] itself after such a change
 //! (one process owns the file). A waiting claim wakes only for its kinds.
