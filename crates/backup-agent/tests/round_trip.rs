@@ -77,6 +77,13 @@ INSERT INTO backups (id, target, kind, status, compression, started_at)
   VALUES (gen_random_uuid(), 'other', 'postgres', 'failed', 'zstd:3', now());
 INSERT INTO api_tokens (id, name, role, secret_sha256, created_at, created_by)
   VALUES (gen_random_uuid(), 'ci', 'agent', repeat('ab', 32), now(), 'bootstrap-admin');
+INSERT INTO incidents (id, title, level, state, group_key, labels, opened_by, opened_at, updated_at)
+  VALUES ('00000000-0000-4000-8000-000000000006', 'api down', 'P1', 'triggered', 'g', '{}', 'alerter', now(), now());
+INSERT INTO incident_groups (group_key, incident_id) VALUES ('g', '00000000-0000-4000-8000-000000000006');
+INSERT INTO incident_log (incident_id, at, kind, actor, detail)
+  VALUES ('00000000-0000-4000-8000-000000000006', now(), 'opened', 'alerter', '{}');
+INSERT INTO incident_link_uses (nonce, incident_id, action, used_at)
+  VALUES ('n1', '00000000-0000-4000-8000-000000000006', 'acknowledge', now());
 ";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
