@@ -76,37 +76,13 @@ impl Api {
     }
 }
 
-/// The canonical name of a gRPC code (`INVALID_ARGUMENT`).
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 fn refused(index: usize, status: &Status) -> pb::SubmitProposalResult {
     pb::SubmitProposalResult {
         index: u32::try_from(index).unwrap_or(u32::MAX),
         proposal: None,
         deduplicated: false,
         error: Some(status.message().to_owned()),
-        error_code: code_name(status.code()).to_owned(),
+        error_code: opsloop_core::grpc::code_name(status.code()).to_owned(),
     }
 }
 
