@@ -39,6 +39,7 @@ use axum::routing::post;
 use opsloop_core::bus::testing::{amqp_url, isolated_settings, queue_name, require_rabbitmq};
 use opsloop_core::bus::{BusMessage, QueueSpec};
 use opsloop_core::store::testing::fresh_postgres;
+use opsloop_core::testing::{eventually, holds, stays};
 use opsloop_e2e::stack::{ADMIN_TOKEN, DAEMONS, Stack};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use serde_json::{Value, json};
@@ -135,23 +136,6 @@ async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
         .expect("a row")
         .try_get_by_index::<i64>(0)
         .expect("a count")
-}
-
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check().await {
-            Ok(()) => return,
-            Err(state) if Instant::now() > deadline => {
-                panic!("{what} did not happen within {timeout:?}: {state}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
 }
 
 const ROUTE: &str = r#"
@@ -309,7 +293,7 @@ async fn post_alert(stack: &Stack, alertname: &str) {
 }
 
 async fn wait_delivered(inbox: &Inbox, alertname: &str) {
-    wait_until(
+    eventually(
         &format!("{alertname} delivered to Slack and Discord"),
         Duration::from_secs(20),
         || async {
@@ -429,7 +413,7 @@ async fn the_whole_stack_survives_kill_9_of_each_daemon() {
             .await
             .expect("emit");
     }
-    wait_until(
+    eventually(
         "a trigger proposal and a reaction proposal",
         Duration::from_secs(20),
         || async {
@@ -455,7 +439,7 @@ async fn the_whole_stack_survives_kill_9_of_each_daemon() {
     // Alert A, delivered and recorded before the alerter is killed.
     post_alert(&stack, "E2eAlertBeforeRestart").await;
     wait_delivered(&inbox, "E2eAlertBeforeRestart").await;
-    wait_until(
+    eventually(
         "alert A in the notification log",
         Duration::from_secs(10),
         || async {
@@ -477,7 +461,7 @@ async fn the_whole_stack_survives_kill_9_of_each_daemon() {
     // kill -9 and restart each daemon in turn while proposals keep coming.
     for (binary, _, _) in DAEMONS {
         let before = scalar(&db.db, "SELECT COUNT(*) FROM proposals").await;
-        wait_until(
+        eventually(
             "proposals flowing before the kill",
             Duration::from_secs(20),
             || async {
@@ -532,7 +516,7 @@ async fn the_whole_stack_survives_kill_9_of_each_daemon() {
 
     // Every mission finishes (steps whose claim died with the api come back
     // after their lease; the restarted heartbeat recovers them).
-    wait_until(
+    eventually(
         "every mission finished",
         Duration::from_secs(30),
         || async {
@@ -622,7 +606,7 @@ async fn the_whole_stack_survives_kill_9_of_each_daemon() {
     );
     // Events keep coming (heartbeat ticks): those older than a second must
     // all have been published by now.
-    wait_until(
+    eventually(
         "every event has its outbox row, published",
         Duration::from_secs(10),
         || async {
@@ -675,7 +659,7 @@ async fn the_whole_stack_survives_kill_9_of_each_daemon() {
         .map(|r| r.try_get_by_index::<String>(0).expect("id"))
         .collect::<std::collections::BTreeSet<String>>()
     };
-    wait_until(
+    eventually(
         "every event seen on the bus",
         Duration::from_secs(20),
         || {
@@ -744,17 +728,39 @@ async fn the_whole_stack_survives_kill_9_of_each_daemon() {
         "one reaction for the one e2e.react event"
     );
 
-    // Notifications: each alert exactly once per receiver, in its shape.
-    // (Give a restarted alerter two group intervals to misbehave.)
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for alert in [
-        "E2eAlertBeforeRestart",
-        "E2eBusAlertWhileDown",
-        "E2eAlertAfterRestart",
-    ] {
-        assert_eq!(inbox.count("/slack", alert), 1, "{alert} to Slack once");
-        assert_eq!(inbox.count("/discord", alert), 1, "{alert} to Discord once");
-    }
+    // Notifications: each alert exactly once per receiver, in its shape,
+    // and still once after two group intervals of a restarted alerter.
+    let each_once = || async {
+        let counts: Vec<(&str, usize, usize)> = [
+            "E2eAlertBeforeRestart",
+            "E2eBusAlertWhileDown",
+            "E2eAlertAfterRestart",
+        ]
+        .into_iter()
+        .map(|alert| {
+            (
+                alert,
+                inbox.count("/slack", alert),
+                inbox.count("/discord", alert),
+            )
+        })
+        .collect();
+        holds(counts.iter().all(|(_, s, d)| *s == 1 && *d == 1), || {
+            format!("(alert, to Slack, to Discord): {counts:?}")
+        })
+    };
+    eventually(
+        "each alert once per receiver",
+        Duration::from_secs(30),
+        each_once,
+    )
+    .await;
+    stays(
+        "each alert once per receiver",
+        Duration::from_secs(2),
+        each_once,
+    )
+    .await;
     for body in inbox.bodies("/slack") {
         assert!(body["text"].is_string(), "Slack payload: {body}");
         assert!(body["blocks"].is_array(), "Slack payload: {body}");

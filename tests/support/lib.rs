@@ -36,6 +36,9 @@ pub struct DaemonProcess {
     pub lines: mpsc::Receiver<String>,
     /// The lines printed before the start line.
     pub early_lines: Vec<String>,
+    /// Lines read by [`DaemonProcess::wait_for_line`], kept for
+    /// [`DaemonProcess::drain_output`].
+    read: std::sync::Mutex<Vec<String>>,
 }
 
 impl DaemonProcess {
@@ -98,6 +101,7 @@ impl DaemonProcess {
                             start_line: json,
                             lines: rx,
                             early_lines: seen,
+                            read: std::sync::Mutex::new(Vec::new()),
                         };
                     }
                     seen.push(line);
@@ -117,11 +121,41 @@ impl DaemonProcess {
     /// Every line the process printed since its start line; after the
     /// process has exited this reads until its output is closed.
     pub fn drain_output(&self) -> String {
-        let mut lines = Vec::new();
+        let mut lines = std::mem::take(&mut *self.read.lock().expect("lines lock"));
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
             lines.push(line);
         }
         lines.join("\n")
+    }
+
+    /// Reads the output until a line satisfies `wanted` and returns it;
+    /// panics after `timeout` naming `what`. Blocking: call it from
+    /// `tokio::task::block_in_place` in async tests. The lines read stay in
+    /// [`DaemonProcess::drain_output`]'s answer.
+    pub fn wait_for_line(
+        &self,
+        what: &str,
+        timeout: Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut read = self.read.lock().expect("lines lock");
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = wanted(&line);
+                    read.push(line.clone());
+                    if found {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line showed {what} within {timeout:?}; output since the start line:\n{}",
+                    read.join("\n")
+                ),
+            }
+        }
     }
 
     /// The `http` address from the start line.

@@ -13,6 +13,7 @@ use opsloop_core::bus::testing::{amqp_url, isolated_settings, require_rabbitmq};
 use opsloop_core::config::BusSettings;
 use opsloop_core::proto::v1 as pb;
 use opsloop_core::store::testing::{fresh_postgres, fresh_sqlite};
+use opsloop_core::testing::{eventually, holds, stays};
 use pb::alert_service_client::AlertServiceClient;
 use serde_json::json;
 
@@ -275,8 +276,12 @@ min_interval_ms = 0
     assert_eq!(bad_silence.code(), tonic::Code::InvalidArgument);
 
     // Nothing was sent twice: two groups, two notifications, plus the test.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(slack.accepted().len(), 3);
+    let three = || async {
+        let n = slack.accepted().len();
+        holds(n == 3, || format!("{n} notifications"))
+    };
+    eventually("three notifications", Duration::from_secs(10), three).await;
+    stays("three notifications", Duration::from_millis(300), three).await;
     stop(app).await;
     db.cleanup().await;
 }
@@ -320,9 +325,16 @@ path = "{}"
                 .expect("publish");
         }
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    stays(
+        "one line, however often the message came",
+        Duration::from_millis(300),
+        || async {
+            let n = common::json_lines(&path).len();
+            holds(n == 1, || format!("{n} lines"))
+        },
+    )
+    .await;
     let lines = common::json_lines(&path);
-    assert_eq!(lines.len(), 1, "once, however often the message came");
     assert_eq!(lines[0]["version"], "4");
     assert_eq!(
         lines[0]["alerts"][0]["labels"]["alertname"],

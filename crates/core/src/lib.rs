@@ -21,5 +21,7 @@ pub mod schedule;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tls;
 pub mod workflow;

@@ -12,6 +12,7 @@ use opsloop_core::bus::testing::{
 };
 use opsloop_core::bus::{Bus, BusMessage, QueueSpec, Subscription};
 use opsloop_core::http::ReadinessCheck;
+use opsloop_core::testing::{holds, stays};
 
 fn message(id: &str, key: &str) -> BusMessage {
     let mut msg = BusMessage::json(id, key, &serde_json::json!({"id": id}));
@@ -205,7 +206,16 @@ async fn broker_outage_loses_nothing_and_readiness_follows() {
             bus.publish(message(&id, "event.tick")).await
         }));
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Publishing waits out the outage: no confirm arrives while it lasts.
+    stays(
+        "no publish confirmed while the broker is cut",
+        Duration::from_millis(700),
+        || async {
+            let finished = publishers.iter().filter(|p| p.is_finished()).count();
+            holds(finished == 0, || format!("{finished} publishes returned"))
+        },
+    )
+    .await;
     proxy.restore();
     for p in publishers {
         p.await

@@ -1,9 +1,10 @@
 //! The submit gates as pure functions over plain data, in DESIGN.md's order:
 //! dedupe (the caller says whether the key is already held) → emergency stop →
-//! toggles → daily caps (in the policy's time zone) → auto_approve. The
-//! workflow reads the policy and counters inside its transaction, asks these
-//! functions, and enforces the cap atomically with a conditional upsert of the
-//! same numbers.
+//! toggles → daily caps (in the policy's time zone) → auto_approve. Split in
+//! two around the one step that needs the database: [`plan`] decides what it
+//! can without counting and names the caps to reserve; the workflow reserves
+//! them atomically (a conditional upsert per cap) and [`finish`] decides.
+//! [`evaluate`] runs the same two functions on counts in memory.
 
 use std::collections::BTreeMap;
 
@@ -79,43 +80,117 @@ pub struct KindGate {
     pub requested: u32,
 }
 
-/// Everything the gates look at.
+/// The emergency stop as the gates see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopState {
+    Released,
+    /// Engaged, with the reason given when it was engaged (if any).
+    Engaged {
+        reason: Option<String>,
+    },
+}
+
+impl StopState {
+    /// The state of a stop that is `engaged` with `reason`.
+    pub fn from_flag(engaged: bool, reason: Option<&str>) -> Self {
+        if engaged {
+            Self::Engaged {
+                reason: reason.map(str::to_owned),
+            }
+        } else {
+            Self::Released
+        }
+    }
+}
+
+/// Everything the gates look at before any daily cap is counted.
 #[derive(Debug, Clone)]
 pub struct GateInput<'a> {
     pub dedupe_key_held: bool,
-    pub emergency_stop: Option<Option<String>>,
+    pub emergency_stop: StopState,
     pub step_kinds: &'a [StepKind],
     pub gates: &'a StepGates,
     /// Toggle key → enabled. A toggle missing here counts as disabled.
     pub toggles: &'a BTreeMap<String, bool>,
-    /// Steps of each capped kind already counted today.
-    pub counts_today: &'a BTreeMap<StepKind, i64>,
     pub auto_approve: &'a AutoApprove,
     pub now: DateTime<Utc>,
 }
 
-/// All the gates at once (used by tests and previews; the workflow calls the
-/// stages itself so the cap is enforced atomically).
-pub fn evaluate(input: &GateInput<'_>) -> Decision {
+/// What the gates decided before counting, or the caps to reserve first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatePlan {
+    /// Decided without counting: a duplicate, a stop or toggle rejection,
+    /// or (no capped kind among the steps) auto-approve's answer.
+    Decided(Decision),
+    /// Reserve each of `caps` on `day`'s counter, in this order (a stable lock
+    /// order), then call [`finish`] with the first refusal, if any.
+    Reserve { day: String, caps: Vec<KindGate> },
+}
+
+/// The gates up to the daily caps, in DESIGN.md's order. The workflow
+/// (`workflow::proposals::judge`) calls this, reserves the caps atomically in
+/// the database, and calls [`finish`]; [`evaluate`] does the same on counts
+/// in memory.
+pub fn plan(input: &GateInput<'_>) -> GatePlan {
     if input.dedupe_key_held {
-        return Decision::Duplicate;
+        return GatePlan::Decided(Decision::Duplicate);
     }
     if let Err(rejection) = check_stop_and_toggles(input) {
-        return Decision::Reject(rejection);
+        return GatePlan::Decided(Decision::Reject(rejection));
     }
-    let day = day_key(input.now, input.gates);
-    for gate in capped_kinds(input.gates, input.step_kinds) {
-        let used = input.counts_today.get(&gate.kind).copied().unwrap_or(0);
-        if let Err(rejection) = check_cap(&gate, used, &day) {
-            return Decision::Reject(rejection);
+    let caps = capped_kinds(input.gates, input.step_kinds);
+    if caps.is_empty() {
+        return GatePlan::Decided(auto_approve(input.auto_approve, input.step_kinds));
+    }
+    GatePlan::Reserve {
+        day: day_key(input.now, input.gates),
+        caps,
+    }
+}
+
+/// The decision once the caps of a [`GatePlan::Reserve`] were reserved
+/// (`refused` is `None`) or one was refused (the first refusal).
+pub fn finish(input: &GateInput<'_>, refused: Option<GateRejection>) -> Decision {
+    match refused {
+        Some(rejection) => Decision::Reject(rejection),
+        None => auto_approve(input.auto_approve, input.step_kinds),
+    }
+}
+
+/// The rejection of a cap whose reservation was refused with `used` counted:
+/// what [`check_cap`] says, or, when a concurrent release made room since
+/// the refusal, the cap as it stood when it was refused.
+pub fn cap_refusal(gate: &KindGate, used: i64, day: &str) -> GateRejection {
+    check_cap(gate, used, day)
+        .err()
+        .unwrap_or_else(|| GateRejection::DailyCap {
+            kind: gate.kind.clone(),
+            cap: gate.cap,
+            used,
+            requested: gate.requested,
+            day: day.to_owned(),
+        })
+}
+
+/// All the gates at once, with today's counts in memory (`counts_today`:
+/// steps of each capped kind already counted): [`plan`], each cap checked
+/// against its count, [`finish`]. Used by the table test and previews.
+pub fn evaluate(input: &GateInput<'_>, counts_today: &BTreeMap<StepKind, i64>) -> Decision {
+    match plan(input) {
+        GatePlan::Decided(decision) => decision,
+        GatePlan::Reserve { day, caps } => {
+            let refused = caps.iter().find_map(|gate| {
+                let used = counts_today.get(&gate.kind).copied().unwrap_or(0);
+                check_cap(gate, used, &day).err()
+            });
+            finish(input, refused)
         }
     }
-    auto_approve(input.auto_approve, input.step_kinds)
 }
 
 /// Emergency stop, then every step kind's toggle.
 pub fn check_stop_and_toggles(input: &GateInput<'_>) -> Result<(), GateRejection> {
-    if let Some(reason) = &input.emergency_stop {
+    if let StopState::Engaged { reason } = &input.emergency_stop {
         return Err(GateRejection::EmergencyStop {
             reason: reason.clone(),
         });
@@ -245,7 +320,8 @@ mod tests {
         struct Case<'a> {
             name: &'a str,
             held: bool,
-            stop: Option<Option<String>>,
+            stop: StopState,
+            plan: &'a str,
             steps: &'a [StepKind],
             toggles: &'a BTreeMap<String, bool>,
             counts: &'a BTreeMap<StepKind, i64>,
@@ -254,8 +330,9 @@ mod tests {
         let cases = [
             Case {
                 name: "dedupe first",
+                plan: "decided",
                 held: true,
-                stop: Some(None),
+                stop: StopState::Engaged { reason: None },
                 steps: &echo,
                 toggles: &on,
                 counts: &zero,
@@ -263,8 +340,11 @@ mod tests {
             },
             Case {
                 name: "stop before toggles",
+                plan: "decided",
                 held: false,
-                stop: Some(Some("budget".into())),
+                stop: StopState::Engaged {
+                    reason: Some("budget".into()),
+                },
                 steps: &post,
                 toggles: &off,
                 counts: &zero,
@@ -272,8 +352,9 @@ mod tests {
             },
             Case {
                 name: "toggle off",
+                plan: "decided",
                 held: false,
-                stop: None,
+                stop: StopState::Released,
                 steps: &post,
                 toggles: &off,
                 counts: &zero,
@@ -281,8 +362,9 @@ mod tests {
             },
             Case {
                 name: "toggle missing = off",
+                plan: "decided",
                 held: false,
-                stop: None,
+                stop: StopState::Released,
                 steps: &post,
                 toggles: &none,
                 counts: &zero,
@@ -290,8 +372,9 @@ mod tests {
             },
             Case {
                 name: "below cap",
+                plan: "reserve",
                 held: false,
-                stop: None,
+                stop: StopState::Released,
                 steps: &post,
                 toggles: &on,
                 counts: &one,
@@ -299,8 +382,9 @@ mod tests {
             },
             Case {
                 name: "at cap boundary",
+                plan: "reserve",
                 held: false,
-                stop: None,
+                stop: StopState::Released,
                 steps: &post,
                 toggles: &on,
                 counts: &two,
@@ -308,8 +392,9 @@ mod tests {
             },
             Case {
                 name: "two steps count twice",
+                plan: "reserve",
                 held: false,
-                stop: None,
+                stop: StopState::Released,
                 steps: &post2,
                 toggles: &on,
                 counts: &one,
@@ -317,8 +402,9 @@ mod tests {
             },
             Case {
                 name: "cap without toggle, then auto-approve not allowed",
+                plan: "reserve",
                 held: false,
-                stop: None,
+                stop: StopState::Released,
                 steps: &capped,
                 toggles: &none,
                 counts: &one,
@@ -326,8 +412,9 @@ mod tests {
             },
             Case {
                 name: "kind not allowed",
+                plan: "decided",
                 held: false,
-                stop: None,
+                stop: StopState::Released,
                 steps: &other,
                 toggles: &none,
                 counts: &zero,
@@ -335,8 +422,9 @@ mod tests {
             },
             Case {
                 name: "allowed",
+                plan: "decided",
                 held: false,
-                stop: None,
+                stop: StopState::Released,
                 steps: &echo,
                 toggles: &none,
                 counts: &zero,
@@ -350,11 +438,15 @@ mod tests {
                 step_kinds: case.steps,
                 gates: &gates,
                 toggles: case.toggles,
-                counts_today: case.counts,
                 auto_approve: &aa,
                 now,
             };
-            let got = match evaluate(&input) {
+            let planned = match plan(&input) {
+                GatePlan::Decided(_) => "decided",
+                GatePlan::Reserve { .. } => "reserve",
+            };
+            assert_eq!(planned, case.plan, "plan: {}", case.name);
+            let got = match evaluate(&input, case.counts) {
                 Decision::Duplicate => "duplicate",
                 Decision::Approve => "approve",
                 Decision::Pending => "pending",
@@ -412,6 +504,10 @@ mod tests {
                 },
             ]
         );
+        // A refused reservation is a daily_cap rejection even when the count
+        // read after the refusal has room again (a concurrent release).
+        let refusal = cap_refusal(&got[1], 0, "2026-11-23");
+        assert_eq!(refusal.reason(), "daily_cap");
         let rejection = check_cap(&got[1], 1, "2026-11-23").expect_err("over");
         assert_eq!(rejection.reason(), "daily_cap");
         assert!(rejection.detail().contains("post_x"));

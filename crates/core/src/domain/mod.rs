@@ -11,7 +11,7 @@ pub mod policy;
 pub mod status;
 
 pub use backoff::{Backoff, retry_delay};
-pub use gate::{Decision, GateInput, GateRejection, KindGate};
+pub use gate::{Decision, GateInput, GatePlan, GateRejection, KindGate, StopState};
 pub use input::{
     DedupeKey, EventKind, JsonDocument, Limits, NewEvent, NewProposal, ProposalSource, StepKind,
     StepSpec, ValidationError,

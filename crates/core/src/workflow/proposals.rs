@@ -2,8 +2,6 @@
 //! stop → toggles → daily caps → auto_approve, in one transaction), manual
 //! approval and rejection, expiry, and reads.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
@@ -19,7 +17,7 @@ use super::{
     load_policy, stmt,
 };
 use crate::audit::{AuditLog, AuditRecord};
-use crate::domain::gate::{self, Decision, GateInput, GateRejection};
+use crate::domain::gate::{self, Decision, GateInput, GatePlan, GateRejection, StopState};
 use crate::domain::input::{NewProposal, StepKind, StepSpec};
 use crate::domain::status::{MissionStatus, ProposalStatus, StepStatus};
 use crate::store::entities::{audit_events, mission_steps, missions, proposals};
@@ -265,27 +263,31 @@ fn judge_uncapped(
     kinds: &[StepKind],
     now: DateTime<Utc>,
 ) -> Option<Decision> {
-    let no_counts = BTreeMap::new();
-    let input = GateInput {
+    match gate::plan(&gate_input(policy, kinds, now)) {
+        GatePlan::Decided(decision) => Some(decision),
+        GatePlan::Reserve { .. } => None,
+    }
+}
+
+/// The gates' view of a submit under `policy` (the dedupe key is checked
+/// before the gates run, by the statement that writes the proposal).
+fn gate_input<'a>(
+    policy: &'a PolicySnapshot,
+    kinds: &'a [StepKind],
+    now: DateTime<Utc>,
+) -> GateInput<'a> {
+    GateInput {
         dedupe_key_held: false,
-        emergency_stop: policy
-            .emergency_stop
-            .engaged
-            .then(|| policy.emergency_stop.reason.clone()),
+        emergency_stop: StopState::from_flag(
+            policy.emergency_stop.engaged,
+            policy.emergency_stop.reason.as_deref(),
+        ),
         step_kinds: kinds,
         gates: &policy.step_gates,
         toggles: &policy.toggles,
-        counts_today: &no_counts,
         auto_approve: &policy.auto_approve,
         now,
-    };
-    if let Err(rejection) = gate::check_stop_and_toggles(&input) {
-        return Some(Decision::Reject(rejection));
     }
-    if !gate::capped_kinds(&policy.step_gates, kinds).is_empty() {
-        return None;
-    }
-    Some(gate::auto_approve(&policy.auto_approve, kinds))
 }
 
 enum Written {
@@ -675,27 +677,14 @@ async fn judge(
     kinds: &[StepKind],
     now: DateTime<Utc>,
 ) -> Result<Decision> {
-    let no_counts = BTreeMap::new();
-    let input = GateInput {
-        dedupe_key_held: false,
-        emergency_stop: policy
-            .emergency_stop
-            .engaged
-            .then(|| policy.emergency_stop.reason.clone()),
-        step_kinds: kinds,
-        gates: &policy.step_gates,
-        toggles: &policy.toggles,
-        counts_today: &no_counts,
-        auto_approve: &policy.auto_approve,
-        now,
+    let input = gate_input(policy, kinds, now);
+    let (day, caps) = match gate::plan(&input) {
+        GatePlan::Decided(decision) => return Ok(decision),
+        GatePlan::Reserve { day, caps } => (day, caps),
     };
-    if let Err(rejection) = gate::check_stop_and_toggles(&input) {
-        return Ok(Decision::Reject(rejection));
-    }
-    let day = gate::day_key(now, &policy.step_gates);
     let backend = tx.get_database_backend();
     let mut reserved: Vec<(StepKind, u32)> = Vec::new();
-    for capped in gate::capped_kinds(&policy.step_gates, kinds) {
+    for capped in caps {
         let added = if capped.requested > capped.cap {
             0
         } else {
@@ -719,21 +708,12 @@ async fn judge(
             for (kind, n) in reserved {
                 release(tx, &kind, &day, n).await?;
             }
-            let rejection =
-                gate::check_cap(&capped, used, &day)
-                    .err()
-                    .unwrap_or(GateRejection::DailyCap {
-                        kind: capped.kind.clone(),
-                        cap: capped.cap,
-                        used,
-                        requested: capped.requested,
-                        day: day.clone(),
-                    });
-            return Ok(Decision::Reject(rejection));
+            let refusal = gate::cap_refusal(&capped, used, &day);
+            return Ok(gate::finish(&input, Some(refusal)));
         }
         reserved.push((capped.kind.clone(), capped.requested));
     }
-    Ok(gate::auto_approve(&policy.auto_approve, kinds))
+    Ok(gate::finish(&input, None))
 }
 
 async fn count_for(tx: &impl ConnectionTrait, kind: &StepKind, day: &str) -> Result<i64> {
