@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use opsloop_core::store::testing::fresh_postgres;
+use opsloop_core::testing::eventually;
 use opsloop_e2e::DaemonProcess;
 use sea_orm::{ConnectionTrait, Statement};
 
@@ -55,18 +56,15 @@ async fn wait_for(
     timeout: Duration,
     pred: impl Fn(&[(String, String)]) -> bool,
 ) -> Vec<(String, String)> {
-    let deadline = Instant::now() + timeout;
-    loop {
+    eventually(what, timeout, || async {
         let rows = leaders(db).await;
         if pred(&rows) {
-            return rows;
+            Ok(rows)
+        } else {
+            Err(format!("{rows:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {timeout:?}: {rows:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -254,22 +254,6 @@ fn with(env: &[(String, String)], extra: &[(&str, &str)]) -> Vec<(String, String
     env
 }
 
-async fn wait_broker(stack: &Stack, want: u16) {
-    let url = format!("{}/readyz", stack.http_url("opsloop-api"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, body) = opsloop_e2e::get(&url, Duration::from_secs(5)).await;
-        if status == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "api /readyz stayed {status}, not {want}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn operator_scripts_against_a_live_stack() {
     let started = Instant::now();
@@ -466,7 +450,8 @@ async fn operator_scripts_against_a_live_stack() {
 
     // NO-GO: the broker connection is down and the daemons reconnect.
     proxy.cut();
-    wait_broker(&stack, 503).await;
+    let readyz = format!("{}/readyz", stack.http_url("opsloop-api"));
+    opsloop_e2e::wait_for_status(&readyz, 503, Duration::from_secs(20)).await;
     let run = script("go_no_go.sh", &["--release-check-log", &log], &quick).await;
     proxy.restore();
     assert_eq!(run.code, 1, "{}", run.all());

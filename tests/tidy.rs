@@ -197,3 +197,40 @@ fn every_dependency_is_used() {
         unused.join("\n")
     );
 }
+
+/// Sleeps in test code, counted so that they only ever go down: a test that
+/// waits for something polls it with `opsloop_core::testing::eventually`, one
+/// that asserts nothing happens says so with `stays`. The ones left are
+/// receivers told to be slow and polling loops not yet folded into
+/// `eventually`; lower the limit when you remove some.
+const TEST_SLEEPS_LIMIT: usize = 42;
+
+#[test]
+fn test_sleeps_only_go_down() {
+    let root = workspace_root();
+    let mut files = Vec::new();
+    for dir in ["crates", "tests", "migrations"] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    let helper = root.join("crates/core/src/testing.rs");
+    let mut found = Vec::new();
+    for path in files {
+        let in_tests = path.components().any(|c| c.as_os_str() == "tests");
+        if !in_tests || path == helper {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("readable source");
+        for (n, line) in text.lines().enumerate() {
+            if line.contains("sleep(") && !line.trim_start().starts_with("//") {
+                found.push(format!("{}:{}", path.display(), n + 1));
+            }
+        }
+    }
+    assert!(
+        found.len() <= TEST_SLEEPS_LIMIT,
+        "{} sleeps in tests, more than the limit of {TEST_SLEEPS_LIMIT}: wait with \
+         opsloop_core::testing::eventually (or assert quiet with stays) instead:\n{}",
+        found.len(),
+        found.join("\n")
+    );
+}
