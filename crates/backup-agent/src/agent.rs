@@ -3,7 +3,7 @@
 //! per-target lease while a backup runs, and reports every outcome as a
 //! `backup.*` event, an `alert.*` when something needs a human, and metrics.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -125,6 +125,8 @@ pub struct Agent {
     store: Arc<dyn BackupStore>,
     clock: Arc<dyn Clock>,
     tools: Option<Tools>,
+    /// Targets with their own client tools (`targets[].pg_dump_path`).
+    target_tools: BTreeMap<String, Tools>,
     holder: String,
     running: Mutex<HashSet<String>>,
     stale: Mutex<HashSet<String>>,
@@ -146,14 +148,35 @@ impl Agent {
             .targets
             .iter()
             .any(|t| t.kind == TargetKind::Postgres);
+        let needs_global_tools = deps.config.targets.iter().any(|t| {
+            t.kind == TargetKind::Postgres
+                && (t.pg_dump_path.is_none() || t.pg_restore_path.is_none())
+        });
         let tools = match Tools::locate(
             settings.pg_dump_path.as_deref(),
             settings.pg_restore_path.as_deref(),
         ) {
             Ok(tools) => Some(tools),
-            Err(error) if needs_tools => return Err(error.into()),
+            Err(error) if needs_tools && needs_global_tools => return Err(error.into()),
             Err(_) => None,
         };
+        let mut target_tools = BTreeMap::new();
+        for target in &deps.config.targets {
+            if target.kind != TargetKind::Postgres
+                || (target.pg_dump_path.is_none() && target.pg_restore_path.is_none())
+            {
+                continue;
+            }
+            let pg_dump = target
+                .pg_dump_path
+                .as_deref()
+                .or(settings.pg_dump_path.as_deref());
+            let pg_restore = target
+                .pg_restore_path
+                .as_deref()
+                .or(settings.pg_restore_path.as_deref());
+            target_tools.insert(target.name.clone(), Tools::locate(pg_dump, pg_restore)?);
+        }
         let watching_since = deps.clock.now();
         Ok(Arc::new(Self {
             config: deps.config,
@@ -164,6 +187,7 @@ impl Agent {
             store: deps.store,
             clock: deps.clock,
             tools,
+            target_tools,
             holder: format!(
                 "{SERVICE}-{}-{}",
                 std::process::id(),
@@ -222,10 +246,63 @@ impl Agent {
         Ok(url.with_password(self.password(target)?))
     }
 
-    fn restorer(&self) -> Restorer {
+    /// The client tools for `target`: its own, else the global ones.
+    fn tools_for(&self, target: &str) -> Option<&Tools> {
+        self.target_tools.get(target).or(self.tools.as_ref())
+    }
+
+    /// Compares each PostgreSQL target's server version with its `pg_dump`
+    /// and logs one error line per target that cannot be dumped (the same
+    /// check runs before every backup, which then fails with that line). An
+    /// unreachable target is only a warning here: it may come up later.
+    pub async fn check_client_versions(&self) {
+        for target in &self.config.targets {
+            if target.kind != TargetKind::Postgres {
+                continue;
+            }
+            let Some(tools) = self.tools_for(&target.name) else {
+                continue;
+            };
+            let server = async {
+                let url = self.pg_url(target).map_err(|e| e.to_string())?;
+                let label = url.without_password();
+                let conn = crate::db::connect_one(&url.connection_string(), &label)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let version = crate::db::scalar_string(&conn, &label, "SHOW server_version")
+                    .await
+                    .map_err(|e| e.to_string());
+                let _ = conn.close().await;
+                version
+            };
+            let server_version = match tokio::time::timeout(Duration::from_secs(10), server).await {
+                Ok(Ok(version)) => version,
+                Ok(Err(error)) => {
+                    tracing::warn!(target = %target.name, %error, "cannot read the server version at start; checked again before each backup");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(target = %target.name, "no answer for the server version within 10 s; checked again before each backup");
+                    continue;
+                }
+            };
+            let checked = match pipeline::tool_version("pg_dump", &tools.pg_dump).await {
+                Ok(line) => pipeline::check_client_version("pg_dump", &line, &server_version),
+                Err(error) => Err(error),
+            };
+            match checked {
+                Ok(()) => {
+                    tracing::info!(target = %target.name, server_version = %server_version, "pg_dump can dump this server")
+                }
+                Err(error) => tracing::error!(target = %target.name, "{error}"),
+            }
+        }
+    }
+
+    fn restorer(&self, target: &str) -> Restorer {
         Restorer {
             store: self.store.clone(),
-            tools: self.tools.clone(),
+            tools: self.tools_for(target).cloned(),
             jobs: self.config.settings.verify.jobs,
             timeout: self.config.verify_timeout(),
             secrets: self.secrets.clone(),
@@ -476,13 +553,12 @@ impl Agent {
         let timeout = self.config.dump_timeout();
         let dumped: Dumped = match target.kind {
             TargetKind::Postgres => {
-                let tools = self
-                    .tools
-                    .as_ref()
-                    .ok_or_else(|| PipelineError::ToolMissing {
-                        tool: "pg_dump",
-                        detail: "not located at start".into(),
-                    })?;
+                let tools =
+                    self.tools_for(&target.name)
+                        .ok_or_else(|| PipelineError::ToolMissing {
+                            tool: "pg_dump",
+                            detail: "not located at start".into(),
+                        })?;
                 pipeline::dump_postgres(tools, &self.pg_url(target)?, upload, &encoding, timeout)
                     .await?
             }
@@ -604,7 +680,9 @@ impl Agent {
                     (Some(target), "postgres") => Some(self.scratch_url(target)?),
                     _ => None,
                 };
-                self.restorer().verify(&manifest, scratch.as_ref()).await
+                self.restorer(&row.target)
+                    .verify(&manifest, scratch.as_ref())
+                    .await
             }
             None => VerifyReport {
                 passed: false,
@@ -729,7 +807,10 @@ impl Agent {
             AgentError::RestoreFailed(format!("manifest of {id} is missing from the store"))
         })?;
         let redacted = crate::verify::redact(target_url);
-        let outcome = self.restorer().restore(&manifest, target_url, force).await;
+        let outcome = self
+            .restorer(&row.target)
+            .restore(&manifest, target_url, force)
+            .await;
         let (result, reason) = match &outcome {
             Ok(report) => (
                 json!({"outcome": "restored", "duration_ms": report.duration.as_millis() as u64, "row_counts": report.row_counts}),

@@ -104,6 +104,9 @@ impl BackupApp {
         {
             let agent = self.agent.clone();
             let shutdown = shutdown.clone();
+            // The version check logs only; it must not hold up recovery.
+            let checker = agent.clone();
+            tokio::spawn(async move { checker.check_client_versions().await });
             tasks.spawn(async move {
                 if let Err(error) = agent.recover().await {
                     tracing::error!(%error, "recovering interrupted backups failed");

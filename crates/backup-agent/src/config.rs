@@ -233,7 +233,7 @@ impl S3Settings {
 }
 
 /// One database to back up.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TargetSettings {
     /// Name in object keys, rows and metrics (letters, digits, `-`, `_`).
@@ -243,6 +243,13 @@ pub struct TargetSettings {
     pub url: String,
     /// Secret holding the database password (never put on argv).
     pub password_secret: Option<String>,
+    /// This target's `pg_dump` (a server of a newer major version than
+    /// `backup.pg_dump_path` needs its own client); absent: the global one.
+    #[serde(default)]
+    pub pg_dump_path: Option<PathBuf>,
+    /// This target's `pg_restore`; absent: `backup.pg_restore_path`.
+    #[serde(default)]
+    pub pg_restore_path: Option<PathBuf>,
 }
 
 /// A set of directories backed up together.
@@ -359,6 +366,10 @@ pub struct Target {
     pub password_secret: Option<String>,
     /// The directories of a directory set; empty for a database.
     pub paths: Vec<PathBuf>,
+    /// Client tools of this target (PostgreSQL only), overriding the global
+    /// `backup.pg_dump_path` / `backup.pg_restore_path`.
+    pub pg_dump_path: Option<PathBuf>,
+    pub pg_restore_path: Option<PathBuf>,
 }
 
 fn check_name(key: &str, name: &str, taken: &[Target]) -> Result<(), SettingsError> {
@@ -438,6 +449,7 @@ impl BackupConfig {
                 name: "opsloop".into(),
                 url: default_url.to_owned(),
                 password_secret: None,
+                ..Default::default()
             }]
         } else {
             settings.targets.clone()
@@ -452,12 +464,22 @@ impl BackupConfig {
                     "must start with postgres:// or sqlite:",
                 )
             })?;
+            if kind != TargetKind::Postgres
+                && (t.pg_dump_path.is_some() || t.pg_restore_path.is_some())
+            {
+                return Err(invalid(
+                    &format!("{key}.pg_dump_path"),
+                    "client tool paths apply to postgres:// targets only",
+                ));
+            }
             targets.push(Target {
                 name: t.name,
                 kind,
                 url: t.url,
                 password_secret: t.password_secret,
                 paths: Vec::new(),
+                pg_dump_path: t.pg_dump_path,
+                pg_restore_path: t.pg_restore_path,
             });
         }
         for (i, d) in settings.directories.iter().enumerate() {
@@ -475,6 +497,8 @@ impl BackupConfig {
                 url: String::new(),
                 password_secret: None,
                 paths: d.paths.clone(),
+                pg_dump_path: None,
+                pg_restore_path: None,
             });
         }
         Ok(Self {
@@ -621,6 +645,7 @@ mod tests {
                         name: "x".into(),
                         url: "mysql://db".into(),
                         password_secret: None,
+                        ..Default::default()
                     }]
                 }),
             ),
@@ -649,6 +674,7 @@ mod tests {
                         name: "../etc".into(),
                         url: "sqlite://x.db".into(),
                         password_secret: None,
+                        ..Default::default()
                     }]
                 }),
             ),

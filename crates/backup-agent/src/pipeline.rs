@@ -51,6 +51,17 @@ pub enum PipelineError {
         after: Duration,
         stderr_tail: String,
     },
+    #[error(
+        "{tool} {tool_version} is older than the server (PostgreSQL {server_version}) and cannot dump it: \
+         install the PostgreSQL {server_major} client or newer and set backup.{tool}_path \
+         (or the target's {tool}_path)"
+    )]
+    ClientTooOld {
+        tool: &'static str,
+        tool_version: String,
+        server_version: String,
+        server_major: String,
+    },
     #[error("streaming into the store: {0}")]
     Stream(std::io::Error),
     #[error(transparent)]
@@ -420,6 +431,64 @@ pub struct Dumped {
     pub files: Option<FileStats>,
 }
 
+/// A PostgreSQL major version from a version string: `15` of `15.19 (Debian
+/// 15.19-0+deb12u1)` or of `pg_dump (PostgreSQL) 15.20`, `16` of `16beta1`,
+/// `9.6` of `9.6.24` (before 10 the major had two parts).
+pub fn postgres_major(version: &str) -> Option<(u32, u32)> {
+    let text = version.rsplit_once(") ").map_or(version, |(_, v)| v);
+    let text = text.trim_start_matches(|c: char| !c.is_ascii_digit());
+    let mut parts = text.split(|c: char| !c.is_ascii_digit());
+    let first: u32 = parts.next()?.parse().ok()?;
+    if first >= 10 {
+        return Some((first, 0));
+    }
+    let second: u32 = parts.next()?.parse().ok()?;
+    Some((first, second))
+}
+
+fn major_text((major, minor): (u32, u32)) -> String {
+    if major >= 10 {
+        major.to_string()
+    } else {
+        format!("{major}.{minor}")
+    }
+}
+
+/// `pg_dump` refuses a server of a newer major version than its own: checked
+/// before each dump (and at start) so the failure is one line naming both
+/// versions and the fix. An unparsable version is let through: `pg_dump`
+/// itself then has the last word.
+pub fn check_client_version(
+    tool: &'static str,
+    tool_version_line: &str,
+    server_version: &str,
+) -> Result<(), PipelineError> {
+    let (Some(client), Some(server)) = (
+        postgres_major(tool_version_line),
+        postgres_major(server_version),
+    ) else {
+        return Ok(());
+    };
+    if client >= server {
+        return Ok(());
+    }
+    let tool_version = tool_version_line
+        .rsplit_once(") ")
+        .map_or(tool_version_line, |(_, v)| v)
+        .to_owned();
+    let server_version = server_version
+        .split_whitespace()
+        .next()
+        .unwrap_or(server_version)
+        .to_owned();
+    Err(PipelineError::ClientTooOld {
+        tool,
+        tool_version,
+        server_version,
+        server_major: major_text(server),
+    })
+}
+
 /// Dumps a PostgreSQL database into `upload`: rows counted and `pg_dump -Fc`
 /// run in one exported snapshot, so the counts describe exactly the dump.
 pub async fn dump_postgres(
@@ -445,6 +514,7 @@ pub async fn dump_postgres(
         .map_err(db_error)?;
     let snapshot = db::scalar_string(&txn, &label, "SELECT pg_export_snapshot()").await?;
     let server_version = db::scalar_string(&txn, &label, "SHOW server_version").await?;
+    check_client_version("pg_dump", &pg_dump_version, &server_version)?;
     let row_counts = db::row_counts(&txn, &label).await?;
 
     let passfile = match url.password() {
@@ -591,6 +661,55 @@ async fn commit(upload: Box<dyn ObjectUpload>) -> Result<(), PipelineError> {
         .await
         .map_err(|e| PipelineError::Stream(std::io::Error::other(e.to_string())))??;
     Ok(())
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    #[test]
+    fn majors_parse_from_tools_and_servers() {
+        let table = [
+            ("pg_dump (PostgreSQL) 15.20", Some((15, 0))),
+            ("15.19 (Debian 15.19-0+deb12u1)", Some((15, 0))),
+            (
+                "pg_dump (PostgreSQL) 17.2 (Debian 17.2-1.pgdg120+1)",
+                Some((17, 0)),
+            ),
+            ("16beta1", Some((16, 0))),
+            ("9.6.24", Some((9, 6))),
+            ("pg_dump (PostgreSQL) 9.6.24", Some((9, 6))),
+            ("", None),
+            ("unknown", None),
+        ];
+        for (text, expected) in table {
+            assert_eq!(postgres_major(text), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn an_older_pg_dump_is_refused_with_both_versions_and_the_fix() {
+        assert!(
+            check_client_version("pg_dump", "pg_dump (PostgreSQL) 15.20", "15.19 (Debian)").is_ok()
+        );
+        assert!(check_client_version("pg_dump", "pg_dump (PostgreSQL) 17.2", "15.19").is_ok());
+        assert!(check_client_version("pg_dump", "pg_dump (PostgreSQL) 10.1", "9.6.24").is_ok());
+        assert!(check_client_version("pg_dump", "something odd", "16.1").is_ok());
+        let error = check_client_version("pg_dump", "pg_dump (PostgreSQL) 15.20", "16.4 (Ubuntu)")
+            .expect_err("15 cannot dump 16");
+        assert_eq!(
+            error.to_string(),
+            "pg_dump 15.20 is older than the server (PostgreSQL 16.4) and cannot dump it: \
+             install the PostgreSQL 16 client or newer and set backup.pg_dump_path \
+             (or the target's pg_dump_path)"
+        );
+        let error = check_client_version("pg_dump", "pg_dump (PostgreSQL) 9.5.3", "9.6.24")
+            .expect_err("9.5 cannot dump 9.6");
+        assert!(
+            error.to_string().contains("PostgreSQL 9.6 client"),
+            "{error}"
+        );
+    }
 }
 
 #[cfg(test)]

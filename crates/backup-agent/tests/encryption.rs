@@ -47,6 +47,7 @@ fn agent_with(
             name: "embedded".into(),
             url: url.to_owned(),
             password_secret: None,
+            ..Default::default()
         }],
         store_dir: h.dir.path().join("backups"),
         ..BackupSettings::default()

@@ -1,7 +1,8 @@
 //! Backups that go wrong: a hanging `pg_dump` is killed with its process
 //! group and reported; a dump that dies mid-stream and a crashed agent's
 //! partial upload never become backups and are swept; a missing `pg_dump` is
-//! a clear error at start; one backup at a time per target.
+//! a clear error at start; a `pg_dump` older than the server is refused before
+//! it runs, naming both versions; one backup at a time per target.
 
 mod common;
 
@@ -343,5 +344,87 @@ async fn a_missing_pg_dump_is_a_clear_error_at_start() {
             Some(missing.clone()))
         .is_ok()
     );
+    db.cleanup().await;
+}
+
+/// The `pg_dump` on PATH (the real client the other tests use).
+fn real_pg_dump() -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("pg_dump"))
+        .find(|p| p.is_file())
+        .expect("pg_dump on PATH: apt-get install postgresql-client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pg_dump_older_than_the_server_fails_with_both_versions_and_a_target_can_have_its_own() {
+    let db = fresh_postgres().await;
+    let tools = tempfile::tempdir().expect("tempdir");
+    // A client one major version behind the server: it must never run.
+    let ran = tools.path().join("ran");
+    let old = script(
+        tools.path(),
+        "pg_dump",
+        &format!(
+            r#"case "$1" in --version) echo "pg_dump (PostgreSQL) 9.6.24"; exit 0;; esac
+touch {}
+exit 1"#,
+            ran.display()
+        ),
+    );
+    let real = real_pg_dump();
+    let h = harness(
+        &db,
+        vec![("legacy", db.url.clone()), ("modern", db.url.clone())],
+        |s| {
+            s.pg_dump_path = Some(old.clone());
+            s.targets[1].pg_dump_path = Some(real.clone());
+        },
+    )
+    .expect("agent");
+
+    let row = h
+        .agent
+        .run_backup(Some("legacy"), true)
+        .await
+        .expect("runs");
+    assert_eq!(row.status, status::FAILED);
+    let error = row.error.unwrap_or_default();
+    let server_major = {
+        let version: String = sea_orm::ConnectionTrait::query_one_raw(
+            &db.db,
+            sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SHOW server_version".to_owned(),
+            ),
+        )
+        .await
+        .expect("query")
+        .expect("row")
+        .try_get_by_index(0)
+        .expect("version");
+        version.split('.').next().unwrap_or_default().to_owned()
+    };
+    assert!(
+        error.contains("pg_dump 9.6.24 is older than the server (PostgreSQL ")
+            && error.contains(&format!(
+                "install the PostgreSQL {server_major} client or newer"
+            ))
+            && error.contains("backup.pg_dump_path"),
+        "{error}"
+    );
+    assert!(!ran.exists(), "the old pg_dump was never run to dump");
+    assert!(
+        h.store.manifests().await.expect("list").is_empty(),
+        "nothing stored"
+    );
+
+    // The target with its own (current) client is backed up as usual.
+    let row = h
+        .agent
+        .run_backup(Some("modern"), true)
+        .await
+        .expect("runs");
+    assert_eq!(row.status, status::COMPLETED, "{:?}", row.error);
     db.cleanup().await;
 }

@@ -89,6 +89,7 @@ pub fn harness(
                 name: name.to_owned(),
                 url,
                 password_secret: None,
+                ..Default::default()
             })
             .collect(),
         store_dir: dir.path().join("backups"),
