@@ -340,17 +340,20 @@ wait_healthy "$HEALTH_TIMEOUT"
 up_to_healthy=$(($(date +%s) - up_started))
 log "all services healthy ${up_to_healthy}s after up"
 
-mem_of() { # service → memory in MiB (docker stats)
-  docker stats --no-stream --format '{{.MemUsage}}' "$(container_of "$1")" |
-    awk '{v=$1; u=v; gsub(/[0-9.]/,"",u); gsub(/[^0-9.]/,"",v);
-          if (u=="GiB") v*=1024; else if (u=="KiB") v/=1024; else if (u=="B") v/=1048576;
-          printf "%.1f", v}'
+mem_of() { # services... → one "service=N.NMiB" line each, from one `docker stats`
+  local svc id usage ids=()
+  local -A usage_of=()
+  for svc in "$@"; do ids+=("$(container_of "$svc")"); done
+  while read -r id usage; do usage_of[$id]=$usage; done < <(docker stats --no-stream --format '{{.ID}} {{.MemUsage}}' "${ids[@]}")
+  for svc in "$@"; do
+    id=$(container_of "$svc")
+    awk -v s="$svc" -v v="${usage_of[$id]:-?}" 'BEGIN {u=v; sub(/ .*/,"",u); n=u; gsub(/[0-9.]/,"",u); gsub(/[^0-9.]/,"",n);
+          if (u=="GiB") n*=1024; else if (u=="KiB") n/=1024; else if (u=="B") n/=1048576;
+          printf "%s=%.1fMiB\n", s, n}'
+  done
 }
 sleep 5
-idle_mem=()
-for svc in "${DAEMONS[@]}" postgres rabbitmq "${MONITORING[@]}"; do
-  idle_mem+=("$svc=$(mem_of "$svc")MiB")
-done
+mapfile -t idle_mem < <(mem_of "${DAEMONS[@]}" postgres rabbitmq "${MONITORING[@]}")
 log "idle memory: ${idle_mem[*]}"
 
 # ------------------------------------------------------------- smoke --
@@ -766,10 +769,7 @@ for r in json.load(open(sys.argv[1])):
 print("compose_e2e: received " + ", ".join(f"{k}×{v}" for k, v in sorted(got.items())))
 PY
 log "exactly once: $LOAD proposals → $LOAD missions, steps, events (steps retried: $retried_n); outbox drained, queues empty; notifications slack=$slack_n discord=$discord_n, none duplicated"
-load_mem=()
-for svc in "${DAEMONS[@]}"; do
-  load_mem+=("$svc=$(mem_of "$svc")MiB")
-done
+mapfile -t load_mem < <(mem_of "${DAEMONS[@]}")
 
 # ------------------------------------------------------------ backup --
 begin "backup, verify, restore"
