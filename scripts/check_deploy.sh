@@ -2,15 +2,19 @@
 # Static checks of the deployment files, each by the tool that knows the
 # format (no Docker engine, no build):
 #   compose     docker-compose 1.29 `config -q`, with and without the
-#               `monitoring` profile; services, ports, health probes and
-#               mounted paths agree; opsloop.toml keys exist in the code
+#               `monitoring` profile, and with the e2e override; services,
+#               ports, health probes and mounted paths agree; the exporters
+#               read the host read-only and PostgreSQL's password from a
+#               secret; opsloop.toml keys exist in the code
 #   docker      Dockerfiles: stages, COPY sources, every workspace member and
 #               binary covered by the dependency layer
 #   systemd     `systemd-analyze verify` of every unit under a scratch root
 #               whose /usr/local/bin holds only the binaries Cargo builds;
 #               `systemd-analyze security --offline=yes` (report kept in
 #               docs/systemd-security.txt, fails above SECURITY_THRESHOLD)
-#   prometheus  `promtool check config`, `check rules`, `test rules`
+#   prometheus  `promtool check config`, `check rules` (and the e2e forced
+#               alert's rule file), `test rules`; every daemon and exporter
+#               of the monitoring profile is a scrape target
 #   grafana     JSON, provisioning, and every panel query names a metric the
 #               daemons export (or a recording rule)
 #   docs        every alert has its section in docs/monitoring.md (the
@@ -73,6 +77,11 @@ check_compose() {
   else
     say "$out"; fail "compose: docker-compose config -q (profile monitoring)"
   fi
+  if out=$(COMPOSE_PROFILES=monitoring docker-compose -f "$file" -f deploy/compose/docker-compose.e2e.yml config -q 2>&1); then
+    pass "compose: config -q (e2e override, profile monitoring)"
+  else
+    say "$out"; fail "compose: docker-compose config -q (e2e override)"
+  fi
   docker-compose -f "$file" config >"$work/compose.yml" 2>/dev/null
   COMPOSE_PROFILES=monitoring docker-compose -f "$file" config >"$work/compose-monitoring.yml" 2>/dev/null
   if out=$("$PY" - "$work/compose.yml" "$work/compose-monitoring.yml" "$ROOT" <<'PY' 2>&1
@@ -82,10 +91,11 @@ mon = yaml.safe_load(open(sys.argv[2]))
 root = sys.argv[3]
 errors = []
 want = {"postgres", "rabbitmq", "migrate", "api", "heartbeat-worker", "alerter", "backup-agent"}
+monitoring = {"prometheus", "grafana", "node-exporter", "postgres-exporter"}
 # docker-compose 1.29's `config` lists every service whatever the profile:
 # the profile membership is checked on the service itself.
-if set(mon["services"]) != want | {"prometheus", "grafana"}:
-    errors.append(f"services {sorted(mon['services'])} != {sorted(want | {'prometheus', 'grafana'})}")
+if set(mon["services"]) != want | monitoring:
+    errors.append(f"services {sorted(mon['services'])} != {sorted(want | monitoring)}")
 for name, svc in mon["services"].items():
     profiles = svc.get("profiles", [])
     if name in want and profiles:
@@ -121,6 +131,35 @@ for name, svc in mon["services"].items():
     r = str(svc.get("restart", "no"))
     if not re.fullmatch(r"no|always|unless-stopped|on-failure(:\d+)?", r):
         errors.append(f"{name}: restart policy {r!r} is not one the engine knows")
+# The exporters: node-exporter sees the host only through read-only mounts;
+# postgres-exporter's password is a secret file, never in the environment.
+# Third-party images are variables with the official image as default.
+ne = mon["services"]["node-exporter"]
+for v in ne.get("volumes", []):
+    spec = v if isinstance(v, str) else f'{v.get("source")}:{v.get("target")}:{"ro" if v.get("read_only") else "rw"}'
+    if not spec.split(":")[-1].split(",")[0] == "ro":
+        errors.append(f"node-exporter: volume {spec} is not read-only")
+for flag in ("--path.procfs=/host/proc", "--path.sysfs=/host/sys", "--path.rootfs=/host/root"):
+    if flag not in ne.get("command", []):
+        errors.append(f"node-exporter: no {flag}")
+pe = mon["services"]["postgres-exporter"]
+pe_env = pe.get("environment", {})
+if pe_env.get("DATA_SOURCE_PASS_FILE") != "/run/secrets/postgres_password":
+    errors.append("postgres-exporter: DATA_SOURCE_PASS_FILE must be /run/secrets/postgres_password")
+for key in ("DATA_SOURCE_NAME", "DATA_SOURCE_PASS"):
+    if key in pe_env:
+        errors.append(f"postgres-exporter: {key} would put the password in the environment")
+for name in ("node-exporter", "postgres-exporter"):
+    if mon["services"][name].get("ports"):
+        errors.append(f"{name}: publishes ports (Prometheus reaches it on the compose network)")
+    for key in ("restart", "mem_limit", "cpus", "healthcheck"):
+        if key not in mon["services"][name]:
+            errors.append(f"{name}: no {key}")
+compose_src = open(os.path.join(root, "deploy/compose/docker-compose.yml")).read()
+for var, default in (("NODE_EXPORTER_IMAGE", "prom/node-exporter:"),
+                     ("POSTGRES_EXPORTER_IMAGE", "prometheuscommunity/postgres-exporter:")):
+    if not re.search(rf"image: \$\{{{var}:-{re.escape(default)}[^}}]+\}}", compose_src):
+        errors.append(f"docker-compose.yml: image must be ${{{var}:-{default}…}}")
 if base["services"]["migrate"].get("command") != ["opsloop", "migrate", "up"]:
     errors.append("migrate must run `opsloop migrate up`")
 for name in ("postgres", "rabbitmq"):
@@ -406,6 +445,12 @@ check_prometheus() {
   if out=$(promtool check rules deploy/prometheus/rules/*.yml 2>&1); then pass "prometheus: promtool check rules"; else
     say "$out"; fail "prometheus: promtool check rules"
   fi
+  # The test-only forced alert of scripts/compose_e2e.sh.
+  if out=$(promtool check rules deploy/compose/e2e-forced-alert.rules.yml 2>&1); then
+    pass "prometheus: promtool check rules (e2e forced alert)"
+  else
+    say "$out"; fail "prometheus: e2e-forced-alert.rules.yml"
+  fi
   if out=$(cd deploy/prometheus/tests && promtool test rules ./*.yml 2>&1); then pass "prometheus: promtool test rules"; else
     say "$out"; fail "prometheus: promtool test rules"
   fi
@@ -440,7 +485,8 @@ PY
   ); then pass "prometheus: every alert fires in a unit test"; else say "$out"; fail "prometheus: untested alerts"; fi
   # Every daemon is scraped on its HTTP port and alerts go to the alerter.
   local ok=1
-  for t in api:9754 heartbeat-worker:9755 alerter:9756 backup-agent:9757; do
+  for t in api:9754 heartbeat-worker:9755 alerter:9756 backup-agent:9757 \
+    node-exporter:9100 postgres-exporter:9187 rabbitmq:15692; do
     grep -q "\"$t\"" deploy/prometheus/prometheus.yml || { say "prometheus.yml: no scrape target $t"; ok=0; }
   done
   grep -A10 '^alerting:' deploy/prometheus/prometheus.yml | grep -q '"alerter:9756"' || { say "prometheus.yml: alerts not sent to alerter:9756"; ok=0; }

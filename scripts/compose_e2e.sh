@@ -9,8 +9,12 @@
 #   3. fresh random secrets (deploy/compose/init-secrets.sh into a private
 #      temp dir), free loopback ports, `up -d` with the test override
 #      deploy/compose/docker-compose.e2e.yml (recording webhook receiver,
-#      a worker container, a 3 s heartbeat); every service healthy before a
-#      deadline, else the failing service's logs;
+#      a worker container, a 3 s heartbeat) and the `monitoring` profile
+#      without Grafana (no offline image): Prometheus with 5 s intervals,
+#      the production rules plus deploy/compose/e2e-forced-alert.rules.yml
+#      (labelled with this run's id), node-exporter, postgres-exporter;
+#      every service healthy before a deadline, else the failing service's
+#      logs;
 #   4. scripts/smoke.sh against the published ports; then, with the
 #      alerter stopped, `smoke.sh --simulate-failure` must exit 1 naming
 #      the alerter with `ps` and its `logs --tail=200`;
@@ -21,6 +25,14 @@
 #      the heartbeat's budget check engages the emergency stop → critical
 #      alert → delivered to the receiver as Slack and Discord payloads
 #      (shapes checked); the stop is released;
+#   5b. monitoring: every Prometheus target up (the four daemons with the
+#      viewer token, node-exporter, postgres-exporter, RabbitMQ's :15692,
+#      Prometheus itself; the down ones named), every rule of the rule files
+#      loaded and evaluated without error, and the forced alert delivered to
+#      the Slack receiver through the alerter's v2 API: the alerter counts
+#      it as received over HTTP with no refused call, refuses a post without
+#      a token (401) and with the viewer token (403), accepts the
+#      alert_sender token Prometheus sends;
 #   6. chaos: kill -9 of the api, heartbeat-worker, alerter and backup-agent
 #      processes in turn while proposals keep arriving; each container comes
 #      back by its restart policy (`docker kill` would not do: Docker treats
@@ -67,7 +79,11 @@ HEALTH_TIMEOUT="${COMPOSE_E2E_HEALTH_TIMEOUT:-180}"
 FLOW_TIMEOUT="${COMPOSE_E2E_FLOW_TIMEOUT:-180}"
 KEEP="${COMPOSE_E2E_KEEP:-0}"
 DAEMONS=(api heartbeat-worker alerter backup-agent)
-SERVICES=(postgres rabbitmq migrate "${DAEMONS[@]}" receiver worker)
+# The `monitoring` profile without grafana (its official image only).
+MONITORING=(prometheus node-exporter postgres-exporter)
+SERVICES=(postgres rabbitmq migrate "${DAEMONS[@]}" receiver worker "${MONITORING[@]}")
+# Every compose command sees the profile; `up` names its services.
+export COMPOSE_PROFILES=monitoring
 
 started=$(date +%s)
 stage_started=$started
@@ -265,7 +281,23 @@ export OPSLOOP_BACKUP_ENDPOINT="http://127.0.0.1:$BACKUP_GRPC_PORT"
 export OPSLOOP_HEARTBEAT_ENDPOINT="http://127.0.0.1:$HEARTBEAT_HTTP_PORT"
 export OPSLOOP_ACTOR=compose-e2e
 RECEIVER="http://127.0.0.1:$RECEIVER_PORT"
-log "ports: api $API_GRPC_PORT/$API_HTTP_PORT, alerter $ALERTER_GRPC_PORT/$ALERTER_HTTP_PORT, backup $BACKUP_GRPC_PORT/$BACKUP_HTTP_PORT, postgres $POSTGRES_PORT, rabbitmq $RABBITMQ_PORT"
+log "ports: api $API_GRPC_PORT/$API_HTTP_PORT, alerter $ALERTER_GRPC_PORT/$ALERTER_HTTP_PORT, backup $BACKUP_GRPC_PORT/$BACKUP_HTTP_PORT, postgres $POSTGRES_PORT, rabbitmq $RABBITMQ_PORT, prometheus $PROMETHEUS_PORT"
+# This run's id: in the flow's titles and the forced alert's labels.
+run="$(date +%s)-$RANDOM"
+# Prometheus's files (docker-compose.e2e.yml mounts them): the production
+# prometheus.yml with 5 s scrape and evaluation intervals instead of 15 s,
+# the production rules, and the forced alert labelled with this run's id.
+PROM_DIR="$work/prometheus"
+export OPSLOOP_E2E_PROMETHEUS_DIR="$PROM_DIR"
+mkdir -p "$PROM_DIR/rules"
+sed -e 's/^\(  scrape_interval:\) 15s$/\1 5s/' -e 's/^\(  evaluation_interval:\) 15s$/\1 5s/' \
+  deploy/prometheus/prometheus.yml >"$PROM_DIR/prometheus.yml"
+[[ "$(grep -c '^  \(scrape\|evaluation\)_interval: 5s$' "$PROM_DIR/prometheus.yml")" == 2 ]] ||
+  die "deploy/prometheus/prometheus.yml has no global 15s scrape_interval and evaluation_interval to shorten"
+cp deploy/prometheus/rules/*.yml "$PROM_DIR/rules/"
+sed "s/E2E_RUN_ID/$run/g" deploy/compose/e2e-forced-alert.rules.yml >"$PROM_DIR/rules/e2e-forced-alert.yml"
+# Bind mounts keep their own modes: Prometheus runs as nobody.
+chmod -R a+rX "$PROM_DIR"
 
 # ---------------------------------------------------------------- up --
 begin "up"
@@ -274,7 +306,7 @@ compose config -q || die "compose config rejected the files"
 compose down -v --remove-orphans >/dev/null 2>&1 || true
 stack_up=1
 up_started=$(date +%s)
-compose up -d --no-build >"$work/up.log" 2>&1 || {
+compose up -d --no-build "${SERVICES[@]}" >"$work/up.log" 2>&1 || {
   cat "$work/up.log" >&2
   service_logs
   die "compose up failed"
@@ -308,17 +340,20 @@ wait_healthy "$HEALTH_TIMEOUT"
 up_to_healthy=$(($(date +%s) - up_started))
 log "all services healthy ${up_to_healthy}s after up"
 
-mem_of() { # service → memory in MiB (docker stats)
-  docker stats --no-stream --format '{{.MemUsage}}' "$(container_of "$1")" |
-    awk '{v=$1; u=v; gsub(/[0-9.]/,"",u); gsub(/[^0-9.]/,"",v);
-          if (u=="GiB") v*=1024; else if (u=="KiB") v/=1024; else if (u=="B") v/=1048576;
-          printf "%.1f", v}'
+mem_of() { # services... → one "service=N.NMiB" line each, from one `docker stats`
+  local svc id usage ids=()
+  local -A usage_of=()
+  for svc in "$@"; do ids+=("$(container_of "$svc")"); done
+  while read -r id usage; do usage_of[$id]=$usage; done < <(docker stats --no-stream --format '{{.ID}} {{.MemUsage}}' "${ids[@]}")
+  for svc in "$@"; do
+    id=$(container_of "$svc")
+    awk -v s="$svc" -v v="${usage_of[$id]:-?}" 'BEGIN {u=v; sub(/ .*/,"",u); n=u; gsub(/[0-9.]/,"",u); gsub(/[^0-9.]/,"",n);
+          if (u=="GiB") n*=1024; else if (u=="KiB") n/=1024; else if (u=="B") n/=1048576;
+          printf "%s=%.1fMiB\n", s, n}'
+  done
 }
 sleep 5
-idle_mem=()
-for svc in "${DAEMONS[@]}" postgres rabbitmq; do
-  idle_mem+=("$svc=$(mem_of "$svc")MiB")
-done
+mapfile -t idle_mem < <(mem_of "${DAEMONS[@]}" postgres rabbitmq "${MONITORING[@]}")
 log "idle memory: ${idle_mem[*]}"
 
 # ------------------------------------------------------------- smoke --
@@ -373,7 +408,6 @@ wait_healthy "$HEALTH_TIMEOUT"
 
 # -------------------------------------------------------------- flow --
 begin "flow: proposal → worker → trigger → alert"
-run="$(date +%s)-$RANDOM"
 # A JSON field (dotted path) of a file.
 jget() { python3 -c 'import json,sys
 v=json.load(open(sys.argv[1]))
@@ -462,6 +496,175 @@ wait_for "OpsEmergencyStop delivered to the Slack and Discord receivers" "$FLOW_
 flow_alert_s=$(($(date +%s) - flow_started))
 log "alert OpsEmergencyStop delivered as Slack and Discord payloads ${flow_alert_s}s after submit"
 cli emergency-stop release --reason "compose e2e: budget test done" >/dev/null || die "emergency-stop release failed"
+
+# -------------------------------------------------------- monitoring --
+# The `monitoring` profile for real: Prometheus scrapes every target, has
+# every rule loaded, and its forced alert reaches the recording receiver
+# through the alerter's authenticated Alertmanager v2 API.
+begin "monitoring: targets, rules, forced alert"
+PROM="http://127.0.0.1:$PROMETHEUS_PORT"
+ALERTER_HTTP="http://127.0.0.1:$ALERTER_HTTP_PORT"
+prom_api() { # path → $work/prom.json
+  curl -sf -m 5 "$PROM$1" >"$work/prom.json"
+}
+# Every target of prometheus.yml's scrape_configs up; the others named
+# with their error in $work/targets.txt.
+targets_up() {
+  prom_api /api/v1/targets || { echo "Prometheus API unreachable" >"$work/targets.txt"; return 1; }
+  python3 - "$work/prom.json" "$PROM_DIR/prometheus.yml" >"$work/targets.txt" <<'PY'
+import json, re, sys
+active = json.load(open(sys.argv[1]))["data"]["activeTargets"]
+cfg = open(sys.argv[2]).read()
+want = set()
+for listed in re.findall(r"targets:\s*\[([^\]]*)\]", cfg[cfg.index("scrape_configs:"):]):
+    want |= set(re.findall(r'"([^"]+)"', listed))
+got = {t["labels"].get("instance", ""): t for t in active}
+down = []
+for instance in sorted(want):
+    t = got.get(instance)
+    if t is None:
+        down.append(f"{instance}: not among Prometheus's targets")
+    elif t["health"] != "up":
+        down.append(f'{t["labels"].get("job")} {instance}: {t["health"]} {t.get("lastError", "")}'.rstrip())
+print(f"{len(want) - len(down)}/{len(want)}")
+print("\n".join(down))
+sys.exit(1 if down or not want else 0)
+PY
+}
+targets_deadline=$(($(date +%s) + 90))
+until targets_up; do
+  if (($(date +%s) >= targets_deadline)); then
+    sed -n '2,$s/^/  down: /p' "$work/targets.txt" >&2
+    service_logs prometheus
+    die "Prometheus targets not all up after 90s: $(head -n1 "$work/targets.txt") up"
+  fi
+  sleep 2
+done
+targets_summary=$(head -n1 "$work/targets.txt")
+log "Prometheus targets up: $targets_summary (4 daemons with the viewer token, node-exporter, postgres-exporter, rabbitmq:15692, prometheus)"
+
+# Every alert and recording rule of the mounted rule files loaded and
+# evaluated without error.
+rules_ok() {
+  prom_api /api/v1/rules || { echo "Prometheus API unreachable" >"$work/rules.txt"; return 1; }
+  python3 - "$work/prom.json" "$PROM_DIR"/rules/*.yml >"$work/rules.txt" <<'PY'
+import json, re, sys
+groups = json.load(open(sys.argv[1]))["data"]["groups"]
+loaded = {}
+for g in groups:
+    for r in g["rules"]:
+        loaded[r["name"]] = r
+want = set()
+for path in sys.argv[2:]:
+    want |= set(re.findall(r"^\s*- (?:alert|record):\s*(\S+)\s*$", open(path).read(), re.M))
+bad = [f"{name}: not loaded" for name in sorted(want - set(loaded))]
+for name in sorted(want & set(loaded)):
+    r = loaded[name]
+    if r.get("health") != "ok":
+        bad.append(f'{name}: {r.get("health")} {r.get("lastError", "")}'.rstrip())
+print(f"{len(want) - len(bad)}/{len(want)} rules in {len(groups)} groups")
+print("\n".join(bad))
+sys.exit(1 if bad or not want else 0)
+PY
+}
+rules_deadline=$(($(date +%s) + 60))
+until rules_ok; do
+  if (($(date +%s) >= rules_deadline)); then
+    sed -n '2,$s/^/  rule: /p' "$work/rules.txt" >&2
+    service_logs prometheus
+    die "Prometheus rules not all loaded and healthy after 60s: $(head -n1 "$work/rules.txt")"
+  fi
+  sleep 2
+done
+rules_summary=$(head -n1 "$work/rules.txt")
+log "Prometheus rules loaded and evaluated: $rules_summary"
+
+# The forced alert at the Slack receiver (warning → slack), this run's id
+# in the payload.
+forced_record() { # → received_at of this run's forced alert at the receiver
+  records || return 1
+  python3 - "$work/records.json" "$run" <<'PY'
+import json, sys
+records, run = json.load(open(sys.argv[1])), sys.argv[2]
+hits = [r for r in records if "ComposeE2EForcedAlert" in json.dumps(r["body"]) and run in json.dumps(r["body"])]
+slack = [r for r in hits if r["service"] == "slack"]
+if not slack:
+    sys.exit(1)
+print(min(r["received_at"] for r in slack))
+PY
+}
+forced_deadline=$(($(date +%s) + FLOW_TIMEOUT))
+until forced_at=$(forced_record); do
+  if (($(date +%s) >= forced_deadline)); then
+    prom_api /api/v1/alerts && python3 -c 'import json,sys; [print("  firing in Prometheus:", a["labels"].get("alertname"), a["state"], a.get("activeAt")) for a in json.load(open(sys.argv[1]))["data"]["alerts"]]' "$work/prom.json" >&2
+    curl -sf -m 5 "$PROM/api/v1/alertmanagers" | sed 's/^/  alertmanagers: /' >&2 || true
+    service_logs prometheus alerter
+    die "ComposeE2EForcedAlert (run $run) not at the Slack receiver within ${FLOW_TIMEOUT}s"
+  fi
+  sleep 1
+done
+# Delivery time: from the alert's activeAt in Prometheus to the receiver.
+prom_api /api/v1/alerts || die "Prometheus /api/v1/alerts unreachable"
+forced_active_at=$(python3 - "$work/prom.json" "$run" <<'PY'
+import datetime, json, re, sys
+alerts = json.load(open(sys.argv[1]))["data"]["alerts"]
+mine = [a for a in alerts if a["labels"].get("e2e_run") == sys.argv[2] and a["state"] == "firing"]
+if mine:
+    # RFC 3339 with nanoseconds: Python reads up to microseconds.
+    at = re.sub(r"\.(\d+)", lambda m: "." + (m.group(1) + "000000")[:6], mine[0]["activeAt"].replace("Z", "+00:00"))
+    print(datetime.datetime.fromisoformat(at).timestamp())
+PY
+)
+[[ -n "$forced_active_at" ]] || die "ComposeE2EForcedAlert (run $run) is not firing in Prometheus"
+forced_alert_delivered_s=$(awk -v a="$forced_active_at" -v r="$forced_at" 'BEGIN {printf "%.0f", r - a}')
+# The alerter holds it as posted over HTTP from Prometheus (generatorURL).
+viewer_get() { curl -sf -m 5 -H "Authorization: Bearer $(<"$SECRETS/viewer_token")" "$ALERTER_HTTP$1"; }
+viewer_get "/api/v2/alerts?filter=e2e_run%3D%22$run%22" >"$work/am-alerts.json" || die "alerter GET /api/v2/alerts (viewer token) failed"
+python3 - "$work/am-alerts.json" <<'PY' || die "the alerter does not hold the forced alert as posted by Prometheus: $(head -c 400 "$work/am-alerts.json")"
+import json, sys
+alerts = json.load(open(sys.argv[1]))
+sys.exit(0 if any(a["labels"].get("alertname") == "ComposeE2EForcedAlert" and "/graph?" in a.get("generatorURL", "") for a in alerts) else 1)
+PY
+# Authenticated: since the alerter's last start it counted alerts received
+# over HTTP (POST /api/v2/alerts takes the alert_sender role only) and
+# refused no call; a post without a token is 401, with the viewer token
+# 403, with the alert_sender token (the file Prometheus reads) 200.
+metric_sum() { # file name [label=value] → sum of the samples
+  python3 - "$@" <<'PY'
+import re, sys
+text, name = open(sys.argv[1]).read(), sys.argv[2]
+want = sys.argv[3] if len(sys.argv) > 3 else None
+total = 0.0
+for m in re.finditer(rf"^{name}(?:{{([^}}]*)}})? (\S+)$", text, re.M):
+    labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
+    if want and labels.get(want.split("=")[0]) != want.split("=", 1)[1]:
+        continue
+    total += float(m.group(2))
+print(int(total))
+PY
+}
+viewer_get /metrics >"$work/alerter-metrics.txt" || die "alerter /metrics (viewer token) failed"
+received_http=$(metric_sum "$work/alerter-metrics.txt" opsloop_alerter_alerts_received_total source=http)
+refused_before=$(metric_sum "$work/alerter-metrics.txt" opsloop_auth_failures_total daemon=alerter)
+((received_http >= 1)) || die "the alerter counts no alert received over HTTP (opsloop_alerter_alerts_received_total{source=\"http\"})"
+[[ "$refused_before" == 0 ]] || die "the alerter refused $refused_before call(s) since its start (opsloop_auth_failures_total{daemon=\"alerter\"}): a scrape or Prometheus's alerts without a valid token?"
+post_code() { # [token file] → HTTP status of an empty alert batch
+  local auth=()
+  [[ -n "${1:-}" ]] && auth=(-H "Authorization: Bearer $(<"$1")")
+  curl -s -m 5 -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' "${auth[@]}" \
+    --data '[]' "$ALERTER_HTTP/api/v2/alerts"
+}
+code_none=$(post_code)
+code_viewer=$(post_code "$SECRETS/viewer_token")
+code_sender=$(post_code "$SECRETS/alert_sender_token")
+[[ "$code_none/$code_viewer/$code_sender" == 401/403/200 ]] ||
+  die "POST /api/v2/alerts: no token $code_none, viewer $code_viewer, alert_sender $code_sender; expected 401, 403, 200"
+viewer_get /metrics >"$work/alerter-metrics.txt" || die "alerter /metrics (viewer token) failed"
+refused_after=$(metric_sum "$work/alerter-metrics.txt" opsloop_auth_failures_total daemon=alerter)
+((refused_after == refused_before + 2)) || die "the alerter counted $((refused_after - refused_before)) refusals for the two refused posts, expected 2"
+curl -sf -m 5 "$PROM/api/v1/alertmanagers" | grep -q '"url":"http://alerter:9756/api/v2/alerts"' ||
+  die "Prometheus does not list the alerter (http://alerter:9756/api/v2/alerts) as an active Alertmanager"
+log "forced alert ComposeE2EForcedAlert (e2e_run=$run) at the Slack receiver ${forced_alert_delivered_s}s after it fired (alerter group_wait 30 s); the alerter received $received_http alert(s) over its v2 API with 0 refusals; POST without token 401, viewer 403, alert_sender 200"
 
 # ------------------------------------------------------------- chaos --
 begin "chaos: kill -9 each daemon under load"
@@ -561,15 +764,12 @@ import collections, json, re, sys
 got = collections.Counter()
 for r in json.load(open(sys.argv[1])):
     text = json.dumps(r["body"])
-    names = sorted(set(re.findall(r"\b(Ops[A-Z][A-Za-z]+|test alert|smoke test)", text))) or ["?"]
+    names = sorted(set(re.findall(r"\b(Ops[A-Z][A-Za-z]+|Opsloop[A-Z][A-Za-z]+|ComposeE2E[A-Za-z]+|Watchdog|test alert|smoke test)", text))) or ["?"]
     got[f'{r["service"]}:{"+".join(names)}'] += 1
 print("compose_e2e: received " + ", ".join(f"{k}×{v}" for k, v in sorted(got.items())))
 PY
 log "exactly once: $LOAD proposals → $LOAD missions, steps, events (steps retried: $retried_n); outbox drained, queues empty; notifications slack=$slack_n discord=$discord_n, none duplicated"
-load_mem=()
-for svc in "${DAEMONS[@]}"; do
-  load_mem+=("$svc=$(mem_of "$svc")MiB")
-done
+mapfile -t load_mem < <(mem_of "${DAEMONS[@]}")
 
 # ------------------------------------------------------------ backup --
 begin "backup, verify, restore"
@@ -620,7 +820,9 @@ left=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" | wc -
 begin "done"
 result="PASS"
 echo "compose_e2e: $result image=${image_mb}MB up_to_healthy=${up_to_healthy}s api_grpc=tls+token" \
-  "flow=${flow_mission_s}s alert=${flow_alert_s}s kills=${#DAEMONS[@]} restarts=[${restarts[*]}]" \
+  "flow=${flow_mission_s}s alert=${flow_alert_s}s prometheus_targets_up=$targets_summary" \
+  "rules_loaded=${rules_summary%% *} forced_alert_delivered_s=$forced_alert_delivered_s" \
+  "kills=${#DAEMONS[@]} restarts=[${restarts[*]}]" \
   "load=${LOAD}/${LOAD} exactly_once retried_steps=$retried_n dead_letters=$dead_lettered" \
   "notifications=slack:$slack_n,discord:$discord_n dupes=0 backup=${backup_size}B verify=${verify_ms}ms" \
   "restore=${restore_ms}ms secrets_in_logs=0 idle_mem=[${idle_mem[*]}] load_mem=[${load_mem[*]}]" \

@@ -8,6 +8,9 @@
 #   opsloop-offline/postgres:15          for postgres:15-bookworm (POSTGRES_IMAGE)
 #   opsloop-offline/rabbitmq:3-management  for rabbitmq:3.13-management (RABBITMQ_IMAGE)
 #   opsloop-offline/prometheus:2         for prom/prometheus (PROMETHEUS_IMAGE)
+#   opsloop-offline/node-exporter:1      for prom/node-exporter (NODE_EXPORTER_IMAGE)
+#   opsloop-offline/postgres-exporter:0  for prometheuscommunity/postgres-exporter
+#                                        (POSTGRES_EXPORTER_IMAGE)
 #   opsloop-offline/receiver:latest      test-only webhook recorder (compose_e2e.sh)
 #   opsloop-offline/systemd:bookworm     test-only: systemd as PID 1 (systemd_e2e.sh;
 #                                        not built by default: OFFLINE_ONLY=systemd)
@@ -26,13 +29,14 @@
 #   OFFLINE_DEBIAN_MIRROR  default: the first URIs of
 #                          /etc/apt/sources.list.d/debian.sources, else
 #                          http://deb.debian.org/debian
-#   OFFLINE_ONLY="base postgres rabbitmq prometheus receiver" (a subset)
+#   OFFLINE_ONLY="base postgres rabbitmq prometheus node-exporter
+#                 postgres-exporter receiver" (a subset)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PREFIX="${OFFLINE_IMAGE_PREFIX:-opsloop-offline}"
 CACHE_DIR="${OFFLINE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/opsloop/offline}"
-ONLY="${OFFLINE_ONLY:-base postgres rabbitmq prometheus receiver}"
+ONLY="${OFFLINE_ONLY:-base postgres rabbitmq prometheus node-exporter postgres-exporter receiver}"
 SUITE=bookworm
 BASE="$PREFIX/debian:$SUITE"
 force=0
@@ -52,6 +56,8 @@ OPSLOOP_RUNTIME_IMAGE=$BASE
 POSTGRES_IMAGE=$PREFIX/postgres:15
 RABBITMQ_IMAGE=$PREFIX/rabbitmq:3-management
 PROMETHEUS_IMAGE=$PREFIX/prometheus:2
+NODE_EXPORTER_IMAGE=$PREFIX/node-exporter:1
+POSTGRES_EXPORTER_IMAGE=$PREFIX/postgres-exporter:0
 OPSLOOP_RECEIVER_IMAGE=$PREFIX/receiver:latest
 EOF
 }
@@ -196,9 +202,11 @@ for what in $ONLY; do
     postgres) build_image "$PREFIX/postgres:15" postgres.Dockerfile postgres-entrypoint.sh ;;
     rabbitmq) build_image "$PREFIX/rabbitmq:3-management" rabbitmq.Dockerfile rabbitmq-entrypoint.sh ;;
     prometheus) build_image "$PREFIX/prometheus:2" prometheus.Dockerfile ;;
+    node-exporter) build_image "$PREFIX/node-exporter:1" node-exporter.Dockerfile ;;
+    postgres-exporter) build_image "$PREFIX/postgres-exporter:0" postgres-exporter.Dockerfile ;;
     receiver) build_image "$PREFIX/receiver:latest" receiver.Dockerfile receiver.py ;;
     systemd) build_image "$PREFIX/systemd:bookworm" systemd.Dockerfile ;;
-    *) log "unknown image $what (base postgres rabbitmq prometheus receiver systemd)"; exit 2 ;;
+    *) log "unknown image $what (base postgres rabbitmq prometheus node-exporter postgres-exporter receiver systemd)"; exit 2 ;;
   esac
 done
 echo "# compose variables selecting the stand-ins:"
