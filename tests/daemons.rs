@@ -642,7 +642,7 @@ fn production_refuses_the_embedded_defaults_unless_allowed() {
     // the refusal is gone (the daemon then fails later, on the closed port).
     let (code, stderr, _) = run_with_config(
         "opsloop-api",
-        "environment = \"production\"\n[database]\nurl = \"postgres://postgres@127.0.0.1:1/none\"\nconnect_timeout_ms = 200\nmigrate_on_start = false\n[bus]\nkind = \"rabbitmq\"\n",
+        "environment = \"production\"\n[database]\nurl = \"postgres://postgres@127.0.0.1:1/none\"\nconnect_timeout_ms = 200\nstart_wait_secs = 0\nmigrate_on_start = false\n[bus]\nkind = \"rabbitmq\"\n",
         &[("OPSLOOP_ADMIN_TOKEN", "a-token")],
     );
     assert!(!stderr.contains("refuses"), "{stderr}");
@@ -749,6 +749,66 @@ async fn production_counts_named_tokens_as_tokens() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(started, "a named token lets production start");
+}
+
+/// A host where PostgreSQL comes up after the daemons: the api retries the
+/// unreachable database (warning each time) instead of exiting, then starts
+/// and becomes ready on its own once the database answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_started_before_its_database_waits_for_it() {
+    let db = fresh_postgres().await;
+    let proxy = opsloop_core::bus::testing::TcpProxy::start("127.0.0.1:5432")
+        .await
+        .expect("proxy");
+    proxy.sever();
+    let env = [
+        (
+            "OPSLOOP__DATABASE__URL",
+            opsloop_core::bus::testing::via(&db.url, proxy.addr),
+        ),
+        ("OPSLOOP__DATABASE__CONNECT_TIMEOUT_MS", "500".to_owned()),
+        ("OPSLOOP__DATABASE__START_WAIT_SECS", "120".to_owned()),
+        ("OPSLOOP__API__GRPC_ADDR", "127.0.0.1:0".to_owned()),
+        ("OPSLOOP__API__HTTP_ADDR", "127.0.0.1:0".to_owned()),
+        (
+            "OPSLOOP__AUDIT__LOG_PATH",
+            tempfile_dir().join("audit.jsonl").display().to_string(),
+        ),
+    ];
+    let starting = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.clone())).collect();
+        DaemonProcess::start("opsloop-api", &env, Duration::from_secs(90))
+    });
+    eventually(
+        "a second attempt on the unreachable database",
+        Duration::from_secs(30),
+        || async {
+            let refused = proxy.refused_connections();
+            holds(refused >= 2 && !starting.is_finished(), || {
+                format!(
+                    "{refused} attempts; start returned: {}",
+                    starting.is_finished()
+                )
+            })
+        },
+    )
+    .await;
+    proxy.restore();
+    let daemon = starting
+        .await
+        .expect("the api started once the database answered");
+    assert!(
+        daemon
+            .early_lines
+            .iter()
+            .any(|line| line.contains("database unreachable at start; retrying")),
+        "{:?}",
+        daemon.early_lines
+    );
+    let base = format!("http://{}", daemon.http_addr());
+    wait_for_status(&format!("{base}/readyz"), 200, Duration::from_secs(20)).await;
+    drop(daemon);
+    db.cleanup().await;
 }
 
 #[test]

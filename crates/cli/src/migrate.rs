@@ -58,7 +58,12 @@ pub fn run(config: Option<PathBuf>, args: MigrateArgs) -> ExitCode {
                 None => loaded.settings.database.url.clone(),
             },
         };
-        let db = store::connect(&url, &store::PoolOptions::from(&loaded.settings.database)).await?;
+        // Waits for an unreachable PostgreSQL like a daemon does (the
+        // migrate unit at boot); Ctrl-C or SIGTERM ends the wait.
+        let stop = tokio_util::sync::CancellationToken::new();
+        opsloop_core::lifecycle::cancel_on_signals(stop.clone());
+        let db =
+            opsloop_core::daemon::connect_database(&url, &loaded.settings.database, &stop).await?;
         match args.direction {
             Direction::Up => {
                 store::migrate_up(&db).await?;

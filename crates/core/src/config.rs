@@ -44,6 +44,10 @@ pub struct DatabaseSettings {
     pub acquire_timeout_ms: u64,
     /// Apply pending migrations when a daemon starts.
     pub migrate_on_start: bool,
+    /// How long a starting daemon keeps retrying an unreachable PostgreSQL
+    /// (capped backoff, one warning per attempt) before it exits; 0 exits at
+    /// the first failure. A rejected login or a bad URL exits at once.
+    pub start_wait_secs: u64,
 }
 
 impl Default for DatabaseSettings {
@@ -55,6 +59,7 @@ impl Default for DatabaseSettings {
             connect_timeout_ms: 5_000,
             acquire_timeout_ms: 5_000,
             migrate_on_start: true,
+            start_wait_secs: 600,
         }
     }
 }

@@ -50,7 +50,7 @@ impl Infra {
             Some(secret) => secret.expose().to_owned(),
             None => settings.database.url.clone(),
         };
-        let db = store::connect(&database_url, &store::PoolOptions::from(&settings.database))
+        let db = connect_database(&database_url, &settings.database, &shutdown)
             .await
             .context("database")?;
         if settings.database.migrate_on_start {
@@ -117,6 +117,45 @@ pub async fn bind(key: &str, addr: &str) -> anyhow::Result<TcpListener> {
 /// A daemon's own config check: parses and validates its sections (e.g.
 /// `[api]`) from the loaded config. [`run`] calls it before any I/O.
 pub type ConfigCheck = fn(&LoadedConfig) -> anyhow::Result<()>;
+
+/// Connects the database, waiting for an unreachable PostgreSQL (a host
+/// booting, a database restarting, a server on another host coming up later)
+/// for up to `database.start_wait_secs` with a capped backoff (1 s doubling to
+/// 30 s), one warning per attempt; a shutdown request ends the wait. A
+/// refused login, a bad URL or SQLite fail at once: waiting would not help.
+pub async fn connect_database(
+    url: &str,
+    settings: &crate::config::DatabaseSettings,
+    shutdown: &CancellationToken,
+) -> Result<sea_orm::DatabaseConnection, store::StoreError> {
+    let options = store::PoolOptions::from(settings);
+    let budget = std::time::Duration::from_secs(settings.start_wait_secs);
+    let started = tokio::time::Instant::now();
+    let mut pause = std::time::Duration::from_secs(1);
+    loop {
+        let error = match store::connect(url, &options).await {
+            Ok(db) => return Ok(db),
+            Err(error @ store::StoreError::Connect { .. }) => error,
+            Err(error) => return Err(error),
+        };
+        let waited = started.elapsed();
+        if waited + pause > budget {
+            return Err(error);
+        }
+        tracing::warn!(
+            %error,
+            retry_in_secs = pause.as_secs(),
+            waited_secs = waited.as_secs(),
+            "database unreachable at start; retrying (database.start_wait_secs = {})",
+            settings.start_wait_secs
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(error),
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(std::time::Duration::from_secs(30));
+    }
+}
 
 /// Everything [`run`] checks before any I/O (no database connect, no
 /// migration, no bind): the common sections, the daemon's own sections

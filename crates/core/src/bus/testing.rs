@@ -63,6 +63,7 @@ pub fn queue_name(label: &str) -> String {
 pub struct TcpProxy {
     pub addr: std::net::SocketAddr,
     severed: Arc<AtomicBool>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
     generation: Arc<std::sync::Mutex<CancellationToken>>,
     stop: CancellationToken,
 }
@@ -72,11 +73,13 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let severed = Arc::new(AtomicBool::new(false));
+        let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let generation = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
         let stop = CancellationToken::new();
         let upstream = upstream.to_owned();
         {
             let severed = severed.clone();
+            let refused = refused.clone();
             let generation = generation.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
@@ -89,6 +92,7 @@ impl TcpProxy {
                         continue;
                     };
                     if severed.load(Ordering::SeqCst) {
+                        refused.fetch_add(1, Ordering::SeqCst);
                         drop(client);
                         continue;
                     }
@@ -109,6 +113,7 @@ impl TcpProxy {
         Ok(Self {
             addr,
             severed,
+            refused,
             generation,
             stop,
         })
@@ -120,6 +125,12 @@ impl TcpProxy {
         let mut token = self.generation.lock().unwrap_or_else(|p| p.into_inner());
         token.cancel();
         *token = CancellationToken::new();
+    }
+
+    /// How many connections were refused while severed (attempts made
+    /// during an outage).
+    pub fn refused_connections(&self) -> usize {
+        self.refused.load(Ordering::SeqCst)
     }
 
     /// Accepts and forwards connections again.

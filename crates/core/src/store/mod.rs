@@ -87,6 +87,10 @@ pub enum StoreError {
     },
     #[error("cannot connect to the database at {url}: {reason}")]
     Connect { url: String, reason: String },
+    #[error(
+        "the database at {url} refused the login: {reason} (check the user, password and database name in database_url)"
+    )]
+    Rejected { url: String, reason: String },
     #[error("applying database migrations failed: {0}")]
     MigrateUp(#[source] DbErr),
     #[error("rolling back database migrations failed: {0}")]
@@ -137,6 +141,10 @@ pub async fn connect(url: &str, opts: &PoolOptions) -> Result<DatabaseConnection
 /// refused connections until its acquire timeout and then reports only "pool
 /// timed out"; the probe fails at once with the real reason (connection
 /// refused, authentication failed, database does not exist, …).
+/// SQLSTATEs of a login the server refuses for good: invalid authorization
+/// (28000), invalid password (28P01), unknown database (3D000).
+const REJECTING_SQLSTATES: [&str; 3] = ["28000", "28P01", "3D000"];
+
 async fn probe_postgres(url: &str, timeout: Duration) -> Result<(), StoreError> {
     use sea_orm::sqlx::Connection;
     use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection};
@@ -155,7 +163,19 @@ async fn probe_postgres(url: &str, timeout: Duration) -> Result<(), StoreError> 
             let _ = connection.close().await;
             Ok(())
         }
-        Ok(Err(error)) => Err(unreachable(error.to_string())),
+        Ok(Err(error)) => {
+            // The server answered and said no: waiting will not change that.
+            let rejected = matches!(&error, sea_orm::sqlx::Error::Database(db)
+                if db.code().is_some_and(|code| REJECTING_SQLSTATES.contains(&code.as_ref())));
+            if rejected {
+                Err(StoreError::Rejected {
+                    url: redact_url(url),
+                    reason: error.to_string(),
+                })
+            } else {
+                Err(unreachable(error.to_string()))
+            }
+        }
         Err(_) => Err(unreachable(format!(
             "no answer within {} ms (database.connect_timeout_ms)",
             timeout.as_millis()
