@@ -12,7 +12,7 @@
 //! [alerter]
 //! resolve_timeout = "5m"
 //! lease_ttl_ms = 15000
-//! max_in_flight_per_receiver = 32
+//! max_in_flight_per_receiver = 64
 //!
 //! [alerter.route]
 //! receiver = "slack"
@@ -111,7 +111,7 @@ impl Default for AlerterSettings {
             receivers: default_receivers(),
             local_output: LocalOutput::Auto,
             delivery: RetryPolicy::default(),
-            max_in_flight_per_receiver: 32,
+            max_in_flight_per_receiver: crate::delivery::DEFAULT_MAX_IN_FLIGHT,
             incidents: Default::default(),
         }
     }

@@ -405,7 +405,7 @@ impl DeliveryEngine {
 }
 
 /// The default of `alerter.max_in_flight_per_receiver`.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 32;
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 
 /// What [`DeliveryQueues::offer`] did with a notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
