@@ -17,10 +17,10 @@ use opsloop_core::store::testing::fresh_postgres;
 /// Alerts in the storm, each its own group.
 const ALERTS: u64 = 2_000;
 /// Alerts posted per second (one per request).
-const RATE: u64 = 400;
+const RATE: u64 = 200;
 /// SIGTERM once half the storm is posted and this many alerts reached the
 /// receiver.
-const TERM_AFTER: usize = 50;
+const TERM_AFTER: usize = 10;
 /// The daemon's drain bound (`shutdown.drain_timeout_ms`).
 const DRAIN: Duration = Duration::from_secs(10);
 /// How long the receiver takes to answer: deliveries are in flight when
