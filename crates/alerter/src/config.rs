@@ -12,6 +12,7 @@
 //! [alerter]
 //! resolve_timeout = "5m"
 //! lease_ttl_ms = 15000
+//! max_in_flight_per_receiver = 64
 //!
 //! [alerter.route]
 //! receiver = "slack"
@@ -85,6 +86,11 @@ pub struct AlerterSettings {
     /// `always` or `never`.
     pub local_output: LocalOutput,
     pub delivery: RetryPolicy,
+    /// Deliveries one receiver may have unconfirmed at once (on the wire,
+    /// or answered and not yet in the notification log); the rest wait in
+    /// order. Also the idle connections kept per receiver host. 0 counts
+    /// as 1.
+    pub max_in_flight_per_receiver: usize,
     /// Incidents, on-call and escalation (`[alerter.incidents]`).
     pub incidents: crate::incident::IncidentSettings,
 }
@@ -105,6 +111,7 @@ impl Default for AlerterSettings {
             receivers: default_receivers(),
             local_output: LocalOutput::Auto,
             delivery: RetryPolicy::default(),
+            max_in_flight_per_receiver: crate::delivery::DEFAULT_MAX_IN_FLIGHT,
             incidents: Default::default(),
         }
     }

@@ -6,7 +6,7 @@
 //! dead-letter row when undelivered), so nothing is dropped silently. Time
 //! comes from a [`Clock`], so tests neither sleep nor wait.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -163,7 +163,20 @@ fn retry_after(headers: &reqwest::header::HeaderMap, now: DateTime<Utc>) -> Opti
 
 impl DeliveryEngine {
     pub fn new(clock: Arc<dyn Clock>, policy: RetryPolicy) -> Result<Self, reqwest::Error> {
+        Self::with_pool(clock, policy, DEFAULT_MAX_IN_FLIGHT)
+    }
+
+    /// One HTTP client for every receiver, keeping at most `idle_per_host`
+    /// idle connections per receiver host (the service bounds the requests
+    /// on the wire with [`DeliveryQueues`], so connections stay bounded
+    /// too).
+    pub fn with_pool(
+        clock: Arc<dyn Clock>,
+        policy: RetryPolicy,
+        idle_per_host: usize,
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(idle_per_host.max(1))
             .timeout(Duration::from_millis(policy.request_timeout_ms))
             .connect_timeout(Duration::from_millis(policy.request_timeout_ms.min(5_000)))
             .user_agent(concat!("opsloop-alerter/", env!("CARGO_PKG_VERSION")))
@@ -391,9 +404,189 @@ impl DeliveryEngine {
     }
 }
 
+/// The default of `alerter.max_in_flight_per_receiver`.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+
+/// What [`DeliveryQueues::offer`] did with a notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    /// Queued behind the receiver's earlier notifications.
+    Queued,
+    /// The group already waited: its newer state replaced the queued one,
+    /// keeping its place.
+    Replaced,
+    /// The group's previous delivery is still unconfirmed; the group's next
+    /// flush after it sends whatever changed.
+    Busy,
+}
+
+/// One receiver's deliveries: group keys waiting in order (with the newest
+/// notification of each) and the groups in flight.
+#[derive(Default)]
+struct ReceiverQueue {
+    order: VecDeque<String>,
+    waiting: HashMap<String, Notification>,
+    in_flight: HashSet<String>,
+}
+
+/// Per-receiver delivery queues, without I/O: at most `limit` deliveries
+/// of one receiver are unconfirmed at once (on the wire, or answered and
+/// waiting for their notification log row); the rest wait in the order
+/// their groups flushed, one entry per group.
+///
+/// Nothing here needs persisting: a waiting notification has no
+/// notification log row yet and its alerts are in the alerts table, so a
+/// process that dies (kill -9) or stops (SIGTERM) with notifications
+/// waiting leaves them for the next start, which rebuilds the groups from
+/// the table and notifies every group the log has not recorded. Only the
+/// (at most `limit`) unconfirmed deliveries can reach a receiver twice.
+pub struct DeliveryQueues {
+    limit: usize,
+    receivers: HashMap<String, ReceiverQueue>,
+    stopped: bool,
+}
+
+impl DeliveryQueues {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit: limit.max(1),
+            receivers: HashMap::new(),
+            stopped: false,
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Queues a flushed group's notification (see [`Offered`]).
+    pub fn offer(&mut self, notification: Notification) -> Offered {
+        let queue = self
+            .receivers
+            .entry(notification.receiver.clone())
+            .or_default();
+        let key = notification.group_key.clone();
+        if queue.in_flight.contains(&key) {
+            return Offered::Busy;
+        }
+        match queue.waiting.insert(key.clone(), notification) {
+            Some(_) => Offered::Replaced,
+            None => {
+                queue.order.push_back(key);
+                Offered::Queued
+            }
+        }
+    }
+
+    /// Takes the notifications that may go on the wire now, in queue
+    /// order, and counts them in flight (none once stopped).
+    pub fn start_ready(&mut self) -> Vec<Notification> {
+        let mut ready = Vec::new();
+        if self.stopped {
+            return ready;
+        }
+        for queue in self.receivers.values_mut() {
+            while queue.in_flight.len() < self.limit
+                && let Some(key) = queue.order.pop_front()
+            {
+                if let Some(notification) = queue.waiting.remove(&key) {
+                    queue.in_flight.insert(key);
+                    ready.push(notification);
+                }
+            }
+        }
+        ready
+    }
+
+    /// A delivery is confirmed (logged) or given up: its slot frees.
+    pub fn finish(&mut self, receiver: &str, group_key: &str) {
+        if let Some(queue) = self.receivers.get_mut(receiver) {
+            queue.in_flight.remove(group_key);
+        }
+    }
+
+    /// Starts nothing more (shutdown); returns how many notifications are
+    /// left waiting for the next start.
+    pub fn stop(&mut self) -> usize {
+        self.stopped = true;
+        self.waiting()
+    }
+
+    /// Drops the waiting notifications (this process stopped delivering:
+    /// the lease holder rebuilds them from the database).
+    pub fn clear_waiting(&mut self) {
+        for queue in self.receivers.values_mut() {
+            queue.order.clear();
+            queue.waiting.clear();
+        }
+    }
+
+    /// Notifications waiting, over every receiver.
+    pub fn waiting(&self) -> usize {
+        self.receivers.values().map(|q| q.waiting.len()).sum()
+    }
+
+    /// Per receiver seen so far (a handful): (waiting, in flight).
+    pub fn depths(&self) -> Vec<(String, usize, usize)> {
+        self.receivers
+            .iter()
+            .map(|(name, q)| (name.clone(), q.waiting.len(), q.in_flight.len()))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn note(receiver: &str, key: &str, firing: usize) -> Notification {
+        let at = DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let alerts = (0..firing)
+            .map(|i| crate::model::tests::alert(&[("alertname", key), ("i", &i.to_string())], 0))
+            .collect();
+        Notification::new(receiver, key, Default::default(), alerts, Vec::new(), at)
+    }
+
+    fn keys(notes: &[Notification]) -> Vec<&str> {
+        notes.iter().map(|n| n.group_key.as_str()).collect()
+    }
+
+    #[test]
+    fn queues_bound_each_receiver_and_keep_order() {
+        let mut q = DeliveryQueues::new(2);
+        for key in ["a", "b", "c", "d"] {
+            assert_eq!(q.offer(note("hook", key, 1)), Offered::Queued);
+        }
+        assert_eq!(q.offer(note("other", "x", 1)), Offered::Queued);
+        let mut first = q.start_ready();
+        first.sort_by(|x, y| (&x.receiver, &x.group_key).cmp(&(&y.receiver, &y.group_key)));
+        assert_eq!(keys(&first), ["a", "b", "x"]);
+        assert!(q.start_ready().is_empty(), "hook is at its bound");
+        // A group in flight is not queued again; a waiting one is replaced
+        // in place by its newer state.
+        assert_eq!(q.offer(note("hook", "a", 2)), Offered::Busy);
+        assert_eq!(q.offer(note("hook", "c", 3)), Offered::Replaced);
+        assert_eq!(q.waiting(), 2);
+        q.finish("hook", "b");
+        let next = q.start_ready();
+        assert_eq!(keys(&next), ["c"]);
+        assert_eq!(next[0].firing.len(), 3, "the newest state of c");
+        // Stopped: nothing more starts; what waits is left for the next start.
+        assert_eq!(q.stop(), 1);
+        q.finish("hook", "a");
+        assert!(q.start_ready().is_empty());
+        let mut depths = q.depths();
+        depths.sort();
+        assert_eq!(depths, vec![("hook".into(), 1, 1), ("other".into(), 0, 1)]);
+        q.clear_waiting();
+        assert_eq!(q.waiting(), 0);
+        q.finish("hook", "c");
+        q.finish("other", "x");
+        assert!(q.depths().iter().all(|(_, w, f)| *w == 0 && *f == 0));
+        assert_eq!(DeliveryQueues::new(0).limit(), 1);
+    }
 
     #[test]
     fn retry_after_parses_seconds_and_dates() {

@@ -4,7 +4,7 @@
 //! in the notification log — sent, or dead-lettered with an error line and a
 //! metric.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,8 +20,8 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::config::AlerterSettings;
-use crate::delivery::{Clock, DeliveryEngine, Outcome};
-use crate::dispatch::{AlertView, Dispatcher, GroupId};
+use crate::delivery::{Clock, DeliveryEngine, DeliveryQueues, Offered, Outcome};
+use crate::dispatch::{AlertView, Dispatcher};
 use crate::group::Notification;
 use crate::inhibit::InhibitRule;
 use crate::leader::{LEASE_NAME, LeaderLease};
@@ -119,7 +119,12 @@ pub struct Alerter {
     tick: Duration,
     seen_retention: chrono::Duration,
     wake: Notify,
-    in_flight: Mutex<HashSet<GroupId>>,
+    /// Flushed notifications waiting for, or holding, one of their
+    /// receiver's delivery slots. Changed only while the dispatcher is
+    /// locked (lock order: dispatcher, then queues), so a flush never sees
+    /// a group's delivery as finished before the dispatcher has recorded
+    /// it: a group is notified again only after its log entry moved on.
+    queues: Mutex<DeliveryQueues>,
     /// When the alert gauges were last computed (they cost a pass over
     /// every alert, inhibition included).
     gauges_at: Mutex<Option<DateTime<Utc>>>,
@@ -228,7 +233,11 @@ impl Alerter {
             .filter(|r| r.send_resolved)
             .map(|r| r.name.clone())
             .collect();
-        let engine = DeliveryEngine::new(clock, settings.delivery.clone())?;
+        let engine = DeliveryEngine::with_pool(
+            clock,
+            settings.delivery.clone(),
+            settings.max_in_flight_per_receiver,
+        )?;
         let store = AlertStore::new(db.clone());
         let blueprint = Blueprint {
             route,
@@ -270,7 +279,7 @@ impl Alerter {
             tick: Duration::from_millis(settings.tick_ms.max(10)),
             seen_retention: chrono::Duration::hours(settings.seen_retention_hours as i64),
             wake: Notify::new(),
-            in_flight: Mutex::new(HashSet::new()),
+            queues: Mutex::new(DeliveryQueues::new(settings.max_in_flight_per_receiver)),
             gauges_at: Mutex::new(None),
             tracker: TaskTracker::new(),
             abandon: CancellationToken::new(),
@@ -430,6 +439,11 @@ impl Alerter {
             tracing::info!("took over the delivery lease: this alerter delivers");
         } else if previous != ROLE_STANDBY && !leader {
             tracing::info!("another alerter holds the delivery lease: standing by");
+            // The holder rebuilds what waited here from the database.
+            let _dispatcher = self.dispatcher.lock().await;
+            let mut queues = self.lock_queues();
+            queues.clear_waiting();
+            publish_depths(&queues);
         }
         self.leading.send_replace(leader);
         if leader {
@@ -477,13 +491,15 @@ impl Alerter {
         Ok(())
     }
 
-    /// One pass: flush due groups, start their deliveries, persist what the
-    /// dispatcher forgot, refresh the gauges.
+    /// One pass: flush due groups, queue their deliveries and start those
+    /// their receivers have room for, persist what the dispatcher forgot,
+    /// refresh the gauges.
     pub async fn tick(self: &Arc<Self>) -> Result<(), StoreError> {
         let now = self.now();
-        let mut work = {
+        let observe = self.incidents.get();
+        let (work, observed, ready) = {
             let mut dispatcher = self.dispatcher.lock().await;
-            let work = dispatcher.due(now);
+            let mut work = dispatcher.due(now);
             let refresh = {
                 let mut last = self.gauges_at.lock().unwrap_or_else(|p| p.into_inner());
                 let due = last.is_none_or(|at| now - at >= GAUGE_EVERY || at > now);
@@ -495,13 +511,27 @@ impl Alerter {
             if refresh {
                 self.update_gauges(&dispatcher, now);
             }
-            work
+            let observed = match observe {
+                Some(_) if !work.notify.is_empty() => work.notify.clone(),
+                _ => Vec::new(),
+            };
+            // Queued under the dispatcher's lock (see `queues`).
+            let mut queues = self.lock_queues();
+            for notification in std::mem::take(&mut work.notify) {
+                // Busy: the group's previous delivery is unconfirmed; its
+                // next flush after that sends whatever changed.
+                let _: Offered = queues.offer(notification);
+            }
+            let ready = queues.start_ready();
+            publish_depths(&queues);
+            (work, observed, ready)
         };
-        self.delete_forgotten(std::mem::take(&mut work.forgotten));
-        if let Some(incidents) = self.incidents.get()
-            && !work.notify.is_empty()
+        self.launch(ready);
+        self.delete_forgotten(work.forgotten);
+        if let Some(incidents) = observe
+            && !observed.is_empty()
         {
-            incidents.observe(&work.notify, now).await;
+            incidents.observe(&observed, now).await;
         }
         for ((receiver, group_key), state) in work.record {
             // Queued with the next batch; a failure is logged by the writer
@@ -516,36 +546,25 @@ impl Alerter {
                 at: now,
             }));
         }
-        for notification in work.notify {
-            let id = (
-                notification.receiver.clone(),
-                notification.group_key.clone(),
-            );
-            let fresh = self
-                .in_flight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id.clone());
-            if !fresh {
-                // The previous delivery of this group is still retrying; the
-                // next flush after it finishes sends whatever changed.
-                continue;
-            }
+        Ok(())
+    }
+
+    fn lock_queues(&self) -> std::sync::MutexGuard<'_, DeliveryQueues> {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Puts notifications that hold a delivery slot on the wire.
+    fn launch(self: &Arc<Self>, ready: Vec<Notification>) {
+        for notification in ready {
             let this = self.clone();
             let span = tracing::info_span!(
                 "deliver",
                 receiver = %notification.receiver,
                 group_key = %notification.group_key
             );
-            self.tracker.spawn(async move {
-                this.deliver(notification).instrument(span).await;
-                this.in_flight
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
-            });
+            self.tracker
+                .spawn(async move { this.deliver(notification).instrument(span).await });
         }
-        Ok(())
     }
 
     /// Deletes the rows of alerts the dispatcher forgot, after any save
@@ -559,24 +578,31 @@ impl Alerter {
         metrics::gauge!("opsloop_alerter_alerts_active").set(counts.firing as f64);
         metrics::gauge!("opsloop_alerter_alerts_silenced").set(counts.silenced as f64);
         metrics::gauge!("opsloop_alerter_alerts_inhibited").set(counts.inhibited as f64);
-        let in_flight = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len();
-        metrics::gauge!("opsloop_alerter_delivery_queue_depth").set(in_flight as f64);
     }
 
-    /// Delivers one notification and records the outcome.
-    async fn deliver(&self, notification: Notification) {
+    /// Delivers one notification, records the outcome, then frees its
+    /// slot and starts the receiver's next waiting notifications. The slot
+    /// is held until the log row commits, so at most the bound of a
+    /// receiver's deliveries are ever unconfirmed: that is all a kill -9
+    /// can make a receiver hear twice.
+    async fn deliver(self: &Arc<Self>, notification: Notification) {
         let Some(receiver) = self.receivers.get(&notification.receiver) else {
+            let _dispatcher = self.dispatcher.lock().await;
+            let mut queues = self.lock_queues();
+            queues.finish(&notification.receiver, &notification.group_key);
+            let ready = queues.start_ready();
+            publish_depths(&queues);
+            drop(queues);
+            self.launch(ready);
             return;
         };
         let outcome = tokio::select! {
             outcome = self.engine.deliver(receiver, &notification, &self.ctx) => outcome,
             _ = self.abandon.cancelled() => {
                 // Shutting down past the grace: not logged, so the next
-                // start (which reloads the alerts) sends it.
+                // start (which reloads the alerts) sends it. If the
+                // receiver already had it, it hears it twice: the
+                // at-least-once window of an unconfirmed delivery.
                 tracing::warn!(
                     receiver = %notification.receiver,
                     group_key = %notification.group_key,
@@ -616,8 +642,6 @@ impl Alerter {
                 attempts = outcome.attempts,
                 "notification sent"
             );
-            let forgotten = self.dispatcher.lock().await.delivered(&notification, now);
-            self.delete_forgotten(forgotten);
         } else {
             metrics::counter!(
                 "opsloop_alerter_dead_letters_total",
@@ -634,6 +658,23 @@ impl Alerter {
                 "notification dead-lettered"
             );
         }
+        // Recorded and the slot freed in one step under the dispatcher (see
+        // `queues`).
+        let (forgotten, ready) = {
+            let mut dispatcher = self.dispatcher.lock().await;
+            let forgotten = if outcome.delivered {
+                dispatcher.delivered(&notification, now)
+            } else {
+                Vec::new()
+            };
+            let mut queues = self.lock_queues();
+            queues.finish(&notification.receiver, &notification.group_key);
+            let ready = queues.start_ready();
+            publish_depths(&queues);
+            (forgotten, ready)
+        };
+        self.delete_forgotten(forgotten);
+        self.launch(ready);
     }
 
     /// Runs the flush loop until `shutdown`, then waits for deliveries in
@@ -664,6 +705,16 @@ impl Alerter {
                 _ = shutdown.cancelled() => break,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        {
+            let _dispatcher = self.dispatcher.lock().await;
+            let left = self.lock_queues().stop();
+            if left > 0 {
+                tracing::info!(
+                    waiting = left,
+                    "stopping: notifications still waiting for a delivery slot are left for the next start"
+                );
             }
         }
         self.tracker.close();
@@ -830,5 +881,15 @@ impl Alerter {
             .engine
             .deliver(receiver, &notification, &self.ctx)
             .await)
+    }
+}
+
+/// The delivery queue gauges, per receiver.
+fn publish_depths(queues: &DeliveryQueues) {
+    for (receiver, waiting, in_flight) in queues.depths() {
+        metrics::gauge!("opsloop_alerter_delivery_queue_depth", "receiver" => receiver.clone())
+            .set(waiting as f64);
+        metrics::gauge!("opsloop_alerter_deliveries_in_flight", "receiver" => receiver)
+            .set(in_flight as f64);
     }
 }

@@ -4,58 +4,16 @@
 
 mod common;
 
-use std::process::Stdio;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::LocalReceiver;
+use common::{CountingReceiver, LocalReceiver, kill9, logged_groups, start_daemon, storm_config};
 use opsloop_core::store::testing::fresh_postgres;
 use sea_orm::ConnectionTrait;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
-struct Daemon {
-    child: Child,
-    http: String,
-}
-
-async fn start(config: &std::path::Path, slack_url: &str) -> Daemon {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_opsloop-alerter"))
-        .arg("--config")
-        .arg(config)
-        .env("OPSLOOP_SLACK_WEBHOOK_URL", slack_url)
-        .env_remove("OPSLOOP_ADMIN_TOKEN")
-        .env_remove("OPSLOOP_AGENT_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the alerter binary starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let pattern = regex::Regex::new(r#""http":"([^"]+)""#).expect("regex");
-    let http = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            if line.contains("alerter started")
-                && let Some(captures) = pattern.captures(&line)
-            {
-                return captures[1].to_owned();
-            }
-        }
-        panic!("the alerter exited before its start line");
-    })
-    .await
-    .expect("start line within 60 s");
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Daemon {
-        child,
-        http: format!("http://{http}"),
-    }
-}
-
-async fn kill9(mut daemon: Daemon) {
-    daemon.child.kill().await.expect("SIGKILL");
+async fn start(config: &std::path::Path, slack_url: &str) -> common::Daemon {
+    start_daemon(config, &[("OPSLOOP_SLACK_WEBHOOK_URL", slack_url)]).await
 }
 
 #[tokio::test]
@@ -157,5 +115,117 @@ min_interval_ms = 0
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(slack.received().len(), 1, "no duplicate after SIGKILL");
     kill9(third).await;
+    db.cleanup().await;
+}
+
+/// Alerts in the storm, each its own group, and their rate.
+const STORM_ALERTS: u64 = 1_500;
+const STORM_RATE: u64 = 300;
+/// The delivery bound of the storm (`alerter.max_in_flight_per_receiver`).
+const BOUND: usize = 8;
+
+/// kill -9 in the middle of a storm of distinct groups, with deliveries
+/// waiting for a slot and `BOUND` of them unconfirmed: after a restart
+/// every group reaches the receiver, and the groups it hears twice are
+/// exactly those the receiver had seen and the notification log had not
+/// recorded when the process died: the deliveries holding a slot (on the
+/// wire, or answered with their log row not yet committed). That is the
+/// at-least-once window, at most `BOUND` groups; a waiting notification is
+/// never sent before the kill, so the restart sends it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_minus_nine_mid_storm_repeats_only_unconfirmed_deliveries() {
+    let db = fresh_postgres().await;
+    let hook = CountingReceiver::start(Duration::from_millis(50)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = storm_config(dir.path(), &db.url, 10_000, BOUND);
+    let env = [("OPSLOOP_STORM_WEBHOOK_URL", hook.url.as_str())];
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+
+    let first = start_daemon(&config, &env).await;
+    let storm = common::Storm::start(
+        http.clone(),
+        format!("{}/api/v2/alerts", first.http),
+        STORM_ALERTS,
+        STORM_RATE,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while hook.distinct() < 100 || storm.posted() < STORM_ALERTS / 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the storm reached the receiver"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    kill9(first).await;
+    // Bytes the dead process wrote before it died may still be read.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = hook.arrived();
+    assert!(
+        before.values().all(|n| *n == 1),
+        "nothing repeated before the kill: {:?}",
+        hook.repeated()
+    );
+    let name = regex::Regex::new(r"Storm\d+").expect("regex");
+    let logged: BTreeSet<String> = logged_groups(&db.db)
+        .await
+        .iter()
+        .filter_map(|key| name.find(key).map(|m| m.as_str().to_owned()))
+        .collect();
+    // Heard by the receiver, not recorded: these alone may come again.
+    let unconfirmed: BTreeSet<String> = before
+        .keys()
+        .filter(|k| !logged.contains(*k))
+        .cloned()
+        .collect();
+    assert!(
+        logged.iter().all(|k| before.contains_key(k)),
+        "the log records only what the receiver heard"
+    );
+    assert!(
+        unconfirmed.len() <= BOUND,
+        "{} deliveries unconfirmed at the kill, more than the bound {BOUND}",
+        unconfirmed.len()
+    );
+    let refused = storm.refused().await;
+    let heard_before = before.len();
+
+    let second = start_daemon(&config, &env).await;
+    let url = format!("{}/api/v2/alerts", second.http);
+    common::repost(&http, &url, &refused).await;
+    let distinct = hook
+        .wait_distinct(STORM_ALERTS as usize, Duration::from_secs(120))
+        .await;
+    assert_eq!(
+        distinct, STORM_ALERTS as usize,
+        "every group after the restart"
+    );
+    // Two more group intervals: a repeat would show up by now.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let repeated: BTreeSet<String> = hook.repeated().into_iter().collect();
+    assert_eq!(
+        repeated, unconfirmed,
+        "the groups heard twice are exactly the unconfirmed ones"
+    );
+    assert!(hook.arrived().values().all(|n| *n <= 2), "none thrice");
+    assert!(
+        hook.peak_requests() <= BOUND,
+        "{} requests at once, bound {BOUND}",
+        hook.peak_requests()
+    );
+    eprintln!(
+        "kill -9 after {heard_before} groups heard ({} logged, {} unconfirmed), {} posts refused; \
+         after restart {distinct} groups, {} heard twice; peak {} requests, {} connections at once ({} opened)",
+        logged.len(),
+        unconfirmed.len(),
+        refused.len(),
+        repeated.len(),
+        hook.peak_requests(),
+        hook.peak_connections(),
+        hook.connections(),
+    );
+    kill9(second).await;
     db.cleanup().await;
 }

@@ -714,7 +714,12 @@ pub const METRIC_HELP: &[(&str, MetricKind, &str)] = {
         (
             "opsloop_alerter_delivery_queue_depth",
             G,
-            "Notification deliveries in flight.",
+            "Notifications waiting for a delivery slot of their receiver, by receiver.",
+        ),
+        (
+            "opsloop_alerter_deliveries_in_flight",
+            G,
+            "Deliveries holding a slot (on the wire or not yet logged), by receiver.",
         ),
         (
             "opsloop_alerter_leader",

@@ -299,3 +299,431 @@ pub async fn stop(app: Running) {
     app.shutdown.cancel();
     app.task.await.expect("joins").expect("stops cleanly");
 }
+
+/// The real `opsloop-alerter` binary, started with a config file.
+pub struct Daemon {
+    pub child: tokio::process::Child,
+    /// `http://addr` of its HTTP listener.
+    pub http: String,
+}
+
+/// Starts the binary with `config` and extra environment (secrets), and
+/// waits (bounded) for its start line.
+pub async fn start_daemon(config: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_opsloop-alerter"));
+    command
+        .arg("--config")
+        .arg(config)
+        .env_remove("OPSLOOP_ADMIN_TOKEN")
+        .env_remove("OPSLOOP_AGENT_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("the alerter binary starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let pattern = regex::Regex::new(r#""http":"([^"]+)""#).expect("regex");
+    let http = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if line.contains("alerter started")
+                && let Some(captures) = pattern.captures(&line)
+            {
+                return captures[1].to_owned();
+            }
+        }
+        panic!("the alerter exited before its start line");
+    })
+    .await
+    .expect("start line within 60 s");
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Daemon {
+        child,
+        http: format!("http://{http}"),
+    }
+}
+
+/// SIGKILL, and waits until the process is gone.
+pub async fn kill9(mut daemon: Daemon) {
+    daemon.child.kill().await.expect("SIGKILL");
+}
+
+/// SIGTERM; returns how long the process took to exit (bounded by
+/// `within`), and its status.
+pub async fn terminate(
+    daemon: &mut Daemon,
+    within: std::time::Duration,
+) -> (std::time::Duration, std::process::ExitStatus) {
+    let pid = daemon.child.id().expect("pid");
+    let sent = std::time::Instant::now();
+    let status = tokio::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .await
+        .expect("kill -TERM");
+    assert!(status.success(), "kill -TERM {pid}");
+    let exited = tokio::time::timeout(within, daemon.child.wait())
+        .await
+        .expect("the alerter exits after SIGTERM")
+        .expect("wait");
+    (sent.elapsed(), exited)
+}
+
+/// The config of a storm: one webhook receiver `hook` (secret
+/// `storm_webhook_url`), one group per alertname, group_wait 0s,
+/// group_interval 1s, at most `max_in_flight` deliveries unconfirmed.
+pub fn storm_config(
+    dir: &std::path::Path,
+    db_url: &str,
+    drain_ms: u128,
+    max_in_flight: usize,
+) -> std::path::PathBuf {
+    let config = dir.join("opsloop.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+environment = "storm"
+[database]
+url = "{db_url}"
+[telemetry]
+log_format = "json"
+log_level = "info"
+[audit]
+log_path = "{audit}"
+[shutdown]
+drain_timeout_ms = {drain_ms}
+[alerter]
+grpc_addr = "127.0.0.1:0"
+http_addr = "127.0.0.1:0"
+tick_ms = 100
+lease_ttl_ms = 2000
+max_in_flight_per_receiver = {max_in_flight}
+[alerter.route]
+receiver = "hook"
+group_by = ["alertname"]
+group_wait = "0s"
+group_interval = "1s"
+repeat_interval = "4h"
+[[alerter.receivers]]
+name = "hook"
+kind = "webhook"
+secret = "storm_webhook_url"
+min_interval_ms = 0
+"#,
+            audit = dir.join("audit.jsonl").display(),
+        ),
+    )
+    .expect("config");
+    config
+}
+
+/// The storm's alert `i`: its own group.
+pub fn storm_alert(i: u64) -> serde_json::Value {
+    serde_json::json!({"labels": {"alertname": format!("Storm{i}"), "service": "storm"},
+           "annotations": {"summary": "storm"}})
+}
+
+/// What a [`CountingReceiver`] saw.
+#[derive(Default)]
+struct Counting {
+    delay: std::time::Duration,
+    open: std::sync::atomic::AtomicUsize,
+    peak_open: std::sync::atomic::AtomicUsize,
+    connections: std::sync::atomic::AtomicUsize,
+    active: std::sync::atomic::AtomicUsize,
+    peak_active: std::sync::atomic::AtomicUsize,
+    /// Per alertname, requests that arrived naming it (counted on arrival,
+    /// before the answer: a request whose sender dies waiting counts).
+    arrived: Mutex<std::collections::HashMap<String, u32>>,
+}
+
+fn raise_peak(peak: &std::sync::atomic::AtomicUsize, now: usize) {
+    peak.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// A TCP stream that counts itself open until dropped.
+struct CountedStream {
+    stream: tokio::net::TcpStream,
+    counting: Arc<Counting>,
+}
+
+impl Drop for CountedStream {
+    fn drop(&mut self) {
+        self.counting
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl tokio::io::AsyncRead for CountedStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountedStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+struct CountingListener {
+    inner: tokio::net::TcpListener,
+    counting: Arc<Counting>,
+}
+
+impl axum::serve::Listener for CountingListener {
+    type Io = CountedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    let c = &self.counting;
+                    c.connections
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let open = c.open.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    raise_peak(&c.peak_open, open);
+                    return (
+                        CountedStream {
+                            stream,
+                            counting: c.clone(),
+                        },
+                        addr,
+                    );
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+async fn count_request(
+    State(counting): State<Arc<Counting>>,
+    body: axum::body::Bytes,
+) -> &'static str {
+    use std::sync::atomic::Ordering::SeqCst;
+    let active = counting.active.fetch_add(1, SeqCst) + 1;
+    raise_peak(&counting.peak_active, active);
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    {
+        let mut arrived = counting.arrived.lock().expect("arrived");
+        for alert in json["alerts"].as_array().into_iter().flatten() {
+            if let Some(name) = alert["labels"]["alertname"].as_str() {
+                *arrived.entry(name.to_owned()).or_default() += 1;
+            }
+        }
+    }
+    // Decremented even when the sender goes away mid-answer.
+    struct Leave(Arc<Counting>);
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            self.0
+                .active
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let _leave = Leave(counting.clone());
+    tokio::time::sleep(counting.delay).await;
+    "ok"
+}
+
+/// A webhook on 127.0.0.1:0 that answers after `delay` and counts its
+/// concurrently open connections and requests (and their peaks) and, per
+/// alertname, the requests that named it.
+#[derive(Clone)]
+pub struct CountingReceiver {
+    pub url: String,
+    counting: Arc<Counting>,
+}
+
+impl CountingReceiver {
+    pub async fn start(delay: std::time::Duration) -> Self {
+        let counting = Arc::new(Counting {
+            delay,
+            ..Counting::default()
+        });
+        let inner = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let addr = inner.local_addr().expect("addr");
+        let app = Router::new()
+            .route("/hook", post(count_request))
+            .with_state(counting.clone());
+        let listener = CountingListener {
+            inner,
+            counting: counting.clone(),
+        };
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("receiver serves") });
+        Self {
+            url: format!("http://{addr}/hook"),
+            counting,
+        }
+    }
+
+    /// Per alertname, the requests that named it.
+    pub fn arrived(&self) -> std::collections::HashMap<String, u32> {
+        self.counting.arrived.lock().expect("arrived").clone()
+    }
+
+    /// Distinct alertnames that arrived.
+    pub fn distinct(&self) -> usize {
+        self.counting.arrived.lock().expect("arrived").len()
+    }
+
+    /// Alertnames that arrived more than once, sorted.
+    pub fn repeated(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .arrived()
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(name, _)| name)
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Most connections open at once.
+    pub fn peak_connections(&self) -> usize {
+        self.counting
+            .peak_open
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Connections accepted in all.
+    pub fn connections(&self) -> usize {
+        self.counting
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Most requests being answered at once.
+    pub fn peak_requests(&self) -> usize {
+        self.counting
+            .peak_active
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits (bounded) until `n` distinct alertnames arrived; returns how
+    /// many did.
+    pub async fn wait_distinct(&self, n: usize, within: std::time::Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.distinct() < n && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self.distinct()
+    }
+}
+
+/// Group keys of the groups the notification log records as sent.
+pub async fn logged_groups(db: &sea_orm::DatabaseConnection) -> Vec<String> {
+    use sea_orm::ConnectionTrait;
+    db.query_all_raw(sea_orm::Statement::from_string(
+        db.get_database_backend(),
+        "SELECT group_key FROM notification_log WHERE status = 'sent'",
+    ))
+    .await
+    .expect("notification log")
+    .iter()
+    .map(|row| row.try_get::<String>("", "group_key").expect("group_key"))
+    .collect()
+}
+
+/// An open-loop storm: alert `i` posted alone at `rate` per second, as
+/// Prometheus would, each post's 200 recorded.
+pub struct Storm {
+    accepted: Arc<Mutex<Vec<bool>>>,
+    posted: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Storm {
+    pub fn start(http: reqwest::Client, url: String, alerts: u64, rate: u64) -> Self {
+        let accepted = Arc::new(Mutex::new(vec![false; alerts as usize]));
+        let posted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let task = {
+            let (accepted, posted) = (accepted.clone(), posted.clone());
+            tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                let mut posts = tokio::task::JoinSet::new();
+                for i in 0..alerts {
+                    tokio::time::sleep_until(
+                        started + std::time::Duration::from_millis(i * 1000 / rate),
+                    )
+                    .await;
+                    posted.store(i + 1, std::sync::atomic::Ordering::Relaxed);
+                    let (http, url, accepted) = (http.clone(), url.clone(), accepted.clone());
+                    posts.spawn(async move {
+                        let ok = matches!(
+                            http.post(&url).json(&serde_json::json!([storm_alert(i)])).send().await,
+                            Ok(r) if r.status() == 200
+                        );
+                        accepted.lock().expect("accepted")[i as usize] = ok;
+                    });
+                    while posts.try_join_next().is_some() {}
+                }
+                while posts.join_next().await.is_some() {}
+            })
+        };
+        Self {
+            accepted,
+            posted,
+            task,
+        }
+    }
+
+    /// Alerts posted so far.
+    pub fn posted(&self) -> u64 {
+        self.posted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits for the last post; returns the alerts not answered with 200.
+    pub async fn refused(self) -> Vec<u64> {
+        self.task.await.expect("storm sender");
+        let accepted = self.accepted.lock().expect("accepted");
+        (0..accepted.len() as u64)
+            .filter(|i| !accepted[*i as usize])
+            .collect()
+    }
+}
+
+/// Posts the given storm alerts again, 200 at a time (what Prometheus does
+/// with alerts a stopped alerter did not take).
+pub async fn repost(http: &reqwest::Client, url: &str, alerts: &[u64]) {
+    for chunk in alerts.chunks(200) {
+        let body: Vec<serde_json::Value> = chunk.iter().map(|i| storm_alert(*i)).collect();
+        let response = http.post(url).json(&body).send().await.expect("re-post");
+        assert_eq!(response.status(), 200, "re-post to the restarted alerter");
+    }
+}
