@@ -81,7 +81,7 @@ fn json_annotation(alert: &Alert, key: &str) -> Option<Value> {
 /// `0.9995` → `99.95 %`.
 pub fn percent(ratio: f64) -> String {
     let p = ratio * 100.0;
-    if p >= 99.0 && p < 100.0 {
+    if (99.0..100.0).contains(&p) {
         format!("{p:.2} %")
     } else {
         format!("{p:.1} %")
