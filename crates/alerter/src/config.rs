@@ -4,9 +4,11 @@
 //! the console and `var/alerts.jsonl`.
 //!
 //! With the defaults, setting the secrets `slack_webhook_url`,
-//! `discord_webhook_url`, `pagerduty_routing_key` and
-//! `slack_summary_webhook_url` enables the P0–P3 tree of
-//! [`crate::route::default_route`]. A custom tree looks like this:
+//! `discord_webhook_url`, `pagerduty_routing_key`,
+//! `slack_summary_webhook_url` and `discord_summary_webhook_url` enables the
+//! P0–P3 tree of [`crate::route::default_route`]; the daily summary and the
+//! weekly report go to the summary receivers (and the console) only, never
+//! to the alert channel. A custom tree looks like this:
 //!
 //! ```toml
 //! [alerter]

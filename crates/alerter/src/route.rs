@@ -291,10 +291,17 @@ impl Route {
     }
 }
 
+/// The alerts of the periodic reports (the heartbeat's daily summary and
+/// weekly report).
+pub const REPORTS: &str = "alertname=~\"OpsDailySummary|OpsWeeklyReport\"";
+
 /// The default tree: P0 (critical) → slack + discord + pagerduty, P1 (high)
-/// → slack + pagerduty, P2 (warning) → slack, P3 (info) and the periodic
-/// reports → summary. Everything also goes to `local` (console and
-/// `var/alerts.jsonl`), which is only enabled when no webhook is configured.
+/// → slack + pagerduty, P2 (warning) → slack, P3 (info) → summary (or, with
+/// no summary webhook, the root's slack); the periodic reports → summary,
+/// discord_summary and summary_console (the console, always enabled, so a
+/// report never falls back to slack). Everything also goes to `local`
+/// (console and `var/alerts.jsonl`), which is only enabled when no webhook
+/// is configured.
 /// The always-firing `Watchdog` goes to `watchdog` alone, every minute.
 pub fn default_route() -> RouteConfig {
     let to = |receiver: &str, matcher: &str, cont: bool| RouteConfig {
@@ -324,11 +331,13 @@ pub fn default_route() -> RouteConfig {
                 group_interval: Some("10s".into()),
                 ..RouteConfig::default()
             },
-            to(
-                "summary",
-                "alertname=~\"OpsDailySummary|OpsWeeklyReport\"",
-                false,
-            ),
+            // The reports go to the summary receivers only (Slack and
+            // Discord, those whose webhook is set) and to the console: never
+            // to the alert channel, which the dispatcher's fallback to the
+            // root receiver would pick were no receiver here enabled.
+            to("summary", REPORTS, true),
+            to("discord_summary", REPORTS, true),
+            to("summary_console", REPORTS, false),
             to("slack", "severity=~\"(?i)critical|p0\"", true),
             to("discord", "severity=~\"(?i)critical|p0\"", true),
             to("pagerduty", "severity=~\"(?i)critical|p0\"", false),
@@ -404,9 +413,12 @@ mod tests {
             ),
             (
                 &[("alertname", "OpsDailySummary"), ("severity", "info")],
-                &["local", "summary"],
+                &["local", "summary", "discord_summary", "summary_console"],
             ),
-            (&[("alertname", "OpsWeeklyReport")], &["local", "summary"]),
+            (
+                &[("alertname", "OpsWeeklyReport")],
+                &["local", "summary", "discord_summary", "summary_console"],
+            ),
             (&[("alertname", "NoSeverity")], &["local", "slack"]),
             (
                 &[("alertname", "Watchdog"), ("severity", "none")],
@@ -423,6 +435,8 @@ mod tests {
             "discord",
             "pagerduty",
             "summary",
+            "discord_summary",
+            "summary_console",
             "watchdog",
         ] {
             assert!(all.contains(name), "{name}");

@@ -486,6 +486,109 @@ fn print_report(r: &WeeklyReport) {
         }
         out!("{}", table.render());
     }
+    let extra = report_extras(&r.report_json);
+    if !extra.is_empty() {
+        outln!();
+        out!("{extra}");
+    }
+}
+
+/// What only the stored body carries (reports from before it had them show
+/// nothing here): each SLI against its objective, met or missed; incidents
+/// with MTTA/MTTR; cost per kind and how the budget was derived.
+fn report_extras(report_json: &str) -> String {
+    let Ok(body) = serde_json::from_str::<Value>(report_json) else {
+        return String::new();
+    };
+    let verdict = |met: &Value| match met.as_bool() {
+        Some(true) => "met",
+        Some(false) => "MISSED",
+        None => "no data",
+    };
+    let mut out = String::new();
+    let slis = body["slis"].as_array().cloned().unwrap_or_default();
+    if !slis.is_empty() {
+        let mut table = Table::new(&[
+            "SLI",
+            "AVAILABILITY",
+            "OBJECTIVE",
+            "",
+            "P95",
+            "OBJECTIVE",
+            "",
+        ]);
+        for sli in &slis {
+            let a = &sli["availability"];
+            let l = &sli["latencyP95Ms"];
+            let ms = |v: &Value| {
+                v.as_i64()
+                    .map(|v| format!("{v} ms"))
+                    .unwrap_or_else(|| "-".into())
+            };
+            table.row(vec![
+                sli["name"].as_str().unwrap_or("-").to_owned(),
+                a["value"]
+                    .as_f64()
+                    .map(|v| format!("{:.2}%", v * 100.0))
+                    .unwrap_or_else(|| "-".into()),
+                a["objective"]
+                    .as_f64()
+                    .map(|v| format!("{:.1}%", v * 100.0))
+                    .unwrap_or_default(),
+                verdict(&a["met"]).to_owned(),
+                ms(&l["value"]),
+                if l.is_object() {
+                    ms(&l["objective"])
+                } else {
+                    "-".into()
+                },
+                if l.is_object() {
+                    verdict(&l["met"]).to_owned()
+                } else {
+                    "not recorded".into()
+                },
+            ]);
+        }
+        out.push_str(&table.render());
+    }
+    let i = &body["incidents"];
+    if i["opened"].as_i64().unwrap_or(0) > 0 {
+        let minutes = |v: &Value| {
+            v.as_f64()
+                .map(|s| format!("{:.1} min", s / 60.0))
+                .unwrap_or_else(|| "-".into())
+        };
+        out.push_str(&format!(
+            "\nincidents: {} opened, {} acknowledged, {} resolved; MTTA {}, MTTR {}\n",
+            i["opened"],
+            i["acknowledged"],
+            i["resolved"],
+            minutes(&i["mttaSeconds"]),
+            minutes(&i["mttrSeconds"])
+        ));
+    }
+    let kinds = body["cost"]["byKind"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    if !kinds.is_empty() {
+        let mut table = Table::new(&["COST KIND", "USD"]);
+        for (kind, usd) in &kinds {
+            table.row(vec![
+                kind.clone(),
+                format!("{:.2}", usd.as_f64().unwrap_or(0.0)),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&table.render());
+    }
+    if let Some(basis) = body["cost"]["budgetBasis"]
+        .as_str()
+        .filter(|b| !b.is_empty())
+    {
+        out.push_str(&format!("budget: {basis}\n"));
+    }
+    out
 }
 
 fn report_json(r: &WeeklyReport) -> Value {
@@ -523,4 +626,41 @@ fn report_json(r: &WeeklyReport) -> Value {
         "report": json_doc(&r.report_json),
         "generated_at": ts_json(r.generated_at.as_ref()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_extras_show_objectives_incidents_and_cost_kinds() {
+        let body = json!({
+            "slis": [
+                {"name": "steps", "availability": {"value": 0.95, "objective": 0.999, "met": false},
+                 "latencyP95Ms": {"value": 4100, "objective": 500, "met": false}},
+                {"name": "alert_delivery", "availability": {"value": 1.0, "objective": 0.999, "met": true},
+                 "latencyP95Ms": null}
+            ],
+            "incidents": {"opened": 2, "acknowledged": 2, "resolved": 1, "mttaSeconds": 180.0, "mttrSeconds": 1800.0},
+            "cost": {"byKind": {"analyze": 2.5}, "budgetBasis": "monthly budget $800.00 pro-rated over 7 days (30-day month) in UTC"}
+        });
+        let text = report_extras(&body.to_string());
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("SLI"), "{text}");
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            [
+                "steps", "95.00%", "99.9%", "MISSED", "4100", "ms", "500", "ms", "MISSED"
+            ]
+        );
+        assert!(lines[2].ends_with("not recorded"), "{text}");
+        assert!(text.contains(
+            "incidents: 2 opened, 2 acknowledged, 1 resolved; MTTA 3.0 min, MTTR 30.0 min"
+        ));
+        assert!(text.contains("analyze    2.50"), "{text}");
+        assert!(text.contains("budget: monthly budget $800.00 pro-rated over 7 days"));
+        // A report stored before these figures existed: nothing extra.
+        assert_eq!(report_extras(r#"{"missions": {}}"#), "");
+        assert_eq!(report_extras("not json"), "");
+    }
 }

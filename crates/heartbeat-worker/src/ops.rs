@@ -295,7 +295,10 @@ pub async fn daily_summary(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, 
             count(&figures.missions, "failed"),
             figures.total_events
         ),
-        figures_json.to_string(),
+        format!(
+            "Daily summary of the 24 h to {}",
+            occurrence.format("%Y-%m-%d %H:%M UTC")
+        ),
     )
     .label(
         "period",
@@ -303,7 +306,8 @@ pub async fn daily_summary(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, 
             .with_timezone(&chrono_tz::UTC)
             .format("%Y-%m-%dT%H:%MZ"),
     )
-    .annotation("figures", figures_json.to_string());
+    .annotation("figures", figures_json.to_string())
+    .annotation("command", "opsloop summary --period daily");
     let tx = begin_write(db).await?;
     let sent = db::advance_mark(&tx, DAILY_SUMMARY_MARK, occurrence, now).await?;
     if sent {
@@ -389,6 +393,20 @@ pub async fn weekly_report(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, 
         .transpose()?
         .flatten();
     let budget = cost_policy(db).await?;
+    let tz: Tz = budget.timezone.parse().unwrap_or(chrono_tz::UTC);
+    let prorated = crate::report::prorated_budget(budget.monthly_usd, start, end, tz);
+    let steps_sli = crate::report::SliInput {
+        name: "steps".into(),
+        description: "mission steps finished without failure; latency from claim to finish".into(),
+        good: steps.iter().filter(|s| s.status == "succeeded").count() as i64,
+        total: steps.len() as i64,
+        latencies_ms: Some(steps.iter().filter_map(|s| s.duration_ms).collect()),
+    };
+    let slis = vec![
+        steps_sli,
+        heartbeat_sli(db, start, end).await?,
+        delivery_sli(db, start, end).await?,
+    ];
     let input = crate::report::WeeklyInput {
         period_start: start,
         period_end: end,
@@ -396,8 +414,12 @@ pub async fn weekly_report(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, 
         steps,
         alerts,
         cost_usd: cost_between(db, start, end).await?,
-        budget_usd: budget.daily_usd * 7.0,
+        cost_by_kind: cost_by_kind(db, start, end).await?,
+        budget_usd: prorated.usd,
+        budget_basis: format!("{} in {}", prorated.basis, budget.timezone),
         last_backup_at: last_backup,
+        slis,
+        incidents: incidents_opened(db, start, end).await?,
     };
     let body = crate::report::weekly_body(&input);
     let rate = |v: &Value| {
@@ -405,20 +427,40 @@ pub async fn weekly_report(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, 
             .map(|r| format!("{:.0} %", r * 100.0))
             .unwrap_or_else(|| "n/a".into())
     };
+    let verdicts: Vec<bool> = body["slis"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|sli| {
+            [&sli["availability"]["met"], &sli["latencyP95Ms"]["met"]]
+                .into_iter()
+                .filter_map(Value::as_bool)
+        })
+        .collect();
+    let met = verdicts.iter().filter(|m| **m).count();
     let alert = alerts::alert(
         "OpsWeeklyReport",
         Severity::Info,
         format!(
-            "week to {}: mission success {}, cost ${:.2} of ${:.2}",
+            "week to {}: mission success {}, objectives {met} met / {} missed, cost ${:.2} of ${:.2}",
             end.format("%Y-%m-%d"),
             rate(&body["missions"]["successRate"]),
+            verdicts.len() - met,
             input.cost_usd,
             input.budget_usd
         ),
-        body.to_string(),
+        format!(
+            "Weekly operations report {} to {}",
+            start.format("%Y-%m-%d"),
+            end.format("%Y-%m-%d")
+        ),
     )
     .label("period", end.format("%Y-%m-%d"))
-    .annotation("report", body.to_string());
+    .annotation("report", body.to_string())
+    .annotation(
+        "command",
+        format!("opsloop report weekly --week-of {}", start.format("%Y-%m-%d")),
+    );
     let tx = begin_write(db).await?;
     let sent = db::advance_mark(&tx, WEEKLY_REPORT_MARK, end, now).await?;
     let report_id = uuid::Uuid::now_v7();
@@ -442,4 +484,122 @@ pub async fn weekly_report(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, 
     Ok(
         json!({"due": true, "period_end": end, "sent": sent, "report_id": sent.then_some(report_id)}),
     )
+}
+
+/// The heartbeat's own SLI: ticks recorded `ok` (not `partial`), and tick
+/// durations, from `heartbeat_runs`.
+async fn heartbeat_sli(
+    db: &impl ConnectionTrait,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<crate::report::SliInput, HeartbeatError> {
+    let rows = db
+        .query_all_raw(stmt(
+            db.get_database_backend(),
+            "SELECT status, started_at, finished_at FROM heartbeat_runs \
+             WHERE tick_at >= $1 AND tick_at < $2 LIMIT 100000",
+            vec![start.into(), end.into()],
+        ))
+        .await?;
+    let mut sli = crate::report::SliInput {
+        name: "heartbeat".into(),
+        description: "heartbeat ticks with every phase ok; latency of the tick".into(),
+        latencies_ms: Some(Vec::new()),
+        ..Default::default()
+    };
+    for row in rows {
+        sli.total += 1;
+        if row.try_get::<String>("", "status")? == "ok" {
+            sli.good += 1;
+        }
+        let started: DateTime<Utc> = row.try_get("", "started_at")?;
+        let finished: Option<DateTime<Utc>> = row.try_get("", "finished_at")?;
+        if let (Some(finished), Some(samples)) = (finished, sli.latencies_ms.as_mut()) {
+            samples.push((finished - started).num_milliseconds());
+        }
+    }
+    Ok(sli)
+}
+
+/// The alerter's delivery SLI: notifications sent against those
+/// dead-lettered, from its `notification_log`. The log keeps no delivery
+/// duration, so this SLI has no latency.
+async fn delivery_sli(
+    db: &impl ConnectionTrait,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<crate::report::SliInput, HeartbeatError> {
+    let rows = db
+        .query_all_raw(stmt(
+            db.get_database_backend(),
+            "SELECT status, COUNT(*) AS n FROM notification_log \
+             WHERE created_at >= $1 AND created_at < $2 AND status IN ('sent', 'dead_letter') \
+             GROUP BY status",
+            vec![start.into(), end.into()],
+        ))
+        .await?;
+    let mut sli = crate::report::SliInput {
+        name: "alert_delivery".into(),
+        description: "notifications delivered, not dead-lettered".into(),
+        ..Default::default()
+    };
+    for row in rows {
+        let n: i64 = row.try_get("", "n")?;
+        sli.total += n;
+        if row.try_get::<String>("", "status")? == "sent" {
+            sli.good += n;
+        }
+    }
+    Ok(sli)
+}
+
+/// Cost of the period per step kind (the event's kind when it belongs to no
+/// step), in USD.
+async fn cost_by_kind(
+    db: &impl ConnectionTrait,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<std::collections::BTreeMap<String, f64>, HeartbeatError> {
+    let rows = db
+        .query_all_raw(stmt(
+            db.get_database_backend(),
+            "SELECT COALESCE(s.kind, e.kind) AS kind, SUM(e.cost_usd) AS total FROM events e \
+             LEFT JOIN mission_steps s ON s.id = e.step_id \
+             WHERE e.created_at >= $1 AND e.created_at <= $2 AND e.cost_usd IS NOT NULL \
+             GROUP BY COALESCE(s.kind, e.kind) LIMIT 1000",
+            vec![db_now(from).into(), db_now(to).into()],
+        ))
+        .await?;
+    let mut out = std::collections::BTreeMap::new();
+    for row in rows {
+        let kind: String = row.try_get("", "kind")?;
+        let total: Option<f64> = row.try_get("", "total")?;
+        out.insert(kind, total.unwrap_or(0.0));
+    }
+    Ok(out)
+}
+
+/// Incidents opened in the period (the alerter's `incidents` table).
+async fn incidents_opened(
+    db: &impl ConnectionTrait,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<Vec<crate::report::IncidentTimes>, HeartbeatError> {
+    let rows = db
+        .query_all_raw(stmt(
+            db.get_database_backend(),
+            "SELECT opened_at, acknowledged_at, resolved_at FROM incidents \
+             WHERE opened_at >= $1 AND opened_at < $2 LIMIT 100000",
+            vec![start.into(), end.into()],
+        ))
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        out.push(crate::report::IncidentTimes {
+            opened_at: row.try_get("", "opened_at")?,
+            acknowledged_at: row.try_get("", "acknowledged_at")?,
+            resolved_at: row.try_get("", "resolved_at")?,
+        });
+    }
+    Ok(out)
 }

@@ -1561,6 +1561,54 @@ async fn the_weekly_report_is_stored_and_sent_once_per_week() {
     .await
     .expect("fail");
 
+    // What the SLIs and MTTA/MTTR are computed from: heartbeat ticks (two
+    // ok, one partial), the alerter's notification log (three sent, one
+    // dead-lettered) and incidents (acknowledged after 2 and 4 min, one
+    // resolved after 30 min), all within the week; a tick after it.
+    let at = |t: DateTime<Utc>| t.to_rfc3339();
+    for (status, ms, tick) in [
+        ("ok", 100, during),
+        ("ok", 200, during + secs(300)),
+        ("partial", 900, during + secs(600)),
+        ("partial", 900, monday + secs(1)),
+    ] {
+        db.execute_unprepared(&format!(
+            "INSERT INTO heartbeat_runs (id, tick_at, started_at, finished_at, status, leader, phases, created_at) \
+             VALUES ('{}', '{}', '{}', '{}', '{status}', 'a', '[]', '{}')",
+            Uuid::now_v7(),
+            at(tick),
+            at(tick),
+            at(tick + Duration::milliseconds(ms)),
+            at(tick),
+        ))
+        .await
+        .expect("heartbeat run");
+    }
+    for status in ["sent", "sent", "sent", "dead_letter"] {
+        db.execute_unprepared(&format!(
+            "INSERT INTO notification_log (receiver, group_key, state_hash, firing, resolved, status, attempts, created_at) \
+             VALUES ('slack', 'g', 'h', '[]', '[]', '{status}', 1, '{}')",
+            at(during)
+        ))
+        .await
+        .expect("notification log");
+    }
+    for (ack, resolved) in [(2, Some(30)), (4, None)] {
+        let resolved_at = resolved
+            .map(|m| format!("'{}'", at(during + Duration::minutes(m))))
+            .unwrap_or_else(|| "NULL".into());
+        db.execute_unprepared(&format!(
+            "INSERT INTO incidents (id, title, level, state, labels, opened_by, opened_at, acknowledged_at, resolved_at, updated_at) \
+             VALUES ('{}', 'Down', 'P0', 'acknowledged', '{{}}', 'alerter', '{}', '{}', {resolved_at}, '{}')",
+            Uuid::now_v7(),
+            at(during),
+            at(during + Duration::minutes(ack)),
+            at(during),
+        ))
+        .await
+        .expect("incident");
+    }
+
     let counts = run(&hb, Phase::WeeklyReport, monday + secs(60)).await;
     assert_eq!(counts["sent"], true, "{counts}");
     let counts = run(&hb, Phase::WeeklyReport, monday + secs(120)).await;
@@ -1584,7 +1632,93 @@ async fn the_weekly_report_is_stored_and_sent_once_per_week() {
     assert_eq!(body["failuresByReason"]["quota exceeded"], 1);
     assert_eq!(body["stepDurationMs"]["samples"], 2);
     assert_eq!(body["cost"]["usd"], 2.5);
+    assert_eq!(body["cost"]["byKind"]["analyze"], 2.5);
     assert!(body["backup"]["lastCompletedAt"].is_null());
+    // The month's budget ($800 in Asia/Tokyo) pro-rated over the 7 days,
+    // not the daily budget × 7 ($210).
+    let start = monday - Duration::days(7);
+    let budget = opsloop_heartbeat_worker::report::prorated_budget(
+        800.0,
+        start,
+        monday,
+        chrono_tz::Asia::Tokyo,
+    );
+    let budget_usd = body["cost"]["budgetUsd"].as_f64().expect("budget");
+    assert!((budget_usd - budget.usd).abs() < 1e-9, "{body}");
+    assert!(
+        (800.0 * 7.0 / 31.0..=800.0 * 7.0 / 28.0).contains(&budget_usd),
+        "{budget_usd}"
+    );
+    assert!(
+        body["cost"]["budgetBasis"]
+            .as_str()
+            .expect("basis")
+            .starts_with("monthly budget $800.00 pro-rated over 7 days"),
+        "{body}"
+    );
+    // The SLIs from the records, each against its objective.
+    let sli = |name: &str| {
+        body["slis"]
+            .as_array()
+            .expect("slis")
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no SLI {name}: {body}"))
+    };
+    let steps = sli("steps");
+    assert_eq!(
+        (steps["good"].as_i64(), steps["total"].as_i64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(steps["availability"]["met"], false);
+    assert_eq!(
+        steps["latencyP95Ms"]["value"], 4000,
+        "the slower of 4 s and 2 s"
+    );
+    assert_eq!(steps["latencyP95Ms"]["met"], false);
+    let ticks = sli("heartbeat");
+    assert_eq!(
+        (ticks["good"].as_i64(), ticks["total"].as_i64()),
+        (Some(2), Some(3)),
+        "the tick after the week is not counted"
+    );
+    assert_eq!(ticks["latencyP95Ms"]["value"], 900);
+    assert_eq!(ticks["latencyP95Ms"]["objective"], 500);
+    assert_eq!(ticks["latencyP95Ms"]["met"], false);
+    let delivery = sli("alert_delivery");
+    assert_eq!(delivery["availability"]["value"], 0.75);
+    assert_eq!(delivery["availability"]["objective"], 0.999);
+    assert_eq!(delivery["availability"]["met"], false);
+    assert!(
+        delivery["latencyP95Ms"].is_null(),
+        "no delivery duration is recorded"
+    );
+    assert_eq!(body["incidents"]["opened"], 2);
+    assert_eq!(body["incidents"]["mttaSeconds"], 180.0);
+    assert_eq!(body["incidents"]["mttrSeconds"], 1800.0);
+    // A readable alert: a summary line and description, not the JSON.
+    let annotations = &sent[0]["annotations"];
+    assert!(
+        annotations["summary"]
+            .as_str()
+            .expect("summary")
+            .contains("objectives 0 met / 5 missed"),
+        "{annotations}"
+    );
+    assert!(
+        !annotations["description"]
+            .as_str()
+            .expect("d")
+            .contains('{')
+    );
+    assert_eq!(
+        annotations["command"],
+        format!(
+            "opsloop report weekly --week-of {}",
+            start.format("%Y-%m-%d")
+        )
+    );
 
     run(
         &hb,

@@ -6,7 +6,9 @@
 
 use serde_json::{Value, json};
 
-use super::{AlertText, Receiver, ReceiverKind, RenderContext, chars, link, title, truncate};
+use super::{
+    AlertText, Receiver, ReceiverKind, RenderContext, chars, link, report, title, truncate,
+};
 use crate::group::Notification;
 use crate::model::{Alert, Severity};
 
@@ -128,12 +130,111 @@ fn alert_embed(alert: &Alert, resolved: bool, n: &Notification, ctx: &RenderCont
     }
 }
 
+/// A report (daily summary, weekly report) as one embed: the title, the
+/// headline as description, per section a full-width heading field with its
+/// lines then its figures as inline fields, a links field, the CLI command
+/// in the footer. Cut to Discord's limits (25 fields, 6000 characters) with
+/// a last field saying how many were left out; never rejected.
+pub fn report_payload(view: &report::ReportView, n: &Notification) -> Value {
+    // (name, value, inline), before the limits.
+    let mut all: Vec<(String, String, bool)> = Vec::new();
+    for section in &view.sections {
+        let lines = if section.lines.is_empty() {
+            "\u{200b}".to_owned()
+        } else {
+            section.lines.join("\n")
+        };
+        all.push((section.heading.clone(), lines, false));
+        for (k, v) in &section.fields {
+            all.push((k.clone(), v.clone(), true));
+        }
+    }
+    if !view.links.is_empty() {
+        let links: Vec<String> = view
+            .links
+            .iter()
+            .map(|(label, url)| format!("[{label}]({url})"))
+            .collect();
+        all.push(("Links".into(), links.join(" · "), false));
+    }
+    let all: Vec<(String, String, bool)> = all
+        .into_iter()
+        .map(|(k, v, inline)| {
+            let v = if v.trim().is_empty() {
+                "—".to_owned()
+            } else {
+                v
+            };
+            (
+                truncate(&k, MAX_FIELD_NAME),
+                truncate(&v, MAX_FIELD_VALUE),
+                inline,
+            )
+        })
+        .collect();
+    let title = truncate(&view.title, MAX_TITLE);
+    let footer = truncate(&view.footer, MAX_FOOTER);
+    // The headline takes what the title and footer leave, up to a quarter
+    // of the total so the figures keep most of the room.
+    let description = truncate(&view.headline, MAX_DESCRIPTION.min(MAX_TOTAL / 4));
+    // Room for a closing "…and N more" field.
+    const MORE_FIELD: usize = 100;
+    let mut used = chars(&title) + chars(&description) + chars(&footer);
+    let mut fields: Vec<(String, String, bool)> = Vec::new();
+    for (i, (k, v, inline)) in all.iter().enumerate() {
+        let size = chars(k) + chars(v);
+        let last_slot = fields.len() + 1 == MAX_FIELDS;
+        let rest_after = all.len() - i - 1;
+        let reserve = if rest_after > 0 { MORE_FIELD } else { 0 };
+        let fits = used + size + reserve <= MAX_TOTAL;
+        if !fits || (last_slot && rest_after > 0) {
+            break;
+        }
+        used += size;
+        fields.push((k.clone(), v.clone(), *inline));
+    }
+    if fields.len() < all.len() {
+        fields.push((
+            "…".into(),
+            format!(
+                "and {} more fields not shown; the full report is in `opsloop report`",
+                all.len() - fields.len()
+            ),
+            false,
+        ));
+    }
+    let mut embed = json!({
+        "title": title,
+        "color": COLOUR_INFO,
+        "fields": fields.iter().map(|(k, v, inline)| json!({"name": k, "value": v, "inline": inline})).collect::<Vec<_>>(),
+        "timestamp": n.state.at.to_rfc3339(),
+    });
+    if !footer.is_empty() {
+        embed["footer"] = json!({"text": footer});
+    }
+    if !description.is_empty() {
+        embed["description"] = json!(description);
+    }
+    if let Some((_, url)) = view.links.first() {
+        embed["url"] = json!(url);
+    }
+    json!({
+        "username": "opsloop",
+        "content": truncate(&view.title, MAX_CONTENT),
+        "embeds": [embed],
+        "allowed_mentions": {"parse": []},
+    })
+}
+
 impl Receiver for Discord {
     fn kind(&self) -> ReceiverKind {
         ReceiverKind::Discord
     }
 
     fn payload(&self, n: &Notification, ctx: &RenderContext) -> Value {
+        if let Some(view) = report::view(n) {
+            return report_payload(&view, n);
+        }
         let all: Vec<(&Alert, bool)> = n
             .firing
             .iter()
@@ -295,5 +396,114 @@ mod tests {
         for (severity, resolved, expected) in table {
             assert_eq!(colour(severity, resolved), expected);
         }
+    }
+
+    fn field_values(p: &Value) -> Vec<(String, String)> {
+        p["embeds"][0]["fields"]
+            .as_array()
+            .expect("fields")
+            .iter()
+            .map(|f| {
+                (
+                    f["name"].as_str().expect("name").to_owned(),
+                    f["value"].as_str().expect("value").to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_weekly_report_renders_as_an_embed_with_fields() {
+        use crate::receivers::report::tests::{weekly_body, weekly_notification};
+        let n = weekly_notification(
+            &weekly_body(),
+            "week to 2026-11-23: objectives 3 met / 2 missed",
+        );
+        let p = Discord.payload(&n, &RenderContext::default());
+        assert_within_limits(&p);
+        let embeds = p["embeds"].as_array().expect("embeds");
+        assert_eq!(embeds.len(), 1);
+        let e = &embeds[0];
+        assert_eq!(e["title"], "📊 Weekly report · 2026-11-16 → 2026-11-23");
+        assert_eq!(
+            e["description"],
+            "week to 2026-11-23: objectives 3 met / 2 missed"
+        );
+        assert_eq!(e["color"], COLOUR_INFO);
+        assert_eq!(
+            e["url"],
+            "https://runbooks.example/opsloop/runbook.md#weekly-report"
+        );
+        assert_eq!(
+            e["footer"]["text"],
+            "Full figures: `opsloop report weekly --week-of 2026-11-16`"
+        );
+        let fields = field_values(&p);
+        let get = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_else(|| panic!("no {name} in {fields:?}"))
+        };
+        assert_eq!(
+            get("steps availability"),
+            "95.2 % of 42 (objective 99.90 %) ❌ missed"
+        );
+        assert_eq!(
+            get("heartbeat p95 latency"),
+            "130 ms (objective 500 ms) ✅ met"
+        );
+        assert_eq!(get("MTTR"), "1.5 h");
+        assert_eq!(get("Spent"), "$105.50 of $186.67 (56.5 %)");
+        assert!(get("Links").contains("[Runbook](https://runbooks.example/"));
+        let all = serde_json::to_string(&p).expect("json");
+        assert!(!all.contains("successRate"), "no raw JSON");
+        // Section headings are full-width, figures inline.
+        let raw = e["fields"].as_array().expect("fields");
+        assert_eq!(raw[0]["name"], "Service level objectives");
+        assert_eq!(raw[0]["inline"], false);
+        assert_eq!(raw[1]["inline"], true);
+    }
+
+    #[test]
+    fn an_oversized_report_is_cut_visibly_within_limits() {
+        use crate::receivers::report::tests::{oversized_weekly_body, weekly_notification};
+        let n = weekly_notification(&oversized_weekly_body(), &"h".repeat(10_000));
+        let p = Discord.payload(&n, &RenderContext::default());
+        assert_within_limits(&p);
+        let fields = field_values(&p);
+        assert!(fields.len() <= MAX_FIELDS);
+        let (name, value) = fields.last().expect("a last field");
+        assert_eq!(name, "…");
+        assert!(value.contains("more fields not shown"), "{value}");
+        let description = p["embeds"][0]["description"].as_str().expect("description");
+        assert!(description.ends_with('…'));
+        // Many small fields: the 25-field limit, not the size, cuts.
+        let mut many = crate::receivers::report::tests::weekly_body();
+        let kinds: serde_json::Map<String, Value> =
+            (0..60).map(|i| (format!("k{i}"), json!(1.0))).collect();
+        many["cost"]["byKind"] = Value::Object(kinds);
+        let p = Discord.payload(&weekly_notification(&many, "s"), &RenderContext::default());
+        assert_within_limits(&p);
+        let fields = field_values(&p);
+        assert_eq!(fields.len(), MAX_FIELDS);
+        assert!(fields[MAX_FIELDS - 1].1.contains("more fields not shown"));
+    }
+
+    #[test]
+    fn the_daily_summary_renders_as_an_embed() {
+        let p = Discord.payload(
+            &crate::receivers::report::tests::daily_notification(),
+            &RenderContext::default(),
+        );
+        assert_within_limits(&p);
+        let fields = field_values(&p);
+        assert_eq!(
+            fields[0],
+            ("Proposals (5)".to_owned(), "\u{200b}".to_owned())
+        );
+        assert!(fields.contains(&("approved".to_owned(), "4".to_owned())));
+        assert!(fields.contains(&("Events".to_owned(), "57 events recorded".to_owned())));
     }
 }

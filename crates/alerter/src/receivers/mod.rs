@@ -7,6 +7,7 @@
 pub mod discord;
 pub mod local;
 pub mod pagerduty;
+pub mod report;
 pub mod slack;
 pub mod webhook;
 
@@ -84,6 +85,10 @@ pub struct ReceiverConfig {
     /// Console only: also append each notification as a JSON line here.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// Console only: when this receiver is enabled, in place of
+    /// `alerter.local_output` (`always`: whether webhooks are set or not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_output: Option<LocalOutput>,
 }
 
 impl ReceiverConfig {
@@ -96,13 +101,17 @@ impl ReceiverConfig {
             send_resolved: None,
             min_interval_ms: None,
             path: None,
+            local_output: None,
         }
     }
 }
 
-/// The default receivers: slack, discord, pagerduty and summary read their
-/// URL/key from secrets and are enabled when it is set; `local` prints to the
-/// console and appends to `var/alerts.jsonl`.
+/// The default receivers: slack, discord, pagerduty, summary (Slack) and
+/// discord_summary read their URL/key from secrets and are enabled when it is
+/// set; `local` prints to the console and appends to `var/alerts.jsonl`;
+/// `summary_console` prints the reports on the console, always, so that
+/// without a summary webhook they stay off the alert channel (see
+/// [`crate::route::default_route`]).
 pub fn default_receivers() -> Vec<ReceiverConfig> {
     vec![
         ReceiverConfig::new("slack", ReceiverKind::Slack, Some("slack_webhook_url")),
@@ -125,8 +134,21 @@ pub fn default_receivers() -> Vec<ReceiverConfig> {
             )
         },
         ReceiverConfig {
+            send_resolved: Some(false),
+            ..ReceiverConfig::new(
+                "discord_summary",
+                ReceiverKind::Discord,
+                Some("discord_summary_webhook_url"),
+            )
+        },
+        ReceiverConfig {
             path: Some(PathBuf::from("var/alerts.jsonl")),
             ..ReceiverConfig::new("local", ReceiverKind::Console, None)
+        },
+        ReceiverConfig {
+            send_resolved: Some(false),
+            local_output: Some(LocalOutput::Always),
+            ..ReceiverConfig::new("summary_console", ReceiverKind::Console, None)
         },
         // The Watchdog's heartbeat URL (healthchecks.io, PagerDuty's
         // heartbeat, …): pinged every minute while alerting works.
@@ -213,6 +235,8 @@ pub fn build(
     let mut built = BuiltReceivers::default();
     let mut seen = BTreeSet::new();
     let mut consoles = Vec::new();
+    // Console receivers whose own `local_output` is `always`.
+    let mut always = Vec::new();
     for config in configs {
         if !seen.insert(config.name.clone()) {
             return Err(ReceiverError::Duplicate(config.name.clone()));
@@ -230,7 +254,7 @@ pub fn build(
             Duration::from_millis(config.min_interval_ms.unwrap_or(default_interval));
         let (url, format): (Secret, Arc<dyn Receiver>) = match config.kind {
             ReceiverKind::Console => {
-                consoles.push(ConfiguredReceiver {
+                let console = ConfiguredReceiver {
                     name: config.name.clone(),
                     send_resolved: config.send_resolved.unwrap_or(true),
                     min_interval,
@@ -238,7 +262,14 @@ pub fn build(
                         path: config.path.clone(),
                     },
                     format: Arc::new(local::Console),
-                });
+                };
+                match config.local_output {
+                    Some(LocalOutput::Always) => always.push(console),
+                    Some(LocalOutput::Never) => built
+                        .disabled
+                        .push((console.name, "its local_output is never".into())),
+                    Some(LocalOutput::Auto) | None => consoles.push(console),
+                }
                 continue;
             }
             kind => {
@@ -302,6 +333,7 @@ pub fn build(
             ));
         }
     }
+    built.enabled.extend(always);
     Ok(built)
 }
 
@@ -661,8 +693,11 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let none = SecretStore::with_sources(None, dir.path(), Vec::new());
         let built = build(&default_receivers(), &none, LocalOutput::Auto).expect("build");
-        assert_eq!(built.names(), BTreeSet::from(["local".to_owned()]));
-        assert_eq!(built.disabled.len(), 5);
+        assert_eq!(
+            built.names(),
+            BTreeSet::from(["local".to_owned(), "summary_console".to_owned()])
+        );
+        assert_eq!(built.disabled.len(), 6);
         assert!(
             built
                 .disabled
@@ -684,7 +719,11 @@ pub(crate) mod tests {
         let built = build(&default_receivers(), &some, LocalOutput::Auto).expect("build");
         assert_eq!(
             built.names(),
-            BTreeSet::from(["pagerduty".to_owned(), "slack".to_owned()])
+            BTreeSet::from([
+                "pagerduty".to_owned(),
+                "slack".to_owned(),
+                "summary_console".to_owned()
+            ])
         );
         let slack = built.get("slack").expect("slack");
         assert_eq!(slack.min_interval, Duration::from_secs(1));

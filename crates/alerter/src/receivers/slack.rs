@@ -8,8 +8,8 @@
 use serde_json::{Value, json};
 
 use super::{
-    AlertText, Receiver, ReceiverKind, RenderContext, describe, display_timezone, link, title,
-    truncate, zoned_and_utc,
+    AlertText, Receiver, ReceiverKind, RenderContext, describe, display_timezone, link, report,
+    title, truncate, zoned_and_utc,
 };
 use crate::group::Notification;
 use crate::model::Severity;
@@ -20,6 +20,8 @@ pub const MAX_FIELD_TEXT: usize = 2000;
 pub const MAX_FIELDS: usize = 10;
 pub const MAX_BLOCKS: usize = 50;
 pub const MAX_BUTTON_TEXT: usize = 75;
+/// Elements of one actions block.
+pub const MAX_ACTION_ELEMENTS: usize = 25;
 pub const MAX_URL: usize = 3000;
 pub const MAX_CONTEXT_TEXT: usize = 3000;
 /// The fallback `text` shown in notifications.
@@ -44,12 +46,80 @@ fn mrkdwn_section(text: &str) -> Value {
     json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(text, MAX_SECTION_TEXT)}})
 }
 
+/// A report (daily summary, weekly report) as Block Kit: a header, the
+/// headline, per section a bold heading with its lines and its figures as
+/// fields (ten per section block), link buttons and a context line with the
+/// CLI command. Cut to Slack's limits with `…`, never rejected.
+pub fn report_payload(view: &report::ReportView) -> Value {
+    let field = |(k, v): &(String, String)| json!({"type": "mrkdwn", "text": truncate(&format!("*{k}*\n{v}"), MAX_FIELD_TEXT)});
+    let mut blocks = vec![json!({"type": "header", "text": {"type": "plain_text",
+        "text": truncate(&view.title, MAX_HEADER), "emoji": true}})];
+    if !view.headline.is_empty() {
+        blocks.push(mrkdwn_section(&view.headline));
+    }
+    // Tail: buttons and the footer, reserved before the sections.
+    let mut tail = Vec::new();
+    let buttons: Vec<Value> = view
+        .links
+        .iter()
+        .filter(|(_, url)| url.chars().count() <= MAX_URL)
+        .take(MAX_ACTION_ELEMENTS)
+        .map(|(label, url)| {
+            json!({"type": "button",
+            "text": {"type": "plain_text", "text": truncate(label, MAX_BUTTON_TEXT)}, "url": url})
+        })
+        .collect();
+    if !buttons.is_empty() {
+        tail.push(json!({"type": "actions", "elements": buttons}));
+    }
+    if !view.footer.is_empty() {
+        tail.push(json!({"type": "context", "elements": [{"type": "mrkdwn",
+            "text": truncate(&view.footer, MAX_CONTEXT_TEXT)}]}));
+    }
+    let mut body = Vec::new();
+    for section in &view.sections {
+        body.push(json!({"type": "divider"}));
+        let mut text = format!("*{}*", section.heading);
+        for line in &section.lines {
+            text.push('\n');
+            text.push_str(line);
+        }
+        body.push(mrkdwn_section(&text));
+        for chunk in section.fields.chunks(MAX_FIELDS) {
+            body.push(
+                json!({"type": "section", "fields": chunk.iter().map(field).collect::<Vec<_>>()}),
+            );
+        }
+    }
+    let room = MAX_BLOCKS - blocks.len() - tail.len();
+    if body.len() > room {
+        let left_out = body.len() - (room - 1);
+        body.truncate(room - 1);
+        body.push(json!({"type": "context", "elements": [{"type": "mrkdwn",
+            "text": format!("… {left_out} more blocks not shown; the full report is in `opsloop report`")}]}));
+    }
+    blocks.extend(body);
+    blocks.extend(tail);
+    let fallback = if view.headline.is_empty() {
+        view.title.clone()
+    } else {
+        format!("{}: {}", view.title, view.headline)
+    };
+    json!({
+        "text": truncate(&fallback, MAX_FALLBACK_TEXT),
+        "blocks": blocks,
+    })
+}
+
 impl Receiver for Slack {
     fn kind(&self) -> ReceiverKind {
         ReceiverKind::Slack
     }
 
     fn payload(&self, n: &Notification, ctx: &RenderContext) -> Value {
+        if let Some(view) = report::view(n) {
+            return report_payload(&view);
+        }
         let header = format!("{} {}", emoji(n), title(n));
         let severity = n
             .severity()
@@ -186,7 +256,7 @@ mod tests {
                         assert!(chars(text) <= MAX_SECTION_TEXT);
                     }
                     if let Some(fields) = block["fields"].as_array() {
-                        assert!(fields.len() <= MAX_FIELDS);
+                        assert!(!fields.is_empty() && fields.len() <= MAX_FIELDS);
                         for f in fields {
                             assert!(chars(f["text"].as_str().expect("f")) <= MAX_FIELD_TEXT);
                         }
@@ -203,6 +273,7 @@ mod tests {
                         assert!(chars(e["text"].as_str().expect("t")) <= MAX_CONTEXT_TEXT);
                     }
                 }
+                "divider" => {}
                 other => panic!("unexpected block {other}"),
             }
         }
@@ -257,5 +328,110 @@ mod tests {
                 assert!(more, "the cut is announced");
             }
         }
+    }
+
+    /// Every text of a payload, for "shown somewhere" checks.
+    fn texts(payload: &Value) -> String {
+        serde_json::to_string(payload).expect("json")
+    }
+
+    #[test]
+    fn the_weekly_report_renders_as_blocks_with_fields_and_links() {
+        use crate::receivers::report::tests::{weekly_body, weekly_notification};
+        let n = weekly_notification(
+            &weekly_body(),
+            "week to 2026-11-23: objectives 3 met / 2 missed",
+        );
+        let p = Slack.payload(&n, &RenderContext::default());
+        assert_within_limits(&p);
+        let blocks = p["blocks"].as_array().expect("blocks");
+        assert_eq!(blocks[0]["type"], "header");
+        assert_eq!(
+            blocks[0]["text"]["text"],
+            "📊 Weekly report · 2026-11-16 → 2026-11-23"
+        );
+        assert_eq!(
+            blocks[1]["text"]["text"],
+            "week to 2026-11-23: objectives 3 met / 2 missed"
+        );
+        // Figures are fields, not a JSON string.
+        let fields: Vec<&str> = blocks
+            .iter()
+            .filter_map(|b| b["fields"].as_array())
+            .flatten()
+            .map(|f| f["text"].as_str().expect("field"))
+            .collect();
+        assert!(
+            fields.contains(&"*steps availability*\n95.2 % of 42 (objective 99.90 %) ❌ missed"),
+            "{fields:?}"
+        );
+        assert!(fields.contains(&"*heartbeat p95 latency*\n130 ms (objective 500 ms) ✅ met"));
+        assert!(fields.contains(&"*MTTA*\n4 min"));
+        assert!(fields.contains(&"*Spent*\n$105.50 of $186.67 (56.5 %)"));
+        let all = texts(&p);
+        assert!(!all.contains("\\\"periodStart\\\""), "no raw JSON: {all}");
+        assert!(!all.contains("successRate"), "no raw JSON keys");
+        let actions = blocks
+            .iter()
+            .find(|b| b["type"] == "actions")
+            .expect("buttons");
+        assert_eq!(
+            actions["elements"][0]["url"],
+            "https://runbooks.example/opsloop/runbook.md#weekly-report"
+        );
+        let context = blocks.last().expect("context");
+        assert_eq!(
+            context["elements"][0]["text"],
+            "Full figures: `opsloop report weekly --week-of 2026-11-16`"
+        );
+        assert!(
+            p["text"]
+                .as_str()
+                .expect("text")
+                .starts_with("📊 Weekly report")
+        );
+    }
+
+    #[test]
+    fn an_oversized_report_is_cut_visibly_within_limits() {
+        use crate::receivers::report::tests::{oversized_weekly_body, weekly_notification};
+        let n = weekly_notification(&oversized_weekly_body(), &"h".repeat(10_000));
+        let p = Slack.payload(&n, &RenderContext::default());
+        assert_within_limits(&p);
+        let blocks = p["blocks"].as_array().expect("blocks");
+        assert_eq!(blocks.len(), MAX_BLOCKS, "filled, not over");
+        assert!(
+            blocks[1]["text"]["text"]
+                .as_str()
+                .expect("headline")
+                .ends_with('…')
+        );
+        assert!(
+            texts(&p).contains("more blocks not shown; the full report is in `opsloop report`"),
+            "the cut is announced"
+        );
+        assert_eq!(
+            blocks.last().expect("footer")["type"],
+            "context",
+            "the footer survives"
+        );
+    }
+
+    #[test]
+    fn the_daily_summary_renders_its_counts_as_fields() {
+        let p = Slack.payload(
+            &crate::receivers::report::tests::daily_notification(),
+            &RenderContext::default(),
+        );
+        assert_within_limits(&p);
+        assert_eq!(
+            p["blocks"][0]["text"]["text"],
+            "📋 Daily summary · since 2026-11-22 06:00 UTC"
+        );
+        let all = texts(&p);
+        assert!(all.contains("*Proposals (5)*"), "{all}");
+        assert!(all.contains("*approved*\\n4"), "{all}");
+        assert!(all.contains("57 events recorded"));
+        assert!(all.contains("`opsloop summary --period daily`"));
     }
 }
