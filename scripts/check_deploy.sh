@@ -16,11 +16,17 @@
 #               alert's rule file), `test rules`; every daemon and exporter
 #               of the monitoring profile is a scrape target
 #   grafana     JSON, provisioning, and every panel query names a metric the
-#               daemons export (or a recording rule)
+#               daemons export (or a recording rule); every dashboard has the
+#               datasource/job/instance variables, the link to the others and
+#               the restart and emergency-stop annotations; the home dashboard
+#               (the overview) has the error-budget panel and every loop-state
+#               gauge of crates/core/src/loop_metrics.rs
 #   docs        every alert has its section in docs/monitoring.md (the
 #               runbook_url anchor); every exported metric is described
 #               there and has HELP text (STRICT_METRICS=0: notes only)
 #   scripts     `bash -n` and shellcheck of the operations scripts
+# Arguments select checks by name (`scripts/check_deploy.sh grafana docs`);
+# without arguments every check runs.
 # Installs what it needs from Debian once (quietly). Exits non-zero naming
 # the failed check. By default (STRICT_METRICS=1) it also fails when an alert
 # rule needs a metric no daemon exports, when an exported metric is not
@@ -538,6 +544,12 @@ if mode == "grafana":
     prov = open(os.path.join(root, "deploy/grafana/provisioning/datasources/prometheus.yml")).read()
     uid = re.search(r"uid:\s*(\S+)", prov).group(1)
     files = sorted(glob.glob(os.path.join(root, "deploy/grafana/dashboards/*.json")))
+    # The overview: Grafana's home dashboard in the compose file.
+    compose = open(os.path.join(root, "deploy/compose/docker-compose.yml")).read()
+    home_m = re.search(r"GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH:\s*\S*/([^/\s]+\.json)", compose)
+    home = home_m.group(1) if home_m else None
+    if home is None or not os.path.isfile(os.path.join(root, "deploy/grafana/dashboards", home)):
+        errors.append(f"docker-compose.yml: GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH names no dashboard of deploy/grafana/dashboards ({home})")
     if len(files) < 5:
         errors.append(f"expected a dashboard per concern (5), found {len(files)}")
     uids = set()
@@ -569,6 +581,45 @@ if mode == "grafana":
         ids = [p.get("id") for p in d.get("panels", [])]
         if len(ids) != len(set(ids)):
             errors.append(f"{name}: duplicate panel ids")
+        # Links: a dashboards link by a tag every opsloop dashboard carries.
+        tags = set(d.get("tags", []))
+        if "opsloop" not in tags:
+            errors.append(f"{name}: no opsloop tag (the dashboards link lists by it)")
+        if not any(l.get("type") == "dashboards" and l.get("tags") and set(l["tags"]) <= {"opsloop"}
+                   for l in d.get("links", [])):
+            errors.append(f"{name}: no link to the other dashboards (type dashboards, tags [opsloop])")
+        # Annotations: restarts and emergency-stop engagements, on the
+        # datasource variable, from metrics the daemons export.
+        notes_exprs = []
+        for a in d.get("annotations", {}).get("list", []):
+            if a.get("builtIn"):
+                continue
+            expr = a.get("expr", "")
+            if a.get("datasource", {}).get("uid") != "${datasource}":
+                errors.append(f"{name}/annotation {a.get('name')}: datasource is not the ${{datasource}} variable")
+            if not a.get("enable"):
+                errors.append(f"{name}/annotation {a.get('name')}: not enabled")
+            for m in sorted(metrics_in(expr)):
+                if not known(m):
+                    errors.append(f"{name}/annotation {a.get('name')}: metric {m} is exported by no daemon")
+            notes_exprs.append(expr)
+        for metric, what in (("process_start_time_seconds", "daemon restarts"),
+                             ("opsloop_emergency_stop_engaged", "emergency-stop engagements")):
+            if not any(metric in metrics_in(e) for e in notes_exprs):
+                errors.append(f"{name}: no annotation for {what} ({metric})")
+        if name == home:
+            home_exprs = [(p.get("title", ""), t.get("expr", "")) for p in d.get("panels", [])
+                          for t in p.get("targets", [])]
+            # The error budget of the 99.9 % availability SLO over 30 days,
+            # from the api's request metrics.
+            if not any("error budget" in title.lower() and "opsloop_grpc_requests_total" in metrics_in(e)
+                       and "[30d]" in e and ("0.999" in e or "0.001" in e) for title, e in home_exprs):
+                errors.append(f"{name}: no 'Error budget remaining' panel (opsloop_grpc_requests_total over [30d] against 99.9 %)")
+            # Every loop-state gauge (crates/core/src/loop_metrics.rs) has a panel.
+            loop_src = open(os.path.join(root, "crates/core/src/loop_metrics.rs"), encoding="utf-8").read()
+            for m in re.findall(r'pub const [A-Z_]+: &str = "(opsloop_[a-z0-9_]+)"', loop_src):
+                if not any(m in metrics_in(e) for _, e in home_exprs):
+                    errors.append(f"{name} (the home dashboard): no panel shows loop-state metric {m}")
         for p in d.get("panels", []):
             title = p.get("title", "?")
             if p.get("type") == "row":
@@ -695,13 +746,16 @@ check_scripts() {
   ((ok)) && pass "scripts: bash -n and shellcheck"
 }
 
-check_compose
-check_docker
-check_systemd
-check_prometheus
-check_grafana
-check_docs
-check_scripts
+# Arguments pick checks (`check_deploy.sh grafana docs`); none runs all.
+all_checks=(compose docker systemd prometheus grafana docs scripts)
+checks=("$@")
+((${#checks[@]})) || checks=("${all_checks[@]}")
+for c in "${checks[@]}"; do
+  case " ${all_checks[*]} " in
+    *" $c "*) "check_$c" ;;
+    *) say "check_deploy: unknown check $c (one of: ${all_checks[*]})" >&2; exit 2 ;;
+  esac
+done
 
 elapsed=$(($(date +%s) - started))
 if ((${#failed[@]})); then

@@ -156,6 +156,25 @@ fn every_http_route_is_in_the_table_and_every_entry_is_served() {
         )),
         "the route scan finds the alerter's routes: {routes:?}"
     );
+    // Alertmanager's alert groups and probes, as Grafana and karma call them.
+    for (method, pattern, access) in [
+        ("GET", "/api/v2/alerts/groups", "admin, agent, viewer"),
+        ("GET", "/-/healthy", "public"),
+        ("GET", "/-/ready", "public"),
+    ] {
+        assert!(
+            routes.contains(&("alerter".into(), method.into(), pattern.into())),
+            "the alerter routes {method} {pattern}: {routes:?}"
+        );
+        let listed =
+            access::http_access("alerter", method, pattern).map(|a| a.role_names().join(", "));
+        assert_eq!(listed.as_deref(), Some(access), "{method} {pattern}");
+        assert_eq!(
+            access::http_access("alerter", "HEAD", pattern),
+            access::http_access("alerter", method, pattern),
+            "HEAD {pattern} is GET"
+        );
+    }
     let daemons = ["api", "alerter", "backup-agent", "heartbeat-worker"];
     for (daemon, method, pattern) in &routes {
         let serving: Vec<&str> = if daemon == "*" {

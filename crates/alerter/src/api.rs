@@ -1,9 +1,13 @@
-//! The Alertmanager v2 HTTP API, so a stock Prometheus (and `amtool`) can
-//! talk to the alerter: `POST/GET /api/v2/alerts`, `GET/POST
+//! The Alertmanager v2 HTTP API, so a stock Prometheus (and `amtool`,
+//! Grafana's Alertmanager data source, karma) can talk to the alerter:
+//! `POST/GET /api/v2/alerts`, `GET /api/v2/alerts/groups`, `GET/POST
 //! /api/v2/silences`, `GET/DELETE /api/v2/silence/{id}`, `GET
 //! /api/v2/receivers` and `GET /api/v2/status`, with Alertmanager's JSON
-//! shapes and status codes.
+//! shapes and status codes; and Alertmanager's probes `/-/healthy` and
+//! `/-/ready` (GET and HEAD).
 
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -11,21 +15,27 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use opsloop_core::http::Readiness;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::dispatch::{AlertFilter, AlertView};
 use crate::matchers::Matcher;
-use crate::model::PostableAlert;
+use crate::model::{LabelSet, PostableAlert};
 use crate::service::{Alerter, AlerterError};
 use crate::silence::{ApiSilence, NewSilence};
 
 /// Largest request body (a batch of alerts from Prometheus).
 const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
-pub fn router(alerter: Arc<Alerter>) -> Router {
+/// The API's routes; `readiness` is what `/readyz` checks, answered on
+/// `/-/ready` too.
+pub fn router(alerter: Arc<Alerter>, readiness: Readiness) -> Router {
     let started = alerter.now();
     Router::new()
+        // Alertmanager's probes; `get` answers HEAD as well.
+        .route("/-/healthy", get(|| async { "OK" }))
+        .route("/-/ready", get(ready).with_state(readiness))
         .route("/api/v2/receivers", get(get_receivers))
         .route(
             "/api/v2/status",
@@ -40,6 +50,7 @@ pub fn router(alerter: Arc<Alerter>) -> Router {
             }),
         )
         .route("/api/v2/alerts", post(post_alerts).get(get_alerts))
+        .route("/api/v2/alerts/groups", get(get_alert_groups))
         .route("/api/v2/silences", get(get_silences).post(post_silence))
         .route(
             "/api/v2/silence/{id}",
@@ -182,6 +193,182 @@ async fn get_alerts(
         .collect();
     views.sort_by_key(|v| std::cmp::Reverse(v.alert.starts_at));
     axum::Json(views.iter().map(gettable_alert).collect::<Vec<_>>()).into_response()
+}
+
+/// `/-/ready`: 200 `OK` when `/readyz` would answer 200, else 503 with the
+/// same report of the failing checks.
+async fn ready(State(readiness): State<Readiness>) -> Response {
+    let (ok, body) = readiness.evaluate().await;
+    if ok {
+        "OK".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+    }
+}
+
+/// An aggregation group holding an alert: its receiver, key and labels.
+struct Place {
+    receiver: String,
+    key: String,
+    labels: LabelSet,
+}
+
+/// One aggregation group as `GET /api/v2/alerts/groups` lists it.
+struct GroupOut {
+    receiver: String,
+    labels: LabelSet,
+    alerts: Vec<AlertView>,
+}
+
+/// `GET /api/v2/alerts/groups`, as Alertmanager answers it: every
+/// aggregation group whose receiver matches `receiver`, with its alerts that
+/// pass `active`/`silenced`/`inhibited`/`filter`; groups left without
+/// alerts are omitted. An alert's `receivers` are the receivers of the
+/// listed groups holding it. Groups are sorted by labels then receiver,
+/// alerts by `job`, `instance`, then labels (Alertmanager's orders).
+///
+/// The groups are the dispatcher's: each alert is placed with the calls its
+/// `ingest` makes (`routes_for`, `group_key`, `group_labels`) under the same
+/// lock. A group drops only resolved alerts, which this API leaves out like
+/// Alertmanager does, so the listing is the live group membership.
+async fn get_alert_groups(
+    State(alerter): State<Arc<Alerter>>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Response {
+    let mut filter = match alert_filter(&params) {
+        Ok(f) => f,
+        Err(bad) => return bad.into_response(),
+    };
+    for (key, value) in &params {
+        // Newer Alertmanagers filter groups muted by time intervals; the
+        // alerter has none, so `muted` is checked and filters nothing.
+        if key == "muted"
+            && let Err(bad) = parse_bool(key, value)
+        {
+            return bad.into_response();
+        }
+    }
+    // The receiver regex picks groups (routes), not alerts.
+    let receiver_filter = filter.receiver.take();
+    let placed = alerter
+        .inspect(|dispatcher, now| {
+            dispatcher
+                .views(now)
+                .into_iter()
+                .filter(|view| filter.keep(view, now))
+                .map(|view| {
+                    let groups: Vec<Place> = dispatcher
+                        .routes_for(&view.alert.labels)
+                        .into_iter()
+                        .filter(|opts| {
+                            receiver_filter
+                                .as_ref()
+                                .is_none_or(|re| re.is_match(&opts.receiver))
+                        })
+                        .map(|opts| Place {
+                            key: opts.group_key(&view.alert.labels),
+                            labels: opts.group_by.group_labels(&view.alert.labels),
+                            receiver: opts.receiver,
+                        })
+                        .collect();
+                    (view, groups)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+    let groups = assemble_groups(placed);
+    axum::Json(
+        groups
+            .iter()
+            .map(|g| {
+                json!({
+                    "labels": g.labels,
+                    "receiver": {"name": g.receiver},
+                    "alerts": g.alerts.iter().map(gettable_alert).collect::<Vec<_>>(),
+                })
+            })
+            .collect::<Vec<_>>(),
+    )
+    .into_response()
+}
+
+/// Builds the groups from the places of each alert, and sorts them as
+/// Alertmanager does.
+fn assemble_groups(placed: Vec<(AlertView, Vec<Place>)>) -> Vec<GroupOut> {
+    let mut groups: BTreeMap<(String, String), GroupOut> = BTreeMap::new();
+    for (mut view, places) in placed {
+        if places.is_empty() {
+            continue;
+        }
+        let mut receivers: Vec<String> = places.iter().map(|p| p.receiver.clone()).collect();
+        receivers.sort();
+        view.receivers = receivers;
+        for Place {
+            receiver,
+            key,
+            labels,
+        } in places
+        {
+            groups
+                .entry((receiver.clone(), key))
+                .or_insert_with(|| GroupOut {
+                    receiver,
+                    labels,
+                    alerts: Vec::new(),
+                })
+                .alerts
+                .push(view.clone());
+        }
+    }
+    let mut groups: Vec<GroupOut> = groups.into_values().collect();
+    groups.sort_by(|a, b| {
+        if a.labels == b.labels {
+            a.receiver.cmp(&b.receiver)
+        } else {
+            labels_before(&a.labels, &b.labels)
+        }
+    });
+    for group in &mut groups {
+        group
+            .alerts
+            .sort_by(|a, b| alert_order(&a.alert.labels, &b.alert.labels));
+    }
+    groups
+}
+
+/// Prometheus' `LabelSet.Before`: fewer labels first, then the first
+/// differing label (by name, a missing one first) decides.
+fn labels_before(a: &LabelSet, b: &LabelSet) -> Ordering {
+    match a.len().cmp(&b.len()) {
+        Ordering::Equal => {}
+        other => return other,
+    }
+    let mut names: Vec<&String> = a.keys().chain(b.keys()).collect();
+    names.sort();
+    for name in names {
+        match (a.get(name), b.get(name)) {
+            (None, _) => return Ordering::Less,
+            (_, None) => return Ordering::Greater,
+            (Some(x), Some(y)) if x != y => return x.cmp(y),
+            _ => {}
+        }
+    }
+    Ordering::Equal
+}
+
+/// Alertmanager's alert order: by `job`, then `instance` (an alert with the
+/// label before one without), then [`labels_before`].
+fn alert_order(a: &LabelSet, b: &LabelSet) -> Ordering {
+    for key in ["job", "instance"] {
+        match (a.get(key), b.get(key)) {
+            (None, None) => continue,
+            (None, Some(_)) => return Ordering::Greater,
+            (Some(_), None) => return Ordering::Less,
+            (Some(x), Some(y)) if x != y => return x.cmp(y),
+            _ => {}
+        }
+    }
+    labels_before(a, b)
 }
 
 async fn get_receivers(State(alerter): State<Arc<Alerter>>) -> Response {

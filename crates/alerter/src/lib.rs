@@ -148,7 +148,7 @@ impl AlerterApp {
             .await;
         let routes = routes.add_service(grpc::server(self.alerter.clone()));
         let mut router = opsloop_core::http::base_router(SERVICE, self.infra.readiness())
-            .merge(api::router(self.alerter.clone()));
+            .merge(api::router(self.alerter.clone(), self.infra.readiness()));
         let mut tasks = JoinSet::new();
         if let Some(manager) = &self.incidents {
             router = router.merge(ack_link::router(manager.clone()));

@@ -749,6 +749,15 @@ impl Alerter {
         self.dispatcher.lock().await.silences().to_vec()
     }
 
+    /// Reads the dispatcher's state under its lock, at the current instant
+    /// (the read APIs, e.g. `GET /api/v2/alerts/groups`). Keep `read` short:
+    /// the pipeline waits for it.
+    pub async fn inspect<R>(&self, read: impl FnOnce(&Dispatcher, DateTime<Utc>) -> R) -> R {
+        let now = self.now();
+        let dispatcher = self.dispatcher.lock().await;
+        read(&dispatcher, now)
+    }
+
     /// The audit record of a silence change.
     fn audit_record(
         &self,

@@ -1,5 +1,6 @@
 //! Alertmanager's own CLI against the alerter: `amtool alert add` (which
-//! posts Go's zero time for `startsAt`/`endsAt`), `alert query`, and
+//! posts Go's zero time for `startsAt`/`endsAt`), `alert query` (matchers,
+//! `-r` receiver, `-s`/`-a`/`-i` states before and after a silence), and
 //! `silence add/query/expire`. amtool comes from Debian's
 //! `prometheus-alertmanager` package (scripts/test.sh installs it); the test
 //! fails, never skips, without it.
@@ -82,9 +83,26 @@ path = "{}"
     drop(added);
 
     let url2 = url.clone();
-    let (alerts, silence_id, silences, expired) = tokio::task::spawn_blocking(move || {
+    let (alerts, silence_id, silences, expired, queries) = tokio::task::spawn_blocking(move || {
         let url = url2;
         let alerts = json(&amtool(&url, &["alert", "query", "-o", "json"]));
+        let count = |args: &[&str]| {
+            let mut all = vec!["alert", "query", "-o", "json"];
+            all.extend_from_slice(args);
+            json(&amtool(&url, &all))
+                .as_array()
+                .map(Vec::len)
+                .unwrap_or_default()
+        };
+        // Matchers (the bare first word is the alertname) and receivers.
+        let mut queries = vec![
+            ("AmtoolRoundTrip", count(&["AmtoolRoundTrip"])),
+            ("service=api", count(&["service=api"])),
+            ("service=~a.i", count(&["service=~a.i"])),
+            ("service=web", count(&["service=web"])),
+            ("-r sl.ck", count(&["-r", "sl.ck"])),
+            ("-r pager", count(&["-r", "pager"])),
+        ];
         let silence_id = amtool(
             &url,
             &[
@@ -99,12 +117,17 @@ path = "{}"
         .trim()
         .to_owned();
         let silences = json(&amtool(&url, &["silence", "query", "-o", "json"]));
+        // Silenced: gone from the default (active) query, shown by -s.
+        queries.push(("silenced: default", count(&[])));
+        queries.push(("silenced: -s", count(&["-s"])));
+        queries.push(("silenced: -a -i", count(&["-a", "-i"])));
         amtool(&url, &["silence", "expire", &silence_id]);
+        queries.push(("expired: default", count(&[])));
         let expired = json(&amtool(
             &url,
             &["silence", "query", "--expired", "-o", "json"],
         ));
-        (alerts, silence_id, silences, expired)
+        (alerts, silence_id, silences, expired, queries)
     })
     .await
     .expect("amtool round trip");
@@ -116,6 +139,22 @@ path = "{}"
     assert_eq!(alerts[0]["labels"]["service"], "api");
     assert_eq!(alerts[0]["annotations"]["summary"], "added by amtool");
     assert_eq!(alerts[0]["status"]["state"], "active");
+
+    assert_eq!(
+        queries,
+        vec![
+            ("AmtoolRoundTrip", 1),
+            ("service=api", 1),
+            ("service=~a.i", 1),
+            ("service=web", 0),
+            ("-r sl.ck", 1),
+            ("-r pager", 0),
+            ("silenced: default", 0),
+            ("silenced: -s", 1),
+            ("silenced: -a -i", 0),
+            ("expired: default", 1),
+        ]
+    );
 
     let silences = silences.as_array().expect("silence list");
     assert_eq!(silences.len(), 1, "{silences:?}");

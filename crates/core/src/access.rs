@@ -3,7 +3,8 @@
 //! ([`crate::grpc::secure`]) and the HTTP middleware ([`crate::http::secure`])
 //! look calls up here before any handler runs; a call missing from the table
 //! is denied. `admin` may do everything; `public` needs no credentials (only
-//! the liveness/readiness probes and `grpc.health.v1`, which load balancers
+//! the liveness/readiness probes — `/healthz`, `/readyz` and the alerter's
+//! Alertmanager-style `/-/healthy`, `/-/ready` — and `grpc.health.v1`, which load balancers
 //! call without a token, and the alerter's signed incident links, whose
 //! signature is the credential). The README's roles section is rendered from this
 //! table ([`render_markdown`]) and a test keeps the two equal.
@@ -209,6 +210,10 @@ pub const TABLE: &[Entry] = &[
     grpc(API, "/opsloop.v1.TokenService/RevokeToken", ADMIN),
     http(API, "GET", "/api/ops/summary/daily", READ),
     // alerter
+    // Alertmanager's own probes, public like /healthz and /readyz: the same
+    // liveness and readiness for tools that expect Alertmanager's paths.
+    http(ALERTER, "GET", "/-/healthy", Access::Public),
+    http(ALERTER, "GET", "/-/ready", Access::Public),
     grpc(ALERTER, "/opsloop.v1.AlertService/ListAlerts", READ),
     grpc(ALERTER, "/opsloop.v1.AlertService/CreateSilence", ADMIN),
     grpc(ALERTER, "/opsloop.v1.AlertService/ListSilences", READ),
@@ -216,6 +221,7 @@ pub const TABLE: &[Entry] = &[
     grpc(ALERTER, "/opsloop.v1.AlertService/TestReceiver", ADMIN),
     http(ALERTER, "POST", "/api/v2/alerts", ALERTS_IN),
     http(ALERTER, "GET", "/api/v2/alerts", READ),
+    http(ALERTER, "GET", "/api/v2/alerts/groups", READ),
     http(ALERTER, "GET", "/api/v2/silences", READ),
     http(ALERTER, "POST", "/api/v2/silences", ADMIN),
     http(ALERTER, "GET", "/api/v2/silence/{id}", READ),
@@ -351,6 +357,8 @@ mod tests {
                     Target::Http(_, path) => {
                         path == "/healthz"
                             || path == "/readyz"
+                            || path == "/-/healthy"
+                            || path == "/-/ready"
                             || path == "/api/v1/incidents/{id}/{action}"
                     }
                     Target::Grpc(path) => path.starts_with("/grpc.health.v1.Health/"),
