@@ -55,6 +55,20 @@ impl DaemonProcess {
         env: &[(&str, String)],
         timeout: Duration,
     ) -> Self {
+        Self::try_start_with_args(binary, args, env, timeout).unwrap_or_else(|output| {
+            panic!("{binary} did not log its start line within {timeout:?}; output:\n{output}")
+        })
+    }
+
+    /// [`DaemonProcess::start_with_args`], answering the process's output
+    /// instead of panicking when it exits (or stays silent) before its start
+    /// line.
+    pub fn try_start_with_args(
+        binary: &str,
+        args: &[String],
+        env: &[(&str, String)],
+        timeout: Duration,
+    ) -> Result<Self, String> {
         let mut command = Command::new(self::binary(binary));
         command
             .args(args)
@@ -96,23 +110,20 @@ impl DaemonProcess {
                     if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
                         && json["message"].as_str() == Some(start_message.as_str())
                     {
-                        return Self {
+                        return Ok(Self {
                             child,
                             start_line: json,
                             lines: rx,
                             early_lines: seen,
                             read: std::sync::Mutex::new(Vec::new()),
-                        };
+                        });
                     }
                     seen.push(line);
                 }
                 Err(_) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    panic!(
-                        "{binary} did not log its start line within {timeout:?}; output:\n{}",
-                        seen.join("\n")
-                    );
+                    return Err(seen.join("\n"));
                 }
             }
         }

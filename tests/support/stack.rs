@@ -230,12 +230,32 @@ impl Stack {
     }
 
     /// Starts (or restarts) `binary` and waits for its start line.
+    /// Starts `binary`. Its ports were picked free when the stack was made;
+    /// when another process took one since (tests run in parallel), the
+    /// daemon is started again on newly picked ports, up to three times.
     pub fn start(&mut self, binary: &'static str) {
-        let env = self.env_for(binary);
-        let refs: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         let args = vec!["--config".to_owned(), self.config.display().to_string()];
-        let process = DaemonProcess::start_with_args(binary, &args, &refs, Duration::from_secs(30));
-        self.daemons.insert(binary, process);
+        for attempt in 1..=3 {
+            let env = self.env_for(binary);
+            let refs: Vec<(&str, String)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+            match DaemonProcess::try_start_with_args(binary, &args, &refs, Duration::from_secs(30))
+            {
+                Ok(process) => {
+                    self.daemons.insert(binary, process);
+                    return;
+                }
+                Err(output) if attempt < 3 && output.contains("Address already in use") => {
+                    self.http.insert(binary, free_port());
+                    if let Some(port) = self.grpc.get_mut(binary) {
+                        *port = free_port();
+                    }
+                }
+                Err(output) => {
+                    panic!("{binary} did not log its start line within 30s; output:\n{output}")
+                }
+            }
+        }
     }
 
     pub fn start_all(&mut self) {

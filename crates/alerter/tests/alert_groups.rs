@@ -20,6 +20,7 @@ use std::time::Duration;
 use common::{spawn_app, stop};
 use opsloop_core::config::{BusKind, BusSettings};
 use opsloop_core::store::testing::fresh_sqlite;
+use opsloop_core::testing::{eventually, holds};
 use serde_json::{Value, json};
 
 /// The alerter's routing tree: root → slack by alertname; critical also to
@@ -535,20 +536,16 @@ async fn start_alertmanager(client: &reqwest::Client) -> Alertmanager {
         url: format!("http://127.0.0.1:{port}"),
         _dir: dir,
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = client.get(format!("{}/-/ready", am.url)).send().await
-            && r.status().is_success()
-        {
-            return am;
+    let ready_url = format!("{}/-/ready", am.url);
+    let log_path = am._dir.path().join("alertmanager.log");
+    eventually("Alertmanager ready", Duration::from_secs(60), || async {
+        match client.get(&ready_url).send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            _ => Err(std::fs::read_to_string(&log_path).unwrap_or_default()),
         }
-        if tokio::time::Instant::now() > deadline {
-            let log = std::fs::read_to_string(am._dir.path().join("alertmanager.log"))
-                .unwrap_or_default();
-            panic!("Alertmanager on {} is not ready after 60 s:\n{log}", am.url);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    am
 }
 
 #[tokio::test]
@@ -575,8 +572,7 @@ async fn alert_groups_match_alertmanager() {
     // Alertmanager takes alerts into its groups and its inhibitor
     // asynchronously: wait until its groups hold all eight placements and
     // the inhibited alert shows so.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually("Alertmanager settled", Duration::from_secs(30), || async {
         let (_, groups) = get(&client, &format!("{}/api/v2/alerts/groups", am.url)).await;
         let placed: usize = summary(&groups).iter().map(|g| g.2.len()).sum();
         let (_, uninhibited) = get(
@@ -587,16 +583,14 @@ async fn alert_groups_match_alertmanager() {
         let inhibited_seen = !summary(&uninhibited)
             .iter()
             .any(|g| g.2.contains(&s("Slow/api")));
-        if placed == 8 && inhibited_seen {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Alertmanager did not settle: {placed} placements, inhibition seen {inhibited_seen}: {:#?}",
-            summary(&groups)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        holds(placed == 8 && inhibited_seen, || {
+            format!(
+                "{placed} placements, inhibition seen {inhibited_seen}: {:#?}",
+                summary(&groups)
+            )
+        })
+    })
+    .await;
 
     for query in QUERIES {
         let (am_status, am_body) =

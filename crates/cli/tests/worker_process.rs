@@ -410,12 +410,11 @@ async fn sigterm_finishes_the_current_step_then_stops() {
         .spawn()
         .unwrap();
     // Wait until the first step is claimed, then ask the worker to stop.
-    for _ in 0..100 {
-        if !seen.lock().unwrap().claims.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    opsloop_core::testing::eventually("the first claim", Duration::from_secs(30), || async {
+        let claims = seen.lock().unwrap().claims.len();
+        opsloop_core::testing::holds(claims > 0, || "no claim yet".to_owned())
+    })
+    .await;
     let pid = child.id().unwrap().to_string();
     let killed = tokio::process::Command::new("kill")
         .args(["-TERM", &pid])
