@@ -74,21 +74,9 @@ impl ScanningDispatcher {
         merged
     }
 
-    /// The matched routes whose receiver can deliver. When none can (e.g.
-    /// the summary webhook is not configured), the root route's receiver
-    /// takes the alert rather than nobody.
+    /// The routes `labels` are delivered on ([`crate::route::Route::deliverable`]).
     pub fn routes_for(&self, labels: &crate::model::LabelSet) -> Vec<crate::route::RouteOpts> {
-        let matched: Vec<crate::route::RouteOpts> = self
-            .route
-            .matching(labels)
-            .into_iter()
-            .filter(|o| self.enabled.contains(&o.receiver))
-            .cloned()
-            .collect();
-        if matched.is_empty() && self.enabled.contains(&self.route.opts.receiver) {
-            return vec![self.route.opts.clone()];
-        }
-        matched
+        self.route.deliverable(labels, &self.enabled)
     }
 
     /// The earliest instant a group wants to flush.

@@ -90,6 +90,11 @@ pub struct RouteConfig {
     /// Keep looking at later siblings after this route matched.
     #[serde(rename = "continue")]
     pub continue_matching: bool,
+    /// When this route's receiver is not configured (no webhook secret),
+    /// hand its alerts to the root receiver rather than nobody (default,
+    /// inherited). `false` for alerts that belong to one receiver only: the
+    /// Watchdog's heartbeat, the reports.
+    pub fallback: Option<bool>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -126,6 +131,8 @@ pub struct RouteOpts {
     pub group_wait: Duration,
     pub group_interval: Duration,
     pub repeat_interval: Duration,
+    /// See [`RouteConfig::fallback`].
+    pub fallback: bool,
 }
 
 impl RouteOpts {
@@ -150,6 +157,29 @@ pub struct Route {
 }
 
 impl Route {
+    /// The matched routes whose receiver can deliver (`enabled`). When none
+    /// can (e.g. the summary webhook is not configured), the root route's
+    /// receiver takes the alert rather than nobody — unless a matched route
+    /// says `fallback = false` (the Watchdog belongs to its heartbeat
+    /// receiver alone: posted to Slack every minute it would be noise).
+    pub fn deliverable(
+        &self,
+        labels: &LabelSet,
+        enabled: &std::collections::BTreeSet<String>,
+    ) -> Vec<RouteOpts> {
+        let all = self.matching(labels);
+        let may_fall_back = all.iter().all(|o| o.fallback);
+        let matched: Vec<RouteOpts> = all
+            .into_iter()
+            .filter(|o| enabled.contains(&o.receiver))
+            .cloned()
+            .collect();
+        if matched.is_empty() && may_fall_back && enabled.contains(&self.opts.receiver) {
+            return vec![self.opts.clone()];
+        }
+        matched
+    }
+
     /// Compiles the tree; errors name the offending key, e.g.
     /// `route.routes[1].group_wait`.
     pub fn compile(config: &RouteConfig) -> Result<Self, RouteError> {
@@ -160,6 +190,7 @@ impl Route {
             group_wait: Duration::zero(),
             group_interval: Duration::zero(),
             repeat_interval: Duration::zero(),
+            fallback: true,
         };
         let defaults = RouteConfig {
             group_wait: Some(DEFAULT_GROUP_WAIT.into()),
@@ -238,6 +269,7 @@ impl Route {
                 &config.repeat_interval,
                 parent.repeat_interval,
             )?,
+            fallback: config.fallback.unwrap_or(parent.fallback),
         };
         if opts.group_interval <= Duration::zero() {
             return Err(invalid(
@@ -319,6 +351,7 @@ pub fn default_route() -> RouteConfig {
             RouteConfig {
                 receiver: Some("watchdog".into()),
                 matchers: vec!["alertname=\"Watchdog\"".into()],
+                fallback: Some(false),
                 group_wait: Some("0s".into()),
                 group_interval: Some("1m".into()),
                 repeat_interval: Some("1m".into()),
@@ -365,6 +398,29 @@ mod tests {
             .into_iter()
             .map(|o| o.receiver.clone())
             .collect()
+    }
+
+    #[test]
+    fn a_route_without_fallback_never_lands_on_the_root_receiver() {
+        let route = Route::compile(&default_route()).expect("default compiles");
+        let deliver = |pairs: &[(&str, &str)], enabled: &[&str]| -> Vec<String> {
+            let enabled: BTreeSet<String> = enabled.iter().map(|r| (*r).to_owned()).collect();
+            route
+                .deliverable(&labels(pairs), &enabled)
+                .into_iter()
+                .map(|o| o.receiver)
+                .collect()
+        };
+        let watchdog = [("alertname", "Watchdog"), ("severity", "none")];
+        assert!(
+            deliver(&watchdog, &["slack"]).is_empty(),
+            "no heartbeat URL: nowhere"
+        );
+        assert_eq!(deliver(&watchdog, &["slack", "watchdog"]), ["watchdog"]);
+        // An info alert with no summary receiver still reaches the root's.
+        let info = [("alertname", "Fyi"), ("severity", "info")];
+        assert_eq!(deliver(&info, &["slack"]), ["slack"]);
+        assert_eq!(deliver(&info, &["slack", "summary"]), ["summary"]);
     }
 
     #[test]
