@@ -203,7 +203,7 @@ fn every_dependency_is_used() {
 /// that asserts nothing happens says so with `stays`. The ones left are
 /// receivers told to be slow and polling loops not yet folded into
 /// `eventually`; lower the limit when you remove some.
-const TEST_SLEEPS_LIMIT: usize = 45;
+const TEST_SLEEPS_LIMIT: usize = 42;
 
 #[test]
 fn test_sleeps_only_go_down() {

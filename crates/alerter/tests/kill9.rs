@@ -202,8 +202,7 @@ async fn kill_minus_nine_mid_storm_repeats_only_unconfirmed_deliveries() {
         distinct, STORM_ALERTS as usize,
         "every group after the restart"
     );
-    // Two more group intervals: a repeat would show up by now.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    hook.repeats_stay_within(&unconfirmed).await;
     let repeated: BTreeSet<String> = hook.repeated().into_iter().collect();
     assert_eq!(
         repeated, unconfirmed,

@@ -81,8 +81,7 @@ async fn sigterm_during_a_storm_exits_in_time_and_loses_or_repeats_nothing() {
         distinct, ALERTS as usize,
         "every alert delivered after the restart"
     );
-    // Two more group intervals: a repeat would show up by now.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    hook.repeats_stay_within(&Default::default()).await;
     assert_eq!(hook.repeated(), Vec::<String>::new(), "each exactly once");
     assert!(
         hook.peak_requests() <= BOUND && hook.peak_connections() <= BOUND,

@@ -174,8 +174,7 @@ async fn a_storm_of_groups_stays_within_the_delivery_bound() {
         .wait_distinct(BOUNDED_GROUPS as usize, Duration::from_secs(120))
         .await;
     assert_eq!(distinct, BOUNDED_GROUPS as usize, "every group notified");
-    // Two more group intervals: a repeat would show up by now.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    hook.repeats_stay_within(&Default::default()).await;
     assert_eq!(
         hook.repeated(),
         Vec::<String>::new(),

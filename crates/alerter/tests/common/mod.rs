@@ -635,6 +635,24 @@ impl CountingReceiver {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Two more group intervals (the storm tests' is 1 s) in which the
+    /// alertnames heard more than once stay within `allowed`: a repeat would
+    /// show up by then.
+    pub async fn repeats_stay_within(&self, allowed: &std::collections::BTreeSet<String>) {
+        opsloop_core::testing::stays(
+            "no repeats beyond the allowed ones",
+            std::time::Duration::from_millis(2_500),
+            || async {
+                let repeated = self.repeated();
+                opsloop_core::testing::holds(
+                    repeated.iter().all(|name| allowed.contains(name)),
+                    || format!("repeated {repeated:?}, allowed {allowed:?}"),
+                )
+            },
+        )
+        .await;
+    }
+
     /// Waits (bounded) until `n` distinct alertnames arrived; returns how
     /// many did.
     pub async fn wait_distinct(&self, n: usize, within: std::time::Duration) -> usize {
