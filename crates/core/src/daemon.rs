@@ -58,13 +58,18 @@ impl Infra {
                 .await
                 .context("applying migrations")?;
         }
-        let amqp_url = secrets.get("amqp_url")?;
-        let bus = bus::connect(&settings.bus, amqp_url.as_ref()).await?;
-        let audit = Arc::new(AuditLog::new(&settings.audit));
         let auth = crate::auth::Auth::from_secrets(&secrets, Some(db.clone()))?;
         if let Err(error) = auth.refresh().await {
             tracing::warn!(%error, "cannot read the api_tokens table (run `opsloop migrate up`); only the admin_token/agent_token secrets are accepted until it can be read");
         }
+        // Decided before the broker connection exists, so a refusal leaves
+        // no connection task behind to be torn down mid-flight.
+        if let Some(warning) = require_a_token(settings, &secrets, &auth)? {
+            tracing::warn!("{warning}");
+        }
+        let amqp_url = secrets.get("amqp_url")?;
+        let bus = bus::connect(&settings.bus, amqp_url.as_ref()).await?;
+        let audit = Arc::new(AuditLog::new(&settings.audit));
         Ok(Self {
             config,
             db,
@@ -209,11 +214,14 @@ fn has_bootstrap_token(secrets: &SecretStore) -> anyhow::Result<bool> {
 /// `api_tokens` table has been read: with no bootstrap token secret, an
 /// unrevoked, unexpired named token must exist (or
 /// `allow_insecure_defaults` must say the open deployment is meant).
-pub fn require_a_token(infra: &Infra) -> anyhow::Result<Option<String>> {
-    let settings = infra.settings();
+fn require_a_token(
+    settings: &Settings,
+    secrets: &SecretStore,
+    auth: &crate::auth::Auth,
+) -> anyhow::Result<Option<String>> {
     if settings.environment != "production"
-        || has_bootstrap_token(&infra.secrets)?
-        || infra.auth.has_usable_named_token(chrono::Utc::now())
+        || has_bootstrap_token(secrets)?
+        || auth.has_usable_named_token(chrono::Utc::now())
     {
         return Ok(None);
     }
@@ -223,10 +231,18 @@ pub fn require_a_token(infra: &Infra) -> anyhow::Result<Option<String>> {
             "production with insecure defaults (allow_insecure_defaults = true): {reason}"
         )));
     }
-    anyhow::bail!(
+    Err(StartRefused(format!(
         "environment = \"production\" refuses to start with {reason}; or set allow_insecure_defaults = true to accept that"
-    )
+    ))
+    .into())
 }
+
+/// A configuration refusal found only once the database is read (production
+/// without tokens): `run` reports it like a config error, one line and exit
+/// code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartRefused(String);
 
 /// The whole `main` of a daemon binary: config (common sections and the
 /// daemon's own, through `check`) → telemetry → runtime → infrastructure →
@@ -286,22 +302,19 @@ where
         let infra = match Infra::connect(config, secrets, shutdown.clone()).await {
             Ok(infra) => infra,
             Err(error) => {
+                if let Some(refused) = error.downcast_ref::<StartRefused>() {
+                    eprintln!("{service}: {refused}");
+                    return ExitCode::from(2);
+                }
                 tracing::error!(error = format!("{error:#}"), "cannot start");
                 return ExitCode::FAILURE;
             }
         };
-        match require_a_token(&infra) {
-            Ok(None) => {}
-            Ok(Some(warning)) => tracing::warn!("{warning}"),
-            Err(error) => {
-                // A configuration refusal like preflight's: one line, exit 2.
-                eprintln!("{service}: {error:#}");
-                return ExitCode::from(2);
-            }
-        }
         crate::lifecycle::spawn_watchdog(shutdown.clone());
+        let bus = infra.bus.clone();
         let result = body(infra).await;
         crate::lifecycle::systemd::stopping();
+        bus.close().await;
         match result {
             Ok(()) => {
                 tracing::info!("stopped");

@@ -129,6 +129,10 @@ pub trait Bus: Send + Sync + 'static {
     fn is_connected(&self) -> bool;
     /// `rabbitmq` or `memory`, for logs and readiness.
     fn kind(&self) -> &'static str;
+    /// Closes the broker connection and stops reconnecting: a stopping
+    /// daemon says goodbye instead of leaving the connection to be torn
+    /// down with the runtime.
+    async fn close(&self) {}
 }
 
 /// Builds the bus the settings ask for. `url` overrides `settings.url` (the

@@ -456,6 +456,10 @@ impl Bus for RabbitBus {
     fn kind(&self) -> &'static str {
         "rabbitmq"
     }
+
+    async fn close(&self) {
+        RabbitBus::close(self).await;
+    }
 }
 
 async fn open_consumer(
