@@ -298,6 +298,24 @@ cp deploy/prometheus/rules/*.yml "$PROM_DIR/rules/"
 sed "s/E2E_RUN_ID/$run/g" deploy/compose/e2e-forced-alert.rules.yml >"$PROM_DIR/rules/e2e-forced-alert.yml"
 # Bind mounts keep their own modes: Prometheus runs as nobody.
 chmod -R a+rX "$PROM_DIR"
+# The alerter's configuration (docker-compose.e2e.yml mounts it): the
+# stack's opsloop.toml plus an on-call rotation of two test people, paged
+# through Slack (the recording receiver), so a P0 becomes a page with signed
+# acknowledge/resolve links pointing at the alerter's published port.
+ALERTER_CONFIG="$work/opsloop-alerter.toml"
+cat deploy/compose/opsloop.toml - >"$ALERTER_CONFIG" <<'TOML'
+
+[alerter.incidents]
+page_receivers = ["slack"]
+people = [
+  { name = "e2e-primary", slack = "U_E2E_PRIMARY" },
+  { name = "e2e-secondary", slack = "U_E2E_SECONDARY" },
+]
+rotation = { time_zone = "UTC", handover_day = "mon", handover_time = "09:00", start = "2026-01-05", members = ["e2e-primary", "e2e-secondary"] }
+TOML
+chmod a+r "$ALERTER_CONFIG"
+export OPSLOOP_E2E_ALERTER_CONFIG="$ALERTER_CONFIG"
+export OPSLOOP_ALERTER_EXTERNAL_URL="http://127.0.0.1:$ALERTER_HTTP_PORT"
 
 # ---------------------------------------------------------------- up --
 begin "up"
@@ -504,6 +522,13 @@ cli emergency-stop release --reason "compose e2e: budget test done" >/dev/null |
 begin "monitoring: targets, rules, forced alert"
 PROM="http://127.0.0.1:$PROMETHEUS_PORT"
 ALERTER_HTTP="http://127.0.0.1:$ALERTER_HTTP_PORT"
+# A P0 for the incident stage below, posted now so its group_wait runs
+# alongside this stage's.
+page_alert="[{\"labels\": {\"alertname\": \"ComposeE2EPage\", \"severity\": \"critical\", \"service\": \"compose-e2e\", \"e2e_run\": \"$run\"}, \"annotations\": {\"summary\": \"compose e2e: a P0 that must page the on-call person\"}}]"
+curl -sf -m 5 -o /dev/null -X POST -H 'Content-Type: application/json' \
+  -H "Authorization: Bearer $(<"$SECRETS/alert_sender_token")" --data "$page_alert" "$ALERTER_HTTP/api/v2/alerts" ||
+  die "POST of the P0 alert ComposeE2EPage to the alerter failed"
+page_posted_at=$(date +%s)
 prom_api() { # path → $work/prom.json
   curl -sf -m 5 "$PROM$1" >"$work/prom.json"
 }
@@ -666,6 +691,51 @@ curl -sf -m 5 "$PROM/api/v1/alertmanagers" | grep -q '"url":"http://alerter:9756
   die "Prometheus does not list the alerter (http://alerter:9756/api/v2/alerts) as an active Alertmanager"
 log "forced alert ComposeE2EForcedAlert (e2e_run=$run) at the Slack receiver ${forced_alert_delivered_s}s after it fired (alerter group_wait 30 s); the alerter received $received_http alert(s) over its v2 API with 0 refusals; POST without token 401, viewer 403, alert_sender 200"
 
+# ---------------------------------------------------------- incident --
+# The P0 posted above: an incident opened from its alert group, the on-call
+# primary paged at the Slack receiver with signed links, the acknowledge
+# link followed from the host (no token), the escalation stopped, the link
+# single-use.
+begin "incident: P0 page, acknowledge link"
+page_link() { # → the acknowledge link of this run's page at the Slack receiver
+  records || return 1
+  python3 - "$work/records.json" <<'PY'
+import json, re, sys
+for r in json.load(open(sys.argv[1])):
+    body = json.dumps(r["body"])
+    if r["service"] != "slack" or "ComposeE2EPage" not in body or "U_E2E_PRIMARY" not in body:
+        continue
+    m = re.search(r"Acknowledge: (http[^\s\"\\>|]+)", body)
+    if m:
+        print(m.group(1))
+        sys.exit(0)
+sys.exit(1)
+PY
+}
+page_deadline=$(($(date +%s) + FLOW_TIMEOUT))
+until ack_url=$(page_link); do
+  if (($(date +%s) >= page_deadline)); then
+    psql_q "SELECT id, level, state, title FROM incidents" | sed 's/^/  incident: /' >&2 || true
+    service_logs alerter
+    die "no page with an acknowledge link for ComposeE2EPage at the Slack receiver within ${FLOW_TIMEOUT}s"
+  fi
+  sleep 1
+done
+page_s=$(($(date +%s) - page_posted_at))
+[[ "$ack_url" == "$OPSLOOP_ALERTER_EXTERNAL_URL/api/v1/incidents/"* ]] ||
+  die "the acknowledge link $ack_url does not point at the alerter's published URL $OPSLOOP_ALERTER_EXTERNAL_URL"
+incident_id=$(sed -E 's|.*/api/v1/incidents/([0-9a-f-]+)/.*|\1|' <<<"$ack_url")
+[[ "$(psql_q "SELECT level || ' ' || state FROM incidents WHERE id = '$incident_id'")" == "P0 triggered" ]] ||
+  die "incident $incident_id is not a triggered P0 before the acknowledgement"
+ack_code=$(curl -s -m 5 -o "$work/ack.txt" -w '%{http_code}' "$ack_url")
+[[ "$ack_code" == 200 ]] || die "following the acknowledge link answered $ack_code: $(head -c 300 "$work/ack.txt")"
+row=$(psql_q "SELECT state || ' ' || coalesce(acknowledged_by, '-') || ' ' || (next_escalation_at IS NULL) FROM incidents WHERE id = '$incident_id'")
+[[ "$row" == "acknowledged "*" t" ]] ||
+  die "after the acknowledge link incident $incident_id is '$row', expected acknowledged with no next escalation step"
+reuse_code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$ack_url")
+[[ "$reuse_code" == 403 ]] || die "a used acknowledge link answered $reuse_code, expected 403 (single use)"
+log "P0 ComposeE2EPage: incident $incident_id paged U_E2E_PRIMARY at the Slack receiver ${page_s}s after the post; acknowledged from the host through the signed link ($row), escalation stopped, the link refused on reuse (403)"
+
 # ------------------------------------------------------------- chaos --
 begin "chaos: kill -9 each daemon under load"
 load_prefix="e2e load $run"
@@ -822,6 +892,7 @@ result="PASS"
 echo "compose_e2e: $result image=${image_mb}MB up_to_healthy=${up_to_healthy}s api_grpc=tls+token" \
   "flow=${flow_mission_s}s alert=${flow_alert_s}s prometheus_targets_up=$targets_summary" \
   "rules_loaded=${rules_summary%% *} forced_alert_delivered_s=$forced_alert_delivered_s" \
+  "p0_paged_s=$page_s p0_acknowledged_by_link=yes" \
   "kills=${#DAEMONS[@]} restarts=[${restarts[*]}]" \
   "load=${LOAD}/${LOAD} exactly_once retried_steps=$retried_n dead_letters=$dead_lettered" \
   "notifications=slack:$slack_n,discord:$discord_n dupes=0 backup=${backup_size}B verify=${verify_ms}ms" \

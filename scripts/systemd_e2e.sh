@@ -16,7 +16,11 @@
 #   6. READY=1 as documented: with the broker unreachable the api still
 #      turns active (the outbox holds its events) while the alerter stays
 #      `activating` (waiting, not crash-looping) until the broker answers;
-#   7. reports whether the mount-namespace sandboxing was applied (it is not,
+#   7. a host whose PostgreSQL comes up after the units: the database URL
+#      points at a port nothing listens on until a forwarder to PostgreSQL
+#      starts a few seconds after the units; migrate and every daemon wait
+#      (none fails), then turn active and ready without intervention;
+#   8. reports whether the mount-namespace sandboxing was applied (it is not,
 #      in an unprivileged container: documented in deploy/systemd/README.md).
 # Prints one summary line `systemd_e2e: PASS|FAIL …`.
 #
@@ -54,6 +58,8 @@ stage="setup"
 work="$(mktemp -d "${TMPDIR:-/tmp}/opsloop-systemd.XXXXXX")"
 container_up=0
 db_created=0
+forwarder_pid=""
+
 summary=()
 
 log() { printf 'systemd_e2e: %s\n' "$*"; }
@@ -72,6 +78,7 @@ cleanup() {
     done
   fi
   if ((container_up)) && [[ "$KEEP" != 1 ]]; then docker rm -f "$NAME" >/dev/null 2>&1; fi
+  if [[ -n "$forwarder_pid" ]]; then kill "$forwarder_pid" 2>/dev/null; fi
   if ((db_created)) && [[ "$KEEP" != 1 ]]; then
     psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
   fi
@@ -252,6 +259,57 @@ in_ct systemctl restart opsloop-api opsloop-alerter || die "restart after restor
 for _ in $(seq 1 60); do ready_all && break; sleep 0.5; done
 ready_all || die "not every daemon ready again after the broker came back"
 summary+=("ready_semantics=ok")
+
+# ------------------------------------------------ database after units --
+begin "database after the units"
+late_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+in_ct systemctl stop opsloop.target opsloop-migrate.service
+cred=/etc/opsloop/credentials/database_url
+in_ct sh -c "printf '%s\n' 'postgres://postgres@127.0.0.1:$late_port/$DB' >$cred"
+in_ct systemctl start --no-block opsloop-migrate.service opsloop.target
+sleep 4 # PostgreSQL stays away for a while: a window, not a synchronisation
+for unit in migrate "${DAEMONS[@]}"; do
+  state=$(in_ct systemctl show -p ActiveState --value "opsloop-$unit")
+  [[ "$state" != failed ]] || die "opsloop-$unit failed while PostgreSQL was unreachable"
+done
+migrate_state=$(in_ct systemctl show -p ActiveState --value opsloop-migrate)
+[[ "$migrate_state" == activating ]] ||
+  die "opsloop-migrate should be waiting for the database (state: $migrate_state)"
+pg_host_port=${PG#*@}
+pg_host_port=${pg_host_port%%/*}
+cat >"$work/forward.py" <<'PY'
+import socket, sys, threading
+listen_port, target_host, target_port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+def pipe(src, dst):
+    try:
+        while (data := src.recv(65536)):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            try: s.shutdown(socket.SHUT_RDWR)
+            except OSError: pass
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", listen_port))
+server.listen(64)
+while True:
+    client, _ = server.accept()
+    upstream = socket.create_connection((target_host, target_port))
+    for a, b in ((client, upstream), (upstream, client)):
+        threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+PY
+late_t0=$(date +%s%N)
+python3 "$work/forward.py" "$late_port" "${pg_host_port%%:*}" "${pg_host_port##*:}" &
+forwarder_pid=$!
+for _ in $(seq 1 120); do ready_all && break; sleep 0.5; done
+ready_all || die "the daemons did not become ready after PostgreSQL came up"
+for unit in "${DAEMONS[@]}"; do
+  [[ "$(in_ct systemctl is-active "opsloop-$unit")" == active ]] || die "opsloop-$unit is not active after PostgreSQL came up"
+done
+summary+=("database_late_ready_ms=$((($(date +%s%N) - late_t0) / 1000000))")
+log "PostgreSQL reachable only after the units started: migrate waited, every daemon active and ready"
 
 # ----------------------------------------------------------- sandbox --
 begin "sandbox report"

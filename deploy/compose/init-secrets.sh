@@ -41,6 +41,8 @@ write agent_token "$(random)"
 write viewer_token "$(random)"
 write alert_sender_token "$(random)"
 write grafana_admin_password "$(random)"
+# Signs the acknowledge/resolve links of incident pages (HMAC).
+write incident_link_secret "$(random)"
 # The alerter rejects an empty or non-http(s) webhook secret at start; a
 # placeholder keeps it running, but notifications to that receiver are
 # dead-lettered (OpsloopAlertDeliveryFailing) until a real URL is set.

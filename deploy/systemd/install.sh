@@ -6,9 +6,10 @@
 #   secrets   -> /etc/opsloop/credentials/<name> (root-only, 0600; kept when
 #                present; tokens generated when absent), handed to the
 #                daemons with LoadCredential=
-# Optional receivers (slack_webhook_url, discord_webhook_url,
-# pagerduty_routing_key, slack_summary_webhook_url) are loaded only when
-# their credential file exists: a drop-in is written for each.
+# The alerter's optional secrets (slack_webhook_url, discord_webhook_url,
+# pagerduty_routing_key, slack_summary_webhook_url, incident_link_secret —
+# the last generated when absent) are loaded only when their credential file
+# exists: a drop-in is written for each.
 #
 # Usage: sudo deploy/systemd/install.sh [--no-start]
 #   DATABASE_URL=postgres://opsloop:PW@127.0.0.1:5432/opsloop \
@@ -25,7 +26,7 @@ CRED_DIR="$CONF_DIR/credentials"
 BINARIES=(opsloop opsloop-api opsloop-heartbeat-worker opsloop-alerter opsloop-backup-agent)
 UNITS=(opsloop-migrate.service opsloop-api.service opsloop-heartbeat-worker.service
   opsloop-alerter.service opsloop-backup-agent.service opsloop.target)
-OPTIONAL=(slack_webhook_url discord_webhook_url pagerduty_routing_key slack_summary_webhook_url)
+OPTIONAL=(slack_webhook_url discord_webhook_url pagerduty_routing_key slack_summary_webhook_url incident_link_secret)
 start=1
 [[ "${1:-}" == "--no-start" ]] && start=0
 
@@ -69,13 +70,15 @@ secret database_url "${DATABASE_URL:-}"
 secret amqp_url "${AMQP_URL:-}"
 secret admin_token "${ADMIN_TOKEN:-$(random)}"
 secret agent_token "${AGENT_TOKEN:-$(random)}"
+# Signs incident pages' acknowledge/resolve links (loaded by the alerter).
+secret incident_link_secret "${INCIDENT_LINK_SECRET:-$(random)}"
 
 install -m 0644 -t "$UNIT_DIR" "${UNITS[@]/#/deploy/systemd/}"
-# Optional receiver secrets: a LoadCredential= drop-in per file present.
+# The alerter's optional secrets: a LoadCredential= drop-in per file present.
 dropin="$UNIT_DIR/opsloop-alerter.service.d"
 install -d -m 0755 "$dropin"
 {
-  echo "# Written by deploy/systemd/install.sh: receiver secrets present in $CRED_DIR."
+  echo "# Written by deploy/systemd/install.sh: the alerter's optional secrets present in $CRED_DIR."
   echo "[Service]"
   for name in "${OPTIONAL[@]}"; do
     if [[ -s "$CRED_DIR/$name" ]]; then echo "LoadCredential=$name:$CRED_DIR/$name"; fi
