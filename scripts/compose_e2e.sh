@@ -308,10 +308,10 @@ cat deploy/compose/opsloop.toml - >"$ALERTER_CONFIG" <<'TOML'
 [alerter.incidents]
 page_receivers = ["slack"]
 people = [
-  { name = "e2e-primary", slack = "U_E2E_PRIMARY" },
-  { name = "e2e-secondary", slack = "U_E2E_SECONDARY" },
+  { name = "e2e-ana", slack = "U_E2E_ANA" },
+  { name = "e2e-bo", slack = "U_E2E_BO" },
 ]
-rotation = { time_zone = "UTC", handover_day = "mon", handover_time = "09:00", start = "2026-01-05", members = ["e2e-primary", "e2e-secondary"] }
+rotation = { time_zone = "UTC", handover_day = "mon", handover_time = "09:00", start = "2026-01-05", members = ["e2e-ana", "e2e-bo"] }
 TOML
 chmod a+r "$ALERTER_CONFIG"
 export OPSLOOP_E2E_ALERTER_CONFIG="$ALERTER_CONFIG"
@@ -692,8 +692,9 @@ curl -sf -m 5 "$PROM/api/v1/alertmanagers" | grep -q '"url":"http://alerter:9756
 log "forced alert ComposeE2EForcedAlert (e2e_run=$run) at the Slack receiver ${forced_alert_delivered_s}s after it fired (alerter group_wait 30 s); the alerter received $received_http alert(s) over its v2 API with 0 refusals; POST without token 401, viewer 403, alert_sender 200"
 
 # ---------------------------------------------------------- incident --
-# The P0 posted above: an incident opened from its alert group, the on-call
-# primary paged at the Slack receiver with signed links, the acknowledge
+# The P0 posted above: an incident opened from its alert group, this week's
+# on-call primary of the rotation paged (mentioned) at the Slack receiver
+# with signed links, the acknowledge
 # link followed from the host (no token), the escalation stopped, the link
 # single-use.
 begin "incident: P0 page, acknowledge link"
@@ -703,17 +704,18 @@ page_link() { # → the acknowledge link of this run's page at the Slack receive
 import json, re, sys
 for r in json.load(open(sys.argv[1])):
     body = json.dumps(r["body"])
-    if r["service"] != "slack" or "ComposeE2EPage" not in body or "U_E2E_PRIMARY" not in body:
+    who = re.search(r"<@(U_E2E_[A-Z]+)>", body)
+    if r["service"] != "slack" or "ComposeE2EPage" not in body or not who:
         continue
     m = re.search(r"Acknowledge: (http[^\s\"\\>|]+)", body)
     if m:
-        print(m.group(1))
+        print(who.group(1), m.group(1))
         sys.exit(0)
 sys.exit(1)
 PY
 }
 page_deadline=$(($(date +%s) + FLOW_TIMEOUT))
-until ack_url=$(page_link); do
+until page=$(page_link); do
   if (($(date +%s) >= page_deadline)); then
     psql_q "SELECT id, level, state, title FROM incidents" | sed 's/^/  incident: /' >&2 || true
     service_logs alerter
@@ -722,6 +724,7 @@ until ack_url=$(page_link); do
   sleep 1
 done
 page_s=$(($(date +%s) - page_posted_at))
+read -r paged ack_url <<<"$page"
 [[ "$ack_url" == "$OPSLOOP_ALERTER_EXTERNAL_URL/api/v1/incidents/"* ]] ||
   die "the acknowledge link $ack_url does not point at the alerter's published URL $OPSLOOP_ALERTER_EXTERNAL_URL"
 incident_id=$(sed -E 's|.*/api/v1/incidents/([0-9a-f-]+)/.*|\1|' <<<"$ack_url")
@@ -734,7 +737,7 @@ row=$(psql_q "SELECT state || ' ' || coalesce(acknowledged_by, '-') || ' ' || (n
   die "after the acknowledge link incident $incident_id is '$row', expected acknowledged with no next escalation step"
 reuse_code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$ack_url")
 [[ "$reuse_code" == 403 ]] || die "a used acknowledge link answered $reuse_code, expected 403 (single use)"
-log "P0 ComposeE2EPage: incident $incident_id paged U_E2E_PRIMARY at the Slack receiver ${page_s}s after the post; acknowledged from the host through the signed link ($row), escalation stopped, the link refused on reuse (403)"
+log "P0 ComposeE2EPage: incident $incident_id paged $paged (this week's primary) at the Slack receiver ${page_s}s after the post; acknowledged from the host through the signed link ($row), escalation stopped, the link refused on reuse (403)"
 
 # ------------------------------------------------------------- chaos --
 begin "chaos: kill -9 each daemon under load"
