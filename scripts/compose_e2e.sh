@@ -733,7 +733,7 @@ incident_id=$(sed -E 's|.*/api/v1/incidents/([0-9a-f-]+)/.*|\1|' <<<"$ack_url")
 ack_code=$(curl -s -m 5 -o "$work/ack.txt" -w '%{http_code}' "$ack_url")
 [[ "$ack_code" == 200 ]] || die "following the acknowledge link answered $ack_code: $(head -c 300 "$work/ack.txt")"
 row=$(psql_q "SELECT state || ' ' || coalesce(acknowledged_by, '-') || ' ' || (next_escalation_at IS NULL) FROM incidents WHERE id = '$incident_id'")
-[[ "$row" == "acknowledged "*" t" ]] ||
+[[ "$row" == "acknowledged "*" true" ]] ||
   die "after the acknowledge link incident $incident_id is '$row', expected acknowledged with no next escalation step"
 reuse_code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$ack_url")
 [[ "$reuse_code" == 403 ]] || die "a used acknowledge link answered $reuse_code, expected 403 (single use)"
