@@ -384,7 +384,11 @@ mod tests {
         assert_eq!(level("critical").expect("critical"), Level::P0);
         let bad = level("P7").expect_err("P7");
         assert_eq!(bad.code(), tonic::Code::InvalidArgument);
-        assert!(bad.message().starts_with("level: \"P7\""), "{}", bad.message());
+        assert!(
+            bad.message().starts_with("level: \"P7\""),
+            "{}",
+            bad.message()
+        );
         assert_eq!(
             incident_id("nope").expect_err("id").code(),
             tonic::Code::InvalidArgument

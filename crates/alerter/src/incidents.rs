@@ -1325,9 +1325,7 @@ impl IncidentManager {
             ));
         }
         if labels.len() > 64 {
-            return Err(IncidentError::Invalid(
-                "labels: at most 64 labels".into(),
-            ));
+            return Err(IncidentError::Invalid("labels: at most 64 labels".into()));
         }
         for (name, value) in &labels {
             if !crate::model::valid_label_name(name) {

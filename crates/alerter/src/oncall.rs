@@ -618,8 +618,16 @@ mod tests {
                     names(&["aiko", "ben"]),
                     names(&["ben", "chen"])
                 ),
-                ("2026-12-08".into(), names(&["ben", "dana"]), names(&["chen"])),
-                ("2026-12-09".into(), names(&["dana", "ben"]), names(&["chen"])),
+                (
+                    "2026-12-08".into(),
+                    names(&["ben", "dana"]),
+                    names(&["chen"])
+                ),
+                (
+                    "2026-12-09".into(),
+                    names(&["dana", "ben"]),
+                    names(&["chen"])
+                ),
             ]
         );
         // Without a rotation: UTC and nobody.

@@ -157,38 +157,46 @@ pub async fn incident(command: IncidentCommand, globals: &Globals) -> anyhow::Re
                 .into_inner()
                 .incident
         }
-        IncidentCommand::Ack { id, reason } => client
-            .acknowledge_incident(AcknowledgeIncidentRequest {
-                id,
-                actor,
-                reason: reason.unwrap_or_default(),
-            })
-            .await
-            .map_err(|s| conn.error(s))?
-            .into_inner()
-            .incident,
-        IncidentCommand::Resolve { id, reason } => client
-            .resolve_incident(ResolveIncidentRequest {
-                id,
-                actor,
-                reason: reason.unwrap_or_default(),
-            })
-            .await
-            .map_err(|s| conn.error(s))?
-            .into_inner()
-            .incident,
-        IncidentCommand::Note { id, text } => client
-            .add_incident_note(AddIncidentNoteRequest { id, text, actor })
-            .await
-            .map_err(|s| conn.error(s))?
-            .into_inner()
-            .incident,
-        IncidentCommand::Escalate { id } => client
-            .escalate_incident(EscalateIncidentRequest { id, actor })
-            .await
-            .map_err(|s| conn.error(s))?
-            .into_inner()
-            .incident,
+        IncidentCommand::Ack { id, reason } => {
+            client
+                .acknowledge_incident(AcknowledgeIncidentRequest {
+                    id,
+                    actor,
+                    reason: reason.unwrap_or_default(),
+                })
+                .await
+                .map_err(|s| conn.error(s))?
+                .into_inner()
+                .incident
+        }
+        IncidentCommand::Resolve { id, reason } => {
+            client
+                .resolve_incident(ResolveIncidentRequest {
+                    id,
+                    actor,
+                    reason: reason.unwrap_or_default(),
+                })
+                .await
+                .map_err(|s| conn.error(s))?
+                .into_inner()
+                .incident
+        }
+        IncidentCommand::Note { id, text } => {
+            client
+                .add_incident_note(AddIncidentNoteRequest { id, text, actor })
+                .await
+                .map_err(|s| conn.error(s))?
+                .into_inner()
+                .incident
+        }
+        IncidentCommand::Escalate { id } => {
+            client
+                .escalate_incident(EscalateIncidentRequest { id, actor })
+                .await
+                .map_err(|s| conn.error(s))?
+                .into_inner()
+                .incident
+        }
     };
     let incident = changed.ok_or_else(|| anyhow!("the alerter answered without an incident"))?;
     match globals.output {
@@ -270,11 +278,7 @@ pub async fn oncall(command: OncallCommand, globals: &Globals) -> anyhow::Result
                     outln!("time zone: {}", r.time_zone);
                     let mut days = Table::new(&["DATE", "PRIMARY", "SECONDARY"]);
                     for d in &r.days {
-                        days.row(vec![
-                            d.date.clone(),
-                            names(&d.primary),
-                            names(&d.secondary),
-                        ]);
+                        days.row(vec![d.date.clone(), names(&d.primary), names(&d.secondary)]);
                     }
                     days.print_or("no days");
                     outln!();
@@ -441,7 +445,14 @@ fn incident_fields(i: &Incident) -> String {
         ("title", i.title.clone()),
         ("level", i.level.clone()),
         ("state", i.state.clone()),
-        ("labels", if labels.is_empty() { "-".into() } else { labels }),
+        (
+            "labels",
+            if labels.is_empty() {
+                "-".into()
+            } else {
+                labels
+            },
+        ),
         ("alerts", alerts_text(i)),
         (
             "opened",

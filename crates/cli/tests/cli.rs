@@ -359,11 +359,7 @@ fn unreachable_daemons_give_one_clear_line() {
             vec!["incident", "list"],
             "alerter",
         ),
-        (
-            "OPSLOOP_ALERTER_ENDPOINT",
-            vec!["oncall", "now"],
-            "alerter",
-        ),
+        ("OPSLOOP_ALERTER_ENDPOINT", vec!["oncall", "now"], "alerter"),
         (
             "OPSLOOP_BACKUP_ENDPOINT",
             vec!["backup", "list"],

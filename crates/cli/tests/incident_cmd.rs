@@ -319,10 +319,7 @@ async fn incidents_are_opened_acted_on_and_shown_through_the_cli() {
         ],
         "{shown}"
     );
-    let note = timeline
-        .iter()
-        .find(|e| e["kind"] == "note")
-        .expect("note");
+    let note = timeline.iter().find(|e| e["kind"] == "note").expect("note");
     assert_eq!(note["detail"]["text"], "rolled back to v41");
     assert_eq!(note["actor"], "bootstrap-admin");
     let ack = timeline
@@ -384,7 +381,10 @@ async fn incidents_are_opened_acted_on_and_shown_through_the_cli() {
             .await,
     );
     assert_eq!(code, 3, "{line}");
-    assert!(line.starts_with("INVALID_ARGUMENT: level: \"P7\""), "{line}");
+    assert!(
+        line.starts_with("INVALID_ARGUMENT: level: \"P7\""),
+        "{line}"
+    );
 
     alerter.stop().await;
 }
