@@ -395,17 +395,7 @@ impl IncidentManager {
 
     /// Incidents, newest first; `open_only` leaves resolved ones out.
     pub async fn list(&self, open_only: bool, limit: u64) -> Result<Vec<Incident>, IncidentError> {
-        let mut query = incidents::Entity::find().order_by_desc(incidents::Column::OpenedAt);
-        if open_only {
-            query = query.filter(incidents::Column::State.ne(State::Resolved.as_str()));
-        }
-        query
-            .limit(limit.clamp(1, 1000))
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .map(Incident::from_row)
-            .collect()
+        self.list_at(open_only, None, limit).await
     }
 
     pub async fn timeline(&self, id: Uuid) -> Result<Vec<TimelineEntry>, IncidentError> {
@@ -545,40 +535,8 @@ impl IncidentManager {
         title: &str,
         actor: &str,
     ) -> Result<Incident, IncidentError> {
-        let title = title.trim();
-        if title.is_empty() || title.chars().count() > 200 {
-            return Err(IncidentError::Invalid(
-                "title: must be 1 to 200 characters".into(),
-            ));
-        }
-        let now = self.now();
-        let incident = self.new_incident(level, title, None, LabelSet::new(), 0, actor, now);
-        let txn = self.db.begin().await?;
-        self.insert_incident(&txn, &incident).await?;
-        let record = Self::audit_record(
-            actor,
-            "incident.open",
-            incident.id,
-            None,
-            None,
-            Some(&incident),
-            now,
-        );
-        self.record(
-            &txn,
-            &incident,
-            "opened",
-            actor,
-            json!({"by_hand": true}),
-            Some(&record),
-            now,
-        )
-        .await?;
-        txn.commit().await?;
-        self.audit_file(&record);
-        metrics::counter!("opsloop_incidents_opened_total", "level" => level.as_str()).increment(1);
-        tracing::info!(incident = %incident.id, level = %level, actor, "incident opened by hand");
-        Ok(incident)
+        self.open_labelled(level, title, LabelSet::new(), actor)
+            .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1325,6 +1283,90 @@ impl IncidentManager {
         }
         self.audit_file(&record);
         tracing::warn!(incident = %claims.incident, reason = refusal.as_str(), "incident link refused");
+    }
+
+    /// Incidents, newest first: `open_only` leaves resolved ones out,
+    /// `level` keeps one level.
+    pub async fn list_at(
+        &self,
+        open_only: bool,
+        level: Option<Level>,
+        limit: u64,
+    ) -> Result<Vec<Incident>, IncidentError> {
+        let mut query = incidents::Entity::find().order_by_desc(incidents::Column::OpenedAt);
+        if open_only {
+            query = query.filter(incidents::Column::State.ne(State::Resolved.as_str()));
+        }
+        if let Some(level) = level {
+            query = query.filter(incidents::Column::Level.eq(level.as_str()));
+        }
+        query
+            .limit(limit.clamp(1, 1000))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(Incident::from_row)
+            .collect()
+    }
+
+    /// [`IncidentManager::open`] with labels (e.g. `service`), as
+    /// `IncidentService.OpenIncident` does.
+    pub async fn open_labelled(
+        &self,
+        level: Level,
+        title: &str,
+        labels: LabelSet,
+        actor: &str,
+    ) -> Result<Incident, IncidentError> {
+        let title = title.trim();
+        if title.is_empty() || title.chars().count() > 200 {
+            return Err(IncidentError::Invalid(
+                "title: must be 1 to 200 characters".into(),
+            ));
+        }
+        if labels.len() > 64 {
+            return Err(IncidentError::Invalid("labels: at most 64 labels".into()));
+        }
+        for (name, value) in &labels {
+            if !crate::model::valid_label_name(name) {
+                return Err(IncidentError::Invalid(format!(
+                    "labels: {name:?} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*)"
+                )));
+            }
+            if value.is_empty() || value.len() > 4096 {
+                return Err(IncidentError::Invalid(format!(
+                    "labels.{name}: must be 1 to 4096 bytes"
+                )));
+            }
+        }
+        let now = self.now();
+        let incident = self.new_incident(level, title, None, labels, 0, actor, now);
+        let txn = self.db.begin().await?;
+        self.insert_incident(&txn, &incident).await?;
+        let record = Self::audit_record(
+            actor,
+            "incident.open",
+            incident.id,
+            None,
+            None,
+            Some(&incident),
+            now,
+        );
+        self.record(
+            &txn,
+            &incident,
+            "opened",
+            actor,
+            json!({"by_hand": true}),
+            Some(&record),
+            now,
+        )
+        .await?;
+        txn.commit().await?;
+        self.audit_file(&record);
+        metrics::counter!("opsloop_incidents_opened_total", "level" => level.as_str()).increment(1);
+        tracing::info!(incident = %incident.id, level = %level, actor, "incident opened by hand");
+        Ok(incident)
     }
 }
 

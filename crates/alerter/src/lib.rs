@@ -1,12 +1,15 @@
 //! The alerter daemon: grouped, deduplicated, silenced, routed alerts to Slack,
-//! Discord, generic webhooks and PagerDuty. Serves `AlertService` over gRPC and
-//! the Alertmanager v2 API, health and metrics over HTTP.
+//! Discord, generic webhooks and PagerDuty. Serves `AlertService` and
+//! `IncidentService` over gRPC and the Alertmanager v2 API, health and
+//! metrics over HTTP.
 //!
 //! The pipeline is a chain of small pure stages — [`model`], [`matchers`],
 //! [`route`], [`inhibit`], [`silence`], [`group`], [`dispatch`] — and the
 //! receivers render payloads ([`receivers`]) that one delivery engine
 //! ([`delivery`]) sends with pacing, retries and dead-lettering. [`service`]
 //! is the I/O shell; [`api`], [`grpc`] and [`consumer`] are its inputs.
+//! Incidents: [`incident`] and [`oncall`] decide, [`incidents`] persists and
+//! drives, [`incident_grpc`] and [`ack_link`] are their inputs.
 
 pub mod ack_link;
 pub mod api;
@@ -17,6 +20,7 @@ pub mod dispatch;
 pub mod group;
 pub mod grpc;
 pub mod incident;
+pub mod incident_grpc;
 pub mod incidents;
 pub mod inhibit;
 pub mod leader;
@@ -146,7 +150,14 @@ impl AlerterApp {
         health
             .set_serving::<opsloop_core::proto::v1::alert_service_server::AlertServiceServer<grpc::AlertGrpc>>()
             .await;
-        let routes = routes.add_service(grpc::server(self.alerter.clone()));
+        if self.incidents.is_some() {
+            health
+                .set_serving::<opsloop_core::proto::v1::incident_service_server::IncidentServiceServer<incident_grpc::IncidentGrpc>>()
+                .await;
+        }
+        let routes = routes
+            .add_service(grpc::server(self.alerter.clone()))
+            .add_service(incident_grpc::server(self.incidents.clone()));
         let mut router = opsloop_core::http::base_router(SERVICE, self.infra.readiness())
             .merge(api::router(self.alerter.clone(), self.infra.readiness()));
         let mut tasks = JoinSet::new();

@@ -236,7 +236,8 @@ pub fn is_go_zero(t: DateTime<Utc>) -> bool {
 /// `0001-01-01T00:00:00Z` in Unix seconds.
 const GO_ZERO_UNIX: i64 = -62_135_596_800;
 
-fn valid_label_name(name: &str) -> bool {
+/// A Prometheus label name: `[a-zA-Z_][a-zA-Z0-9_]*`.
+pub fn valid_label_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')

@@ -405,6 +405,60 @@ impl Schedule {
         }
         shifts
     }
+
+    /// The rotation's time zone (UTC without a rotation): the one dates of
+    /// [`Schedule::days`] are in.
+    pub fn time_zone(&self) -> Tz {
+        self.rotation.as_ref().map_or(Tz::UTC, |r| r.tz)
+    }
+
+    /// The shifts of `days` local days from `from` (in
+    /// [`Schedule::time_zone`]), and who is on call during each day.
+    pub fn days(&self, from: NaiveDate, days: u32) -> (Vec<Shift>, Vec<Day>) {
+        let tz = self.time_zone();
+        let midnight = NaiveTime::MIN;
+        let start = local_instant(tz, from, midnight);
+        let end = local_instant(tz, from + Duration::days(i64::from(days)), midnight);
+        let shifts = self.shifts(start, end);
+        let days = (0..i64::from(days))
+            .map(|i| {
+                let date = from + Duration::days(i);
+                let (day_start, day_end) = (
+                    local_instant(tz, date, midnight),
+                    local_instant(tz, date + Duration::days(1), midnight),
+                );
+                let mut day = Day {
+                    date,
+                    primary: Vec::new(),
+                    secondary: Vec::new(),
+                };
+                for shift in &shifts {
+                    if shift.start < day_end && day_start < shift.end {
+                        push_new(&mut day.primary, &shift.primary);
+                        push_new(&mut day.secondary, &shift.secondary);
+                    }
+                }
+                day
+            })
+            .collect();
+        (shifts, days)
+    }
+}
+
+/// Who is on call during one local day, in order of their shifts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Day {
+    pub date: NaiveDate,
+    pub primary: Vec<String>,
+    pub secondary: Vec<String>,
+}
+
+fn push_new(names: &mut Vec<String>, name: &Option<String>) {
+    if let Some(name) = name
+        && names.last() != Some(name)
+    {
+        names.push(name.clone());
+    }
 }
 
 #[cfg(test)]
@@ -524,6 +578,63 @@ mod tests {
             ]
         );
         assert_eq!(week.last().map(|w| w.end), Some(at("2026-12-13T00:00:00Z")));
+    }
+
+    #[test]
+    fn days_list_who_is_on_call_each_local_day() {
+        // Hand-over Monday 10:00 Tokyo (01:00 UTC); dana takes the primary
+        // role across Wednesday's local midnight (21:00 to 03:00 Tokyo).
+        let r = rotation("Asia/Tokyo", "mon", "10:00", "2026-11-30");
+        let overrides = [OverrideConfig {
+            person: "dana".into(),
+            role: Role::Primary,
+            start: at("2026-12-08T12:00:00Z"),
+            end: at("2026-12-08T18:00:00Z"),
+            reason: None,
+        }];
+        let s = Schedule::compile(&people(), Some(&r), &overrides).expect("compile");
+        assert_eq!(s.time_zone(), chrono_tz::Asia::Tokyo);
+        let (shifts, days) = s.days("2026-12-06".parse().expect("date"), 4);
+        // From Sunday 00:00 Tokyo (Saturday 15:00 UTC) for four days.
+        assert_eq!(
+            shifts.first().map(|w| w.start),
+            Some(at("2026-12-05T15:00:00Z"))
+        );
+        assert_eq!(
+            shifts.last().map(|w| w.end),
+            Some(at("2026-12-09T15:00:00Z"))
+        );
+        let summary: Vec<(String, Vec<String>, Vec<String>)> = days
+            .iter()
+            .map(|d| (d.date.to_string(), d.primary.clone(), d.secondary.clone()))
+            .collect();
+        let names = |v: &[&str]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            summary,
+            vec![
+                ("2026-12-06".into(), names(&["aiko"]), names(&["ben"])),
+                (
+                    "2026-12-07".into(),
+                    names(&["aiko", "ben"]),
+                    names(&["ben", "chen"])
+                ),
+                (
+                    "2026-12-08".into(),
+                    names(&["ben", "dana"]),
+                    names(&["chen"])
+                ),
+                (
+                    "2026-12-09".into(),
+                    names(&["dana", "ben"]),
+                    names(&["chen"])
+                ),
+            ]
+        );
+        // Without a rotation: UTC and nobody.
+        let empty = Schedule::compile(&people(), None, &[]).expect("compile");
+        assert_eq!(empty.time_zone(), Tz::UTC);
+        let (_, days) = empty.days("2026-12-06".parse().expect("date"), 1);
+        assert!(days[0].primary.is_empty() && days[0].secondary.is_empty());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use anyhow::{Context, anyhow};
 use opsloop_core::proto::v1::alert_service_client::AlertServiceClient;
 use opsloop_core::proto::v1::backup_service_client::BackupServiceClient;
 use opsloop_core::proto::v1::event_service_client::EventServiceClient;
+use opsloop_core::proto::v1::incident_service_client::IncidentServiceClient;
 use opsloop_core::proto::v1::mission_service_client::MissionServiceClient;
 use opsloop_core::proto::v1::ops_service_client::OpsServiceClient;
 use opsloop_core::proto::v1::policy_service_client::PolicyServiceClient;
@@ -92,7 +93,7 @@ impl Globals {
 pub enum Daemon {
     /// The api (proposals, missions, events, policy, triggers, ops).
     Api,
-    /// The alerter (alerts, silences, receiver tests).
+    /// The alerter (alerts, silences, receiver tests, incidents, on-call).
     Alerter,
     /// The backup-agent.
     BackupAgent,
@@ -274,6 +275,11 @@ impl Connection {
     /// `AlertService` client.
     pub fn alerts(&self) -> AlertServiceClient<AuthChannel> {
         AlertServiceClient::new(self.intercepted())
+    }
+
+    /// `IncidentService` client (alerter).
+    pub fn incidents(&self) -> IncidentServiceClient<AuthChannel> {
+        IncidentServiceClient::new(self.intercepted())
     }
 
     /// `TokenService` client.

@@ -29,6 +29,7 @@ pub mod config_check;
 pub mod event;
 pub mod exit;
 pub mod http;
+pub mod incident;
 pub mod mission;
 pub mod ops;
 pub mod output;

@@ -11,8 +11,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use opsloop_cli::client::Globals;
 use opsloop_cli::output::OutputFormat;
 use opsloop_cli::{
-    alerts, backup, config_check, event, mission, ops, policy, proposal, status, token, trigger,
-    worker_cmd,
+    alerts, backup, config_check, event, incident, mission, ops, policy, proposal, status, token,
+    trigger, worker_cmd,
 };
 
 /// `opsloop --version`: the crate version, git revision and build date
@@ -150,6 +150,12 @@ enum Command {
     /// Add, list and expire silences (alerter).
     #[command(subcommand)]
     Silence(alerts::SilenceCommand),
+    /// List, show, open, acknowledge, resolve, note and escalate incidents (alerter).
+    #[command(subcommand)]
+    Incident(incident::IncidentCommand),
+    /// Who is on call now, today or this week (alerter).
+    #[command(subcommand)]
+    Oncall(incident::OncallCommand),
     /// Take, list, verify, restore and preview-prune backups (backup-agent).
     #[command(subcommand)]
     Backup(backup::BackupCommand),
@@ -243,6 +249,8 @@ async fn run(
         Command::Worker(args) => worker_cmd::run(args, globals).await,
         Command::Alerts(command) => alerts::alerts(command, globals).await,
         Command::Silence(command) => alerts::silence(command, globals).await,
+        Command::Incident(command) => incident::incident(command, globals).await,
+        Command::Oncall(command) => incident::oncall(command, globals).await,
         Command::Backup(command) => backup::run(command, globals).await,
         Command::Status(args) => status::run(args, globals).await,
         Command::Dev(_)

@@ -207,6 +207,15 @@ const HELP: &[(&[&str], &[&str])] = &[
         &["--state", "--filter", "--limit", "--page-token"],
     ),
     (&["silence", "expire"], &["<ID>"]),
+    (&["incident", "list"], &["--all", "--level", "--limit"]),
+    (&["incident", "show"], &["<ID>"]),
+    (&["incident", "open"], &["--level", "--title", "--label"]),
+    (&["incident", "ack"], &["<ID>", "--reason"]),
+    (&["incident", "resolve"], &["<ID>", "--reason"]),
+    (&["incident", "note"], &["<ID>", "<TEXT>"]),
+    (&["incident", "escalate"], &["<ID>"]),
+    (&["oncall", "now"], &["--at"]),
+    (&["oncall", "show"], &["--week", "--from"]),
     (&["backup", "now"], &["--target", "--no-wait"]),
     (
         &["backup", "list"],
@@ -346,6 +355,12 @@ fn unreachable_daemons_give_one_clear_line() {
             "alerter",
         ),
         (
+            "OPSLOOP_ALERTER_ENDPOINT",
+            vec!["incident", "list"],
+            "alerter",
+        ),
+        ("OPSLOOP_ALERTER_ENDPOINT", vec!["oncall", "now"], "alerter"),
+        (
             "OPSLOOP_BACKUP_ENDPOINT",
             vec!["backup", "list"],
             "backup-agent",
@@ -411,6 +426,16 @@ fn bad_input_is_refused_before_any_call() {
         (
             vec!["silence", "add", "nomatcher", "--comment", "c"],
             "\"nomatcher\" is not a matcher",
+        ),
+        (
+            vec![
+                "incident", "open", "--level", "P1", "--title", "t", "--label", "service",
+            ],
+            "--label \"service\": expected name=value",
+        ),
+        (
+            vec!["oncall", "now", "--at", "yesterday"],
+            "--at: \"yesterday\" is not a time",
         ),
         (
             vec!["backup", "restore", "x", "--target-url", "postgres://h/db"],
