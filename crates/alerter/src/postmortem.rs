@@ -932,6 +932,9 @@ impl IncidentManager {
             .limit(EVENTS_LIMIT)
             .all(&self.db)
             .await?;
+        if rows.len() as u64 == EVENTS_LIMIT {
+            tracing::warn!(%start, %end, limit = EVENTS_LIMIT, "timeline window has more reviewed events than a timeline shows; the latest are left out");
+        }
         let mut out: Vec<SystemEvent> = rows.into_iter().map(SystemEvent::from_row).collect();
         // Successes only matter after a failure (recovery): read them from
         // the first failure on, not the whole window's traffic.

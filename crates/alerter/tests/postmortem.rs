@@ -123,6 +123,8 @@ fn timeline_rows(md: &str) -> Vec<(String, String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scripted_incident_leaves_a_draft_a_reminder_once_and_exact_figures() {
+    // The process's recorder, installed before any figure is set.
+    opsloop_core::telemetry::prometheus();
     let db = fresh_postgres().await;
     let slack = LocalReceiver::start().await;
     let alerts = LocalReceiver::start().await;
@@ -301,6 +303,22 @@ async fn a_scripted_incident_leaves_a_draft_a_reminder_once_and_exact_figures() 
         .await
         .expect("resolve");
     assert_eq!(m.get(p1.id).await.expect("p1").resolved_at, Some(at(110)));
+    // The escalation pass refreshes the week's figures on /metrics.
+    assert_eq!(m.drive(clock.now()).await.expect("drive"), 0);
+    let metrics = opsloop_core::telemetry::render_metrics();
+    for line in [
+        "# HELP opsloop_incident_mtta_seconds ",
+        "opsloop_incident_mtta_seconds{level=\"P0\"} 300\n",
+        "opsloop_incident_mtta_seconds{level=\"P1\"} 3660\n",
+        "opsloop_incident_mttr_seconds{level=\"P1\"} 4200\n",
+        "opsloop_incident_mttr_seconds{level=\"P2\"} 0\n",
+        "opsloop_incident_response_breaches_week{level=\"P0\"} 0\n",
+        "opsloop_incident_response_breaches_week{level=\"P1\"} 1\n",
+        "opsloop_incident_pages_week{person=\"aiko\"} 2\n",
+        "opsloop_incident_pages_week{person=\"ben\"} 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} in:\n{metrics}");
+    }
 
     // Figures over the morning, exact.
     let stats = m.stats(at(-60), at(180)).await.expect("stats");
