@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Duration, Utc};
-use opsloop_core::store::entities::events;
+use opsloop_core::store::entities::{alerts, events};
 use sea_orm::sea_query::{Expr, Func};
 use sea_orm::{
     ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
@@ -385,23 +385,89 @@ pub fn select_events(events: &[SystemEvent]) -> Vec<Entry> {
     out
 }
 
-/// The incident's log and the loop's events in one list, by time; on the
-/// same instant the incident's own row comes first.
-pub fn merge(log: &[TimelineEntry], events: &[SystemEvent]) -> Vec<Entry> {
-    let mut all: Vec<Entry> = log.iter().map(log_entry).collect();
+/// An alert of the incident as the alerter stored it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertSeen {
+    pub name: String,
+    pub severity: String,
+    pub summary: Option<String>,
+    /// Who sent it (`http`, `bus`, `grpc`).
+    pub source: String,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
+/// An alert's firing line, and its resolved line when it ended by `end`.
+pub fn alert_entries(alerts: &[AlertSeen], end: DateTime<Utc>) -> Vec<Entry> {
+    let mut out = Vec::new();
+    for a in alerts {
+        let mut what = format!("alert {} ({})", a.name, a.severity);
+        if let Some(summary) = &a.summary {
+            write!(what, ": {summary}").ok();
+        }
+        out.push(Entry {
+            at: a.starts_at,
+            source: a.source.clone(),
+            kind: "alert.firing".into(),
+            summary: format!("{what} firing"),
+        });
+        if let Some(ended) = a.ends_at.filter(|e| *e <= end && *e >= a.starts_at) {
+            out.push(Entry {
+                at: ended,
+                source: a.source.clone(),
+                kind: "alert.resolved".into(),
+                summary: format!("alert {} resolved", a.name),
+            });
+        }
+    }
+    out
+}
+
+/// The incident's alerts, its log and the loop's events in one list, by
+/// time; on the same instant an alert comes first, then the incident's own
+/// row, then the loop's events.
+pub fn merge(
+    alerts: &[AlertSeen],
+    log: &[TimelineEntry],
+    events: &[SystemEvent],
+    end: DateTime<Utc>,
+) -> Vec<Entry> {
+    let mut all = alert_entries(alerts, end);
+    all.extend(log.iter().map(log_entry));
     all.extend(select_events(events));
     all.sort_by_key(|e| e.at);
     all
 }
 
-/// Where a timeline starts and ends.
+/// How long before the incident opened its first alert may have started
+/// and still move the timeline's start (an alert firing for days at a
+/// lower severity is not the incident's story).
+pub const MAX_ALERT_LEAD: Duration = Duration::hours(24);
+
+/// Where a timeline starts (`lead_in` before the first alert or the
+/// opening, whichever is earlier) and ends (resolution, or `now`).
 pub fn window(
     incident: &Incident,
+    first_alert: Option<DateTime<Utc>>,
     lead_in: Duration,
     now: DateTime<Utc>,
 ) -> (DateTime<Utc>, DateTime<Utc>) {
     let end = incident.resolved_at.unwrap_or(now).max(incident.opened_at);
-    (incident.opened_at - lead_in, end)
+    let first = first_alert
+        .map(|at| at.max(incident.opened_at - MAX_ALERT_LEAD))
+        .map_or(incident.opened_at, |at| at.min(incident.opened_at));
+    (first - lead_in, end)
+}
+
+/// The alert fingerprints that opened or joined the incident.
+pub fn alert_fingerprints(log: &[TimelineEntry]) -> BTreeSet<String> {
+    log.iter()
+        .filter(|r| matches!(r.kind.as_str(), "opened" | "alerts_joined"))
+        .filter_map(|r| r.detail.get("alerts").and_then(Value::as_array))
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The figures of the Impact section.
@@ -437,16 +503,11 @@ pub fn impact(
     now: DateTime<Utc>,
 ) -> Impact {
     let end = incident.resolved_at.unwrap_or(now).max(incident.opened_at);
-    let mut alerts = BTreeSet::new();
+    let alerts = alert_fingerprints(log);
     let mut pages = 0;
     let mut people = BTreeSet::new();
     for row in log {
         match row.kind.as_str() {
-            "opened" | "alerts_joined" => {
-                if let Some(list) = row.detail.get("alerts").and_then(Value::as_array) {
-                    alerts.extend(list.iter().filter_map(Value::as_str).map(str::to_owned));
-                }
-            }
             "escalated" => {
                 let paged: BTreeSet<String> = page_reports(&row.detail)
                     .into_iter()
@@ -912,6 +973,14 @@ fn kind_condition() -> Condition {
         })
 }
 
+struct Gathered {
+    incident: Incident,
+    log: Vec<TimelineEntry>,
+    events: Vec<SystemEvent>,
+    entries: Vec<Entry>,
+    end: DateTime<Utc>,
+}
+
 /// Rows of one page of events at most (a timeline is for reading).
 const EVENTS_LIMIT: u64 = 2000;
 
@@ -978,19 +1047,67 @@ impl IncidentManager {
         Ok(total.flatten().unwrap_or(0.0))
     }
 
-    /// The incident's full timeline: its log and the loop's reviewed
-    /// events from `lead_in` before it opened to its resolution (or `now`).
+    /// The incident's alerts the alerter still stores (resolved alerts
+    /// are dropped after `resolve_timeout`; the log keeps their count).
+    pub async fn incident_alerts(
+        &self,
+        log: &[TimelineEntry],
+    ) -> Result<Vec<AlertSeen>, IncidentError> {
+        let fingerprints = alert_fingerprints(log);
+        if fingerprints.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = alerts::Entity::find()
+            .filter(alerts::Column::Fingerprint.is_in(fingerprints))
+            .order_by_asc(alerts::Column::StartsAt)
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AlertSeen {
+                name: text(&r.labels, crate::model::ALERTNAME).unwrap_or_else(|| "alert".into()),
+                severity: text(&r.labels, "severity").unwrap_or_else(|| "none".into()),
+                summary: text(&r.annotations, "summary"),
+                source: r.source,
+                starts_at: r.starts_at,
+                ends_at: r.ends_at,
+            })
+            .collect())
+    }
+
+    /// Everything a timeline is made of.
+    async fn gather(
+        &self,
+        id: Uuid,
+        lead_in: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Gathered, IncidentError> {
+        let incident = self.get(id).await?;
+        let log = self.timeline(id).await?;
+        let alerts = self.incident_alerts(&log).await?;
+        let first_alert = alerts.iter().map(|a| a.starts_at).min();
+        let (start, end) = window(&incident, first_alert, lead_in, now);
+        let events = self.system_events(start, end).await?;
+        let entries = merge(&alerts, &log, &events, end);
+        Ok(Gathered {
+            incident,
+            log,
+            events,
+            entries,
+            end,
+        })
+    }
+
+    /// The incident's full timeline: its alerts, its log and the loop's
+    /// reviewed events from `lead_in` before its first alert (or its
+    /// opening) to its resolution (or `now`).
     pub async fn full_timeline(
         &self,
         id: Uuid,
         lead_in: Duration,
         now: DateTime<Utc>,
     ) -> Result<Vec<Entry>, IncidentError> {
-        let incident = self.get(id).await?;
-        let (start, end) = window(&incident, lead_in, now);
-        let log = self.timeline(id).await?;
-        let events = self.system_events(start, end).await?;
-        Ok(merge(&log, &events))
+        Ok(self.gather(id, lead_in, now).await?.entries)
     }
 
     /// [`Self::postmortem_draft_with`] with [`DEFAULT_LEAD_IN`].
@@ -1014,14 +1131,16 @@ impl IncidentManager {
         lead_in: Duration,
         now: DateTime<Utc>,
     ) -> Result<String, IncidentError> {
-        let incident = self.get(id).await?;
-        let (start, end) = window(&incident, lead_in, now);
-        let log = self.timeline(id).await?;
-        let events = self.system_events(start, end).await?;
+        let Gathered {
+            incident,
+            log,
+            events,
+            entries,
+            end,
+        } = self.gather(id, lead_in, now).await?;
         let cost = self.cost_between(incident.opened_at, end).await?;
         let target = self.levels().get(incident.level).response;
         let figures = impact(&incident, &log, &events, target, cost, now);
-        let entries = merge(&log, &events);
         let draft = render_draft(&incident, &figures, &entries, actor, now);
         let txn = self.db.begin().await?;
         self.record(
@@ -1435,24 +1554,61 @@ mod tests {
             event(t(10, 10), "incident.acknowledged", json!({})),
             event(t(10, 11), "step.started", json!({})),
         ];
-        let merged = merge(&log_rows, &events);
+        let alerts = vec![AlertSeen {
+            name: "ApiDown".into(),
+            severity: "critical".into(),
+            summary: Some("api is down".into()),
+            source: "http".into(),
+            starts_at: t(10, 0),
+            ends_at: Some(t(10, 40)),
+        }];
+        let merged = merge(&alerts, &log_rows, &events, t(11, 0));
         let got: Vec<(DateTime<Utc>, &str)> =
             merged.iter().map(|e| (e.at, e.kind.as_str())).collect();
         assert_eq!(
             got,
             [
                 (t(9, 50), "deploy.finished"),
+                (t(10, 0), "alert.firing"),
                 (t(10, 0), "opened"),
                 (t(10, 0), "emergency_stop.engaged"),
                 (t(10, 5), "mission.failed"),
                 (t(10, 6), "policy.changed"),
                 (t(10, 20), "acknowledged"),
                 (t(10, 30), "mission.succeeded"),
+                (t(10, 40), "alert.resolved"),
                 (t(11, 0), "resolved"),
             ]
         );
-        assert_eq!(merged[1].source, "incident");
-        assert_eq!(merged[2].source, "api");
+        assert_eq!(
+            merged[1].summary,
+            "alert ApiDown (critical): api is down firing"
+        );
+        assert_eq!(merged[2].source, "incident");
+        assert_eq!(merged[3].source, "api");
+        // Not resolved by the end of the window: no resolved line.
+        assert_eq!(alert_entries(&alerts, t(10, 39)).len(), 1);
+    }
+
+    #[test]
+    fn the_window_starts_before_the_first_alert_within_a_day() {
+        let mut i = incident(Level::P0, t(10, 0));
+        let lead = Duration::minutes(15);
+        assert_eq!(window(&i, None, lead, t(12, 0)), (t(9, 45), t(12, 0)));
+        assert_eq!(
+            window(&i, Some(t(9, 0)), lead, t(12, 0)),
+            (t(8, 45), t(12, 0))
+        );
+        // An alert starting after the opening does not move it.
+        assert_eq!(window(&i, Some(t(10, 5)), lead, t(12, 0)).0, t(9, 45));
+        // Nor one firing for days: at most a day.
+        let old = t(10, 0) - Duration::days(3);
+        assert_eq!(
+            window(&i, Some(old), lead, t(12, 0)).0,
+            t(10, 0) - Duration::days(1) - lead
+        );
+        i.resolved_at = Some(t(11, 0));
+        assert_eq!(window(&i, None, lead, t(12, 0)).1, t(11, 0));
     }
 
     #[test]
@@ -1534,7 +1690,7 @@ mod tests {
         )];
         let target = levels().get(Level::P1).response;
         let figures = impact(&i, &log_rows, &events, target, 3.456, t(12, 0));
-        let entries = merge(&log_rows, &events);
+        let entries = merge(&[], &log_rows, &events, t(11, 0));
         let md = render_draft(&i, &figures, &entries, "ben", t(12, 0));
         let mut at = 0;
         for section in [

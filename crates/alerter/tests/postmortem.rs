@@ -239,6 +239,7 @@ async fn a_scripted_incident_leaves_a_draft_a_reminder_once_and_exact_figures() 
         got,
         [
             ("2026-11-23 09:50:00", "ci", "deploy.finished"),
+            ("2026-11-23 10:00:00", "test", "alert.firing"),
             ("2026-11-23 10:00:00", "incident", "opened"),
             ("2026-11-23 10:00:00", "incident", "escalated"),
             ("2026-11-23 10:01:00", "api", "emergency_stop.engaged"),
