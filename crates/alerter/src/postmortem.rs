@@ -506,20 +506,15 @@ pub fn impact(
     let alerts = alert_fingerprints(log);
     let mut pages = 0;
     let mut people = BTreeSet::new();
-    for row in log {
-        match row.kind.as_str() {
-            "escalated" => {
-                let paged: BTreeSet<String> = page_reports(&row.detail)
-                    .into_iter()
-                    .filter(|p| p.2)
-                    .flat_map(|p| p.1.into_iter().map(str::to_owned))
-                    .collect();
-                if !paged.is_empty() {
-                    pages += 1;
-                    people.extend(paged);
-                }
-            }
-            _ => {}
+    for row in log.iter().filter(|r| r.kind == "escalated") {
+        let paged: BTreeSet<String> = page_reports(&row.detail)
+            .into_iter()
+            .filter(|p| p.2)
+            .flat_map(|p| p.1.into_iter().map(str::to_owned))
+            .collect();
+        if !paged.is_empty() {
+            pages += 1;
+            people.extend(paged);
         }
     }
     let failed_missions = events
