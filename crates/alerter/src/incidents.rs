@@ -198,7 +198,7 @@ pub struct Incident {
 }
 
 impl Incident {
-    fn from_row(row: incidents::Model) -> Result<Self, IncidentError> {
+    pub(crate) fn from_row(row: incidents::Model) -> Result<Self, IncidentError> {
         Ok(Incident {
             id: row.id,
             level: Level::parse(&row.level)
@@ -264,7 +264,7 @@ pub struct PageReport {
 }
 
 pub struct IncidentManager {
-    db: DatabaseConnection,
+    pub(crate) db: DatabaseConnection,
     levels: Levels,
     schedule: Schedule,
     receivers: Vec<ConfiguredReceiver>,
@@ -276,6 +276,8 @@ pub struct IncidentManager {
     /// Incident group key → open incident, refreshed from the database on
     /// every drive (what a previous lease holder opened included).
     open_groups: Mutex<BTreeMap<String, Uuid>>,
+    /// When [`crate::postmortem`]'s reminders and figures last ran.
+    pub(crate) housekeeping_at: Mutex<Option<DateTime<Utc>>>,
 }
 
 fn config_error(reason: impl std::fmt::Display) -> anyhow::Error {
@@ -358,6 +360,7 @@ impl IncidentManager {
             link_ttl,
             audit,
             open_groups: Mutex::new(BTreeMap::new()),
+            housekeeping_at: Mutex::new(None),
         });
         manager.refresh_groups().await?;
         Ok(manager)
@@ -418,7 +421,7 @@ impl IncidentManager {
     /// Writes, in `txn`: the timeline row, the `incident.*` event (with its
     /// outbox row) and, when given, the audit row.
     #[allow(clippy::too_many_arguments)]
-    async fn record(
+    pub(crate) async fn record(
         &self,
         txn: &DatabaseTransaction,
         incident: &Incident,
@@ -471,7 +474,7 @@ impl IncidentManager {
         Ok(())
     }
 
-    fn audit_file(&self, record: &AuditRecord) {
+    pub(crate) fn audit_file(&self, record: &AuditRecord) {
         if let Some(audit) = &self.audit
             && let Err(error) = audit.append(record)
         {
@@ -479,7 +482,7 @@ impl IncidentManager {
         }
     }
 
-    fn audit_record(
+    pub(crate) fn audit_record(
         actor: &str,
         action: &str,
         id: Uuid,
@@ -499,7 +502,7 @@ impl IncidentManager {
         }
     }
 
-    async fn insert_incident(
+    pub(crate) async fn insert_incident(
         &self,
         txn: &DatabaseTransaction,
         incident: &Incident,
@@ -540,7 +543,7 @@ impl IncidentManager {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn new_incident(
+    pub(crate) fn new_incident(
         &self,
         level: Level,
         title: &str,
@@ -1039,6 +1042,7 @@ impl IncidentManager {
                 }
             }
         }
+        self.housekeeping(now).await;
         Ok(ran)
     }
 

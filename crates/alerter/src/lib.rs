@@ -28,6 +28,7 @@ pub mod matchers;
 pub mod model;
 pub mod oncall;
 pub mod persist;
+pub mod postmortem;
 pub mod receivers;
 pub mod route;
 pub mod service;

@@ -494,6 +494,26 @@ pub const METRIC_HELP: &[(&str, MetricKind, &str)] = {
             "Acknowledge/resolve links refused (forged, expired or reused), by reason.",
         ),
         (
+            "opsloop_incident_mtta_seconds",
+            G,
+            "Mean time to acknowledge of the incidents opened in the last 7 days, by level (0 without any).",
+        ),
+        (
+            "opsloop_incident_mttr_seconds",
+            G,
+            "Mean time to resolve of the incidents opened in the last 7 days, by level (0 without any).",
+        ),
+        (
+            "opsloop_incident_response_breaches_week",
+            G,
+            "Incidents opened in the last 7 days whose first response came after their level's target (or has not come and is overdue), by level.",
+        ),
+        (
+            "opsloop_incident_pages_week",
+            G,
+            "Escalation steps that paged a person in the last 7 days, by person (every rotation member has a series).",
+        ),
+        (
             "opsloop_step_claim_statements_total",
             C,
             "Claim statements an api process ran (each ClaimStep attempt; a long poll runs one, then one per wake-up).",
