@@ -1,0 +1,592 @@
+//! Uptime probes against real local servers (HTTP, TCP, TLS with
+//! certificates generated here) on a fresh PostgreSQL per test, with an
+//! injected clock: each round of checks is run with an explicit `now`.
+//! Also the config path refusing bad probes by name and field.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::time::Duration as StdDuration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use chrono::{DateTime, Datelike, Duration, Utc};
+use opsloop_core::store::testing::fresh_postgres;
+use opsloop_core::testing::eventually;
+use opsloop_heartbeat_worker::HeartbeatSettings;
+use opsloop_heartbeat_worker::probe_config::ProbeSpec;
+use opsloop_heartbeat_worker::probes::{self, ProbeRunner};
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+// ---- helpers -------------------------------------------------------------
+
+fn settings(probes: Vec<ProbeSpec>) -> HeartbeatSettings {
+    HeartbeatSettings {
+        probes,
+        ..Default::default()
+    }
+}
+
+fn probe(name: &str, kind: &str, target: &str) -> ProbeSpec {
+    ProbeSpec {
+        name: name.into(),
+        kind: kind.into(),
+        target: target.into(),
+        interval_secs: 10,
+        timeout_ms: 5_000,
+        ..Default::default()
+    }
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc::now() - Duration::hours(1)
+}
+
+/// An HTTP server answering `GET /health` with the status in `status`.
+async fn http_server(status: Arc<AtomicU16>) -> std::net::SocketAddr {
+    let app = Router::new().route(
+        "/health",
+        get(move || {
+            let status = status.clone();
+            async move {
+                (
+                    StatusCode::from_u16(status.load(Ordering::SeqCst)).expect("status"),
+                    "service ok",
+                )
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+async fn events(db: &DatabaseConnection, kind: &str) -> Vec<Value> {
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            "SELECT payload FROM events WHERE kind = $1 ORDER BY seq",
+            vec![kind.into()],
+        ))
+        .await
+        .expect("events");
+    rows.into_iter()
+        .map(|r| r.try_get::<Value>("", "payload").expect("payload"))
+        .collect()
+}
+
+async fn alerts(db: &DatabaseConnection, alertname: &str) -> Vec<Value> {
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT payload FROM outbox WHERE routing_key LIKE 'alert.%' ORDER BY id",
+        ))
+        .await
+        .expect("outbox");
+    rows.into_iter()
+        .map(|r| r.try_get::<Value>("", "payload").expect("payload"))
+        .filter(|p| p["labels"]["alertname"] == alertname)
+        .collect()
+}
+
+async fn history_rows(db: &DatabaseConnection, probe: &str) -> i64 {
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            "SELECT COUNT(*) AS n FROM probe_history WHERE probe = $1",
+            vec![probe.into()],
+        ))
+        .await
+        .expect("count")
+        .expect("row");
+    row.try_get::<i64>("", "n").expect("n")
+}
+
+// ---- tests ---------------------------------------------------------------
+
+#[tokio::test]
+async fn http_probe_goes_down_after_retries_alerts_once_and_recovers() {
+    let test_db = fresh_postgres().await;
+    let db = &test_db.db;
+    let status = Arc::new(AtomicU16::new(500));
+    let addr = http_server(status.clone()).await;
+    let runner = ProbeRunner::new(
+        db.clone(),
+        &settings(vec![ProbeSpec {
+            retries: 2,
+            severity: "critical".into(),
+            body_contains: Some("ok".into()),
+            ..probe("web", "http", &format!("http://{addr}/health"))
+        }]),
+    )
+    .expect("runner");
+    let start = t0();
+    let at = |s: i64| start + Duration::seconds(s);
+
+    let first = runner.run_due(at(0)).await;
+    assert_eq!(first.len(), 1);
+    assert!(!first[0].ok);
+    assert!(
+        first[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("status 500")),
+        "{first:?}"
+    );
+    assert_eq!(first[0].transition, None, "one failure is not down yet");
+    assert!(
+        runner.run_due(at(5)).await.is_empty(),
+        "not due before its interval"
+    );
+    let second = runner.run_due(at(10)).await;
+    assert_eq!(second[0].transition, Some("down"));
+    assert_eq!(second[0].status, "down");
+    for s in [20, 30, 40] {
+        let more = runner.run_due(at(s)).await;
+        assert_eq!((more[0].status, more[0].transition), ("down", None));
+    }
+    let down = events(db, "probe.down").await;
+    assert_eq!(down.len(), 1, "one probe.down for one outage");
+    assert_eq!(down[0]["probe"], "web");
+    assert_eq!(down[0]["failures"], 2);
+    let fired = alerts(db, "ProbeDown").await;
+    assert_eq!(fired.len(), 1, "one alert, not one per failed check");
+    assert_eq!(fired[0]["labels"]["probe"], "web");
+    assert_eq!(fired[0]["labels"]["severity"], "critical");
+    assert_eq!(fired[0]["status"], "firing");
+    let ends: DateTime<Utc> = fired[0]["endsAt"]
+        .as_str()
+        .expect("endsAt")
+        .parse()
+        .expect("time");
+    assert!(
+        ends > at(0) + Duration::days(365),
+        "firing until resolved by the probe"
+    );
+
+    status.store(200, Ordering::SeqCst);
+    let up = runner.run_due(at(50)).await;
+    assert_eq!((up[0].ok, up[0].transition), (true, Some("up")));
+    assert_eq!(runner.run_due(at(60)).await[0].transition, None);
+    let ups = events(db, "probe.up").await;
+    assert_eq!(ups.len(), 1);
+    assert_eq!(ups[0]["down_seconds"], 40);
+    let all = alerts(db, "ProbeDown").await;
+    assert_eq!(all.len(), 2, "the firing alert and its resolution");
+    assert_eq!(all[1]["status"], "resolved");
+    assert_eq!(
+        all[1]["labels"], all[0]["labels"],
+        "resolves the same alert"
+    );
+    assert_eq!(all[1]["startsAt"], all[0]["startsAt"]);
+    assert_eq!(events(db, "probe.down").await.len(), 1);
+
+    let state = probes::stored_state(db, "web")
+        .await
+        .expect("state")
+        .expect("row");
+    assert_eq!(state.status, "up");
+    assert_eq!(state.consecutive_failures, 0);
+    // Seven checks in two minutes: compact per-minute history.
+    assert_eq!(history_rows(db, "web").await, 2);
+    // Retention: everything is older than 90 days a year later.
+    assert_eq!(
+        runner
+            .purge_history(at(60) + Duration::days(89))
+            .await
+            .expect("purge"),
+        0
+    );
+    assert_eq!(
+        runner
+            .purge_history(at(60) + Duration::days(91))
+            .await
+            .expect("purge"),
+        2
+    );
+    test_db.cleanup().await;
+}
+
+#[tokio::test]
+async fn tcp_probe_goes_down_when_the_port_closes() {
+    let test_db = fresh_postgres().await;
+    let db = &test_db.db;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepting = tokio::spawn(async move {
+        loop {
+            let _ = listener.accept().await;
+        }
+    });
+    let runner = ProbeRunner::new(
+        db.clone(),
+        &settings(vec![ProbeSpec {
+            retries: 1,
+            ..probe("db-port", "tcp", &addr.to_string())
+        }]),
+    )
+    .expect("runner");
+    let start = t0();
+    let open = runner.check_now("db-port", start).await.expect("checked");
+    assert!(open.ok, "{open:?}");
+    assert_eq!(open.status, "up");
+    accepting.abort();
+    let _ = accepting.await;
+    let closed = runner
+        .check_now("db-port", start + Duration::seconds(10))
+        .await
+        .expect("checked");
+    assert!(!closed.ok);
+    assert!(
+        closed
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("cannot connect")),
+        "{closed:?}"
+    );
+    assert_eq!(closed.transition, Some("down"));
+    assert_eq!(events(db, "probe.down").await.len(), 1);
+    assert_eq!(alerts(db, "ProbeDown").await.len(), 1);
+    test_db.cleanup().await;
+}
+
+/// A listener that accepts and never answers.
+async fn black_hole() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_hanging_target_times_out_without_blocking_another_probe() {
+    let test_db = fresh_postgres().await;
+    let db = test_db.db.clone();
+    let hole = black_hole().await;
+    let healthy = http_server(Arc::new(AtomicU16::new(200))).await;
+    let runner = ProbeRunner::new(
+        db.clone(),
+        &settings(vec![
+            ProbeSpec {
+                retries: 1,
+                timeout_ms: 3_000,
+                ..probe("hang", "http", &format!("http://{hole}/health"))
+            },
+            probe("fast", "http", &format!("http://{healthy}/health")),
+        ]),
+    )
+    .expect("runner");
+    let now = t0();
+    let round = tokio::spawn({
+        let runner = runner.clone();
+        async move { runner.run_due(now).await }
+    });
+    // The fast probe is recorded while the hanging one is still in flight.
+    eventually(
+        "the fast probe recorded",
+        StdDuration::from_secs(10),
+        || {
+            let db = db.clone();
+            let runner = runner.clone();
+            async move {
+                let state = probes::stored_state(&db, "fast")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match state {
+                    Some(s) if s.status == "up" => {
+                        let in_flight = runner.in_flight();
+                        if in_flight == ["hang"] {
+                            Ok(())
+                        } else {
+                            Err(format!(
+                                "fast is up but in flight: {in_flight:?} (hang finished first?)"
+                            ))
+                        }
+                    }
+                    other => Err(format!("fast: {other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    // A second round meanwhile does not start the hanging probe again.
+    let second = runner.run_due(now + Duration::seconds(10)).await;
+    assert_eq!(
+        second.iter().map(|r| r.probe.as_str()).collect::<Vec<_>>(),
+        ["fast"]
+    );
+    let reports = round.await.expect("round");
+    let hang = reports.iter().find(|r| r.probe == "hang").expect("hang");
+    assert!(!hang.ok);
+    assert!(
+        hang.error
+            .as_deref()
+            .is_some_and(|e| e.contains("timed out after 3000 ms")),
+        "{hang:?}"
+    );
+    assert_eq!(hang.transition, Some("down"));
+    assert!(runner.in_flight().is_empty());
+    test_db.cleanup().await;
+}
+
+// ---- TLS -------------------------------------------------------------------
+
+mod tls {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, date_time_ymd,
+    };
+    use rustls::ServerConfig;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use std::sync::Mutex;
+
+    pub struct Ca {
+        issuer: CertifiedIssuer<'static, KeyPair>,
+    }
+
+    impl Ca {
+        pub fn new(name: &str) -> Self {
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(DnType::CommonName, format!("probe test CA {name}"));
+            let key = KeyPair::generate().expect("CA key");
+            Self {
+                issuer: CertifiedIssuer::self_signed(params, key).expect("CA cert"),
+            }
+        }
+
+        pub fn pem(&self) -> String {
+            self.issuer.pem()
+        }
+
+        /// A `localhost` leaf expiring at midnight UTC `days` from today.
+        pub fn leaf(&self, days: i64) -> Arc<ServerConfig> {
+            let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "localhost");
+            params.not_before = date_time_ymd(2020, 1, 1);
+            let end = (Utc::now() + Duration::days(days)).date_naive();
+            params.not_after = date_time_ymd(end.year(), end.month() as u8, end.day() as u8);
+            let key = KeyPair::generate().expect("leaf key");
+            let cert = params.signed_by(&key, &self.issuer).expect("sign");
+            let chain = vec![CertificateDer::from(cert.der().to_vec())];
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+            Arc::new(
+                ServerConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .expect("server config"),
+            )
+        }
+    }
+
+    /// A TLS server presenting whichever certificate `current` holds at
+    /// each handshake (a CDN rolling a certificate out node by node).
+    pub async fn server(current: Arc<Mutex<Arc<ServerConfig>>>) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let config = current.lock().expect("lock").clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) =
+                        tokio_rustls::TlsAcceptor::from(config).accept(stream).await
+                    {
+                        use tokio::io::AsyncReadExt;
+                        let mut buf = [0u8; 16];
+                        let _ = tls.read(&mut buf).await;
+                    }
+                });
+            }
+        });
+        port
+    }
+}
+
+#[tokio::test]
+async fn certificate_notice_once_per_threshold_across_checks_and_a_flip_flop() {
+    let test_db = fresh_postgres().await;
+    let db = &test_db.db;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = tls::Ca::new("trusted");
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).expect("write CA");
+    let old = ca.leaf(10);
+    let renewed = ca.leaf(90);
+    let untrusted = tls::Ca::new("other").leaf(90);
+    let current = Arc::new(std::sync::Mutex::new(old.clone()));
+    let port = tls::server(current.clone()).await;
+    let runner = ProbeRunner::new(
+        db.clone(),
+        &settings(vec![ProbeSpec {
+            ca_file: Some(ca_path.display().to_string()),
+            retries: 1,
+            ..probe("site-cert", "tls", &format!("localhost:{port}"))
+        }]),
+    )
+    .expect("runner");
+    let start = Utc::now();
+    let checks = AtomicUsize::new(0);
+    let check = |config: &Arc<rustls::ServerConfig>| {
+        *current.lock().expect("lock") = config.clone();
+        let n = checks.fetch_add(1, Ordering::SeqCst) as i64;
+        let runner = runner.clone();
+        async move {
+            runner
+                .check_now("site-cert", start + Duration::seconds(10 * n))
+                .await
+                .expect("checked")
+        }
+    };
+
+    let first = check(&old).await;
+    assert!(first.ok, "{first:?}");
+    assert_eq!(
+        first.cert_notice_days,
+        Some(14),
+        "10 days left: the 14-day notice (not 21 as well)"
+    );
+    let fingerprint_old = probes::stored_state(db, "site-cert")
+        .await
+        .expect("state")
+        .expect("row")
+        .cert_fingerprint
+        .expect("fingerprint");
+    // Repeated checks and a flip-flop between the old and the renewed
+    // certificate: no further notice.
+    for config in [&old, &renewed, &old, &renewed, &old, &old] {
+        let report = check(config).await;
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.cert_notice_days, None, "{report:?}");
+    }
+    let state = probes::stored_state(db, "site-cert")
+        .await
+        .expect("state")
+        .expect("row");
+    assert_eq!(
+        state.cert_fingerprint.as_deref(),
+        Some(fingerprint_old.as_str())
+    );
+    let notices = events(db, "probe.certificate_expiring").await;
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0]["threshold_days"], 14);
+    assert_eq!(notices[0]["fingerprint"], fingerprint_old.as_str());
+    assert_eq!(alerts(db, "ProbeCertificateExpiring").await.len(), 1);
+    assert!(events(db, "probe.down").await.is_empty());
+
+    // A chain not valid for the host (unknown issuer) fails the check.
+    let bad = check(&untrusted).await;
+    assert!(!bad.ok);
+    assert!(
+        bad.error
+            .as_deref()
+            .is_some_and(|e| e.contains("TLS handshake")),
+        "{bad:?}"
+    );
+    assert_eq!(bad.transition, Some("down"));
+    test_db.cleanup().await;
+}
+
+#[tokio::test]
+async fn heartbeat_probe_is_down_without_pings_and_up_with_one() {
+    let test_db = fresh_postgres().await;
+    let db = &test_db.db;
+    let runner = ProbeRunner::new(
+        db.clone(),
+        &settings(vec![ProbeSpec {
+            retries: 1,
+            absent_minutes: 5,
+            ..probe("nightly-job", "heartbeat", "")
+        }]),
+    )
+    .expect("runner");
+    let start = t0();
+    let at = |m: i64| start + Duration::minutes(m);
+    assert!(runner.check_now("nightly-job", at(0)).await.expect("c").ok);
+    assert!(runner.check_now("nightly-job", at(4)).await.expect("c").ok);
+    let late = runner.check_now("nightly-job", at(5)).await.expect("c");
+    assert_eq!((late.ok, late.transition), (false, Some("down")));
+    probes::record_ping(db, "nightly-job", at(6))
+        .await
+        .expect("ping");
+    let back = runner.check_now("nightly-job", at(7)).await.expect("c");
+    assert_eq!((back.ok, back.transition), (true, Some("up")));
+    let again = runner.check_now("nightly-job", at(11)).await.expect("c");
+    assert_eq!((again.ok, again.status), (false, "down"));
+    test_db.cleanup().await;
+}
+
+#[test]
+fn bad_probes_in_the_config_file_name_the_probe_and_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        (
+            "kind = \"smtp\"\ntarget = \"mail:25\"",
+            "heartbeat.probes[p].kind",
+            "smtp",
+        ),
+        (
+            "kind = \"http\"\ntarget = \"not a url\"",
+            "heartbeat.probes[p].target",
+            "not a URL",
+        ),
+        (
+            "kind = \"tcp\"\ntarget = \"db:5432\"\ninterval_secs = 5",
+            "heartbeat.probes[p].interval_secs",
+            "at least 10 s",
+        ),
+    ];
+    for (body, key, reason) in cases {
+        let path = dir.path().join("opsloop.toml");
+        std::fs::write(
+            &path,
+            format!("[[heartbeat.probes]]\nname = \"p\"\n{body}\n"),
+        )
+        .expect("write");
+        let config = opsloop_core::config::load(&opsloop_core::config::ConfigSources {
+            file: Some(path),
+            use_default_file: false,
+            env: Some(Default::default()),
+        })
+        .expect("the file loads");
+        let error = opsloop_heartbeat_worker::config::check_config(&config)
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            error.contains(key) && error.contains(reason),
+            "{key}: {error}"
+        );
+    }
+    // And a good one passes, with its defaults.
+    let path = dir.path().join("opsloop.toml");
+    std::fs::write(
+        &path,
+        "[[heartbeat.probes]]\nname = \"api\"\nkind = \"http\"\ntarget = \"https://example.com/healthz\"\nexpected_status = [200, 204]\n",
+    )
+    .expect("write");
+    let config = opsloop_core::config::load(&opsloop_core::config::ConfigSources {
+        file: Some(path),
+        use_default_file: false,
+        env: Some(Default::default()),
+    })
+    .expect("loads");
+    opsloop_heartbeat_worker::config::check_config(&config).expect("valid");
+    let settings: HeartbeatSettings = config.section("heartbeat").expect("section");
+    assert_eq!(settings.probes[0].interval_secs, 60);
+    assert_eq!(settings.probes[0].expected_status, [200, 204]);
+}
