@@ -274,11 +274,14 @@ mod tests {
         assert_eq!((s3.status, t3), (Status::Down, Transition::Down));
     }
 
+    type Crossed = Vec<u32>;
+    type Notified = Vec<u32>;
+
     #[test]
     fn thresholds_and_notices() {
         let warn = [21, 14, 7, 3, 1];
         // (time left, crossed, already notified for this certificate, notice)
-        let table: Vec<(Duration, Vec<u32>, Vec<u32>, Option<u32>)> = vec![
+        let table: Vec<(Duration, Crossed, Notified, Option<u32>)> = vec![
             (Duration::days(40), vec![], vec![], None),
             (Duration::days(21), vec![21], vec![], Some(21)),
             (Duration::days(10), vec![14, 21], vec![], Some(14)),
