@@ -132,7 +132,9 @@ impl HeartbeatApp {
                 Ok(())
             });
         }
-        {
+        // A task that ends stops the daemon, so the probe loop only runs
+        // when there are probes (and then until shutdown).
+        if !self.probes.is_empty() {
             let probes = self.probes.clone();
             let hb = self.heartbeat.clone();
             let shutdown = self.infra.shutdown.clone();

@@ -389,6 +389,7 @@ impl ProbeRunner {
     /// old history once an hour. Until `shutdown`.
     pub async fn run_loop(self, hb: Heartbeat, shutdown: CancellationToken) {
         if self.is_empty() {
+            shutdown.cancelled().await;
             return;
         }
         let mut rounds = JoinSet::new();

@@ -590,3 +590,104 @@ fn bad_probes_in_the_config_file_name_the_probe_and_field() {
     assert_eq!(settings.probes[0].interval_secs, 60);
     assert_eq!(settings.probes[0].expected_status, [200, 204]);
 }
+
+async fn post(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.expect("read");
+    out
+}
+
+#[tokio::test]
+async fn the_daemon_runs_its_probes_as_leader_and_takes_pings() {
+    let t = fresh_postgres().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let target = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let _ = listener.accept().await;
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("opsloop.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "environment = \"test\"\n[database]\nurl = \"{}\"\n[audit]\nlog_path = \"{}\"\n\
+             [heartbeat]\nhttp_addr = \"127.0.0.1:0\"\ninstance_id = \"probes\"\ninterval_secs = 3600\n\
+             [[heartbeat.probes]]\nname = \"port\"\nkind = \"tcp\"\ntarget = \"{target}\"\n\
+             [[heartbeat.probes]]\nname = \"job\"\nkind = \"heartbeat\"\n",
+            t.url,
+            dir.path().join("audit.jsonl").display()
+        ),
+    )
+    .expect("config");
+    let config = opsloop_core::config::load(&opsloop_core::config::ConfigSources {
+        file: Some(path),
+        use_default_file: false,
+        env: Some(Default::default()),
+    })
+    .expect("config loads");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let secrets = opsloop_core::secrets::SecretStore::with_sources(
+        None,
+        &dir.path().join("none"),
+        vec![("OPSLOOP_ADMIN_TOKEN".into(), "s3cret".into())],
+    );
+    let infra = opsloop_core::daemon::Infra::connect(config, secrets, shutdown.clone())
+        .await
+        .expect("infra");
+    let app = opsloop_heartbeat_worker::HeartbeatApp::build(infra)
+        .await
+        .expect("app");
+    let addr = app.http_addr().expect("addr");
+    let task = tokio::spawn(app.run_until_stopped());
+
+    let db = t.db.clone();
+    eventually(
+        "the leader checked the tcp probe",
+        StdDuration::from_secs(20),
+        || {
+            let db = db.clone();
+            async move {
+                match probes::stored_state(&db, "port")
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    Some(s) if s.status == "up" => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    let denied = post(addr, "/probes/job/ping", None).await;
+    assert!(denied.starts_with("HTTP/1.1 401"), "{denied}");
+    let pinged = post(addr, "/probes/job/ping", Some("s3cret")).await;
+    assert!(pinged.starts_with("HTTP/1.1 204"), "{pinged}");
+    let unknown = post(addr, "/probes/port/ping", Some("s3cret")).await;
+    assert!(
+        unknown.starts_with("HTTP/1.1 404"),
+        "only heartbeat probes take pings: {unknown}"
+    );
+    let row =
+        t.db.query_one_raw(Statement::from_string(
+            t.db.get_database_backend(),
+            "SELECT COUNT(*) AS n FROM probe_state WHERE name = 'job' AND last_ping_at IS NOT NULL",
+        ))
+        .await
+        .expect("query")
+        .expect("row");
+    assert_eq!(row.try_get::<i64>("", "n").expect("n"), 1);
+    shutdown.cancel();
+    task.await.expect("joins").expect("stops cleanly");
+    t.cleanup().await;
+}
