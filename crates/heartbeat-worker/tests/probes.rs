@@ -11,7 +11,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use chrono::{DateTime, Datelike, Duration, Utc};
-use opsloop_core::store::testing::fresh_postgres;
+use opsloop_core::store::testing::{TestDb, fresh_postgres, fresh_sqlite};
 use opsloop_core::testing::eventually;
 use opsloop_heartbeat_worker::HeartbeatSettings;
 use opsloop_heartbeat_worker::probe_config::ProbeSpec;
@@ -109,7 +109,16 @@ async fn history_rows(db: &DatabaseConnection, probe: &str) -> i64 {
 
 #[tokio::test]
 async fn http_probe_goes_down_after_retries_alerts_once_and_recovers() {
-    let test_db = fresh_postgres().await;
+    http_down_and_up(fresh_postgres().await).await;
+}
+
+/// The same on SQLite (`opsloop dev`).
+#[tokio::test]
+async fn http_probe_goes_down_and_recovers_on_sqlite() {
+    http_down_and_up(fresh_sqlite().await).await;
+}
+
+async fn http_down_and_up(test_db: TestDb) {
     let db = &test_db.db;
     let status = Arc::new(AtomicU16::new(500));
     let addr = http_server(status.clone()).await;
