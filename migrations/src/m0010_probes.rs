@@ -1,6 +1,7 @@
 //! Uptime probes: each probe's current state (`probe_state`: up/down,
 //! consecutive failures, since when, the last error, the last push-heartbeat
-//! ping, the certificate last seen), the certificate-expiry notices already
+//! ping, the certificate last seen, whether the down alert went out — not
+//! during maintenance), the certificate-expiry notices already
 //! sent (`probe_cert_notices`: one row per probe, certificate fingerprint and
 //! threshold, so a notice goes out once) and the compact per-minute history
 //! (`probe_history`: ok and latency per probe and minute, purged after the
@@ -23,6 +24,7 @@ enum ProbeState {
     LastCheckedAt,
     LastOkAt,
     LastError,
+    Alerted,
     LastPingAt,
     CertFingerprint,
     CertNotAfter,
@@ -67,6 +69,7 @@ impl MigrationTrait for Migration {
                     .col(timestamp_with_time_zone_null(ProbeState::LastCheckedAt))
                     .col(timestamp_with_time_zone_null(ProbeState::LastOkAt))
                     .col(text_null(ProbeState::LastError))
+                    .col(boolean(ProbeState::Alerted))
                     .col(timestamp_with_time_zone_null(ProbeState::LastPingAt))
                     .col(text_null(ProbeState::CertFingerprint))
                     .col(timestamp_with_time_zone_null(ProbeState::CertNotAfter))

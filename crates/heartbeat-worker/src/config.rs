@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::probe_config::{ProbeSpec, parse_probes};
+use crate::probe_config::{MaintenanceSpec, ProbeSpec, parse_maintenance, parse_probes};
 use crate::schedule::{CronSchedule, TickSchedule};
 
 /// The `[heartbeat]` config section.
@@ -55,6 +55,8 @@ pub struct HeartbeatSettings {
     pub reactions_queue: String,
     /// Uptime probes the leader runs, each on its own interval.
     pub probes: Vec<ProbeSpec>,
+    /// Windows in which probes' down alerts are held back.
+    pub maintenance: Vec<MaintenanceSpec>,
     /// Most probe checks in flight at once.
     pub probe_concurrency: u32,
     /// Days of per-minute probe history kept.
@@ -84,6 +86,7 @@ impl Default for HeartbeatSettings {
             consume_events: true,
             reactions_queue: "opsloop.heartbeat.reactions".into(),
             probes: Vec::new(),
+            maintenance: Vec::new(),
             probe_concurrency: 16,
             probe_history_days: 90,
         }
@@ -133,7 +136,7 @@ impl HeartbeatSettings {
         positive("summarizer_timeout_ms", self.summarizer_timeout_ms)?;
         positive("probe_concurrency", self.probe_concurrency.into())?;
         positive("probe_history_days", self.probe_history_days.into())?;
-        parse_probes(&self.probes)?;
+        parse_maintenance(&self.maintenance, &parse_probes(&self.probes)?)?;
         if let Some(url) = &self.summarizer_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {

@@ -1,7 +1,8 @@
 //! The `[[heartbeat.probes]]` entries: what each uptime probe checks, how
 //! often, how long it may take and how many failures make it down. A
 //! [`ProbeSpec`] is the TOML shape; [`ProbeSpec::parse`] turns it into a
-//! typed [`Probe`] or one error naming the probe and the field.
+//! typed [`Probe`] or one error naming the probe and the field. Also the
+//! `[[heartbeat.maintenance]]` windows that hold back probes' down alerts.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use opsloop_core::alert::Severity;
 use serde::{Deserialize, Serialize};
 
 use crate::config::SettingsError;
+use crate::probe_rules::MaintenanceWindow;
 
 /// Shortest interval a probe may run at.
 pub const MIN_INTERVAL_SECS: u64 = 10;
@@ -356,6 +358,64 @@ impl ProbeSpec {
             target: target.to_owned(),
         })
     }
+}
+
+/// One `[[heartbeat.maintenance]]` entry: down alerts of `probes` (every
+/// probe when empty) are held back from `start` to `end` (RFC 3339).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MaintenanceSpec {
+    pub start: String,
+    pub end: String,
+    pub probes: Vec<String>,
+    /// Why (quoted in logs and events).
+    pub reason: String,
+}
+
+/// The windows of the section, checked against the probes' names.
+pub fn parse_maintenance(
+    specs: &[MaintenanceSpec],
+    probes: &[Probe],
+) -> Result<Vec<MaintenanceWindow>, SettingsError> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let fail = |field: &str, reason: String| SettingsError {
+                key: format!("maintenance[{i}].{field}"),
+                reason,
+            };
+            let time = |field: &str, value: &str| {
+                chrono::DateTime::parse_from_rfc3339(value)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .map_err(|e| {
+                        fail(
+                            field,
+                            format!(
+                                "{value:?} is not an RFC 3339 time (2027-01-31T22:00:00Z): {e}"
+                            ),
+                        )
+                    })
+            };
+            let start = time("start", &spec.start)?;
+            let end = time("end", &spec.end)?;
+            if end <= start {
+                return Err(fail("end", "must be after start".into()));
+            }
+            if let Some(unknown) = spec
+                .probes
+                .iter()
+                .find(|name| !probes.iter().any(|p| &&p.name == name))
+            {
+                return Err(fail("probes", format!("no probe is named {unknown:?}")));
+            }
+            Ok(MaintenanceWindow {
+                start,
+                end,
+                probes: spec.probes.clone(),
+            })
+        })
+        .collect()
 }
 
 /// Every probe of the section, names unique.

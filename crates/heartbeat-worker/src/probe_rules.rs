@@ -2,7 +2,9 @@
 //! machine (down after `retries` consecutive failures, up again on the first
 //! success, a transition reported once), certificate-expiry thresholds (which
 //! are crossed, which notice is due given those already sent for the same
-//! certificate) and reading a certificate's `notAfter` from its DER.
+//! certificate), maintenance windows (which silence the down alert, and
+//! what to send once a window ends with the probe still down) and reading a
+//! certificate's `notAfter` from its DER.
 
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 
@@ -108,6 +110,55 @@ pub fn observe(
             },
             Transition::None,
         )
+    }
+}
+
+/// A maintenance window: down alerts of `probes` (all when empty) are held
+/// back from `start` to `end`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaintenanceWindow {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub probes: Vec<String>,
+}
+
+/// Whether `probe` is in a maintenance window at `now`.
+pub fn in_maintenance(windows: &[MaintenanceWindow], probe: &str, now: DateTime<Utc>) -> bool {
+    windows.iter().any(|w| {
+        w.start <= now
+            && now < w.end
+            && (w.probes.is_empty() || w.probes.iter().any(|p| p == probe))
+    })
+}
+
+/// What a check does with the `ProbeDown` alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertAction {
+    None,
+    Fire,
+    Resolve,
+}
+
+/// The alert action of a check that led to `next` by `transition`, when
+/// the down alert was (`alerted`) or was not yet sent for this outage and
+/// the probe is or is not in maintenance; and whether the alert stands
+/// afterwards. Down in maintenance: no alert; still down once the window
+/// is over: the alert then; up again: resolved only if it was sent.
+pub fn alert_action(
+    transition: Transition,
+    next: Status,
+    alerted: bool,
+    maintenance: bool,
+) -> (AlertAction, bool) {
+    match transition {
+        Transition::Down if maintenance => (AlertAction::None, false),
+        Transition::Down => (AlertAction::Fire, true),
+        Transition::Up { .. } if alerted => (AlertAction::Resolve, false),
+        Transition::Up { .. } => (AlertAction::None, false),
+        Transition::None if next == Status::Down && !alerted && !maintenance => {
+            (AlertAction::Fire, true)
+        }
+        Transition::None => (AlertAction::None, alerted && next == Status::Down),
     }
 }
 
@@ -272,6 +323,120 @@ mod tests {
         assert_eq!((s2.status, t2), (Status::Down, Transition::Down));
         let (s3, t3) = observe(ProbeStatus::new(at(0)), false, 1, at(1));
         assert_eq!((s3.status, t3), (Status::Down, Transition::Down));
+    }
+
+    #[test]
+    fn maintenance_windows_hold_back_the_down_alert() {
+        let windows = vec![
+            MaintenanceWindow {
+                start: at(100),
+                end: at(200),
+                probes: vec!["db".into()],
+            },
+            MaintenanceWindow {
+                start: at(500),
+                end: at(600),
+                probes: vec![],
+            },
+        ];
+        // (probe, time, in maintenance)
+        for (probe, t, expected) in [
+            ("db", 99, false),
+            ("db", 100, true),
+            ("db", 199, true),
+            ("db", 200, false),
+            ("web", 150, false),
+            ("web", 550, true),
+            ("db", 599, true),
+        ] {
+            assert_eq!(
+                in_maintenance(&windows, probe, at(t)),
+                expected,
+                "{probe} {t}"
+            );
+        }
+        let up = Transition::Up { down_since: at(0) };
+        // (transition, status after, alerted before, maintenance) → (action, alerted after)
+        let table = [
+            (
+                Transition::Down,
+                Status::Down,
+                false,
+                false,
+                AlertAction::Fire,
+                true,
+            ),
+            (
+                Transition::Down,
+                Status::Down,
+                false,
+                true,
+                AlertAction::None,
+                false,
+            ),
+            (
+                Transition::None,
+                Status::Down,
+                false,
+                true,
+                AlertAction::None,
+                false,
+            ),
+            // The window ended with the probe still down: the alert now, once.
+            (
+                Transition::None,
+                Status::Down,
+                false,
+                false,
+                AlertAction::Fire,
+                true,
+            ),
+            (
+                Transition::None,
+                Status::Down,
+                true,
+                false,
+                AlertAction::None,
+                true,
+            ),
+            (
+                Transition::None,
+                Status::Down,
+                true,
+                true,
+                AlertAction::None,
+                true,
+            ),
+            (up, Status::Up, true, false, AlertAction::Resolve, false),
+            (up, Status::Up, true, true, AlertAction::Resolve, false),
+            // Down and up inside the window: nothing was sent, nothing to resolve.
+            (up, Status::Up, false, true, AlertAction::None, false),
+            (
+                Transition::None,
+                Status::Up,
+                false,
+                false,
+                AlertAction::None,
+                false,
+            ),
+            (
+                Transition::None,
+                Status::Unknown,
+                false,
+                false,
+                AlertAction::None,
+                false,
+            ),
+        ];
+        for (i, (transition, next, alerted, maintenance, action, after)) in
+            table.into_iter().enumerate()
+        {
+            assert_eq!(
+                alert_action(transition, next, alerted, maintenance),
+                (action, after),
+                "row {i}"
+            );
+        }
     }
 
     type Crossed = Vec<u32>;

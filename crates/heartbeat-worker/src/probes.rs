@@ -4,7 +4,9 @@
 //! probe. A check's result goes into `probe_state` and the per-minute
 //! `probe_history` in one transaction with whatever it changed: `probe.down`
 //! / `probe.up` events with a firing / resolved `ProbeDown` alert, and one
-//! `ProbeCertificateExpiring` notice per threshold and certificate. The
+//! `ProbeCertificateExpiring` notice per threshold and certificate. In a
+//! maintenance window the down alert is held back (the event still says
+//! down), and sent if the probe is still down when the window ends. The
 //! decisions themselves are in [`crate::probe_rules`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -31,9 +33,10 @@ use uuid::Uuid;
 use crate::config::HeartbeatSettings;
 use crate::db::{begin_write, for_update, stmt};
 use crate::heartbeat::{Heartbeat, HeartbeatError, emit_in};
-use crate::probe_config::{HttpCheck, Probe, ProbeKind, parse_probes};
+use crate::probe_config::{HttpCheck, Probe, ProbeKind, parse_maintenance, parse_probes};
 use crate::probe_rules::{
-    ProbeStatus, Status, Transition, certificate_not_after, crossed_thresholds, notice_due, observe,
+    AlertAction, MaintenanceWindow, ProbeStatus, Status, Transition, alert_action,
+    certificate_not_after, crossed_thresholds, in_maintenance, notice_due, observe,
 };
 
 /// 1 while a probe is up (or not yet down), 0 while down.
@@ -99,6 +102,10 @@ pub struct CheckReport {
     pub status: &'static str,
     /// `down`, `up` or none.
     pub transition: Option<&'static str>,
+    /// The `ProbeDown` alert this check sent: `firing`, `resolved` or none.
+    pub alert: Option<&'static str>,
+    /// The probe was in a maintenance window.
+    pub maintenance: bool,
     /// The certificate-expiry threshold (days) announced by this check.
     pub cert_notice_days: Option<u32>,
 }
@@ -123,6 +130,7 @@ struct Inner {
     in_flight: Mutex<HashSet<String>>,
     next_due: Mutex<HashMap<String, DateTime<Utc>>>,
     history: Duration,
+    maintenance: Vec<MaintenanceWindow>,
 }
 
 /// The probes of one heartbeat-worker: cheap to clone.
@@ -175,7 +183,9 @@ impl ProbeRunner {
         db: DatabaseConnection,
         settings: &HeartbeatSettings,
     ) -> Result<Self, ProbeSetupError> {
-        let probes = parse_probes(&settings.probes)?
+        let parsed = parse_probes(&settings.probes)?;
+        let maintenance = parse_maintenance(&settings.maintenance, &parsed)?;
+        let probes = parsed
             .into_iter()
             .map(|probe| {
                 Ok(Arc::new(ProbeTask {
@@ -192,6 +202,7 @@ impl ProbeRunner {
                 in_flight: Mutex::new(HashSet::new()),
                 next_due: Mutex::new(HashMap::new()),
                 history: Duration::days(i64::from(settings.probe_history_days)),
+                maintenance,
             }),
         })
     }
@@ -309,7 +320,8 @@ impl ProbeRunner {
             metrics::gauge!(CERT_EXPIRY, "probe" => probe.name.clone())
                 .set((cert.not_after - now).num_seconds() as f64);
         }
-        match record(&self.inner.db, probe, &result, now).await {
+        let maintenance = in_maintenance(&self.inner.maintenance, &probe.name, now);
+        match record(&self.inner.db, probe, &result, maintenance, now).await {
             Ok(report) => {
                 metrics::gauge!(PROBE_UP, "probe" => probe.name.clone()).set(
                     if report.status == Status::Down.as_str() {
@@ -683,10 +695,10 @@ pub async fn record_ping(
     db.execute_raw(stmt(
         db.get_database_backend(),
         "INSERT INTO probe_state (name, status, consecutive_failures, since, last_ping_at, \
-         created_at, updated_at) VALUES ($1, 'unknown', 0, $2, $2, $2, $2) \
+         alerted, created_at, updated_at) VALUES ($1, 'unknown', 0, $2, $2, $3, $2, $2) \
          ON CONFLICT (name) DO UPDATE SET last_ping_at = excluded.last_ping_at, \
          updated_at = excluded.updated_at",
-        vec![name.into(), now.into()],
+        vec![name.into(), now.into(), false.into()],
     ))
     .await?;
     Ok(())
@@ -792,6 +804,7 @@ async fn record(
     db: &DatabaseConnection,
     probe: &Probe,
     result: &CheckResult,
+    maintenance: bool,
     now: DateTime<Utc>,
 ) -> Result<CheckReport, HeartbeatError> {
     let now = db_now(now);
@@ -801,34 +814,42 @@ async fn record(
         .query_one_raw(stmt(
             backend,
             &format!(
-                "SELECT status, consecutive_failures, since FROM probe_state WHERE name = $1{}",
+                "SELECT status, consecutive_failures, since, alerted FROM probe_state \
+                 WHERE name = $1{}",
                 for_update(backend)
             ),
             vec![probe.name.as_str().into()],
         ))
         .await?;
-    let prev = match row {
-        Some(row) => ProbeStatus {
-            status: Status::parse(&row.try_get::<String>("", "status")?).unwrap_or(Status::Unknown),
-            consecutive_failures: u32::try_from(row.try_get::<i32>("", "consecutive_failures")?)
+    let (prev, alerted) = match row {
+        Some(row) => (
+            ProbeStatus {
+                status: Status::parse(&row.try_get::<String>("", "status")?)
+                    .unwrap_or(Status::Unknown),
+                consecutive_failures: u32::try_from(
+                    row.try_get::<i32>("", "consecutive_failures")?,
+                )
                 .unwrap_or(0),
-            since: row.try_get("", "since")?,
-        },
-        None => ProbeStatus::new(now),
+                since: row.try_get("", "since")?,
+            },
+            row.try_get::<bool>("", "alerted")?,
+        ),
+        None => (ProbeStatus::new(now), false),
     };
     let (next, transition) = observe(prev, result.ok, probe.retries, now);
+    let (action, alerted) = alert_action(transition, next.status, alerted, maintenance);
     let failures = i32::try_from(next.consecutive_failures).unwrap_or(i32::MAX);
     let latency_ms = i64::try_from(result.latency.as_millis()).unwrap_or(i64::MAX);
     tx.execute_raw(stmt(
         backend,
         "INSERT INTO probe_state (name, status, consecutive_failures, since, last_checked_at, \
-         last_ok_at, last_error, cert_fingerprint, cert_not_after, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $5, $5) \
+         last_ok_at, last_error, cert_fingerprint, cert_not_after, alerted, created_at, \
+         updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $5, $5) \
          ON CONFLICT (name) DO UPDATE SET status = excluded.status, \
          consecutive_failures = excluded.consecutive_failures, since = excluded.since, \
          last_checked_at = excluded.last_checked_at, \
          last_ok_at = COALESCE(excluded.last_ok_at, probe_state.last_ok_at), \
-         last_error = excluded.last_error, \
+         last_error = excluded.last_error, alerted = excluded.alerted, \
          cert_fingerprint = COALESCE(excluded.cert_fingerprint, probe_state.cert_fingerprint), \
          cert_not_after = COALESCE(excluded.cert_not_after, probe_state.cert_not_after), \
          updated_at = excluded.updated_at",
@@ -842,6 +863,7 @@ async fn record(
             DbValue::from(result.error.clone()),
             DbValue::from(result.cert.as_ref().map(|c| c.fingerprint.clone())),
             DbValue::from(result.cert.as_ref().map(|c| db_now(c.not_after))),
+            alerted.into(),
         ],
     ))
     .await?;
@@ -870,17 +892,12 @@ async fn record(
                 "probe.down",
                 json!({"probe": probe.name, "kind": probe.kind.as_str(), "target": probe.target,
                        "failures": next.consecutive_failures, "error": result.error,
-                       "since": next.since}),
+                       "since": next.since, "maintenance": maintenance}),
                 None,
                 now,
             )
             .await?;
-            let alert = down_alert(probe)
-                .annotation("target", &probe.target)
-                .annotation("error", result.error.as_deref().unwrap_or(""))
-                .annotation("failures", next.consecutive_failures);
-            enqueue_probe_alert(&tx, &alert, next.since, false, now).await?;
-            tracing::warn!(probe = %probe.name, error = ?result.error, "probe down");
+            tracing::warn!(probe = %probe.name, error = ?result.error, maintenance, "probe down");
             Some("down")
         }
         Transition::Up { down_since } => {
@@ -894,9 +911,27 @@ async fn record(
                 now,
             )
             .await?;
-            enqueue_probe_alert(&tx, &down_alert(probe), down_since, true, now).await?;
             tracing::info!(probe = %probe.name, down_since = %down_since, "probe up again");
             Some("up")
+        }
+    };
+    let alert = match action {
+        AlertAction::None => None,
+        AlertAction::Fire => {
+            let alert = down_alert(probe)
+                .annotation("target", &probe.target)
+                .annotation("error", result.error.as_deref().unwrap_or(""))
+                .annotation("failures", next.consecutive_failures);
+            enqueue_probe_alert(&tx, &alert, next.since, false, now).await?;
+            Some("firing")
+        }
+        AlertAction::Resolve => {
+            let down_since = match transition {
+                Transition::Up { down_since } => down_since,
+                _ => prev.since,
+            };
+            enqueue_probe_alert(&tx, &down_alert(probe), down_since, true, now).await?;
+            Some("resolved")
         }
     };
     let cert_notice_days = match (&result.cert, &probe.kind) {
@@ -913,6 +948,8 @@ async fn record(
         error: result.error.clone(),
         status: next.status.as_str(),
         transition: transition_name,
+        alert,
+        maintenance,
         cert_notice_days,
     })
 }

@@ -700,3 +700,101 @@ async fn the_daemon_runs_its_probes_as_leader_and_takes_pings() {
     task.await.expect("joins").expect("stops cleanly");
     t.cleanup().await;
 }
+
+#[tokio::test]
+async fn maintenance_holds_back_down_alerts_until_the_window_ends() {
+    let test_db = fresh_postgres().await;
+    let db = &test_db.db;
+    let web_status = Arc::new(AtomicU16::new(500));
+    let blip_status = Arc::new(AtomicU16::new(500));
+    let web = http_server(web_status.clone()).await;
+    let blip = http_server(blip_status.clone()).await;
+    let start = t0();
+    let at = |s: i64| start + Duration::seconds(s);
+    let runner = ProbeRunner::new(
+        db.clone(),
+        &HeartbeatSettings {
+            maintenance: vec![opsloop_heartbeat_worker::probe_config::MaintenanceSpec {
+                start: at(0).to_rfc3339(),
+                end: at(60).to_rfc3339(),
+                probes: Vec::new(),
+                reason: "database upgrade".into(),
+            }],
+            ..settings(vec![
+                ProbeSpec {
+                    retries: 1,
+                    ..probe("web", "http", &format!("http://{web}/health"))
+                },
+                ProbeSpec {
+                    retries: 1,
+                    ..probe("blip", "http", &format!("http://{blip}/health"))
+                },
+            ])
+        },
+    )
+    .expect("runner");
+    let down_alerts = |name: &'static str| async move {
+        alerts(db, "ProbeDown")
+            .await
+            .into_iter()
+            .filter(|a| a["labels"]["probe"] == name)
+            .count()
+    };
+
+    // Both go down inside the window: events, no alerts.
+    let first = runner.run_due(at(0)).await;
+    for report in &first {
+        assert_eq!(
+            (report.transition, report.alert, report.maintenance),
+            (Some("down"), None, true),
+            "{report:?}"
+        );
+    }
+    let down = events(db, "probe.down").await;
+    assert_eq!(down.len(), 2);
+    assert!(down.iter().all(|e| e["maintenance"] == true), "{down:?}");
+    // blip recovers inside the window: nothing to resolve.
+    blip_status.store(200, Ordering::SeqCst);
+    let second = runner.run_due(at(30)).await;
+    let blip_report = second.iter().find(|r| r.probe == "blip").expect("blip");
+    assert_eq!(
+        (blip_report.transition, blip_report.alert),
+        (Some("up"), None)
+    );
+    assert_eq!(down_alerts("web").await + down_alerts("blip").await, 0);
+
+    // The window ends with web still down: its alert now, once.
+    let late = runner.run_due(at(60)).await;
+    let web_late = late.iter().find(|r| r.probe == "web").expect("web");
+    assert_eq!(
+        (web_late.transition, web_late.alert, web_late.maintenance),
+        (None, Some("firing"), false)
+    );
+    runner.run_due(at(70)).await;
+    assert_eq!(down_alerts("web").await, 1);
+    web_status.store(200, Ordering::SeqCst);
+    let recovered = runner.run_due(at(80)).await;
+    let web_up = recovered.iter().find(|r| r.probe == "web").expect("web");
+    assert_eq!(
+        (web_up.transition, web_up.alert),
+        (Some("up"), Some("resolved"))
+    );
+    let web_alerts: Vec<Value> = alerts(db, "ProbeDown")
+        .await
+        .into_iter()
+        .filter(|a| a["labels"]["probe"] == "web")
+        .collect();
+    assert_eq!(web_alerts.len(), 2);
+    assert_eq!(web_alerts[1]["status"], "resolved");
+    assert_eq!(down_alerts("blip").await, 0);
+
+    // After the window an outage alerts at once again.
+    blip_status.store(500, Ordering::SeqCst);
+    let after = runner.run_due(at(90)).await;
+    let blip_after = after.iter().find(|r| r.probe == "blip").expect("blip");
+    assert_eq!(
+        (blip_after.transition, blip_after.alert),
+        (Some("down"), Some("firing"))
+    );
+    test_db.cleanup().await;
+}
