@@ -798,3 +798,52 @@ async fn maintenance_holds_back_down_alerts_until_the_window_ends() {
     );
     test_db.cleanup().await;
 }
+
+#[tokio::test]
+async fn grpc_health_probe_is_down_while_not_serving_and_up_when_serving() {
+    use tonic_health::ServingStatus;
+    let test_db = fresh_postgres().await;
+    let db = &test_db.db;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("opsloop.Test", ServingStatus::NotServing)
+        .await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let runner = ProbeRunner::new(
+        db.clone(),
+        &settings(vec![ProbeSpec {
+            retries: 1,
+            grpc_service: "opsloop.Test".into(),
+            ..probe("grpc", "grpc_health", &format!("http://{addr}"))
+        }]),
+    )
+    .expect("runner");
+    let start = t0();
+    let down = runner.check_now("grpc", start).await.expect("checked");
+    assert_eq!(
+        (down.ok, down.transition),
+        (false, Some("down")),
+        "{down:?}"
+    );
+    assert!(
+        down.error
+            .as_deref()
+            .is_some_and(|e| e.contains("NOT_SERVING")),
+        "{down:?}"
+    );
+    reporter
+        .set_service_status("opsloop.Test", ServingStatus::Serving)
+        .await;
+    let up = runner
+        .check_now("grpc", start + Duration::seconds(10))
+        .await
+        .expect("checked");
+    assert_eq!((up.ok, up.transition), (true, Some("up")), "{up:?}");
+    test_db.cleanup().await;
+}
