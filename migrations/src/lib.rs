@@ -24,6 +24,7 @@ mod m0006_event_window_index;
 mod m0007_claim_order_index;
 mod m0008_api_tokens;
 mod m0009_incidents;
+mod m0010_probes;
 
 pub use m0005_seed_policy::seed_policies;
 // Re-exported so the store can run the migrator without its own dependency
@@ -46,6 +47,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0007_claim_order_index::Migration),
             Box::new(m0008_api_tokens::Migration),
             Box::new(m0009_incidents::Migration),
+            Box::new(m0010_probes::Migration),
         ]
     }
 }
@@ -90,6 +92,10 @@ pub const TABLES: &[&str] = &[
     "incident_groups",
     "incident_log",
     "incident_link_uses",
+    // m0010_probes
+    "probe_state",
+    "probe_cert_notices",
+    "probe_history",
 ];
 
 /// A plain (non-unique) index named `name` on `table(columns…)`.

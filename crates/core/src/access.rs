@@ -270,6 +270,8 @@ pub const TABLE: &[Entry] = &[
     grpc(BACKUP, "/opsloop.v1.BackupService/PreviewRetention", READ),
     // heartbeat-worker
     http(HEARTBEAT, "POST", "/run", ADMIN),
+    // Push heartbeats of `heartbeat` probes: an external job pings.
+    http(HEARTBEAT, "POST", "/probes/{name}/ping", AGENT),
 ];
 
 /// Who may call the gRPC method at `path` (`/package.Service/Method`);

@@ -340,6 +340,14 @@ pub const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
             0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
         ],
     ),
+    // A probe check: milliseconds when healthy, up to its timeout (10 s by
+    // default, at most its interval) when not.
+    (
+        "opsloop_probe_duration_seconds",
+        &[
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ],
+    ),
 ];
 
 fn recorder_builder() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
@@ -698,6 +706,21 @@ pub const METRIC_HELP: &[(&str, MetricKind, &str)] = {
             "opsloop_heartbeat_events_quarantined_total",
             C,
             "Bus events the heartbeat could not process and dead-lettered, by consumer.",
+        ),
+        (
+            "opsloop_probe_up",
+            G,
+            "1 while an uptime probe is up (or not yet down after its retries), 0 while down, by probe.",
+        ),
+        (
+            "opsloop_probe_duration_seconds",
+            H,
+            "Duration of one uptime probe check (a timed-out check counts its timeout), by probe.",
+        ),
+        (
+            "opsloop_tls_certificate_expiry_seconds",
+            G,
+            "Seconds until the certificate a TLS probe last saw expires (negative once expired), by probe.",
         ),
         // alerter
         (

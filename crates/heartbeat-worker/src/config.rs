@@ -1,12 +1,14 @@
 //! The `[heartbeat]` config section: tick cadence (interval or cron), the
 //! leader lease, phase budgets, the daily summary's schedule and zone, and
-//! this instance's id. [`HeartbeatSettings::validate`] turns a bad value
+//! this instance's id, and the uptime probes (`[[heartbeat.probes]]`, see
+//! [`crate::probe_config`]). [`HeartbeatSettings::validate`] turns a bad value
 //! into one line naming the key.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::probe_config::{MaintenanceSpec, ProbeSpec, parse_maintenance, parse_probes};
 use crate::schedule::{CronSchedule, TickSchedule};
 
 /// The `[heartbeat]` config section.
@@ -51,6 +53,14 @@ pub struct HeartbeatSettings {
     pub consume_events: bool,
     /// The bus queue of that consumer.
     pub reactions_queue: String,
+    /// Uptime probes the leader runs, each on its own interval.
+    pub probes: Vec<ProbeSpec>,
+    /// Windows in which probes' down alerts are held back.
+    pub maintenance: Vec<MaintenanceSpec>,
+    /// Most probe checks in flight at once.
+    pub probe_concurrency: u32,
+    /// Days of per-minute probe history kept.
+    pub probe_history_days: u32,
 }
 
 impl Default for HeartbeatSettings {
@@ -75,6 +85,10 @@ impl Default for HeartbeatSettings {
             summarizer_timeout_ms: 10_000,
             consume_events: true,
             reactions_queue: "opsloop.heartbeat.reactions".into(),
+            probes: Vec::new(),
+            maintenance: Vec::new(),
+            probe_concurrency: 16,
+            probe_history_days: 90,
         }
     }
 }
@@ -91,14 +105,14 @@ pub struct Schedules {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: heartbeat.{key}: {reason}")]
 pub struct SettingsError {
-    pub key: &'static str,
+    pub key: String,
     pub reason: String,
 }
 
 fn positive(key: &'static str, value: u64) -> Result<(), SettingsError> {
     if value == 0 {
         return Err(SettingsError {
-            key,
+            key: key.into(),
             reason: "must be at least 1".into(),
         });
     }
@@ -120,11 +134,14 @@ impl HeartbeatSettings {
             self.quarantine_after_failures.into(),
         )?;
         positive("summarizer_timeout_ms", self.summarizer_timeout_ms)?;
+        positive("probe_concurrency", self.probe_concurrency.into())?;
+        positive("probe_history_days", self.probe_history_days.into())?;
+        parse_maintenance(&self.maintenance, &parse_probes(&self.probes)?)?;
         if let Some(url) = &self.summarizer_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
             return Err(SettingsError {
-                key: "summarizer_url",
+                key: "summarizer_url".into(),
                 reason: "must start with http:// or https://".into(),
             });
         }
@@ -132,7 +149,7 @@ impl HeartbeatSettings {
             Some(expr) => {
                 TickSchedule::Cron(Box::new(CronSchedule::parse(expr, "UTC").map_err(|e| {
                     SettingsError {
-                        key: "cron",
+                        key: "cron".into(),
                         reason: e.to_string(),
                     }
                 })?))
@@ -145,16 +162,16 @@ impl HeartbeatSettings {
             CronSchedule::parse(&self.summary_cron, &self.summary_timezone).map_err(|e| {
                 SettingsError {
                     key: if self.summary_timezone.parse::<chrono_tz::Tz>().is_err() {
-                        "summary_timezone"
+                        "summary_timezone".into()
                     } else {
-                        "summary_cron"
+                        "summary_cron".into()
                     },
                     reason: e.to_string(),
                 }
             })?;
         let weekly = CronSchedule::parse(&self.weekly_report_cron, &self.summary_timezone)
             .map_err(|e| SettingsError {
-                key: "weekly_report_cron",
+                key: "weekly_report_cron".into(),
                 reason: e.to_string(),
             })?;
         Ok(Schedules {

@@ -269,6 +269,16 @@ impl Heartbeat {
         .await
     }
 
+    /// Whether this instance holds the leader lease at `now` (without
+    /// renewing it: the tick loop does that).
+    pub async fn is_leader(&self, now: DateTime<Utc>) -> Result<bool, DbErr> {
+        Ok(db::lease_holder(&self.inner.db, LEASE_NAME)
+            .await?
+            .is_some_and(|(holder, expires_at)| {
+                holder == self.inner.instance_id && expires_at > now
+            }))
+    }
+
     /// Gives up the lease (graceful shutdown).
     pub async fn release_lease(&self, now: DateTime<Utc>) -> Result<(), DbErr> {
         db::release_lease(&self.inner.db, LEASE_NAME, &self.inner.instance_id, now).await

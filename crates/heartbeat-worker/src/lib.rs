@@ -3,11 +3,14 @@
 //! on demand (`POST /run`), running the phases of DESIGN.md in order with
 //! their own budgets: trigger rules, reactions, insight promotion, stale
 //! recovery, ops health, budget, daily summary, weekly report. Every instance also consumes
-//! `event.#` to queue reactions as events arrive.
+//! `event.#` to queue reactions as events arrive. The leader also runs the
+//! uptime probes ([`probes`]) on their own intervals; any instance takes
+//! push-heartbeat pings (`POST /probes/{name}/ping`).
 //!
 //! Pure decision code (conditions, matrix, promotion, budget, schedules)
 //! lives in [`rules`], [`matching`], [`reaction_matrix`], [`insight_rules`],
-//! [`guards`] and [`schedule`]; the database side in the phase modules.
+//! [`guards`], [`schedule`] and [`probe_rules`]; the database side in the
+//! phase modules.
 
 pub mod alerts;
 pub mod config;
@@ -18,6 +21,9 @@ pub mod insight_rules;
 pub mod insights;
 pub mod matching;
 pub mod ops;
+pub mod probe_config;
+pub mod probe_rules;
+pub mod probes;
 pub mod reaction_matrix;
 pub mod reactions;
 pub mod report;
@@ -30,7 +36,7 @@ use std::net::SocketAddr;
 use std::time::Duration as StdDuration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -54,6 +60,7 @@ pub struct HeartbeatApp {
     infra: Infra,
     http: TcpListener,
     heartbeat: Heartbeat,
+    probes: probes::ProbeRunner,
 }
 
 impl HeartbeatApp {
@@ -78,11 +85,13 @@ impl HeartbeatApp {
             settings.clone(),
             summarizer,
         )?;
+        let probes = probes::ProbeRunner::new(infra.db.clone(), &settings)?;
         let http = bind("heartbeat.http_addr", &settings.http_addr).await?;
         Ok(Self {
             infra,
             http,
             heartbeat,
+            probes,
         })
     }
 
@@ -96,13 +105,23 @@ impl HeartbeatApp {
         self.heartbeat.clone()
     }
 
+    /// The probes this daemon runs while it leads.
+    pub fn probes(&self) -> probes::ProbeRunner {
+        self.probes.clone()
+    }
+
     /// Serves HTTP and runs the tick loop and the reaction consumer until
     /// the infrastructure's shutdown token is cancelled.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let router = opsloop_core::http::base_router(SERVICE, self.infra.readiness()).merge(
             Router::new()
                 .route("/run", post(run_now))
-                .with_state(self.heartbeat.clone()),
+                .with_state(self.heartbeat.clone())
+                .merge(
+                    Router::new()
+                        .route("/probes/{name}/ping", post(ping))
+                        .with_state(self.probes.clone()),
+                ),
         );
         let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
         {
@@ -110,6 +129,17 @@ impl HeartbeatApp {
             let shutdown = self.infra.shutdown.clone();
             tasks.spawn(async move {
                 run_loop(hb, shutdown).await;
+                Ok(())
+            });
+        }
+        // A task that ends stops the daemon, so the probe loop only runs
+        // when there are probes (and then until shutdown).
+        if !self.probes.is_empty() {
+            let probes = self.probes.clone();
+            let hb = self.heartbeat.clone();
+            let shutdown = self.infra.shutdown.clone();
+            tasks.spawn(async move {
+                probes.run_loop(hb, shutdown).await;
                 Ok(())
             });
         }
@@ -146,6 +176,33 @@ async fn run_now(State(hb): State<Heartbeat>) -> Response {
         Ok(outcome) => (StatusCode::CONFLICT, axum::Json(outcome)).into_response(),
         Err(error) => {
             tracing::error!(%error, "on-demand tick failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"error": error.to_string()})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// `POST /probes/{name}/ping`: a push heartbeat from an external job; 204,
+/// or 404 when no `heartbeat` probe has that name. The agent role, by the
+/// access table.
+async fn ping(State(runner): State<probes::ProbeRunner>, Path(name): Path<String>) -> Response {
+    if !matches!(
+        runner.probe(&name).map(|p| &p.kind),
+        Some(probe_config::ProbeKind::Heartbeat { .. })
+    ) {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": format!("no heartbeat probe named {name:?}")})),
+        )
+            .into_response();
+    }
+    match probes::record_ping(runner.db(), &name, Utc::now()).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => {
+            tracing::error!(%error, probe = %name, "cannot record a ping");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 axum::Json(json!({"error": error.to_string()})),
