@@ -84,6 +84,11 @@ INSERT INTO incident_log (incident_id, at, kind, actor, detail)
   VALUES ('00000000-0000-4000-8000-000000000006', now(), 'opened', 'alerter', '{}');
 INSERT INTO incident_link_uses (nonce, incident_id, action, used_at)
   VALUES ('n1', '00000000-0000-4000-8000-000000000006', 'acknowledge', now());
+INSERT INTO probe_state (name, status, consecutive_failures, since, alerted, created_at, updated_at)
+  VALUES ('api', 'up', 0, now(), false, now(), now());
+INSERT INTO probe_cert_notices (probe, fingerprint, threshold_days, not_after, notified_at)
+  VALUES ('api', 'ab12', 14, now(), now());
+INSERT INTO probe_history (probe, minute, ok, latency_ms) VALUES ('api', date_trunc('minute', now()), true, 12);
 ";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
