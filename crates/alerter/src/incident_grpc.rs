@@ -24,6 +24,8 @@ const DEFAULT_LIMIT: u32 = 100;
 const MAX_DAYS: u32 = 31;
 /// How far ahead `OnCallNow` looks for the next change.
 const LOOKAHEAD_DAYS: i64 = 8;
+/// `GetIncidentStats`' window when the request names no `since`.
+const STATS_DAYS: i64 = 7;
 
 pub struct IncidentGrpc {
     /// None when `alerter.incidents.enabled` is off: every call says so.
@@ -338,6 +340,59 @@ impl IncidentService for IncidentGrpc {
                     secondary: d.secondary,
                 })
                 .collect(),
+        }))
+    }
+
+    async fn draft_postmortem(
+        &self,
+        request: Request<pb::DraftPostmortemRequest>,
+    ) -> Result<Response<pb::DraftPostmortemResponse>, Status> {
+        let manager = self.manager()?;
+        let r = request.into_inner();
+        let actor = actor(&r.actor)?;
+        let id = incident_id(&r.id)?;
+        let markdown = manager.postmortem_draft(id, &actor, manager.now()).await?;
+        Ok(Response::new(pb::DraftPostmortemResponse { markdown }))
+    }
+
+    async fn get_incident_stats(
+        &self,
+        request: Request<pb::GetIncidentStatsRequest>,
+    ) -> Result<Response<pb::GetIncidentStatsResponse>, Status> {
+        let manager = self.manager()?;
+        let r = request.into_inner();
+        let until = match &r.until {
+            Some(t) => from_timestamp("until", t)?,
+            None => manager.now(),
+        };
+        let since = match &r.since {
+            Some(t) => from_timestamp("since", t)?,
+            None => until - Duration::days(STATS_DAYS),
+        };
+        if since >= until {
+            return Err(Status::invalid_argument(format!(
+                "since: {since} is not before until ({until})"
+            )));
+        }
+        let stats = manager.stats(since, until).await?;
+        let seconds = |d: Option<Duration>| d.map(|d| d.num_milliseconds() as f64 / 1000.0);
+        Ok(Response::new(pb::GetIncidentStatsResponse {
+            since: Some(timestamp(stats.since)),
+            until: Some(timestamp(stats.until)),
+            levels: stats
+                .levels
+                .iter()
+                .map(|l| pb::IncidentLevelStats {
+                    level: l.level.as_str().to_owned(),
+                    opened: l.opened,
+                    acknowledged: l.acknowledged,
+                    resolved: l.resolved,
+                    mtta_seconds: seconds(l.mtta),
+                    mttr_seconds: seconds(l.mttr),
+                    breaches: l.breaches,
+                })
+                .collect(),
+            pages: stats.pages.into_iter().collect(),
         }))
     }
 }

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use opsloop_core::proto::v1::{
-    AcknowledgeIncidentRequest, AddIncidentNoteRequest, EscalateIncidentRequest,
-    GetIncidentRequest, Incident, IncidentTimelineEntry, ListIncidentsRequest, OnCallNowRequest,
-    OnCallPerson, OnCallWeekRequest, OpenIncidentRequest, ResolveIncidentRequest,
+    AcknowledgeIncidentRequest, AddIncidentNoteRequest, DraftPostmortemRequest,
+    EscalateIncidentRequest, GetIncidentRequest, GetIncidentStatsRequest, GetIncidentStatsResponse,
+    Incident, IncidentTimelineEntry, ListIncidentsRequest, OnCallNowRequest, OnCallPerson,
+    OnCallWeekRequest, OpenIncidentRequest, ResolveIncidentRequest,
 };
 use serde_json::{Value, json};
 
@@ -55,6 +56,26 @@ pub enum IncidentCommand {
     Escalate {
         /// Incident id.
         id: String,
+    },
+    /// Write the incident's postmortem draft (Markdown: timeline, impact
+    /// figures, placeholders where a person must write) and record that you
+    /// drafted it (admin token).
+    Postmortem {
+        /// Incident id.
+        id: String,
+        /// Write the draft to this file instead of standard output.
+        #[arg(long, value_name = "PATH")]
+        file: Option<std::path::PathBuf>,
+    },
+    /// MTTA, MTTR and response-target breaches per level, pages per person.
+    Stats {
+        /// Incidents opened from this time (RFC 3339, a date, or 7d for that
+        /// long ago; default: 7 days before --until).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Incidents opened before this time (default: now).
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
     },
 }
 
@@ -117,10 +138,67 @@ pub async fn incident(command: IncidentCommand, globals: &Globals) -> anyhow::Re
             .collect::<anyhow::Result<_>>()?,
         _ => Default::default(),
     };
+    let instant = |flag: &str, text: &Option<String>| {
+        text.as_deref()
+            .map(|text| {
+                crate::parse::instant(text, chrono::Utc::now())
+                    .map(output::to_timestamp)
+                    .map_err(|e| crate::exit::usage(format!("--{flag}: {e}")))
+            })
+            .transpose()
+    };
+    let window = match &command {
+        IncidentCommand::Stats { since, until } => {
+            Some((instant("since", since)?, instant("until", until)?))
+        }
+        _ => None,
+    };
     let conn = Connection::open(globals, Daemon::Alerter).await?;
     let mut client = conn.incidents();
     let actor = globals.actor.clone();
     let changed = match command {
+        IncidentCommand::Postmortem { id, file } => {
+            let draft = client
+                .draft_postmortem(DraftPostmortemRequest {
+                    id: id.clone(),
+                    actor,
+                })
+                .await
+                .map_err(|s| conn.error(s))?
+                .into_inner()
+                .markdown;
+            if let Some(path) = &file {
+                std::fs::write(path, &draft)
+                    .map_err(|e| anyhow!("cannot write the draft to {}: {e}", path.display()))?;
+            }
+            return match (globals.output, &file) {
+                (OutputFormat::Json, _) => output::print_json(&json!({
+                    "id": id,
+                    "file": file.as_ref().map(|p| p.display().to_string()),
+                    "markdown": draft,
+                })),
+                (OutputFormat::Table, Some(path)) => {
+                    outln!(
+                        "postmortem draft of incident {id} written to {}",
+                        path.display()
+                    );
+                    Ok(())
+                }
+                (OutputFormat::Table, None) => {
+                    out!("{draft}");
+                    Ok(())
+                }
+            };
+        }
+        IncidentCommand::Stats { .. } => {
+            let (since, until) = window.unwrap_or_default();
+            let r = client
+                .get_incident_stats(GetIncidentStatsRequest { since, until })
+                .await
+                .map_err(|s| conn.error(s))?
+                .into_inner();
+            return print_stats(&r, globals.output);
+        }
         IncidentCommand::List(args) => {
             let response = client
                 .list_incidents(ListIncidentsRequest {
@@ -295,6 +373,56 @@ pub async fn oncall(command: OncallCommand, globals: &Globals) -> anyhow::Result
                     Ok(())
                 }
             }
+        }
+    }
+}
+
+/// `opsloop incident stats`: one row per level, then pages per person.
+fn print_stats(r: &GetIncidentStatsResponse, format: OutputFormat) -> anyhow::Result<()> {
+    let minutes = |s: Option<f64>| s.map_or("-".to_owned(), |s| format!("{:.1} min", s / 60.0));
+    match format {
+        OutputFormat::Json => output::print_json(&json!({
+            "since": ts_json(r.since.as_ref()),
+            "until": ts_json(r.until.as_ref()),
+            "levels": r.levels.iter().map(|l| json!({
+                "level": l.level,
+                "opened": l.opened,
+                "acknowledged": l.acknowledged,
+                "resolved": l.resolved,
+                "mtta_seconds": l.mtta_seconds,
+                "mttr_seconds": l.mttr_seconds,
+                "breaches": l.breaches,
+            })).collect::<Vec<_>>(),
+            "pages": r.pages,
+        })),
+        OutputFormat::Table => {
+            outln!(
+                "incidents opened {} .. {}",
+                ts(r.since.as_ref()),
+                ts(r.until.as_ref())
+            );
+            let mut levels = Table::new(&[
+                "LEVEL", "OPENED", "ACKED", "RESOLVED", "MTTA", "MTTR", "BREACHES",
+            ]);
+            for l in &r.levels {
+                levels.row(vec![
+                    l.level.clone(),
+                    l.opened.to_string(),
+                    l.acknowledged.to_string(),
+                    l.resolved.to_string(),
+                    minutes(l.mtta_seconds),
+                    minutes(l.mttr_seconds),
+                    l.breaches.to_string(),
+                ]);
+            }
+            levels.print_or("no levels");
+            outln!();
+            let mut pages = Table::new(&["PERSON", "PAGES"]);
+            for (person, n) in &r.pages {
+                pages.row(vec![person.clone(), n.to_string()]);
+            }
+            pages.print_or("nobody was paged");
+            Ok(())
         }
     }
 }

@@ -214,6 +214,8 @@ const HELP: &[(&[&str], &[&str])] = &[
     (&["incident", "resolve"], &["<ID>", "--reason"]),
     (&["incident", "note"], &["<ID>", "<TEXT>"]),
     (&["incident", "escalate"], &["<ID>"]),
+    (&["incident", "postmortem"], &["<ID>", "--file"]),
+    (&["incident", "stats"], &["--since", "--until"]),
     (&["oncall", "now"], &["--at"]),
     (&["oncall", "show"], &["--week", "--from"]),
     (&["backup", "now"], &["--target", "--no-wait"]),

@@ -20,7 +20,7 @@ use opsloop_core::daemon::Infra;
 use opsloop_core::secrets::SecretStore;
 use opsloop_core::store::testing::{TestDb, fresh_postgres};
 use sea_orm::ConnectionTrait;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 const ADMIN_SECRET: &str = "incident-cmd-admin-secret";
@@ -364,6 +364,89 @@ async fn incidents_are_opened_acted_on_and_shown_through_the_cli() {
         .expect("n");
     assert_eq!(audit, 5);
 
+    // The postmortem draft (admin only), written to a file, and the figures.
+    let (code, line) = failure(
+        &alerter
+            .run(&alerter.viewer, "json", &["incident", "postmortem", &id])
+            .await,
+    );
+    assert_eq!(code, 5, "{line}");
+    let draft_dir = tempfile::tempdir().expect("tempdir");
+    let draft_path = draft_dir.path().join("postmortem.md");
+    let drafted = json_of(
+        &alerter
+            .admin(&[
+                "incident",
+                "postmortem",
+                &id,
+                "--file",
+                draft_path.to_str().expect("utf-8 path"),
+            ])
+            .await,
+        "postmortem",
+    );
+    let markdown = std::fs::read_to_string(&draft_path).expect("the draft file");
+    assert_eq!(drafted["markdown"], markdown.as_str());
+    for expected in [
+        "# Postmortem: checkout down",
+        "## Timeline (UTC)",
+        "rolled back to v41",
+        "## Root cause",
+        "## Lessons",
+    ] {
+        assert!(markdown.contains(expected), "{expected} in:\n{markdown}");
+    }
+    let shown = json_of(&alerter.admin(&["incident", "show", &id]).await, "show");
+    assert!(
+        shown["timeline"]
+            .as_array()
+            .expect("timeline")
+            .iter()
+            .any(|e| e["kind"] == "postmortem" && e["actor"] == "bootstrap-admin"),
+        "the draft is recorded under the token's name: {shown}"
+    );
+    let stats = json_of(
+        &alerter
+            .run(
+                &alerter.viewer,
+                "json",
+                &[
+                    "incident",
+                    "stats",
+                    "--since",
+                    "2026-12-01",
+                    "--until",
+                    "2026-12-03",
+                ],
+            )
+            .await,
+        "stats",
+    );
+    let p1 = stats["levels"]
+        .as_array()
+        .expect("levels")
+        .iter()
+        .find(|l| l["level"] == "P1")
+        .expect("P1 row");
+    assert_eq!(
+        (
+            &p1["opened"],
+            &p1["acknowledged"],
+            &p1["resolved"],
+            &p1["breaches"]
+        ),
+        (&json!(1), &json!(1), &json!(1), &json!(0)),
+        "{stats}"
+    );
+    assert_eq!(p1["mtta_seconds"], json!(0.0), "the clock stood still");
+    let (code, line) = failure(
+        &alerter
+            .admin(&["incident", "stats", "--since", "soon"])
+            .await,
+    );
+    assert_eq!(code, 2, "{line}");
+    assert!(line.contains("--since"), "{line}");
+
     // Unknown ids and bad levels.
     let unknown = "0193a6f2-7c1e-7a11-9f00-0123456789ab";
     for args in [
@@ -430,7 +513,7 @@ async fn oncall_answers_the_configured_rotation_and_overrides() {
         day(&days[0]),
         (
             "2026-12-02".into(),
-            serde_json::json!(["aiko"]),
+            json!(["aiko"]),
             serde_json::json!(["ben"])
         )
     );

@@ -244,6 +244,16 @@ pub const TABLE: &[Entry] = &[
     ),
     grpc(ALERTER, "/opsloop.v1.IncidentService/OnCallNow", READ),
     grpc(ALERTER, "/opsloop.v1.IncidentService/OnCallWeek", READ),
+    grpc(
+        ALERTER,
+        "/opsloop.v1.IncidentService/DraftPostmortem",
+        ADMIN,
+    ),
+    grpc(
+        ALERTER,
+        "/opsloop.v1.IncidentService/GetIncidentStats",
+        READ,
+    ),
     http(ALERTER, "POST", "/api/v2/alerts", ALERTS_IN),
     http(ALERTER, "GET", "/api/v2/alerts", READ),
     http(ALERTER, "GET", "/api/v2/alerts/groups", READ),
