@@ -2,6 +2,8 @@
 //! where noted) with an injected clock: phases and ticks are driven by
 //! calling them with an explicit `now`.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
@@ -1896,43 +1898,13 @@ async fn sqlite_ticks_fire_triggers_and_hold_the_lease() {
 #[tokio::test]
 async fn post_run_ticks_now_over_http() {
     let t = fresh_postgres().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("opsloop.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "environment = \"test\"\n[database]\nurl = \"{}\"\n[audit]\nlog_path = \"{}\"\n\
-             [heartbeat]\nhttp_addr = \"127.0.0.1:0\"\ninstance_id = \"http\"\ninterval_secs = 3600\n",
-            t.url,
-            dir.path().join("audit.jsonl").display()
-        ),
-    )
-    .expect("config");
-    let config = opsloop_core::config::load(&opsloop_core::config::ConfigSources {
-        file: Some(path),
-        use_default_file: false,
-        env: Some(Default::default()),
-    })
-    .expect("config loads");
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let secrets = opsloop_core::secrets::SecretStore::with_sources(
-        None,
-        &dir.path().join("none"),
-        vec![("OPSLOOP_ADMIN_TOKEN".into(), "s3cret".into())],
-    );
-    let infra = opsloop_core::daemon::Infra::connect(config, secrets, shutdown.clone())
-        .await
-        .expect("infra");
-    let app = opsloop_heartbeat_worker::HeartbeatApp::build(infra)
-        .await
-        .expect("app");
-    let addr = app.http_addr().expect("addr");
-    let task = tokio::spawn(app.run_until_stopped());
+    let daemon = common::RunningHeartbeat::start(&t.url, "http", "").await;
+    let addr = daemon.addr;
     let denied = post_run(addr, None).await;
     assert!(denied.starts_with("HTTP/1.1 401"), "{denied}");
     let mut answer = String::new();
     for _ in 0..50 {
-        answer = post_run(addr, Some("s3cret")).await;
+        answer = post_run(addr, Some(common::ADMIN_TOKEN)).await;
         if answer.starts_with("HTTP/1.1 200") {
             break;
         }
@@ -1943,8 +1915,7 @@ async fn post_run_ticks_now_over_http() {
         serde_json::from_str(answer.split("\r\n\r\n").nth(1).expect("body")).expect("json");
     assert_eq!(body["outcome"], "ran");
     assert_eq!(body["phases"].as_array().expect("phases").len(), 8);
-    shutdown.cancel();
-    task.await.expect("joins").expect("stops cleanly");
+    daemon.stop().await;
     let lease = opsloop_heartbeat_worker::db::lease_holder(&t.db, "heartbeat.leader")
         .await
         .expect("lease")

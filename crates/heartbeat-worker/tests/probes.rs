@@ -3,6 +3,8 @@
 //! injected clock: each round of checks is run with an explicit `now`.
 //! Also the config path refusing bad probes by name and field.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration as StdDuration;
@@ -625,40 +627,16 @@ async fn the_daemon_runs_its_probes_as_leader_and_takes_pings() {
             let _ = listener.accept().await;
         }
     });
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("opsloop.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "environment = \"test\"\n[database]\nurl = \"{}\"\n[audit]\nlog_path = \"{}\"\n\
-             [heartbeat]\nhttp_addr = \"127.0.0.1:0\"\ninstance_id = \"probes\"\ninterval_secs = 3600\n\
-             [[heartbeat.probes]]\nname = \"port\"\nkind = \"tcp\"\ntarget = \"{target}\"\n\
-             [[heartbeat.probes]]\nname = \"job\"\nkind = \"heartbeat\"\n",
-            t.url,
-            dir.path().join("audit.jsonl").display()
+    let daemon = common::RunningHeartbeat::start(
+        &t.url,
+        "probes",
+        &format!(
+            "[[heartbeat.probes]]\nname = \"port\"\nkind = \"tcp\"\ntarget = \"{target}\"\n\
+             [[heartbeat.probes]]\nname = \"job\"\nkind = \"heartbeat\"\n"
         ),
     )
-    .expect("config");
-    let config = opsloop_core::config::load(&opsloop_core::config::ConfigSources {
-        file: Some(path),
-        use_default_file: false,
-        env: Some(Default::default()),
-    })
-    .expect("config loads");
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let secrets = opsloop_core::secrets::SecretStore::with_sources(
-        None,
-        &dir.path().join("none"),
-        vec![("OPSLOOP_ADMIN_TOKEN".into(), "s3cret".into())],
-    );
-    let infra = opsloop_core::daemon::Infra::connect(config, secrets, shutdown.clone())
-        .await
-        .expect("infra");
-    let app = opsloop_heartbeat_worker::HeartbeatApp::build(infra)
-        .await
-        .expect("app");
-    let addr = app.http_addr().expect("addr");
-    let task = tokio::spawn(app.run_until_stopped());
+    .await;
+    let addr = daemon.addr;
 
     let db = t.db.clone();
     eventually(
@@ -680,9 +658,9 @@ async fn the_daemon_runs_its_probes_as_leader_and_takes_pings() {
     .await;
     let denied = post(addr, "/probes/job/ping", None).await;
     assert!(denied.starts_with("HTTP/1.1 401"), "{denied}");
-    let pinged = post(addr, "/probes/job/ping", Some("s3cret")).await;
+    let pinged = post(addr, "/probes/job/ping", Some(common::ADMIN_TOKEN)).await;
     assert!(pinged.starts_with("HTTP/1.1 204"), "{pinged}");
-    let unknown = post(addr, "/probes/port/ping", Some("s3cret")).await;
+    let unknown = post(addr, "/probes/port/ping", Some(common::ADMIN_TOKEN)).await;
     assert!(
         unknown.starts_with("HTTP/1.1 404"),
         "only heartbeat probes take pings: {unknown}"
@@ -696,8 +674,7 @@ async fn the_daemon_runs_its_probes_as_leader_and_takes_pings() {
         .expect("query")
         .expect("row");
     assert_eq!(row.try_get::<i64>("", "n").expect("n"), 1);
-    shutdown.cancel();
-    task.await.expect("joins").expect("stops cleanly");
+    daemon.stop().await;
     t.cleanup().await;
 }
 
