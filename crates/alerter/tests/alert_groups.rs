@@ -238,6 +238,33 @@ async fn alert_groups_filters_and_refusals() {
         }
     };
 
+    // Inhibition and silencing are applied as the posted alerts are
+    // processed: wait until both show before reading the groups.
+    let url = format!("{base}/api/v2/alerts/groups");
+    eventually(
+        "inhibited and silenced alerts show as suppressed",
+        Duration::from_secs(10),
+        || {
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                let (_, body) = get(&client, &url).await;
+                let suppressed = body
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|g| g["alerts"].as_array().cloned().unwrap_or_default())
+                    .filter(|a| a["status"]["state"] == "suppressed")
+                    .count();
+                if suppressed >= 2 {
+                    Ok(())
+                } else {
+                    Err(format!("{suppressed} suppressed"))
+                }
+            }
+        },
+    )
+    .await;
     let all = groups("").await;
     let down_api = vec![s("Down/api"), s("Down/api")];
     // A critical alert matched the pager route (continue) and, with team
