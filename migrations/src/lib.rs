@@ -25,6 +25,7 @@ mod m0007_claim_order_index;
 mod m0008_api_tokens;
 mod m0009_incidents;
 mod m0010_probes;
+mod m0012_dead_letter_retries;
 
 pub use m0005_seed_policy::seed_policies;
 // Re-exported so the store can run the migrator without its own dependency
@@ -48,6 +49,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0008_api_tokens::Migration),
             Box::new(m0009_incidents::Migration),
             Box::new(m0010_probes::Migration),
+            Box::new(m0012_dead_letter_retries::Migration),
         ]
     }
 }

@@ -5,7 +5,10 @@ use chrono::{DateTime, Utc};
 use opsloop_core::domain::input::{StepSpec, ValidationError, uuid_field};
 use opsloop_core::domain::policy::PolicyKey;
 use opsloop_core::proto::v1 as pb;
-use opsloop_core::store::entities::{events, mission_steps, policy, proposals, trigger_rules};
+use opsloop_core::store::entities::{
+    event_quarantine, events, mission_steps, policy, policy_history, proposals, step_dead_letters,
+    trigger_rules,
+};
 use opsloop_core::workflow::{MissionView, ProposalView, WorkflowError};
 use tonic::Status;
 
@@ -145,6 +148,45 @@ pub fn mission(view: &MissionView) -> pb::Mission {
         created_at: Some(ts(m.created_at)),
         finished_at: m.finished_at.map(ts),
         updated_at: Some(ts(m.updated_at)),
+    }
+}
+
+pub fn dead_letter(d: &step_dead_letters::Model) -> pb::DeadLetter {
+    pb::DeadLetter {
+        id: d.id.to_string(),
+        step_id: d.step_id.to_string(),
+        mission_id: d.mission_id.to_string(),
+        kind: d.kind.clone(),
+        attempt: u32_of(d.attempt),
+        error: d.error.clone(),
+        payload_json: json_text(&d.payload),
+        created_at: Some(ts(d.created_at)),
+        retried_proposal_id: d.retried_proposal_id.map(|p| p.to_string()),
+        retried_by: d.retried_by.clone(),
+        retried_at: d.retried_at.map(ts),
+    }
+}
+
+pub fn quarantined_event(q: &event_quarantine::Model) -> pb::QuarantinedEvent {
+    pb::QuarantinedEvent {
+        consumer: q.consumer.clone(),
+        event_seq: q.event_seq,
+        failures: q.failures,
+        last_error: q.last_error.clone(),
+        created_at: Some(ts(q.created_at)),
+        updated_at: Some(ts(q.updated_at)),
+    }
+}
+
+pub fn policy_change(h: &policy_history::Model) -> pb::PolicyChange {
+    pb::PolicyChange {
+        version: h.id,
+        key: h.key.clone(),
+        old_value_json: h.old_value.as_ref().map(json_text),
+        new_value_json: json_text(&h.new_value),
+        actor: h.actor.clone(),
+        reason: h.reason.clone(),
+        changed_at: Some(ts(h.created_at)),
     }
 }
 

@@ -36,6 +36,7 @@ pub mod output;
 pub mod parse;
 pub mod policy;
 pub mod proposal;
+pub mod repair;
 pub mod status;
 pub mod token;
 pub mod trigger;

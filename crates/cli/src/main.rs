@@ -11,8 +11,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use opsloop_cli::client::Globals;
 use opsloop_cli::output::OutputFormat;
 use opsloop_cli::{
-    alerts, backup, config_check, event, incident, mission, ops, policy, proposal, status, token,
-    trigger, worker_cmd,
+    alerts, backup, config_check, event, incident, mission, ops, policy, proposal, repair, status,
+    token, trigger, worker_cmd,
 };
 
 /// `opsloop --version`: the crate version, git revision and build date
@@ -120,9 +120,15 @@ enum Command {
     /// Emit, list and tail events.
     #[command(subcommand)]
     Event(event::EventCommand),
-    /// Read and change policy.
+    /// Read and change policy, and show a key's history.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// List, show and retry dead-lettered steps (failed for good).
+    #[command(subcommand)]
+    Deadletter(repair::DeadLetterCommand),
+    /// List quarantined events and put them back in the retry set.
+    #[command(subcommand)]
+    Quarantine(repair::QuarantineCommand),
     /// Add, list and remove heartbeat trigger rules.
     #[command(subcommand)]
     Trigger(trigger::TriggerCommand),
@@ -239,6 +245,8 @@ async fn run(
         Command::Mission(command) => mission::run(command, globals).await,
         Command::Event(command) => event::run(command, globals).await,
         Command::Policy(command) => policy::run(command, globals).await,
+        Command::Deadletter(command) => repair::run_dead_letter(command, globals).await,
+        Command::Quarantine(command) => repair::run_quarantine(command, globals).await,
         Command::Trigger(command) => trigger::run(command, globals).await,
         Command::Token(command) => token::run(command, globals).await,
         Command::Summary(args) => ops::summary(args, globals).await,

@@ -1,11 +1,15 @@
-//! `opsloop policy get|set|list`: the key → JSON policy table through
-//! `PolicyService`; every change is validated and audited by the api.
+//! `opsloop policy get|set|list|history`: the key → JSON policy table
+//! through `PolicyService`; every change is validated and audited by the
+//! api, and its history kept.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, anyhow, bail};
 use clap::Subcommand;
-use opsloop_core::proto::v1::{GetPolicyRequest, ListPoliciesRequest, Policy, SetPolicyRequest};
+use opsloop_core::proto::v1::{
+    GetPolicyHistoryRequest, GetPolicyRequest, ListPoliciesRequest, Policy, PolicyChange,
+    SetPolicyRequest,
+};
 use serde_json::{Value, json};
 
 use crate::client::{Connection, Daemon, Globals};
@@ -47,6 +51,14 @@ pub enum PolicyCommand {
         /// Cursor printed by a previous page.
         #[arg(long)]
         page_token: Option<String>,
+    },
+    /// A key's changes, newest first: version, when, who, why, old → new.
+    History {
+        /// Policy key, e.g. `cost_budget`.
+        key: String,
+        /// Most changes to show.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
     },
 }
 
@@ -155,7 +167,55 @@ pub async fn run(command: PolicyCommand, globals: &Globals) -> anyhow::Result<()
                 }
             }
         }
+        PolicyCommand::History { key, limit } => history(key, limit, globals).await,
     }
+}
+
+async fn history(key: String, limit: u32, globals: &Globals) -> anyhow::Result<()> {
+    let conn = Connection::open(globals, Daemon::Api).await?;
+    let changes = conn
+        .policies()
+        .get_policy_history(GetPolicyHistoryRequest {
+            key: key.clone(),
+            page_size: limit,
+        })
+        .await
+        .map_err(|s| conn.error(s))?
+        .into_inner()
+        .changes;
+    match globals.output {
+        OutputFormat::Json => output::print_json(&json!({
+            "key": key,
+            "changes": changes.iter().map(change_json).collect::<Vec<_>>(),
+        })),
+        OutputFormat::Table => {
+            let mut table = Table::new(&["VERSION", "CHANGED", "BY", "REASON", "OLD", "NEW"]);
+            for c in &changes {
+                table.row(vec![
+                    c.version.to_string(),
+                    ts(c.changed_at.as_ref()),
+                    c.actor.clone(),
+                    c.reason.clone().unwrap_or_else(|| "-".into()),
+                    c.old_value_json.clone().unwrap_or_else(|| "-".into()),
+                    c.new_value_json.clone(),
+                ]);
+            }
+            table.print_or(&format!("{key} has not changed since it was seeded"));
+            Ok(())
+        }
+    }
+}
+
+fn change_json(c: &PolicyChange) -> Value {
+    json!({
+        "version": c.version,
+        "key": c.key,
+        "old_value": c.old_value_json.as_deref().map(json_doc),
+        "new_value": json_doc(&c.new_value_json),
+        "actor": c.actor,
+        "reason": c.reason,
+        "changed_at": ts_json(c.changed_at.as_ref()),
+    })
 }
 
 fn read_value(path: &PathBuf) -> anyhow::Result<String> {

@@ -339,7 +339,7 @@ fn source_label(p: &Proposal) -> String {
     enum_label(p.source().as_str_name(), "PROPOSAL_SOURCE_")
 }
 
-fn proposal_fields(p: &Proposal) -> String {
+pub fn proposal_fields(p: &Proposal) -> String {
     let mut pairs = vec![
         ("id", p.id.clone()),
         ("title", p.title.clone()),

@@ -373,3 +373,161 @@ async fn operator_commands_against_the_api() {
 
     api.stop().await;
 }
+
+/// Day-two repairs without SQL: a dead-lettered step listed, shown and
+/// retried once as a new proposal; a quarantined event put back in the
+/// retry set; a policy key's history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadletter_quarantine_and_policy_history_commands() {
+    use opsloop_core::domain::input::{NewProposal, ProposalSource, StepKind, StepSpec};
+    use opsloop_core::workflow::{self, ClaimOutcome};
+    use sea_orm::ConnectionTrait;
+
+    let api = RunningApi::start().await;
+    let endpoint = api.endpoint.as_str();
+    let db = &api.db.db;
+    let now = chrono::Utc::now();
+
+    // A step that fails for good (one attempt allowed), written through the
+    // same workflow functions the api runs.
+    let kind = StepKind::parse("kind", "echo").unwrap();
+    let submitted = workflow::submit_proposal(
+        db,
+        NewProposal {
+            title: "nightly digest".into(),
+            source: ProposalSource::Api,
+            agent: "digest-bot".into(),
+            dedupe_key: None,
+            steps: vec![StepSpec {
+                kind: kind.clone(),
+                payload: serde_json::json!({"channel": "ops"}),
+                max_attempts: Some(1),
+            }],
+            parallel: false,
+            metadata: serde_json::json!({}),
+            trace_id: None,
+        },
+        now,
+    )
+    .await
+    .unwrap();
+    assert!(
+        submitted.proposal.mission_id.is_some(),
+        "echo is auto-approved"
+    );
+    let ClaimOutcome::Claimed(step) = workflow::claim_step(db, "w1", &[kind], None, now)
+        .await
+        .unwrap()
+    else {
+        panic!("nothing to claim");
+    };
+    workflow::fail_step(
+        db,
+        step.id,
+        "w1",
+        1,
+        "upstream 502\nretry later",
+        true,
+        None,
+        now,
+    )
+    .await
+    .unwrap();
+
+    let listed = json_of(
+        &opsloop(endpoint, &["deadletter", "list"]).await,
+        "deadletter list",
+    );
+    let dead = &listed["dead_letters"][0];
+    assert_eq!(dead["kind"], "echo", "{listed}");
+    assert_eq!(dead["error"], "upstream 502\nretry later");
+    let id = dead["id"].as_str().unwrap().to_owned();
+    let shown = json_of(
+        &opsloop(endpoint, &["deadletter", "show", &id]).await,
+        "show",
+    );
+    assert_eq!(shown["payload"]["channel"], "ops");
+    assert_eq!(shown["retried_proposal_id"], Value::Null);
+
+    let retried = json_of(
+        &opsloop(endpoint, &["deadletter", "retry", &id]).await,
+        "retry",
+    );
+    assert_eq!(retried["proposal"]["status"], "approved", "{retried}");
+    assert_eq!(retried["proposal"]["source"], "manual");
+    assert_eq!(retried["dead_letter"]["retried_by"], "e2e");
+    assert_eq!(
+        retried["dead_letter"]["retried_proposal_id"],
+        retried["proposal"]["id"]
+    );
+    let again = opsloop(endpoint, &["deadletter", "retry", &id]).await;
+    assert_eq!(
+        again.status.code(),
+        Some(7),
+        "a second retry is a failed precondition"
+    );
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("was retried by e2e"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let waiting = json_of(&opsloop(endpoint, &["deadletter", "list"]).await, "list");
+    assert_eq!(waiting["dead_letters"], serde_json::json!([]));
+    let all = json_of(
+        &opsloop(endpoint, &["deadletter", "list", "--all"]).await,
+        "list --all",
+    );
+    assert_eq!(all["dead_letters"][0]["id"], id.as_str());
+    let unknown = opsloop(endpoint, &["deadletter", "show", "not-a-uuid"]).await;
+    assert_eq!(
+        unknown.status.code(),
+        Some(3),
+        "a malformed id is an invalid argument"
+    );
+
+    // A quarantined event back in the retry set.
+    db.execute_raw(sea_orm::Statement::from_sql_and_values(
+        db.get_database_backend(),
+        "INSERT INTO event_quarantine (id, consumer, event_seq, failures, last_error, \
+         created_at, updated_at) VALUES ($1, 'reactions', 7, 3, 'template: unknown field', $2, $2)",
+        vec![sea_orm::prelude::Uuid::now_v7().into(), now.into()],
+    ))
+    .await
+    .unwrap();
+    let quarantined = json_of(&opsloop(endpoint, &["quarantine", "list"]).await, "q list");
+    assert_eq!(quarantined["events"][0]["failures"], 3, "{quarantined}");
+    let back = json_of(
+        &opsloop(endpoint, &["quarantine", "retry", "reactions", "7"]).await,
+        "q retry",
+    );
+    assert_eq!(back["events"][0]["failures"], 0, "{back}");
+    let missing = opsloop(endpoint, &["quarantine", "retry", "reactions", "8"]).await;
+    assert_eq!(missing.status.code(), Some(4), "not found");
+
+    // A policy change, then its history.
+    json_of(
+        &opsloop(
+            endpoint,
+            &[
+                "policy",
+                "set",
+                "x_autopost",
+                r#"{"enabled": true}"#,
+                "--reason",
+                "phase B",
+            ],
+        )
+        .await,
+        "policy set",
+    );
+    let history = json_of(
+        &opsloop(endpoint, &["policy", "history", "x_autopost"]).await,
+        "policy history",
+    );
+    let newest = &history["changes"][0];
+    assert_eq!(newest["actor"], "e2e", "{history}");
+    assert_eq!(newest["reason"], "phase B");
+    assert_eq!(newest["new_value"]["enabled"], true);
+
+    api.stop().await;
+}

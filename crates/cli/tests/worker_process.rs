@@ -68,6 +68,24 @@ impl MissionService for FakeMissions {
     ) -> Result<Response<CancelMissionResponse>, Status> {
         Err(Status::unimplemented("not in this fake"))
     }
+    async fn list_dead_letters(
+        &self,
+        _: Request<opsloop_core::proto::v1::ListDeadLettersRequest>,
+    ) -> Result<Response<opsloop_core::proto::v1::ListDeadLettersResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+    async fn get_dead_letter(
+        &self,
+        _: Request<opsloop_core::proto::v1::GetDeadLetterRequest>,
+    ) -> Result<Response<opsloop_core::proto::v1::GetDeadLetterResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+    async fn retry_dead_letter(
+        &self,
+        _: Request<opsloop_core::proto::v1::RetryDeadLetterRequest>,
+    ) -> Result<Response<opsloop_core::proto::v1::RetryDeadLetterResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
     async fn claim_step(
         &self,
         request: Request<ClaimStepRequest>,

@@ -120,6 +120,64 @@ impl MissionService for Api {
         .await
     }
 
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        respond(async {
+            let req = request.into_inner();
+            let kind = req
+                .kind
+                .as_deref()
+                .map(|k| StepKind::parse("kind", k).map(|k| k.as_str().to_owned()))
+                .transpose()
+                .map_err(invalid)?;
+            let filter = workflow::DeadLetterFilter {
+                kind,
+                include_retried: req.include_retried,
+                limit: workflow::page_size(req.page_size),
+            };
+            let rows = workflow::list_dead_letters(&self.db, &filter).await?;
+            Ok(pb::ListDeadLettersResponse {
+                dead_letters: rows.iter().map(convert::dead_letter).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn get_dead_letter(
+        &self,
+        request: Request<pb::GetDeadLetterRequest>,
+    ) -> Result<Response<pb::GetDeadLetterResponse>, Status> {
+        respond(async {
+            let id = convert::uuid("id", &request.get_ref().id)?;
+            let row = workflow::get_dead_letter(&self.db, id).await?;
+            Ok(pb::GetDeadLetterResponse {
+                dead_letter: Some(convert::dead_letter(&row)),
+            })
+        })
+        .await
+    }
+
+    async fn retry_dead_letter(
+        &self,
+        request: Request<pb::RetryDeadLetterRequest>,
+    ) -> Result<Response<pb::RetryDeadLetterResponse>, Status> {
+        respond(async {
+            let req = request.into_inner();
+            let id = convert::uuid("id", &req.id)?;
+            let actor = actor(&req.actor, "admin")?;
+            let outcome =
+                workflow::retry_dead_letter(&self.db, id, &actor, self.audit(), self.now()).await?;
+            self.wake_new_mission(&outcome.submitted.proposal);
+            Ok(pb::RetryDeadLetterResponse {
+                dead_letter: Some(convert::dead_letter(&outcome.dead_letter)),
+                proposal: Some(convert::proposal(&outcome.submitted.proposal)),
+            })
+        })
+        .await
+    }
+
     async fn claim_step(
         &self,
         request: Request<pb::ClaimStepRequest>,

@@ -223,6 +223,54 @@ impl OpsService for Api {
         .await
     }
 
+    async fn list_quarantined_events(
+        &self,
+        request: Request<pb::ListQuarantinedEventsRequest>,
+    ) -> Result<Response<pb::ListQuarantinedEventsResponse>, Status> {
+        respond(async {
+            let req = request.into_inner();
+            let consumer = req
+                .consumer
+                .as_deref()
+                .map(|c| required("consumer", c, 64))
+                .transpose()?;
+            let rows = workflow::list_quarantined_events(
+                &self.db,
+                consumer.as_deref(),
+                workflow::page_size(req.page_size),
+            )
+            .await?;
+            Ok(pb::ListQuarantinedEventsResponse {
+                events: rows.iter().map(convert::quarantined_event).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn retry_quarantined_event(
+        &self,
+        request: Request<pb::RetryQuarantinedEventRequest>,
+    ) -> Result<Response<pb::RetryQuarantinedEventResponse>, Status> {
+        respond(async {
+            let req = request.into_inner();
+            let consumer = required("consumer", &req.consumer, 64)?;
+            let actor = actor(&req.actor, "admin")?;
+            let row = workflow::retry_quarantined_event(
+                &self.db,
+                &consumer,
+                req.event_seq,
+                &actor,
+                self.audit(),
+                self.now(),
+            )
+            .await?;
+            Ok(pb::RetryQuarantinedEventResponse {
+                event: Some(convert::quarantined_event(&row)),
+            })
+        })
+        .await
+    }
+
     async fn get_weekly_report(
         &self,
         request: Request<pb::GetWeeklyReportRequest>,

@@ -83,4 +83,20 @@ impl PolicyService for Api {
         })
         .await
     }
+
+    async fn get_policy_history(
+        &self,
+        request: Request<pb::GetPolicyHistoryRequest>,
+    ) -> Result<Response<pb::GetPolicyHistoryResponse>, Status> {
+        respond(async {
+            let req = request.into_inner();
+            let key = required("key", &req.key, 64)?;
+            let rows = workflow::policy_history(&self.db, &key, workflow::page_size(req.page_size))
+                .await?;
+            Ok(pb::GetPolicyHistoryResponse {
+                changes: rows.iter().map(convert::policy_change).collect(),
+            })
+        })
+        .await
+    }
 }

@@ -709,6 +709,9 @@ async fn fail_or_requeue(
         error: Set(error.to_owned()),
         payload: Set(step.payload.clone()),
         created_at: Set(now),
+        retried_proposal_id: Set(None),
+        retried_by: Set(None),
+        retried_at: Set(None),
     }
     .insert(tx)
     .await?;

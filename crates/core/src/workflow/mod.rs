@@ -17,6 +17,7 @@ pub mod ops;
 pub mod outbox;
 pub mod policy;
 pub mod proposals;
+pub mod repair;
 mod sql;
 pub mod triggers;
 
@@ -42,12 +43,16 @@ pub use missions::{
 pub use ops::{HealthFigures, SummaryFigures, SummaryPeriod, health, summary};
 pub use policy::{
     EmergencyStopChange, PolicyChange, emergency_stop_state, engage_emergency_stop, get_policy,
-    list_policies, release_emergency_stop, set_policy,
+    list_policies, policy_history, release_emergency_stop, set_policy,
 };
 pub use proposals::{
     ProposalFilter, ProposalView, SubmitOutcome, approve_proposal, expire_stale_proposals,
     get_proposal, list_proposals, reject_proposal, submit_proposal, submit_proposal_cached,
     submit_proposal_in, submit_proposals_cached,
+};
+pub use repair::{
+    DeadLetterFilter, RetryOutcome, get_dead_letter, list_dead_letters, list_quarantined_events,
+    retry_dead_letter, retry_quarantined_event,
 };
 
 /// What a workflow operation can fail with, in the domain's words. The api

@@ -51,6 +51,25 @@ pub async fn list_policies(
     Ok(rows)
 }
 
+/// A policy's changes, newest first (`policy_history`: old and new value,
+/// actor, reason, time; the id is the global policy version the change
+/// made). An empty list for a key that exists but never changed; NOT_FOUND
+/// for a key that does not exist.
+pub async fn policy_history(
+    db: &impl ConnectionTrait,
+    key: &str,
+    limit: u64,
+) -> Result<Vec<policy_history::Model>> {
+    use sea_orm::{ColumnTrait, QueryFilter, QueryOrder, QuerySelect};
+    get_policy(db, key).await?;
+    Ok(policy_history::Entity::find()
+        .filter(policy_history::Column::Key.eq(key))
+        .order_by_desc(policy_history::Column::Id)
+        .limit(limit.clamp(1, 1000))
+        .all(db)
+        .await?)
+}
+
 /// A policy change to make.
 #[derive(Debug, Clone)]
 pub struct PolicyChange<'a> {

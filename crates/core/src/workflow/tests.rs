@@ -1161,3 +1161,204 @@ async fn a_requeued_step_is_claimable_after_the_credited_outage() {
     assert_eq!((taken.id, taken.attempt), (step.id, 2));
     t.cleanup().await;
 }
+
+/// Fails the first step of a new ["echo", "draft"] mission for good (one
+/// attempt allowed) and returns the mission id.
+async fn dead_lettered_mission(db: &DatabaseConnection) -> Uuid {
+    let mut p = proposal(&["echo", "draft"], None);
+    p.steps[0].max_attempts = Some(1);
+    let out = submit_proposal(db, p, t0()).await.expect("submit");
+    let mission = out.proposal.mission_id.expect("auto-approved");
+    let step = claimed(
+        claim_step(db, "w", &[kind("echo")], None, t0())
+            .await
+            .expect("claim"),
+    );
+    let (_, requeued, status) = fail_step(db, step.id, "w", 1, "boom", true, None, t0())
+        .await
+        .expect("fail");
+    assert!(!requeued);
+    assert_eq!(status, MissionStatus::Failed);
+    mission
+}
+
+#[tokio::test]
+async fn dead_letters_are_retried_once_as_a_new_proposal_through_the_gates() {
+    both(|t| async move {
+        let db = &t.db;
+        let failed_mission = dead_lettered_mission(db).await;
+        let waiting = list_dead_letters(
+            db,
+            &DeadLetterFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list");
+        assert_eq!(waiting.len(), 1);
+        let dead = &waiting[0];
+        assert_eq!((dead.kind.as_str(), dead.error.as_str()), ("echo", "boom"));
+        assert_eq!(dead.mission_id, failed_mission);
+
+        // The emergency stop refuses the retry and writes nothing.
+        engage_emergency_stop(db, "op", "drill", None, t0())
+            .await
+            .expect("engage");
+        let err = retry_dead_letter(db, dead.id, "ana", None, t0())
+            .await
+            .expect_err("stopped");
+        assert!(
+            matches!(&err, WorkflowError::Conflict(m) if m.contains("emergency_stop")),
+            "{err}"
+        );
+        assert!(
+            get_dead_letter(db, dead.id)
+                .await
+                .expect("get")
+                .retried_proposal_id
+                .is_none()
+        );
+        release_emergency_stop(db, "op", "done", None, t0())
+            .await
+            .expect("release");
+
+        let later = t0() + Duration::minutes(5);
+        let retry = retry_dead_letter(db, dead.id, "ana", None, later)
+            .await
+            .expect("retry");
+        let proposal = &retry.submitted.proposal;
+        assert_eq!(proposal.proposal.source, "manual");
+        assert_eq!(proposal.proposal.agent.as_deref(), Some("tester"));
+        assert_eq!(
+            proposal.proposal.dedupe_key.as_deref(),
+            Some(format!("retry:{}", dead.id).as_str())
+        );
+        assert_eq!(
+            proposal.proposal.metadata["retry_of"]["mission_id"],
+            json!(failed_mission)
+        );
+        assert_eq!(proposal.proposal.metadata["requested_by"], json!("ana"));
+        // The failed step and the one its failure cancelled, in order.
+        let kinds: Vec<String> = proposal
+            .steps()
+            .iter()
+            .map(|s| s.kind.to_string())
+            .collect();
+        assert_eq!(kinds, ["echo", "draft"]);
+        let new_mission = proposal.mission_id.expect("auto-approved again");
+        assert_ne!(new_mission, failed_mission);
+        assert_eq!(
+            get_mission(db, failed_mission)
+                .await
+                .expect("old")
+                .mission
+                .status,
+            "failed",
+            "the failed mission stays failed"
+        );
+        let step = claimed(
+            claim_step(db, "w", &[kind("echo")], None, later)
+                .await
+                .expect("claim the retried step"),
+        );
+        assert_eq!(step.mission_id, new_mission);
+        assert_eq!(step.payload, json!({"k": "echo"}));
+
+        assert_eq!(retry.dead_letter.retried_by.as_deref(), Some("ana"));
+        assert_eq!(retry.dead_letter.retried_at, Some(later));
+        let err = retry_dead_letter(db, dead.id, "bo", None, later)
+            .await
+            .expect_err("once");
+        assert!(
+            matches!(&err, WorkflowError::Conflict(m) if m.contains("retried by ana")),
+            "{err}"
+        );
+        assert!(
+            list_dead_letters(
+                db,
+                &DeadLetterFilter {
+                    limit: 10,
+                    ..Default::default()
+                }
+            )
+            .await
+            .expect("list")
+            .is_empty(),
+            "a retried dead letter no longer waits"
+        );
+        let all = DeadLetterFilter {
+            include_retried: true,
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(list_dead_letters(db, &all).await.expect("all").len(), 1);
+        let audit = db
+            .query_one_raw(stmt(
+                db.get_database_backend(),
+                "SELECT actor FROM audit_events WHERE action = 'dead_letter.retry'",
+                vec![],
+            ))
+            .await
+            .expect("q")
+            .expect("one audit row");
+        assert_eq!(audit.try_get::<String>("", "actor").expect("actor"), "ana");
+        assert!(matches!(
+            retry_dead_letter(db, Uuid::now_v7(), "ana", None, later).await,
+            Err(WorkflowError::NotFound { .. })
+        ));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn quarantined_events_go_back_to_the_retry_set_and_policy_history_reads_back() {
+    both(|t| async move {
+        let db = &t.db;
+        db.execute_raw(stmt(
+            db.get_database_backend(),
+            "INSERT INTO event_quarantine (id, consumer, event_seq, failures, last_error, \
+             created_at, updated_at) VALUES ($1, 'triggers', 42, 3, 'bad condition', $2, $2)",
+            vec![Uuid::now_v7().into(), t0().into()],
+        ))
+        .await
+        .expect("seed");
+        let rows = list_quarantined_events(db, Some("triggers"), 10)
+            .await
+            .expect("list");
+        assert_eq!(rows.len(), 1);
+        assert!(
+            list_quarantined_events(db, Some("reactions"), 10)
+                .await
+                .expect("l")
+                .is_empty()
+        );
+        let later = t0() + Duration::minutes(1);
+        let row = retry_quarantined_event(db, "triggers", 42, "ana", None, later)
+            .await
+            .expect("retry");
+        assert_eq!((row.failures, row.updated_at), (0, later));
+        assert!(matches!(
+            retry_quarantined_event(db, "triggers", 43, "ana", None, later).await,
+            Err(WorkflowError::NotFound { .. })
+        ));
+
+        set(
+            db,
+            "auto_approve",
+            json!({"enabled": false, "allowed_kinds": []}),
+        )
+        .await;
+        let history = policy_history(db, "auto_approve", 10)
+            .await
+            .expect("history");
+        assert_eq!(history[0].actor, "test");
+        assert_eq!(history[0].new_value["enabled"], json!(false));
+        assert!(history[0].old_value.is_some());
+        assert!(matches!(
+            policy_history(db, "no_such_key", 10).await,
+            Err(WorkflowError::NotFound { .. })
+        ));
+    })
+    .await;
+}

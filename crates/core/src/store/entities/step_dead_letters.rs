@@ -1,4 +1,4 @@
-//! The `step_dead_letters` table: steps that failed for good, with their last attempt, error and payload.
+//! The `step_dead_letters` table: steps that failed for good, with their last attempt, error and payload, and their retry once an operator asked for one.
 
 use sea_orm::entity::prelude::*;
 
@@ -17,6 +17,11 @@ pub struct Model {
     #[sea_orm(column_type = "JsonBinary")]
     pub payload: Json,
     pub created_at: DateTimeUtc,
+    /// The proposal a retry created (`RetryDeadLetter`), once retried.
+    pub retried_proposal_id: Option<Uuid>,
+    #[sea_orm(column_type = "Text")]
+    pub retried_by: Option<String>,
+    pub retried_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
