@@ -1,6 +1,7 @@
 //! `opsloop status`: one screen across the daemons — each one's version
 //! (`/healthz`), readiness and dependency checks (`/readyz`), and from the
-//! api the emergency stop, the backlog and the last heartbeat, and from the
+//! api the emergency stop, the backlog, the last heartbeat and who leads
+//! (the named leases), and from the
 //! backup-agent the newest backup. Exits 0 when every daemon is ready, 6
 //! (unavailable) otherwise, after printing everything it could learn.
 
@@ -185,12 +186,15 @@ pub async fn run(args: StatusArgs, globals: &Globals) -> anyhow::Result<()> {
 
     // The api's figures and the newest backup; a daemon that does not answer
     // leaves its part empty with the reason.
-    let (health, health_error) = match Connection::open(globals, Daemon::Api).await {
+    let (health, leaders, health_error) = match Connection::open(globals, Daemon::Api).await {
         Ok(conn) => match conn.ops().get_health(GetHealthRequest {}).await {
-            Ok(response) => (response.into_inner().health, None),
-            Err(status) => (None, Some(format!("{:#}", conn.error(status)))),
+            Ok(response) => {
+                let response = response.into_inner();
+                (response.health, response.leaders, None)
+            }
+            Err(status) => (None, Vec::new(), Some(format!("{:#}", conn.error(status)))),
         },
-        Err(error) => (None, Some(format!("{error:#}"))),
+        Err(error) => (None, Vec::new(), Some(format!("{error:#}"))),
     };
     let (newest_backup, backup_error) = match Connection::open(&others, Daemon::BackupAgent).await {
         Ok(conn) => match conn
@@ -226,6 +230,12 @@ pub async fn run(args: StatusArgs, globals: &Globals) -> anyhow::Result<()> {
             "step_failures_last_hour": h.step_failures_last_hour,
         })),
         "last_heartbeat_at": health.as_ref().map(|h| ts_json(h.last_heartbeat_at.as_ref())),
+        "leaders": leaders.iter().map(|l| json!({
+            "name": l.name,
+            "holder": l.holder,
+            "held": l.held,
+            "expires_at": ts_json(l.expires_at.as_ref()),
+        })).collect::<Vec<_>>(),
         "health_error": health_error,
         "newest_backup": newest_backup.as_ref().map(|b| json!({
             "id": b.id,
@@ -303,6 +313,26 @@ fn print_table(probes: &[Probe], document: &Value) {
             backlog["step_failures_last_hour"]
         )
     };
+    let leaders_line = match document["leaders"].as_array() {
+        Some(leaders) if !leaders.is_empty() => leaders
+            .iter()
+            .map(|l| {
+                let state = if l["held"] == true {
+                    "until"
+                } else {
+                    "EXPIRED at"
+                };
+                format!(
+                    "{} {} ({state} {})",
+                    text(&l["name"]),
+                    text(&l["holder"]),
+                    text(&l["expires_at"])
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        _ => "none".to_owned(),
+    };
     let backup = &document["newest_backup"];
     let backup_line = if backup.is_null() {
         match document["backup_error"].as_str() {
@@ -325,6 +355,7 @@ fn print_table(probes: &[Probe], document: &Value) {
             ("emergency stop", stop_line),
             ("backlog", backlog_line),
             ("last heartbeat", text(&document["last_heartbeat_at"])),
+            ("leaders", leaders_line),
             ("newest backup", backup_line),
         ])
     );

@@ -212,7 +212,21 @@ async fn each_outcome_has_its_exit_code() {
     );
 
     // `opsloop status` with only the api up: the api ready with its version
-    // and checks, the others down, the stop and backlog from the api; exit 6.
+    // and checks, the others down, the stop, backlog and leaders from the
+    // api; exit 6.
+    {
+        use sea_orm::ConnectionTrait;
+        let until = chrono::Utc::now() + chrono::Duration::hours(1);
+        db.db
+            .execute_raw(sea_orm::Statement::from_sql_and_values(
+                db.db.get_database_backend(),
+                "INSERT INTO leases (name, holder, expires_at, fencing_token, updated_at) \
+                 VALUES ('heartbeat.leader', 'hb-1', $1, 7, $1)",
+                vec![until.into()],
+            ))
+            .await
+            .expect("a heartbeat leader");
+    }
     let closed = closed_port();
     let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_opsloop"))
         .args([
@@ -254,6 +268,9 @@ async fn each_outcome_has_its_exit_code() {
     }
     assert_eq!(doc["emergency_stop"]["engaged"], false, "{doc}");
     assert_eq!(doc["backlog"]["pending_proposals"], 0, "{doc}");
+    assert_eq!(doc["leaders"][0]["name"], "heartbeat.leader", "{doc}");
+    assert_eq!(doc["leaders"][0]["holder"], "hb-1");
+    assert_eq!(doc["leaders"][0]["held"], true);
     assert!(
         doc["newest_backup"].is_null() && doc["backup_error"].is_string(),
         "{doc}"

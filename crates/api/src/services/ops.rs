@@ -150,8 +150,20 @@ impl OpsService for Api {
         _request: Request<pb::GetHealthRequest>,
     ) -> Result<Response<pb::GetHealthResponse>, Status> {
         respond(async {
-            let h = workflow::health(&self.db, self.now()).await?;
+            let now = self.now();
+            let h = workflow::health(&self.db, now).await?;
+            let leaders = workflow::leases(&self.db)
+                .await?
+                .into_iter()
+                .map(|l| pb::Leader {
+                    held: l.expires_at > now,
+                    name: l.name,
+                    holder: l.holder,
+                    expires_at: Some(convert::ts(l.expires_at)),
+                })
+                .collect();
             Ok(pb::GetHealthResponse {
+                leaders,
                 health: Some(pb::OpsHealth {
                     step_failures_last_hour: h.step_failures_last_window,
                     failure_threshold: h.failure_threshold,

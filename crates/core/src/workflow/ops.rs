@@ -149,6 +149,19 @@ pub async fn summary(
     })
 }
 
+/// Every named lease (heartbeat leader, alerter deliveries, backup runs),
+/// in name order: who leads, and until when.
+pub async fn leases(
+    db: &impl ConnectionTrait,
+) -> Result<Vec<crate::store::entities::leases::Model>> {
+    use crate::store::entities::leases;
+    use sea_orm::{EntityTrait, QueryOrder};
+    Ok(leases::Entity::find()
+        .order_by_asc(leases::Column::Name)
+        .all(db)
+        .await?)
+}
+
 /// The ops-health figures.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthFigures {
