@@ -47,7 +47,7 @@ pub struct Browser {
     base: String,
     session: String,
     http: reqwest::Client,
-    _profile: tempfile::TempDir,
+    profile: tempfile::TempDir,
 }
 
 /// One element found on the page.
@@ -84,7 +84,7 @@ impl Browser {
             base,
             session: String::new(),
             http,
-            _profile: profile,
+            profile,
         };
         browser.wait_for_driver().await?;
         let mut options = json!({
@@ -98,7 +98,7 @@ impl Browser {
                 "--disable-component-update",
                 "--disable-sync",
                 "--disable-dev-shm-usage",
-                format!("--user-data-dir={}", browser._profile.path().display()),
+                format!("--user-data-dir={}", browser.profile.path().display()),
             ],
         });
         if let Some(chromium) = which("chromium") {

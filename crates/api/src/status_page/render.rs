@@ -136,7 +136,7 @@ pub fn html(s: &Snapshot) -> String {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <meta name=\"color-scheme\" content=\"light\">\
-         <title>{title}</title><link rel=\"alternate\" type=\"application/atom+xml\" title=\"Incidents\" href=\"/status/feed.atom\">\
+         <title>{title}</title><link rel=\"icon\" href=\"data:,\"><link rel=\"alternate\" type=\"application/atom+xml\" title=\"Incidents\" href=\"/status/feed.atom\">\
          <style>{STYLE}</style></head><body><main>\
          <h1>{title}</h1><p class=\"overall {}\" role=\"status\">{}</p>",
         overall_class(s.overall),
@@ -165,7 +165,7 @@ pub fn html(s: &Snapshot) -> String {
             let _ = write!(
                 out,
                 "<li class=\"card\"><div class=\"row\"><h3>{}</h3><span class=\"meta\">{}</span></div><p class=\"detail\">{} to {}{}</p></li>",
-                escape(if m.reason.is_empty() { "Maintenance" } else { &m.reason }),
+                escape(if m.reason.is_empty() { "Maintenance" } else { m.reason.as_str() }),
                 escape(&what),
                 time(m.start),
                 time(m.end),
