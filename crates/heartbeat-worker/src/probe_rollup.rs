@@ -6,7 +6,8 @@
 //! `heartbeat.probe_history_days` only once its days are rolled up, and
 //! roll-ups after [`DAILY_RETENTION_DAYS`]. Rows of every name are rolled
 //! up: the probes' and the components the api's status page samples
-//! (`opsloop:*`).
+//! (`opsloop:*`). Also the weekly report's availability per component
+//! ([`availability_slis`]).
 
 use std::time::Duration as StdDuration;
 
@@ -149,4 +150,41 @@ pub async fn run_loop(hb: Heartbeat, shutdown: CancellationToken) -> anyhow::Res
             _ = tokio::time::sleep(StdDuration::from_secs(60)) => {}
         }
     }
+}
+
+/// The weekly report's availability per component against the objective
+/// (99.9 %): one SLI per probe and per component the status page samples
+/// (`opsloop:<component>`), counting the checks in `[start, end)` that
+/// passed, from the raw history (kept longer than a week).
+pub async fn availability_slis(
+    db: &impl ConnectionTrait,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<Vec<crate::report::SliInput>, DbErr> {
+    let rows = db
+        .query_all_raw(stmt(
+            db.get_database_backend(),
+            "SELECT probe, COUNT(*) AS checks, SUM(CASE WHEN ok THEN 1 ELSE 0 END) AS up_checks \
+             FROM probe_history WHERE minute >= $1 AND minute < $2 GROUP BY probe ORDER BY probe",
+            vec![start.into(), end.into()],
+        ))
+        .await?;
+    rows.into_iter()
+        .map(|row| {
+            let probe: String = row.try_get("", "probe")?;
+            let description = match probe.strip_prefix("opsloop:") {
+                Some(component) => {
+                    format!("{component}: status page checks that found it up (one per minute)")
+                }
+                None => format!("probe {probe}: checks that passed (one per minute)"),
+            };
+            Ok(crate::report::SliInput {
+                name: format!("availability {probe}"),
+                description,
+                good: row.try_get("", "up_checks")?,
+                total: row.try_get("", "checks")?,
+                latencies_ms: None,
+            })
+        })
+        .collect()
 }
