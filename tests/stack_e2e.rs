@@ -371,7 +371,14 @@ async fn the_whole_stack_survives_kill_9_of_each_daemon() {
                 .flatten()
                 .map(|c| format!("{}={}", c["id"], c["state"]))
                 .collect();
-            let want = ["api", "heartbeat-worker", "alerter", "backup-agent", "database", "bus"];
+            let want = [
+                "api",
+                "heartbeat-worker",
+                "alerter",
+                "backup-agent",
+                "database",
+                "bus",
+            ];
             if want
                 .iter()
                 .all(|id| states.contains(&format!("\"{id}\"=\"operational\"")))

@@ -66,7 +66,9 @@ async fn seed(db: &TestDb, now: DateTime<Utc>) {
         ));
     }
     for back in 1..=10 {
-        let minute = (now - Days::minutes(back)).duration_trunc(Days::minutes(1)).expect("minute");
+        let minute = (now - Days::minutes(back))
+            .duration_trunc(Days::minutes(1))
+            .expect("minute");
         sql.push_str(&format!(
             "INSERT INTO probe_history (probe, minute, ok, latency_ms) VALUES ('web', {m}, true, 35), ('payments-api', {m}, false, 120);\n",
             m = ts(minute)
@@ -128,8 +130,14 @@ async fn start(extra: &[(&str, String)], with_tokens: bool) -> Running {
             "OPSLOOP__AUDIT__LOG_PATH",
             dir.path().join("audit.jsonl").display().to_string(),
         ),
-        ("OPSLOOP__API__STATUS__HEARTBEAT_URL", format!("http://{ready}")),
-        ("OPSLOOP__API__STATUS__ALERTER_URL", format!("http://{not_ready}")),
+        (
+            "OPSLOOP__API__STATUS__HEARTBEAT_URL",
+            format!("http://{ready}"),
+        ),
+        (
+            "OPSLOOP__API__STATUS__ALERTER_URL",
+            format!("http://{not_ready}"),
+        ),
         ("OPSLOOP__API__STATUS__BACKUP_URL", String::new()),
     ];
     env.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
@@ -157,8 +165,12 @@ async fn start(extra: &[(&str, String)], with_tokens: bool) -> Running {
     let app = opsloop_api::ApiApp::build(infra).await.expect("build");
     let http = app.http_addr().expect("addr");
     let task = tokio::spawn(app.run_until_stopped());
-    opsloop_e2e::wait_for_status(&format!("http://{http}/healthz"), 200, Duration::from_secs(20))
-        .await;
+    opsloop_e2e::wait_for_status(
+        &format!("http://{http}/healthz"),
+        200,
+        Duration::from_secs(20),
+    )
+    .await;
     Running {
         http,
         db,
@@ -181,48 +193,121 @@ const EXPECTED: [(&str, &str); 7] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_in_a_headless_browser() {
     let app = start(&[], false).await;
-    let browser = Browser::start().await.expect("a headless Chromium (scripts/test.sh installs it)");
+    let browser = Browser::start()
+        .await
+        .expect("a headless Chromium (scripts/test.sh installs it)");
     let origin = app.url("/");
-    browser.goto(&app.url("/status")).await.expect("open /status");
+    // Drop what the browser's start page logged.
+    browser.requested_urls().await.expect("performance log");
+    browser.log("browser").await.expect("browser log");
+    browser
+        .goto(&app.url("/status"))
+        .await
+        .expect("open /status");
     assert_eq!(browser.title().await.expect("title"), "opsloop status");
 
     let mut seen = Vec::new();
-    for component in browser.find_all("li.component", None).await.expect("components") {
-        let id = browser.attribute(&component, "data-component").await.expect("id").expect("id set");
-        let state = browser.attribute(&component, "data-state").await.expect("state").expect("state set");
-        let bars = browser.find_all("ol.bars > li", Some(&component)).await.expect("bars");
+    for component in browser
+        .find_all("li.component", None)
+        .await
+        .expect("components")
+    {
+        let id = browser
+            .attribute(&component, "data-component")
+            .await
+            .expect("id")
+            .expect("id set");
+        let state = browser
+            .attribute(&component, "data-state")
+            .await
+            .expect("state")
+            .expect("state set");
+        let bars = browser
+            .find_all("ol.bars > li", Some(&component))
+            .await
+            .expect("bars");
         assert_eq!(bars.len(), 90, "{id}: one bar per day for 90 days");
         if id == "probe-web" {
-            let label = browser.attribute(&bars[86], "aria-label").await.expect("label").expect("aria-label");
-            assert!(label.ends_with(": 90.00 % up (1296 of 1440 checks)"), "{label}");
+            let label = browser
+                .attribute(&bars[86], "aria-label")
+                .await
+                .expect("label")
+                .expect("aria-label");
+            assert!(
+                label.ends_with(": 90.00 % up (1296 of 1440 checks)"),
+                "{label}"
+            );
             let title = browser.attribute(&bars[86], "title").await.expect("title");
             assert_eq!(title.as_deref(), Some(label.as_str()));
-            assert_eq!(browser.attribute(&bars[0], "tabindex").await.expect("tabindex").as_deref(), Some("0"));
+            assert_eq!(
+                browser
+                    .attribute(&bars[0], "tabindex")
+                    .await
+                    .expect("tabindex")
+                    .as_deref(),
+                Some("0")
+            );
+            // The day's figure shows when its bar has focus.
+            let tip = browser
+                .find_all(".tip", Some(&bars[86]))
+                .await
+                .expect("tip");
+            assert!(!browser.displayed(&tip[0]).await.expect("displayed"));
+            browser.click(&bars[86]).await.expect("focus the bar");
+            assert!(
+                browser.displayed(&tip[0]).await.expect("displayed"),
+                "shown on focus"
+            );
         }
         seen.push((id, state));
     }
     seen.sort();
-    let mut expected: Vec<(String, String)> =
-        EXPECTED.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect();
+    let mut expected: Vec<(String, String)> = EXPECTED
+        .iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect();
     expected.sort();
     assert_eq!(seen, expected);
 
-    let incidents = browser.find_all("li.incident", None).await.expect("incidents");
+    let incidents = browser
+        .find_all("li.incident", None)
+        .await
+        .expect("incidents");
     let mut texts = Vec::new();
     for incident in &incidents {
         texts.push(browser.text(incident).await.expect("text"));
     }
-    let open = texts.iter().find(|t| t.contains("Checkout errors")).expect("the open incident is listed");
-    assert!(open.contains("P1") && open.contains("acknowledged"), "{open}");
+    let open = texts
+        .iter()
+        .find(|t| t.contains("Checkout errors"))
+        .expect("the open incident is listed");
+    assert!(
+        open.contains("P1") && open.contains("acknowledged"),
+        "{open}"
+    );
     assert!(open.contains("Rolling back the release"), "{open}");
-    assert!(!open.contains("ana"), "pages stay off the public page: {open}");
-    assert!(texts.iter().any(|t| t.contains("Slow search") && t.contains("index rebuilt")));
+    assert!(
+        !open.contains("ana"),
+        "pages stay off the public page: {open}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("Slow search") && t.contains("index rebuilt"))
+    );
     assert!(!texts.iter().any(|t| t.contains("Old outage")));
     let overall = browser.find_all("p.overall", None).await.expect("overall");
-    assert_eq!(browser.text(&overall[0]).await.expect("text"), "Some systems are down");
+    assert_eq!(
+        browser.text(&overall[0]).await.expect("text"),
+        "Some systems are down"
+    );
 
-    let screenshot = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/screenshots/status.png");
+    let screenshot =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots/status.png");
+    browser
+        .set_window_size(1280, 2200)
+        .await
+        .expect("desktop size");
     browser.screenshot(&screenshot).await.expect("screenshot");
     println!("status page screenshot: {}", screenshot.display());
     browser.set_window_size(390, 844).await.expect("phone size");
@@ -231,10 +316,16 @@ async fn status_page_in_a_headless_browser() {
     println!("status page screenshot (phone): {}", phone.display());
 
     let requested = browser.requested_urls().await.expect("performance log");
-    assert!(requested.iter().any(|u| u.ends_with("/status")), "{requested:?}");
-    let foreign: Vec<&String> = requested
+    assert!(
+        requested.iter().any(|(u, _)| u.ends_with("/status")),
+        "{requested:?}"
+    );
+    // Everything our page asked for (the browser's own start page, which
+    // may still be loading, is not ours).
+    let foreign: Vec<&(String, String)> = requested
         .iter()
-        .filter(|u| !u.starts_with(&origin) && !u.starts_with("data:"))
+        .filter(|(_, document)| document.starts_with(&origin))
+        .filter(|(u, _)| !u.starts_with(&origin) && !u.starts_with("data:"))
         .collect();
     assert!(foreign.is_empty(), "requests outside {origin}: {foreign:?}");
     let console = browser.log("browser").await.expect("browser log");
@@ -258,43 +349,100 @@ async fn status_json_feed_and_badges() {
         .expect("json");
     let components = json["components"].as_array().expect("components");
     for (id, state) in EXPECTED {
-        let c = components.iter().find(|c| c["id"] == id).unwrap_or_else(|| panic!("{id} in {json}"));
+        let c = components
+            .iter()
+            .find(|c| c["id"] == id)
+            .unwrap_or_else(|| panic!("{id} in {json}"));
         assert_eq!(c["state"], state, "{id}");
         assert_eq!(c["days"].as_array().map(Vec::len), Some(90), "{id}");
     }
-    assert!(!components.iter().any(|c| c["id"] == "backup-agent"), "an empty URL leaves it off");
-    let web = components.iter().find(|c| c["id"] == "probe-web").expect("web");
+    assert!(
+        !components.iter().any(|c| c["id"] == "backup-agent"),
+        "an empty URL leaves it off"
+    );
+    let web = components
+        .iter()
+        .find(|c| c["id"] == "probe-web")
+        .expect("web");
     // 89 rolled-up days (one at 90 %) and 10 good minutes today.
     let checks = 89.0 * 1440.0 + 10.0;
     let d90 = web["uptime"]["90d"].as_f64().expect("90d");
     assert!((d90 - (checks - 144.0) / checks).abs() < 1e-9, "{d90}");
-    assert_eq!(web["uptime"]["1d"].as_f64(), Some(1.0), "only today's minutes within 24 h");
-    let payments = components.iter().find(|c| c["id"] == "probe-payments-api").expect("payments");
+    assert_eq!(
+        web["uptime"]["1d"].as_f64(),
+        Some(1.0),
+        "only today's minutes within 24 h"
+    );
+    let payments = components
+        .iter()
+        .find(|c| c["id"] == "probe-payments-api")
+        .expect("payments");
     assert_eq!(payments["uptime"]["7d"].as_f64(), Some(0.0));
     assert_eq!(payments["detail"], "HTTP 500 from /health");
-    let alerter = components.iter().find(|c| c["id"] == "alerter").expect("alerter");
-    assert_eq!(alerter["detail"], "/readyz answered 503 Service Unavailable");
+    let alerter = components
+        .iter()
+        .find(|c| c["id"] == "alerter")
+        .expect("alerter");
+    assert_eq!(
+        alerter["detail"],
+        "/readyz answered 503 Service Unavailable"
+    );
     assert_eq!(json["overall"], "outage");
-    let titles: Vec<&str> = json["incidents"].as_array().expect("incidents").iter()
-        .filter_map(|i| i["title"].as_str()).collect();
+    let titles: Vec<&str> = json["incidents"]
+        .as_array()
+        .expect("incidents")
+        .iter()
+        .filter_map(|i| i["title"].as_str())
+        .collect();
     assert_eq!(titles, ["Checkout errors", "Slow search"]);
 
-    let feed = client.get(app.url("/status/feed.atom")).send().await.expect("feed");
-    assert_eq!(feed.headers()["content-type"], "application/atom+xml; charset=utf-8");
+    let feed = client
+        .get(app.url("/status/feed.atom"))
+        .send()
+        .await
+        .expect("feed");
+    assert_eq!(
+        feed.headers()["content-type"],
+        "application/atom+xml; charset=utf-8"
+    );
     let feed = feed.text().await.expect("feed body");
-    assert!(feed.contains("<feed xmlns=\"http://www.w3.org/2005/Atom\">"), "{feed}");
-    assert!(feed.contains("<title>[P1] Checkout errors (acknowledged)</title>"), "{feed}");
+    assert!(
+        feed.contains("<feed xmlns=\"http://www.w3.org/2005/Atom\">"),
+        "{feed}"
+    );
+    assert!(
+        feed.contains("<title>[P1] Checkout errors (acknowledged)</title>"),
+        "{feed}"
+    );
     assert!(feed.contains("Rolling back the release"), "{feed}");
     assert!(!feed.contains("Old outage"), "{feed}");
 
-    let badge = client.get(app.url("/status/badge/probe-payments-api.svg")).send().await.expect("badge");
+    let badge = client
+        .get(app.url("/status/badge/probe-payments-api.svg"))
+        .send()
+        .await
+        .expect("badge");
     assert_eq!(badge.status(), 200);
     assert_eq!(badge.headers()["content-type"], "image/svg+xml");
     let svg = badge.text().await.expect("svg");
     assert!(svg.contains("aria-label=\"payments-api: down\""), "{svg}");
-    let badge = client.get(app.url("/status/badge/api.svg")).send().await.expect("badge");
-    assert!(badge.text().await.expect("svg").contains("aria-label=\"API: operational\""));
-    let missing = client.get(app.url("/status/badge/nope.svg")).send().await.expect("badge");
+    let badge = client
+        .get(app.url("/status/badge/api.svg"))
+        .send()
+        .await
+        .expect("badge");
+    assert!(
+        badge
+            .text()
+            .await
+            .expect("svg")
+            .contains("aria-label=\"API: operational\"")
+    );
+    let missing = client
+        .get(app.url("/status/badge/nope.svg"))
+        .send()
+        .await
+        .expect("badge");
     assert_eq!(missing.status(), 404);
 
     // Each refresh samples the api's own components for the roll-up.
@@ -312,22 +460,50 @@ async fn status_json_feed_and_badges() {
         .collect();
     assert_eq!(
         sampled,
-        ["opsloop:alerter", "opsloop:api", "opsloop:bus", "opsloop:database", "opsloop:heartbeat-worker"]
+        [
+            "opsloop:alerter",
+            "opsloop:api",
+            "opsloop:bus",
+            "opsloop:database",
+            "opsloop:heartbeat-worker"
+        ]
     );
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_can_require_the_viewer_role() {
-    let app = start(&[("OPSLOOP__API__STATUS__REQUIRE_VIEWER", "true".to_owned())], true).await;
+    let app = start(
+        &[("OPSLOOP__API__STATUS__REQUIRE_VIEWER", "true".to_owned())],
+        true,
+    )
+    .await;
     let client = reqwest::Client::new();
-    for path in ["/status", "/status.json", "/status/feed.atom", "/status/badge/api.svg"] {
+    for path in [
+        "/status",
+        "/status.json",
+        "/status/feed.atom",
+        "/status/badge/api.svg",
+    ] {
         let anonymous = client.get(app.url(path)).send().await.expect("get");
         assert_eq!(anonymous.status(), 401, "{path}");
-        assert!(anonymous.headers().contains_key("www-authenticate"), "{path}");
-        let agent = client.get(app.url(path)).bearer_auth(AGENT_SECRET).send().await.expect("get");
+        assert!(
+            anonymous.headers().contains_key("www-authenticate"),
+            "{path}"
+        );
+        let agent = client
+            .get(app.url(path))
+            .bearer_auth(AGENT_SECRET)
+            .send()
+            .await
+            .expect("get");
         assert_eq!(agent.status(), 403, "{path}: agent is not a viewer");
-        let viewer = client.get(app.url(path)).bearer_auth(VIEWER_SECRET).send().await.expect("get");
+        let viewer = client
+            .get(app.url(path))
+            .bearer_auth(VIEWER_SECRET)
+            .send()
+            .await
+            .expect("get");
         assert_eq!(viewer.status(), 200, "{path}");
     }
     let basic = client
@@ -336,6 +512,10 @@ async fn status_page_can_require_the_viewer_role() {
         .send()
         .await
         .expect("get");
-    assert_eq!(basic.status(), 200, "a browser signs in with HTTP basic auth");
+    assert_eq!(
+        basic.status(),
+        200,
+        "a browser signs in with HTTP basic auth"
+    );
     app.stop().await;
 }

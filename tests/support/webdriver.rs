@@ -3,7 +3,7 @@
 //! `chromedriver` on a free port, opens a headless Chromium session that
 //! records the browser console and the network (performance log), and
 //! offers the few commands page tests need — navigate, find elements, read
-//! attributes and text, resize, screenshot, read the logs.
+//! attributes and text, click, resize, screenshot, read the logs.
 //!
 //! Tests that need a browser call [`Browser::start`]; it fails with the
 //! install command when `chromium`/`chromedriver` are missing
@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 /// The W3C key of an element reference.
-const ELEMENT_KEY: &str = "element-6066-11e4-a52f-4a4e8ab1b2b0";
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// What went wrong talking to the browser.
 #[derive(Debug)]
@@ -132,11 +132,18 @@ impl Browser {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(WebDriverError("chromedriver did not become ready within 10 s".into()))
+        Err(WebDriverError(
+            "chromedriver did not become ready within 10 s".into(),
+        ))
     }
 
     /// One command; the response's `value`, or its error.
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method.clone(), &url);
         if let Some(body) = body {
@@ -230,6 +237,29 @@ impl Browser {
         Ok(value.as_str().unwrap_or_default().to_owned())
     }
 
+    /// Clicks `element` (which also focuses it).
+    pub async fn click(&self, element: &Element) -> Result<()> {
+        self.call(
+            reqwest::Method::POST,
+            &self.session_path(&format!("/element/{}/click", element.0)),
+            Some(json!({})),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Whether `element` is rendered visibly.
+    pub async fn displayed(&self, element: &Element) -> Result<bool> {
+        let value = self
+            .call(
+                reqwest::Method::GET,
+                &self.session_path(&format!("/element/{}/displayed", element.0)),
+                None,
+            )
+            .await?;
+        Ok(value.as_bool().unwrap_or(false))
+    }
+
     /// Resizes the window (e.g. to a phone's 390 × 844).
     pub async fn set_window_size(&self, width: u32, height: u32) -> Result<()> {
         self.call(
@@ -244,7 +274,11 @@ impl Browser {
     /// Writes a PNG of the viewport to `path` (creating its directory).
     pub async fn screenshot(&self, path: &Path) -> Result<()> {
         let value = self
-            .call(reqwest::Method::GET, &self.session_path("/screenshot"), None)
+            .call(
+                reqwest::Method::GET,
+                &self.session_path("/screenshot"),
+                None,
+            )
             .await?;
         let png = decode_base64(value.as_str().unwrap_or_default())
             .ok_or_else(|| WebDriverError("the screenshot is not base64".into()))?;
@@ -269,9 +303,11 @@ impl Browser {
         Ok(value.as_array().cloned().unwrap_or_default())
     }
 
-    /// The URLs the page requested, from the performance log
-    /// (`Network.requestWillBeSent`).
-    pub async fn requested_urls(&self) -> Result<Vec<String>> {
+    /// The URLs requested since the last read of the performance log
+    /// (`Network.requestWillBeSent`), each with the URL of the document
+    /// that asked for it. Read once before [`Browser::goto`] to drop the
+    /// browser's own start page.
+    pub async fn requested_urls(&self) -> Result<Vec<(String, String)>> {
         let mut urls = Vec::new();
         for entry in self.log("performance").await? {
             let Some(message) = entry["message"].as_str() else {
@@ -280,10 +316,12 @@ impl Browser {
             let Ok(parsed) = serde_json::from_str::<Value>(message) else {
                 continue;
             };
+            let params = &parsed["message"]["params"];
             if parsed["message"]["method"] == "Network.requestWillBeSent"
-                && let Some(url) = parsed["message"]["params"]["request"]["url"].as_str()
+                && let Some(url) = params["request"]["url"].as_str()
             {
-                urls.push(url.to_owned());
+                let document = params["documentURL"].as_str().unwrap_or_default();
+                urls.push((url.to_owned(), document.to_owned()));
             }
         }
         Ok(urls)
@@ -346,7 +384,10 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
 mod tests {
     #[test]
     fn base64_round_trips_known_values() {
-        assert_eq!(super::decode_base64("aGVsbG8=").as_deref(), Some(&b"hello"[..]));
+        assert_eq!(
+            super::decode_base64("aGVsbG8=").as_deref(),
+            Some(&b"hello"[..])
+        );
         assert_eq!(super::decode_base64("aGk=").as_deref(), Some(&b"hi"[..]));
         assert_eq!(super::decode_base64("YWJj").as_deref(), Some(&b"abc"[..]));
         assert_eq!(super::decode_base64("a$=="), None);

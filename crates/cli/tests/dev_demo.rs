@@ -82,21 +82,37 @@ async fn demo_proposals_become_finished_missions() {
         "database",
         "bus",
     ];
-    opsloop_core::testing::eventually("every own component operational", Duration::from_secs(30), || {
-        let addr = addr.clone();
-        async move {
-            let (_, body) = http_get(&addr, "/status.json").await;
-            let json: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-            let states: Vec<(String, String)> = json["components"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|c| (c["id"].as_str().unwrap_or("").to_owned(), c["state"].as_str().unwrap_or("").to_owned()))
-                .collect();
-            let green = own.iter().all(|id| states.iter().any(|(i, s)| i == id && s == "operational"));
-            if green { Ok(()) } else { Err(format!("{states:?}")) }
-        }
-    })
+    opsloop_core::testing::eventually(
+        "every own component operational",
+        Duration::from_secs(30),
+        || {
+            let addr = addr.clone();
+            async move {
+                let (_, body) = http_get(&addr, "/status.json").await;
+                let json: serde_json::Value =
+                    serde_json::from_str(&body).map_err(|e| e.to_string())?;
+                let states: Vec<(String, String)> = json["components"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| {
+                        (
+                            c["id"].as_str().unwrap_or("").to_owned(),
+                            c["state"].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect();
+                let green = own
+                    .iter()
+                    .all(|id| states.iter().any(|(i, s)| i == id && s == "operational"));
+                if green {
+                    Ok(())
+                } else {
+                    Err(format!("{states:?}"))
+                }
+            }
+        },
+    )
     .await;
 
     let pid = child.id().unwrap().to_string();

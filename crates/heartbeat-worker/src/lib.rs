@@ -144,7 +144,10 @@ impl HeartbeatApp {
                 Ok(())
             });
         }
-        tasks.spawn(probe_rollup::run_loop(self.heartbeat.clone(), self.infra.shutdown.clone()));
+        tasks.spawn(probe_rollup::run_loop(
+            self.heartbeat.clone(),
+            self.infra.shutdown.clone(),
+        ));
         let settings = self.heartbeat.settings().clone();
         if settings.consume_events {
             let db = self.infra.db.clone();

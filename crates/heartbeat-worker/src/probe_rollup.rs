@@ -68,12 +68,16 @@ pub async fn roll_up(
 ) -> Result<RollupReport, DbErr> {
     let backend = db.get_database_backend();
     let today = day_of(now);
-    let last_rolled = first_time(db, "SELECT day FROM probe_daily ORDER BY day DESC LIMIT 1").await?;
+    let last_rolled =
+        first_time(db, "SELECT day FROM probe_daily ORDER BY day DESC LIMIT 1").await?;
     let start = match last_rolled {
         Some(day) => Some(day),
-        None => first_time(db, "SELECT minute FROM probe_history ORDER BY minute LIMIT 1")
-            .await?
-            .map(day_of),
+        None => first_time(
+            db,
+            "SELECT minute FROM probe_history ORDER BY minute LIMIT 1",
+        )
+        .await?
+        .map(day_of),
     };
     let mut report = RollupReport::default();
     if let Some(start) = start {
@@ -134,9 +138,13 @@ pub async fn run_loop(hb: Heartbeat, shutdown: CancellationToken) -> anyhow::Res
                 match roll_up(hb.db(), now, raw_days).await {
                     Ok(report) => {
                         last_run = Some(now);
-                        tracing::info!(days = report.days, rows = report.rows,
-                            raw_purged = report.raw_purged, daily_purged = report.daily_purged,
-                            "probe history rolled up");
+                        tracing::info!(
+                            days = report.days,
+                            rows = report.rows,
+                            raw_purged = report.raw_purged,
+                            daily_purged = report.daily_purged,
+                            "probe history rolled up"
+                        );
                     }
                     Err(error) => tracing::warn!(%error, "cannot roll up probe history"),
                 }

@@ -18,7 +18,12 @@ async fn insert(db: &TestDb, probe: &str, minute: &str, ok: bool, latency_ms: i6
         .execute_raw(stmt(
             db.db.get_database_backend(),
             "INSERT INTO probe_history (probe, minute, ok, latency_ms) VALUES ($1, $2, $3, $4)",
-            vec![probe.into(), at(minute).into(), ok.into(), latency_ms.into()],
+            vec![
+                probe.into(),
+                at(minute).into(),
+                ok.into(),
+                latency_ms.into(),
+            ],
         ))
         .await
         .expect("insert history");
@@ -75,25 +80,42 @@ async fn rolls_up_finished_days(db: TestDb) {
 
     let first = roll_up(&db.db, now, 90).await.expect("roll up");
     assert_eq!(first.rows, 4, "{first:?}");
-    assert_eq!(first.raw_purged, 1, "the row of 100 days ago, rolled up first");
+    assert_eq!(
+        first.raw_purged, 1,
+        "the row of 100 days ago, rolled up first"
+    );
     let expected = vec![
         ("web".to_owned(), "2026-08-29".to_owned(), 1, 1, 9.0, 9),
         ("web".to_owned(), "2026-12-05".to_owned(), 3, 2, 30.0, 60),
-        ("opsloop:api".to_owned(), "2026-12-06".to_owned(), 1, 1, 5.0, 5),
+        (
+            "opsloop:api".to_owned(),
+            "2026-12-06".to_owned(),
+            1,
+            1,
+            5.0,
+            5,
+        ),
         ("web".to_owned(), "2026-12-06".to_owned(), 1, 1, 7.0, 7),
     ];
     assert_eq!(daily(&db).await, expected);
     assert_eq!(raw_count(&db).await, 6);
 
     // Again: the last rolled day is redone (late rows count), nothing else.
-    let second = roll_up(&db.db, now + Duration::hours(1), 90).await.expect("again");
+    let second = roll_up(&db.db, now + Duration::hours(1), 90)
+        .await
+        .expect("again");
     assert_eq!(second.days, 1, "{second:?}");
     assert_eq!(daily(&db).await, expected);
 
     // A day later, yesterday's minutes are rolled up too.
-    let third = roll_up(&db.db, now + Duration::days(1), 90).await.expect("next day");
+    let third = roll_up(&db.db, now + Duration::days(1), 90)
+        .await
+        .expect("next day");
     assert_eq!(third.days, 2, "{third:?}");
-    assert_eq!(daily(&db).await.last().map(|r| (r.1.clone(), r.2, r.3)), Some(("2026-12-07".to_owned(), 1, 0)));
+    assert_eq!(
+        daily(&db).await.last().map(|r| (r.1.clone(), r.2, r.3)),
+        Some(("2026-12-07".to_owned(), 1, 0))
+    );
     db.cleanup().await;
 }
 

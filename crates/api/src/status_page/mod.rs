@@ -86,7 +86,12 @@ pub struct Peer {
 /// The daemons besides the api: id, display name, config section and its
 /// default `http_addr`.
 pub const PEERS: [(&str, &str, &str, &str); 3] = [
-    ("heartbeat-worker", "Heartbeat worker", "heartbeat", "127.0.0.1:9755"),
+    (
+        "heartbeat-worker",
+        "Heartbeat worker",
+        "heartbeat",
+        "127.0.0.1:9755",
+    ),
     ("alerter", "Alerter", "alerter", "127.0.0.1:9756"),
     ("backup-agent", "Backup agent", "backup", "127.0.0.1:9757"),
 ];
@@ -140,7 +145,8 @@ pub fn from_config(
         let peek: SectionPeek = config.section(section).unwrap_or_default();
         if section == "heartbeat" {
             for (i, m) in peek.maintenance.iter().enumerate() {
-                let parse = |v: &str| DateTime::parse_from_rfc3339(v).map(|t| t.with_timezone(&Utc));
+                let parse =
+                    |v: &str| DateTime::parse_from_rfc3339(v).map(|t| t.with_timezone(&Utc));
                 match (parse(&m.start), parse(&m.end)) {
                     (Ok(start), Ok(end)) => maintenance.push(Maintenance {
                         start,
@@ -148,7 +154,10 @@ pub fn from_config(
                         reason: m.reason.clone(),
                         probes: m.probes.clone(),
                     }),
-                    _ => tracing::warn!(window = i, "heartbeat.maintenance window with unreadable times: not on the status page"),
+                    _ => tracing::warn!(
+                        window = i,
+                        "heartbeat.maintenance window with unreadable times: not on the status page"
+                    ),
                 }
             }
         }
@@ -392,7 +401,8 @@ impl StatusPage {
                 days,
             });
         }
-        let active: Vec<&Maintenance> = inner.maintenance.iter().filter(|m| m.active(now)).collect();
+        let active: Vec<&Maintenance> =
+            inner.maintenance.iter().filter(|m| m.active(now)).collect();
         for probe in probes {
             let (days, uptime) = history(&probe.name);
             let (state, detail) = if active.iter().any(|m| m.covers(&probe.name)) {
@@ -489,7 +499,10 @@ fn with_headers(content_type: &'static str, body: String) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -521,7 +534,10 @@ async fn feed(State(page): State<StatusPage>, headers: HeaderMap) -> Response {
         return denied;
     }
     let snapshot = page.current().await;
-    with_headers("application/atom+xml; charset=utf-8", render::atom(&snapshot))
+    with_headers(
+        "application/atom+xml; charset=utf-8",
+        render::atom(&snapshot),
+    )
 }
 
 async fn badge(

@@ -170,11 +170,13 @@ pub async fn last_24h(
     db: &DatabaseConnection,
     now: DateTime<Utc>,
 ) -> Result<HashMap<String, (i64, i64)>, DbErr> {
-    Ok(counts_between(db, now - Duration::hours(24), now + Duration::minutes(1))
-        .await?
-        .into_iter()
-        .map(|(name, checks, up)| (name, (checks, up)))
-        .collect())
+    Ok(
+        counts_between(db, now - Duration::hours(24), now + Duration::minutes(1))
+            .await?
+            .into_iter()
+            .map(|(name, checks, up)| (name, (checks, up)))
+            .collect(),
+    )
 }
 
 /// Most incidents listed.
@@ -184,7 +186,10 @@ const MAX_UPDATES: u64 = 20;
 
 /// Open incidents and those resolved in the last
 /// [`RECENT_INCIDENT_DAYS`] days, newest first, with their public updates.
-pub async fn incidents(db: &DatabaseConnection, now: DateTime<Utc>) -> Result<Vec<Incident>, DbErr> {
+pub async fn incidents(
+    db: &DatabaseConnection,
+    now: DateTime<Utc>,
+) -> Result<Vec<Incident>, DbErr> {
     let backend = db.get_database_backend();
     let rows = db
         .query_all_raw(stmt(

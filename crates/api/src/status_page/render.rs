@@ -4,7 +4,9 @@
 
 use std::fmt::Write;
 
-use super::model::{Component, ComponentState, DayBar, Group, Incident, Overall, Snapshot, percent};
+use super::model::{
+    Component, ComponentState, DayBar, Group, Incident, Overall, Snapshot, percent,
+};
 
 /// Escapes text for HTML and XML bodies and attributes.
 pub fn escape(text: &str) -> String {
@@ -165,11 +167,19 @@ pub fn html(s: &Snapshot) -> String {
             let _ = write!(
                 out,
                 "<li class=\"card\"><div class=\"row\"><h3>{}</h3><span class=\"meta\">{}</span></div><p class=\"detail\">{} to {}{}</p></li>",
-                escape(if m.reason.is_empty() { "Maintenance" } else { m.reason.as_str() }),
+                escape(if m.reason.is_empty() {
+                    "Maintenance"
+                } else {
+                    m.reason.as_str()
+                }),
                 escape(&what),
                 time(m.start),
                 time(m.end),
-                if m.active(s.generated_at) { " (in progress)" } else { "" },
+                if m.active(s.generated_at) {
+                    " (in progress)"
+                } else {
+                    ""
+                },
             );
         }
         out.push_str("</ul></section>");
@@ -250,8 +260,10 @@ pub fn atom(s: &Snapshot) -> String {
             escape(&i.level),
             escape(&i.title),
             escape(&i.state),
-            i.opened_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            i.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            i.opened_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            i.updated_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             escape(&content)
         );
     }
@@ -306,7 +318,10 @@ mod tests {
 
     #[test]
     fn escapes_markup() {
-        assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
     }
 
     #[test]
