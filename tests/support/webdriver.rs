@@ -122,19 +122,28 @@ impl Browser {
         Ok(browser)
     }
 
+    /// Waits (up to 10 s; panics after, naming the last answer) for
+    /// chromedriver's `/status` to say ready.
     async fn wait_for_driver(&self) -> Result<()> {
-        for _ in 0..200 {
-            if let Ok(response) = self.http.get(format!("{}/status", self.base)).send().await
-                && let Ok(body) = response.json::<Value>().await
-                && body["value"]["ready"] == json!(true)
-            {
-                return Ok(());
+        let url = format!("{}/status", self.base);
+        opsloop_core::testing::eventually("chromedriver ready", Duration::from_secs(10), || {
+            let request = self.http.get(&url).send();
+            async move {
+                let body: Value = request
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .json()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if body["value"]["ready"] == json!(true) {
+                    Ok(())
+                } else {
+                    Err(body.to_string())
+                }
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Err(WebDriverError(
-            "chromedriver did not become ready within 10 s".into(),
-        ))
+        })
+        .await;
+        Ok(())
     }
 
     /// One command; the response's `value`, or its error.
