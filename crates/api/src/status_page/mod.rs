@@ -96,24 +96,29 @@ pub const PEERS: [(&str, &str, &str, &str); 3] = [
     ("backup-agent", "Backup agent", "backup", "127.0.0.1:9757"),
 ];
 
-/// The base URL for a peer: `configured` when set (empty: not listed,
-/// `Err`), else `http://` + the listen address, a wildcard host replaced
-/// by loopback (`None` when it binds port 0).
-pub fn peer_url(configured: Option<&str>, http_addr: &str) -> Result<Option<String>, ()> {
+/// The base URL for a peer: `configured` when set (`""`: not listed), else
+/// `http://` + its listen address with a wildcard host as loopback
+/// (unknown when it binds port 0).
+pub fn peer_url(configured: Option<&str>, http_addr: &str) -> PeerUrl {
     match configured.map(str::trim) {
-        Some("") => Err(()),
-        Some(url) => Ok(Some(url.trim_end_matches('/').to_owned())),
+        Some("") => PeerUrl::NotListed,
+        Some(url) => PeerUrl::At(Some(url.trim_end_matches('/').to_owned())),
         None => {
             let addr = http_addr
                 .replacen("0.0.0.0:", "127.0.0.1:", 1)
                 .replacen("[::]:", "[::1]:", 1);
-            if addr.ends_with(":0") {
-                Ok(None)
-            } else {
-                Ok(Some(format!("http://{addr}")))
-            }
+            PeerUrl::At((!addr.ends_with(":0")).then(|| format!("http://{addr}")))
         }
     }
+}
+
+/// Where the page checks a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerUrl {
+    /// Left off the page (`""` configured).
+    NotListed,
+    /// Listed; `None`: its address is unknown.
+    At(Option<String>),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -167,7 +172,7 @@ pub fn from_config(
             _ => settings.backup_url.as_deref(),
         };
         let addr = peek.http_addr.unwrap_or_else(|| default_addr.to_owned());
-        if let Ok(url) = peer_url(configured, &addr) {
+        if let PeerUrl::At(url) = peer_url(configured, &addr) {
             peers.push(Peer { id, name, url });
         }
     }
@@ -192,6 +197,9 @@ struct Inner {
 pub struct StatusPage {
     inner: Arc<Inner>,
 }
+
+/// A live check's outcome: state, why when not operational, latency (ms).
+type Check = (ComponentState, Option<String>, i64);
 
 /// The longest a snapshot with an unhealthy own component is served.
 const RECHECK_UNHEALTHY: StdDuration = StdDuration::from_secs(2);
@@ -283,7 +291,7 @@ impl StatusPage {
         }
     }
 
-    async fn check_peer(&self, peer: &Peer) -> (ComponentState, Option<String>, i64) {
+    async fn check_peer(&self, peer: &Peer) -> Check {
         let Some(url) = &peer.url else {
             return (
                 ComponentState::Unknown,
@@ -323,7 +331,7 @@ impl StatusPage {
         let inner = &self.inner;
         let now = (inner.clock)();
         let (_, ready) = inner.readiness.evaluate().await;
-        let check = |name: &str| -> (ComponentState, Option<String>, i64) {
+        let check = |name: &str| -> Check {
             let entry = &ready["checks"][name];
             let latency = entry["latency_ms"].as_f64().unwrap_or(0.0) as i64;
             match entry["status"].as_str() {
@@ -336,7 +344,7 @@ impl StatusPage {
                 None => (ComponentState::Unknown, None, 0),
             }
         };
-        let mut live: Vec<(&str, &str, (ComponentState, Option<String>, i64))> =
+        let mut live: Vec<(&str, &str, Check)> =
             vec![("api", "API", (ComponentState::Operational, None, 0))];
         // Checked together: one slow peer's timeout does not add up.
         let peers =
@@ -452,20 +460,20 @@ impl StatusPage {
         }
     }
 
-    /// `Err(response)` when the page requires the viewer role and the
-    /// caller does not have it.
-    fn check_access(&self, target: &str, headers: &HeaderMap) -> Result<(), Response> {
+    /// The refusal when the page requires the viewer role and the caller
+    /// does not have it.
+    fn refusal(&self, target: &str, headers: &HeaderMap) -> Option<Response> {
         if !self.inner.settings.require_viewer {
-            return Ok(());
+            return None;
         }
         const VIEWER: Access = Access::Roles(&[Role::Viewer]);
         let auth = &self.inner.auth;
         match auth.authorize(target, Some(VIEWER), headers, true) {
-            Ok(_) => Ok(()),
+            Ok(_) => None,
             Err(denied) => {
                 auth.record_failure(crate::SERVICE, target, &denied);
                 let body = axum::Json(serde_json::json!({"error": denied.message()}));
-                Err(if denied.is_unauthenticated() {
+                Some(if denied.is_unauthenticated() {
                     (
                         StatusCode::UNAUTHORIZED,
                         [(header::WWW_AUTHENTICATE, "Basic realm=\"opsloop status\"")],
@@ -511,7 +519,7 @@ fn with_headers(content_type: &'static str, body: String) -> Response {
 }
 
 async fn page(State(page): State<StatusPage>, headers: HeaderMap) -> Response {
-    if let Err(denied) = page.check_access("GET /status", &headers) {
+    if let Some(denied) = page.refusal("GET /status", &headers) {
         return denied;
     }
     let snapshot = page.current().await;
@@ -519,7 +527,7 @@ async fn page(State(page): State<StatusPage>, headers: HeaderMap) -> Response {
 }
 
 async fn json(State(page): State<StatusPage>, headers: HeaderMap) -> Response {
-    if let Err(denied) = page.check_access("GET /status.json", &headers) {
+    if let Some(denied) = page.refusal("GET /status.json", &headers) {
         return denied;
     }
     let snapshot = page.current().await;
@@ -530,7 +538,7 @@ async fn json(State(page): State<StatusPage>, headers: HeaderMap) -> Response {
 }
 
 async fn feed(State(page): State<StatusPage>, headers: HeaderMap) -> Response {
-    if let Err(denied) = page.check_access("GET /status/feed.atom", &headers) {
+    if let Some(denied) = page.refusal("GET /status/feed.atom", &headers) {
         return denied;
     }
     let snapshot = page.current().await;
@@ -545,7 +553,7 @@ async fn badge(
     Path(file): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(denied) = page.check_access("GET /status/badge/{component}", &headers) {
+    if let Some(denied) = page.refusal("GET /status/badge/{component}", &headers) {
         return denied;
     }
     let snapshot = page.current().await;
@@ -563,6 +571,30 @@ async fn badge(
                 })),
             )
                 .into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_urls() {
+        let at = |url: &str| PeerUrl::At(Some(url.to_owned()));
+        for (configured, addr, want) in [
+            (None, "127.0.0.1:9755", at("http://127.0.0.1:9755")),
+            (None, "0.0.0.0:9756", at("http://127.0.0.1:9756")),
+            (None, "[::]:9757", at("http://[::1]:9757")),
+            (None, "127.0.0.1:0", PeerUrl::At(None)),
+            (
+                Some("http://alerter:9756/"),
+                "0.0.0.0:9756",
+                at("http://alerter:9756"),
+            ),
+            (Some(" "), "127.0.0.1:9757", PeerUrl::NotListed),
+        ] {
+            assert_eq!(peer_url(configured, addr), want, "{configured:?} {addr}");
         }
     }
 }
