@@ -4,7 +4,7 @@
 //! states as seeded, 90 bars each, the open incident, no request leaving
 //! the page's origin, no console errors, a screenshot), over plain HTTP
 //! (`/status.json`, the Atom feed, badges) and with the viewer role
-//! required.
+//! required; and the same reads on SQLite (`opsloop dev`'s database).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +16,8 @@ use opsloop_core::bus::memory::MemoryBus;
 use opsloop_core::config::{ConfigSources, load};
 use opsloop_core::daemon::Infra;
 use opsloop_core::secrets::SecretStore;
-use opsloop_core::store::testing::{TestDb, fresh_postgres};
+use opsloop_core::store::stmt;
+use opsloop_core::store::testing::{TestDb, fresh_postgres, fresh_sqlite};
 use opsloop_e2e::webdriver::Browser;
 use sea_orm::ConnectionTrait;
 use serde_json::Value;
@@ -65,10 +66,11 @@ async fn seed(db: &TestDb, now: DateTime<Utc>) {
             ts(now)
         ));
     }
-    for back in 1..=10 {
-        let minute = (now - Days::minutes(back))
-            .duration_trunc(Days::minutes(1))
-            .expect("minute");
+    // Ten minutes of today (from midnight when the test runs just after).
+    let first =
+        (now.duration_trunc(Days::minutes(1)).expect("minute") - Days::minutes(9)).max(today);
+    for k in 0..10 {
+        let minute = first + Days::minutes(k);
         sql.push_str(&format!(
             "INSERT INTO probe_history (probe, minute, ok, latency_ms) VALUES ('web', {m}, true, 35), ('payments-api', {m}, false, 120);\n",
             m = ts(minute)
@@ -119,6 +121,11 @@ impl Running {
 async fn start(extra: &[(&str, String)], with_tokens: bool) -> Running {
     let db = fresh_postgres().await;
     seed(&db, Utc::now()).await;
+    start_on(db, extra, with_tokens).await
+}
+
+/// The api in-process on `db` (seeded by the caller).
+async fn start_on(db: TestDb, extra: &[(&str, String)], with_tokens: bool) -> Running {
     let ready = readyz_server(200).await;
     let not_ready = readyz_server(503).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -517,5 +524,76 @@ async fn status_page_can_require_the_viewer_role() {
         200,
         "a browser signs in with HTTP basic auth"
     );
+    app.stop().await;
+}
+
+/// The page's reads on SQLite: probe state, a rolled-up day, raw minutes
+/// and an incident with its log, written through the store's own binds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_json_on_sqlite() {
+    let db = fresh_sqlite().await;
+    let now = Utc::now();
+    let backend = db.db.get_database_backend();
+    let minute = now.duration_trunc(Days::minutes(1)).expect("minute");
+    let yesterday = now.duration_trunc(Days::days(1)).expect("day") - Days::days(1);
+    let incident = uuid::Uuid::new_v4();
+    for (sql, values) in [
+        (
+            "INSERT INTO probe_state (name, status, consecutive_failures, since, last_error, alerted, created_at, updated_at) \
+             VALUES ('web', 'down', 3, $1, 'refused', true, $1, $1)",
+            vec![now.into()],
+        ),
+        (
+            "INSERT INTO probe_daily (probe, day, checks, up_checks, avg_latency_ms, max_latency_ms, rolled_up_at) \
+             VALUES ('web', $1, 4, 3, 10.0, 20, $2)",
+            vec![yesterday.into(), now.into()],
+        ),
+        (
+            "INSERT INTO probe_history (probe, minute, ok, latency_ms) VALUES ('web', $1, false, 5)",
+            vec![minute.into()],
+        ),
+        (
+            "INSERT INTO incidents (id, title, level, state, group_key, labels, opened_by, opened_at, updated_at) \
+             VALUES ($1, 'Web down', 'P1', 'triggered', 'g', $2, 'alerter', $3, $3)",
+            vec![incident.into(), serde_json::json!({}).into(), now.into()],
+        ),
+        (
+            "INSERT INTO incident_log (incident_id, at, kind, actor, detail) VALUES ($1, $2, 'note', 'ana', $3)",
+            vec![
+                incident.into(),
+                now.into(),
+                serde_json::json!({"text": "looking"}).into(),
+            ],
+        ),
+    ] {
+        db.db
+            .execute_raw(stmt(backend, sql, values))
+            .await
+            .expect("seed");
+    }
+    let app = start_on(db, &[], false).await;
+    let json: Value = reqwest::get(app.url("/status.json"))
+        .await
+        .expect("status.json")
+        .json()
+        .await
+        .expect("json");
+    let web = json["components"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["id"] == "probe-web"))
+        .unwrap_or_else(|| panic!("probe-web in {json}"));
+    assert_eq!(web["state"], "down");
+    let days = web["days"].as_array().expect("days");
+    assert_eq!(days.len(), 90);
+    assert_eq!(
+        (days[88]["checks"].as_i64(), days[88]["up_checks"].as_i64()),
+        (Some(4), Some(3))
+    );
+    assert_eq!(
+        (days[89]["checks"].as_i64(), days[89]["up_checks"].as_i64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(json["incidents"][0]["title"], "Web down");
+    assert_eq!(json["incidents"][0]["updates"][0]["text"], "looking");
     app.stop().await;
 }
