@@ -2,11 +2,12 @@
 //! days become one `probe_daily` row per probe (checks, passed checks,
 //! average and maximum latency), today stays raw, a second run changes
 //! nothing, and raw rows older than the retention go only once rolled up.
+//! Also the weekly report's availability per component.
 
 use chrono::{DateTime, Duration, Utc};
 use opsloop_core::store::stmt;
 use opsloop_core::store::testing::{TestDb, fresh_postgres, fresh_sqlite};
-use opsloop_heartbeat_worker::probe_rollup::roll_up;
+use opsloop_heartbeat_worker::probe_rollup::{availability_slis, roll_up};
 use sea_orm::ConnectionTrait;
 
 fn at(text: &str) -> DateTime<Utc> {
@@ -127,4 +128,33 @@ async fn rolls_up_finished_days_on_postgres() {
 #[tokio::test]
 async fn rolls_up_finished_days_on_sqlite() {
     rolls_up_finished_days(fresh_sqlite().await).await;
+}
+
+#[tokio::test]
+async fn weekly_availability_per_component() {
+    let db = fresh_sqlite().await;
+    insert(&db, "web", "2026-11-30T10:00:00Z", true, 5).await;
+    insert(&db, "web", "2026-12-01T10:00:00Z", false, 5).await;
+    insert(&db, "opsloop:api", "2026-12-02T10:00:00Z", true, 1).await;
+    insert(&db, "web", "2026-12-07T09:00:00Z", false, 5).await; // after the period
+    let slis = availability_slis(
+        &db.db,
+        at("2026-11-30T09:00:00Z"),
+        at("2026-12-07T09:00:00Z"),
+    )
+    .await
+    .expect("slis");
+    let figures: Vec<(&str, i64, i64)> = slis
+        .iter()
+        .map(|s| (s.name.as_str(), s.good, s.total))
+        .collect();
+    assert_eq!(
+        figures,
+        [
+            ("availability opsloop:api", 1, 1),
+            ("availability web", 1, 2)
+        ]
+    );
+    assert!(slis.iter().all(|s| s.latencies_ms.is_none()));
+    db.cleanup().await;
 }
