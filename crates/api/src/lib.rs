@@ -103,8 +103,7 @@ impl ApiApp {
             shutdown: infra.shutdown.clone(),
             steps: opsloop_core::workflow::notify::StepNotifier::new(),
         };
-        let (status_peers, maintenance) =
-            status_page::from_config(&infra.config, &settings.status)?;
+        let (status_peers, maintenance) = status_page::from_config(&infra.config, &settings.status);
         Ok(Self {
             infra,
             settings,

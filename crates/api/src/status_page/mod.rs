@@ -143,7 +143,7 @@ struct MaintenancePeek {
 pub fn from_config(
     config: &opsloop_core::config::LoadedConfig,
     settings: &StatusSettings,
-) -> anyhow::Result<(Vec<Peer>, Vec<Maintenance>)> {
+) -> (Vec<Peer>, Vec<Maintenance>) {
     let mut peers = Vec::new();
     let mut maintenance = Vec::new();
     for (id, name, section, default_addr) in PEERS {
@@ -177,7 +177,7 @@ pub fn from_config(
         }
     }
     maintenance.sort_by_key(|m| m.start);
-    Ok((peers, maintenance))
+    (peers, maintenance)
 }
 
 struct Inner {
