@@ -67,7 +67,7 @@ white-space:nowrap;background:#1f2328;color:#fff;font-size:.8rem;padding:.2rem .
 .legend{display:flex;justify-content:space-between;color:#57606a;font-size:.8rem}\
 .level{display:inline-block;font-weight:700;padding:0 .4rem;border-radius:.25rem;background:#b91c1c;color:#fff}\
 .level.P2,.level.P3{background:#9a6700}\
-ol.updates{margin:.5rem 0 0;padding-left:1.2rem}dl{margin:0}\
+ol.updates{margin:.5rem 0 0;padding-left:1.2rem}ul.plain{list-style:none;margin:0;padding:0}\
 footer{margin:2rem 0 1rem;color:#57606a;font-size:.875rem}\
 @media (max-width:30rem){main{padding:.5rem}.bars{height:1.6rem}h1{font-size:1.3rem}}";
 
@@ -149,7 +149,7 @@ pub fn html(s: &Snapshot) -> String {
     if open.is_empty() {
         out.push_str("<p>No open incidents.</p>");
     } else {
-        out.push_str("<ul class=\"plain\" style=\"list-style:none;padding:0\">");
+        out.push_str("<ul class=\"plain\">");
         for i in open {
             incident_html(&mut out, i);
         }
@@ -157,7 +157,7 @@ pub fn html(s: &Snapshot) -> String {
     }
     out.push_str("</section>");
     if !s.maintenance.is_empty() {
-        out.push_str("<section aria-labelledby=\"maintenance\"><h2 id=\"maintenance\">Scheduled maintenance</h2><ul style=\"list-style:none;padding:0\">");
+        out.push_str("<section aria-labelledby=\"maintenance\"><h2 id=\"maintenance\">Scheduled maintenance</h2><ul class=\"plain\">");
         for m in &s.maintenance {
             let what = if m.probes.is_empty() {
                 "every probe".to_owned()
@@ -192,7 +192,7 @@ pub fn html(s: &Snapshot) -> String {
         let id = format!("group-{}", heading.to_ascii_lowercase());
         let _ = write!(
             out,
-            "<section aria-labelledby=\"{id}\"><h2 id=\"{id}\">{heading}</h2><ul style=\"list-style:none;padding:0\">"
+            "<section aria-labelledby=\"{id}\"><h2 id=\"{id}\">{heading}</h2><ul class=\"plain\">"
         );
         for c in members {
             component_html(&mut out, c);
@@ -201,7 +201,7 @@ pub fn html(s: &Snapshot) -> String {
     }
     let resolved: Vec<&Incident> = s.incidents.iter().filter(|i| !i.is_open()).collect();
     if !resolved.is_empty() {
-        out.push_str("<section aria-labelledby=\"resolved\"><h2 id=\"resolved\">Recently resolved</h2><ul style=\"list-style:none;padding:0\">");
+        out.push_str("<section aria-labelledby=\"resolved\"><h2 id=\"resolved\">Recently resolved</h2><ul class=\"plain\">");
         for i in resolved {
             incident_html(&mut out, i);
         }
@@ -322,6 +322,49 @@ mod tests {
             escape("<a href=\"x\">&'"),
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
         );
+    }
+
+    #[test]
+    fn page_lists_maintenance_and_escapes_names() {
+        use super::super::model::{Maintenance, Uptime, bars};
+        let now: chrono::DateTime<chrono::Utc> = "2026-12-07T12:00:00Z".parse().expect("time");
+        let component = Component {
+            id: "probe-web".into(),
+            name: "web <prod>".into(),
+            group: Group::Probes,
+            state: ComponentState::Maintenance,
+            detail: None,
+            since: None,
+            uptime: Uptime::default(),
+            days: bars(now.date_naive(), &[]),
+        };
+        let snapshot = Snapshot {
+            title: "status".into(),
+            generated_at: now,
+            overall: Overall::of(std::slice::from_ref(&component)),
+            components: vec![component],
+            incidents: Vec::new(),
+            maintenance: vec![Maintenance {
+                start: now - chrono::Duration::hours(1),
+                end: now + chrono::Duration::hours(1),
+                reason: "database upgrade".into(),
+                probes: vec!["web".into()],
+            }],
+        };
+        let page = html(&snapshot);
+        assert!(page.contains("Maintenance in progress"), "{page}");
+        assert!(
+            page.contains("<h2 id=\"maintenance\">Scheduled maintenance</h2>"),
+            "{page}"
+        );
+        assert!(page.contains("database upgrade"), "{page}");
+        assert!(page.contains(" (in progress)"), "{page}");
+        assert!(
+            page.contains("web &lt;prod&gt;") && !page.contains("web <prod>"),
+            "{page}"
+        );
+        assert!(page.contains("No open incidents."), "{page}");
+        assert_eq!(page.matches("tabindex=\"0\"").count(), 90);
     }
 
     #[test]
