@@ -56,10 +56,23 @@ ensure_amtool() {
   fi
 }
 
+# The status page's browser test drives Debian's headless Chromium through
+# chromedriver (opsloop_e2e::webdriver).
+ensure_chromium() {
+  command -v chromium >/dev/null && command -v chromedriver >/dev/null && return
+  echo "test.sh: installing Debian's chromium and chromium-driver for the browser tests"
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }; then
+    echo "test.sh: could not install Debian's chromium and chromium-driver; the status page's" >&2
+    echo "         browser test needs them: apt-get install -y --no-install-recommends chromium chromium-driver" >&2
+    exit 1
+  fi
+}
+
 ensure_postgres
 ensure_rabbitmq
 ensure_prometheus
 ensure_amtool
+ensure_chromium
 
 # Daemon process tests start the real binaries.
 cargo build --workspace --bins --quiet || { echo "test.sh: the build failed" >&2; exit 1; }

@@ -356,6 +356,41 @@ async fn the_whole_stack_survives_kill_9_of_each_daemon() {
     stack.wait_ready(Duration::from_secs(30)).await;
     let api = stack.grpc_url("opsloop-api");
 
+    // The status page, configured as in compose, shows every daemon up.
+    let status_json = format!("{}/status.json", stack.http_url("opsloop-api"));
+    opsloop_core::testing::eventually(
+        "every daemon operational on the status page",
+        Duration::from_secs(30),
+        || async {
+            let (_, body) = opsloop_e2e::get(&status_json, Duration::from_secs(5)).await;
+            let page: serde_json::Value =
+                serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+            let states: Vec<String> = page["components"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| format!("{}={}", c["id"], c["state"]))
+                .collect();
+            let want = [
+                "api",
+                "heartbeat-worker",
+                "alerter",
+                "backup-agent",
+                "database",
+                "bus",
+            ];
+            if want
+                .iter()
+                .all(|id| states.contains(&format!("\"{id}\"=\"operational\"")))
+            {
+                Ok(())
+            } else {
+                Err(format!("{states:?}"))
+            }
+        },
+    )
+    .await;
+
     // The loop's rules: a trigger on `e2e.signal`, a reaction to `e2e.react`.
     let mut policy = PolicyServiceClient::with_interceptor(channel(&api), admin as Auth);
     policy

@@ -25,7 +25,8 @@ mod m0007_claim_order_index;
 mod m0008_api_tokens;
 mod m0009_incidents;
 mod m0010_probes;
-mod m0012_dead_letter_retries;
+mod m0011_probe_daily;
+mod m0013_dead_letter_retries;
 
 pub use m0005_seed_policy::seed_policies;
 // Re-exported so the store can run the migrator without its own dependency
@@ -49,7 +50,8 @@ impl MigratorTrait for Migrator {
             Box::new(m0008_api_tokens::Migration),
             Box::new(m0009_incidents::Migration),
             Box::new(m0010_probes::Migration),
-            Box::new(m0012_dead_letter_retries::Migration),
+            Box::new(m0011_probe_daily::Migration),
+            Box::new(m0013_dead_letter_retries::Migration),
         ]
     }
 }
@@ -98,6 +100,8 @@ pub const TABLES: &[&str] = &[
     "probe_state",
     "probe_cert_notices",
     "probe_history",
+    // m0011_probe_daily
+    "probe_daily",
 ];
 
 /// A plain (non-unique) index named `name` on `table(columns…)`.

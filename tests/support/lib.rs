@@ -1,9 +1,11 @@
 //! Support for the end-to-end tests: locating the daemon binaries, starting
 //! them as processes with an isolated database and exchange, reading their
-//! start line, a small HTTP client, and [`stack::Stack`]: the four daemons
-//! as processes with the compose file's settings.
+//! start line, a small HTTP client, [`stack::Stack`]: the four daemons
+//! as processes with the compose file's settings, and [`webdriver`]: a
+//! headless Chromium for page tests.
 
 pub mod stack;
+pub mod webdriver;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

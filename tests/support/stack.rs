@@ -220,6 +220,20 @@ impl Stack {
             format!("OPSLOOP__{section}__HTTP_ADDR"),
             format!("127.0.0.1:{}", self.http[binary]),
         ));
+        if binary == "opsloop-api" {
+            // The status page reaches the other daemons on loopback (the
+            // compose file's service names do not resolve here).
+            for (key, peer) in [
+                ("HEARTBEAT_URL", "opsloop-heartbeat-worker"),
+                ("ALERTER_URL", "opsloop-alerter"),
+                ("BACKUP_URL", "opsloop-backup-agent"),
+            ] {
+                env.push((
+                    format!("OPSLOOP__API__STATUS__{key}"),
+                    format!("http://127.0.0.1:{}", self.http[peer]),
+                ));
+            }
+        }
         if has_grpc {
             env.push((
                 format!("OPSLOOP__{section}__GRPC_ADDR"),

@@ -1,10 +1,12 @@
 //! The api daemon: the system of record of the loop. Serves the gRPC services of
 //! `opsloop.v1` (proposals, missions, events, policy, triggers, ops), the HTTP
-//! health, metrics and summary endpoints, and runs the outbox relay that
-//! publishes every event to the bus.
+//! health, metrics and summary endpoints and the status page
+//! ([`status_page`]), and runs the outbox relay that publishes every event
+//! to the bus.
 
 pub mod convert;
 pub mod services;
+pub mod status_page;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,6 +51,8 @@ pub struct ApiSettings {
     pub outbox_batch: u64,
     /// Poll interval of the relay when idle, in milliseconds.
     pub outbox_idle_ms: u64,
+    /// The status page (`/status`).
+    pub status: status_page::StatusSettings,
 }
 
 impl Default for ApiSettings {
@@ -59,6 +63,7 @@ impl Default for ApiSettings {
             outbox_relay: true,
             outbox_batch: 200,
             outbox_idle_ms: 200,
+            status: status_page::StatusSettings::default(),
         }
     }
 }
@@ -77,6 +82,8 @@ pub struct ApiApp {
     api: Api,
     grpc: TcpListener,
     http: TcpListener,
+    status_peers: Vec<status_page::Peer>,
+    maintenance: Vec<status_page::model::Maintenance>,
 }
 
 impl ApiApp {
@@ -96,18 +103,44 @@ impl ApiApp {
             shutdown: infra.shutdown.clone(),
             steps: opsloop_core::workflow::notify::StepNotifier::new(),
         };
+        let (status_peers, maintenance) = status_page::from_config(&infra.config, &settings.status);
         Ok(Self {
             infra,
             settings,
             api,
             grpc,
             http,
+            status_peers,
+            maintenance,
         })
     }
 
     /// Replaces the clock (tests pin time this way).
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.api.clock = clock;
+        self
+    }
+
+    /// Checks the other daemons of the status page at these HTTP addresses
+    /// (`opsloop dev`, which binds them in the same process); a peer whose
+    /// URL is set in `[api.status]` keeps it.
+    pub fn with_status_peers(
+        mut self,
+        heartbeat: SocketAddr,
+        alerter: SocketAddr,
+        backup: SocketAddr,
+    ) -> Self {
+        let status = &self.settings.status;
+        for peer in &mut self.status_peers {
+            let (configured, addr) = match peer.id {
+                "heartbeat-worker" => (&status.heartbeat_url, heartbeat),
+                "alerter" => (&status.alerter_url, alerter),
+                _ => (&status.backup_url, backup),
+            };
+            if configured.is_none() {
+                peer.url = Some(format!("http://{addr}"));
+            }
+        }
         self
     }
 
@@ -162,11 +195,23 @@ impl ApiApp {
         health.set_serving::<OpsServiceServer<Api>>().await;
         health.set_serving::<TokenServiceServer<Api>>().await;
 
-        let router = opsloop_core::http::base_router(SERVICE, self.infra.readiness()).merge(
-            axum::Router::new()
-                .route("/api/ops/summary/daily", get(daily_summary))
-                .with_state(api.clone()),
-        );
+        let status = status_page::StatusPage::new(
+            self.infra.db.clone(),
+            api.clock.clone(),
+            self.infra.readiness(),
+            self.infra.auth.clone(),
+            self.settings.status.clone(),
+            self.status_peers.clone(),
+            self.maintenance.clone(),
+            self.infra.config.settings.tls.ca_file.as_deref(),
+        )?;
+        let router = opsloop_core::http::base_router(SERVICE, self.infra.readiness())
+            .merge(
+                axum::Router::new()
+                    .route("/api/ops/summary/daily", get(daily_summary))
+                    .with_state(api.clone()),
+            )
+            .merge(status.clone().router());
 
         // The loop-state gauges, sampled at each scrape of /metrics for as
         // long as the daemon runs (opsloop_core::loop_metrics).
@@ -176,6 +221,13 @@ impl ApiApp {
         opsloop_core::telemetry::register_scrape_sampler(&loop_sampler);
 
         let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+        {
+            let shutdown = self.infra.shutdown.clone();
+            tasks.spawn(async move {
+                status.run(shutdown).await;
+                Ok(())
+            });
+        }
         // Wake-ups of long-polling claims (LISTEN on PostgreSQL); ends the
         // open long polls on shutdown.
         {

@@ -109,6 +109,12 @@ async fn run_all(
     let heartbeat = opsloop_heartbeat_worker::HeartbeatApp::build(infra.clone()).await?;
     let alerter = opsloop_alerter::AlerterApp::build(infra.clone()).await?;
     let backup = opsloop_backup_agent::BackupApp::build(infra.clone()).await?;
+    // The status page checks the other roles where they were bound.
+    let api = api.with_status_peers(
+        heartbeat.http_addr()?,
+        alerter.http_addr()?,
+        backup.http_addr()?,
+    );
 
     outln!("opsloop dev: every role in one process");
     outln!("  database          {database}");
@@ -129,6 +135,7 @@ async fn run_all(
         backup.grpc_addr()?,
         backup.http_addr()?
     );
+    outln!("  status page       http://{}/status", api.http_addr()?);
     outln!("  try: curl -s http://{}/readyz", api.http_addr()?);
     outln!("Ctrl-C stops every role.");
 

@@ -1,10 +1,22 @@
 //! `opsloop dev --demo` as a process in a scratch directory: a demo proposal
-//! flows to a finished mission (one printed line), and SIGINT stops every
-//! role cleanly.
+//! flows to a finished mission (one printed line), the status page shows
+//! every role of its own green, and SIGINT stops every role cleanly.
 
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+/// `GET http://{addr}{path}` over a plain TCP stream: status code and body.
+async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_proposals_become_finished_missions() {
@@ -29,13 +41,18 @@ async fn demo_proposals_become_finished_missions() {
         ("OPSLOOP__BACKUP__GRPC_ADDR", "127.0.0.1:0"),
         ("OPSLOOP__BACKUP__HTTP_ADDR", "127.0.0.1:0"),
         ("OPSLOOP__TELEMETRY__LOG_FORMAT", "json"),
+        ("OPSLOOP__API__STATUS__REFRESH_SECS", "1"),
     ] {
         command.env(variable, value);
     }
     let mut child = command.spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut status_page = None;
     let finished = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(url) = line.trim().strip_prefix("status page") {
+                status_page = Some(url.trim().to_owned());
+            }
             if line.starts_with("mission ") {
                 return line;
             }
@@ -46,6 +63,57 @@ async fn demo_proposals_become_finished_missions() {
     .expect("a demo mission finishes within a minute");
     assert!(finished.contains(" succeeded: \"demo #1: "), "{finished}");
     assert!(finished.contains("(3 steps, $0.0060"), "{finished}");
+
+    // The status page: every role of its own, the database and the bus green.
+    let status_page = status_page.expect("the start lines name the status page");
+    let addr = status_page
+        .strip_prefix("http://")
+        .and_then(|rest| rest.strip_suffix("/status"))
+        .expect("http://ADDR/status")
+        .to_owned();
+    let (code, page) = http_get(&addr, "/status").await;
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("<h1>opsloop status</h1>"), "{page}");
+    let own = [
+        "api",
+        "heartbeat-worker",
+        "alerter",
+        "backup-agent",
+        "database",
+        "bus",
+    ];
+    opsloop_core::testing::eventually(
+        "every own component operational",
+        Duration::from_secs(30),
+        || {
+            let addr = addr.clone();
+            async move {
+                let (_, body) = http_get(&addr, "/status.json").await;
+                let json: serde_json::Value =
+                    serde_json::from_str(&body).map_err(|e| e.to_string())?;
+                let states: Vec<(String, String)> = json["components"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| {
+                        (
+                            c["id"].as_str().unwrap_or("").to_owned(),
+                            c["state"].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect();
+                let green = own
+                    .iter()
+                    .all(|id| states.iter().any(|(i, s)| i == id && s == "operational"));
+                if green {
+                    Ok(())
+                } else {
+                    Err(format!("{states:?}"))
+                }
+            }
+        },
+    )
+    .await;
 
     let pid = child.id().unwrap().to_string();
     let sent = tokio::process::Command::new("kill")

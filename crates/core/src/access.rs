@@ -5,8 +5,9 @@
 //! is denied. `admin` may do everything; `public` needs no credentials (only
 //! the liveness/readiness probes — `/healthz`, `/readyz` and the alerter's
 //! Alertmanager-style `/-/healthy`, `/-/ready` — and `grpc.health.v1`, which load balancers
-//! call without a token, and the alerter's signed incident links, whose
-//! signature is the credential). The README's roles section is rendered from this
+//! call without a token, the alerter's signed incident links, whose
+//! signature is the credential, and the api's status page unless configured
+//! to need the viewer role). The README's roles section is rendered from this
 //! table ([`render_markdown`]) and a test keeps the two equal.
 
 use std::fmt;
@@ -215,6 +216,12 @@ pub const TABLE: &[Entry] = &[
     grpc(API, "/opsloop.v1.TokenService/ListTokens", ADMIN),
     grpc(API, "/opsloop.v1.TokenService/RevokeToken", ADMIN),
     http(API, "GET", "/api/ops/summary/daily", READ),
+    // The status page: public, unless `[api.status] require_viewer`, which
+    // the page's handlers then check against the viewer role themselves.
+    http(API, "GET", "/status", Access::Public),
+    http(API, "GET", "/status.json", Access::Public),
+    http(API, "GET", "/status/feed.atom", Access::Public),
+    http(API, "GET", "/status/badge/{component}", Access::Public),
     // alerter
     // Alertmanager's own probes, public like /healthz and /readyz: the same
     // liveness and readiness for tools that expect Alertmanager's paths.
@@ -403,6 +410,9 @@ mod tests {
                             || path == "/-/healthy"
                             || path == "/-/ready"
                             || path == "/api/v1/incidents/{id}/{action}"
+                            || path == "/status"
+                            || path.starts_with("/status.")
+                            || path.starts_with("/status/")
                     }
                     Target::Grpc(path) => path.starts_with("/grpc.health.v1.Health/"),
                 };

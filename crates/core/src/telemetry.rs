@@ -722,6 +722,12 @@ pub const METRIC_HELP: &[(&str, MetricKind, &str)] = {
             G,
             "Seconds until the certificate a TLS probe last saw expires (negative once expired), by probe.",
         ),
+        // api (status page)
+        (
+            "opsloop_probe_uptime_ratio",
+            G,
+            "Share of checks that passed over the window (1d, 7d, 30d, 90d), by probe or status page component (opsloop:<id>).",
+        ),
         // alerter
         (
             "opsloop_alerter_alerts_received_total",

@@ -22,6 +22,7 @@ pub mod insights;
 pub mod matching;
 pub mod ops;
 pub mod probe_config;
+pub mod probe_rollup;
 pub mod probe_rules;
 pub mod probes;
 pub mod reaction_matrix;
@@ -143,6 +144,10 @@ impl HeartbeatApp {
                 Ok(())
             });
         }
+        tasks.spawn(probe_rollup::run_loop(
+            self.heartbeat.clone(),
+            self.infra.shutdown.clone(),
+        ));
         let settings = self.heartbeat.settings().clone();
         if settings.consume_events {
             let db = self.infra.db.clone();

@@ -402,11 +402,12 @@ pub async fn weekly_report(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, 
         total: steps.len() as i64,
         latencies_ms: Some(steps.iter().filter_map(|s| s.duration_ms).collect()),
     };
-    let slis = vec![
+    let mut slis = vec![
         steps_sli,
         heartbeat_sli(db, start, end).await?,
         delivery_sli(db, start, end).await?,
     ];
+    slis.extend(crate::probe_rollup::availability_slis(db, start, end).await?);
     let input = crate::report::WeeklyInput {
         period_start: start,
         period_end: end,
