@@ -25,6 +25,7 @@ mod m0007_claim_order_index;
 mod m0008_api_tokens;
 mod m0009_incidents;
 mod m0010_probes;
+mod m0012_step_kind_pauses;
 
 pub use m0005_seed_policy::seed_policies;
 // Re-exported so the store can run the migrator without its own dependency
@@ -48,6 +49,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0008_api_tokens::Migration),
             Box::new(m0009_incidents::Migration),
             Box::new(m0010_probes::Migration),
+            Box::new(m0012_step_kind_pauses::Migration),
         ]
     }
 }
@@ -96,6 +98,8 @@ pub const TABLES: &[&str] = &[
     "probe_state",
     "probe_cert_notices",
     "probe_history",
+    // m0012_step_kind_pauses
+    "step_kind_pauses",
 ];
 
 /// A plain (non-unique) index named `name` on `table(columns…)`.

@@ -39,7 +39,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use chrono::Utc;
 use opsloop_core::daemon::{Endpoints, Infra, bind, serve_until_stopped};
 use serde_json::json;
@@ -85,7 +85,9 @@ impl HeartbeatApp {
             settings.clone(),
             summarizer,
         )?;
-        let probes = probes::ProbeRunner::new(infra.db.clone(), &settings)?;
+        let probes =
+            probes::ProbeRunner::with_secrets(infra.db.clone(), &settings, &infra.secrets)?
+                .with_audit(Some(infra.audit.clone()));
         let http = bind("heartbeat.http_addr", &settings.http_addr).await?;
         Ok(Self {
             infra,
@@ -119,7 +121,9 @@ impl HeartbeatApp {
                 .with_state(self.heartbeat.clone())
                 .merge(
                     Router::new()
+                        .route("/probes", get(list_probes))
                         .route("/probes/{name}/ping", post(ping))
+                        .route("/probes/{name}/run", post(run_probe))
                         .with_state(self.probes.clone()),
                 ),
         );
@@ -209,6 +213,47 @@ async fn ping(State(runner): State<probes::ProbeRunner>, Path(name): Path<String
             )
                 .into_response()
         }
+    }
+}
+
+/// `GET /probes`: every configured probe with its state, last check,
+/// latency and certificate days (`opsloop probe list`). The viewer role.
+async fn list_probes(State(runner): State<probes::ProbeRunner>) -> Response {
+    match runner.list(Utc::now()).await {
+        Ok(listings) => axum::Json(json!({"probes": listings})).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "cannot list probes");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"error": error.to_string()})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// `POST /probes/{name}/run`: checks the probe now, whatever its schedule,
+/// records the result like a scheduled check (state, history, events,
+/// alerts, pauses) and answers it (`opsloop probe run NAME`); 404 for an
+/// unknown probe. The admin role.
+async fn run_probe(
+    State(runner): State<probes::ProbeRunner>,
+    Path(name): Path<String>,
+) -> Response {
+    if runner.probe(&name).is_none() {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": format!("no probe named {name:?} is configured")})),
+        )
+            .into_response();
+    }
+    match runner.check_now(&name, Utc::now()).await {
+        Some(report) => axum::Json(report).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"error": "the check ran but could not be recorded (database)"})),
+        )
+            .into_response(),
     }
 }
 

@@ -15,7 +15,9 @@ use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use opsloop_core::alert::{Alert, Severity};
-use opsloop_core::workflow::{self, OutboxMessage, WorkflowError, db_now};
+use opsloop_core::audit::AuditLog;
+use opsloop_core::secrets::SecretStore;
+use opsloop_core::workflow::{self, OutboxMessage, PauseChange, WorkflowError, db_now};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -33,10 +35,12 @@ use uuid::Uuid;
 use crate::config::HeartbeatSettings;
 use crate::db::{begin_write, for_update, stmt};
 use crate::heartbeat::{Heartbeat, HeartbeatError, emit_in};
-use crate::probe_config::{HttpCheck, Probe, ProbeKind, parse_maintenance, parse_probes};
+use crate::probe_config::{
+    HttpCheck, OnDown, Probe, ProbeKind, parse_maintenance, parse_probes,
+};
 use crate::probe_rules::{
     AlertAction, MaintenanceWindow, ProbeStatus, Status, Transition, alert_action,
-    certificate_not_after, crossed_thresholds, in_maintenance, notice_due, observe,
+    certificate_not_after, crossed_thresholds, in_maintenance, json_matches, notice_due, observe,
 };
 
 /// 1 while a probe is up (or not yet down), 0 while down.
@@ -45,6 +49,8 @@ pub const PROBE_UP: &str = "opsloop_probe_up";
 pub const PROBE_DURATION: &str = "opsloop_probe_duration_seconds";
 /// Seconds until the certificate a TLS probe last saw expires.
 pub const CERT_EXPIRY: &str = "opsloop_tls_certificate_expiry_seconds";
+/// Step kinds a probe holds paused (its `depends_kinds` while down).
+pub const KINDS_PAUSED: &str = "opsloop_probe_paused_kinds";
 /// The alert a probe raises while down.
 pub const DOWN_ALERT: &str = "ProbeDown";
 /// The notice of a certificate crossing an expiry threshold.
@@ -61,6 +67,12 @@ pub enum ProbeSetupError {
     Settings(#[from] crate::config::SettingsError),
     #[error("heartbeat.probes[{probe}].ca_file: {reason}")]
     Tls { probe: String, reason: String },
+    #[error("heartbeat.probes[{probe}].header_secrets.{header}: {reason}")]
+    HeaderSecret {
+        probe: String,
+        header: String,
+        reason: String,
+    },
 }
 
 /// A certificate a TLS check saw.
@@ -108,6 +120,14 @@ pub struct CheckReport {
     pub maintenance: bool,
     /// The certificate-expiry threshold (days) announced by this check.
     pub cert_notice_days: Option<u32>,
+    /// Step kinds this check paused (the probe went down; `depends_kinds`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub paused_kinds: Vec<String>,
+    /// Step kinds this check made claimable again (the probe is up).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resumed_kinds: Vec<String>,
+    /// This check engaged the emergency stop (`on_down = "emergency_stop"`).
+    pub emergency_stop_engaged: bool,
 }
 
 /// How a probe reaches its target, built once.
@@ -131,6 +151,7 @@ struct Inner {
     next_due: Mutex<HashMap<String, DateTime<Utc>>>,
     history: Duration,
     maintenance: Vec<MaintenanceWindow>,
+    audit: Option<Arc<AuditLog>>,
 }
 
 /// The probes of one heartbeat-worker: cheap to clone.
@@ -139,17 +160,56 @@ pub struct ProbeRunner {
     inner: Arc<Inner>,
 }
 
-fn build_client(probe: &Probe) -> Result<Client, ProbeSetupError> {
+/// The request headers of an HTTP probe: its literal ones and those read
+/// from secrets (marked sensitive, so they never show in debug output).
+fn http_headers(
+    probe: &Probe,
+    http: &HttpCheck,
+    secrets: &SecretStore,
+) -> Result<reqwest::header::HeaderMap, ProbeSetupError> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (name, value) in &http.headers {
+        headers.insert(name.clone(), value.clone());
+    }
+    for (name, secret) in &http.header_secrets {
+        let error = |reason: String| ProbeSetupError::HeaderSecret {
+            probe: probe.name.clone(),
+            header: name.to_string(),
+            reason,
+        };
+        let value = secrets
+            .get(secret)
+            .map_err(|e| error(e.to_string()))?
+            .ok_or_else(|| {
+                error(format!(
+                    "secret {secret} is not set: put it in $CREDENTIALS_DIRECTORY/{secret}, \
+                     /run/secrets/{secret} or {}",
+                    SecretStore::env_name(secret)
+                ))
+            })?;
+        let mut value = reqwest::header::HeaderValue::from_str(value.expose()).map_err(|_| {
+            error(format!(
+                "secret {secret} has characters a header value cannot carry"
+            ))
+        })?;
+        value.set_sensitive(true);
+        headers.insert(name.clone(), value);
+    }
+    Ok(headers)
+}
+
+fn build_client(probe: &Probe, secrets: &SecretStore) -> Result<Client, ProbeSetupError> {
     let tls_error = |reason: String| ProbeSetupError::Tls {
         probe: probe.name.clone(),
         reason,
     };
     let ca = probe.ca_file.as_deref();
     Ok(match &probe.kind {
-        ProbeKind::Http(_) => {
+        ProbeKind::Http(http) => {
             // The check's own timeout bounds the whole request.
             let mut builder = reqwest::Client::builder()
                 .connect_timeout(probe.timeout)
+                .default_headers(http_headers(probe, http, secrets)?)
                 .user_agent("opsloop-probe");
             if ca.is_some() {
                 let config =
@@ -178,10 +238,20 @@ fn build_client(probe: &Probe) -> Result<Client, ProbeSetupError> {
 }
 
 impl ProbeRunner {
-    /// The probes of `settings`, with their clients (reads CA files).
+    /// The probes of `settings`, with their clients (reads CA files, and
+    /// header secrets from the process's secret sources).
     pub fn new(
         db: DatabaseConnection,
         settings: &HeartbeatSettings,
+    ) -> Result<Self, ProbeSetupError> {
+        Self::with_secrets(db, settings, &SecretStore::from_process())
+    }
+
+    /// [`ProbeRunner::new`] reading header secrets from `secrets`.
+    pub fn with_secrets(
+        db: DatabaseConnection,
+        settings: &HeartbeatSettings,
+        secrets: &SecretStore,
     ) -> Result<Self, ProbeSetupError> {
         let parsed = parse_probes(&settings.probes)?;
         let maintenance = parse_maintenance(&settings.maintenance, &parsed)?;
@@ -189,7 +259,7 @@ impl ProbeRunner {
             .into_iter()
             .map(|probe| {
                 Ok(Arc::new(ProbeTask {
-                    client: build_client(&probe)?,
+                    client: build_client(&probe, secrets)?,
                     probe,
                 }))
             })
@@ -203,8 +273,23 @@ impl ProbeRunner {
                 next_due: Mutex::new(HashMap::new()),
                 history: Duration::days(i64::from(settings.probe_history_days)),
                 maintenance,
+                audit: None,
             }),
         })
+    }
+
+    /// Records the emergency stops that `on_down = "emergency_stop"` probes
+    /// engage in `audit` too (the daemon's audit log).
+    pub fn with_audit(mut self, audit: Option<Arc<AuditLog>>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.audit = audit;
+        }
+        self
+    }
+
+    /// Every configured probe.
+    pub fn probes(&self) -> impl Iterator<Item = &Probe> {
+        self.inner.probes.iter().map(|t| &t.probe)
     }
 
     pub fn db(&self) -> &DatabaseConnection {
@@ -322,7 +407,10 @@ impl ProbeRunner {
         }
         let maintenance = in_maintenance(&self.inner.maintenance, &probe.name, now);
         match record(&self.inner.db, probe, &result, maintenance, now).await {
-            Ok(report) => {
+            Ok(mut report) => {
+                if report.transition == Some("down") && probe.on_down == OnDown::EmergencyStop {
+                    report.emergency_stop_engaged = self.engage_stop(probe, &report, now).await;
+                }
                 metrics::gauge!(PROBE_UP, "probe" => probe.name.clone()).set(
                     if report.status == Status::Down.as_str() {
                         0.0
@@ -339,6 +427,40 @@ impl ProbeRunner {
             Err(error) => {
                 tracing::error!(probe = %probe.name, %error, "cannot record a probe check");
                 None
+            }
+        }
+    }
+
+    /// Engages the global emergency stop for `probe` gone down; true when
+    /// this call engaged it (false: already engaged, or it failed, logged).
+    /// Releasing it stays a human decision, also when the probe recovers.
+    async fn engage_stop(&self, probe: &Probe, report: &CheckReport, now: DateTime<Utc>) -> bool {
+        let reason = format!(
+            "probe {} ({}) is down: {}",
+            probe.name,
+            probe.target,
+            report.error.as_deref().unwrap_or("failing")
+        );
+        match workflow::engage_emergency_stop(
+            &self.inner.db,
+            &format!("heartbeat:{}", pause_source(&probe.name)),
+            &reason,
+            self.inner.audit.as_deref(),
+            now,
+        )
+        .await
+        {
+            Ok(change) => {
+                if change.changed {
+                    tracing::warn!(probe = %probe.name, %reason,
+                        "emergency stop engaged: an upstream probe is down");
+                }
+                change.changed
+            }
+            Err(error) => {
+                tracing::error!(probe = %probe.name, %error,
+                    "cannot engage the emergency stop for a probe that went down; engage it by hand (opsloop emergency-stop engage)");
+                false
             }
         }
     }
@@ -382,6 +504,48 @@ impl ProbeRunner {
         }
     }
 
+    /// Lifts the pauses of probes that no longer pause kinds (removed from
+    /// the configuration, `depends_kinds` emptied, or `on_down` changed),
+    /// with a `probe.kinds_resumed` each; the probes whose pauses were
+    /// lifted. A probe still configured to pause is brought in line by its
+    /// next check. Run when this instance becomes the leader.
+    pub async fn reconcile_pauses(&self, now: DateTime<Utc>) -> Result<Vec<String>, HeartbeatError> {
+        let db = &self.inner.db;
+        let standing = workflow::paused_kinds(db).await?;
+        let mut lifted: Vec<String> = Vec::new();
+        for pause in standing {
+            let Some(name) = pause.source.strip_prefix(PAUSE_SOURCE_PREFIX) else {
+                continue;
+            };
+            let keeps = self.probe(name).is_some_and(|p| {
+                p.on_down == OnDown::PauseKinds && p.depends_kinds.contains(&pause.kind)
+            });
+            if keeps || lifted.iter().any(|l| l == name) {
+                continue;
+            }
+            let tx = begin_write(db).await?;
+            let wanted: Vec<String> = self
+                .probe(name)
+                .filter(|p| p.on_down == OnDown::PauseKinds)
+                .map(|p| p.depends_kinds.clone())
+                .unwrap_or_default();
+            // Only the kinds no longer wanted go; the rest wait for a check.
+            let held: Vec<String> = workflow::paused_kinds(&tx)
+                .await?
+                .into_iter()
+                .filter(|p| p.source == pause.source && wanted.contains(&p.kind))
+                .map(|p| p.kind)
+                .collect();
+            let change =
+                workflow::sync_source_pauses(&tx, &pause.source, &held, &pause.reason, now)
+                    .await?;
+            pause_events(&tx, name, &change, &pause.reason, pause.since, now).await?;
+            tx.commit().await?;
+            lifted.push(name.to_owned());
+        }
+        Ok(lifted)
+    }
+
     /// Deletes history older than the retention at `now`; the rows deleted.
     pub async fn purge_history(&self, now: DateTime<Utc>) -> Result<u64, DbErr> {
         let db = &self.inner.db;
@@ -406,10 +570,23 @@ impl ProbeRunner {
         }
         let mut rounds = JoinSet::new();
         let mut last_purge: Option<DateTime<Utc>> = None;
+        let mut reconciled = false;
         loop {
             let now = Utc::now();
             match hb.is_leader(now).await {
                 Ok(true) => {
+                    if !reconciled {
+                        match self.reconcile_pauses(now).await {
+                            Ok(lifted) => {
+                                reconciled = true;
+                                if !lifted.is_empty() {
+                                    tracing::info!(probes = ?lifted,
+                                        "pauses of probes no longer configured to pause lifted");
+                                }
+                            }
+                            Err(error) => tracing::warn!(%error, "cannot reconcile paused step kinds"),
+                        }
+                    }
                     let runner = self.clone();
                     rounds.spawn(async move {
                         runner.run_due(now).await;
@@ -427,6 +604,7 @@ impl ProbeRunner {
                     }
                 }
                 Ok(false) => {
+                    reconciled = false;
                     // A new leader starts every probe afresh.
                     self.inner
                         .next_due
@@ -481,6 +659,26 @@ async fn check_http(client: &reqwest::Client, http: &HttpCheck) -> Result<(), St
         && !String::from_utf8_lossy(&body).contains(needle.as_str())
     {
         return Err(format!("body does not contain {needle:?}"));
+    }
+    if let Some(condition) = &http.json {
+        let document: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| format!("body is not JSON (json_path {}): {e}", condition.path))?;
+        match condition.path.lookup(&document) {
+            None => return Err(format!("body has no value at json_path {}", condition.path)),
+            Some(actual) if !json_matches(&condition.expected, actual) => {
+                let mut shown = actual.to_string();
+                if shown.len() > 120 {
+                    let cut = (0..=120).rev().find(|i| shown.is_char_boundary(*i)).unwrap_or(0);
+                    shown.truncate(cut);
+                    shown.push('…');
+                }
+                return Err(format!(
+                    "json_path {} is {shown}, expected {}",
+                    condition.path, condition.expected
+                ));
+            }
+            Some(_) => {}
+        }
     }
     if let Some(max) = http.max_response
         && elapsed > max
@@ -741,6 +939,109 @@ pub async fn stored_state(
     .transpose()
 }
 
+/// One configured probe and its stored state: a row of `opsloop probe
+/// list` (`GET /probes` on the heartbeat-worker).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProbeListing {
+    pub name: String,
+    pub kind: &'static str,
+    pub target: String,
+    pub interval_secs: u64,
+    /// `unknown` (never checked, or failing short of its retries), `up`
+    /// or `down`.
+    pub status: String,
+    /// Since when it has been in `status`.
+    pub since: Option<DateTime<Utc>>,
+    pub consecutive_failures: i64,
+    pub last_checked_at: Option<DateTime<Utc>>,
+    pub last_ok_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    /// Latency of the newest check (the slowest of its minute).
+    pub latency_ms: Option<i64>,
+    /// `tls`: expiry of the certificate last seen, and whole days left.
+    pub cert_not_after: Option<DateTime<Utc>>,
+    pub cert_days_left: Option<i64>,
+    pub depends_kinds: Vec<String>,
+    pub on_down: &'static str,
+    /// Step kinds this probe holds paused now.
+    pub paused_kinds: Vec<String>,
+}
+
+impl ProbeRunner {
+    /// Every configured probe with its stored state, by name.
+    pub async fn list(&self, now: DateTime<Utc>) -> Result<Vec<ProbeListing>, WorkflowError> {
+        let db = &self.inner.db;
+        let backend = db.get_database_backend();
+        let states = db
+            .query_all_raw(stmt(
+                backend,
+                "SELECT name, status, since, consecutive_failures, last_checked_at, last_ok_at, \
+                 last_error, cert_not_after FROM probe_state",
+                vec![],
+            ))
+            .await?;
+        let latencies = db
+            .query_all_raw(stmt(
+                backend,
+                "SELECT h.probe, h.latency_ms FROM probe_history h WHERE h.minute = \
+                 (SELECT MAX(l.minute) FROM probe_history l WHERE l.probe = h.probe)",
+                vec![],
+            ))
+            .await?;
+        let pauses = workflow::paused_kinds(db).await?;
+        let mut listings = Vec::with_capacity(self.inner.probes.len());
+        for task in &self.inner.probes {
+            let probe = &task.probe;
+            let mut listing = ProbeListing {
+                name: probe.name.clone(),
+                kind: probe.kind.as_str(),
+                target: probe.target.clone(),
+                interval_secs: probe.interval.as_secs(),
+                status: Status::Unknown.as_str().to_owned(),
+                since: None,
+                consecutive_failures: 0,
+                last_checked_at: None,
+                last_ok_at: None,
+                last_error: None,
+                latency_ms: None,
+                cert_not_after: None,
+                cert_days_left: None,
+                depends_kinds: probe.depends_kinds.clone(),
+                on_down: probe.on_down.as_str(),
+                paused_kinds: pauses
+                    .iter()
+                    .filter(|p| p.source == pause_source(&probe.name))
+                    .map(|p| p.kind.clone())
+                    .collect(),
+            };
+            for row in &states {
+                if row.try_get::<String>("", "name")? != probe.name {
+                    continue;
+                }
+                listing.status = row.try_get("", "status")?;
+                listing.since = Some(row.try_get("", "since")?);
+                listing.consecutive_failures =
+                    i64::from(row.try_get::<i32>("", "consecutive_failures")?);
+                listing.last_checked_at = row.try_get("", "last_checked_at")?;
+                listing.last_ok_at = row.try_get("", "last_ok_at")?;
+                listing.last_error = row.try_get("", "last_error")?;
+                listing.cert_not_after = row.try_get("", "cert_not_after")?;
+                listing.cert_days_left = listing
+                    .cert_not_after
+                    .map(|at: DateTime<Utc>| (at - now).num_days());
+            }
+            for row in &latencies {
+                if row.try_get::<String>("", "probe")? == probe.name {
+                    listing.latency_ms = Some(row.try_get("", "latency_ms")?);
+                }
+            }
+            listings.push(listing);
+        }
+        listings.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(listings)
+    }
+}
+
 /// Writes a probe alert's outbox row: firing until `starts_at` + the
 /// horizon (it is resolved by the probe recovering, not by a timeout), or
 /// resolved now.
@@ -796,6 +1097,21 @@ fn down_alert(probe: &Probe) -> Alert {
     )
     .label("probe", &probe.name)
     .label("kind", probe.kind.as_str())
+    .annotation("on_down", down_consequence(probe))
+}
+
+/// What going down does besides this alert, in words (alert annotation).
+fn down_consequence(probe: &Probe) -> String {
+    match probe.on_down {
+        OnDown::EmergencyStop => {
+            "the emergency stop is engaged; release it by hand once the upstream is healthy".into()
+        }
+        OnDown::PauseKinds if probe.depends_kinds.is_empty() => "nothing else".into(),
+        OnDown::PauseKinds => format!(
+            "step kinds {} are paused until the probe is up",
+            probe.depends_kinds.join(", ")
+        ),
+    }
 }
 
 /// Records one check at `now`: state, history, and the events and alerts
@@ -940,6 +1256,27 @@ async fn record(
         }
         _ => None,
     };
+    let pauses = if probe.depends_kinds.is_empty() {
+        PauseChange::default()
+    } else {
+        let wanted: &[String] =
+            if next.status == Status::Down && probe.on_down == OnDown::PauseKinds {
+                &probe.depends_kinds
+            } else {
+                &[]
+            };
+        let reason = format!(
+            "probe {} is down since {}: {}",
+            probe.name,
+            next.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            result.error.as_deref().unwrap_or("failing")
+        );
+        let change =
+            workflow::sync_source_pauses(&tx, &pause_source(&probe.name), wanted, &reason, now)
+                .await?;
+        pause_events(&tx, &probe.name, &change, &reason, next.since, now).await?;
+        change
+    };
     tx.commit().await?;
     Ok(CheckReport {
         probe: probe.name.clone(),
@@ -951,7 +1288,55 @@ async fn record(
         alert,
         maintenance,
         cert_notice_days,
+        paused_kinds: pauses.paused,
+        resumed_kinds: pauses.resumed,
+        emergency_stop_engaged: false,
     })
+}
+
+/// The `step_kind_pauses` source of probe `name`.
+pub fn pause_source(name: &str) -> String {
+    format!("{PAUSE_SOURCE_PREFIX}{name}")
+}
+
+const PAUSE_SOURCE_PREFIX: &str = "probe:";
+
+/// `probe.kinds_paused` / `probe.kinds_resumed` for what `change` did.
+async fn pause_events(
+    tx: &DatabaseTransaction,
+    probe: &str,
+    change: &PauseChange,
+    reason: &str,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), HeartbeatError> {
+    if !change.paused.is_empty() {
+        emit_in(
+            tx,
+            "probe.kinds_paused",
+            json!({"probe": probe, "kinds": change.paused, "since": since, "reason": reason}),
+            None,
+            now,
+        )
+        .await?;
+        metrics::gauge!(KINDS_PAUSED, "probe" => probe.to_owned()).set(change.paused.len() as f64);
+        tracing::warn!(probe, kinds = ?change.paused, "step kinds paused: their upstream probe is down");
+    }
+    if !change.resumed.is_empty() {
+        emit_in(
+            tx,
+            "probe.kinds_resumed",
+            json!({"probe": probe, "kinds": change.resumed}),
+            None,
+            now,
+        )
+        .await?;
+        if change.paused.is_empty() {
+            metrics::gauge!(KINDS_PAUSED, "probe" => probe.to_owned()).set(0.0);
+        }
+        tracing::info!(probe, kinds = ?change.resumed, "step kinds claimable again");
+    }
+    Ok(())
 }
 
 /// Marks every threshold `cert` has crossed as notified for its

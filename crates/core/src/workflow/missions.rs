@@ -104,9 +104,9 @@ pub async fn claim_steps_cached(
 }
 
 /// Hands `worker_id` the oldest claimable step of one of `kinds`: queued, of
-/// a running mission, past its backoff, and (unless the mission is
-/// parallel) with every earlier step succeeded. Without a process-wide
-/// policy cache (see [`claim_step_cached`]).
+/// a running mission, past its backoff, of a kind not paused, and (unless
+/// the mission is parallel) with every earlier step succeeded. Without a
+/// process-wide policy cache (see [`claim_step_cached`]).
 pub async fn claim_step(
     db: &DatabaseConnection,
     worker_id: &str,
@@ -198,7 +198,17 @@ async fn claim_cached(
     claim_step_tx(db, worker_id, kinds, lease_seconds, now).await
 }
 
+/// The claim's filter on paused step kinds (see [`super::pauses`]): an
+/// anti-join on the small `step_kind_pauses` table, inside the one claim
+/// statement, so pausing costs no extra round trip.
+const NOT_PAUSED_SQL: &str =
+    "NOT EXISTS (SELECT 1 FROM step_kind_pauses kp WHERE kp.kind = s.kind)";
+
 /// The one claim statement (PostgreSQL). `None` when the policy changed.
+///
+/// A step of a kind that is paused (a row in `step_kind_pauses`, e.g. an
+/// upstream probe it depends on is down) is neither handed out nor taken
+/// over from an expired lease until the pause is lifted.
 ///
 /// It takes, first, a running step of one of `kinds` whose lease expired
 /// with attempts left (the attempt is bumped, so the late holder is
@@ -257,11 +267,12 @@ async fn claim_statement(
          x AS (SELECT s.id FROM mission_steps s JOIN missions m ON m.id = s.mission_id \
                WHERE (SELECT fp FROM v) = {fp} AND s.status = 'running' AND s.kind IN ({kinds}) \
                AND m.status = 'running' AND s.attempt < s.max_attempts AND {expired} \
+               AND {NOT_PAUSED_SQL} \
                ORDER BY s.lease_expires_at LIMIT 1 FOR UPDATE OF s SKIP LOCKED), \
          q AS (SELECT s.id FROM mission_steps s JOIN missions m ON m.id = s.mission_id \
                WHERE NOT EXISTS (SELECT 1 FROM x) \
                AND (SELECT fp FROM v) = {fp} AND s.status = 'queued' AND s.kind IN ({kinds}) \
-               AND m.status = 'running' \
+               AND m.status = 'running' AND {NOT_PAUSED_SQL} \
                AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= {now_p}) \
                AND (s.lease_holder IS NULL OR s.lease_expires_at IS NULL OR {requeued_free}) \
                AND (m.parallel OR NOT EXISTS (SELECT 1 FROM mission_steps p \
@@ -341,6 +352,7 @@ async fn claim_step_tx(
     let sql = format!(
         "SELECT s.id FROM mission_steps s JOIN missions m ON m.id = s.mission_id \
          WHERE s.status = 'queued' AND s.kind IN ({}) AND m.status = 'running' \
+         AND {NOT_PAUSED_SQL} \
          AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= $1) \
          AND (m.parallel OR NOT EXISTS (SELECT 1 FROM mission_steps p \
               WHERE p.mission_id = s.mission_id AND p.seq < s.seq AND p.status <> 'succeeded')) \
@@ -351,7 +363,7 @@ async fn claim_step_tx(
     let expired_sql = format!(
         "SELECT s.id FROM mission_steps s JOIN missions m ON m.id = s.mission_id \
          WHERE s.status = 'running' AND s.kind IN ({}) AND m.status = 'running' \
-         AND s.attempt < s.max_attempts AND s.lease_expires_at < $1 \
+         AND {NOT_PAUSED_SQL} AND s.attempt < s.max_attempts AND s.lease_expires_at < $1 \
          ORDER BY s.lease_expires_at LIMIT 1{lock}",
         placeholders.join(", ")
     );
