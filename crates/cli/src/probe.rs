@@ -99,9 +99,7 @@ async fn call(
         let hint = match response.status {
             401 => "give a token with --token, --token-file or $OPSLOOP_TOKEN",
             403 => "use a token with the role the call needs (opsloop token list)",
-            404 if detail.is_empty() => {
-                "is this the heartbeat-worker's HTTP port (default 9755)?"
-            }
+            404 if detail.is_empty() => "is this the heartbeat-worker's HTTP port (default 9755)?",
             404 => "see opsloop probe list for the configured names",
             _ => "see the heartbeat-worker's logs",
         };

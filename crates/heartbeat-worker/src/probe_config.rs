@@ -336,16 +336,18 @@ impl ProbeSpec {
                     return Err(fail("max_response_ms", "must be at least 1".into()));
                 }
                 let header_name = |field: &str, name: &str| {
-                    reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                        fail(field, format!("{name:?} is not an HTTP header name"))
-                    })
+                    reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|_| fail(field, format!("{name:?} is not an HTTP header name")))
                 };
                 let mut headers = Vec::with_capacity(self.headers.len());
                 for (name, value) in &self.headers {
                     let field = format!("headers.{name}");
                     let header = header_name(&field, name)?;
                     let value = reqwest::header::HeaderValue::from_str(value).map_err(|_| {
-                        fail(&field, "the value has characters a header cannot carry".into())
+                        fail(
+                            &field,
+                            "the value has characters a header cannot carry".into(),
+                        )
                     })?;
                     headers.push((header, value));
                 }

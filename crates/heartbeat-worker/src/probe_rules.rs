@@ -624,10 +624,7 @@ mod tests {
             let path = JsonPath::parse(text).expect(text);
             assert_eq!(path.lookup(&doc), expected.as_ref(), "{text}");
         }
-        assert_eq!(
-            JsonPath::parse("$").expect("root").lookup(&doc),
-            Some(&doc)
-        );
+        assert_eq!(JsonPath::parse("$").expect("root").lookup(&doc), Some(&doc));
         assert_eq!(
             JsonPath::parse("$[0]").expect("index").0,
             vec![JsonStep::Index(0)]

@@ -35,9 +35,7 @@ use uuid::Uuid;
 use crate::config::HeartbeatSettings;
 use crate::db::{begin_write, for_update, stmt};
 use crate::heartbeat::{Heartbeat, HeartbeatError, emit_in};
-use crate::probe_config::{
-    HttpCheck, OnDown, Probe, ProbeKind, parse_maintenance, parse_probes,
-};
+use crate::probe_config::{HttpCheck, OnDown, Probe, ProbeKind, parse_maintenance, parse_probes};
 use crate::probe_rules::{
     AlertAction, MaintenanceWindow, ProbeStatus, Status, Transition, alert_action,
     certificate_not_after, crossed_thresholds, in_maintenance, json_matches, notice_due, observe,
@@ -509,7 +507,10 @@ impl ProbeRunner {
     /// with a `probe.kinds_resumed` each; the probes whose pauses were
     /// lifted. A probe still configured to pause is brought in line by its
     /// next check. Run when this instance becomes the leader.
-    pub async fn reconcile_pauses(&self, now: DateTime<Utc>) -> Result<Vec<String>, HeartbeatError> {
+    pub async fn reconcile_pauses(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, HeartbeatError> {
         let db = &self.inner.db;
         let standing = workflow::paused_kinds(db).await?;
         let mut lifted: Vec<String> = Vec::new();
@@ -537,8 +538,7 @@ impl ProbeRunner {
                 .map(|p| p.kind)
                 .collect();
             let change =
-                workflow::sync_source_pauses(&tx, &pause.source, &held, &pause.reason, now)
-                    .await?;
+                workflow::sync_source_pauses(&tx, &pause.source, &held, &pause.reason, now).await?;
             pause_events(&tx, name, &change, &pause.reason, pause.since, now).await?;
             tx.commit().await?;
             lifted.push(name.to_owned());
@@ -584,7 +584,9 @@ impl ProbeRunner {
                                         "pauses of probes no longer configured to pause lifted");
                                 }
                             }
-                            Err(error) => tracing::warn!(%error, "cannot reconcile paused step kinds"),
+                            Err(error) => {
+                                tracing::warn!(%error, "cannot reconcile paused step kinds")
+                            }
                         }
                     }
                     let runner = self.clone();
@@ -668,7 +670,10 @@ async fn check_http(client: &reqwest::Client, http: &HttpCheck) -> Result<(), St
             Some(actual) if !json_matches(&condition.expected, actual) => {
                 let mut shown = actual.to_string();
                 if shown.len() > 120 {
-                    let cut = (0..=120).rev().find(|i| shown.is_char_boundary(*i)).unwrap_or(0);
+                    let cut = (0..=120)
+                        .rev()
+                        .find(|i| shown.is_char_boundary(*i))
+                        .unwrap_or(0);
                     shown.truncate(cut);
                     shown.push('…');
                 }
@@ -1268,7 +1273,8 @@ async fn record(
         let reason = format!(
             "probe {} is down since {}: {}",
             probe.name,
-            next.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            next.since
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             result.error.as_deref().unwrap_or("failing")
         );
         let change =

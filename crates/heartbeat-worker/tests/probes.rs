@@ -849,7 +849,10 @@ async fn submit_one(db: &DatabaseConnection, kind: &str, at: DateTime<Utc>) {
     )
     .await
     .expect("submit");
-    assert_eq!(outcome.proposal.proposal.status, "approved", "auto-approved");
+    assert_eq!(
+        outcome.proposal.proposal.status, "approved",
+        "auto-approved"
+    );
 }
 
 /// What a worker asking for `kinds` gets: the claimed step's kind,
@@ -916,19 +919,31 @@ async fn kind_paused_while_down(test_db: TestDb) {
         claim_kind(db, &["notify", "summarize"], at(11)).await,
         "summarize"
     );
-    assert_eq!(claim_kind(db, &["notify", "summarize"], at(11)).await, "nothing");
+    assert_eq!(
+        claim_kind(db, &["notify", "summarize"], at(11)).await,
+        "nothing"
+    );
     // Still down: nothing new to say.
     let again = runner.check_now("payments", at(20)).await.expect("checked");
     assert!(again.paused_kinds.is_empty() && again.resumed_kinds.is_empty());
     assert_eq!(claim_kind(db, &["notify"], at(21)).await, "nothing");
 
     // The reason shows in the ops health figures (opsloop health) and events.
-    let health = opsloop_core::workflow::health(db, at(21)).await.expect("health");
+    let health = opsloop_core::workflow::health(db, at(21))
+        .await
+        .expect("health");
     assert_eq!(health.paused_kinds.len(), 1, "{:?}", health.paused_kinds);
     let pause = &health.paused_kinds[0];
-    assert_eq!((pause.kind.as_str(), pause.source.as_str()), ("notify", "probe:payments"));
+    assert_eq!(
+        (pause.kind.as_str(), pause.source.as_str()),
+        ("notify", "probe:payments")
+    );
     assert_eq!(pause.since, opsloop_core::workflow::db_now(at(10)));
-    assert!(pause.reason.contains("probe payments is down"), "{}", pause.reason);
+    assert!(
+        pause.reason.contains("probe payments is down"),
+        "{}",
+        pause.reason
+    );
     assert!(pause.reason.contains("status 500"), "{}", pause.reason);
     let paused = events(db, "probe.kinds_paused").await;
     assert_eq!(paused.len(), 1, "{paused:?}");
@@ -993,10 +1008,23 @@ async fn pauses_of_a_probe_no_longer_configured_are_lifted_by_the_new_leader() {
     assert_eq!(standing, ["notify"]);
     // The probe removed altogether: everything lifted.
     let none = ProbeRunner::new(db.clone(), &settings(vec![])).expect("runner");
-    assert_eq!(none.reconcile_pauses(start).await.expect("reconcile"), ["crm"]);
-    assert!(opsloop_core::workflow::paused_kinds(db).await.expect("pauses").is_empty());
+    assert_eq!(
+        none.reconcile_pauses(start).await.expect("reconcile"),
+        ["crm"]
+    );
+    assert!(
+        opsloop_core::workflow::paused_kinds(db)
+            .await
+            .expect("pauses")
+            .is_empty()
+    );
     assert_eq!(events(db, "probe.kinds_resumed").await.len(), 2);
-    assert!(none.reconcile_pauses(start).await.expect("again").is_empty());
+    assert!(
+        none.reconcile_pauses(start)
+            .await
+            .expect("again")
+            .is_empty()
+    );
     test_db.cleanup().await;
 }
 
@@ -1024,14 +1052,19 @@ async fn a_probe_with_on_down_emergency_stop_engages_the_stop() {
     assert_eq!(down.transition, Some("down"));
     assert!(down.emergency_stop_engaged, "{down:?}");
     assert!(down.paused_kinds.is_empty(), "the stop, not a pause");
-    assert_eq!(claim_kind(db, &["summarize"], at(1)).await, "emergency_stop");
+    assert_eq!(
+        claim_kind(db, &["summarize"], at(1)).await,
+        "emergency_stop"
+    );
     let (stop, _) = opsloop_core::workflow::emergency_stop_state(db)
         .await
         .expect("stop");
     assert!(stop.engaged);
     assert_eq!(stop.actor.as_deref(), Some("heartbeat:probe:ledger"));
     assert!(
-        stop.reason.as_deref().is_some_and(|r| r.contains("probe ledger")),
+        stop.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("probe ledger")),
         "{stop:?}"
     );
     assert_eq!(events(db, "emergency_stop.engaged").await.len(), 1);
@@ -1048,7 +1081,10 @@ async fn a_probe_with_on_down_emergency_stop_engages_the_stop() {
     let up = runner.check_now("ledger", at(10)).await.expect("checked");
     assert_eq!(up.transition, Some("up"));
     assert!(!up.emergency_stop_engaged);
-    assert_eq!(claim_kind(db, &["summarize"], at(11)).await, "emergency_stop");
+    assert_eq!(
+        claim_kind(db, &["summarize"], at(11)).await,
+        "emergency_stop"
+    );
     opsloop_core::workflow::release_emergency_stop(db, "oncall", "ledger healthy", None, at(12))
         .await
         .expect("release");
@@ -1060,7 +1096,10 @@ async fn a_probe_with_on_down_emergency_stop_engages_the_stop() {
 
 /// An HTTP server answering `GET /status` with `body` as JSON, but only
 /// when `X-Api-Key` carries `key` (else 401).
-async fn keyed_json_server(key: &'static str, body: Arc<std::sync::Mutex<String>>) -> std::net::SocketAddr {
+async fn keyed_json_server(
+    key: &'static str,
+    body: Arc<std::sync::Mutex<String>>,
+) -> std::net::SocketAddr {
     let app = Router::new().route(
         "/status",
         get(move |headers: axum::http::HeaderMap| {
@@ -1099,14 +1138,18 @@ async fn http_probe_sends_secret_headers_and_checks_a_json_path() {
         json_equals: Some(serde_json::json!("up")),
         ..probe("vendor", "http", &format!("http://{addr}/status"))
     };
-    let runner =
-        ProbeRunner::with_secrets(db.clone(), &settings(vec![spec.clone()]), &secrets).expect("runner");
+    let runner = ProbeRunner::with_secrets(db.clone(), &settings(vec![spec.clone()]), &secrets)
+        .expect("runner");
     let start = t0();
     let ok = runner.check_now("vendor", start).await.expect("checked");
-    assert!(ok.ok, "the secret header was sent and the path matched: {ok:?}");
+    assert!(
+        ok.ok,
+        "the secret header was sent and the path matched: {ok:?}"
+    );
 
     *body.lock().expect("lock") =
-        r#"{"checks": [{"name": "db", "state": "up"}, {"name": "queue", "state": "degraded"}]}"#.into();
+        r#"{"checks": [{"name": "db", "state": "up"}, {"name": "queue", "state": "degraded"}]}"#
+            .into();
     let wrong = runner
         .check_now("vendor", start + Duration::seconds(10))
         .await
@@ -1122,7 +1165,10 @@ async fn http_probe_sends_secret_headers_and_checks_a_json_path() {
         .await
         .expect("checked");
     assert!(
-        missing.error.as_deref().is_some_and(|e| e.contains("no value at json_path")),
+        missing
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("no value at json_path")),
         "{missing:?}"
     );
     *body.lock().expect("lock") = "<html>oops</html>".into();
@@ -1131,19 +1177,25 @@ async fn http_probe_sends_secret_headers_and_checks_a_json_path() {
         .await
         .expect("checked");
     assert!(
-        not_json.error.as_deref().is_some_and(|e| e.contains("body is not JSON")),
+        not_json
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("body is not JSON")),
         "{not_json:?}"
     );
 
     // Without the secret the probe is refused at start, naming the field.
     let empty = tempfile::tempdir().expect("tempdir");
-    let no_secrets = opsloop_core::secrets::SecretStore::with_sources(None, empty.path(), Vec::new());
+    let no_secrets =
+        opsloop_core::secrets::SecretStore::with_sources(None, empty.path(), Vec::new());
     let refused = ProbeRunner::with_secrets(db.clone(), &settings(vec![spec]), &no_secrets)
         .err()
         .expect("refused")
         .to_string();
     assert!(
-        refused.starts_with("heartbeat.probes[vendor].header_secrets.x-api-key: secret vendor_api_key is not set"),
+        refused.starts_with(
+            "heartbeat.probes[vendor].header_secrets.x-api-key: secret vendor_api_key is not set"
+        ),
         "{refused}"
     );
     assert!(!refused.contains("k-123"));

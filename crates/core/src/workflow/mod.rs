@@ -40,8 +40,8 @@ pub use missions::{
     claim_step, claim_step_cached, claim_steps_cached, complete_step, fail_step, get_mission,
     list_missions, recover_stale_steps, renew_lease,
 };
-pub use pauses::{KindPause, PauseChange, paused_kinds, sync_source_pauses};
 pub use ops::{HealthFigures, SummaryFigures, SummaryPeriod, health, summary};
+pub use pauses::{KindPause, PauseChange, paused_kinds, sync_source_pauses};
 pub use policy::{
     EmergencyStopChange, PolicyChange, emergency_stop_state, engage_emergency_stop, get_policy,
     list_policies, release_emergency_stop, set_policy,
