@@ -151,7 +151,7 @@ impl OnDown {
 /// What a probe checks.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProbeKind {
-    Http(HttpCheck),
+    Http(Box<HttpCheck>),
     /// A TCP connect to `host:port`.
     Tcp {
         host: String,
@@ -391,7 +391,7 @@ impl ProbeSpec {
                         expected: expected.clone(),
                     }),
                 };
-                ProbeKind::Http(HttpCheck {
+                ProbeKind::Http(Box::new(HttpCheck {
                     url,
                     method,
                     expected_status: self.expected_status.clone(),
@@ -401,7 +401,7 @@ impl ProbeSpec {
                     headers,
                     header_secrets,
                     json,
-                })
+                }))
             }
             "tcp" => {
                 need_target("host:port")?;

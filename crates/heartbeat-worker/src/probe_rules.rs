@@ -383,7 +383,12 @@ pub fn json_matches(expected: &serde_json::Value, actual: &serde_json::Value) ->
     }
     match (expected, actual) {
         (Value::Number(a), Value::Number(b)) => a.as_f64().is_some_and(|a| Some(a) == b.as_f64()),
-        (Value::String(text), Value::Number(_) | Value::Bool(_)) => *text == actual.to_string(),
+        (Value::String(text), Value::Number(n)) => text
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .is_some_and(|t| Some(t) == n.as_f64()),
+        (Value::String(text), Value::Bool(b)) => text.as_str() == if *b { "true" } else { "false" },
         _ => false,
     }
 }
