@@ -162,6 +162,8 @@ const HELP: &[(&[&str], &[&str])] = &[
     (&["emergency-stop", "release"], &["--reason"]),
     (&["emergency-stop", "status"], &["--endpoint"]),
     (&["heartbeat", "run-once"], &["--timeout"]),
+    (&["probe", "list"], &["--endpoint"]),
+    (&["probe", "run"], &["<NAME>", "--timeout"]),
     (&["report", "weekly"], &["--week-of"]),
     (
         &["worker"],
@@ -370,6 +372,11 @@ fn unreachable_daemons_give_one_clear_line() {
         (
             "OPSLOOP_HEARTBEAT_ENDPOINT",
             vec!["heartbeat", "run-once"],
+            "heartbeat-worker",
+        ),
+        (
+            "OPSLOOP_HEARTBEAT_ENDPOINT",
+            vec!["probe", "list"],
             "heartbeat-worker",
         ),
     ] {
