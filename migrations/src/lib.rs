@@ -100,6 +100,7 @@ pub const TABLES: &[&str] = &[
     "probe_history",
     // m0012_step_kind_pauses
     "step_kind_pauses",
+    "probe_definitions",
 ];
 
 /// A plain (non-unique) index named `name` on `table(columns…)`.

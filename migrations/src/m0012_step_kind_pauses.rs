@@ -2,6 +2,9 @@
 //! and source (e.g. `probe:payments-api`, a probe the kind depends on that
 //! is down). The claim statement skips a kind with any row, so several
 //! sources may hold one kind paused and each releases only its own row.
+//! Also the probes added at run time (`probe_definitions`, `opsloop probe
+//! add`): the `[[heartbeat.probes]]` entry as JSON, merged with the
+//! configured probes (the configuration wins on a name clash).
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -17,6 +20,15 @@ enum StepKindPauses {
     Source,
     Reason,
     Since,
+}
+
+#[derive(DeriveIden)]
+enum ProbeDefinitions {
+    Table,
+    Name,
+    Spec,
+    CreatedBy,
+    CreatedAt,
 }
 
 #[async_trait::async_trait]
@@ -45,6 +57,17 @@ impl MigrationTrait for Migration {
                 [StepKindPauses::Kind, StepKindPauses::Source],
             ))
             .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(ProbeDefinitions::Table)
+                    .col(text(ProbeDefinitions::Name).primary_key())
+                    .col(json_binary(ProbeDefinitions::Spec))
+                    .col(text(ProbeDefinitions::CreatedBy))
+                    .col(timestamp_with_time_zone(ProbeDefinitions::CreatedAt))
+                    .take(),
+            )
+            .await?;
         // A source releases its rows.
         manager
             .create_index(index(
@@ -57,6 +80,13 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        drop_tables(manager, [StepKindPauses::Table.into_iden()]).await
+        drop_tables(
+            manager,
+            [
+                ProbeDefinitions::Table.into_iden(),
+                StepKindPauses::Table.into_iden(),
+            ],
+        )
+        .await
     }
 }

@@ -1,8 +1,11 @@
-//! `opsloop probe list|run`: the heartbeat-worker's uptime probes over its
-//! HTTP port (`GET /probes`, viewer; `POST /probes/{name}/run`, admin).
-//! Probes are configured in `[[heartbeat.probes]]` of the daemon's file;
-//! the daemon holds their clients and secrets, so a check asked for here
-//! runs there, exactly as a scheduled one, and is recorded like one.
+//! `opsloop probe list|run|add|rm`: the heartbeat-worker's uptime probes
+//! over its HTTP port (`GET /probes`, viewer; `POST /probes/{name}/run`,
+//! `POST /probes`, `DELETE /probes/{name}`, admin). Probes come from
+//! `[[heartbeat.probes]]` of the daemon's file and from `opsloop probe add`
+//! (stored in the database, run by every instance's leader without a
+//! restart); the file wins on a name clash. The daemon holds the clients
+//! and secrets, so a check asked for here runs there, exactly as a
+//! scheduled one, and is recorded like one.
 
 use std::time::Duration;
 
@@ -32,6 +35,145 @@ pub enum ProbeCommand {
         #[arg(long, default_value = "90s", value_name = "DURATION")]
         timeout: String,
     },
+    /// Add a probe at run time (admin): stored in the database and run by
+    /// the heartbeat leader within seconds, no restart. The keys are those
+    /// of [[heartbeat.probes]] (README); a name the configuration file
+    /// uses is refused (the file wins: edit it there). Bad values are
+    /// refused naming the field.
+    Add(AddArgs),
+    /// Remove a probe added with `opsloop probe add` (admin): the kinds it
+    /// paused are resumed; its history stays until the retention purges
+    /// it. Probes of the configuration file are removed from the file.
+    Rm {
+        /// The probe's name.
+        name: String,
+    },
+}
+
+/// `opsloop probe add`: the keys of one `[[heartbeat.probes]]` entry.
+#[derive(clap::Args)]
+pub struct AddArgs {
+    /// Unique name (letters, digits, '_', '-', '.').
+    name: String,
+    /// http, tcp, tls, grpc_health, dns or heartbeat.
+    #[arg(long)]
+    kind: String,
+    /// URL (http, grpc_health), host:port (tcp, tls) or host name (dns).
+    #[arg(long, default_value = "")]
+    target: String,
+    /// Seconds between checks (at least 10; default 60).
+    #[arg(long, value_name = "SECONDS")]
+    interval_secs: Option<u64>,
+    /// A check taking longer fails (default 10000).
+    #[arg(long, value_name = "MS")]
+    timeout_ms: Option<u64>,
+    /// Consecutive failed checks that make it down (default 3).
+    #[arg(long)]
+    retries: Option<u32>,
+    /// Severity of its ProbeDown alert: info, warning, high, critical.
+    #[arg(long)]
+    severity: Option<String>,
+    /// http: request method (default GET).
+    #[arg(long)]
+    method: Option<String>,
+    /// http: an accepted status code (repeat; default any 2xx).
+    #[arg(long = "expected-status", value_name = "CODE")]
+    expected_status: Vec<u16>,
+    /// http: text the body must contain.
+    #[arg(long)]
+    body_contains: Option<String>,
+    /// http: a path into the JSON body (checks[0].state) ...
+    #[arg(long, requires = "json_equals")]
+    json_path: Option<String>,
+    /// ... and the value it must equal (JSON, or else taken as text).
+    #[arg(long, requires = "json_path")]
+    json_equals: Option<String>,
+    /// http: slower responses fail.
+    #[arg(long, value_name = "MS")]
+    max_response_ms: Option<u64>,
+    /// http: a request header NAME=VALUE (repeat; not for credentials).
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    headers: Vec<String>,
+    /// http: a header read from a secret on the daemon, NAME=SECRET (repeat).
+    #[arg(long = "header-secret", value_name = "NAME=SECRET")]
+    header_secrets: Vec<String>,
+    /// grpc_health: the service asked about.
+    #[arg(long)]
+    grpc_service: Option<String>,
+    /// heartbeat: no ping for this long is down (default 10).
+    #[arg(long, value_name = "MINUTES")]
+    absent_minutes: Option<u64>,
+    /// A step kind paused for claiming while the probe is down (repeat).
+    #[arg(long = "depends-kind", value_name = "KIND")]
+    depends_kinds: Vec<String>,
+    /// pause_kinds (default) or emergency_stop.
+    #[arg(long)]
+    on_down: Option<String>,
+}
+
+impl AddArgs {
+    /// The `[[heartbeat.probes]]` entry as JSON, only the keys given.
+    fn spec(&self) -> anyhow::Result<Value> {
+        let pairs =
+            |flag: &str, values: &[String]| -> anyhow::Result<serde_json::Map<String, Value>> {
+                values
+                    .iter()
+                    .map(|pair| {
+                        let (name, value) = pair.split_once('=').ok_or_else(|| {
+                            crate::exit::usage(format!("{flag} {pair:?}: expected NAME=VALUE"))
+                        })?;
+                        Ok((name.trim().to_owned(), Value::String(value.to_owned())))
+                    })
+                    .collect()
+            };
+        let mut spec = serde_json::Map::new();
+        spec.insert("name".into(), self.name.clone().into());
+        spec.insert("kind".into(), self.kind.clone().into());
+        spec.insert("target".into(), self.target.clone().into());
+        let mut put = |key: &str, value: Option<Value>| {
+            if let Some(value) = value {
+                spec.insert(key.to_owned(), value);
+            }
+        };
+        put("interval_secs", self.interval_secs.map(Value::from));
+        put("timeout_ms", self.timeout_ms.map(Value::from));
+        put("retries", self.retries.map(Value::from));
+        put("severity", self.severity.clone().map(Value::from));
+        put("method", self.method.clone().map(Value::from));
+        put(
+            "expected_status",
+            (!self.expected_status.is_empty()).then(|| Value::from(self.expected_status.clone())),
+        );
+        put("body_contains", self.body_contains.clone().map(Value::from));
+        put("json_path", self.json_path.clone().map(Value::from));
+        put(
+            "json_equals",
+            self.json_equals
+                .as_deref()
+                .map(|v| serde_json::from_str(v).unwrap_or_else(|_| Value::from(v))),
+        );
+        put("max_response_ms", self.max_response_ms.map(Value::from));
+        put(
+            "headers",
+            (!self.headers.is_empty())
+                .then(|| pairs("--header", &self.headers).map(Value::Object))
+                .transpose()?,
+        );
+        put(
+            "header_secrets",
+            (!self.header_secrets.is_empty())
+                .then(|| pairs("--header-secret", &self.header_secrets).map(Value::Object))
+                .transpose()?,
+        );
+        put("grpc_service", self.grpc_service.clone().map(Value::from));
+        put("absent_minutes", self.absent_minutes.map(Value::from));
+        put(
+            "depends_kinds",
+            (!self.depends_kinds.is_empty()).then(|| Value::from(self.depends_kinds.clone())),
+        );
+        put("on_down", self.on_down.clone().map(Value::from));
+        Ok(Value::Object(spec))
+    }
 }
 
 /// Runs `opsloop probe …`.
@@ -40,9 +182,55 @@ pub async fn run(command: ProbeCommand, globals: &Globals) -> anyhow::Result<()>
         ProbeCommand::List => list(globals).await,
         ProbeCommand::Run { name, timeout } => {
             let timeout: Duration = crate::parse::duration(&timeout).context("--timeout")?;
+            check_name(&name)?;
             run_one(globals, &name, timeout).await
         }
+        ProbeCommand::Add(args) => {
+            let spec = args.spec()?;
+            let added = call(
+                globals,
+                "POST",
+                "/probes",
+                Some(&spec),
+                Duration::from_secs(30),
+            )
+            .await?;
+            if globals.output == OutputFormat::Json {
+                return output::print_json(&added);
+            }
+            outln!(
+                "probe {} ({}) added; the heartbeat leader runs it within seconds (opsloop probe list)",
+                text(&added["probe"]),
+                text(&added["kind"])
+            );
+            Ok(())
+        }
+        ProbeCommand::Rm { name } => {
+            check_name(&name)?;
+            call(
+                globals,
+                "DELETE",
+                &format!("/probes/{name}"),
+                None,
+                Duration::from_secs(30),
+            )
+            .await?;
+            if globals.output == OutputFormat::Json {
+                return output::print_json(&serde_json::json!({"removed": name}));
+            }
+            outln!("probe {name} removed");
+            Ok(())
+        }
     }
+}
+
+fn check_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty() || name.contains(['/', '?', '#', ' ', '%']) {
+        return Err(crate::exit::usage(format!(
+            "{name:?} is not a probe name (letters, digits, '_', '-', '.')"
+        )));
+    }
+    Ok(())
 }
 
 /// The gRPC code an HTTP status of the heartbeat-worker stands for (so the
@@ -65,14 +253,19 @@ async fn call(
     globals: &Globals,
     method: &str,
     path: &str,
+    body: Option<&Value>,
     timeout: Duration,
 ) -> anyhow::Result<Value> {
     let base = globals.endpoint(Daemon::Heartbeat);
     let url = format!("{}{path}", base.trim_end_matches('/'));
     let token = globals.token()?;
-    let sent = match method {
-        "GET" => crate::http::get(&url, token.as_deref(), timeout).await,
-        _ => crate::http::post(&url, token.as_deref(), timeout).await,
+    let sent = match (method, body) {
+        ("GET", _) => crate::http::get(&url, token.as_deref(), timeout).await,
+        (_, Some(body)) => {
+            crate::http::send_json(method, &url, token.as_deref(), body, timeout).await
+        }
+        ("POST", None) => crate::http::post(&url, token.as_deref(), timeout).await,
+        (_, None) => crate::http::delete(&url, token.as_deref(), timeout).await,
     };
     let response = match sent {
         Ok(response) => response,
@@ -112,6 +305,9 @@ async fn call(
             ),
         ));
     }
+    if body.trim().is_empty() {
+        return Ok(Value::Null);
+    }
     serde_json::from_str(&body).map_err(|e| {
         anyhow!("{method} {url} answered something that is not JSON ({e}); is this the heartbeat-worker?")
     })
@@ -138,13 +334,14 @@ fn kinds(value: &Value) -> String {
 }
 
 async fn list(globals: &Globals) -> anyhow::Result<()> {
-    let answer = call(globals, "GET", "/probes", Duration::from_secs(30)).await?;
+    let answer = call(globals, "GET", "/probes", None, Duration::from_secs(30)).await?;
     if globals.output == OutputFormat::Json {
         return output::print_json(&answer);
     }
     let probes = answer["probes"].as_array().cloned().unwrap_or_default();
     let mut table = Table::new(&[
         "NAME",
+        "SOURCE",
         "KIND",
         "STATE",
         "SINCE",
@@ -171,6 +368,7 @@ async fn list(globals: &Globals) -> anyhow::Result<()> {
         };
         table.row(vec![
             text(&p["name"]),
+            text(&p["source"]),
             text(&p["kind"]),
             text(&p["status"]).to_uppercase(),
             text(&p["since"]),
@@ -181,17 +379,25 @@ async fn list(globals: &Globals) -> anyhow::Result<()> {
             text(&p["last_error"]),
         ]);
     }
-    table.print_or("no probes are configured (add [[heartbeat.probes]] tables to the heartbeat-worker's config; see docs/runbook.md)");
+    table.print_or("no probes (add [[heartbeat.probes]] tables to the heartbeat-worker's config, or opsloop probe add; see docs/runbook.md)");
+    if let Some(shadowed) = answer["shadowed"].as_array().filter(|a| !a.is_empty()) {
+        eprintln!(
+            "note: added probes {} are ignored: the configuration file defines probes of the same names (it wins); remove them with opsloop probe rm",
+            shadowed.iter().map(text).collect::<Vec<_>>().join(", ")
+        );
+    }
     Ok(())
 }
 
 async fn run_one(globals: &Globals, name: &str, timeout: Duration) -> anyhow::Result<()> {
-    if name.is_empty() || name.contains(['/', '?', '#', ' ']) {
-        return Err(crate::exit::usage(format!(
-            "{name:?} is not a probe name (letters, digits, '_', '-', '.')"
-        )));
-    }
-    let report = call(globals, "POST", &format!("/probes/{name}/run"), timeout).await?;
+    let report = call(
+        globals,
+        "POST",
+        &format!("/probes/{name}/run"),
+        None,
+        timeout,
+    )
+    .await?;
     if globals.output == OutputFormat::Json {
         return output::print_json(&report);
     }

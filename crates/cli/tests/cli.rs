@@ -164,6 +164,21 @@ const HELP: &[(&[&str], &[&str])] = &[
     (&["heartbeat", "run-once"], &["--timeout"]),
     (&["probe", "list"], &["--endpoint"]),
     (&["probe", "run"], &["<NAME>", "--timeout"]),
+    (
+        &["probe", "add"],
+        &[
+            "<NAME>",
+            "--kind",
+            "--target",
+            "--interval-secs",
+            "--header-secret",
+            "--json-path",
+            "--json-equals",
+            "--depends-kind",
+            "--on-down",
+        ],
+    ),
+    (&["probe", "rm"], &["<NAME>"]),
     (&["report", "weekly"], &["--week-of"]),
     (
         &["worker"],

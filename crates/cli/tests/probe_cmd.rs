@@ -1,9 +1,11 @@
-//! `opsloop probe list|run` through the CLI binary against the real
+//! `opsloop probe list|run|add|rm` through the CLI binary against the real
 //! heartbeat-worker (in process, fresh PostgreSQL, bootstrap admin and
 //! viewer tokens) probing a real local HTTP server that answers 500: the
 //! run reports the failure and the probe down with its dependent kind
 //! paused, the list shows state, latency and the pause, the viewer may list
-//! but not run, and an unknown name is NOT_FOUND (exit 4).
+//! but not run or add, an unknown name is NOT_FOUND (exit 4); a probe added
+//! at run time is listed and run, a configured name is refused (the file
+//! wins), bad fields are refused naming them, and rm removes it.
 
 use std::process::Output;
 use std::sync::Arc;
@@ -161,6 +163,162 @@ async fn probe_list_and_run() {
             && line.contains("no probe named \"nope\" is configured"),
         "{line}"
     );
+
+    // Added at run time: stored, listed, run; the file wins on a clash.
+    let crm_target = format!("http://{target}/status");
+    let added = json_of(
+        &opsloop(
+            &endpoint,
+            ADMIN,
+            &[
+                "-o",
+                "json",
+                "probe",
+                "add",
+                "crm",
+                "--kind",
+                "http",
+                "--target",
+                &crm_target,
+                "--json-path",
+                "checks[0].state",
+                "--json-equals",
+                "up",
+                "--depends-kind",
+                "draft",
+                "--header",
+                "Accept=application/json",
+            ],
+        )
+        .await,
+        "probe add",
+    );
+    assert_eq!(added["probe"], "crm");
+    assert_eq!(
+        added["created_by"], "bootstrap-admin",
+        "the admin token's name"
+    );
+    let listed = json_of(
+        &opsloop(&endpoint, VIEWER, &["-o", "json", "probe", "list"]).await,
+        "probe list",
+    );
+    let sources: Vec<(String, String)> = listed["probes"]
+        .as_array()
+        .expect("probes")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or("").to_owned(),
+                p["source"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            ("crm".to_owned(), "added".to_owned()),
+            ("payments".to_owned(), "config".to_owned())
+        ]
+    );
+    let crm = json_of(
+        &opsloop(&endpoint, ADMIN, &["-o", "json", "probe", "run", "crm"]).await,
+        "probe run crm",
+    );
+    assert_eq!(
+        (crm["probe"].as_str(), crm["ok"].as_bool()),
+        (Some("crm"), Some(false))
+    );
+
+    let clash = opsloop(
+        &endpoint,
+        ADMIN,
+        &[
+            "probe", "add", "payments", "--kind", "tcp", "--target", "db:5432",
+        ],
+    )
+    .await;
+    assert_eq!(clash.status.code(), Some(7), "the configuration file wins");
+    assert!(
+        String::from_utf8_lossy(&clash.stderr).contains("defined in the configuration file"),
+        "{}",
+        String::from_utf8_lossy(&clash.stderr)
+    );
+    let again = opsloop(
+        &endpoint,
+        ADMIN,
+        &[
+            "probe", "add", "crm", "--kind", "tcp", "--target", "db:5432",
+        ],
+    )
+    .await;
+    assert_eq!(again.status.code(), Some(7));
+    let bad = opsloop(
+        &endpoint,
+        ADMIN,
+        &[
+            "probe",
+            "add",
+            "bad",
+            "--kind",
+            "http",
+            "--target",
+            &crm_target,
+            "--json-path",
+            "checks[x]",
+            "--json-equals",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(bad.status.code(), Some(3), "INVALID_ARGUMENT");
+    let bad_line = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        bad_line.contains("heartbeat.probes[bad].json_path") && bad_line.contains("position 6"),
+        "{bad_line}"
+    );
+    let interval = opsloop(
+        &endpoint,
+        ADMIN,
+        &[
+            "probe",
+            "add",
+            "fast",
+            "--kind",
+            "tcp",
+            "--target",
+            "db:5432",
+            "--interval-secs",
+            "5",
+        ],
+    )
+    .await;
+    assert_eq!(interval.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&interval.stderr).contains("heartbeat.probes[fast].interval_secs")
+    );
+    let viewer_add = opsloop(
+        &endpoint,
+        VIEWER,
+        &["probe", "add", "v", "--kind", "tcp", "--target", "db:5432"],
+    )
+    .await;
+    assert_eq!(viewer_add.status.code(), Some(5));
+
+    let configured = opsloop(&endpoint, ADMIN, &["probe", "rm", "payments"]).await;
+    assert_eq!(configured.status.code(), Some(7));
+    let removed = opsloop(&endpoint, ADMIN, &["probe", "rm", "crm"]).await;
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    let gone = opsloop(&endpoint, ADMIN, &["probe", "rm", "crm"]).await;
+    assert_eq!(gone.status.code(), Some(4));
+    let listed = json_of(
+        &opsloop(&endpoint, VIEWER, &["-o", "json", "probe", "list"]).await,
+        "probe list",
+    );
+    assert_eq!(listed["probes"].as_array().map(Vec::len), Some(1));
 
     shutdown.cancel();
     daemon.await.expect("joins").expect("stops cleanly");

@@ -35,7 +35,9 @@ use uuid::Uuid;
 use crate::config::HeartbeatSettings;
 use crate::db::{begin_write, for_update, stmt};
 use crate::heartbeat::{Heartbeat, HeartbeatError, emit_in};
-use crate::probe_config::{HttpCheck, OnDown, Probe, ProbeKind, parse_maintenance, parse_probes};
+use crate::probe_config::{
+    HttpCheck, OnDown, Probe, ProbeKind, ProbeSpec, parse_maintenance, parse_probes,
+};
 use crate::probe_rules::{
     AlertAction, MaintenanceWindow, ProbeStatus, Status, Transition, alert_action,
     certificate_not_after, crossed_thresholds, in_maintenance, json_matches, notice_due, observe,
@@ -54,6 +56,9 @@ pub const DOWN_ALERT: &str = "ProbeDown";
 /// The notice of a certificate crossing an expiry threshold.
 pub const CERT_ALERT: &str = "ProbeCertificateExpiring";
 
+/// Seconds between reads of the probes added at run time.
+const REFRESH_SECS: i64 = 10;
+
 /// How long a firing `ProbeDown` stays firing unless resolved: it is
 /// resolved by the probe coming back, not by the alerter's timeout.
 const DOWN_ALERT_HORIZON_DAYS: i64 = 3650;
@@ -71,6 +76,27 @@ pub enum ProbeSetupError {
         header: String,
         reason: String,
     },
+}
+
+/// Why `opsloop probe add|rm` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeChangeError {
+    /// The entry does not parse (names the probe and field).
+    #[error(transparent)]
+    Invalid(crate::config::SettingsError),
+    /// Its client cannot be built (a CA file, a header secret).
+    #[error(transparent)]
+    Setup(ProbeSetupError),
+    #[error(
+        "probe {0} is defined in the configuration file ([[heartbeat.probes]]); the file wins: edit it there"
+    )]
+    Configured(String),
+    #[error("a probe named {0} was already added; remove it first (opsloop probe rm {0})")]
+    Exists(String),
+    #[error("no probe named {0} was added at run time (see opsloop probe list)")]
+    NotFound(String),
+    #[error(transparent)]
+    Db(WorkflowError),
 }
 
 /// A certificate a TLS check saw.
@@ -139,11 +165,20 @@ enum Client {
 struct ProbeTask {
     probe: Probe,
     client: Client,
+    /// Added at run time (`probe_definitions`): the stored entry, so a
+    /// refresh rebuilds the task only when it changed. `None`: configured.
+    stored: Option<serde_json::Value>,
 }
 
 struct Inner {
     db: DatabaseConnection,
-    probes: Vec<Arc<ProbeTask>>,
+    /// The `[[heartbeat.probes]]` of the configuration.
+    configured: Vec<Arc<ProbeTask>>,
+    /// The configured probes, then those added at run time.
+    probes: std::sync::RwLock<Arc<Vec<Arc<ProbeTask>>>>,
+    /// Stored probes whose names the configuration also uses (ignored).
+    shadowed: Mutex<Vec<String>>,
+    secrets: SecretStore,
     permits: Semaphore,
     in_flight: Mutex<HashSet<String>>,
     next_due: Mutex<HashMap<String, DateTime<Utc>>>,
@@ -259,13 +294,17 @@ impl ProbeRunner {
                 Ok(Arc::new(ProbeTask {
                     client: build_client(&probe, secrets)?,
                     probe,
+                    stored: None,
                 }))
             })
             .collect::<Result<Vec<_>, ProbeSetupError>>()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
-                probes,
+                probes: std::sync::RwLock::new(Arc::new(probes.clone())),
+                configured: probes,
+                shadowed: Mutex::new(Vec::new()),
+                secrets: secrets.clone(),
                 permits: Semaphore::new(usize::try_from(settings.probe_concurrency).unwrap_or(16)),
                 in_flight: Mutex::new(HashSet::new()),
                 next_due: Mutex::new(HashMap::new()),
@@ -285,9 +324,17 @@ impl ProbeRunner {
         self
     }
 
-    /// Every configured probe.
-    pub fn probes(&self) -> impl Iterator<Item = &Probe> {
-        self.inner.probes.iter().map(|t| &t.probe)
+    /// Every probe run: the configured ones, then those added at run time.
+    pub fn probes(&self) -> Vec<Probe> {
+        self.all().iter().map(|t| t.probe.clone()).collect()
+    }
+
+    fn all(&self) -> Arc<Vec<Arc<ProbeTask>>> {
+        self.inner
+            .probes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn db(&self) -> &DatabaseConnection {
@@ -295,16 +342,20 @@ impl ProbeRunner {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.inner.probes.is_empty()
+        self.all().is_empty()
     }
 
-    /// The configured probe named `name`.
-    pub fn probe(&self, name: &str) -> Option<&Probe> {
-        self.task(name).map(|t| &t.probe)
+    /// The probe named `name` (configured or added).
+    pub fn probe(&self, name: &str) -> Option<Probe> {
+        self.task(name).map(|t| t.probe.clone())
     }
 
-    fn task(&self, name: &str) -> Option<&Arc<ProbeTask>> {
-        self.inner.probes.iter().find(|t| t.probe.name == name)
+    fn task(&self, name: &str) -> Option<Arc<ProbeTask>> {
+        self.all().iter().find(|t| t.probe.name == name).cloned()
+    }
+
+    fn is_configured(&self, name: &str) -> bool {
+        self.inner.configured.iter().any(|t| t.probe.name == name)
     }
 
     /// Names of the probes with a check running now.
@@ -337,7 +388,7 @@ impl ProbeRunner {
                 .next_due
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            for task in &self.inner.probes {
+            for task in self.all().iter() {
                 let name = &task.probe.name;
                 if in_flight.contains(name) || next_due.get(name).is_some_and(|at| *at > now) {
                     continue;
@@ -380,7 +431,7 @@ impl ProbeRunner {
     /// Checks `name` now, whatever its schedule (`None`: no such probe or
     /// the result could not be recorded).
     pub async fn check_now(&self, name: &str, now: DateTime<Utc>) -> Option<CheckReport> {
-        let task = self.task(name)?.clone();
+        let task = self.task(name)?;
         self.check_and_record(&task, now).await
     }
 
@@ -546,6 +597,170 @@ impl ProbeRunner {
         Ok(lifted)
     }
 
+    /// Stored probes whose names the configuration also uses: ignored
+    /// (the configuration wins), reported by `GET /probes`.
+    pub fn shadowed(&self) -> Vec<String> {
+        self.inner
+            .shadowed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reads the probes added at run time (`probe_definitions`) and runs
+    /// them besides the configured ones from now on. A stored probe whose
+    /// name is configured is ignored (reported by [`Self::shadowed`]); one
+    /// that no longer parses or whose client cannot be built (a secret
+    /// gone) is skipped with a warning.
+    pub async fn refresh_added(&self) -> Result<(), WorkflowError> {
+        let db = &self.inner.db;
+        let rows = db
+            .query_all_raw(stmt(
+                db.get_database_backend(),
+                "SELECT name, spec FROM probe_definitions ORDER BY name",
+                vec![],
+            ))
+            .await?;
+        let current = self.all();
+        let mut next: Vec<Arc<ProbeTask>> = self.inner.configured.clone();
+        let mut shadowed = Vec::new();
+        for row in rows {
+            let name: String = row.try_get("", "name")?;
+            let spec: serde_json::Value = row.try_get("", "spec")?;
+            if self.is_configured(&name) {
+                shadowed.push(name);
+                continue;
+            }
+            if let Some(same) = current
+                .iter()
+                .find(|t| t.probe.name == name && t.stored.as_ref() == Some(&spec))
+            {
+                next.push(same.clone());
+                continue;
+            }
+            let built = serde_json::from_value::<ProbeSpec>(spec.clone())
+                .map_err(|e| format!("stored probe {name}: {e}"))
+                .and_then(|s| s.parse().map_err(|e| e.to_string()))
+                .and_then(|probe| {
+                    build_client(&probe, &self.inner.secrets)
+                        .map(|client| (probe, client))
+                        .map_err(|e| e.to_string())
+                });
+            match built {
+                Ok((probe, client)) => next.push(Arc::new(ProbeTask {
+                    probe,
+                    client,
+                    stored: Some(spec),
+                })),
+                Err(error) => {
+                    tracing::warn!(probe = %name, %error, "an added probe is skipped; remove it (opsloop probe rm) and add it again");
+                }
+            }
+        }
+        {
+            let mut known = self
+                .inner
+                .shadowed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if *known != shadowed && !shadowed.is_empty() {
+                tracing::warn!(probes = ?shadowed,
+                    "added probes share names with configured ones; the configuration wins");
+            }
+            *known = shadowed;
+        }
+        *self.inner.probes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        Ok(())
+    }
+
+    /// Stores `spec` as a probe added at run time (`opsloop probe add`) and
+    /// runs it from now on; on the other instances from their next refresh.
+    pub async fn add(
+        &self,
+        spec: &ProbeSpec,
+        created_by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Probe, ProbeChangeError> {
+        let probe = spec.parse().map_err(ProbeChangeError::Invalid)?;
+        if self.is_configured(&probe.name) {
+            return Err(ProbeChangeError::Configured(probe.name));
+        }
+        // Fails now rather than at every refresh (e.g. a secret not set).
+        build_client(&probe, &self.inner.secrets).map_err(ProbeChangeError::Setup)?;
+        let stored = serde_json::to_value(spec)
+            .map_err(|e| ProbeChangeError::Db(WorkflowError::Corrupt(e.to_string())))?;
+        let db = &self.inner.db;
+        let inserted = db
+            .execute_raw(stmt(
+                db.get_database_backend(),
+                "INSERT INTO probe_definitions (name, spec, created_by, created_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
+                vec![
+                    probe.name.as_str().into(),
+                    stored.into(),
+                    created_by.into(),
+                    db_now(now).into(),
+                ],
+            ))
+            .await
+            .map_err(|e| ProbeChangeError::Db(e.into()))?
+            .rows_affected();
+        if inserted == 0 {
+            return Err(ProbeChangeError::Exists(probe.name));
+        }
+        tracing::info!(probe = %probe.name, created_by, "probe added");
+        self.refresh_added().await.map_err(ProbeChangeError::Db)?;
+        Ok(probe)
+    }
+
+    /// Removes a probe added at run time: its definition and state go, the
+    /// kinds it paused are resumed (`probe.kinds_resumed`); its history
+    /// stays until the retention purges it.
+    pub async fn remove(&self, name: &str, now: DateTime<Utc>) -> Result<(), ProbeChangeError> {
+        if self.is_configured(name) {
+            return Err(ProbeChangeError::Configured(name.to_owned()));
+        }
+        let db = &self.inner.db;
+        let tx = begin_write(db)
+            .await
+            .map_err(|e| ProbeChangeError::Db(e.into()))?;
+        let backend = tx.get_database_backend();
+        let removed = async {
+            let deleted = tx
+                .execute_raw(stmt(
+                    backend,
+                    "DELETE FROM probe_definitions WHERE name = $1",
+                    vec![name.into()],
+                ))
+                .await?
+                .rows_affected();
+            if deleted == 0 {
+                return Ok::<bool, HeartbeatError>(false);
+            }
+            tx.execute_raw(stmt(
+                backend,
+                "DELETE FROM probe_state WHERE name = $1",
+                vec![name.into()],
+            ))
+            .await?;
+            let change =
+                workflow::sync_source_pauses(&tx, &pause_source(name), &[], "", now).await?;
+            pause_events(&tx, name, &change, "probe removed", now, now).await?;
+            Ok(true)
+        }
+        .await
+        .map_err(|e| ProbeChangeError::Db(WorkflowError::Conflict(e.to_string())))?;
+        if !removed {
+            return Err(ProbeChangeError::NotFound(name.to_owned()));
+        }
+        tx.commit()
+            .await
+            .map_err(|e| ProbeChangeError::Db(e.into()))?;
+        tracing::info!(probe = %name, "probe removed");
+        self.refresh_added().await.map_err(ProbeChangeError::Db)?;
+        Ok(())
+    }
+
     /// Deletes history older than the retention at `now`; the rows deleted.
     pub async fn purge_history(&self, now: DateTime<Utc>) -> Result<u64, DbErr> {
         let db = &self.inner.db;
@@ -564,15 +779,26 @@ impl ProbeRunner {
     /// due (a round never waits for another round's slow probe), and purges
     /// old history once an hour. Until `shutdown`.
     pub async fn run_loop(self, hb: Heartbeat, shutdown: CancellationToken) {
-        if self.is_empty() {
-            shutdown.cancelled().await;
-            return;
-        }
         let mut rounds = JoinSet::new();
+        let mut last_refresh: Option<DateTime<Utc>> = None;
         let mut last_purge: Option<DateTime<Utc>> = None;
         let mut reconciled = false;
         loop {
             let now = Utc::now();
+            // Probes added (or removed) through another instance.
+            if last_refresh.is_none_or(|at| now - at >= Duration::seconds(REFRESH_SECS)) {
+                match self.refresh_added().await {
+                    Ok(()) => last_refresh = Some(now),
+                    Err(error) => tracing::warn!(%error, "cannot read the added probes"),
+                }
+            }
+            if self.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(StdDuration::from_secs(1)) => {}
+                }
+                continue;
+            }
             match hb.is_leader(now).await {
                 Ok(true) => {
                     if !reconciled {
@@ -949,6 +1175,8 @@ pub async fn stored_state(
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProbeListing {
     pub name: String,
+    /// `config` (`[[heartbeat.probes]]`) or `added` (`opsloop probe add`).
+    pub source: &'static str,
     pub kind: &'static str,
     pub target: String,
     pub interval_secs: u64,
@@ -994,11 +1222,17 @@ impl ProbeRunner {
             ))
             .await?;
         let pauses = workflow::paused_kinds(db).await?;
-        let mut listings = Vec::with_capacity(self.inner.probes.len());
-        for task in &self.inner.probes {
+        let all = self.all();
+        let mut listings = Vec::with_capacity(all.len());
+        for task in all.iter() {
             let probe = &task.probe;
             let mut listing = ProbeListing {
                 name: probe.name.clone(),
+                source: if task.stored.is_some() {
+                    "added"
+                } else {
+                    "config"
+                },
                 kind: probe.kind.as_str(),
                 target: probe.target.clone(),
                 interval_secs: probe.interval.as_secs(),
