@@ -1333,3 +1333,59 @@ fn bad_probe_fields_of_item_one_name_the_probe_and_field() {
         assert!(line.contains(reason), "{key}: {line}");
     }
 }
+
+#[tokio::test]
+async fn added_probes_run_beside_configured_ones_and_the_file_wins() {
+    let test_db = fresh_postgres().await;
+    let db = &test_db.db;
+    let upstream = http_server(Arc::new(AtomicU16::new(200))).await;
+    let configured = probe("web", "http", &format!("http://{upstream}/health"));
+    let one = ProbeRunner::new(db.clone(), &settings(vec![configured.clone()])).expect("runner");
+    let start = t0();
+    let added = one
+        .add(
+            &probe("api", "http", &format!("http://{upstream}/health")),
+            "ops",
+            start,
+        )
+        .await
+        .expect("added");
+    assert_eq!(added.name, "api");
+    let ran: Vec<String> = one
+        .run_due(start)
+        .await
+        .into_iter()
+        .map(|r| r.probe)
+        .collect();
+    assert_eq!(ran, ["api", "web"]);
+    // Another instance sees it after its refresh.
+    let two = ProbeRunner::new(db.clone(), &settings(vec![configured.clone()])).expect("runner");
+    assert!(two.probe("api").is_none());
+    two.refresh_added().await.expect("refresh");
+    assert!(two.probe("api").is_some());
+    // A configured name cannot be added; a stored one the file later
+    // defines is ignored and reported.
+    let clash = one.add(&configured, "ops", start).await.expect_err("clash");
+    assert!(clash.to_string().contains("the file wins"), "{clash}");
+    let three = ProbeRunner::new(
+        db.clone(),
+        &settings(vec![configured, probe("api", "tcp", &upstream.to_string())]),
+    )
+    .expect("runner");
+    three.refresh_added().await.expect("refresh");
+    assert_eq!(three.shadowed(), ["api"]);
+    assert!(matches!(
+        three.probe("api").map(|p| p.kind),
+        Some(opsloop_heartbeat_worker::probe_config::ProbeKind::Tcp { .. })
+    ));
+    // Removed: gone from the next refresh everywhere.
+    one.remove("api", start).await.expect("removed");
+    assert!(one.probe("api").is_none());
+    two.refresh_added().await.expect("refresh");
+    assert!(two.probe("api").is_none());
+    assert!(
+        one.remove("web", start).await.is_err(),
+        "configured: edit the file"
+    );
+    test_db.cleanup().await;
+}
