@@ -139,8 +139,8 @@ enum Command {
     /// Drive the heartbeat-worker.
     #[command(subcommand)]
     Heartbeat(ops::HeartbeatCommand),
-    /// List the uptime probes with their state, or check one now
-    /// (heartbeat-worker HTTP).
+    /// List the uptime probes with their state, check one now, or add and
+    /// remove probes at run time (heartbeat-worker HTTP).
     #[command(subcommand)]
     Probe(probe::ProbeCommand),
     /// Show stored operations reports.

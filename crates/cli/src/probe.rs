@@ -40,7 +40,7 @@ pub enum ProbeCommand {
     /// of [[heartbeat.probes]] (README); a name the configuration file
     /// uses is refused (the file wins: edit it there). Bad values are
     /// refused naming the field.
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// Remove a probe added with `opsloop probe add` (admin): the kinds it
     /// paused are resumed; its history stays until the retention purges
     /// it. Probes of the configuration file are removed from the file.
