@@ -1,7 +1,7 @@
 //! Step kinds paused for claiming: the per-dependency form of the
 //! emergency stop. A source (today `probe:<name>`, an upstream probe that is
 //! down) holds rows in `step_kind_pauses`, one per kind; the claim statement
-//! hands out nothing of a kind with any row (see `missions::NOT_PAUSED_SQL`).
+//! hands out nothing of a kind with any row (see `missions::not_paused_pg`).
 //! Several sources may pause one kind; each lifts only its own rows, so the
 //! kind is claimable again once every source has recovered.
 
