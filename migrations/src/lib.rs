@@ -26,6 +26,7 @@ mod m0008_api_tokens;
 mod m0009_incidents;
 mod m0010_probes;
 mod m0011_probe_daily;
+mod m0012_step_kind_pauses;
 mod m0013_dead_letter_retries;
 
 pub use m0005_seed_policy::seed_policies;
@@ -51,6 +52,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0009_incidents::Migration),
             Box::new(m0010_probes::Migration),
             Box::new(m0011_probe_daily::Migration),
+            Box::new(m0012_step_kind_pauses::Migration),
             Box::new(m0013_dead_letter_retries::Migration),
         ]
     }
@@ -102,6 +104,9 @@ pub const TABLES: &[&str] = &[
     "probe_history",
     // m0011_probe_daily
     "probe_daily",
+    // m0012_step_kind_pauses
+    "step_kind_pauses",
+    "probe_definitions",
 ];
 
 /// A plain (non-unique) index named `name` on `table(columns…)`.

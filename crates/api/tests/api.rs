@@ -199,6 +199,37 @@ async fn end_to_end(backend: Backend) {
         .expect("health");
     assert_eq!(health.pending_proposals, 0);
     assert!((health.cost_today_usd - 1.5).abs() < 1e-9);
+    assert!(health.paused_kinds.is_empty());
+    // A kind paused by a probe shows with its source, reason and since.
+    let paused_at = chrono::Utc::now();
+    opsloop_core::workflow::sync_source_pauses(
+        &app.db.db,
+        "probe:payments",
+        &["notify".to_owned()],
+        "probe payments is down since …: status 500 not expected",
+        paused_at,
+    )
+    .await
+    .expect("pause");
+    let health = app
+        .ops()
+        .get_health(pb::GetHealthRequest {})
+        .await
+        .expect("health")
+        .into_inner()
+        .health
+        .expect("health");
+    assert_eq!(health.paused_kinds.len(), 1);
+    let paused = &health.paused_kinds[0];
+    assert_eq!(
+        (paused.kind.as_str(), paused.source.as_str()),
+        ("notify", "probe:payments")
+    );
+    assert!(paused.reason.contains("status 500"));
+    assert_eq!(
+        paused.since.as_ref().map(|t| t.seconds),
+        Some(paused_at.timestamp())
+    );
     app.stop().await;
 }
 

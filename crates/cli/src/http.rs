@@ -1,6 +1,7 @@
 //! A minimal HTTP/1.1 client over a tokio `TcpStream`, enough for the
-//! plain-HTTP calls the CLI makes (`POST /run` on the heartbeat-worker,
-//! `GET /healthz` and `/readyz` for `opsloop status`): one
+//! plain-HTTP calls the CLI makes (`POST /run` and the `/probes` routes on
+//! the heartbeat-worker, `GET /healthz` and `/readyz` for `opsloop
+//! status`), with an optional JSON body: one
 //! request with `Connection: close`, the response read to its end, chunked
 //! bodies decoded.
 
@@ -55,7 +56,29 @@ pub async fn post(
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<Response, RequestError> {
-    send("POST", url, token, timeout).await
+    send("POST", url, token, None, timeout).await
+}
+
+/// Sends `DELETE url` (and `Authorization: Bearer` when a token is given),
+/// waiting at most `timeout` for the whole exchange.
+pub async fn delete(
+    url: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<Response, RequestError> {
+    send("DELETE", url, token, None, timeout).await
+}
+
+/// Sends `method url` with a JSON `body` (and `Authorization: Bearer` when
+/// a token is given), waiting at most `timeout` for the whole exchange.
+pub async fn send_json(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: &serde_json::Value,
+    timeout: Duration,
+) -> Result<Response, RequestError> {
+    send(method, url, token, Some(body), timeout).await
 }
 
 /// Sends `GET url` (and `Authorization: Bearer` when a token is given),
@@ -65,15 +88,17 @@ pub async fn get(
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<Response, RequestError> {
-    send("GET", url, token, timeout).await
+    send("GET", url, token, None, timeout).await
 }
 
 async fn send(
     method: &str,
     url: &str,
     token: Option<&str>,
+    body: Option<&serde_json::Value>,
     timeout: Duration,
 ) -> Result<Response, RequestError> {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
     let (authority, path) = split_url(url).map_err(RequestError::Other)?;
     let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&authority))
         .await
@@ -86,12 +111,17 @@ async fn send(
         .map_err(RequestError::Connect)?;
     let exchange = async {
         let mut request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: opsloop-cli\r\nAccept: application/json\r\nContent-Length: 0\r\nConnection: close\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: opsloop-cli\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+            body.len()
         );
+        if !body.is_empty() {
+            request.push_str("Content-Type: application/json\r\n");
+        }
         if let Some(token) = token {
             request.push_str(&format!("Authorization: Bearer {token}\r\n"));
         }
         request.push_str("\r\n");
+        request.push_str(&body);
         stream
             .write_all(request.as_bytes())
             .await

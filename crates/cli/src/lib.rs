@@ -35,6 +35,7 @@ pub mod ops;
 pub mod output;
 pub mod parse;
 pub mod policy;
+pub mod probe;
 pub mod proposal;
 pub mod repair;
 pub mod status;

@@ -11,7 +11,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use opsloop_cli::client::Globals;
 use opsloop_cli::output::OutputFormat;
 use opsloop_cli::{
-    alerts, backup, config_check, event, incident, mission, ops, policy, proposal, repair, status,
+    alerts, backup, config_check, event, incident, mission, ops, policy, probe, proposal, repair,
+    status,
     token, trigger, worker_cmd,
 };
 
@@ -145,6 +146,10 @@ enum Command {
     /// Drive the heartbeat-worker.
     #[command(subcommand)]
     Heartbeat(ops::HeartbeatCommand),
+    /// List the uptime probes with their state, check one now, or add and
+    /// remove probes at run time (heartbeat-worker HTTP).
+    #[command(subcommand)]
+    Probe(probe::ProbeCommand),
     /// Show stored operations reports.
     #[command(subcommand)]
     Report(ops::ReportCommand),
@@ -254,6 +259,7 @@ async fn run(
         Command::EmergencyStop(command) => ops::emergency_stop(command, globals).await,
         Command::Heartbeat(command) => ops::heartbeat(command, globals).await,
         Command::Report(command) => ops::report(command, globals).await,
+        Command::Probe(command) => probe::run(command, globals).await,
         Command::Worker(args) => worker_cmd::run(args, globals).await,
         Command::Alerts(command) => alerts::alerts(command, globals).await,
         Command::Silence(command) => alerts::silence(command, globals).await,

@@ -180,6 +180,12 @@ pub async fn health(globals: &Globals) -> anyhow::Result<()> {
             "last_heartbeat_at": ts_json(h.last_heartbeat_at.as_ref()),
             "cost_today_usd": h.cost_today_usd,
             "cost_month_usd": h.cost_month_usd,
+            "paused_kinds": h.paused_kinds.iter().map(|p| json!({
+                "kind": p.kind,
+                "source": p.source,
+                "reason": p.reason,
+                "since": ts_json(p.since.as_ref()),
+            })).collect::<Vec<_>>(),
             "generated_at": ts_json(h.generated_at.as_ref()),
         })),
         OutputFormat::Table => {
@@ -223,11 +229,33 @@ pub async fn health(globals: &Globals) -> anyhow::Result<()> {
                             h.cost_today_usd, h.cost_month_usd
                         )
                     ),
+                    ("paused step kinds", paused_kinds_line(&h.paused_kinds)),
                 ])
             );
             Ok(())
         }
     }
+}
+
+/// `none`, or each paused kind with what paused it and since when:
+/// `payments (probe:payments-api since 2027-01-31 22:00:00 UTC: …)`.
+fn paused_kinds_line(paused: &[opsloop_core::proto::v1::PausedStepKind]) -> String {
+    if paused.is_empty() {
+        return "none".into();
+    }
+    paused
+        .iter()
+        .map(|p| {
+            format!(
+                "{} ({} since {}: {})",
+                p.kind,
+                p.source,
+                ts(p.since.as_ref()),
+                p.reason
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Runs `opsloop emergency-stop …`.

@@ -162,6 +162,23 @@ const HELP: &[(&[&str], &[&str])] = &[
     (&["emergency-stop", "release"], &["--reason"]),
     (&["emergency-stop", "status"], &["--endpoint"]),
     (&["heartbeat", "run-once"], &["--timeout"]),
+    (&["probe", "list"], &["--endpoint"]),
+    (&["probe", "run"], &["<NAME>", "--timeout"]),
+    (
+        &["probe", "add"],
+        &[
+            "<NAME>",
+            "--kind",
+            "--target",
+            "--interval-secs",
+            "--header-secret",
+            "--json-path",
+            "--json-equals",
+            "--depends-kind",
+            "--on-down",
+        ],
+    ),
+    (&["probe", "rm"], &["<NAME>"]),
     (&["report", "weekly"], &["--week-of"]),
     (
         &["worker"],
@@ -376,6 +393,11 @@ fn unreachable_daemons_give_one_clear_line() {
         (
             "OPSLOOP_HEARTBEAT_ENDPOINT",
             vec!["heartbeat", "run-once"],
+            "heartbeat-worker",
+        ),
+        (
+            "OPSLOOP_HEARTBEAT_ENDPOINT",
+            vec!["probe", "list"],
             "heartbeat-worker",
         ),
     ] {

@@ -295,6 +295,12 @@ pub const TABLE: &[Entry] = &[
     http(HEARTBEAT, "POST", "/run", ADMIN),
     // Push heartbeats of `heartbeat` probes: an external job pings.
     http(HEARTBEAT, "POST", "/probes/{name}/ping", AGENT),
+    // Probes: their states (`opsloop probe list`), one check now (`run`).
+    http(HEARTBEAT, "GET", "/probes", READ),
+    http(HEARTBEAT, "POST", "/probes/{name}/run", ADMIN),
+    // Probes added at run time (`opsloop probe add|rm`).
+    http(HEARTBEAT, "POST", "/probes", ADMIN),
+    http(HEARTBEAT, "DELETE", "/probes/{name}", ADMIN),
 ];
 
 /// Who may call the gRPC method at `path` (`/package.Service/Method`);

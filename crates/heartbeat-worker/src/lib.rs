@@ -40,7 +40,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{delete, get, post};
 use chrono::Utc;
 use opsloop_core::daemon::{Endpoints, Infra, bind, serve_until_stopped};
 use serde_json::json;
@@ -86,7 +86,9 @@ impl HeartbeatApp {
             settings.clone(),
             summarizer,
         )?;
-        let probes = probes::ProbeRunner::new(infra.db.clone(), &settings)?;
+        let probes =
+            probes::ProbeRunner::with_secrets(infra.db.clone(), &settings, &infra.secrets)?
+                .with_audit(Some(infra.audit.clone()));
         let http = bind("heartbeat.http_addr", &settings.http_addr).await?;
         Ok(Self {
             infra,
@@ -120,7 +122,10 @@ impl HeartbeatApp {
                 .with_state(self.heartbeat.clone())
                 .merge(
                     Router::new()
+                        .route("/probes", get(list_probes).post(add_probe))
+                        .route("/probes/{name}", delete(remove_probe))
                         .route("/probes/{name}/ping", post(ping))
+                        .route("/probes/{name}/run", post(run_probe))
                         .with_state(self.probes.clone()),
                 ),
         );
@@ -133,9 +138,9 @@ impl HeartbeatApp {
                 Ok(())
             });
         }
-        // A task that ends stops the daemon, so the probe loop only runs
-        // when there are probes (and then until shutdown).
-        if !self.probes.is_empty() {
+        // Runs until shutdown (a task that ends stops the daemon), also
+        // without probes: one may be added at run time.
+        {
             let probes = self.probes.clone();
             let hb = self.heartbeat.clone();
             let shutdown = self.infra.shutdown.clone();
@@ -195,7 +200,7 @@ async fn run_now(State(hb): State<Heartbeat>) -> Response {
 /// access table.
 async fn ping(State(runner): State<probes::ProbeRunner>, Path(name): Path<String>) -> Response {
     if !matches!(
-        runner.probe(&name).map(|p| &p.kind),
+        runner.probe(&name).map(|p| p.kind),
         Some(probe_config::ProbeKind::Heartbeat { .. })
     ) {
         return (
@@ -214,6 +219,96 @@ async fn ping(State(runner): State<probes::ProbeRunner>, Path(name): Path<String
             )
                 .into_response()
         }
+    }
+}
+
+/// `GET /probes`: every configured probe with its state, last check,
+/// latency and certificate days (`opsloop probe list`). The viewer role.
+async fn list_probes(State(runner): State<probes::ProbeRunner>) -> Response {
+    match runner.list(Utc::now()).await {
+        Ok(listings) => {
+            axum::Json(json!({"probes": listings, "shadowed": runner.shadowed()})).into_response()
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot list probes");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"error": error.to_string()})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// `POST /probes/{name}/run`: checks the probe now, whatever its schedule,
+/// records the result like a scheduled check (state, history, events,
+/// alerts, pauses) and answers it (`opsloop probe run NAME`); 404 for an
+/// unknown probe. The admin role.
+async fn run_probe(
+    State(runner): State<probes::ProbeRunner>,
+    Path(name): Path<String>,
+) -> Response {
+    if runner.probe(&name).is_none() {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": format!("no probe named {name:?} is configured")})),
+        )
+            .into_response();
+    }
+    match runner.check_now(&name, Utc::now()).await {
+        Some(report) => axum::Json(report).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"error": "the check ran but could not be recorded (database)"})),
+        )
+            .into_response(),
+    }
+}
+
+fn change_refused(error: probes::ProbeChangeError) -> Response {
+    use probes::ProbeChangeError as E;
+    let status = match &error {
+        E::Invalid(_) | E::Setup(_) => StatusCode::BAD_REQUEST,
+        E::Configured(_) | E::Exists(_) => StatusCode::CONFLICT,
+        E::NotFound(_) => StatusCode::NOT_FOUND,
+        E::Db(error) => {
+            tracing::error!(%error, "cannot change the added probes");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    };
+    (status, axum::Json(json!({"error": error.to_string()}))).into_response()
+}
+
+/// `POST /probes` with a `[[heartbeat.probes]]` entry as JSON: adds a probe
+/// at run time (`opsloop probe add`), stored in the database and run by
+/// the leader from its next refresh; 201, 400 naming the field, 409 when
+/// the name is taken (the configuration file wins). The admin role.
+async fn add_probe(
+    State(runner): State<probes::ProbeRunner>,
+    axum::Json(spec): axum::Json<probe_config::ProbeSpec>,
+) -> Response {
+    let by = opsloop_core::auth::caller()
+        .map(|c| c.name)
+        .unwrap_or_else(|| "anonymous".to_owned());
+    match runner.add(&spec, &by, Utc::now()).await {
+        Ok(probe) => (
+            StatusCode::CREATED,
+            axum::Json(json!({"probe": probe.name, "kind": probe.kind.as_str(), "created_by": by})),
+        )
+            .into_response(),
+        Err(error) => change_refused(error),
+    }
+}
+
+/// `DELETE /probes/{name}`: removes a probe added at run time (`opsloop
+/// probe rm`); 204, 404, or 409 for a configured probe. The admin role.
+async fn remove_probe(
+    State(runner): State<probes::ProbeRunner>,
+    Path(name): Path<String>,
+) -> Response {
+    match runner.remove(&name, Utc::now()).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => change_refused(error),
     }
 }
 

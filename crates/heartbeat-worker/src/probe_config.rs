@@ -4,6 +4,7 @@
 //! typed [`Probe`] or one error naming the probe and the field. Also the
 //! `[[heartbeat.maintenance]]` windows that hold back probes' down alerts.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use opsloop_core::alert::Severity;
 use serde::{Deserialize, Serialize};
 
 use crate::config::SettingsError;
-use crate::probe_rules::MaintenanceWindow;
+use crate::probe_rules::{JsonPath, MaintenanceWindow};
 
 /// Shortest interval a probe may run at.
 pub const MIN_INTERVAL_SECS: u64 = 10;
@@ -42,6 +43,18 @@ pub struct ProbeSpec {
     pub body_contains: Option<String>,
     /// `http`: slower responses count as failures.
     pub max_response_ms: Option<u64>,
+    /// `http`: request headers with literal values (not for credentials).
+    pub headers: BTreeMap<String, String>,
+    /// `http`: request headers whose values are secrets, header name →
+    /// secret name (read like every secret: `$CREDENTIALS_DIRECTORY/<name>`,
+    /// `/run/secrets/<name>`, then `OPSLOOP_<NAME>`), never logged.
+    pub header_secrets: BTreeMap<String, String>,
+    /// `http`: a path into the JSON body (`status`, `checks[0].state`,
+    /// `$.data.ready`) whose value must equal `json_equals`.
+    pub json_path: Option<String>,
+    /// `http`: the value expected at `json_path` (a string also matches a
+    /// number or boolean written the same way).
+    pub json_equals: Option<serde_json::Value>,
     /// `http`: most body bytes read; a longer body fails the check.
     pub max_body_bytes: u64,
     /// `tls`: days before expiry at which one notice each goes out.
@@ -53,6 +66,15 @@ pub struct ProbeSpec {
     pub grpc_service: String,
     /// `heartbeat`: no ping for this long means down.
     pub absent_minutes: u64,
+    /// Step kinds that depend on what this probe checks: while it is down
+    /// (after its retries) workers get nothing of these kinds
+    /// (`on_down = "pause_kinds"`).
+    pub depends_kinds: Vec<String>,
+    /// What going down does besides the alert: `pause_kinds` (default:
+    /// pause `depends_kinds` until the probe is up again) or
+    /// `emergency_stop` (engage the global emergency stop; a human
+    /// releases it).
+    pub on_down: String,
 }
 
 impl Default for ProbeSpec {
@@ -74,6 +96,12 @@ impl Default for ProbeSpec {
             ca_file: None,
             grpc_service: String::new(),
             absent_minutes: 10,
+            headers: BTreeMap::new(),
+            header_secrets: BTreeMap::new(),
+            json_path: None,
+            json_equals: None,
+            depends_kinds: Vec::new(),
+            on_down: "pause_kinds".into(),
         }
     }
 }
@@ -87,12 +115,43 @@ pub struct HttpCheck {
     pub body_contains: Option<String>,
     pub max_response: Option<Duration>,
     pub max_body_bytes: usize,
+    /// Literal headers, checked names and values.
+    pub headers: Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
+    /// Header name → secret name, resolved when the probe's client is built.
+    pub header_secrets: Vec<(reqwest::header::HeaderName, String)>,
+    /// The JSON body must hold `expected` at `path`.
+    pub json: Option<JsonCondition>,
+}
+
+/// `json_path` equals `json_equals`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonCondition {
+    pub path: JsonPath,
+    pub expected: serde_json::Value,
+}
+
+/// What a probe does when it goes down (besides its alert).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDown {
+    /// Pause the probe's `depends_kinds` for claiming until it is up.
+    PauseKinds,
+    /// Engage the global emergency stop (released by a human).
+    EmergencyStop,
+}
+
+impl OnDown {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PauseKinds => "pause_kinds",
+            Self::EmergencyStop => "emergency_stop",
+        }
+    }
 }
 
 /// What a probe checks.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProbeKind {
-    Http(HttpCheck),
+    Http(Box<HttpCheck>),
     /// A TCP connect to `host:port`.
     Tcp {
         host: String,
@@ -144,6 +203,9 @@ pub struct Probe {
     pub ca_file: Option<PathBuf>,
     /// The target as configured (events and alerts quote it).
     pub target: String,
+    /// Step kinds paused while the probe is down (valid step kinds).
+    pub depends_kinds: Vec<String>,
+    pub on_down: OnDown,
 }
 
 fn parse_severity(value: &str) -> Option<Severity> {
@@ -273,14 +335,73 @@ impl ProbeSpec {
                 if self.max_response_ms == Some(0) {
                     return Err(fail("max_response_ms", "must be at least 1".into()));
                 }
-                ProbeKind::Http(HttpCheck {
+                let header_name = |field: &str, name: &str| {
+                    reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|_| fail(field, format!("{name:?} is not an HTTP header name")))
+                };
+                let mut headers = Vec::with_capacity(self.headers.len());
+                for (name, value) in &self.headers {
+                    let field = format!("headers.{name}");
+                    let header = header_name(&field, name)?;
+                    let value = reqwest::header::HeaderValue::from_str(value).map_err(|_| {
+                        fail(
+                            &field,
+                            "the value has characters a header cannot carry".into(),
+                        )
+                    })?;
+                    headers.push((header, value));
+                }
+                let mut header_secrets = Vec::with_capacity(self.header_secrets.len());
+                for (name, secret) in &self.header_secrets {
+                    let field = format!("header_secrets.{name}");
+                    let header = header_name(&field, name)?;
+                    if headers.iter().any(|(h, _)| *h == header) {
+                        return Err(fail(&field, "also set in headers; set it once".into()));
+                    }
+                    if secret.is_empty()
+                        || !secret.bytes().all(|b| {
+                            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                        })
+                    {
+                        return Err(fail(
+                            &field,
+                            format!(
+                                "{secret:?} is not a secret name (lowercase letters, digits, '_')"
+                            ),
+                        ));
+                    }
+                    header_secrets.push((header, secret.clone()));
+                }
+                let json = match (&self.json_path, &self.json_equals) {
+                    (None, None) => None,
+                    (Some(_), None) => {
+                        return Err(fail(
+                            "json_equals",
+                            "required with json_path: the value expected there".into(),
+                        ));
+                    }
+                    (None, Some(_)) => {
+                        return Err(fail(
+                            "json_path",
+                            "required with json_equals: where the value is".into(),
+                        ));
+                    }
+                    (Some(path), Some(expected)) => Some(JsonCondition {
+                        path: JsonPath::parse(path).map_err(|r| fail("json_path", r))?,
+                        expected: expected.clone(),
+                    }),
+                };
+                ProbeKind::Http(Box::new(HttpCheck {
                     url,
                     method,
                     expected_status: self.expected_status.clone(),
                     body_contains: self.body_contains.clone(),
                     max_response: self.max_response_ms.map(Duration::from_millis),
                     max_body_bytes: usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
-                })
+                    headers,
+                    header_secrets,
+                    json,
+                }))
             }
             "tcp" => {
                 need_target("host:port")?;
@@ -347,7 +468,43 @@ impl ProbeSpec {
                 ));
             }
         };
+        if self.kind != "http"
+            && (!self.headers.is_empty()
+                || !self.header_secrets.is_empty()
+                || self.json_path.is_some()
+                || self.json_equals.is_some())
+        {
+            let field = if !self.headers.is_empty() {
+                "headers"
+            } else if !self.header_secrets.is_empty() {
+                "header_secrets"
+            } else {
+                "json_path"
+            };
+            return Err(fail(field, "only http probes take it".into()));
+        }
+        let on_down = match self.on_down.as_str() {
+            "pause_kinds" => OnDown::PauseKinds,
+            "emergency_stop" => OnDown::EmergencyStop,
+            other => {
+                return Err(fail(
+                    "on_down",
+                    format!("{other:?}: expected pause_kinds or emergency_stop"),
+                ));
+            }
+        };
+        let mut depends_kinds: Vec<String> = Vec::with_capacity(self.depends_kinds.len());
+        for kind in &self.depends_kinds {
+            let kind = opsloop_core::domain::input::StepKind::parse("depends_kinds", kind)
+                .map_err(|e| fail("depends_kinds", format!("{kind:?}: {}", e.reason)))?;
+            if !depends_kinds.iter().any(|k| k == kind.as_str()) {
+                depends_kinds.push(kind.as_str().to_owned());
+            }
+        }
+        depends_kinds.sort();
         Ok(Probe {
+            depends_kinds,
+            on_down,
             name: name.to_owned(),
             kind,
             interval: Duration::from_secs(self.interval_secs),

@@ -266,6 +266,133 @@ pub fn certificate_not_after(der: &[u8]) -> Option<DateTime<Utc>> {
     der_time(tag, not_after)
 }
 
+/// One step of a [`JsonPath`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JsonStep {
+    /// `.name`: a member of an object.
+    Key(String),
+    /// `[n]`: an element of an array.
+    Index(usize),
+}
+
+/// A path into a JSON document, as `json_path` writes it: members joined
+/// by `.`, array elements as `[n]`, with an optional leading `$`
+/// (`status`, `checks[0].state`, `$.data.ready`, `$[1]`). Just enough to
+/// point at one value; no wildcards or filters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonPath(pub Vec<JsonStep>);
+
+impl JsonPath {
+    /// The path, or why it does not parse (with the position).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let chars: Vec<char> = text.chars().collect();
+        if text.trim().is_empty() {
+            return Err("empty; write a path such as status or checks[0].state".into());
+        }
+        let mut steps = Vec::new();
+        let mut i = 0;
+        // `$` is the document; without it the path starts with a member.
+        let mut expect_key = true;
+        if chars.first() == Some(&'$') {
+            i = 1;
+            expect_key = false;
+        } else if chars.first() == Some(&'[') {
+            expect_key = false;
+        }
+        while i < chars.len() || expect_key {
+            if expect_key {
+                let start = i;
+                while i < chars.len() && !matches!(chars[i], '.' | '[' | ']') {
+                    i += 1;
+                }
+                if i == start {
+                    return Err(format!(
+                        "{text:?}: a member name is missing at position {start}"
+                    ));
+                }
+                let key: String = chars[start..i].iter().collect();
+                if key.trim() != key {
+                    return Err(format!("{text:?}: {key:?} has spaces around it"));
+                }
+                steps.push(JsonStep::Key(key));
+                expect_key = false;
+                continue;
+            }
+            match chars[i] {
+                '.' => {
+                    i += 1;
+                    expect_key = true;
+                }
+                '[' => {
+                    let start = i + 1;
+                    let mut end = start;
+                    while end < chars.len() && chars[end].is_ascii_digit() {
+                        end += 1;
+                    }
+                    if end == start || chars.get(end) != Some(&']') {
+                        return Err(format!(
+                            "{text:?}: expected an index such as [0] at position {i}"
+                        ));
+                    }
+                    let digits: String = chars[start..end].iter().collect();
+                    let index = digits
+                        .parse::<usize>()
+                        .map_err(|_| format!("{text:?}: index {digits} is too large"))?;
+                    steps.push(JsonStep::Index(index));
+                    i = end + 1;
+                }
+                other => {
+                    return Err(format!(
+                        "{text:?}: unexpected {other:?} at position {i} (use . between members, [n] for elements)"
+                    ));
+                }
+            }
+        }
+        Ok(Self(steps))
+    }
+
+    /// The value at the path, if the document has one there.
+    pub fn lookup<'a>(&self, document: &'a serde_json::Value) -> Option<&'a serde_json::Value> {
+        self.0.iter().try_fold(document, |value, step| match step {
+            JsonStep::Key(key) => value.get(key.as_str()),
+            JsonStep::Index(index) => value.get(*index),
+        })
+    }
+}
+
+impl std::fmt::Display for JsonPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("$")?;
+        for step in &self.0 {
+            match step {
+                JsonStep::Key(key) => write!(f, ".{key}")?,
+                JsonStep::Index(index) => write!(f, "[{index}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `actual` counts as `expected`: equal JSON, equal numbers
+/// (`1` and `1.0`), or an expected string that is how `actual` (a number or
+/// boolean) is written (environment overrides give every value as text).
+pub fn json_matches(expected: &serde_json::Value, actual: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    if expected == actual {
+        return true;
+    }
+    match (expected, actual) {
+        (Value::Number(a), Value::Number(b)) => a.as_f64().is_some_and(|a| Some(a) == b.as_f64()),
+        (Value::String(text), Value::Number(n)) => text
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .is_some_and(|t| Some(t) == n.as_f64()),
+        (Value::String(text), Value::Bool(b)) => text.as_str() == if *b { "true" } else { "false" },
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -479,5 +606,73 @@ mod tests {
         }
         assert_eq!(certificate_not_after(b"not a certificate"), None);
         assert_eq!(certificate_not_after(&[0x30, 0x82, 0xff]), None);
+    }
+
+    #[test]
+    fn json_paths_parse_and_look_up() {
+        let doc = serde_json::json!({
+            "status": "ok",
+            "checks": [{"state": "up"}, {"state": "down", "count": 3}],
+            "data": {"ready": true},
+        });
+        let table: &[(&str, Option<serde_json::Value>)] = &[
+            ("status", Some(serde_json::json!("ok"))),
+            ("$.status", Some(serde_json::json!("ok"))),
+            ("checks[1].state", Some(serde_json::json!("down"))),
+            ("$.checks[1].count", Some(serde_json::json!(3))),
+            ("data.ready", Some(serde_json::json!(true))),
+            ("checks[2].state", None),
+            ("status.deeper", None),
+            ("missing", None),
+        ];
+        for (text, expected) in table {
+            let path = JsonPath::parse(text).expect(text);
+            assert_eq!(path.lookup(&doc), expected.as_ref(), "{text}");
+        }
+        assert_eq!(JsonPath::parse("$").expect("root").lookup(&doc), Some(&doc));
+        assert_eq!(
+            JsonPath::parse("$[0]").expect("index").0,
+            vec![JsonStep::Index(0)]
+        );
+        assert_eq!(
+            JsonPath::parse("checks[1].state")
+                .expect("parses")
+                .to_string(),
+            "$.checks[1].state"
+        );
+    }
+
+    #[test]
+    fn bad_json_paths_say_where() {
+        for (text, reason) in [
+            ("", "empty"),
+            ("  ", "empty"),
+            ("a..b", "member name is missing at position 2"),
+            ("a.", "member name is missing at position 2"),
+            ("checks[x]", "expected an index such as [0] at position 6"),
+            ("checks[0", "expected an index"),
+            ("checks[]", "expected an index"),
+            ("a[0]b", "unexpected 'b' at position 4"),
+            ("$status", "unexpected 's' at position 1"),
+            ("a]", "unexpected ']'"),
+            ("a[99999999999999999999999]", "too large"),
+        ] {
+            let error = JsonPath::parse(text).expect_err(text);
+            assert!(error.contains(reason), "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn json_values_match_loosely_only_where_text_is_all_there_is() {
+        use serde_json::json;
+        assert!(json_matches(&json!("ok"), &json!("ok")));
+        assert!(json_matches(&json!(1), &json!(1.0)));
+        assert!(json_matches(&json!("3"), &json!(3)));
+        assert!(json_matches(&json!("true"), &json!(true)));
+        assert!(json_matches(&json!({"a": [1]}), &json!({"a": [1]})));
+        assert!(!json_matches(&json!("ok"), &json!("OK")));
+        assert!(!json_matches(&json!(3), &json!("3")));
+        assert!(!json_matches(&json!(true), &json!("true")));
+        assert!(!json_matches(&json!(null), &json!("null")));
     }
 }

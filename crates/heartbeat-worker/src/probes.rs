@@ -15,7 +15,9 @@ use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use opsloop_core::alert::{Alert, Severity};
-use opsloop_core::workflow::{self, OutboxMessage, WorkflowError, db_now};
+use opsloop_core::audit::AuditLog;
+use opsloop_core::secrets::SecretStore;
+use opsloop_core::workflow::{self, OutboxMessage, PauseChange, WorkflowError, db_now};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -33,10 +35,12 @@ use uuid::Uuid;
 use crate::config::HeartbeatSettings;
 use crate::db::{begin_write, for_update, stmt};
 use crate::heartbeat::{Heartbeat, HeartbeatError, emit_in};
-use crate::probe_config::{HttpCheck, Probe, ProbeKind, parse_maintenance, parse_probes};
+use crate::probe_config::{
+    HttpCheck, OnDown, Probe, ProbeKind, ProbeSpec, parse_maintenance, parse_probes,
+};
 use crate::probe_rules::{
     AlertAction, MaintenanceWindow, ProbeStatus, Status, Transition, alert_action,
-    certificate_not_after, crossed_thresholds, in_maintenance, notice_due, observe,
+    certificate_not_after, crossed_thresholds, in_maintenance, json_matches, notice_due, observe,
 };
 
 /// 1 while a probe is up (or not yet down), 0 while down.
@@ -45,10 +49,15 @@ pub const PROBE_UP: &str = "opsloop_probe_up";
 pub const PROBE_DURATION: &str = "opsloop_probe_duration_seconds";
 /// Seconds until the certificate a TLS probe last saw expires.
 pub const CERT_EXPIRY: &str = "opsloop_tls_certificate_expiry_seconds";
+/// Step kinds a probe holds paused (its `depends_kinds` while down).
+pub const KINDS_PAUSED: &str = "opsloop_probe_paused_kinds";
 /// The alert a probe raises while down.
 pub const DOWN_ALERT: &str = "ProbeDown";
 /// The notice of a certificate crossing an expiry threshold.
 pub const CERT_ALERT: &str = "ProbeCertificateExpiring";
+
+/// Seconds between reads of the probes added at run time.
+const REFRESH_SECS: i64 = 10;
 
 /// How long a firing `ProbeDown` stays firing unless resolved: it is
 /// resolved by the probe coming back, not by the alerter's timeout.
@@ -61,6 +70,33 @@ pub enum ProbeSetupError {
     Settings(#[from] crate::config::SettingsError),
     #[error("heartbeat.probes[{probe}].ca_file: {reason}")]
     Tls { probe: String, reason: String },
+    #[error("heartbeat.probes[{probe}].header_secrets.{header}: {reason}")]
+    HeaderSecret {
+        probe: String,
+        header: String,
+        reason: String,
+    },
+}
+
+/// Why `opsloop probe add|rm` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeChangeError {
+    /// The entry does not parse (names the probe and field).
+    #[error(transparent)]
+    Invalid(crate::config::SettingsError),
+    /// Its client cannot be built (a CA file, a header secret).
+    #[error(transparent)]
+    Setup(ProbeSetupError),
+    #[error(
+        "probe {0} is defined in the configuration file ([[heartbeat.probes]]); the file wins: edit it there"
+    )]
+    Configured(String),
+    #[error("a probe named {0} was already added; remove it first (opsloop probe rm {0})")]
+    Exists(String),
+    #[error("no probe named {0} was added at run time (see opsloop probe list)")]
+    NotFound(String),
+    #[error(transparent)]
+    Db(WorkflowError),
 }
 
 /// A certificate a TLS check saw.
@@ -108,6 +144,14 @@ pub struct CheckReport {
     pub maintenance: bool,
     /// The certificate-expiry threshold (days) announced by this check.
     pub cert_notice_days: Option<u32>,
+    /// Step kinds this check paused (the probe went down; `depends_kinds`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub paused_kinds: Vec<String>,
+    /// Step kinds this check made claimable again (the probe is up).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resumed_kinds: Vec<String>,
+    /// This check engaged the emergency stop (`on_down = "emergency_stop"`).
+    pub emergency_stop_engaged: bool,
 }
 
 /// How a probe reaches its target, built once.
@@ -121,16 +165,26 @@ enum Client {
 struct ProbeTask {
     probe: Probe,
     client: Client,
+    /// Added at run time (`probe_definitions`): the stored entry, so a
+    /// refresh rebuilds the task only when it changed. `None`: configured.
+    stored: Option<serde_json::Value>,
 }
 
 struct Inner {
     db: DatabaseConnection,
-    probes: Vec<Arc<ProbeTask>>,
+    /// The `[[heartbeat.probes]]` of the configuration.
+    configured: Vec<Arc<ProbeTask>>,
+    /// The configured probes, then those added at run time.
+    probes: std::sync::RwLock<Arc<Vec<Arc<ProbeTask>>>>,
+    /// Stored probes whose names the configuration also uses (ignored).
+    shadowed: Mutex<Vec<String>>,
+    secrets: SecretStore,
     permits: Semaphore,
     in_flight: Mutex<HashSet<String>>,
     next_due: Mutex<HashMap<String, DateTime<Utc>>>,
     history: Duration,
     maintenance: Vec<MaintenanceWindow>,
+    audit: Option<Arc<AuditLog>>,
 }
 
 /// The probes of one heartbeat-worker: cheap to clone.
@@ -139,17 +193,56 @@ pub struct ProbeRunner {
     inner: Arc<Inner>,
 }
 
-fn build_client(probe: &Probe) -> Result<Client, ProbeSetupError> {
+/// The request headers of an HTTP probe: its literal ones and those read
+/// from secrets (marked sensitive, so they never show in debug output).
+fn http_headers(
+    probe: &Probe,
+    http: &HttpCheck,
+    secrets: &SecretStore,
+) -> Result<reqwest::header::HeaderMap, ProbeSetupError> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (name, value) in &http.headers {
+        headers.insert(name.clone(), value.clone());
+    }
+    for (name, secret) in &http.header_secrets {
+        let error = |reason: String| ProbeSetupError::HeaderSecret {
+            probe: probe.name.clone(),
+            header: name.to_string(),
+            reason,
+        };
+        let value = secrets
+            .get(secret)
+            .map_err(|e| error(e.to_string()))?
+            .ok_or_else(|| {
+                error(format!(
+                    "secret {secret} is not set: put it in $CREDENTIALS_DIRECTORY/{secret}, \
+                     /run/secrets/{secret} or {}",
+                    SecretStore::env_name(secret)
+                ))
+            })?;
+        let mut value = reqwest::header::HeaderValue::from_str(value.expose()).map_err(|_| {
+            error(format!(
+                "secret {secret} has characters a header value cannot carry"
+            ))
+        })?;
+        value.set_sensitive(true);
+        headers.insert(name.clone(), value);
+    }
+    Ok(headers)
+}
+
+fn build_client(probe: &Probe, secrets: &SecretStore) -> Result<Client, ProbeSetupError> {
     let tls_error = |reason: String| ProbeSetupError::Tls {
         probe: probe.name.clone(),
         reason,
     };
     let ca = probe.ca_file.as_deref();
     Ok(match &probe.kind {
-        ProbeKind::Http(_) => {
+        ProbeKind::Http(http) => {
             // The check's own timeout bounds the whole request.
             let mut builder = reqwest::Client::builder()
                 .connect_timeout(probe.timeout)
+                .default_headers(http_headers(probe, http, secrets)?)
                 .user_agent("opsloop-probe");
             if ca.is_some() {
                 let config =
@@ -178,10 +271,20 @@ fn build_client(probe: &Probe) -> Result<Client, ProbeSetupError> {
 }
 
 impl ProbeRunner {
-    /// The probes of `settings`, with their clients (reads CA files).
+    /// The probes of `settings`, with their clients (reads CA files, and
+    /// header secrets from the process's secret sources).
     pub fn new(
         db: DatabaseConnection,
         settings: &HeartbeatSettings,
+    ) -> Result<Self, ProbeSetupError> {
+        Self::with_secrets(db, settings, &SecretStore::from_process())
+    }
+
+    /// [`ProbeRunner::new`] reading header secrets from `secrets`.
+    pub fn with_secrets(
+        db: DatabaseConnection,
+        settings: &HeartbeatSettings,
+        secrets: &SecretStore,
     ) -> Result<Self, ProbeSetupError> {
         let parsed = parse_probes(&settings.probes)?;
         let maintenance = parse_maintenance(&settings.maintenance, &parsed)?;
@@ -189,22 +292,49 @@ impl ProbeRunner {
             .into_iter()
             .map(|probe| {
                 Ok(Arc::new(ProbeTask {
-                    client: build_client(&probe)?,
+                    client: build_client(&probe, secrets)?,
                     probe,
+                    stored: None,
                 }))
             })
             .collect::<Result<Vec<_>, ProbeSetupError>>()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
-                probes,
+                probes: std::sync::RwLock::new(Arc::new(probes.clone())),
+                configured: probes,
+                shadowed: Mutex::new(Vec::new()),
+                secrets: secrets.clone(),
                 permits: Semaphore::new(usize::try_from(settings.probe_concurrency).unwrap_or(16)),
                 in_flight: Mutex::new(HashSet::new()),
                 next_due: Mutex::new(HashMap::new()),
                 history: Duration::days(i64::from(settings.probe_history_days)),
                 maintenance,
+                audit: None,
             }),
         })
+    }
+
+    /// Records the emergency stops that `on_down = "emergency_stop"` probes
+    /// engage in `audit` too (the daemon's audit log).
+    pub fn with_audit(mut self, audit: Option<Arc<AuditLog>>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.audit = audit;
+        }
+        self
+    }
+
+    /// Every probe run: the configured ones, then those added at run time.
+    pub fn probes(&self) -> Vec<Probe> {
+        self.all().iter().map(|t| t.probe.clone()).collect()
+    }
+
+    fn all(&self) -> Arc<Vec<Arc<ProbeTask>>> {
+        self.inner
+            .probes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn db(&self) -> &DatabaseConnection {
@@ -212,16 +342,20 @@ impl ProbeRunner {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.inner.probes.is_empty()
+        self.all().is_empty()
     }
 
-    /// The configured probe named `name`.
-    pub fn probe(&self, name: &str) -> Option<&Probe> {
-        self.task(name).map(|t| &t.probe)
+    /// The probe named `name` (configured or added).
+    pub fn probe(&self, name: &str) -> Option<Probe> {
+        self.task(name).map(|t| t.probe.clone())
     }
 
-    fn task(&self, name: &str) -> Option<&Arc<ProbeTask>> {
-        self.inner.probes.iter().find(|t| t.probe.name == name)
+    fn task(&self, name: &str) -> Option<Arc<ProbeTask>> {
+        self.all().iter().find(|t| t.probe.name == name).cloned()
+    }
+
+    fn is_configured(&self, name: &str) -> bool {
+        self.inner.configured.iter().any(|t| t.probe.name == name)
     }
 
     /// Names of the probes with a check running now.
@@ -254,7 +388,7 @@ impl ProbeRunner {
                 .next_due
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            for task in &self.inner.probes {
+            for task in self.all().iter() {
                 let name = &task.probe.name;
                 if in_flight.contains(name) || next_due.get(name).is_some_and(|at| *at > now) {
                     continue;
@@ -297,7 +431,7 @@ impl ProbeRunner {
     /// Checks `name` now, whatever its schedule (`None`: no such probe or
     /// the result could not be recorded).
     pub async fn check_now(&self, name: &str, now: DateTime<Utc>) -> Option<CheckReport> {
-        let task = self.task(name)?.clone();
+        let task = self.task(name)?;
         self.check_and_record(&task, now).await
     }
 
@@ -322,7 +456,10 @@ impl ProbeRunner {
         }
         let maintenance = in_maintenance(&self.inner.maintenance, &probe.name, now);
         match record(&self.inner.db, probe, &result, maintenance, now).await {
-            Ok(report) => {
+            Ok(mut report) => {
+                if report.transition == Some("down") && probe.on_down == OnDown::EmergencyStop {
+                    report.emergency_stop_engaged = self.engage_stop(probe, &report, now).await;
+                }
                 metrics::gauge!(PROBE_UP, "probe" => probe.name.clone()).set(
                     if report.status == Status::Down.as_str() {
                         0.0
@@ -339,6 +476,40 @@ impl ProbeRunner {
             Err(error) => {
                 tracing::error!(probe = %probe.name, %error, "cannot record a probe check");
                 None
+            }
+        }
+    }
+
+    /// Engages the global emergency stop for `probe` gone down; true when
+    /// this call engaged it (false: already engaged, or it failed, logged).
+    /// Releasing it stays a human decision, also when the probe recovers.
+    async fn engage_stop(&self, probe: &Probe, report: &CheckReport, now: DateTime<Utc>) -> bool {
+        let reason = format!(
+            "probe {} ({}) is down: {}",
+            probe.name,
+            probe.target,
+            report.error.as_deref().unwrap_or("failing")
+        );
+        match workflow::engage_emergency_stop(
+            &self.inner.db,
+            &format!("heartbeat:{}", pause_source(&probe.name)),
+            &reason,
+            self.inner.audit.as_deref(),
+            now,
+        )
+        .await
+        {
+            Ok(change) => {
+                if change.changed {
+                    tracing::warn!(probe = %probe.name, %reason,
+                        "emergency stop engaged: an upstream probe is down");
+                }
+                change.changed
+            }
+            Err(error) => {
+                tracing::error!(probe = %probe.name, %error,
+                    "cannot engage the emergency stop for a probe that went down; engage it by hand (opsloop emergency-stop engage)");
+                false
             }
         }
     }
@@ -382,6 +553,214 @@ impl ProbeRunner {
         }
     }
 
+    /// Lifts the pauses of probes that no longer pause kinds (removed from
+    /// the configuration, `depends_kinds` emptied, or `on_down` changed),
+    /// with a `probe.kinds_resumed` each; the probes whose pauses were
+    /// lifted. A probe still configured to pause is brought in line by its
+    /// next check. Run when this instance becomes the leader.
+    pub async fn reconcile_pauses(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, HeartbeatError> {
+        let db = &self.inner.db;
+        let standing = workflow::paused_kinds(db).await?;
+        let mut lifted: Vec<String> = Vec::new();
+        for pause in standing {
+            let Some(name) = pause.source.strip_prefix(PAUSE_SOURCE_PREFIX) else {
+                continue;
+            };
+            let keeps = self.probe(name).is_some_and(|p| {
+                p.on_down == OnDown::PauseKinds && p.depends_kinds.contains(&pause.kind)
+            });
+            if keeps || lifted.iter().any(|l| l == name) {
+                continue;
+            }
+            let tx = begin_write(db).await?;
+            let wanted: Vec<String> = self
+                .probe(name)
+                .filter(|p| p.on_down == OnDown::PauseKinds)
+                .map(|p| p.depends_kinds.clone())
+                .unwrap_or_default();
+            // Only the kinds no longer wanted go; the rest wait for a check.
+            let held: Vec<String> = workflow::paused_kinds(&tx)
+                .await?
+                .into_iter()
+                .filter(|p| p.source == pause.source && wanted.contains(&p.kind))
+                .map(|p| p.kind)
+                .collect();
+            let change =
+                workflow::sync_source_pauses(&tx, &pause.source, &held, &pause.reason, now).await?;
+            pause_events(&tx, name, &change, &pause.reason, pause.since, now).await?;
+            tx.commit().await?;
+            lifted.push(name.to_owned());
+        }
+        Ok(lifted)
+    }
+
+    /// Stored probes whose names the configuration also uses: ignored
+    /// (the configuration wins), reported by `GET /probes`.
+    pub fn shadowed(&self) -> Vec<String> {
+        self.inner
+            .shadowed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reads the probes added at run time (`probe_definitions`) and runs
+    /// them besides the configured ones from now on. A stored probe whose
+    /// name is configured is ignored (reported by [`Self::shadowed`]); one
+    /// that no longer parses or whose client cannot be built (a secret
+    /// gone) is skipped with a warning.
+    pub async fn refresh_added(&self) -> Result<(), WorkflowError> {
+        let db = &self.inner.db;
+        let rows = db
+            .query_all_raw(stmt(
+                db.get_database_backend(),
+                "SELECT name, spec FROM probe_definitions ORDER BY name",
+                vec![],
+            ))
+            .await?;
+        let current = self.all();
+        let mut next: Vec<Arc<ProbeTask>> = self.inner.configured.clone();
+        let mut shadowed = Vec::new();
+        for row in rows {
+            let name: String = row.try_get("", "name")?;
+            let spec: serde_json::Value = row.try_get("", "spec")?;
+            if self.is_configured(&name) {
+                shadowed.push(name);
+                continue;
+            }
+            if let Some(same) = current
+                .iter()
+                .find(|t| t.probe.name == name && t.stored.as_ref() == Some(&spec))
+            {
+                next.push(same.clone());
+                continue;
+            }
+            let built = serde_json::from_value::<ProbeSpec>(spec.clone())
+                .map_err(|e| format!("stored probe {name}: {e}"))
+                .and_then(|s| s.parse().map_err(|e| e.to_string()))
+                .and_then(|probe| {
+                    build_client(&probe, &self.inner.secrets)
+                        .map(|client| (probe, client))
+                        .map_err(|e| e.to_string())
+                });
+            match built {
+                Ok((probe, client)) => next.push(Arc::new(ProbeTask {
+                    probe,
+                    client,
+                    stored: Some(spec),
+                })),
+                Err(error) => {
+                    tracing::warn!(probe = %name, %error, "an added probe is skipped; remove it (opsloop probe rm) and add it again");
+                }
+            }
+        }
+        {
+            let mut known = self
+                .inner
+                .shadowed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if *known != shadowed && !shadowed.is_empty() {
+                tracing::warn!(probes = ?shadowed,
+                    "added probes share names with configured ones; the configuration wins");
+            }
+            *known = shadowed;
+        }
+        *self.inner.probes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        Ok(())
+    }
+
+    /// Stores `spec` as a probe added at run time (`opsloop probe add`) and
+    /// runs it from now on; on the other instances from their next refresh.
+    pub async fn add(
+        &self,
+        spec: &ProbeSpec,
+        created_by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Probe, ProbeChangeError> {
+        let probe = spec.parse().map_err(ProbeChangeError::Invalid)?;
+        if self.is_configured(&probe.name) {
+            return Err(ProbeChangeError::Configured(probe.name));
+        }
+        // Fails now rather than at every refresh (e.g. a secret not set).
+        build_client(&probe, &self.inner.secrets).map_err(ProbeChangeError::Setup)?;
+        let stored = serde_json::to_value(spec)
+            .map_err(|e| ProbeChangeError::Db(WorkflowError::Corrupt(e.to_string())))?;
+        let db = &self.inner.db;
+        let inserted = db
+            .execute_raw(stmt(
+                db.get_database_backend(),
+                "INSERT INTO probe_definitions (name, spec, created_by, created_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
+                vec![
+                    probe.name.as_str().into(),
+                    stored.into(),
+                    created_by.into(),
+                    db_now(now).into(),
+                ],
+            ))
+            .await
+            .map_err(|e| ProbeChangeError::Db(e.into()))?
+            .rows_affected();
+        if inserted == 0 {
+            return Err(ProbeChangeError::Exists(probe.name));
+        }
+        tracing::info!(probe = %probe.name, created_by, "probe added");
+        self.refresh_added().await.map_err(ProbeChangeError::Db)?;
+        Ok(probe)
+    }
+
+    /// Removes a probe added at run time: its definition and state go, the
+    /// kinds it paused are resumed (`probe.kinds_resumed`); its history
+    /// stays until the retention purges it.
+    pub async fn remove(&self, name: &str, now: DateTime<Utc>) -> Result<(), ProbeChangeError> {
+        if self.is_configured(name) {
+            return Err(ProbeChangeError::Configured(name.to_owned()));
+        }
+        let db = &self.inner.db;
+        let tx = begin_write(db)
+            .await
+            .map_err(|e| ProbeChangeError::Db(e.into()))?;
+        let backend = tx.get_database_backend();
+        let removed = async {
+            let deleted = tx
+                .execute_raw(stmt(
+                    backend,
+                    "DELETE FROM probe_definitions WHERE name = $1",
+                    vec![name.into()],
+                ))
+                .await?
+                .rows_affected();
+            if deleted == 0 {
+                return Ok::<bool, HeartbeatError>(false);
+            }
+            tx.execute_raw(stmt(
+                backend,
+                "DELETE FROM probe_state WHERE name = $1",
+                vec![name.into()],
+            ))
+            .await?;
+            let change =
+                workflow::sync_source_pauses(&tx, &pause_source(name), &[], "", now).await?;
+            pause_events(&tx, name, &change, "probe removed", now, now).await?;
+            Ok(true)
+        }
+        .await
+        .map_err(|e| ProbeChangeError::Db(WorkflowError::Conflict(e.to_string())))?;
+        if !removed {
+            return Err(ProbeChangeError::NotFound(name.to_owned()));
+        }
+        tx.commit()
+            .await
+            .map_err(|e| ProbeChangeError::Db(e.into()))?;
+        tracing::info!(probe = %name, "probe removed");
+        self.refresh_added().await.map_err(ProbeChangeError::Db)?;
+        Ok(())
+    }
+
     /// Deletes history older than the retention at `now`; the rows deleted.
     pub async fn purge_history(&self, now: DateTime<Utc>) -> Result<u64, DbErr> {
         let db = &self.inner.db;
@@ -400,16 +779,42 @@ impl ProbeRunner {
     /// due (a round never waits for another round's slow probe), and purges
     /// old history once an hour. Until `shutdown`.
     pub async fn run_loop(self, hb: Heartbeat, shutdown: CancellationToken) {
-        if self.is_empty() {
-            shutdown.cancelled().await;
-            return;
-        }
         let mut rounds = JoinSet::new();
+        let mut last_refresh: Option<DateTime<Utc>> = None;
         let mut last_purge: Option<DateTime<Utc>> = None;
+        let mut reconciled = false;
         loop {
             let now = Utc::now();
+            // Probes added (or removed) through another instance.
+            if last_refresh.is_none_or(|at| now - at >= Duration::seconds(REFRESH_SECS)) {
+                match self.refresh_added().await {
+                    Ok(()) => last_refresh = Some(now),
+                    Err(error) => tracing::warn!(%error, "cannot read the added probes"),
+                }
+            }
+            if self.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(StdDuration::from_secs(1)) => {}
+                }
+                continue;
+            }
             match hb.is_leader(now).await {
                 Ok(true) => {
+                    if !reconciled {
+                        match self.reconcile_pauses(now).await {
+                            Ok(lifted) => {
+                                reconciled = true;
+                                if !lifted.is_empty() {
+                                    tracing::info!(probes = ?lifted,
+                                        "pauses of probes no longer configured to pause lifted");
+                                }
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, "cannot reconcile paused step kinds")
+                            }
+                        }
+                    }
                     let runner = self.clone();
                     rounds.spawn(async move {
                         runner.run_due(now).await;
@@ -427,6 +832,7 @@ impl ProbeRunner {
                     }
                 }
                 Ok(false) => {
+                    reconciled = false;
                     // A new leader starts every probe afresh.
                     self.inner
                         .next_due
@@ -481,6 +887,29 @@ async fn check_http(client: &reqwest::Client, http: &HttpCheck) -> Result<(), St
         && !String::from_utf8_lossy(&body).contains(needle.as_str())
     {
         return Err(format!("body does not contain {needle:?}"));
+    }
+    if let Some(condition) = &http.json {
+        let document: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| format!("body is not JSON (json_path {}): {e}", condition.path))?;
+        match condition.path.lookup(&document) {
+            None => return Err(format!("body has no value at json_path {}", condition.path)),
+            Some(actual) if !json_matches(&condition.expected, actual) => {
+                let mut shown = actual.to_string();
+                if shown.len() > 120 {
+                    let cut = (0..=120)
+                        .rev()
+                        .find(|i| shown.is_char_boundary(*i))
+                        .unwrap_or(0);
+                    shown.truncate(cut);
+                    shown.push('…');
+                }
+                return Err(format!(
+                    "json_path {} is {shown}, expected {}",
+                    condition.path, condition.expected
+                ));
+            }
+            Some(_) => {}
+        }
     }
     if let Some(max) = http.max_response
         && elapsed > max
@@ -741,6 +1170,117 @@ pub async fn stored_state(
     .transpose()
 }
 
+/// One configured probe and its stored state: a row of `opsloop probe
+/// list` (`GET /probes` on the heartbeat-worker).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProbeListing {
+    pub name: String,
+    /// `config` (`[[heartbeat.probes]]`) or `added` (`opsloop probe add`).
+    pub source: &'static str,
+    pub kind: &'static str,
+    pub target: String,
+    pub interval_secs: u64,
+    /// `unknown` (never checked, or failing short of its retries), `up`
+    /// or `down`.
+    pub status: String,
+    /// Since when it has been in `status`.
+    pub since: Option<DateTime<Utc>>,
+    pub consecutive_failures: i64,
+    pub last_checked_at: Option<DateTime<Utc>>,
+    pub last_ok_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    /// Latency of the newest check (the slowest of its minute).
+    pub latency_ms: Option<i64>,
+    /// `tls`: expiry of the certificate last seen, and whole days left.
+    pub cert_not_after: Option<DateTime<Utc>>,
+    pub cert_days_left: Option<i64>,
+    pub depends_kinds: Vec<String>,
+    pub on_down: &'static str,
+    /// Step kinds this probe holds paused now.
+    pub paused_kinds: Vec<String>,
+}
+
+impl ProbeRunner {
+    /// Every configured probe with its stored state, by name.
+    pub async fn list(&self, now: DateTime<Utc>) -> Result<Vec<ProbeListing>, WorkflowError> {
+        let db = &self.inner.db;
+        let backend = db.get_database_backend();
+        let states = db
+            .query_all_raw(stmt(
+                backend,
+                "SELECT name, status, since, consecutive_failures, last_checked_at, last_ok_at, \
+                 last_error, cert_not_after FROM probe_state",
+                vec![],
+            ))
+            .await?;
+        let latencies = db
+            .query_all_raw(stmt(
+                backend,
+                "SELECT h.probe, h.latency_ms FROM probe_history h WHERE h.minute = \
+                 (SELECT MAX(l.minute) FROM probe_history l WHERE l.probe = h.probe)",
+                vec![],
+            ))
+            .await?;
+        let pauses = workflow::paused_kinds(db).await?;
+        let all = self.all();
+        let mut listings = Vec::with_capacity(all.len());
+        for task in all.iter() {
+            let probe = &task.probe;
+            let mut listing = ProbeListing {
+                name: probe.name.clone(),
+                source: if task.stored.is_some() {
+                    "added"
+                } else {
+                    "config"
+                },
+                kind: probe.kind.as_str(),
+                target: probe.target.clone(),
+                interval_secs: probe.interval.as_secs(),
+                status: Status::Unknown.as_str().to_owned(),
+                since: None,
+                consecutive_failures: 0,
+                last_checked_at: None,
+                last_ok_at: None,
+                last_error: None,
+                latency_ms: None,
+                cert_not_after: None,
+                cert_days_left: None,
+                depends_kinds: probe.depends_kinds.clone(),
+                on_down: probe.on_down.as_str(),
+                paused_kinds: pauses
+                    .iter()
+                    .filter(|p| p.source == pause_source(&probe.name))
+                    .map(|p| p.kind.clone())
+                    .collect(),
+            };
+            for row in &states {
+                if row.try_get::<String>("", "name")? != probe.name {
+                    continue;
+                }
+                listing.status = row.try_get("", "status")?;
+                listing.since = Some(row.try_get("", "since")?);
+                listing.consecutive_failures =
+                    i64::from(row.try_get::<i32>("", "consecutive_failures")?);
+                listing.last_checked_at = row.try_get("", "last_checked_at")?;
+                listing.last_ok_at = row.try_get("", "last_ok_at")?;
+                listing.last_error = row.try_get("", "last_error")?;
+                listing.cert_not_after = row.try_get("", "cert_not_after")?;
+                listing.cert_days_left = listing
+                    .cert_not_after
+                    .map(|at: DateTime<Utc>| (at - now).num_days());
+            }
+            for row in &latencies {
+                if row.try_get::<String>("", "probe")? == probe.name {
+                    listing.latency_ms = Some(row.try_get("", "latency_ms")?);
+                }
+            }
+            listings.push(listing);
+        }
+        listings.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(listings)
+    }
+}
+
 /// Writes a probe alert's outbox row: firing until `starts_at` + the
 /// horizon (it is resolved by the probe recovering, not by a timeout), or
 /// resolved now.
@@ -796,6 +1336,21 @@ fn down_alert(probe: &Probe) -> Alert {
     )
     .label("probe", &probe.name)
     .label("kind", probe.kind.as_str())
+    .annotation("on_down", down_consequence(probe))
+}
+
+/// What going down does besides this alert, in words (alert annotation).
+fn down_consequence(probe: &Probe) -> String {
+    match probe.on_down {
+        OnDown::EmergencyStop => {
+            "the emergency stop is engaged; release it by hand once the upstream is healthy".into()
+        }
+        OnDown::PauseKinds if probe.depends_kinds.is_empty() => "nothing else".into(),
+        OnDown::PauseKinds => format!(
+            "step kinds {} are paused until the probe is up",
+            probe.depends_kinds.join(", ")
+        ),
+    }
 }
 
 /// Records one check at `now`: state, history, and the events and alerts
@@ -940,6 +1495,28 @@ async fn record(
         }
         _ => None,
     };
+    let pauses = if probe.depends_kinds.is_empty() {
+        PauseChange::default()
+    } else {
+        let wanted: &[String] =
+            if next.status == Status::Down && probe.on_down == OnDown::PauseKinds {
+                &probe.depends_kinds
+            } else {
+                &[]
+            };
+        let reason = format!(
+            "probe {} is down since {}: {}",
+            probe.name,
+            next.since
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            result.error.as_deref().unwrap_or("failing")
+        );
+        let change =
+            workflow::sync_source_pauses(&tx, &pause_source(&probe.name), wanted, &reason, now)
+                .await?;
+        pause_events(&tx, &probe.name, &change, &reason, next.since, now).await?;
+        change
+    };
     tx.commit().await?;
     Ok(CheckReport {
         probe: probe.name.clone(),
@@ -951,7 +1528,55 @@ async fn record(
         alert,
         maintenance,
         cert_notice_days,
+        paused_kinds: pauses.paused,
+        resumed_kinds: pauses.resumed,
+        emergency_stop_engaged: false,
     })
+}
+
+/// The `step_kind_pauses` source of probe `name`.
+pub fn pause_source(name: &str) -> String {
+    format!("{PAUSE_SOURCE_PREFIX}{name}")
+}
+
+const PAUSE_SOURCE_PREFIX: &str = "probe:";
+
+/// `probe.kinds_paused` / `probe.kinds_resumed` for what `change` did.
+async fn pause_events(
+    tx: &DatabaseTransaction,
+    probe: &str,
+    change: &PauseChange,
+    reason: &str,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), HeartbeatError> {
+    if !change.paused.is_empty() {
+        emit_in(
+            tx,
+            "probe.kinds_paused",
+            json!({"probe": probe, "kinds": change.paused, "since": since, "reason": reason}),
+            None,
+            now,
+        )
+        .await?;
+        metrics::gauge!(KINDS_PAUSED, "probe" => probe.to_owned()).set(change.paused.len() as f64);
+        tracing::warn!(probe, kinds = ?change.paused, "step kinds paused: their upstream probe is down");
+    }
+    if !change.resumed.is_empty() {
+        emit_in(
+            tx,
+            "probe.kinds_resumed",
+            json!({"probe": probe, "kinds": change.resumed}),
+            None,
+            now,
+        )
+        .await?;
+        if change.paused.is_empty() {
+            metrics::gauge!(KINDS_PAUSED, "probe" => probe.to_owned()).set(0.0);
+        }
+        tracing::info!(probe, kinds = ?change.resumed, "step kinds claimable again");
+    }
+    Ok(())
 }
 
 /// Marks every threshold `cert` has crossed as notified for its

@@ -824,3 +824,568 @@ async fn grpc_health_probe_is_down_while_not_serving_and_up_when_serving() {
     assert_eq!((up.ok, up.transition), (true, Some("up")), "{up:?}");
     test_db.cleanup().await;
 }
+
+// ---- upstream dependencies: paused step kinds ------------------------------
+
+async fn submit_one(db: &DatabaseConnection, kind: &str, at: DateTime<Utc>) {
+    use opsloop_core::domain::input::{NewProposal, ProposalSource, StepKind, StepSpec};
+    let outcome = opsloop_core::workflow::submit_proposal(
+        db,
+        NewProposal {
+            title: format!("{kind} work"),
+            source: ProposalSource::Api,
+            agent: "tester".into(),
+            dedupe_key: None,
+            steps: vec![StepSpec {
+                kind: StepKind::parse("kind", kind).expect("kind"),
+                payload: serde_json::json!({}),
+                max_attempts: None,
+            }],
+            parallel: false,
+            metadata: serde_json::json!({}),
+            trace_id: None,
+        },
+        at,
+    )
+    .await
+    .expect("submit");
+    assert_eq!(
+        outcome.proposal.proposal.status, "approved",
+        "auto-approved"
+    );
+}
+
+/// What a worker asking for `kinds` gets: the claimed step's kind,
+/// `nothing` or `emergency_stop`.
+async fn claim_kind(db: &DatabaseConnection, kinds: &[&str], at: DateTime<Utc>) -> String {
+    use opsloop_core::domain::input::StepKind;
+    use opsloop_core::workflow::ClaimOutcome;
+    let kinds: Vec<StepKind> = kinds
+        .iter()
+        .map(|k| StepKind::parse("kind", k).expect("kind"))
+        .collect();
+    match opsloop_core::workflow::claim_step(db, "worker-1", &kinds, Some(60), at)
+        .await
+        .expect("claim")
+    {
+        ClaimOutcome::Claimed(step) => step.kind,
+        ClaimOutcome::Nothing => "nothing".into(),
+        ClaimOutcome::EmergencyStop => "emergency_stop".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_kind_is_paused_while_its_upstream_probe_is_down_on_postgres() {
+    kind_paused_while_down(fresh_postgres().await).await;
+}
+
+/// The same on SQLite (its claim is a transaction, not one statement).
+#[tokio::test]
+async fn a_kind_is_paused_while_its_upstream_probe_is_down_on_sqlite() {
+    kind_paused_while_down(fresh_sqlite().await).await;
+}
+
+async fn kind_paused_while_down(test_db: TestDb) {
+    let db = &test_db.db;
+    let status = Arc::new(AtomicU16::new(500));
+    let upstream = http_server(status.clone()).await;
+    let runner = ProbeRunner::new(
+        db.clone(),
+        &settings(vec![ProbeSpec {
+            retries: 2,
+            depends_kinds: vec!["notify".into()],
+            ..probe("payments", "http", &format!("http://{upstream}/health"))
+        }]),
+    )
+    .expect("runner");
+    let start = t0();
+    let at = |s: i64| start + Duration::seconds(s);
+    for _ in 0..2 {
+        submit_one(db, "notify", at(0)).await;
+    }
+    submit_one(db, "summarize", at(0)).await;
+
+    // One failure is not down: nothing paused yet.
+    let first = runner.check_now("payments", at(0)).await.expect("checked");
+    assert!(first.paused_kinds.is_empty(), "{first:?}");
+    assert_eq!(claim_kind(db, &["notify"], at(1)).await, "notify");
+
+    let down = runner.check_now("payments", at(10)).await.expect("checked");
+    assert_eq!(down.transition, Some("down"));
+    assert_eq!(down.paused_kinds, ["notify"]);
+    // Workers get nothing of the paused kind; other kinds still flow.
+    assert_eq!(claim_kind(db, &["notify"], at(11)).await, "nothing");
+    assert_eq!(
+        claim_kind(db, &["notify", "summarize"], at(11)).await,
+        "summarize"
+    );
+    assert_eq!(
+        claim_kind(db, &["notify", "summarize"], at(11)).await,
+        "nothing"
+    );
+    // Still down: nothing new to say.
+    let again = runner.check_now("payments", at(20)).await.expect("checked");
+    assert!(again.paused_kinds.is_empty() && again.resumed_kinds.is_empty());
+    assert_eq!(claim_kind(db, &["notify"], at(21)).await, "nothing");
+
+    // The reason shows in the ops health figures (opsloop health) and events.
+    let health = opsloop_core::workflow::health(db, at(21))
+        .await
+        .expect("health");
+    assert_eq!(health.paused_kinds.len(), 1, "{:?}", health.paused_kinds);
+    let pause = &health.paused_kinds[0];
+    assert_eq!(
+        (pause.kind.as_str(), pause.source.as_str()),
+        ("notify", "probe:payments")
+    );
+    assert_eq!(pause.since, opsloop_core::workflow::db_now(at(10)));
+    assert!(
+        pause.reason.contains("probe payments is down"),
+        "{}",
+        pause.reason
+    );
+    assert!(pause.reason.contains("status 500"), "{}", pause.reason);
+    let paused = events(db, "probe.kinds_paused").await;
+    assert_eq!(paused.len(), 1, "{paused:?}");
+    assert_eq!(paused[0]["probe"], "payments");
+    assert_eq!(paused[0]["kinds"], serde_json::json!(["notify"]));
+    let listing = runner.list(at(21)).await.expect("list");
+    assert_eq!(listing[0].status, "down");
+    assert_eq!(listing[0].paused_kinds, ["notify"]);
+
+    // Recovery: claimable again, once.
+    status.store(200, Ordering::SeqCst);
+    let up = runner.check_now("payments", at(30)).await.expect("checked");
+    assert_eq!(up.transition, Some("up"));
+    assert_eq!(up.resumed_kinds, ["notify"]);
+    assert_eq!(claim_kind(db, &["notify"], at(31)).await, "notify");
+    let resumed = events(db, "probe.kinds_resumed").await;
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(resumed[0]["kinds"], serde_json::json!(["notify"]));
+    assert!(
+        opsloop_core::workflow::health(db, at(31))
+            .await
+            .expect("health")
+            .paused_kinds
+            .is_empty()
+    );
+    test_db.cleanup().await;
+}
+
+#[tokio::test]
+async fn pauses_of_a_probe_no_longer_configured_are_lifted_by_the_new_leader() {
+    let test_db = fresh_postgres().await;
+    let db = &test_db.db;
+    let upstream = http_server(Arc::new(AtomicU16::new(503))).await;
+    let spec = ProbeSpec {
+        retries: 1,
+        depends_kinds: vec!["notify".into(), "draft".into()],
+        ..probe("crm", "http", &format!("http://{upstream}/health"))
+    };
+    let runner = ProbeRunner::new(db.clone(), &settings(vec![spec.clone()])).expect("runner");
+    let start = t0();
+    let down = runner.check_now("crm", start).await.expect("checked");
+    assert_eq!(down.paused_kinds, ["draft", "notify"]);
+    // Same probe, one kind dropped from depends_kinds: that one is lifted.
+    let narrower = ProbeRunner::new(
+        db.clone(),
+        &settings(vec![ProbeSpec {
+            depends_kinds: vec!["notify".into()],
+            ..spec
+        }]),
+    )
+    .expect("runner");
+    assert_eq!(
+        narrower.reconcile_pauses(start).await.expect("reconcile"),
+        ["crm"]
+    );
+    let standing: Vec<String> = opsloop_core::workflow::paused_kinds(db)
+        .await
+        .expect("pauses")
+        .into_iter()
+        .map(|p| p.kind)
+        .collect();
+    assert_eq!(standing, ["notify"]);
+    // The probe removed altogether: everything lifted.
+    let none = ProbeRunner::new(db.clone(), &settings(vec![])).expect("runner");
+    assert_eq!(
+        none.reconcile_pauses(start).await.expect("reconcile"),
+        ["crm"]
+    );
+    assert!(
+        opsloop_core::workflow::paused_kinds(db)
+            .await
+            .expect("pauses")
+            .is_empty()
+    );
+    assert_eq!(events(db, "probe.kinds_resumed").await.len(), 2);
+    assert!(
+        none.reconcile_pauses(start)
+            .await
+            .expect("again")
+            .is_empty()
+    );
+    test_db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_probe_with_on_down_emergency_stop_engages_the_stop() {
+    let test_db = fresh_postgres().await;
+    let db = &test_db.db;
+    let status = Arc::new(AtomicU16::new(500));
+    let upstream = http_server(status.clone()).await;
+    let runner = ProbeRunner::new(
+        db.clone(),
+        &settings(vec![ProbeSpec {
+            retries: 1,
+            on_down: "emergency_stop".into(),
+            depends_kinds: vec!["notify".into()],
+            ..probe("ledger", "http", &format!("http://{upstream}/health"))
+        }]),
+    )
+    .expect("runner");
+    let start = t0();
+    let at = |s: i64| start + Duration::seconds(s);
+    submit_one(db, "summarize", at(0)).await;
+
+    let down = runner.check_now("ledger", at(0)).await.expect("checked");
+    assert_eq!(down.transition, Some("down"));
+    assert!(down.emergency_stop_engaged, "{down:?}");
+    assert!(down.paused_kinds.is_empty(), "the stop, not a pause");
+    assert_eq!(
+        claim_kind(db, &["summarize"], at(1)).await,
+        "emergency_stop"
+    );
+    let (stop, _) = opsloop_core::workflow::emergency_stop_state(db)
+        .await
+        .expect("stop");
+    assert!(stop.engaged);
+    assert_eq!(stop.actor.as_deref(), Some("heartbeat:probe:ledger"));
+    assert!(
+        stop.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("probe ledger")),
+        "{stop:?}"
+    );
+    assert_eq!(events(db, "emergency_stop.engaged").await.len(), 1);
+    let fired = alerts(db, "ProbeDown").await;
+    assert!(
+        fired[0]["annotations"]["on_down"]
+            .as_str()
+            .is_some_and(|a| a.contains("emergency stop")),
+        "{fired:?}"
+    );
+
+    // Recovery does not release it: that stays a human decision.
+    status.store(200, Ordering::SeqCst);
+    let up = runner.check_now("ledger", at(10)).await.expect("checked");
+    assert_eq!(up.transition, Some("up"));
+    assert!(!up.emergency_stop_engaged);
+    assert_eq!(
+        claim_kind(db, &["summarize"], at(11)).await,
+        "emergency_stop"
+    );
+    opsloop_core::workflow::release_emergency_stop(db, "oncall", "ledger healthy", None, at(12))
+        .await
+        .expect("release");
+    assert_eq!(claim_kind(db, &["summarize"], at(13)).await, "summarize");
+    test_db.cleanup().await;
+}
+
+// ---- HTTP checks: secret headers, JSON path, body bound --------------------
+
+/// An HTTP server answering `GET /status` with `body` as JSON, but only
+/// when `X-Api-Key` carries `key` (else 401).
+async fn keyed_json_server(
+    key: &'static str,
+    body: Arc<std::sync::Mutex<String>>,
+) -> std::net::SocketAddr {
+    let app = Router::new().route(
+        "/status",
+        get(move |headers: axum::http::HeaderMap| {
+            let body = body.clone();
+            async move {
+                if headers.get("x-api-key").and_then(|v| v.to_str().ok()) != Some(key) {
+                    return (StatusCode::UNAUTHORIZED, String::new());
+                }
+                (StatusCode::OK, body.lock().expect("lock").clone())
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[tokio::test]
+async fn http_probe_sends_secret_headers_and_checks_a_json_path() {
+    let test_db = fresh_sqlite().await;
+    let db = &test_db.db;
+    let body = Arc::new(std::sync::Mutex::new(
+        r#"{"checks": [{"name": "db", "state": "up"}, {"name": "queue", "state": "up"}]}"#
+            .to_owned(),
+    ));
+    let addr = keyed_json_server("k-123", body.clone()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("vendor_api_key"), "k-123\n").expect("secret file");
+    let secrets = opsloop_core::secrets::SecretStore::with_sources(None, dir.path(), Vec::new());
+    let spec = ProbeSpec {
+        retries: 1,
+        header_secrets: [("X-Api-Key".to_owned(), "vendor_api_key".to_owned())].into(),
+        headers: [("Accept".to_owned(), "application/json".to_owned())].into(),
+        json_path: Some("$.checks[1].state".into()),
+        json_equals: Some(serde_json::json!("up")),
+        ..probe("vendor", "http", &format!("http://{addr}/status"))
+    };
+    let runner = ProbeRunner::with_secrets(db.clone(), &settings(vec![spec.clone()]), &secrets)
+        .expect("runner");
+    let start = t0();
+    let ok = runner.check_now("vendor", start).await.expect("checked");
+    assert!(
+        ok.ok,
+        "the secret header was sent and the path matched: {ok:?}"
+    );
+
+    *body.lock().expect("lock") =
+        r#"{"checks": [{"name": "db", "state": "up"}, {"name": "queue", "state": "degraded"}]}"#
+            .into();
+    let wrong = runner
+        .check_now("vendor", start + Duration::seconds(10))
+        .await
+        .expect("checked");
+    assert!(!wrong.ok);
+    assert_eq!(
+        wrong.error.as_deref(),
+        Some(r#"json_path $.checks[1].state is "degraded", expected "up""#)
+    );
+    *body.lock().expect("lock") = r#"{"checks": []}"#.into();
+    let missing = runner
+        .check_now("vendor", start + Duration::seconds(20))
+        .await
+        .expect("checked");
+    assert!(
+        missing
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("no value at json_path")),
+        "{missing:?}"
+    );
+    *body.lock().expect("lock") = "<html>oops</html>".into();
+    let not_json = runner
+        .check_now("vendor", start + Duration::seconds(30))
+        .await
+        .expect("checked");
+    assert!(
+        not_json
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("body is not JSON")),
+        "{not_json:?}"
+    );
+
+    // Without the secret the probe is refused at start, naming the field.
+    let empty = tempfile::tempdir().expect("tempdir");
+    let no_secrets =
+        opsloop_core::secrets::SecretStore::with_sources(None, empty.path(), Vec::new());
+    let refused = ProbeRunner::with_secrets(db.clone(), &settings(vec![spec]), &no_secrets)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        refused.starts_with(
+            "heartbeat.probes[vendor].header_secrets.x-api-key: secret vendor_api_key is not set"
+        ),
+        "{refused}"
+    );
+    assert!(!refused.contains("k-123"));
+    test_db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_bound_fails_without_being_read_whole() {
+    let test_db = fresh_sqlite().await;
+    let db = &test_db.db;
+    // Announces 8 MiB and streams it: the probe must stop after its bound.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request).await;
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 8388608\r\n\r\n";
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 64 * 1024];
+                for _ in 0..128 {
+                    if stream.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let runner = ProbeRunner::new(
+        db.clone(),
+        &settings(vec![ProbeSpec {
+            retries: 1,
+            max_body_bytes: 1024,
+            ..probe("big", "http", &format!("http://{addr}/big"))
+        }]),
+    )
+    .expect("runner");
+    let report = runner.check_now("big", t0()).await.expect("checked");
+    assert!(!report.ok);
+    assert_eq!(
+        report.error.as_deref(),
+        Some("body larger than 1024 bytes (max_body_bytes)")
+    );
+    test_db.cleanup().await;
+}
+
+#[test]
+fn bad_probe_fields_of_item_one_name_the_probe_and_field() {
+    let base = || probe("p", "http", "http://example.com/health");
+    let cases: Vec<(ProbeSpec, &str, &str)> = vec![
+        (
+            ProbeSpec {
+                json_path: Some("checks[x].state".into()),
+                json_equals: Some(serde_json::json!("up")),
+                ..base()
+            },
+            "heartbeat.probes[p].json_path",
+            "expected an index such as [0] at position 6",
+        ),
+        (
+            ProbeSpec {
+                json_path: Some("status".into()),
+                ..base()
+            },
+            "heartbeat.probes[p].json_equals",
+            "required with json_path",
+        ),
+        (
+            ProbeSpec {
+                on_down: "panic".into(),
+                ..base()
+            },
+            "heartbeat.probes[p].on_down",
+            "pause_kinds or emergency_stop",
+        ),
+        (
+            ProbeSpec {
+                depends_kinds: vec!["bad kind!".into()],
+                ..base()
+            },
+            "heartbeat.probes[p].depends_kinds",
+            "bad kind!",
+        ),
+        (
+            ProbeSpec {
+                header_secrets: [("X-Key".to_owned(), "Not A Name".to_owned())].into(),
+                ..base()
+            },
+            "heartbeat.probes[p].header_secrets.X-Key",
+            "not a secret name",
+        ),
+        (
+            ProbeSpec {
+                headers: [("Bad Header".to_owned(), "v".to_owned())].into(),
+                ..base()
+            },
+            "heartbeat.probes[p].headers.Bad Header",
+            "not an HTTP header name",
+        ),
+        (
+            ProbeSpec {
+                json_path: Some("status".into()),
+                json_equals: Some(serde_json::json!("ok")),
+                ..probe("p", "tcp", "db:5432")
+            },
+            "heartbeat.probes[p].json_path",
+            "only http probes",
+        ),
+        (
+            ProbeSpec {
+                interval_secs: 9,
+                ..base()
+            },
+            "heartbeat.probes[p].interval_secs",
+            "at least 10 s",
+        ),
+        (
+            probe("p", "ping", "example.com"),
+            "heartbeat.probes[p].kind",
+            "unknown probe kind \"ping\"",
+        ),
+        (
+            probe("p", "http", "http//missing-colon"),
+            "heartbeat.probes[p].target",
+            "is not a URL",
+        ),
+    ];
+    for (spec, key, reason) in cases {
+        let line = spec.parse().expect_err(key).to_string();
+        assert!(line.contains(&format!("{key}: ")), "{key}: {line}");
+        assert!(line.contains(reason), "{key}: {line}");
+    }
+}
+
+#[tokio::test]
+async fn added_probes_run_beside_configured_ones_and_the_file_wins() {
+    let test_db = fresh_postgres().await;
+    let db = &test_db.db;
+    let upstream = http_server(Arc::new(AtomicU16::new(200))).await;
+    let configured = probe("web", "http", &format!("http://{upstream}/health"));
+    let one = ProbeRunner::new(db.clone(), &settings(vec![configured.clone()])).expect("runner");
+    let start = t0();
+    let added = one
+        .add(
+            &probe("api", "http", &format!("http://{upstream}/health")),
+            "ops",
+            start,
+        )
+        .await
+        .expect("added");
+    assert_eq!(added.name, "api");
+    let ran: Vec<String> = one
+        .run_due(start)
+        .await
+        .into_iter()
+        .map(|r| r.probe)
+        .collect();
+    assert_eq!(ran, ["api", "web"]);
+    // Another instance sees it after its refresh.
+    let two = ProbeRunner::new(db.clone(), &settings(vec![configured.clone()])).expect("runner");
+    assert!(two.probe("api").is_none());
+    two.refresh_added().await.expect("refresh");
+    assert!(two.probe("api").is_some());
+    // A configured name cannot be added; a stored one the file later
+    // defines is ignored and reported.
+    let clash = one.add(&configured, "ops", start).await.expect_err("clash");
+    assert!(clash.to_string().contains("the file wins"), "{clash}");
+    let three = ProbeRunner::new(
+        db.clone(),
+        &settings(vec![configured, probe("api", "tcp", &upstream.to_string())]),
+    )
+    .expect("runner");
+    three.refresh_added().await.expect("refresh");
+    assert_eq!(three.shadowed(), ["api"]);
+    assert!(matches!(
+        three.probe("api").map(|p| p.kind),
+        Some(opsloop_heartbeat_worker::probe_config::ProbeKind::Tcp { .. })
+    ));
+    // Removed: gone from the next refresh everywhere.
+    one.remove("api", start).await.expect("removed");
+    assert!(one.probe("api").is_none());
+    two.refresh_added().await.expect("refresh");
+    assert!(two.probe("api").is_none());
+    assert!(
+        one.remove("web", start).await.is_err(),
+        "configured: edit the file"
+    );
+    test_db.cleanup().await;
+}

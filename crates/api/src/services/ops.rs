@@ -181,6 +181,16 @@ impl OpsService for Api {
                     cost_today_usd: h.cost_today_usd,
                     cost_month_usd: h.cost_month_usd,
                     generated_at: Some(convert::ts(h.generated_at)),
+                    paused_kinds: h
+                        .paused_kinds
+                        .iter()
+                        .map(|p| pb::PausedStepKind {
+                            kind: p.kind.clone(),
+                            source: p.source.clone(),
+                            reason: p.reason.clone(),
+                            since: Some(convert::ts(p.since)),
+                        })
+                        .collect(),
                 }),
             })
         })

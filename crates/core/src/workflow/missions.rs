@@ -104,9 +104,9 @@ pub async fn claim_steps_cached(
 }
 
 /// Hands `worker_id` the oldest claimable step of one of `kinds`: queued, of
-/// a running mission, past its backoff, and (unless the mission is
-/// parallel) with every earlier step succeeded. Without a process-wide
-/// policy cache (see [`claim_step_cached`]).
+/// a running mission, past its backoff, of a kind not paused, and (unless
+/// the mission is parallel) with every earlier step succeeded. Without a
+/// process-wide policy cache (see [`claim_step_cached`]).
 pub async fn claim_step(
     db: &DatabaseConnection,
     worker_id: &str,
@@ -198,7 +198,30 @@ async fn claim_cached(
     claim_step_tx(db, worker_id, kinds, lease_seconds, now).await
 }
 
+/// The claim's filter on paused step kinds (see [`super::pauses`]) on
+/// PostgreSQL, inside the one claim statement (no extra round trip): the
+/// small `step_kind_pauses` table read once into an array (an InitPlan, so
+/// the claim keeps its ordered index scan; a correlated anti-join let the
+/// planner switch to a sequential scan and sort, 3.8 ms → 210 ms with
+/// 100 000 queued steps), plus a one-time gate that skips the scan when every
+/// asked kind is paused (51 ms → 5 ms for a worker of only paused kinds).
+/// `kinds` is the statement's list of kind placeholders.
+fn not_paused_pg(kinds: &str) -> String {
+    format!(
+        "s.kind <> ALL (ARRAY(SELECT kind FROM step_kind_pauses)) \
+         AND EXISTS (SELECT 1 FROM unnest(ARRAY[{kinds}]::text[]) AS w(k) \
+         WHERE w.k <> ALL (ARRAY(SELECT kind FROM step_kind_pauses)))"
+    )
+}
+
+/// The same on SQLite (an uncorrelated `NOT IN`, evaluated once).
+const NOT_PAUSED_SQLITE: &str = "s.kind NOT IN (SELECT kind FROM step_kind_pauses)";
+
 /// The one claim statement (PostgreSQL). `None` when the policy changed.
+///
+/// A step of a kind that is paused (a row in `step_kind_pauses`, e.g. an
+/// upstream probe it depends on is down) is neither handed out nor taken
+/// over from an expired lease until the pause is lifted.
 ///
 /// It takes, first, a running step of one of `kinds` whose lease expired
 /// with attempts left (the attempt is bumped, so the late holder is
@@ -257,11 +280,12 @@ async fn claim_statement(
          x AS (SELECT s.id FROM mission_steps s JOIN missions m ON m.id = s.mission_id \
                WHERE (SELECT fp FROM v) = {fp} AND s.status = 'running' AND s.kind IN ({kinds}) \
                AND m.status = 'running' AND s.attempt < s.max_attempts AND {expired} \
+               AND {not_paused} \
                ORDER BY s.lease_expires_at LIMIT 1 FOR UPDATE OF s SKIP LOCKED), \
          q AS (SELECT s.id FROM mission_steps s JOIN missions m ON m.id = s.mission_id \
                WHERE NOT EXISTS (SELECT 1 FROM x) \
                AND (SELECT fp FROM v) = {fp} AND s.status = 'queued' AND s.kind IN ({kinds}) \
-               AND m.status = 'running' \
+               AND m.status = 'running' AND {not_paused} \
                AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= {now_p}) \
                AND (s.lease_holder IS NULL OR s.lease_expires_at IS NULL OR {requeued_free}) \
                AND (m.parallel OR NOT EXISTS (SELECT 1 FROM mission_steps p \
@@ -286,6 +310,7 @@ async fn claim_statement(
                {headers_p}, {now_p} FROM e) \
          SELECT (SELECT fp FROM v) AS fp, u.* FROM (SELECT 1) AS one LEFT JOIN u ON true",
         kinds = kinds_p.join(", "),
+        not_paused = not_paused_pg(&kinds_p.join(", ")),
     );
     let row = db
         .query_one_raw(stmt(DbBackend::Postgres, &sql, p.values))
@@ -341,6 +366,7 @@ async fn claim_step_tx(
     let sql = format!(
         "SELECT s.id FROM mission_steps s JOIN missions m ON m.id = s.mission_id \
          WHERE s.status = 'queued' AND s.kind IN ({}) AND m.status = 'running' \
+         AND {NOT_PAUSED_SQLITE} \
          AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= $1) \
          AND (m.parallel OR NOT EXISTS (SELECT 1 FROM mission_steps p \
               WHERE p.mission_id = s.mission_id AND p.seq < s.seq AND p.status <> 'succeeded')) \
@@ -351,7 +377,7 @@ async fn claim_step_tx(
     let expired_sql = format!(
         "SELECT s.id FROM mission_steps s JOIN missions m ON m.id = s.mission_id \
          WHERE s.status = 'running' AND s.kind IN ({}) AND m.status = 'running' \
-         AND s.attempt < s.max_attempts AND s.lease_expires_at < $1 \
+         AND {NOT_PAUSED_SQLITE} AND s.attempt < s.max_attempts AND s.lease_expires_at < $1 \
          ORDER BY s.lease_expires_at LIMIT 1{lock}",
         placeholders.join(", ")
     );

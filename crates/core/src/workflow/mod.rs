@@ -15,6 +15,7 @@ pub mod missions;
 pub mod notify;
 pub mod ops;
 pub mod outbox;
+pub mod pauses;
 pub mod policy;
 pub mod proposals;
 pub mod repair;
@@ -41,6 +42,7 @@ pub use missions::{
     list_missions, recover_stale_steps, renew_lease,
 };
 pub use ops::{HealthFigures, SummaryFigures, SummaryPeriod, health, leases, summary};
+pub use pauses::{KindPause, PauseChange, paused_kinds, sync_source_pauses};
 pub use policy::{
     EmergencyStopChange, PolicyChange, emergency_stop_state, engage_emergency_stop, get_policy,
     list_policies, policy_history, release_emergency_stop, set_policy,

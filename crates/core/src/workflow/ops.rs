@@ -181,6 +181,8 @@ pub struct HealthFigures {
     /// Until when the heartbeat holds back a new failure-spike alert (its
     /// cooldown rows named `ops_health…`).
     pub alert_cooldown_until: Option<DateTime<Utc>>,
+    /// Step kinds paused for claiming, and by what (e.g. a probe that is down).
+    pub paused_kinds: Vec<super::pauses::KindPause>,
     pub generated_at: DateTime<Utc>,
 }
 
@@ -276,6 +278,7 @@ pub async fn health(db: &impl ConnectionTrait, now: DateTime<Utc>) -> Result<Hea
             vec![now.into()],
         )
         .await?,
+        paused_kinds: super::pauses::paused_kinds(db).await?,
         generated_at: now,
     })
 }
