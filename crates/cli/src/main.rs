@@ -12,8 +12,7 @@ use opsloop_cli::client::Globals;
 use opsloop_cli::output::OutputFormat;
 use opsloop_cli::{
     alerts, backup, config_check, event, incident, mission, ops, policy, probe, proposal, repair,
-    status,
-    token, trigger, worker_cmd,
+    status, token, trigger, worker_cmd,
 };
 
 /// `opsloop --version`: the crate version, git revision and build date
