@@ -381,6 +381,24 @@ API_HTTP="http://127.0.0.1:$API_HTTP_PORT" HEARTBEAT_HTTP="http://127.0.0.1:$HEA
   OPSLOOP_TOKEN_FILE="$SECRETS/admin_token" OPSLOOP_BIN="$CLI" SMOKE_ALERT_RECEIVER=slack \
   bash scripts/smoke.sh || die "scripts/smoke.sh failed"
 
+# The status page (public on the api's HTTP port) sees every daemon by its
+# /readyz over the compose network, and the database and the bus.
+status_states=""
+for _ in $(seq 1 30); do
+  status_states=$(curl -fsS "http://127.0.0.1:$API_HTTP_PORT/status.json" 2>/dev/null |
+    python3 -c 'import json,sys; print(" ".join(c["id"] + "=" + c["state"] for c in json.load(sys.stdin)["components"]))' 2>/dev/null || true)
+  missing=0
+  for id in api heartbeat-worker alerter backup-agent database bus; do
+    grep -qw -- "$id=operational" <<<"$status_states" || missing=1
+  done
+  ((missing == 0)) && break
+  sleep 2
+done
+((missing == 0)) || die "status page: not every component operational after 60 s: ${status_states:-no answer from /status.json}"
+curl -fsS "http://127.0.0.1:$API_HTTP_PORT/status" | grep -q 'All systems operational' ||
+  die "status page: /status does not say 'All systems operational'"
+log "status page: $status_states"
+
 # ------------------------------------------ TLS and tokens at the edge --
 # The api's gRPC port takes TLS only, and only with a token: a plaintext
 # client, a client without the CA, and a TLS client without a token are
