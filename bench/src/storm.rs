@@ -533,7 +533,13 @@ fn rows(
     );
     rows.push(
         row(
-            format!("bytes per active alert at {large}"),
+            // The storm may already have posted more than `large`: the
+            // figure is per alert posted so far.
+            format!(
+                "bytes per active alert at {}",
+                ours.f(&["alerts_held"])
+                    .map_or(large, |held| (held as u64).max(large))
+            ),
             "B",
             &["bytes_per_alert_large"],
         )

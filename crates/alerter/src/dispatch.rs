@@ -65,7 +65,19 @@ pub struct Dispatcher {
     /// The notification log of the live groups (a group that ends leaves
     /// the log as "nothing firing", the same as no entry).
     log: HashMap<GroupId, NotifiedState>,
+    /// Future instants a silence starts or ends: every group wakes then
+    /// (what is muted changes with time, not with an input).
+    silence_edges: BTreeSet<DateTime<Utc>>,
+    /// The silences changed since the last [`Dispatcher::due`]: every
+    /// group wakes.
+    silences_changed: bool,
+    /// The instant of the last [`Dispatcher::due`].
+    last_due: Option<DateTime<Utc>>,
 }
+
+/// The longest a quiet group sleeps between flushes even with nothing
+/// due: a bound on the cost of a missed wake-up, not a schedule.
+const SLEEP_AT_MOST: chrono::Duration = chrono::Duration::minutes(5);
 
 impl Dispatcher {
     pub fn new(
@@ -88,6 +100,9 @@ impl Dispatcher {
             unheld: BTreeSet::new(),
             inhibit_sources,
             log: HashMap::new(),
+            silence_edges: BTreeSet::new(),
+            silences_changed: false,
+            last_due: None,
         }
     }
 
@@ -104,8 +119,67 @@ impl Dispatcher {
         self.log.retain(|id, _| groups.contains_key(id));
     }
 
+    /// Replaces the silences; when they differ, every group wakes at the
+    /// next [`Dispatcher::due`] (the same silences again cost nothing).
     pub fn set_silences(&mut self, silences: Vec<Silence>) {
+        if silences == self.silences {
+            return;
+        }
+        self.silence_edges = silences
+            .iter()
+            .flat_map(|s| [s.starts_at, s.ends_at])
+            .collect();
         self.silences = silences;
+        self.silences_changed = true;
+    }
+
+    /// Wakes every group at its first grid point at or after `at` (a
+    /// silence changed: what is muted may differ for any of them).
+    fn wake_all(&mut self, at: DateTime<Utc>) {
+        for (id, group) in &mut self.groups {
+            let before = group.next_flush();
+            group.wake(at);
+            let after = group.next_flush();
+            if after != before {
+                self.due_index.remove(&(before, id.clone()));
+                self.due_index.insert((after, id.clone()));
+            }
+        }
+    }
+
+    /// After a quiet flush, whether the group may sleep: nothing outside
+    /// it but a silence (which wakes every group) can change what it would
+    /// tell. An alert an inhibition rule may target is muted by other
+    /// alerts' changes, so its group keeps flushing every interval.
+    fn may_sleep(&self, group: &AggregationGroup) -> bool {
+        self.inhibit_rules.is_empty()
+            || group
+                .held()
+                .all(|a| !self.inhibit_rules.iter().any(|r| r.is_target(&a.labels)))
+    }
+
+    /// Until when a quiet group has nothing to tell unless an input wakes
+    /// it: its repeat, the next end of one of its alerts, at most
+    /// [`SLEEP_AT_MOST`].
+    fn quiet_until(
+        &self,
+        id: &GroupId,
+        group: &AggregationGroup,
+        now: DateTime<Utc>,
+    ) -> DateTime<Utc> {
+        let repeat = self
+            .log
+            .get(id)
+            .map(|last| last.at + group.opts.repeat_interval);
+        let next_end = group
+            .held()
+            .filter_map(|a| a.ends_at)
+            .filter(|end| *end > now)
+            .min();
+        [repeat, next_end]
+            .into_iter()
+            .flatten()
+            .fold(now + SLEEP_AT_MOST, DateTime::min)
     }
 
     pub fn silences(&self) -> &[Silence] {
@@ -175,7 +249,9 @@ impl Dispatcher {
 
     /// The earliest instant a group wants to flush.
     pub fn next_wakeup(&self) -> Option<DateTime<Utc>> {
-        self.due_index.first().map(|(at, _)| *at)
+        let group = self.due_index.first().map(|(at, _)| *at);
+        let edge = self.silence_edges.first().copied();
+        [group, edge].into_iter().flatten().min()
     }
 
     /// The alerts that inhibit `alert` now, looking only at each rule's
@@ -202,12 +278,34 @@ impl Dispatcher {
 
     fn muted(&self, alert: &Alert, now: DateTime<Utc>) -> bool {
         self.silences.iter().any(|s| s.mutes(&alert.labels, now))
-            || !self.inhibitors(alert.fingerprint(), alert, now).is_empty()
+            || (!self.inhibit_rules.is_empty()
+                && !self.inhibitors(alert.fingerprint(), alert, now).is_empty())
     }
 
-    /// Flushes every due group: visits only those, in due-time order.
+    /// Flushes every due group: visits only those, in due-time order. A
+    /// group whose flush was quiet sleeps until something can change that
+    /// (see [`AggregationGroup::sleep_until`]), so an idle alerter visits
+    /// each group about once per repeat, not once per group interval.
     pub fn due(&mut self, now: DateTime<Utc>) -> DueWork {
         let mut work = DueWork::default();
+        let mut woken_at = None;
+        while let Some(edge) = self.silence_edges.first().copied()
+            && edge <= now
+        {
+            self.silence_edges.pop_first();
+            woken_at = Some(woken_at.unwrap_or(edge));
+        }
+        if std::mem::take(&mut self.silences_changed) {
+            // Changed somewhen after the last due: wake as of just after it.
+            let since = self
+                .last_due
+                .map_or(now, |at| at + chrono::Duration::nanoseconds(1));
+            woken_at = Some(woken_at.map_or(since, |at: DateTime<Utc>| at.min(since)));
+        }
+        if let Some(at) = woken_at {
+            self.wake_all(at);
+        }
+        self.last_due = Some(now);
         while let Some((at, _)) = self.due_index.first()
             && *at <= now
         {
@@ -224,7 +322,13 @@ impl Dispatcher {
                     self.log.insert(id.clone(), state.clone());
                     work.record.push((id.clone(), state));
                 }
-                Flush::Quiet | Flush::NotDue => {}
+                Flush::Quiet => {
+                    if self.may_sleep(&group) {
+                        let until = self.quiet_until(&id, &group, now);
+                        group.sleep_until(until);
+                    }
+                }
+                Flush::NotDue => {}
             }
             self.settle_group(id, group, now, &mut work.forgotten);
         }
@@ -316,6 +420,8 @@ impl Dispatcher {
         if let Some(mut group) = self.groups.remove(&id) {
             self.due_index.remove(&(group.next_flush(), id.clone()));
             group.delivered(notification, now);
+            // Its log entry moved on: what it would tell may differ.
+            group.wake(now);
             self.settle_group(id, group, now, &mut forgotten);
         }
         self.forget_unheld(now, &mut forgotten);
@@ -593,6 +699,65 @@ mod tests {
         assert_eq!(deliver_all(&mut slack_only, 30), vec![("slack".into(), 1)]);
     }
 
+    /// A group with nothing new sleeps through its quiet flushes until its
+    /// repeat, the end of one of its alerts or a change wakes it.
+    #[test]
+    fn quiet_groups_sleep_until_something_can_change() {
+        let route = Route::compile(&RouteConfig {
+            receiver: Some("slack".into()),
+            group_by: Some(vec!["alertname".into()]),
+            group_wait: Some("0s".into()),
+            group_interval: Some("1s".into()),
+            repeat_interval: Some("1h".into()),
+            ..RouteConfig::default()
+        })
+        .expect("route");
+        let enabled = BTreeSet::from(["slack".to_owned()]);
+        let mut d = Dispatcher::new(route, Vec::new(), enabled.clone(), enabled);
+        let mut down = alert(&[("alertname", "Down"), ("i", "1")], 0);
+        down.ends_at = Some(at(100));
+        d.ingest(down, at(0));
+        let sent = d.due(at(0)).notify;
+        assert_eq!(sent.len(), 1);
+        d.delivered(&sent[0], at(0));
+        assert_eq!(d.next_wakeup(), Some(at(1)), "awake right after a change");
+        assert!(d.due(at(1)).notify.is_empty());
+        assert_eq!(
+            d.next_wakeup(),
+            Some(at(100)),
+            "asleep until the alert ends"
+        );
+        // A second alert wakes the group at its next grid point.
+        d.ingest(alert(&[("alertname", "Down"), ("i", "2")], 7), at(7));
+        assert_eq!(d.next_wakeup(), Some(at(7)));
+        let sent = d.due(at(7)).notify;
+        assert_eq!(sent.len(), 1);
+        d.delivered(&sent[0], at(7));
+        assert!(d.due(at(8)).notify.is_empty());
+        assert_eq!(d.next_wakeup(), Some(at(100)));
+        // A silence wakes every group; its end is a wake-up of its own.
+        d.set_silences(vec![Silence {
+            id: Uuid::from_u128(1),
+            matchers: vec![Matcher::parse("alertname=Other").expect("matcher")],
+            starts_at: at(8),
+            ends_at: at(50),
+            created_by: "test".into(),
+            comment: "elsewhere".into(),
+            updated_at: at(8),
+        }]);
+        assert!(d.due(at(9)).notify.is_empty(), "woken, nothing new");
+        assert_eq!(d.next_wakeup(), Some(at(50)));
+        // The same silences again wake nobody.
+        d.set_silences(d.silences().to_vec());
+        assert!(d.due(at(10)).notify.is_empty());
+        assert_eq!(d.next_wakeup(), Some(at(50)));
+        // The first alert ends: resolved is sent on the grid.
+        assert!(d.due(at(50)).notify.is_empty());
+        let resolved = d.due(at(100)).notify;
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].resolved.len(), 1);
+    }
+
     /// The due-time index against the scanning dispatcher it replaced, on
     /// randomized inputs (seeded): the same notifications and log records
     /// at the same instants, the same alerts held, the same next wake-up.
@@ -722,9 +887,11 @@ mod tests {
                     old.fingerprints(),
                     "seed {seed} t {t}: alerts held"
                 );
+                // Quiet groups sleep, so the index may wake later than the
+                // scan would; what it sends, and when, is the same.
                 assert_eq!(
-                    new.next_wakeup(),
-                    old.next_wakeup(),
+                    new.next_wakeup().is_some(),
+                    old.next_wakeup().is_some(),
                     "seed {seed} t {t}: wake-up"
                 );
                 assert_eq!(

@@ -175,6 +175,9 @@ pub struct AggregationGroup {
     alerts: BTreeMap<Fingerprint, Arc<Alert>>,
     next_flush: DateTime<Utc>,
     has_flushed: bool,
+    /// The last flush: the group's interval grid (flushes every
+    /// `group_interval`) counts from there.
+    last_flush: Option<DateTime<Utc>>,
     /// Alerts dropped since the last [`AggregationGroup::take_dropped`], so
     /// the dispatcher can forget them without scanning every group.
     dropped: Vec<Fingerprint>,
@@ -194,6 +197,7 @@ impl AggregationGroup {
             alerts: BTreeMap::new(),
             next_flush,
             has_flushed: false,
+            last_flush: None,
             dropped: Vec::new(),
         }
     }
@@ -206,7 +210,60 @@ impl AggregationGroup {
         if !self.has_flushed && alert.starts_at + self.opts.group_wait < now {
             self.next_flush = self.next_flush.min(now);
         }
+        // A change: a group sleeping through quiet flushes wakes at its
+        // next grid point (a no-op for a group that is not sleeping).
+        self.wake(now);
         self.alerts.insert(alert.fingerprint(), alert).is_none()
+    }
+
+    /// The alerts the group holds.
+    pub fn held(&self) -> impl Iterator<Item = &Alert> {
+        self.alerts.values().map(|a| &**a)
+    }
+
+    /// The first point of the group's flush grid (its last flush plus a
+    /// whole number of `group_interval`s, at least one) at or after `at`.
+    /// Before the first flush: the scheduled first flush.
+    fn grid_at_or_after(&self, at: DateTime<Utc>) -> DateTime<Utc> {
+        let Some(last) = self.last_flush else {
+            return self.next_flush;
+        };
+        let interval = self.opts.group_interval;
+        let first = last + interval;
+        if at <= first {
+            return first;
+        }
+        let (Some(behind), Some(step)) =
+            ((at - first).num_nanoseconds(), interval.num_nanoseconds())
+        else {
+            return at;
+        };
+        if step <= 0 {
+            return at;
+        }
+        let steps = behind / step + i64::from(behind % step != 0);
+        steps
+            .checked_mul(step)
+            .map_or(at, |ns| first + chrono::Duration::nanoseconds(ns))
+    }
+
+    /// Skips the flushes before `until` (on the group's grid): the caller
+    /// knows they would be quiet — nothing in the group changes by itself
+    /// before then, and every outside change wakes it ([`Self::wake`]).
+    pub fn sleep_until(&mut self, until: DateTime<Utc>) {
+        if self.has_flushed {
+            self.next_flush = self.next_flush.max(self.grid_at_or_after(until));
+        }
+    }
+
+    /// Something that decides what the group would tell may have changed at
+    /// `at` (an alert, its log entry, a silence): a sleeping group flushes
+    /// again at its first grid point at or after `at`, as it would have had
+    /// it never slept. A group that is not sleeping keeps its next flush.
+    pub fn wake(&mut self, at: DateTime<Utc>) {
+        if self.has_flushed {
+            self.next_flush = self.next_flush.min(self.grid_at_or_after(at));
+        }
     }
 
     /// The alerts dropped (resolved and told) since the last call.
@@ -242,23 +299,24 @@ impl AggregationGroup {
             return Flush::NotDue;
         }
         self.has_flushed = true;
+        self.last_flush = Some(now);
         self.next_flush = now + self.opts.group_interval;
-        let (mut firing, mut resolved) = (Vec::new(), Vec::new());
-        for alert in self.alerts.values().filter(|a| !is_muted(a)) {
+        // Decided on fingerprints (the map's keys); the alerts are copied
+        // only when there is something to send.
+        let (mut firing_fps, mut resolved_fps) = (BTreeSet::new(), BTreeSet::new());
+        for (fp, alert) in self.alerts.iter().filter(|(_, a)| !is_muted(a)) {
             if alert.is_resolved(now) {
-                resolved.push(Alert::clone(alert));
+                resolved_fps.insert(*fp);
             } else {
-                firing.push(Alert::clone(alert));
+                firing_fps.insert(*fp);
             }
         }
-        if firing.is_empty() && resolved.is_empty() {
+        if firing_fps.is_empty() && resolved_fps.is_empty() {
             // Everything muted (or nothing left): like Alertmanager, the
             // pipeline stops before the log, so un-muting an alert the
             // receiver already knows about does not re-notify.
             return Flush::Quiet;
         }
-        let firing_fps: BTreeSet<Fingerprint> = firing.iter().map(Alert::fingerprint).collect();
-        let resolved_fps: BTreeSet<Fingerprint> = resolved.iter().map(Alert::fingerprint).collect();
         if !needs_update(
             last,
             &firing_fps,
@@ -270,9 +328,18 @@ impl AggregationGroup {
             self.drop_resolved(&resolved_fps, now);
             return Flush::Quiet;
         }
-        if !self.send_resolved {
-            resolved.clear();
-        }
+        let copy = |fps: &BTreeSet<Fingerprint>| -> Vec<Alert> {
+            fps.iter()
+                .filter_map(|fp| self.alerts.get(fp))
+                .map(|a| Alert::clone(a))
+                .collect()
+        };
+        let firing = copy(&firing_fps);
+        let resolved = if self.send_resolved {
+            copy(&resolved_fps)
+        } else {
+            Vec::new()
+        };
         if firing.is_empty() && resolved.is_empty() {
             self.drop_resolved(&resolved_fps, now);
             return Flush::Record(NotifiedState {
