@@ -2,6 +2,9 @@
 //! on port 0 with a fresh SQLite database and the in-process bus:
 //! `proposal submit` → `worker --once` → `mission show`.
 
+mod common;
+use common::{json_of, opsloop_command};
+
 use std::collections::HashMap;
 use std::process::Output;
 
@@ -15,28 +18,12 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 async fn opsloop(endpoint: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_opsloop"))
+    opsloop_command()
         .args(["--endpoint", endpoint, "--actor", "e2e", "--output", "json"])
         .args(args)
-        .env_remove("OPSLOOP_TOKEN")
-        .env_remove("OPSLOOP_TOKEN_FILE")
         .output()
         .await
         .expect("running the opsloop binary")
-}
-
-fn json_of(out: &Output, what: &str) -> Value {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{what} printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
 }
 
 /// The api on a fresh SQLite database, serving on a free port.

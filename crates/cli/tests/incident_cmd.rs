@@ -8,6 +8,9 @@
 //! level INVALID_ARGUMENT, a viewer token may read but not act; `oncall now`
 //! and `oncall show --week` answer the configured people.
 
+mod common;
+use common::{json_of, opsloop_command};
+
 use std::process::Output;
 use std::sync::Arc;
 
@@ -143,12 +146,10 @@ reason = "swap"
     }
 
     async fn run(&self, token: &str, output: &str, args: &[&str]) -> Output {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_opsloop"))
+        opsloop_command()
             .args(["--endpoint", &self.endpoint, "--token", token])
             .args(["--actor", "someone-else", "--output", output])
             .args(args)
-            .env_remove("OPSLOOP_TOKEN")
-            .env_remove("OPSLOOP_TOKEN_FILE")
             .output()
             .await
             .expect("running the opsloop binary")
@@ -162,20 +163,6 @@ reason = "swap"
             .expect("the alerter stops cleanly");
         self.db.cleanup().await;
     }
-}
-
-fn json_of(out: &Output, what: &str) -> Value {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{what} printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
 }
 
 /// A failed run: its exit code and its one stderr line.

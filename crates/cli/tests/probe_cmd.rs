@@ -7,6 +7,9 @@
 //! at run time is listed and run, a configured name is refused (the file
 //! wins), bad fields are refused naming them, and rm removes it.
 
+mod common;
+use common::{json_of, opsloop_command};
+
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -15,7 +18,6 @@ use opsloop_core::config::{ConfigSources, load};
 use opsloop_core::daemon::Infra;
 use opsloop_core::secrets::SecretStore;
 use opsloop_core::store::testing::fresh_postgres;
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -24,28 +26,12 @@ const ADMIN: &str = "cli-probe-test-admin";
 const VIEWER: &str = "cli-probe-test-viewer";
 
 async fn opsloop(endpoint: &str, token: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_opsloop"))
+    opsloop_command()
         .args(["--endpoint", endpoint, "--token", token])
         .args(args)
-        .env_remove("OPSLOOP_TOKEN")
-        .env_remove("OPSLOOP_TOKEN_FILE")
         .output()
         .await
         .expect("running the opsloop binary")
-}
-
-fn json_of(out: &Output, what: &str) -> Value {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{what} printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
 }
 
 /// An HTTP server answering every request with the status in `status`.

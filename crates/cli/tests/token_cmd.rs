@@ -3,40 +3,26 @@
 //! is printed once and works, list never shows it, a wrong role gets one
 //! sentence naming the call and the role, and a revoked token is refused.
 
+mod common;
+use common::{json_of, opsloop_command};
+
 use std::process::Output;
 
 use opsloop_core::config::{ConfigSources, load};
 use opsloop_core::daemon::Infra;
 use opsloop_core::secrets::SecretStore;
 use opsloop_core::store::testing::fresh_postgres;
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 const ADMIN: &str = "cli-token-test-admin";
 
 async fn opsloop(endpoint: &str, token: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_opsloop"))
+    opsloop_command()
         .args(["--endpoint", endpoint, "--token", token, "--output", "json"])
         .args(args)
-        .env_remove("OPSLOOP_TOKEN")
-        .env_remove("OPSLOOP_TOKEN_FILE")
         .output()
         .await
         .expect("running the opsloop binary")
-}
-
-fn json_of(out: &Output, what: &str) -> Value {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{what} printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
 }
 
 fn stderr_of(out: &Output) -> String {
