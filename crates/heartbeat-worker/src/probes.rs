@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration as StdDuration, Instant};
 
-use chrono::{DateTime, Duration, DurationRound, Utc};
+use chrono::{DateTime, Duration, Utc};
 use opsloop_core::alert::{Alert, Severity};
 use opsloop_core::audit::AuditLog;
 use opsloop_core::secrets::SecretStore;
@@ -1422,23 +1422,8 @@ async fn record(
         ],
     ))
     .await?;
-    let minute = now.duration_trunc(Duration::minutes(1)).unwrap_or(now);
-    tx.execute_raw(stmt(
-        backend,
-        "INSERT INTO probe_history (probe, minute, ok, latency_ms) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (probe, minute) DO UPDATE SET \
-         ok = CASE WHEN probe_history.ok AND excluded.ok THEN excluded.ok ELSE $5 END, \
-         latency_ms = CASE WHEN excluded.latency_ms > probe_history.latency_ms \
-         THEN excluded.latency_ms ELSE probe_history.latency_ms END",
-        vec![
-            probe.name.as_str().into(),
-            minute.into(),
-            result.ok.into(),
-            latency_ms.into(),
-            false.into(),
-        ],
-    ))
-    .await?;
+    opsloop_core::store::probe_history::record_minute(&tx, &probe.name, now, result.ok, latency_ms)
+        .await?;
     let transition_name = match transition {
         Transition::None => None,
         Transition::Down => {

@@ -60,25 +60,8 @@ pub async fn record_samples(
     now: DateTime<Utc>,
     samples: &[(String, bool, i64)],
 ) -> Result<(), DbErr> {
-    let backend = db.get_database_backend();
-    let minute = now.duration_trunc(Duration::minutes(1)).unwrap_or(now);
     for (name, ok, latency_ms) in samples {
-        db.execute_raw(stmt(
-            backend,
-            "INSERT INTO probe_history (probe, minute, ok, latency_ms) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (probe, minute) DO UPDATE SET \
-             ok = CASE WHEN probe_history.ok AND excluded.ok THEN excluded.ok ELSE $5 END, \
-             latency_ms = CASE WHEN excluded.latency_ms > probe_history.latency_ms \
-             THEN excluded.latency_ms ELSE probe_history.latency_ms END",
-            vec![
-                name.as_str().into(),
-                minute.into(),
-                (*ok).into(),
-                (*latency_ms).into(),
-                false.into(),
-            ],
-        ))
-        .await?;
+        opsloop_core::store::probe_history::record_minute(db, name, now, *ok, *latency_ms).await?;
     }
     Ok(())
 }

@@ -9,6 +9,7 @@
 
 pub mod entities;
 pub mod observe;
+pub mod probe_history;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
