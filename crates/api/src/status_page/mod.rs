@@ -263,7 +263,7 @@ impl StatusPage {
         }
     }
 
-    /// The snapshot, rebuilt when older than its [`StatusPage::max_age`].
+    /// The snapshot, rebuilt when older than its `max_age`.
     pub async fn current(&self) -> Arc<Snapshot> {
         let mut slot = self.inner.snapshot.lock().await;
         if let Some((at, snapshot)) = &*slot
