@@ -89,6 +89,8 @@ INSERT INTO probe_state (name, status, consecutive_failures, since, alerted, cre
 INSERT INTO probe_cert_notices (probe, fingerprint, threshold_days, not_after, notified_at)
   VALUES ('api', 'ab12', 14, now(), now());
 INSERT INTO probe_history (probe, minute, ok, latency_ms) VALUES ('api', date_trunc('minute', now()), true, 12);
+INSERT INTO step_kind_pauses (kind, source, reason, since) VALUES ('charge', 'probe:payments', 'payments down', now());
+INSERT INTO probe_definitions (name, spec, created_by, created_at) VALUES ('crm', '{\"kind\": \"http\", \"target\": \"https://crm.example/health\"}', 'admin', now());
 INSERT INTO probe_daily (probe, day, checks, up_checks, avg_latency_ms, max_latency_ms, rolled_up_at)
   VALUES ('api', date_trunc('day', now()), 1440, 1439, 12.5, 80, now());
 ";
