@@ -722,6 +722,17 @@ pub const METRIC_HELP: &[(&str, MetricKind, &str)] = {
             G,
             "Seconds until the certificate a TLS probe last saw expires (negative once expired), by probe.",
         ),
+        (
+            "opsloop_probe_paused_kinds",
+            G,
+            "Step kinds a down probe holds paused for claiming (depends_kinds), by probe; 0 once it is up.",
+        ),
+        // api (repairs)
+        (
+            "opsloop_dead_letters_retried_total",
+            C,
+            "Dead letters retried as a new proposal (opsloop deadletter retry), by step kind.",
+        ),
         // api (status page)
         (
             "opsloop_probe_uptime_ratio",
