@@ -107,14 +107,7 @@ pub async fn roll_up(
     // Every day before today is rolled up now (an error above returns
     // before this), so purging before `now - raw_days` loses nothing.
     let raw_cutoff = now - Duration::days(i64::from(raw_days.max(1)));
-    report.raw_purged = db
-        .execute_raw(stmt(
-            backend,
-            "DELETE FROM probe_history WHERE minute < $1",
-            vec![db_now(raw_cutoff).into()],
-        ))
-        .await?
-        .rows_affected();
+    report.raw_purged = purge_raw_history(db, raw_cutoff).await?;
     report.daily_purged = db
         .execute_raw(stmt(
             backend,
@@ -195,4 +188,21 @@ pub async fn availability_slis(
             })
         })
         .collect()
+}
+
+/// Deletes raw per-minute history before `cutoff`; the rows deleted. The
+/// one retention delete of `probe_history`: the hourly roll-up calls it
+/// after rolling every finished day up, so nothing unrolled is lost.
+pub async fn purge_raw_history(
+    db: &impl sea_orm::ConnectionTrait,
+    cutoff: DateTime<Utc>,
+) -> Result<u64, sea_orm::DbErr> {
+    Ok(db
+        .execute_raw(stmt(
+            db.get_database_backend(),
+            "DELETE FROM probe_history WHERE minute < $1",
+            vec![db_now(cutoff).into()],
+        ))
+        .await?
+        .rows_affected())
 }

@@ -761,27 +761,19 @@ impl ProbeRunner {
         Ok(())
     }
 
-    /// Deletes history older than the retention at `now`; the rows deleted.
+    /// Deletes history older than this runner's retention at `now`; the
+    /// rows deleted. Retention normally runs in the hourly roll-up
+    /// ([`crate::probe_rollup`]), which purges only what it rolled up.
     pub async fn purge_history(&self, now: DateTime<Utc>) -> Result<u64, DbErr> {
-        let db = &self.inner.db;
-        let cutoff = db_now(now - self.inner.history);
-        Ok(db
-            .execute_raw(stmt(
-                db.get_database_backend(),
-                "DELETE FROM probe_history WHERE minute < $1",
-                vec![cutoff.into()],
-            ))
-            .await?
-            .rows_affected())
+        crate::probe_rollup::purge_raw_history(&self.inner.db, now - self.inner.history).await
     }
 
     /// While this instance leads: every second, starts the probes that are
-    /// due (a round never waits for another round's slow probe), and purges
-    /// old history once an hour. Until `shutdown`.
+    /// due (a round never waits for another round's slow probe). Until
+    /// `shutdown`. Old history is purged by the roll-up, not here.
     pub async fn run_loop(self, hb: Heartbeat, shutdown: CancellationToken) {
         let mut rounds = JoinSet::new();
         let mut last_refresh: Option<DateTime<Utc>> = None;
-        let mut last_purge: Option<DateTime<Utc>> = None;
         let mut reconciled = false;
         loop {
             let now = Utc::now();
@@ -819,17 +811,6 @@ impl ProbeRunner {
                     rounds.spawn(async move {
                         runner.run_due(now).await;
                     });
-                    if last_purge.is_none_or(|at| now - at >= Duration::hours(1)) {
-                        match self.purge_history(now).await {
-                            Ok(n) => {
-                                last_purge = Some(now);
-                                if n > 0 {
-                                    tracing::info!(rows = n, "probe history purged");
-                                }
-                            }
-                            Err(error) => tracing::warn!(%error, "cannot purge probe history"),
-                        }
-                    }
                 }
                 Ok(false) => {
                     reconciled = false;
