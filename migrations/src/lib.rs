@@ -28,8 +28,11 @@ mod m0010_probes;
 mod m0011_probe_daily;
 mod m0012_step_kind_pauses;
 mod m0013_dead_letter_retries;
+mod m0015_rollouts;
+mod m0016_starter_trigger_rules;
 
 pub use m0005_seed_policy::seed_policies;
+pub use m0016_starter_trigger_rules::starter_trigger_rules;
 // Re-exported so the store can run the migrator without its own dependency
 // on sea-orm-migration.
 pub use sea_orm_migration::{MigrationStatus, MigratorTrait};
@@ -54,6 +57,8 @@ impl MigratorTrait for Migrator {
             Box::new(m0011_probe_daily::Migration),
             Box::new(m0012_step_kind_pauses::Migration),
             Box::new(m0013_dead_letter_retries::Migration),
+            Box::new(m0015_rollouts::Migration),
+            Box::new(m0016_starter_trigger_rules::Migration),
         ]
     }
 }
@@ -107,6 +112,8 @@ pub const TABLES: &[&str] = &[
     // m0012_step_kind_pauses
     "step_kind_pauses",
     "probe_definitions",
+    // m0015_rollouts
+    "rollouts",
 ];
 
 /// A plain (non-unique) index named `name` on `table(columns…)`.

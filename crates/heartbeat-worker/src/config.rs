@@ -38,6 +38,12 @@ pub struct HeartbeatSettings {
     pub weekly_report_cron: String,
     /// Proposals pending longer than this expire.
     pub stale_proposal_days: u32,
+    /// A proposal pending for longer than this is announced once
+    /// (`OpsProposalPendingApproval`, info, to the summary receiver).
+    pub pending_notice_secs: u64,
+    /// The operator console's base URL, for links in notifications
+    /// (`<console_url>/proposals/<id>`).
+    pub console_url: String,
     /// Most new events one phase reads per tick.
     pub event_batch: u64,
     /// An event whose evaluation fails is retried on the following ticks
@@ -78,6 +84,8 @@ impl Default for HeartbeatSettings {
             summary_timezone: "UTC".into(),
             weekly_report_cron: "0 9 * * 1".into(),
             stale_proposal_days: 7,
+            pending_notice_secs: 900,
+            console_url: "http://127.0.0.1:9754/console".into(),
             event_batch: 5_000,
             quarantine_after_failures: 3,
             summarizer_url: None,
@@ -128,6 +136,16 @@ impl HeartbeatSettings {
         positive("reactions_budget_ms", self.reactions_budget_ms)?;
         positive("phase_budget_ms", self.phase_budget_ms)?;
         positive("stale_proposal_days", self.stale_proposal_days.into())?;
+        positive("pending_notice_secs", self.pending_notice_secs)?;
+        if !(self.console_url.starts_with("http://") || self.console_url.starts_with("https://")) {
+            return Err(SettingsError {
+                key: "console_url".into(),
+                reason: format!(
+                    "`{}` is not an http(s) URL (e.g. https://opsloop.example.com/console)",
+                    self.console_url
+                ),
+            });
+        }
         positive("event_batch", self.event_batch)?;
         positive(
             "quarantine_after_failures",

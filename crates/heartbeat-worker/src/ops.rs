@@ -78,10 +78,68 @@ pub async fn ops_health(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, Hea
         }
         tx.commit().await?;
     }
+    let noticed = pending_notices(hb, now).await?;
     Ok(
         json!({"failures": figures.step_failures_last_window, "threshold": figures.failure_threshold,
-              "pending_proposals": figures.pending_proposals, "alerted": alerted}),
+              "pending_proposals": figures.pending_proposals, "alerted": alerted,
+              "pending_noticed": noticed}),
     )
+}
+
+/// The mark of the pending-approval notices: the creation time of the
+/// newest proposal announced.
+pub const PENDING_NOTICE_MARK: &str = "proposals.pending_noticed";
+/// Most pending-approval notices sent per tick (the rest follow next tick).
+const PENDING_NOTICES_PER_TICK: u64 = 50;
+
+/// Announces, once each, the proposals that have waited for a decision
+/// longer than `heartbeat.pending_notice_secs`: an info alert
+/// (`OpsProposalPendingApproval`, routed like every info alert to the
+/// summary receiver) with a link to the proposal in the console. The
+/// alerts and the advanced mark commit together, so a crash between them
+/// neither loses nor repeats a notice.
+async fn pending_notices(hb: &Heartbeat, now: DateTime<Utc>) -> Result<usize, HeartbeatError> {
+    let db = hb.db();
+    let settings = hb.settings();
+    let threshold =
+        Duration::seconds(i64::try_from(settings.pending_notice_secs).unwrap_or(i64::MAX / 1000));
+    let after = db::cooldown_until(db, PENDING_NOTICE_MARK).await?;
+    let overdue =
+        workflow::pending_proposals_between(db, after, now - threshold, PENDING_NOTICES_PER_TICK)
+            .await?;
+    let Some(newest) = overdue.last().map(|p| p.created_at) else {
+        return Ok(0);
+    };
+    let console = settings.console_url.trim_end_matches('/');
+    let tx = begin_write(db).await?;
+    // A concurrent leader (after a failover) that got here first wins; the
+    // loser sends nothing.
+    if !db::advance_mark(&tx, PENDING_NOTICE_MARK, newest, now).await? {
+        return Ok(0);
+    }
+    for proposal in &overdue {
+        let waited = (now - proposal.created_at).num_minutes();
+        let link = format!("{console}/proposals/{}", proposal.id);
+        let alert = alerts::alert(
+            "OpsProposalPendingApproval",
+            Severity::Info,
+            format!(
+                "proposal \"{}\" from {} has waited {waited} min for approval",
+                proposal.title, proposal.source
+            ),
+            format!(
+                "Approve or reject it: {link} (or `opsloop proposal approve {}`); it expires after {} days pending",
+                proposal.id, settings.stale_proposal_days
+            ),
+        )
+        .label("proposal_id", proposal.id)
+        .label("source", &proposal.source)
+        .annotation("console_url", &link)
+        .annotation("waited_minutes", waited);
+        enqueue_alert(&tx, &alert, now).await?;
+    }
+    tx.commit().await?;
+    Ok(overdue.len())
 }
 
 async fn cost_policy(db: &impl ConnectionTrait) -> Result<CostBudget, HeartbeatError> {
@@ -281,7 +339,19 @@ pub async fn daily_summary(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, 
         return Ok(json!({"due": false}));
     };
     let figures = workflow::summary(db, SummaryPeriod::Daily, now).await?;
-    let figures_json = serde_json::to_value(&figures).unwrap_or(Value::Null);
+    let mut figures_json = serde_json::to_value(&figures).unwrap_or(Value::Null);
+    // The proposals waiting for a decision, oldest first, with their links.
+    let (pending_total, oldest) = workflow::pending_proposals_oldest(db, 10).await?;
+    let console = hb.settings().console_url.trim_end_matches('/');
+    figures_json["pendingApproval"] = json!({
+        "total": pending_total,
+        "oldest": oldest.iter().map(|p| json!({
+            "id": p.id, "title": p.title, "source": p.source, "agent": p.agent,
+            "createdAt": p.created_at, "waitedMinutes": (now - p.created_at).num_minutes(),
+            "url": format!("{console}/proposals/{}", p.id),
+        })).collect::<Vec<_>>(),
+        "consoleUrl": format!("{console}/proposals?status=pending"),
+    });
     let count = |map: &std::collections::BTreeMap<String, i64>, key: &str| {
         map.get(key).copied().unwrap_or(0)
     };

@@ -162,12 +162,48 @@ fn daily(alert: &Alert) -> Option<ReportView> {
         )],
         fields: Vec::new(),
     });
+    let mut links = Vec::new();
+    let pending = &f["pendingApproval"];
+    if let Some(total) = pending["total"].as_i64().filter(|n| *n > 0) {
+        let lines = pending["oldest"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                format!(
+                    "{} · {} · waiting {} · {}",
+                    p["title"].as_str().unwrap_or("?"),
+                    p["source"].as_str().unwrap_or("?"),
+                    waited(p["waitedMinutes"].as_i64().unwrap_or(0)),
+                    p["url"].as_str().unwrap_or_default()
+                )
+            })
+            .collect();
+        sections.push(Section {
+            heading: format!("Waiting for approval ({total})"),
+            lines,
+            fields: Vec::new(),
+        });
+        if let Some(url) = pending["consoleUrl"].as_str() {
+            links.push(("Pending proposals".to_owned(), url.to_owned()));
+        }
+    }
     Some(ReportView {
         title: format!("📋 Daily summary · since {}", short_time(since)),
         headline: headline(alert),
         sections,
+        links,
         ..ReportView::default()
     })
+}
+
+/// Minutes as `45 min`, `5 h 20 min` or `3 d 4 h`.
+fn waited(minutes: i64) -> String {
+    match minutes {
+        m if m < 60 => format!("{m} min"),
+        m if m < 24 * 60 => format!("{} h {} min", m / 60, m % 60),
+        m => format!("{} d {} h", m / (24 * 60), m % (24 * 60) / 60),
+    }
 }
 
 /// `2026-11-23T06:00:00Z` → `2026-11-23 06:00 UTC` (as given when odd).
@@ -545,6 +581,22 @@ pub(crate) mod tests {
         assert_eq!(daily.title, "📋 Daily summary · since 2026-11-22 06:00 UTC");
         assert_eq!(daily.sections[0].heading, "Proposals (5)");
         assert_eq!(daily.sections[0].fields[0], ("approved".into(), "4".into()));
+        let waiting = daily.sections.last().expect("a section");
+        assert_eq!(waiting.heading, "Waiting for approval (1)");
+        assert_eq!(
+            waiting.lines,
+            ["post the weekly digest · agent · waiting 3 h 20 min · \
+              https://ops.example/console/proposals/0193b2a4-0000-7000-8000-000000000001"]
+        );
+        assert_eq!(
+            daily.links,
+            [(
+                "Pending proposals".to_owned(),
+                "https://ops.example/console/proposals?status=pending".to_owned()
+            )]
+        );
+        assert_eq!(waited(45), "45 min");
+        assert_eq!(waited(3 * 24 * 60 + 4 * 60 + 5), "3 d 4 h");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod gate;
 pub mod input;
 pub mod policy;
+pub mod rollout;
 pub mod status;
 
 pub use backoff::{Backoff, retry_delay};

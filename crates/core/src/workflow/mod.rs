@@ -19,6 +19,7 @@ pub mod pauses;
 pub mod policy;
 pub mod proposals;
 pub mod repair;
+pub mod rollouts;
 mod sql;
 pub mod triggers;
 
@@ -49,8 +50,9 @@ pub use policy::{
 };
 pub use proposals::{
     ProposalFilter, ProposalView, SubmitOutcome, approve_proposal, expire_stale_proposals,
-    get_proposal, list_proposals, reject_proposal, submit_proposal, submit_proposal_cached,
-    submit_proposal_in, submit_proposals_cached,
+    get_proposal, list_proposals, pending_proposals_between, pending_proposals_oldest,
+    reject_proposal, submit_proposal, submit_proposal_cached, submit_proposal_in,
+    submit_proposals_cached,
 };
 pub use repair::{
     DeadLetterFilter, RetryOutcome, get_dead_letter, list_dead_letters, list_quarantined_events,
@@ -367,5 +369,7 @@ pub fn page_size(requested: u32) -> u64 {
     }
 }
 
+#[cfg(test)]
+mod rollout_tests;
 #[cfg(test)]
 mod tests;

@@ -67,7 +67,12 @@ async fn counts_by_status(
     Ok(counts)
 }
 
-async fn scalar(db: &impl ConnectionTrait, sql: &str, values: Vec<sea_orm::Value>) -> Result<i64> {
+/// The integer column `n` of the one row `sql` returns (0 without a row).
+pub(super) async fn scalar(
+    db: &impl ConnectionTrait,
+    sql: &str,
+    values: Vec<sea_orm::Value>,
+) -> Result<i64> {
     let row = db
         .query_one_raw(stmt(db.get_database_backend(), sql, values))
         .await?;
@@ -77,7 +82,8 @@ async fn scalar(db: &impl ConnectionTrait, sql: &str, values: Vec<sea_orm::Value
     })
 }
 
-async fn sum_cost(db: &impl ConnectionTrait, since: DateTime<Utc>) -> Result<f64> {
+/// The cost of the events written since `since`.
+pub(super) async fn sum_cost(db: &impl ConnectionTrait, since: DateTime<Utc>) -> Result<f64> {
     let row = db
         .query_one_raw(stmt(
             db.get_database_backend(),

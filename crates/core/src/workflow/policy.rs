@@ -4,7 +4,9 @@
 //! stop is a policy key with its own audited engage/release.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ActiveModelTrait, ConnectionTrait, DatabaseConnection, EntityTrait, Set};
+use sea_orm::{
+    ActiveModelTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, Set,
+};
 use serde_json::json;
 
 use super::events::{EventRecord, write_event};
@@ -102,8 +104,24 @@ async fn write_policy(
     audit: Option<&AuditLog>,
     now: DateTime<Utc>,
 ) -> Result<(policy::Model, Option<serde_json::Value>)> {
-    let now = db_now(now);
     let tx = begin_write(db).await?;
+    let (stored, before, record) = write_policy_in(&tx, key, change, action, now).await?;
+    tx.commit().await?;
+    audit_file(audit, &record);
+    Ok((stored, before))
+}
+
+/// A validated policy change inside the caller's transaction `tx` (history,
+/// row, `policy.changed` event, audit row); the caller commits and then
+/// writes the returned record to the audit file.
+pub(super) async fn write_policy_in(
+    tx: &DatabaseTransaction,
+    key: &PolicyKey,
+    change: PolicyChange<'_>,
+    action: &str,
+    now: DateTime<Utc>,
+) -> Result<(policy::Model, Option<serde_json::Value>, AuditRecord)> {
+    let now = db_now(now);
     let backend = tx.get_database_backend();
     let current = policy::Entity::find()
         .from_raw_sql(stmt(
@@ -111,7 +129,7 @@ async fn write_policy(
             &format!("SELECT * FROM policy WHERE key = $1{}", for_update(backend)),
             vec![key.as_str().into()],
         ))
-        .one(&tx)
+        .one(tx)
         .await?;
     if current.is_none() && !matches!(key, PolicyKey::Toggle(_)) {
         return Err(WorkflowError::not_found("policy", key.as_str()));
@@ -135,7 +153,7 @@ async fn write_policy(
         reason: Set(change.reason.map(str::to_owned)),
         created_at: Set(now),
     }
-    .insert(&tx)
+    .insert(tx)
     .await?;
     let row = policy::ActiveModel {
         key: Set(key.as_str().to_owned()),
@@ -145,12 +163,12 @@ async fn write_policy(
         updated_by: Set(change.actor.to_owned()),
     };
     let stored = if current.is_some() {
-        row.update(&tx).await?
+        row.update(tx).await?
     } else {
-        row.insert(&tx).await?
+        row.insert(tx).await?
     };
     write_event(
-        &tx,
+        tx,
         EventRecord::api(
             "policy.changed",
             json!({"key": key.as_str(), "version": history.id, "actor": change.actor,
@@ -171,7 +189,7 @@ async fn write_policy(
             "emergency_stop.released"
         };
         write_event(
-            &tx,
+            tx,
             EventRecord::api(
                 kind,
                 json!({"actor": change.actor, "reason": change.reason}),
@@ -189,16 +207,14 @@ async fn write_policy(
         before: before.clone(),
         after: Some(change.value),
     };
-    audit_row(&tx, &record).await?;
-    tx.commit().await?;
-    audit_file(audit, &record);
+    audit_row(tx, &record).await?;
     tracing::info!(
         key = key.as_str(),
         version = history.id,
         actor = change.actor,
         "policy changed"
     );
-    Ok((stored, before))
+    Ok((stored, before, record))
 }
 
 /// The emergency stop's state after an engage or release.

@@ -1168,3 +1168,58 @@ pub async fn list_proposals(
     }
     Ok(views)
 }
+
+/// Pending proposals created in `(after, before]`, oldest first, at most
+/// `limit`: the ones that have waited for a decision longer than a notice
+/// threshold (`before` = now − threshold) and were not announced yet
+/// (`after` = the newest one announced).
+pub async fn pending_proposals_between(
+    db: &impl ConnectionTrait,
+    after: Option<DateTime<Utc>>,
+    before: DateTime<Utc>,
+    limit: u64,
+) -> Result<Vec<proposals::Model>> {
+    let mut sql =
+        String::from("SELECT * FROM proposals WHERE status = 'pending' AND created_at <= $1");
+    let mut values: Vec<sea_orm::Value> = vec![db_now(before).into()];
+    if let Some(after) = after {
+        sql.push_str(" AND created_at > $2");
+        values.push(db_now(after).into());
+    }
+    sql.push_str(&format!(
+        " ORDER BY created_at, id LIMIT {}",
+        limit.clamp(1, 1000)
+    ));
+    Ok(proposals::Entity::find()
+        .from_raw_sql(stmt(db.get_database_backend(), &sql, values))
+        .all(db)
+        .await?)
+}
+
+/// How many proposals wait for a decision, and the `oldest` of them (at
+/// most that many), oldest first: the daily summary's list.
+pub async fn pending_proposals_oldest(
+    db: &impl ConnectionTrait,
+    oldest: u64,
+) -> Result<(i64, Vec<proposals::Model>)> {
+    let backend = db.get_database_backend();
+    let count = super::ops::scalar(
+        db,
+        "SELECT COUNT(*) AS n FROM proposals WHERE status = 'pending'",
+        vec![],
+    )
+    .await?;
+    let rows = proposals::Entity::find()
+        .from_raw_sql(stmt(
+            backend,
+            &format!(
+                "SELECT * FROM proposals WHERE status = 'pending' \
+                 ORDER BY created_at, id LIMIT {}",
+                oldest.clamp(1, 1000)
+            ),
+            vec![],
+        ))
+        .all(db)
+        .await?;
+    Ok((count, rows))
+}

@@ -30,6 +30,7 @@ pub mod policy_history;
 pub mod proposals;
 pub mod reactions;
 pub mod reports;
+pub mod rollouts;
 pub mod silences;
 pub mod step_dead_letters;
 pub mod trigger_fires;
@@ -60,6 +61,7 @@ pub mod prelude {
     pub use super::proposals::Entity as Proposals;
     pub use super::reactions::Entity as Reactions;
     pub use super::reports::Entity as Reports;
+    pub use super::rollouts::Entity as Rollouts;
     pub use super::silences::Entity as Silences;
     pub use super::step_dead_letters::Entity as StepDeadLetters;
     pub use super::trigger_fires::Entity as TriggerFires;
