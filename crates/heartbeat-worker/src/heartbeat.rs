@@ -56,18 +56,22 @@ pub enum Phase {
     Recovery,
     OpsHealth,
     Budget,
+    /// The active staged rollout: its go/no-go report, rollback on a
+    /// failed criterion, automatic advance when configured.
+    Rollout,
     DailySummary,
     WeeklyReport,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 8] = [
+    pub const ALL: [Phase; 9] = [
         Phase::Triggers,
         Phase::Reactions,
         Phase::Insights,
         Phase::Recovery,
         Phase::OpsHealth,
         Phase::Budget,
+        Phase::Rollout,
         Phase::DailySummary,
         Phase::WeeklyReport,
     ];
@@ -80,6 +84,7 @@ impl Phase {
             Self::Recovery => "recovery",
             Self::OpsHealth => "ops_health",
             Self::Budget => "budget",
+            Self::Rollout => "rollout",
             Self::DailySummary => "daily_summary",
             Self::WeeklyReport => "weekly_report",
         }
@@ -429,6 +434,7 @@ impl Heartbeat {
             Phase::Recovery => crate::ops::recover(self, now).await,
             Phase::OpsHealth => crate::ops::ops_health(self, now).await,
             Phase::Budget => crate::ops::budget(self, now).await,
+            Phase::Rollout => crate::rollout::run(self, now).await,
             Phase::DailySummary => crate::ops::daily_summary(self, now).await,
             Phase::WeeklyReport => crate::ops::weekly_report(self, now).await,
         }

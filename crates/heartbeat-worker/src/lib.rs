@@ -28,6 +28,7 @@ pub mod probes;
 pub mod reaction_matrix;
 pub mod reactions;
 pub mod report;
+pub mod rollout;
 pub mod rules;
 pub mod schedule;
 pub mod template;

@@ -49,10 +49,10 @@ pub use policy::{
     list_policies, policy_history, release_emergency_stop, set_policy,
 };
 pub use proposals::{
-    ProposalFilter, ProposalView, SubmitOutcome, approve_proposal, expire_stale_proposals,
-    get_proposal, list_proposals, pending_proposals_between, pending_proposals_oldest,
-    reject_proposal, submit_proposal, submit_proposal_cached, submit_proposal_in,
-    submit_proposals_cached,
+    ProposalFilter, ProposalView, SubmitOutcome, approve_proposal, audit_file,
+    expire_stale_proposals, get_proposal, list_proposals, pending_proposals_between,
+    pending_proposals_oldest, reject_proposal, submit_proposal, submit_proposal_cached,
+    submit_proposal_in, submit_proposals_cached,
 };
 pub use repair::{
     DeadLetterFilter, RetryOutcome, get_dead_letter, list_dead_letters, list_quarantined_events,

@@ -893,7 +893,7 @@ pub(crate) async fn audit_row(tx: &impl ConnectionTrait, record: &AuditRecord) -
 
 /// Appends to the audit file; a failure is logged, never undoes the change
 /// (the database row is the record of truth).
-pub(crate) fn audit_file(audit: Option<&AuditLog>, record: &AuditRecord) {
+pub fn audit_file(audit: Option<&AuditLog>, record: &AuditRecord) {
     if let Some(log) = audit
         && let Err(error) = log.append(record)
     {

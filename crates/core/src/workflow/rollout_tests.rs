@@ -182,14 +182,18 @@ async fn flows(t: Arc<TestDb>) {
             .await
             .expect("tick")
         {
-            RolloutTick::Evaluated { report, changed } => (report.verdict, changed),
+            RolloutTick::Evaluated {
+                report, changed, ..
+            } => (report.verdict, changed),
             RolloutTick::Idle => panic!("active"),
         },
         (Verdict::Wait, true)
     );
     run_mission(db, false, b + Duration::minutes(2)).await;
     run_mission(db, true, b + Duration::minutes(3)).await;
-    let RolloutTick::Evaluated { report, changed } = evaluate_active(db, b + Duration::minutes(4))
+    let RolloutTick::Evaluated {
+        report, changed, ..
+    } = evaluate_active(db, b + Duration::minutes(4))
         .await
         .expect("tick")
     else {

@@ -525,10 +525,14 @@ pub async fn advance_rollout(
 /// caps are written again), or ends it as `rolled_back` from the first
 /// phase, in `tx`; the caller commits (the heartbeat adds its alert to the
 /// same transaction) and writes the returned records to the audit file.
+/// With `expected_phase`, refused (`Conflict`) when the rollout has moved
+/// off that phase meanwhile (the heartbeat judged a phase a human has since
+/// left).
 pub async fn rollback_rollout_in(
     tx: &DatabaseTransaction,
     actor: &str,
     reason: &str,
+    expected_phase: Option<usize>,
     now: DateTime<Utc>,
 ) -> Result<(RolloutMove, Vec<AuditRecord>)> {
     if reason.trim().is_empty() {
@@ -543,6 +547,12 @@ pub async fn rollback_rollout_in(
     let spec = parse_spec(&row)?;
     let report = evaluate(tx, &row, &spec, now).await?;
     let index = report.phase_index;
+    if expected_phase.is_some_and(|expected| expected != index) {
+        return Err(WorkflowError::Conflict(format!(
+            "rollout {:?} moved to phase {} meanwhile",
+            spec.name, spec.phases[index].name
+        )));
+    }
     let from = spec.phases[index].name.clone();
     let report_json =
         serde_json::to_value(&report).map_err(|e| WorkflowError::Corrupt(e.to_string()))?;
@@ -612,7 +622,7 @@ pub async fn rollback_rollout(
     now: DateTime<Utc>,
 ) -> Result<RolloutMove> {
     let tx = begin_write(db).await?;
-    let (moved, records) = rollback_rollout_in(&tx, actor, reason, now).await?;
+    let (moved, records) = rollback_rollout_in(&tx, actor, reason, None, now).await?;
     tx.commit().await?;
     for r in &records {
         audit_file(audit, r);
@@ -627,7 +637,13 @@ pub enum RolloutTick {
     Idle,
     /// Evaluated; `changed` when the verdict differs from the last one
     /// recorded (then a `rollout.evaluated` event carries the report).
-    Evaluated { report: GoNoGoReport, changed: bool },
+    Evaluated {
+        report: GoNoGoReport,
+        changed: bool,
+        /// The rollout advances by itself on `go`.
+        auto_advance: bool,
+        name: String,
+    },
 }
 
 /// Evaluates the active rollout and records the report on its row; a
@@ -677,5 +693,7 @@ pub async fn evaluate_active(db: &DatabaseConnection, now: DateTime<Utc>) -> Res
     Ok(RolloutTick::Evaluated {
         report,
         changed: updated == 1 && changed,
+        auto_advance: spec.auto_advance,
+        name: spec.name,
     })
 }
