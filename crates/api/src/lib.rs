@@ -24,6 +24,7 @@ use opsloop_core::proto::v1::mission_service_server::MissionServiceServer;
 use opsloop_core::proto::v1::ops_service_server::OpsServiceServer;
 use opsloop_core::proto::v1::policy_service_server::PolicyServiceServer;
 use opsloop_core::proto::v1::proposal_service_server::ProposalServiceServer;
+use opsloop_core::proto::v1::rollout_service_server::RolloutServiceServer;
 use opsloop_core::proto::v1::token_service_server::TokenServiceServer;
 use opsloop_core::proto::v1::trigger_service_server::TriggerServiceServer;
 use opsloop_core::workflow::outbox::{RelaySettings, run_relay};
@@ -176,6 +177,10 @@ impl ApiApp {
                     .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
             )
             .add_service(
+                RolloutServiceServer::new(api.clone())
+                    .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+            )
+            .add_service(
                 TriggerServiceServer::new(api.clone())
                     .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
             )
@@ -191,6 +196,7 @@ impl ApiApp {
         health.set_serving::<MissionServiceServer<Api>>().await;
         health.set_serving::<EventServiceServer<Api>>().await;
         health.set_serving::<PolicyServiceServer<Api>>().await;
+        health.set_serving::<RolloutServiceServer<Api>>().await;
         health.set_serving::<TriggerServiceServer<Api>>().await;
         health.set_serving::<OpsServiceServer<Api>>().await;
         health.set_serving::<TokenServiceServer<Api>>().await;
@@ -265,6 +271,7 @@ impl ApiApp {
                 health.set_not_serving::<MissionServiceServer<Api>>().await;
                 health.set_not_serving::<EventServiceServer<Api>>().await;
                 health.set_not_serving::<PolicyServiceServer<Api>>().await;
+                health.set_not_serving::<RolloutServiceServer<Api>>().await;
                 health.set_not_serving::<TriggerServiceServer<Api>>().await;
                 health.set_not_serving::<OpsServiceServer<Api>>().await;
                 health.set_not_serving::<TokenServiceServer<Api>>().await;

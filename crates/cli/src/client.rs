@@ -14,6 +14,7 @@ use opsloop_core::proto::v1::mission_service_client::MissionServiceClient;
 use opsloop_core::proto::v1::ops_service_client::OpsServiceClient;
 use opsloop_core::proto::v1::policy_service_client::PolicyServiceClient;
 use opsloop_core::proto::v1::proposal_service_client::ProposalServiceClient;
+use opsloop_core::proto::v1::rollout_service_client::RolloutServiceClient;
 use opsloop_core::proto::v1::token_service_client::TokenServiceClient;
 use opsloop_core::proto::v1::trigger_service_client::TriggerServiceClient;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -260,6 +261,11 @@ impl Connection {
     /// `PolicyService` client.
     pub fn policies(&self) -> PolicyServiceClient<AuthChannel> {
         PolicyServiceClient::new(self.intercepted())
+    }
+
+    /// `RolloutService` client.
+    pub fn rollouts(&self) -> RolloutServiceClient<AuthChannel> {
+        RolloutServiceClient::new(self.intercepted())
     }
 
     /// `TriggerService` client.

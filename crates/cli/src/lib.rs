@@ -38,6 +38,7 @@ pub mod policy;
 pub mod probe;
 pub mod proposal;
 pub mod repair;
+pub mod rollout;
 pub mod status;
 pub mod token;
 pub mod trigger;

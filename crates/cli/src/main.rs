@@ -12,7 +12,7 @@ use opsloop_cli::client::Globals;
 use opsloop_cli::output::OutputFormat;
 use opsloop_cli::{
     alerts, backup, config_check, event, incident, mission, ops, policy, probe, proposal, repair,
-    status, token, trigger, worker_cmd,
+    rollout, status, token, trigger, worker_cmd,
 };
 
 /// `opsloop --version`: the crate version, git revision and build date
@@ -129,6 +129,9 @@ enum Command {
     /// List quarantined events and put them back in the retry set.
     #[command(subcommand)]
     Quarantine(repair::QuarantineCommand),
+    /// Start, inspect, advance and roll back the staged rollout.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
     /// Add, list and remove heartbeat trigger rules.
     #[command(subcommand)]
     Trigger(trigger::TriggerCommand),
@@ -249,6 +252,7 @@ async fn run(
         Command::Mission(command) => mission::run(command, globals).await,
         Command::Event(command) => event::run(command, globals).await,
         Command::Policy(command) => policy::run(command, globals).await,
+        Command::Rollout(command) => rollout::run(command, globals).await,
         Command::Deadletter(command) => repair::run_dead_letter(command, globals).await,
         Command::Quarantine(command) => repair::run_quarantine(command, globals).await,
         Command::Trigger(command) => trigger::run(command, globals).await,

@@ -218,7 +218,7 @@ fn change_json(c: &PolicyChange) -> Value {
     })
 }
 
-fn read_value(path: &PathBuf) -> anyhow::Result<String> {
+pub(crate) fn read_value(path: &PathBuf) -> anyhow::Result<String> {
     let text = if path.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin()).context("--file -: reading stdin")?
     } else {

@@ -518,3 +518,93 @@ async fn deadletter_quarantine_and_policy_history_commands() {
 
     api.stop().await;
 }
+
+/// `opsloop rollout`: nothing yet (exit 4), the default template started
+/// (phase A's toggles written), a second refused, advance refused on
+/// `wait` (exit 7, naming what is open) and forced only with a reason,
+/// status with the report, a file spec with a bad field refused naming it,
+/// rollback back to A.
+#[tokio::test]
+async fn rollout_commands() {
+    let api = RunningApi::start().await;
+    let endpoint = api.endpoint.as_str();
+
+    let none = opsloop(endpoint, &["rollout", "status"]).await;
+    assert_eq!(none.status.code(), Some(4), "no rollout yet");
+
+    let created = json_of(
+        &opsloop(endpoint, &["rollout", "create", "--name", "launch"]).await,
+        "rollout create",
+    );
+    assert_eq!(
+        created["rollout"]["phases"],
+        serde_json::json!(["A", "B", "C", "D"])
+    );
+    assert_eq!(created["rollout"]["created_by"], "e2e");
+    let again = opsloop(endpoint, &["rollout", "create"]).await;
+    assert_eq!(again.status.code(), Some(7), "one active rollout");
+
+    let status = json_of(&opsloop(endpoint, &["rollout", "status"]).await, "status");
+    assert_eq!(status["report"]["verdict"], "wait", "{status}");
+    let criteria = status["report"]["criteria"].as_array().expect("criteria");
+    assert_eq!(criteria.len(), 4, "{status}");
+    assert_eq!(criteria[0]["measured"], "no mission finished yet");
+
+    let refused = opsloop(endpoint, &["rollout", "advance"]).await;
+    assert_eq!(refused.status.code(), Some(7), "wait is not go");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("phase A is wait"), "{stderr}");
+    let no_reason = opsloop(endpoint, &["rollout", "advance", "--force"]).await;
+    assert_eq!(
+        no_reason.status.code(),
+        Some(2),
+        "clap: --force needs --reason"
+    );
+    let forced = json_of(
+        &opsloop(
+            endpoint,
+            &["rollout", "advance", "--force", "--reason", "launch day"],
+        )
+        .await,
+        "forced advance",
+    );
+    assert_eq!(forced["rollout"]["phase_index"], 1, "{forced}");
+    let toggle = json_of(
+        &opsloop(endpoint, &["policy", "get", "x_autopost"]).await,
+        "x_autopost",
+    );
+    assert_eq!(toggle["value"]["enabled"], true, "phase B turns on x");
+    assert_eq!(toggle["updated_by"], "e2e");
+
+    let back = json_of(
+        &opsloop(endpoint, &["rollout", "rollback", "--reason", "too noisy"]).await,
+        "rollback",
+    );
+    assert_eq!(back["rollout"]["phase_index"], 0, "{back}");
+    let toggle = json_of(
+        &opsloop(endpoint, &["policy", "get", "x_autopost"]).await,
+        "x_autopost",
+    );
+    assert_eq!(toggle["value"]["enabled"], false, "phase A again");
+    json_of(
+        &opsloop(endpoint, &["rollout", "rollback", "--reason", "done"]).await,
+        "end",
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rollout.json");
+    std::fs::write(
+        &file,
+        r#"{"name": "bad", "phases": [{"name": "A", "min_duration_secs": 60, "criteria": []}]}"#,
+    )
+    .unwrap();
+    let bad = opsloop(
+        endpoint,
+        &["rollout", "create", "--file", file.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(bad.status.code(), Some(3), "invalid argument");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("phases[0].criteria"), "{stderr}");
+    api.stop().await;
+}

@@ -1,4 +1,4 @@
-//! The six gRPC services of the api, all served by one [`Api`] value that
+//! The gRPC services of the api, all served by one [`Api`] value that
 //! holds the database, the auth tokens, the audit log and the clock. Every
 //! handler is one call into `opsloop_core::workflow`; spans, request metrics
 //! and the access check run before it, once for every gRPC server, in
@@ -9,6 +9,7 @@ mod missions;
 mod ops;
 mod policy;
 mod proposals;
+mod rollouts;
 mod tokens;
 mod triggers;
 
