@@ -1,6 +1,6 @@
 //! The closed-loop design's starter trigger rules, seeded disabled so a new
 //! installation has working examples to read and enable (`opsloop trigger
-//! update NAME --enabled true`): a failure spike, stalled missions, a day
+//! update "NAME" --enable`): a failure spike, stalled missions, a day
 //! without `mission.succeeded` (a dead man's switch) and a reaction to
 //! high-engagement posts. A rule whose name exists already is left as it is.
 
