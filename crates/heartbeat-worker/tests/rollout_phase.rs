@@ -7,11 +7,10 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
-use opsloop_core::domain::input::{NewProposal, ProposalSource, StepKind, StepSpec};
 use opsloop_core::domain::rollout::{Criterion, PhaseSpec, RolloutSpec};
-use opsloop_core::store::testing::{TestDb, fresh_postgres, fresh_sqlite};
+use opsloop_core::store::testing::{TestDb, fresh_postgres, fresh_sqlite, run_one_step_mission};
 use opsloop_core::workflow::triggers::{TriggerUpdate, list_triggers, update_trigger};
-use opsloop_core::workflow::{self, ClaimOutcome, rollouts};
+use opsloop_core::workflow::{self, rollouts};
 use opsloop_heartbeat_worker::rules::Condition;
 use opsloop_heartbeat_worker::{Heartbeat, HeartbeatSettings, Phase};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
@@ -22,10 +21,6 @@ fn base() -> DateTime<Utc> {
         .duration_trunc(Duration::hours(1))
         .expect("trunc")
         - Duration::hours(6)
-}
-
-fn kind(k: &str) -> StepKind {
-    StepKind::parse("kind", k).expect("kind")
 }
 
 fn heartbeat(db: &TestDb) -> Heartbeat {
@@ -58,38 +53,7 @@ fn spec(auto_advance: bool) -> RolloutSpec {
 }
 
 async fn run_mission(db: &DatabaseConnection, succeed: bool, at: DateTime<Utc>) {
-    let proposal = NewProposal {
-        title: "t".into(),
-        source: ProposalSource::Api,
-        agent: "a".into(),
-        dedupe_key: None,
-        steps: vec![StepSpec {
-            kind: kind("echo"),
-            payload: json!({}),
-            max_attempts: Some(1),
-        }],
-        parallel: false,
-        metadata: json!({}),
-        trace_id: None,
-    };
-    workflow::submit_proposal(db, proposal, at)
-        .await
-        .expect("submit");
-    let ClaimOutcome::Claimed(step) = workflow::claim_step(db, "w", &[kind("echo")], None, at)
-        .await
-        .expect("claim")
-    else {
-        panic!("nothing to claim");
-    };
-    if succeed {
-        workflow::complete_step(db, step.id, "w", 1, json!({}), None, at)
-            .await
-            .expect("complete");
-    } else {
-        workflow::fail_step(db, step.id, "w", 1, "boom", true, None, at)
-            .await
-            .expect("fail");
-    }
+    run_one_step_mission(db, "echo", succeed, at).await;
 }
 
 async fn alerts(db: &DatabaseConnection, alertname: &str) -> Vec<Value> {

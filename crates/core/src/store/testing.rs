@@ -218,6 +218,62 @@ impl Drop for TestDb {
     }
 }
 
+/// One single-step mission of `kind` (one attempt) submitted, claimed and
+/// finished at `at` through the workflow, succeeded or failed: evidence for
+/// tests that judge outcomes (rollout criteria, reports). `kind` must be
+/// auto-approved by the policy in force.
+pub async fn run_one_step_mission(
+    db: &DatabaseConnection,
+    kind: &str,
+    succeed: bool,
+    at: chrono::DateTime<chrono::Utc>,
+) {
+    use crate::domain::input::{NewProposal, ProposalSource, StepKind, StepSpec};
+    use crate::workflow::{self, ClaimOutcome};
+    let kind = StepKind::parse("kind", kind).expect("a step kind");
+    let proposal = NewProposal {
+        title: "test mission".into(),
+        source: ProposalSource::Api,
+        agent: "tester".into(),
+        dedupe_key: None,
+        steps: vec![StepSpec {
+            kind: kind.clone(),
+            payload: serde_json::json!({}),
+            max_attempts: Some(1),
+        }],
+        parallel: false,
+        metadata: serde_json::json!({}),
+        trace_id: None,
+    };
+    workflow::submit_proposal(db, proposal, at)
+        .await
+        .expect("submit");
+    let ClaimOutcome::Claimed(step) = workflow::claim_step(db, "tester", &[kind], None, at)
+        .await
+        .expect("claim")
+    else {
+        panic!("nothing to claim: is the kind auto-approved?");
+    };
+    if succeed {
+        workflow::complete_step(db, step.id, "tester", 1, serde_json::json!({}), None, at)
+            .await
+            .expect("complete");
+    } else {
+        workflow::fail_step(
+            db,
+            step.id,
+            "tester",
+            1,
+            "failed on purpose",
+            true,
+            None,
+            at,
+        )
+        .await
+        .expect("fail");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database;

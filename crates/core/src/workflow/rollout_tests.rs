@@ -16,9 +16,9 @@ use super::rollouts::{
     rollback_rollout,
 };
 use super::*;
-use crate::domain::input::{NewProposal, ProposalSource, StepKind, StepSpec};
+use crate::domain::input::StepKind;
 use crate::domain::rollout::{Criterion, CriterionState, PhaseSpec, RolloutSpec, Verdict};
-use crate::store::testing::{TestDb, fresh_postgres, fresh_sqlite};
+use crate::store::testing::{TestDb, fresh_postgres, fresh_sqlite, run_one_step_mission};
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 23, 1, 0, 0)
@@ -68,38 +68,8 @@ fn spec() -> RolloutSpec {
     }
 }
 
-/// One single-step `echo` mission run to success or to failure at `at`.
 async fn run_mission(db: &DatabaseConnection, succeed: bool, at: DateTime<Utc>) {
-    let proposal = NewProposal {
-        title: "t".into(),
-        source: ProposalSource::Api,
-        agent: "a".into(),
-        dedupe_key: None,
-        steps: vec![StepSpec {
-            kind: kind("echo"),
-            payload: json!({}),
-            max_attempts: Some(1),
-        }],
-        parallel: false,
-        metadata: json!({}),
-        trace_id: None,
-    };
-    submit_proposal(db, proposal, at).await.expect("submit");
-    let ClaimOutcome::Claimed(step) = claim_step(db, "w", &[kind("echo")], None, at)
-        .await
-        .expect("claim")
-    else {
-        panic!("nothing to claim");
-    };
-    if succeed {
-        complete_step(db, step.id, "w", 1, json!({}), None, at)
-            .await
-            .expect("complete");
-    } else {
-        fail_step(db, step.id, "w", 1, "boom", true, None, at)
-            .await
-            .expect("fail");
-    }
+    run_one_step_mission(db, "echo", succeed, at).await;
 }
 
 async fn toggle(db: &DatabaseConnection, key: &str) -> serde_json::Value {

@@ -326,20 +326,8 @@ async fn enter_phase(
         if current.as_ref() == Some(&wanted) {
             continue;
         }
-        let (_, _, record) = write_policy_in(
-            tx,
-            &PolicyKey::parse(key)?,
-            PolicyChange {
-                key,
-                value: wanted,
-                actor,
-                reason: Some(reason),
-                expected_version: None,
-            },
-            "policy.set",
-            now,
-        )
-        .await?;
+        let record =
+            write_as_rollout(tx, &PolicyKey::parse(key)?, wanted, actor, reason, now).await?;
         records.push(record);
     }
     if !phase.caps.is_empty() {
@@ -354,24 +342,49 @@ async fn enter_phase(
         let wanted =
             serde_json::to_value(&gates).map_err(|e| WorkflowError::Corrupt(e.to_string()))?;
         if wanted != row.value {
-            let (_, _, record) = write_policy_in(
-                tx,
-                &PolicyKey::StepGates,
-                PolicyChange {
-                    key: "step_gates",
-                    value: wanted,
-                    actor,
-                    reason: Some(reason),
-                    expected_version: None,
-                },
-                "policy.set",
-                now,
-            )
-            .await?;
+            let record =
+                write_as_rollout(tx, &PolicyKey::StepGates, wanted, actor, reason, now).await?;
             records.push(record);
         }
     }
     Ok(records)
+}
+
+/// One policy value written by a rollout move (`policy.set`, with the move's
+/// reason), inside its transaction.
+async fn write_as_rollout(
+    tx: &DatabaseTransaction,
+    key: &PolicyKey,
+    value: serde_json::Value,
+    actor: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<AuditRecord> {
+    let change = PolicyChange {
+        key: key.as_str(),
+        value,
+        actor,
+        reason: Some(reason),
+        expected_version: None,
+    };
+    let (_, _, record) = write_policy_in(tx, key, change, "policy.set", now).await?;
+    Ok(record)
+}
+
+/// The row's update after judging it: the verdict and report recorded; the
+/// report as JSON for the event.
+fn judged(
+    row: &rollouts::Model,
+    report: &GoNoGoReport,
+    now: DateTime<Utc>,
+) -> Result<(rollouts::ActiveModel, serde_json::Value)> {
+    let report_json =
+        serde_json::to_value(report).map_err(|e| WorkflowError::Corrupt(e.to_string()))?;
+    let mut model: rollouts::ActiveModel = row.clone().into();
+    model.last_verdict = Set(Some(report.verdict.as_str().into()));
+    model.last_report = Set(Some(report_json.clone()));
+    model.updated_at = Set(now);
+    Ok((model, report_json))
 }
 
 fn record(
@@ -458,12 +471,7 @@ pub async fn advance_rollout(
     let index = report.phase_index;
     let from = spec.phases[index].name.clone();
     let next = spec.phases.get(index + 1);
-    let mut model: rollouts::ActiveModel = row.clone().into();
-    let report_json =
-        serde_json::to_value(&report).map_err(|e| WorkflowError::Corrupt(e.to_string()))?;
-    model.last_verdict = Set(Some(report.verdict.as_str().into()));
-    model.last_report = Set(Some(report_json.clone()));
-    model.updated_at = Set(now);
+    let (mut model, report_json) = judged(&row, &report, now)?;
     let mut records = Vec::new();
     match next {
         Some(phase) => {
@@ -554,12 +562,7 @@ pub async fn rollback_rollout_in(
         )));
     }
     let from = spec.phases[index].name.clone();
-    let report_json =
-        serde_json::to_value(&report).map_err(|e| WorkflowError::Corrupt(e.to_string()))?;
-    let mut model: rollouts::ActiveModel = row.clone().into();
-    model.last_verdict = Set(Some(report.verdict.as_str().into()));
-    model.last_report = Set(Some(report_json.clone()));
-    model.updated_at = Set(now);
+    let (mut model, report_json) = judged(&row, &report, now)?;
     let mut records = Vec::new();
     let to = if index == 0 {
         model.status = Set(ROLLED_BACK.into());
