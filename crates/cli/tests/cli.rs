@@ -254,6 +254,13 @@ const HELP: &[(&[&str], &[&str])] = &[
     (&["quarantine", "list"], &["--consumer", "--limit"]),
     (&["quarantine", "retry"], &["<CONSUMER>", "<SEQ>"]),
     (&["policy", "history"], &["<KEY>", "--limit"]),
+    (
+        &["rollout", "create"],
+        &["--name", "--file", "--auto-advance"],
+    ),
+    (&["rollout", "status"], &[]),
+    (&["rollout", "advance"], &["--force", "--reason"]),
+    (&["rollout", "rollback"], &["--reason"]),
     (&["token", "revoke"], &["<NAME>"]),
     (&["config", "check"], &["--daemon", "--config"]),
     (&["completions"], &["<SHELL>"]),

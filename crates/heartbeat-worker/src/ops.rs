@@ -339,19 +339,25 @@ pub async fn daily_summary(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, 
         return Ok(json!({"due": false}));
     };
     let figures = workflow::summary(db, SummaryPeriod::Daily, now).await?;
-    let mut figures_json = serde_json::to_value(&figures).unwrap_or(Value::Null);
     // The proposals waiting for a decision, oldest first, with their links.
     let (pending_total, oldest) = workflow::pending_proposals_oldest(db, 10).await?;
-    let console = hb.settings().console_url.trim_end_matches('/');
-    figures_json["pendingApproval"] = json!({
-        "total": pending_total,
-        "oldest": oldest.iter().map(|p| json!({
-            "id": p.id, "title": p.title, "source": p.source, "agent": p.agent,
-            "createdAt": p.created_at, "waitedMinutes": (now - p.created_at).num_minutes(),
-            "url": format!("{console}/proposals/{}", p.id),
-        })).collect::<Vec<_>>(),
-        "consoleUrl": format!("{console}/proposals?status=pending"),
-    });
+    let waiting: Vec<crate::report::Waiting> = oldest
+        .iter()
+        .map(|p| crate::report::Waiting {
+            id: p.id,
+            title: p.title.clone(),
+            source: p.source.clone(),
+            agent: p.agent.clone(),
+            created_at: p.created_at,
+        })
+        .collect();
+    let figures_json = crate::report::daily_body(
+        &figures,
+        pending_total,
+        &waiting,
+        &hb.settings().console_url,
+        now,
+    );
     let count = |map: &std::collections::BTreeMap<String, i64>, key: &str| {
         map.get(key).copied().unwrap_or(0)
     };

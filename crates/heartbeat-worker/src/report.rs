@@ -1,4 +1,5 @@
-//! The weekly report's arithmetic: success rates overall and per step kind,
+//! The daily summary's body ([`daily_body`]: counts and the proposals
+//! waiting for approval) and the weekly report's arithmetic: success rates overall and per step kind,
 //! p50/p95 step duration, failures by reason, alerts by name, the SLIs
 //! against their objectives (availability 99.9 %, p95 latency 500 ms, each
 //! met or missed), MTTA/MTTR of the period's incidents, cost per kind
@@ -266,6 +267,40 @@ pub fn weekly_body(input: &WeeklyInput) -> Value {
         "backup": {"lastCompletedAt": input.last_backup_at,
                    "ageHours": input.last_backup_at.map(|t| (input.period_end - t).num_minutes() as f64 / 60.0)},
     })
+}
+
+/// A proposal waiting for approval, for the daily summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Waiting {
+    pub id: uuid::Uuid,
+    pub title: String,
+    pub source: String,
+    pub agent: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The daily summary's body (the `figures` annotation the alerter renders):
+/// the counts of the period and `pendingApproval` — how many proposals wait
+/// for a decision and the oldest of them with their console links.
+pub fn daily_body(
+    figures: &opsloop_core::workflow::SummaryFigures,
+    pending_total: i64,
+    oldest: &[Waiting],
+    console_url: &str,
+    now: DateTime<Utc>,
+) -> Value {
+    let console = console_url.trim_end_matches('/');
+    let mut body = serde_json::to_value(figures).unwrap_or(Value::Null);
+    body["pendingApproval"] = json!({
+        "total": pending_total,
+        "oldest": oldest.iter().map(|p| json!({
+            "id": p.id, "title": p.title, "source": p.source, "agent": p.agent,
+            "createdAt": p.created_at, "waitedMinutes": (now - p.created_at).num_minutes(),
+            "url": format!("{console}/proposals/{}", p.id),
+        })).collect::<Vec<_>>(),
+        "consoleUrl": format!("{console}/proposals?status=pending"),
+    });
+    body
 }
 
 #[cfg(test)]
@@ -570,7 +605,22 @@ mod tests {
             total_events: 57,
             generated_at: t,
         };
-        let figures = serde_json::to_value(&figures).expect("figures");
+        let waiting = Waiting {
+            id: uuid::Uuid::nil(),
+            title: "post the weekly digest".into(),
+            source: "agent".into(),
+            agent: Some("writer".into()),
+            created_at: t - chrono::Duration::minutes(200),
+        };
+        let figures = daily_body(&figures, 1, &[waiting], "https://ops.example/console/", t);
+        assert_eq!(
+            figures["pendingApproval"]["oldest"][0]["waitedMinutes"],
+            200
+        );
+        assert_eq!(
+            figures["pendingApproval"]["consoleUrl"],
+            "https://ops.example/console/proposals?status=pending"
+        );
         let mut expected = daily.clone();
         for key in ["missions", "steps"] {
             // Data-keyed too (statuses).
