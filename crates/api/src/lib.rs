@@ -1,9 +1,10 @@
 //! The api daemon: the system of record of the loop. Serves the gRPC services of
 //! `opsloop.v1` (proposals, missions, events, policy, triggers, ops), the HTTP
 //! health, metrics and summary endpoints and the status page
-//! ([`status_page`]), and runs the outbox relay that publishes every event
+//! ([`status_page`]) and the operator console ([`console`]), and runs the outbox relay that publishes every event
 //! to the bus.
 
+pub mod console;
 pub mod convert;
 pub mod services;
 pub mod status_page;
@@ -205,13 +206,28 @@ impl ApiApp {
             self.maintenance.clone(),
             self.infra.config.settings.tls.ca_file.as_deref(),
         )?;
+        let console = {
+            let tls = &self.infra.config.settings.tls;
+            let key = self
+                .infra
+                .secrets
+                .get(console::SESSION_KEY_SECRET)?
+                .map(|s| s.expose().to_owned());
+            console::Console::new(
+                api.clone(),
+                Some(status.clone()),
+                key.as_deref(),
+                tls.http && tls.cert_file.is_some(),
+            )
+        };
         let router = opsloop_core::http::base_router(SERVICE, self.infra.readiness())
             .merge(
                 axum::Router::new()
                     .route("/api/ops/summary/daily", get(daily_summary))
                     .with_state(api.clone()),
             )
-            .merge(status.clone().router());
+            .merge(status.clone().router())
+            .merge(console.router());
 
         // The loop-state gauges, sampled at each scrape of /metrics for as
         // long as the daemon runs (opsloop_core::loop_metrics).
