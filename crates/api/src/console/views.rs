@@ -106,7 +106,8 @@ fn duration(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> String {
 }
 
 fn usd(value: f64) -> String {
-    format!("${value:.2}")
+    // An empty float sum is -0.0.
+    format!("${:.2}", value + 0.0)
 }
 
 fn status_class(status: &str) -> &'static str {
@@ -982,6 +983,7 @@ mod tests {
         );
         assert_eq!(duration(None, Some(t)), "—");
         assert_eq!(usd(1.5), "$1.50");
+        assert_eq!(usd(-0.0), "$0.00");
         assert_eq!(status_class("failed"), "bad");
         assert_eq!(status_class("other"), "muted");
     }
