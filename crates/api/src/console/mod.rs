@@ -164,16 +164,16 @@ impl Console {
     }
 
     /// Refuses a forged, tampered or replayed action (403, nothing done).
-    fn check_csrf(&self, who: &Who, form: &ActionForm) -> Result<(), Response> {
+    fn check_csrf(&self, who: &Who, form: &ActionForm) -> Result<(), Box<Response>> {
         self.inner
             .keys
             .check_csrf(&who.session, form.csrf.as_deref(), self.now())
             .map_err(|e: CsrfError| {
                 tracing::warn!(token = %who.principal.name, reason = e.message(), "console: action refused (CSRF)");
-                page(
+                Box::new(page(
                     StatusCode::FORBIDDEN,
                     views::error(Some(&self.ctx(who)), "Refused", e.message()),
-                )
+                ))
             })
     }
 }
@@ -371,8 +371,8 @@ fn invalid(ctx: &Ctx, error: opsloop_core::domain::ValidationError) -> Response 
     failure(ctx, &WorkflowError::Invalid(error))
 }
 
-fn id(ctx: &Ctx, what: &str, raw: &str) -> Result<Uuid, Response> {
-    Uuid::parse_str(raw.trim()).map_err(|_| not_found(ctx, what, raw))
+fn id(ctx: &Ctx, what: &str, raw: &str) -> Result<Uuid, Box<Response>> {
+    Uuid::parse_str(raw.trim()).map_err(|_| Box::new(not_found(ctx, what, raw)))
 }
 
 // ---- sign-in ----------------------------------------------------------
@@ -451,7 +451,7 @@ async fn login(State(c): State<Console>, Form(form): Form<LoginForm>) -> Respons
 
 async fn logout(State(c): State<Console>, who: Who, Form(form): Form<ActionForm>) -> Response {
     if let Err(refused) = c.check_csrf(&who, &form) {
-        return refused;
+        return *refused;
     }
     c.inner.keys.end(&who.session);
     let mut response = redirect("/console/login");
@@ -561,7 +561,7 @@ async fn proposal(State(c): State<Console>, who: Who, Path(raw): Path<String>) -
     let ctx = c.ctx(&who);
     let id = match id(&ctx, "proposal", &raw) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match workflow::get_proposal(&c.inner.api.db, id).await {
         Ok(view) => page(StatusCode::OK, views::proposal(&ctx, &view)),
@@ -578,10 +578,10 @@ async fn approve(
     let ctx = c.ctx(&who);
     let id = match id(&ctx, "proposal", &raw) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(refused) = c.check_csrf(&who, &form) {
-        return refused;
+        return *refused;
     }
     let comment = form.comment.as_deref().map(str::trim).unwrap_or("");
     let comment = match bounded("comment", comment, 1000) {
@@ -616,10 +616,10 @@ async fn reject(
     let ctx = c.ctx(&who);
     let id = match id(&ctx, "proposal", &raw) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(refused) = c.check_csrf(&who, &form) {
-        return refused;
+        return *refused;
     }
     let reason = match text("reason", form.reason.as_deref().unwrap_or(""), 1000) {
         Ok(r) => r,
@@ -657,7 +657,7 @@ async fn mission(State(c): State<Console>, who: Who, Path(raw): Path<String>) ->
     let ctx = c.ctx(&who);
     let id = match id(&ctx, "mission", &raw) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let db = &c.inner.api.db;
     let view = match workflow::get_mission(db, id).await {
@@ -693,10 +693,10 @@ async fn cancel(
     let ctx = c.ctx(&who);
     let id = match id(&ctx, "mission", &raw) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(refused) = c.check_csrf(&who, &form) {
-        return refused;
+        return *refused;
     }
     let reason = match text("reason", form.reason.as_deref().unwrap_or(""), 1000) {
         Ok(r) => r,
@@ -740,10 +740,10 @@ async fn retry(
     let ctx = c.ctx(&who);
     let id = match id(&ctx, "dead letter", &raw) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(refused) = c.check_csrf(&who, &form) {
-        return refused;
+        return *refused;
     }
     let api = &c.inner.api;
     match workflow::retry_dead_letter(&api.db, id, &who.principal.name, api.audit(), c.now()).await
@@ -938,7 +938,7 @@ async fn policy_preview(
 ) -> Response {
     let ctx = c.ctx(&who);
     if let Err(refused) = c.check_csrf(&who, &form) {
-        return refused;
+        return *refused;
     }
     let api = &c.inner.api;
     let row = match workflow::get_policy(&api.db, &key).await {
@@ -992,7 +992,7 @@ async fn policy_save(
 ) -> Response {
     let ctx = c.ctx(&who);
     if let Err(refused) = c.check_csrf(&who, &form) {
-        return refused;
+        return *refused;
     }
     let api = &c.inner.api;
     let edit = match parse_edit(api, &key, &form) {
@@ -1027,7 +1027,7 @@ async fn emergency_stop(
 ) -> Response {
     let ctx = c.ctx(&who);
     if let Err(refused) = c.check_csrf(&who, &form) {
-        return refused;
+        return *refused;
     }
     let engage = match form.engage.as_deref() {
         Some("true") => true,
@@ -1077,10 +1077,10 @@ async fn trigger_enabled(
     let ctx = c.ctx(&who);
     let id = match id(&ctx, "trigger", &raw) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(refused) = c.check_csrf(&who, &form) {
-        return refused;
+        return *refused;
     }
     let enabled = match form.enabled.as_deref() {
         Some("true") => true,
