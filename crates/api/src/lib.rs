@@ -54,6 +54,8 @@ pub struct ApiSettings {
     pub outbox_idle_ms: u64,
     /// The status page (`/status`).
     pub status: status_page::StatusSettings,
+    /// The operator console (`/console`).
+    pub console: console::ConsoleSettings,
 }
 
 impl Default for ApiSettings {
@@ -65,6 +67,7 @@ impl Default for ApiSettings {
             outbox_batch: 200,
             outbox_idle_ms: 200,
             status: status_page::StatusSettings::default(),
+            console: console::ConsoleSettings::default(),
         }
     }
 }
@@ -213,12 +216,38 @@ impl ApiApp {
                 .secrets
                 .get(console::SESSION_KEY_SECRET)?
                 .map(|s| s.expose().to_owned());
+            let alerter_url = match self.settings.console.alerter_url.as_deref().map(str::trim) {
+                Some("") => None,
+                Some(url) => Some(url.to_owned()),
+                None => self
+                    .status_peers
+                    .iter()
+                    .find(|p| p.id == "alerter")
+                    .and_then(|p| p.url.clone()),
+            };
+            let alerter_token = self
+                .infra
+                .secrets
+                .get(console::ALERTER_TOKEN_SECRET)?
+                .map(|s| s.expose().trim().to_owned());
+            let mut http = reqwest::Client::builder().user_agent("opsloop-console");
+            if let Some(ca) = tls.ca_file.as_deref() {
+                http = http.use_preconfigured_tls(opsloop_core::tls::client_config(Some(ca))?);
+            }
+            let http = http
+                .build()
+                .map_err(|e| anyhow::anyhow!("api.console: cannot build the HTTP client: {e}"))?;
             console::Console::new(
                 api.clone(),
                 Some(status.clone()),
                 key.as_deref(),
                 tls.http && tls.cert_file.is_some(),
             )
+            .with_alerter(console::alerts::AlerterClient::new(
+                http,
+                alerter_url,
+                alerter_token,
+            ))
         };
         let router = opsloop_core::http::base_router(SERVICE, self.infra.readiness())
             .merge(

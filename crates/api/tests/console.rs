@@ -21,9 +21,97 @@ async fn app() -> TestApp {
     spawn_with(Options {
         admin_token: Some(ADMIN.into()),
         agent_token: Some(AGENT.into()),
+        // No alerter: the alerts page says so.
+        extra_config: vec![("OPSLOOP__API__CONSOLE__ALERTER_URL", String::new())],
         ..Default::default()
     })
     .await
+}
+
+/// What the stand-in alerter received.
+#[derive(Default)]
+struct FakeAlerter {
+    silences: std::sync::Mutex<Vec<serde_json::Value>>,
+    expired: std::sync::Mutex<Vec<String>>,
+    authorization: std::sync::Mutex<Vec<String>>,
+}
+
+/// A stand-in for the alerter's Alertmanager v2 API: one firing alert, the
+/// silences posted to it.
+async fn fake_alerter() -> (std::net::SocketAddr, std::sync::Arc<FakeAlerter>) {
+    use axum::routing::{delete, get};
+    let state = std::sync::Arc::new(FakeAlerter::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = |s: &FakeAlerter, h: &axum::http::HeaderMap| {
+        if let Some(v) = h.get("authorization").and_then(|v| v.to_str().ok()) {
+            s.authorization.lock().expect("lock").push(v.to_owned());
+        }
+    };
+    let router = axum::Router::new()
+        .route(
+            "/api/v2/alerts",
+            get(|| async {
+                axum::Json(serde_json::json!([{
+                    "fingerprint": "f1",
+                    "labels": {"alertname": "WebDown", "job": "web", "severity": "page"},
+                    "annotations": {"summary": "web answers 500"},
+                    "startsAt": "2026-12-07T10:00:00Z",
+                    "status": {"state": "active", "silencedBy": [], "inhibitedBy": []}
+                }]))
+            }),
+        )
+        .route(
+            "/api/v2/silences",
+            get({
+                let state = state.clone();
+                move || async move {
+                    let list: Vec<serde_json::Value> = state
+                        .silences
+                        .lock()
+                        .expect("lock")
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| {
+                            let mut s = s.clone();
+                            s["id"] = serde_json::json!(format!("00000000-0000-0000-0000-00000000000{i}"));
+                            s["status"] = serde_json::json!({"state": "active"});
+                            s
+                        })
+                        .collect();
+                    axum::Json(list)
+                }
+            })
+            .post({
+                let state = state.clone();
+                move |headers: axum::http::HeaderMap, axum::Json(body): axum::Json<serde_json::Value>| async move {
+                    seen(&state, &headers);
+                    let mut silences = state.silences.lock().expect("lock");
+                    silences.push(body);
+                    axum::Json(serde_json::json!({
+                        "silenceID": format!("00000000-0000-0000-0000-00000000000{}", silences.len() - 1)
+                    }))
+                }
+            }),
+        )
+        .route(
+            "/api/v2/silence/{id}",
+            delete({
+                let state = state.clone();
+                move |axum::extract::Path(id): axum::extract::Path<String>| async move {
+                    if id.ends_with("0000") {
+                        state.expired.lock().expect("lock").push(id);
+                        axum::http::StatusCode::OK
+                    } else {
+                        axum::http::StatusCode::NOT_FOUND
+                    }
+                }
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (addr, state)
 }
 
 /// A browser without JavaScript: one session cookie, no redirects followed.
@@ -698,4 +786,138 @@ async fn the_live_tail_streams_events_and_resumes_from_last_event_id() {
         .expect("stream");
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
     app.stop().await;
+}
+
+#[tokio::test]
+async fn alerts_and_silences_go_through_the_alerter() {
+    let (alerter, fake) = fake_alerter().await;
+    let served = spawn_with(Options {
+        admin_token: Some(ADMIN.into()),
+        agent_token: Some(AGENT.into()),
+        extra_config: vec![(
+            "OPSLOOP__API__CONSOLE__ALERTER_URL",
+            format!("http://{alerter}"),
+        )],
+        extra_secrets: vec![(
+            "OPSLOOP_CONSOLE_ALERTER_TOKEN".to_owned(),
+            "alerter-admin-secret".to_owned(),
+        )],
+        ..Default::default()
+    })
+    .await;
+    let secret = viewer_token(&served, "alerts-viewer").await;
+    let mut viewer = Browser::sign_in(&served, &secret).await;
+    let page = viewer.get("/console/alerts").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("WebDown") && page.body.contains("web answers 500"));
+    assert!(
+        !page.body.contains("/console/alerts/silence"),
+        "no action for a viewer"
+    );
+    let csrf = page.csrf();
+    let denied = viewer
+        .post(
+            "/console/alerts/silence",
+            &[("csrf", &csrf), ("label:job", "web"), ("comment", "x")],
+        )
+        .await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+
+    let mut admin = Browser::sign_in(&served, ADMIN).await;
+    let page = admin.get("/console/alerts").await;
+    assert!(
+        page.body
+            .contains("name=\"label:alertname\" value=\"WebDown\"")
+    );
+    let csrf = page.csrf();
+    // Without a reason: refused naming the field, nothing sent.
+    let page = admin
+        .post(
+            "/console/alerts/silence",
+            &[
+                ("csrf", &csrf),
+                ("label:alertname", "WebDown"),
+                ("hours", "2"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    assert!(page.body.contains("comment"), "{}", page.body);
+    let page = admin
+        .post(
+            "/console/alerts/silence",
+            &[("label:alertname", "WebDown"), ("comment", "deploy")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN, "no CSRF token");
+    assert!(
+        fake.silences.lock().expect("lock").is_empty(),
+        "nothing sent"
+    );
+    let csrf = admin.csrf().await;
+    let page = admin
+        .post(
+            "/console/alerts/silence",
+            &[
+                ("csrf", &csrf),
+                ("label:alertname", "WebDown"),
+                ("label:job", "web"),
+                ("hours", "4"),
+                ("comment", "deploy window"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    {
+        let silences = fake.silences.lock().expect("lock");
+        assert_eq!(silences.len(), 1);
+        assert_eq!(silences[0]["createdBy"], "bootstrap-admin");
+        assert_eq!(silences[0]["comment"], "deploy window");
+        assert_eq!(silences[0]["matchers"][1]["name"], "job");
+        assert_eq!(silences[0]["matchers"][1]["value"], "web");
+    }
+    assert_eq!(
+        fake.authorization.lock().expect("lock").as_slice(),
+        ["Bearer alerter-admin-secret".to_owned()]
+    );
+    let page = admin.get("/console/alerts?done=silenced").await;
+    assert!(page.body.contains("Silence created.") && page.body.contains("alertname=WebDown"));
+    let silence_id = "00000000-0000-0000-0000-000000000000";
+    let csrf = page.csrf();
+    let page = admin
+        .post(
+            &format!("/console/silences/{silence_id}/expire"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    assert_eq!(
+        fake.expired.lock().expect("lock").as_slice(),
+        [silence_id.to_owned()]
+    );
+    let csrf = admin.csrf().await;
+    let page = admin
+        .post(
+            "/console/silences/00000000-0000-0000-0000-000000000009/expire",
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND);
+    let audit = std::fs::read_to_string(served.audit_dir.path().join("audit.jsonl")).expect("audit");
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("silence.create") && l.contains("bootstrap-admin")),
+        "{audit}"
+    );
+    assert!(audit.lines().any(|l| l.contains("silence.expire")));
+    served.stop().await;
+
+    // Without an alerter, the page says what to set.
+    let bare = app().await;
+    let mut admin = Browser::sign_in(&bare, ADMIN).await;
+    let page = admin.get("/console/alerts").await;
+    assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(page.body.contains("alerter_url"), "{}", page.body);
+    bare.stop().await;
 }

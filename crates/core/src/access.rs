@@ -249,6 +249,9 @@ pub const TABLE: &[Entry] = &[
     http(API, "POST", "/console/emergency-stop", ADMIN),
     http(API, "GET", "/console/triggers", VIEWER),
     http(API, "POST", "/console/triggers/{id}/enabled", ADMIN),
+    http(API, "GET", "/console/alerts", VIEWER),
+    http(API, "POST", "/console/alerts/silence", ADMIN),
+    http(API, "POST", "/console/silences/{id}/expire", ADMIN),
     // alerter
     // Alertmanager's own probes, public like /healthz and /readyz: the same
     // liveness and readiness for tools that expect Alertmanager's paths.

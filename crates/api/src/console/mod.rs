@@ -16,6 +16,7 @@
 //! only script is the events page's live tail (Server-Sent Events from the
 //! event table, resuming from `Last-Event-ID`).
 
+pub mod alerts;
 pub mod filters;
 pub mod session;
 pub mod views;
@@ -42,7 +43,7 @@ use opsloop_core::domain::status::{MissionStatus, ProposalStatus};
 use opsloop_core::workflow::{
     self, DeadLetterFilter, MissionFilter, PolicyChange, ProposalFilter, WorkflowError,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::services::Api;
@@ -61,6 +62,20 @@ const TAIL_POLL: StdDuration = StdDuration::from_millis(250);
 /// one on every replica behind one address).
 pub const SESSION_KEY_SECRET: &str = "console_session_key";
 
+/// The secret holding the bearer token the console calls the alerter with
+/// (the `admin` role: it creates and expires silences).
+pub const ALERTER_TOKEN_SECRET: &str = "console_alerter_token";
+
+/// The `[api.console]` config section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// Base URL of the alerter's HTTP port, whose Alertmanager v2 API the
+    /// alerts page reads and writes; unset: the status page's alerter URL;
+    /// empty: no alerts page.
+    pub alerter_url: Option<String>,
+}
+
 /// The name of a session opened while the daemon has no token (dev mode).
 pub const OPEN_NAME: &str = "dev";
 
@@ -69,6 +84,7 @@ struct Inner {
     status: Option<StatusPage>,
     keys: Keys,
     secure: bool,
+    alerter: alerts::AlerterClient,
 }
 
 /// The console of one api: cheap to clone.
@@ -93,8 +109,18 @@ impl Console {
                 status,
                 keys: Keys::new(session_key),
                 secure,
+                alerter: alerts::AlerterClient::new(reqwest::Client::new(), None, None),
             }),
         }
+    }
+
+    /// Lists alerts and silences from this alerter (and creates and
+    /// expires silences there). Call before [`Console::router`].
+    pub fn with_alerter(mut self, alerter: alerts::AlerterClient) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.alerter = alerter;
+        }
+        self
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -123,6 +149,9 @@ impl Console {
             .route("/console/policy/{key}", get(policy_page).post(policy_save))
             .route("/console/policy/{key}/preview", post(policy_preview))
             .route("/console/emergency-stop", post(emergency_stop))
+            .route("/console/alerts", get(alerts_page))
+            .route("/console/alerts/silence", post(silence))
+            .route("/console/silences/{id}/expire", post(expire_silence))
             .route("/console/triggers", get(triggers))
             .route("/console/triggers/{id}/enabled", post(trigger_enabled))
             .with_state(self)
@@ -1118,6 +1147,115 @@ async fn trigger_enabled(
             "/console/triggers?done=disabled"
         }),
         Err(e) => failure(&ctx, &e),
+    }
+}
+
+fn alerter_failure(ctx: &Ctx, error: &alerts::AlerterError) -> Response {
+    use alerts::AlerterError as E;
+    let status = match error {
+        E::NotConfigured | E::Unreachable(..) => StatusCode::SERVICE_UNAVAILABLE,
+        E::NotFound(_) => StatusCode::NOT_FOUND,
+        E::Refused(_) => StatusCode::BAD_GATEWAY,
+    };
+    page(
+        status,
+        views::error(Some(ctx), "Alerter", &error.to_string()),
+    )
+}
+
+/// Appends the console's record of an action it made at the alerter (which
+/// audits it under the api's token) under the session's token name.
+fn audit_alerter(api: &Api, record: opsloop_core::audit::AuditRecord) {
+    if let Some(audit) = api.audit()
+        && let Err(error) = audit.append(&record)
+    {
+        tracing::warn!(%error, action = %record.action, "console: cannot write the audit line");
+    }
+}
+
+async fn alerts_page(State(c): State<Console>, who: Who) -> Response {
+    let ctx = c.ctx(&who);
+    let alerter = &c.inner.alerter;
+    let (alerts, silences) = tokio::join!(alerter.alerts(), alerter.silences());
+    match (alerts, silences) {
+        (Ok(alerts), Ok(silences)) => page(StatusCode::OK, views::alerts(&ctx, &alerts, &silences)),
+        (Err(e), _) | (_, Err(e)) => alerter_failure(&ctx, &e),
+    }
+}
+
+async fn silence(
+    State(c): State<Console>,
+    who: Who,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> Response {
+    let ctx = c.ctx(&who);
+    let form = ActionForm {
+        csrf: fields
+            .iter()
+            .find(|(k, _)| k == "csrf")
+            .map(|(_, v)| v.clone()),
+        ..Default::default()
+    };
+    if let Err(refused) = c.check_csrf(&who, &form) {
+        return *refused;
+    }
+    let request = match alerts::silence_request(&fields) {
+        Ok(r) => r,
+        Err(e) => return invalid(&ctx, e),
+    };
+    let now = c.now();
+    let body = alerts::silence_body(&request, &who.principal.name, now);
+    match c.inner.alerter.create_silence(&body).await {
+        Ok(id) => {
+            audit_alerter(
+                &c.inner.api,
+                opsloop_core::audit::AuditRecord {
+                    at: now,
+                    actor: who.principal.name.clone(),
+                    action: "silence.create".into(),
+                    subject: format!("silence/{id}"),
+                    reason: Some(request.comment.clone()),
+                    before: None,
+                    after: Some(body),
+                },
+            );
+            redirect("/console/alerts?done=silenced")
+        }
+        Err(e) => alerter_failure(&ctx, &e),
+    }
+}
+
+async fn expire_silence(
+    State(c): State<Console>,
+    who: Who,
+    Path(raw): Path<String>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    let ctx = c.ctx(&who);
+    let id = match id(&ctx, "silence", &raw) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    if let Err(refused) = c.check_csrf(&who, &form) {
+        return *refused;
+    }
+    match c.inner.alerter.expire_silence(&id.to_string()).await {
+        Ok(()) => {
+            audit_alerter(
+                &c.inner.api,
+                opsloop_core::audit::AuditRecord {
+                    at: c.now(),
+                    actor: who.principal.name.clone(),
+                    action: "silence.expire".into(),
+                    subject: format!("silence/{id}"),
+                    reason: None,
+                    before: None,
+                    after: None,
+                },
+            );
+            redirect("/console/alerts?done=expired")
+        }
+        Err(e) => alerter_failure(&ctx, &e),
     }
 }
 

@@ -38,6 +38,8 @@ pub fn done_message(code: &str) -> Option<&'static str> {
         "stop-released" => "Emergency stop released.",
         "enabled" => "Trigger enabled.",
         "disabled" => "Trigger disabled.",
+        "silenced" => "Silence created.",
+        "expired" => "Silence expired.",
         _ => return None,
     })
 }
@@ -148,6 +150,7 @@ pub fn layout(ctx: Option<&Ctx>, title: &str, body: Markup) -> Markup {
                             a href="/console/events" { "Events" }
                             a href="/console/policy" { "Policy" }
                             a href="/console/triggers" { "Triggers" }
+                            a href="/console/alerts" { "Alerts" }
                             span.who {
                                 span data-who=(ctx.name) { (ctx.name) } " (" (ctx.role) ") "
                                 form.inline method="post" action="/console/logout" {
@@ -752,6 +755,68 @@ pub fn triggers(ctx: &Ctx, rows: &[trigger_rules::Model]) -> Markup {
     layout(Some(ctx), "Triggers", body)
 }
 
+/// `/console/alerts`: the alerter's alerts (each with a silence form
+/// matching its labels) and its silences (active ones with expire).
+pub fn alerts(
+    ctx: &Ctx,
+    alerts: &[super::alerts::AlertRow],
+    silences: &[super::alerts::SilenceRow],
+) -> Markup {
+    let body = html! {
+        h1 { "Alerts" }
+        @if alerts.is_empty() { p.muted { "No alert." } }
+        @else {
+            div.scroll { table.alerts {
+                thead { tr { th { "Alert" } th { "Labels" } th { "State" } th { "Since" } th {} } }
+                tbody { @for a in alerts {
+                    tr data-fingerprint=(a.fingerprint) {
+                        td { strong { (a.labels.get("alertname").map(String::as_str).unwrap_or("?")) } div.muted { (a.summary) } }
+                        td { @for (k, v) in &a.labels { code { (k) "=" (v) } " " } }
+                        td.(if a.state == "active" { "bad" } else { "muted" }) {
+                            (a.state) @if !a.silenced_by.is_empty() { div.muted { "silenced" } }
+                        }
+                        td { (a.starts_at) }
+                        td { @if ctx.can_act {
+                            form.inline method="post" action="/console/alerts/silence" {
+                                (csrf(ctx))
+                                @for (k, v) in &a.labels { input type="hidden" name={ "label:" (k) } value=(v); }
+                                select name="hours" {
+                                    @for h in [1, 2, 4, 8, 24, 72] { option value=(h) selected[h == 2] { (h) " h" } }
+                                }
+                                input type="text" name="comment" placeholder="why" required maxlength="1000";
+                                button type="submit" data-action="silence" { "Silence" }
+                            }
+                        } }
+                    }
+                } }
+            } }
+        }
+        h2 { "Silences" }
+        @if silences.is_empty() { p.muted { "No silence." } }
+        @else {
+            div.scroll { table.silences {
+                thead { tr { th { "Matchers" } th { "State" } th { "Until" } th { "By" } th { "Why" } th {} } }
+                tbody { @for s in silences {
+                    tr data-silence=(s.id) {
+                        td { @for m in &s.matchers { code { (m) } " " } }
+                        td.(if s.state == "active" { "warn" } else { "muted" }) { (s.state) }
+                        td { (s.ends_at) }
+                        td { (s.created_by) }
+                        td { (s.comment) }
+                        td { @if ctx.can_act && s.state != "expired" {
+                            form.inline method="post" action={ "/console/silences/" (s.id) "/expire" } {
+                                (csrf(ctx))
+                                button.danger type="submit" { "Expire" }
+                            }
+                        } }
+                    }
+                } }
+            } }
+        }
+    };
+    layout(Some(ctx), "Alerts", body)
+}
+
 /// One line of a diff.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Line<'a> {
@@ -944,6 +1009,43 @@ mod tests {
         ] {
             assert!(done_message(code).is_some(), "{code}");
         }
+    }
+
+    #[test]
+    fn alert_rows_carry_their_labels_into_the_silence_form() {
+        use super::super::alerts::{AlertRow, SilenceRow};
+        let alert = AlertRow {
+            fingerprint: "f".into(),
+            labels: [
+                ("alertname".to_owned(), "Down".to_owned()),
+                ("job".to_owned(), "web".to_owned()),
+            ]
+            .into_iter()
+            .collect(),
+            summary: "web is down".into(),
+            state: "active".into(),
+            starts_at: "2026-12-07T10:00:00Z".into(),
+            silenced_by: Vec::new(),
+        };
+        let silence = SilenceRow {
+            id: "s1".into(),
+            matchers: vec!["job=web".into()],
+            starts_at: String::new(),
+            ends_at: "2026-12-08T00:00:00Z".into(),
+            created_by: "alice".into(),
+            comment: "deploy".into(),
+            state: "active".into(),
+        };
+        let page = alerts(&ctx(true), &[alert.clone()], &[silence.clone()]).into_string();
+        assert!(page.contains("name=\"label:job\" value=\"web\""));
+        assert!(page.contains("/console/silences/s1/expire"));
+        let viewer = alerts(&ctx(false), &[alert], &[silence]).into_string();
+        assert!(!viewer.contains("/console/alerts/silence") && !viewer.contains("/expire"));
+        assert!(
+            alerts(&ctx(false), &[], &[])
+                .into_string()
+                .contains("No alert.")
+        );
     }
 
     #[test]
