@@ -903,7 +903,8 @@ async fn alerts_and_silences_go_through_the_alerter() {
         )
         .await;
     assert_eq!(page.status, StatusCode::NOT_FOUND);
-    let audit = std::fs::read_to_string(served.audit_dir.path().join("audit.jsonl")).expect("audit");
+    let audit =
+        std::fs::read_to_string(served.audit_dir.path().join("audit.jsonl")).expect("audit");
     assert!(
         audit
             .lines()

@@ -1036,7 +1036,12 @@ mod tests {
             comment: "deploy".into(),
             state: "active".into(),
         };
-        let page = alerts(&ctx(true), &[alert.clone()], &[silence.clone()]).into_string();
+        let page = alerts(
+            &ctx(true),
+            std::slice::from_ref(&alert),
+            std::slice::from_ref(&silence),
+        )
+        .into_string();
         assert!(page.contains("name=\"label:job\" value=\"web\""));
         assert!(page.contains("/console/silences/s1/expire"));
         let viewer = alerts(&ctx(false), &[alert], &[silence]).into_string();
