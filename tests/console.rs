@@ -1,7 +1,8 @@
 //! The operator console in a real headless Chromium against the api
 //! in-process on PostgreSQL: sign in with the admin token, approve a
 //! pending proposal and follow it to its mission, the live tail showing an
-//! event emitted by the test within 2 s, then a viewer who sees no action
+//! event emitted by the test within 2 s, silence an alert (posted to an
+//! in-process alerter) from its row, then a viewer who sees no action
 //! button and whose forged action POST is refused. Screenshots of the
 //! overview and the mission page go to `target/screenshots/` (paths
 //! printed); the README's `docs/images/console-overview.png` is a copy of
@@ -94,7 +95,47 @@ async fn sign_in(browser: &Browser, base: &str, token: &str) {
 async fn console_in_a_headless_browser() {
     let db = fresh_postgres().await;
     let dir = tempfile::tempdir().expect("tempdir");
+    // The alerter, whose Alertmanager API the console's alerts page uses.
+    let alerter_shutdown = CancellationToken::new();
+    let alerter_infra = {
+        let config = load(&ConfigSources::env_only([
+            ("OPSLOOP__ALERTER__GRPC_ADDR", "127.0.0.1:0".to_owned()),
+            ("OPSLOOP__ALERTER__HTTP_ADDR", "127.0.0.1:0".to_owned()),
+            ("OPSLOOP__DATABASE__URL", db.url.clone()),
+            (
+                "OPSLOOP__AUDIT__LOG_PATH",
+                dir.path().join("alerter-audit.jsonl").display().to_string(),
+            ),
+        ]))
+        .expect("alerter config");
+        let secrets = SecretStore::with_sources(
+            None,
+            dir.path(),
+            vec![("OPSLOOP_ADMIN_TOKEN".to_owned(), ADMIN.to_owned())],
+        );
+        let mut infra = Infra::connect(config, secrets, alerter_shutdown.clone())
+            .await
+            .expect("alerter infra");
+        infra.bus = Arc::new(MemoryBus::new());
+        infra
+    };
+    let alerter = opsloop_alerter::AlerterApp::build(alerter_infra)
+        .await
+        .expect("alerter");
+    let alerter_http = alerter.http_addr().expect("alerter http");
+    let alerter_task = tokio::spawn(alerter.run_until_stopped());
+    opsloop_e2e::wait_for_status(
+        &format!("http://{alerter_http}/healthz"),
+        200,
+        Duration::from_secs(20),
+    )
+    .await;
+
     let config = load(&ConfigSources::env_only([
+        (
+            "OPSLOOP__API__CONSOLE__ALERTER_URL",
+            format!("http://{alerter_http}"),
+        ),
         ("OPSLOOP__API__GRPC_ADDR", "127.0.0.1:0".to_owned()),
         ("OPSLOOP__API__HTTP_ADDR", "127.0.0.1:0".to_owned()),
         ("OPSLOOP__DATABASE__URL", db.url.clone()),
@@ -114,6 +155,7 @@ async fn console_in_a_headless_browser() {
             ("OPSLOOP_ADMIN_TOKEN".to_owned(), ADMIN.to_owned()),
             ("OPSLOOP_AGENT_TOKEN".to_owned(), AGENT.to_owned()),
             ("OPSLOOP_VIEWER_TOKEN".to_owned(), VIEWER.to_owned()),
+            ("OPSLOOP_CONSOLE_ALERTER_TOKEN".to_owned(), ADMIN.to_owned()),
         ],
     );
     let auth = opsloop_core::auth::Auth::from_secrets(&secrets, Some(db.db.clone())).expect("auth");
@@ -272,6 +314,81 @@ async fn console_in_a_headless_browser() {
         .collect();
     assert!(errors.is_empty(), "console errors: {errors:?}");
 
+    // Silence an alert from its row.
+    let posted = reqwest::Client::new()
+        .post(format!("http://{alerter_http}/api/v2/alerts"))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!([{
+            "labels": {"alertname": "ConsoleE2E", "job": "web", "severity": "page"},
+            "annotations": {"summary": "web answers 500"},
+        }]))
+        .send()
+        .await
+        .expect("post an alert");
+    assert!(posted.status().is_success(), "{}", posted.status());
+    let row = eventually(
+        "the alert on the alerts page",
+        Duration::from_secs(10),
+        || async {
+            browser
+                .goto(&format!("{base}/console/alerts"))
+                .await
+                .map_err(|e| e.to_string())?;
+            for row in browser
+                .find_all("table.alerts tbody tr", None)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                if browser
+                    .text(&row)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .contains("ConsoleE2E")
+                {
+                    return Ok(row);
+                }
+            }
+            Err("not listed yet".to_owned())
+        },
+    )
+    .await;
+    let comment = browser
+        .find_all("input[name=comment]", Some(&row))
+        .await
+        .expect("find")
+        .into_iter()
+        .next()
+        .expect("the row's comment input");
+    browser
+        .send_keys(&comment, "deploy window")
+        .await
+        .expect("type");
+    let silence = browser
+        .find_all("button[data-action=silence]", Some(&row))
+        .await
+        .expect("find")
+        .into_iter()
+        .next()
+        .expect("the row's silence button");
+    browser.click(&silence).await.expect("silence");
+    eventually("the silence listed", Duration::from_secs(10), || async {
+        for row in browser
+            .find_all("table.silences tbody tr", None)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            let text = browser.text(&row).await.map_err(|e| e.to_string())?;
+            if text.contains("alertname=ConsoleE2E") && text.contains("bootstrap-admin") {
+                return Ok(());
+            }
+        }
+        Err("no silence row yet".to_owned())
+    })
+    .await;
+    let alerts_shot = screenshots.join("console-alerts.png");
+    browser.screenshot(&alerts_shot).await.expect("screenshot");
+    println!("console alerts screenshot: {}", alerts_shot.display());
+
     // Sign out; a viewer sees no action and a forged action is refused.
     let sign_out = one(&browser, "header form button").await;
     browser.click(&sign_out).await.expect("sign out");
@@ -355,6 +472,8 @@ async fn console_in_a_headless_browser() {
 
     browser.quit().await;
     shutdown.cancel();
+    alerter_shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(15), alerter_task).await;
     db.cleanup().await;
 }

@@ -84,6 +84,14 @@ fn time(at: DateTime<Utc>) -> Markup {
     }
 }
 
+/// An RFC 3339 text as the pages show times (unchanged when unreadable).
+fn text_time(value: &str) -> Markup {
+    match DateTime::parse_from_rfc3339(value) {
+        Ok(at) => time(at.with_timezone(&Utc)),
+        Err(_) => html! { (value) },
+    }
+}
+
 fn opt_time(at: Option<DateTime<Utc>>) -> Markup {
     match at {
         Some(at) => time(at),
@@ -775,7 +783,7 @@ pub fn alerts(
                         td.(if a.state == "active" { "bad" } else { "muted" }) {
                             (a.state) @if !a.silenced_by.is_empty() { div.muted { "silenced" } }
                         }
-                        td { (a.starts_at) }
+                        td { (text_time(&a.starts_at)) }
                         td { @if ctx.can_act {
                             form.inline method="post" action="/console/alerts/silence" {
                                 (csrf(ctx))
@@ -800,7 +808,7 @@ pub fn alerts(
                     tr data-silence=(s.id) {
                         td { @for m in &s.matchers { code { (m) } " " } }
                         td.(if s.state == "active" { "warn" } else { "muted" }) { (s.state) }
-                        td { (s.ends_at) }
+                        td { (text_time(&s.ends_at)) }
                         td { (s.created_by) }
                         td { (s.comment) }
                         td { @if ctx.can_act && s.state != "expired" {
@@ -1044,6 +1052,11 @@ mod tests {
         .into_string();
         assert!(page.contains("name=\"label:job\" value=\"web\""));
         assert!(page.contains("/console/silences/s1/expire"));
+        assert!(
+            page.contains("2026-12-08 00:00:00"),
+            "times shown like the other pages"
+        );
+        assert_eq!(text_time("soon").into_string(), "soon");
         let viewer = alerts(&ctx(false), &[alert], &[silence]).into_string();
         assert!(!viewer.contains("/console/alerts/silence") && !viewer.contains("/expire"));
         assert!(
