@@ -1345,4 +1345,200 @@ mod tests {
         assert!(id(&ctx, "mission", "not-a-uuid").is_err());
         assert!(id(&ctx, "mission", &Uuid::nil().to_string()).is_ok());
     }
+
+    /// The console alone (no bearer guard) on SQLite, as `opsloop dev`
+    /// runs it: sign-in, every page, and the actions through the workflow.
+    #[tokio::test]
+    async fn handlers_on_sqlite() {
+        use opsloop_core::domain::input::{Limits, NewProposal, ProposalSource, StepSpec};
+        let db = opsloop_core::store::testing::fresh_sqlite().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secrets = opsloop_core::secrets::SecretStore::with_sources(
+            None,
+            dir.path(),
+            vec![("OPSLOOP_ADMIN_TOKEN".to_owned(), "unit-admin".to_owned())],
+        );
+        let auth =
+            opsloop_core::auth::Auth::from_secrets(&secrets, Some(db.db.clone())).expect("auth");
+        let api = Api {
+            db: db.db.clone(),
+            auth,
+            audit: None,
+            limits: Limits::DEFAULT,
+            clock: Arc::new(Utc::now),
+            policy: workflow::PolicyCache::new(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            steps: workflow::notify::StepNotifier::new(),
+        };
+        let limits = Limits::DEFAULT;
+        let proposal = NewProposal {
+            title: "unit proposal".into(),
+            source: ProposalSource::Api,
+            agent: "unit".into(),
+            dedupe_key: None,
+            steps: vec![StepSpec::parse(0, "publish", "{}", None, &limits).expect("step")],
+            parallel: false,
+            metadata: serde_json::json!({}),
+            trace_id: None,
+        };
+        let pending = workflow::submit_proposal(&api.db, proposal, Utc::now())
+            .await
+            .expect("submit")
+            .proposal;
+        assert_eq!(pending.proposal.status, "pending");
+        let shutdown = api.shutdown.clone();
+        let router = Console::new(api, None, Some("unit key"), false).router();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+
+        let denied = http
+            .post(format!("{base}/console/login"))
+            .form(&[("token", "wrong")])
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
+        let login = http
+            .post(format!("{base}/console/login"))
+            .form(&[("token", "unit-admin"), ("next", "/console/proposals")])
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(login.status(), StatusCode::SEE_OTHER);
+        assert_eq!(login.headers()[header::LOCATION], "/console/proposals");
+        let cookie = login.headers()[header::SET_COOKIE]
+            .to_str()
+            .expect("ascii")
+            .split(';')
+            .next()
+            .expect("pair")
+            .to_owned();
+        let get = |path: String| {
+            let request = http
+                .get(format!("{base}{path}"))
+                .header(header::COOKIE, cookie.clone());
+            async move {
+                let response = request.send().await.expect("GET");
+                let status = response.status();
+                (status, response.text().await.expect("body"))
+            }
+        };
+        let post = |path: String, form: Vec<(&'static str, String)>| {
+            let request = http
+                .post(format!("{base}{path}"))
+                .header(header::COOKIE, cookie.clone())
+                .form(&form);
+            async move {
+                let response = request.send().await.expect("POST");
+                let status = response.status();
+                (status, response.text().await.expect("body"))
+            }
+        };
+        let csrf_of = |body: &str| {
+            let marker = "name=\"csrf\" value=\"";
+            let start = body.find(marker).expect("csrf") + marker.len();
+            body[start..start + body[start..].find('"').expect("end")].to_owned()
+        };
+        let id = pending.proposal.id;
+        for path in [
+            "/console".to_owned(),
+            "/console/login".to_owned(),
+            "/console/proposals?kind=publish".to_owned(),
+            format!("/console/proposals/{id}"),
+            "/console/missions".to_owned(),
+            "/console/dead-letters".to_owned(),
+            "/console/events".to_owned(),
+            "/console/policy".to_owned(),
+            "/console/policy/ops_health".to_owned(),
+            "/console/triggers".to_owned(),
+            "/console/console.js".to_owned(),
+        ] {
+            assert_eq!(get(path.clone()).await.0, StatusCode::OK, "{path}");
+        }
+        assert_eq!(
+            get("/console/alerts".into()).await.0,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no alerter configured"
+        );
+        assert_eq!(
+            get("/console/proposals?after=x".into()).await.0,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            get(format!("/console/missions/{}", Uuid::nil())).await.0,
+            StatusCode::NOT_FOUND
+        );
+        let (_, page) = get(format!("/console/proposals/{id}")).await;
+        let (status, body) = post(
+            format!("/console/proposals/{id}/approve"),
+            vec![("csrf", csrf_of(&page)), ("comment", "ok".into())],
+        )
+        .await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+        let view = workflow::get_proposal(&db.db, id).await.expect("proposal");
+        assert_eq!(view.proposal.status, "approved");
+        assert_eq!(view.proposal.decided_by.as_deref(), Some("bootstrap-admin"));
+        let mission = view.mission_id.expect("mission");
+        let (status, page) = get(format!("/console/missions/{mission}")).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = post(
+            format!("/console/missions/{mission}/cancel"),
+            vec![("csrf", csrf_of(&page)), ("reason", "unit".into())],
+        )
+        .await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        let (_, page) = get("/console".into()).await;
+        let (status, _) = post(
+            "/console/emergency-stop".into(),
+            vec![
+                ("csrf", csrf_of(&page)),
+                ("engage", "true".into()),
+                ("reason", "unit".into()),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        assert!(get("/console".into()).await.1.contains("ENGAGED"));
+        let (_, page) = get("/console/policy/ops_health".into()).await;
+        let current = workflow::get_policy(&db.db, "ops_health")
+            .await
+            .expect("policy");
+        let value = serde_json::json!({"failure_threshold": 7, "window_seconds": 3600, "cooldown_seconds": 3600});
+        let form = |csrf: String| {
+            vec![
+                ("csrf", csrf),
+                ("version", current.version.to_string()),
+                ("value", value.to_string()),
+                ("reason", "unit".into()),
+            ]
+        };
+        let (status, preview) = post(
+            "/console/policy/ops_health/preview".into(),
+            form(csrf_of(&page)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{preview}");
+        let (status, _) = post("/console/policy/ops_health".into(), form(csrf_of(&preview))).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        let (_, page) = get("/console/policy/ops_health".into()).await;
+        let (status, _) = post("/console/policy/ops_health".into(), form(csrf_of(&page))).await;
+        assert_eq!(status, StatusCode::CONFLICT, "stale version");
+        let (_, page) = get("/console".into()).await;
+        let (status, _) = post("/console/logout".into(), vec![("csrf", csrf_of(&page))]).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        assert_eq!(
+            get("/console".into()).await.0,
+            StatusCode::SEE_OTHER,
+            "signed out"
+        );
+        shutdown.cancel();
+        db.cleanup().await;
+    }
 }
