@@ -526,6 +526,38 @@ async fn unknown_ids_and_bad_filters() {
             page.body
         );
     }
+    // The backups page lists the backup-agent's runs.
+    {
+        use opsloop_core::store::entities::backups;
+        use sea_orm::{ActiveModelTrait, Set};
+        let now = Utc::now();
+        backups::ActiveModel {
+            id: Set(uuid::Uuid::new_v4()),
+            target: Set("main".into()),
+            kind: Set("postgres".into()),
+            status: Set("completed".into()),
+            object_key: Set(Some("main/2026.tar.zst".into())),
+            size_bytes: Set(Some(4096)),
+            sha256: Set(None),
+            compression: Set("zstd".into()),
+            manifest: Set(None),
+            started_at: Set(now),
+            finished_at: Set(Some(now)),
+            verify_status: Set(Some("verified".into())),
+            verified_at: Set(Some(now)),
+            verify_duration_ms: Set(Some(120)),
+            error: Set(None),
+        }
+        .insert(&app.db.db)
+        .await
+        .expect("a backup row");
+        let page = admin.get("/console/backups").await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(page.body.contains("main") && page.body.contains("4.0 KiB"));
+        assert!(page.body.contains("verified"));
+        let page = admin.get("/console").await;
+        assert!(page.body.contains("newest-backup") && page.body.contains("completed"));
+    }
     // A valid filter and every list page.
     for path in [
         "/console/proposals?status=pending&source=api&agent=tester&kind=publish&after=2020-01-01",

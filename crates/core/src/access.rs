@@ -252,6 +252,7 @@ pub const TABLE: &[Entry] = &[
     http(API, "GET", "/console/alerts", VIEWER),
     http(API, "POST", "/console/alerts/silence", ADMIN),
     http(API, "POST", "/console/silences/{id}/expire", ADMIN),
+    http(API, "GET", "/console/backups", VIEWER),
     // alerter
     // Alertmanager's own probes, public like /healthz and /readyz: the same
     // liveness and readiness for tools that expect Alertmanager's paths.

@@ -152,6 +152,7 @@ impl Console {
             .route("/console/alerts", get(alerts_page))
             .route("/console/alerts/silence", post(silence))
             .route("/console/silences/{id}/expire", post(expire_silence))
+            .route("/console/backups", get(backups_page))
             .route("/console/triggers", get(triggers))
             .route("/console/triggers/{id}/enabled", post(trigger_enabled))
             .with_state(self)
@@ -540,6 +541,10 @@ async fn overview(State(c): State<Console>, who: Who) -> Response {
         (Ok(p), Ok(r)) => (p, r),
         (Err(e), _) | (_, Err(e)) => return failure(&ctx, &e),
     };
+    let newest_backup = match recent_backups(&api.db, 1).await {
+        Ok(rows) => rows.into_iter().next(),
+        Err(e) => return failure(&ctx, &e),
+    };
     let snapshot = match &c.inner.status {
         Some(status) => Some(status.current().await),
         None => None,
@@ -550,6 +555,7 @@ async fn overview(State(c): State<Console>, who: Who) -> Response {
         pending,
         running,
         snapshot,
+        newest_backup,
     };
     page(StatusCode::OK, views::overview(&ctx, &overview))
 }
@@ -1089,6 +1095,30 @@ async fn emergency_stop(
     }
 }
 
+/// The newest backup runs, from the `backups` table the backup-agent
+/// writes (read-only, as the status page reads incidents).
+async fn recent_backups(
+    db: &sea_orm::DatabaseConnection,
+    limit: u64,
+) -> Result<Vec<opsloop_core::store::entities::backups::Model>, WorkflowError> {
+    use opsloop_core::store::entities::backups;
+    use sea_orm::{EntityTrait, QueryOrder, QuerySelect};
+    Ok(backups::Entity::find()
+        .order_by_desc(backups::Column::StartedAt)
+        .order_by_desc(backups::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?)
+}
+
+async fn backups_page(State(c): State<Console>, who: Who) -> Response {
+    let ctx = c.ctx(&who);
+    match recent_backups(&c.inner.api.db, filters::PAGE_ROWS).await {
+        Ok(rows) => page(StatusCode::OK, views::backups(&ctx, &rows)),
+        Err(e) => failure(&ctx, &e),
+    }
+}
+
 async fn triggers(State(c): State<Console>, who: Who) -> Response {
     let ctx = c.ctx(&who);
     match workflow::triggers::list_triggers(&c.inner.api.db, None, None, 1000).await {
@@ -1458,6 +1488,7 @@ mod tests {
             "/console/policy".to_owned(),
             "/console/policy/ops_health".to_owned(),
             "/console/triggers".to_owned(),
+            "/console/backups".to_owned(),
             "/console/console.js".to_owned(),
         ] {
             assert_eq!(get(path.clone()).await.0, StatusCode::OK, "{path}");

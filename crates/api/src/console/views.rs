@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use opsloop_core::domain::policy::EmergencyStop;
 use opsloop_core::store::entities::{
-    events, mission_steps, policy, policy_history, step_dead_letters, trigger_rules,
+    backups, events, mission_steps, policy, policy_history, step_dead_letters, trigger_rules,
 };
 use opsloop_core::workflow::{HealthFigures, MissionView, ProposalView};
 
@@ -122,8 +122,8 @@ fn usd(value: f64) -> String {
 
 fn status_class(status: &str) -> &'static str {
     match status {
-        "succeeded" | "approved" | "operational" | "ready" => "ok",
-        "failed" | "rejected" | "dead" | "down" => "bad",
+        "succeeded" | "approved" | "operational" | "ready" | "completed" | "verified" => "ok",
+        "failed" | "rejected" | "dead" | "down" | "verify_failed" => "bad",
         "pending" | "running" | "queued" => "warn",
         _ => "muted",
     }
@@ -159,6 +159,7 @@ pub fn layout(ctx: Option<&Ctx>, title: &str, body: Markup) -> Markup {
                             a href="/console/policy" { "Policy" }
                             a href="/console/triggers" { "Triggers" }
                             a href="/console/alerts" { "Alerts" }
+                            a href="/console/backups" { "Backups" }
                             span.who {
                                 span data-who=(ctx.name) { (ctx.name) } " (" (ctx.role) ") "
                                 form.inline method="post" action="/console/logout" {
@@ -229,6 +230,8 @@ pub struct Overview {
     pub pending: Vec<ProposalView>,
     pub running: Vec<MissionView>,
     pub snapshot: Option<std::sync::Arc<Snapshot>>,
+    /// The newest backup run, if any.
+    pub newest_backup: Option<backups::Model>,
 }
 
 fn stop_form(ctx: &Ctx, stop: &EmergencyStop) -> Markup {
@@ -290,6 +293,20 @@ pub fn overview(ctx: &Ctx, o: &Overview) -> Markup {
                     div.muted.(if h.cost_today_usd >= daily || h.cost_month_usd >= monthly { "bad" } else { "" }) {
                         "budget " (usd(daily)) " a day, " (usd(monthly)) " a month"
                     }
+                }
+            }
+            div.card #newest-backup {
+                div.muted { "Newest backup" }
+                @match &o.newest_backup {
+                    Some(b) => {
+                        div.figure.(status_class(&b.status)) { a href="/console/backups" { (b.status) } }
+                        div.muted {
+                            (b.target) " " (b.kind) ", " (opt_time(b.finished_at.or(Some(b.started_at))))
+                            br;
+                            "verification: " span.(status_class(b.verify_status.as_deref().unwrap_or(""))) { (b.verify_status.as_deref().unwrap_or("not verified")) }
+                        }
+                    }
+                    None => { div.figure.warn { "none" } }
                 }
             }
             div.card #incidents {
@@ -732,6 +749,45 @@ pub fn policy_preview(
     layout(Some(ctx), "Policy preview", body)
 }
 
+fn size(bytes: Option<i64>) -> String {
+    match bytes {
+        None => "—".into(),
+        Some(b) if b < 1024 => format!("{b} B"),
+        Some(b) if b < 1024 * 1024 => format!("{:.1} KiB", b as f64 / 1024.0),
+        Some(b) => format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
+    }
+}
+
+/// `/console/backups`: the newest backup runs and their verification.
+pub fn backups(ctx: &Ctx, rows: &[backups::Model]) -> Markup {
+    let body = html! {
+        h1 { "Backups" }
+        p.muted { "Run, verify and restore with opsloop backup (the backup-agent's gRPC API)." }
+        @if rows.is_empty() { p.muted { "No backup yet." } }
+        @else {
+            div.scroll { table.backups {
+                thead { tr { th { "Started" } th { "Target" } th { "Kind" } th { "Status" } th { "Size" } th { "Duration" } th { "Verification" } th { "Error" } } }
+                tbody { @for b in rows {
+                    tr data-backup=(b.id) {
+                        td { (time(b.started_at)) }
+                        td { (b.target) }
+                        td { (b.kind) }
+                        td.(status_class(&b.status)) { (b.status) }
+                        td { (size(b.size_bytes)) }
+                        td { (duration(Some(b.started_at), b.finished_at)) }
+                        td {
+                            span.(status_class(b.verify_status.as_deref().unwrap_or(""))) { (b.verify_status.as_deref().unwrap_or("—")) }
+                            @if let Some(at) = b.verified_at { div.muted { (time(at)) } }
+                        }
+                        td { @if let Some(e) = &b.error { span.bad { (e) } } }
+                    }
+                } }
+            } }
+        }
+    };
+    layout(Some(ctx), "Backups", body)
+}
+
 /// `/console/triggers`: rules, enable/disable.
 pub fn triggers(ctx: &Ctx, rows: &[trigger_rules::Model]) -> Markup {
     let body = html! {
@@ -1103,6 +1159,10 @@ mod tests {
         );
         assert_eq!(duration(None, Some(t)), "—");
         assert_eq!(usd(1.5), "$1.50");
+        assert_eq!(size(None), "—");
+        assert_eq!(size(Some(512)), "512 B");
+        assert_eq!(size(Some(2048)), "2.0 KiB");
+        assert_eq!(size(Some(3 * 1024 * 1024)), "3.0 MiB");
         assert_eq!(usd(-0.0), "$0.00");
         assert_eq!(status_class("failed"), "bad");
         assert_eq!(status_class("other"), "muted");
