@@ -257,6 +257,39 @@ impl Browser {
         .map(|_| ())
     }
 
+    /// Types `text` into `element` (an input).
+    pub async fn send_keys(&self, element: &Element, text: &str) -> Result<()> {
+        self.call(
+            reqwest::Method::POST,
+            &self.session_path(&format!("/element/{}/value", element.0)),
+            Some(json!({"text": text})),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The URL of the page shown.
+    pub async fn current_url(&self) -> Result<String> {
+        let value = self
+            .call(reqwest::Method::GET, &self.session_path("/url"), None)
+            .await?;
+        Ok(value.as_str().unwrap_or_default().to_owned())
+    }
+
+    /// The value of the cookie `name` of the page's origin (HttpOnly ones
+    /// too), `None` when unset.
+    pub async fn cookie(&self, name: &str) -> Result<Option<String>> {
+        let value = self
+            .call(reqwest::Method::GET, &self.session_path("/cookie"), None)
+            .await?;
+        Ok(value.as_array().and_then(|cookies| {
+            cookies
+                .iter()
+                .find(|c| c["name"] == json!(name))
+                .and_then(|c| c["value"].as_str().map(str::to_owned))
+        }))
+    }
+
     /// Whether `element` is rendered visibly.
     pub async fn displayed(&self, element: &Element) -> Result<bool> {
         let value = self

@@ -1,9 +1,10 @@
 //! The api daemon: the system of record of the loop. Serves the gRPC services of
 //! `opsloop.v1` (proposals, missions, events, policy, triggers, ops), the HTTP
 //! health, metrics and summary endpoints and the status page
-//! ([`status_page`]), and runs the outbox relay that publishes every event
+//! ([`status_page`]) and the operator console ([`console`]), and runs the outbox relay that publishes every event
 //! to the bus.
 
+pub mod console;
 pub mod convert;
 pub mod services;
 pub mod status_page;
@@ -54,6 +55,8 @@ pub struct ApiSettings {
     pub outbox_idle_ms: u64,
     /// The status page (`/status`).
     pub status: status_page::StatusSettings,
+    /// The operator console (`/console`).
+    pub console: console::ConsoleSettings,
 }
 
 impl Default for ApiSettings {
@@ -65,6 +68,7 @@ impl Default for ApiSettings {
             outbox_batch: 200,
             outbox_idle_ms: 200,
             status: status_page::StatusSettings::default(),
+            console: console::ConsoleSettings::default(),
         }
     }
 }
@@ -211,13 +215,54 @@ impl ApiApp {
             self.maintenance.clone(),
             self.infra.config.settings.tls.ca_file.as_deref(),
         )?;
+        let console = {
+            let tls = &self.infra.config.settings.tls;
+            let key = self
+                .infra
+                .secrets
+                .get(console::SESSION_KEY_SECRET)?
+                .map(|s| s.expose().to_owned());
+            let alerter_url = match self.settings.console.alerter_url.as_deref().map(str::trim) {
+                Some("") => None,
+                Some(url) => Some(url.to_owned()),
+                None => self
+                    .status_peers
+                    .iter()
+                    .find(|p| p.id == "alerter")
+                    .and_then(|p| p.url.clone()),
+            };
+            let alerter_token = self
+                .infra
+                .secrets
+                .get(console::ALERTER_TOKEN_SECRET)?
+                .map(|s| s.expose().trim().to_owned());
+            let mut http = reqwest::Client::builder().user_agent("opsloop-console");
+            if let Some(ca) = tls.ca_file.as_deref() {
+                http = http.use_preconfigured_tls(opsloop_core::tls::client_config(Some(ca))?);
+            }
+            let http = http
+                .build()
+                .map_err(|e| anyhow::anyhow!("api.console: cannot build the HTTP client: {e}"))?;
+            console::Console::new(
+                api.clone(),
+                Some(status.clone()),
+                key.as_deref(),
+                tls.http && tls.cert_file.is_some(),
+            )
+            .with_alerter(console::alerts::AlerterClient::new(
+                http,
+                alerter_url,
+                alerter_token,
+            ))
+        };
         let router = opsloop_core::http::base_router(SERVICE, self.infra.readiness())
             .merge(
                 axum::Router::new()
                     .route("/api/ops/summary/daily", get(daily_summary))
                     .with_state(api.clone()),
             )
-            .merge(status.clone().router());
+            .merge(status.clone().router())
+            .merge(console.router());
 
         // The loop-state gauges, sampled at each scrape of /metrics for as
         // long as the daemon runs (opsloop_core::loop_metrics).

@@ -136,6 +136,16 @@ async fn run_all(
         backup.http_addr()?
     );
     outln!("  status page       http://{}/status", api.http_addr()?);
+    outln!("  console           http://{}/console", api.http_addr()?);
+    match console_sign_in(&infra).await {
+        Ok(Some((name, secret))) => outln!(
+            "  console sign-in   token {secret} (admin token {name}, expires in 12 hours; revoke with: opsloop token revoke {name})"
+        ),
+        Ok(None) => {
+            outln!("  console sign-in   no token needed: no token is configured (open dev mode)")
+        }
+        Err(error) => eprintln!("opsloop dev: no console sign-in token: {error:#}"),
+    }
     outln!("  try: curl -s http://{}/readyz", api.http_addr()?);
     outln!("Ctrl-C stops every role.");
 
@@ -160,6 +170,32 @@ async fn run_all(
     al.context("alerter")?;
     b.context("backup-agent")?;
     Ok(())
+}
+
+/// A sign-in token for the console, printed once: with tokens configured,
+/// a named admin token that expires in 12 hours (core's `create_token`,
+/// audited as made by `opsloop dev`); `None` when the daemons are open (no
+/// token at all), where the console signs in without one — creating a token
+/// there would close every port of the dev stack.
+async fn console_sign_in(infra: &Infra) -> anyhow::Result<Option<(String, String)>> {
+    if infra.auth.is_open() {
+        return Ok(None);
+    }
+    let now = chrono::Utc::now();
+    let name = format!("dev-console-{}", now.format("%Y%m%d-%H%M%S"));
+    let (_, secret) = opsloop_core::auth::create_token(
+        &infra.db,
+        &name,
+        opsloop_core::access::Role::Admin,
+        Some(now + chrono::Duration::hours(12)),
+        "opsloop dev",
+        Some(infra.audit.as_ref()),
+        now,
+    )
+    .await
+    .context("creating the console's sign-in token")?;
+    infra.auth.refresh().await.context("reloading the tokens")?;
+    Ok(Some((name, secret)))
 }
 
 /// The `--demo` traffic: a submitter of demo proposals, an in-process worker

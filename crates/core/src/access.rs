@@ -226,6 +226,37 @@ pub const TABLE: &[Entry] = &[
     http(API, "GET", "/status.json", Access::Public),
     http(API, "GET", "/status/feed.atom", Access::Public),
     http(API, "GET", "/status/badge/{component}", Access::Public),
+    // The operator console (`opsloop_api::console`): signed in with a
+    // token through its form (the two public routes), then a session
+    // cookie, which the console checks against these roles itself (see
+    // [`checked_by_session`]); every action also needs its CSRF token.
+    http(API, "GET", "/console/login", Access::Public),
+    http(API, "POST", "/console/login", Access::Public),
+    http(API, "POST", "/console/logout", VIEWER),
+    http(API, "GET", "/console", VIEWER),
+    http(API, "GET", "/console/console.js", VIEWER),
+    http(API, "GET", "/console/proposals", VIEWER),
+    http(API, "GET", "/console/proposals/{id}", VIEWER),
+    http(API, "POST", "/console/proposals/{id}/approve", ADMIN),
+    http(API, "POST", "/console/proposals/{id}/reject", ADMIN),
+    http(API, "GET", "/console/missions", VIEWER),
+    http(API, "GET", "/console/missions/{id}", VIEWER),
+    http(API, "POST", "/console/missions/{id}/cancel", ADMIN),
+    http(API, "GET", "/console/dead-letters", VIEWER),
+    http(API, "POST", "/console/dead-letters/{id}/retry", ADMIN),
+    http(API, "GET", "/console/events", VIEWER),
+    http(API, "GET", "/console/events/stream", VIEWER),
+    http(API, "GET", "/console/policy", VIEWER),
+    http(API, "GET", "/console/policy/{key}", VIEWER),
+    http(API, "POST", "/console/policy/{key}/preview", ADMIN),
+    http(API, "POST", "/console/policy/{key}", ADMIN),
+    http(API, "POST", "/console/emergency-stop", ADMIN),
+    http(API, "GET", "/console/triggers", VIEWER),
+    http(API, "POST", "/console/triggers/{id}/enabled", ADMIN),
+    http(API, "GET", "/console/alerts", VIEWER),
+    http(API, "POST", "/console/alerts/silence", ADMIN),
+    http(API, "POST", "/console/silences/{id}/expire", ADMIN),
+    http(API, "GET", "/console/backups", VIEWER),
     // alerter
     // Alertmanager's own probes, public like /healthz and /readyz: the same
     // liveness and readiness for tools that expect Alertmanager's paths.
@@ -343,6 +374,14 @@ pub fn http_route(daemon: &str, method: &str, path: &str) -> Option<(&'static st
     })
 }
 
+/// Whether the route `pattern` of `daemon` belongs to the api's operator
+/// console, whose handlers check the table's roles against the signed-in
+/// session (a cookie, not an `authorization` header), so the bearer guard
+/// ([`crate::http::secure`]) lets it through to them.
+pub fn checked_by_session(daemon: &str, pattern: &str) -> bool {
+    daemon == "api" && (pattern == "/console" || pattern.starts_with("/console/"))
+}
+
 fn matches_pattern(pattern: &str, path: &str) -> bool {
     let mut want = pattern.split('/');
     let mut got = path.split('/');
@@ -421,6 +460,7 @@ mod tests {
                             || path == "/-/ready"
                             || path == "/api/v1/incidents/{id}/{action}"
                             || path == "/status"
+                            || path == "/console/login"
                             || path.starts_with("/status.")
                             || path.starts_with("/status/")
                     }
@@ -450,6 +490,14 @@ mod tests {
         );
         assert_eq!(http_route("alerter", "DELETE", "/api/v2/silence/a/b"), None);
         assert_eq!(http_route("alerter", "DELETE", "/api/v2/silence/"), None);
+        assert!(checked_by_session("api", "/console"));
+        assert!(checked_by_session("api", "/console/missions/{id}"));
+        assert!(!checked_by_session("api", "/consoles"));
+        assert!(!checked_by_session("alerter", "/console"));
+        assert_eq!(
+            http_route("api", "POST", "/console/proposals/abc/approve"),
+            Some(("/console/proposals/{id}/approve", ADMIN))
+        );
         assert_eq!(Role::parse("alert_sender"), Some(Role::AlertSender));
         assert_eq!(Role::parse("root"), None);
     }

@@ -355,16 +355,28 @@ impl Auth {
         if secret.is_empty() {
             return Err(Denied::Malformed);
         }
-        let hash = hash_secret(&secret);
-        let record = match self.inner.bootstrap.get(&hash) {
-            Some(record) => record.clone(),
-            None => self.stored().get(&hash).cloned().ok_or(Denied::Unknown)?,
-        };
+        let principal = self.authenticate_hash(&hash_secret(&secret), now)?;
         if let Some(name) = name
-            && name != record.name
+            && name != principal.name
         {
             return Err(Denied::Unknown);
         }
+        Ok(principal)
+    }
+
+    /// Who holds the token whose secret hashes ([`hash_secret`]) to `hash`,
+    /// checked for revocation and expiry at `now` against the in-memory
+    /// table: what the console re-checks on every request of a session, so
+    /// a session ends with its token.
+    pub fn authenticate_hash(
+        &self,
+        hash: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<Principal, Denied> {
+        let record = match self.inner.bootstrap.get(hash) {
+            Some(record) => record.clone(),
+            None => self.stored().get(hash).cloned().ok_or(Denied::Unknown)?,
+        };
         if record.revoked_at.is_some_and(|at| at <= now) {
             return Err(Denied::Revoked { name: record.name });
         }

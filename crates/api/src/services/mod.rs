@@ -52,7 +52,7 @@ impl Api {
         (self.clock)()
     }
 
-    fn audit(&self) -> Option<&AuditLog> {
+    pub(crate) fn audit(&self) -> Option<&AuditLog> {
         self.audit.as_deref()
     }
 

@@ -68,7 +68,7 @@ pub const MAX_BATCH_PROPOSALS: usize = 1000;
 
 impl Api {
     /// SQLite: wakes long polls for the steps of a mission just created.
-    pub(super) fn wake_new_mission(&self, view: &workflow::ProposalView) {
+    pub(crate) fn wake_new_mission(&self, view: &workflow::ProposalView) {
         if view.mission_id.is_some() {
             let steps = view.steps();
             self.wake(steps.iter().map(|s| s.kind.as_str()));

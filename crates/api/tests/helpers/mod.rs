@@ -42,6 +42,10 @@ pub struct Options {
     pub bus: Option<Arc<dyn Bus>>,
     pub agent_token: Option<String>,
     pub admin_token: Option<String>,
+    /// More config, as `OPSLOOP__…` variables.
+    pub extra_config: Vec<(&'static str, String)>,
+    /// More secrets, as `OPSLOOP_<NAME>` variables.
+    pub extra_secrets: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -51,6 +55,8 @@ impl Default for Options {
             bus: None,
             agent_token: None,
             admin_token: None,
+            extra_config: Vec::new(),
+            extra_secrets: Vec::new(),
         }
     }
 }
@@ -69,7 +75,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
         Backend::Sqlite => fresh_sqlite().await,
     };
     let audit_dir = tempfile::tempdir().expect("tempdir");
-    let config = load(&ConfigSources::env_only([
+    let mut env = vec![
         ("OPSLOOP__API__GRPC_ADDR", "127.0.0.1:0".to_owned()),
         ("OPSLOOP__API__HTTP_ADDR", "127.0.0.1:0".to_owned()),
         ("OPSLOOP__API__OUTBOX_IDLE_MS", "50".to_owned()),
@@ -78,8 +84,9 @@ pub async fn spawn_with(options: Options) -> TestApp {
             "OPSLOOP__AUDIT__LOG_PATH",
             audit_dir.path().join("audit.jsonl").display().to_string(),
         ),
-    ]))
-    .expect("config");
+    ];
+    env.extend(options.extra_config.iter().cloned());
+    let config = load(&ConfigSources::env_only(env)).expect("config");
     let mut secrets_env = Vec::new();
     if let Some(t) = &options.agent_token {
         secrets_env.push(("OPSLOOP_AGENT_TOKEN".to_owned(), t.clone()));
@@ -87,6 +94,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
     if let Some(t) = &options.admin_token {
         secrets_env.push(("OPSLOOP_ADMIN_TOKEN".to_owned(), t.clone()));
     }
+    secrets_env.extend(options.extra_secrets.iter().cloned());
     let shutdown = CancellationToken::new();
     let audit = Arc::new(AuditLog::new(&config.settings.audit));
     let secrets = SecretStore::with_sources(None, audit_dir.path(), secrets_env);
