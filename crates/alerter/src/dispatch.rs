@@ -432,7 +432,7 @@ impl Dispatcher {
     /// (the caller's queues hold it): until its outcome comes back
     /// ([`Dispatcher::delivered`], [`Dispatcher::undelivered`]) or an
     /// input changes the group (an alert, a silence), a flush could only
-    /// repeat it, so the group sleeps, at most [`SLEEP_AT_MOST`]. Without
+    /// repeat it, so the group sleeps (five minutes at most). Without
     /// this, every group waiting behind a slow receiver would flush again
     /// each `group_interval`: work proportional to the backlog, not to what
     /// changed. Groups an inhibition rule may target keep flushing (see
