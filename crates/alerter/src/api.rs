@@ -450,3 +450,71 @@ async fn delete_silence(State(alerter): State<Arc<Alerter>>, Path(id): Path<Stri
         Err(e) => e.into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retry_after(response: &Response) -> Option<&str> {
+        response
+            .headers()
+            .get(axum::http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+    }
+
+    /// Back-pressure is an answer, never a hang: a full writer queue is 429,
+    /// a commit that does not come in time 503, both with Retry-After.
+    #[test]
+    fn busy_is_429_or_503_with_retry_after() {
+        let full = AlerterError::Busy {
+            reason: crate::service::BUSY_QUEUE_FULL,
+            retry_after_secs: 1,
+        }
+        .into_response();
+        assert_eq!(full.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(retry_after(&full), Some("1"));
+        let slow = AlerterError::Busy {
+            reason: "the alerts were not saved in time",
+            retry_after_secs: 2,
+        }
+        .into_response();
+        assert_eq!(slow.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after(&slow), Some("2"));
+        let missing = AlerterError::SilenceNotFound(Uuid::nil()).into_response();
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        assert_eq!(retry_after(&missing), None);
+        let stopped = AlerterError::Store(crate::store::StoreError::WriterStopped).into_response();
+        assert_eq!(stopped.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn alert_filters_parse_alertmanager_parameters() {
+        let params = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let filter = alert_filter(&params(&[
+            ("active", "false"),
+            ("silenced", "0"),
+            ("inhibited", "true"),
+            ("unprocessed", "1"),
+            ("filter", "{alertname=\"A\"}"),
+            ("receiver", "slack|pager"),
+            ("other", "ignored"),
+        ]))
+        .unwrap_or_else(|bad| panic!("{}", bad.0));
+        assert!(!filter.active && !filter.silenced && filter.inhibited);
+        assert_eq!(filter.matchers.len(), 1);
+        let receiver = filter.receiver.expect("receiver regex");
+        assert!(receiver.is_match("pager") && !receiver.is_match("pagerduty"));
+        for bad in [
+            params(&[("active", "maybe")]),
+            params(&[("filter", "{alertname}")]),
+            params(&[("receiver", "(")]),
+        ] {
+            assert!(alert_filter(&bad).is_err(), "{bad:?}");
+        }
+    }
+}

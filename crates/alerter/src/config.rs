@@ -15,6 +15,7 @@
 //! resolve_timeout = "5m"
 //! lease_ttl_ms = 15000
 //! max_in_flight_per_receiver = 64
+//! commit_fsync = false
 //!
 //! [alerter.route]
 //! receiver = "slack"
@@ -93,6 +94,14 @@ pub struct AlerterSettings {
     /// order. Also the idle connections kept per receiver host. 0 counts
     /// as 1.
     pub max_in_flight_per_receiver: usize,
+    /// Whether a post is answered (and a delivery's slot freed) only once
+    /// its commit is flushed to disk by the database. `false` (default):
+    /// once committed, before the flush (PostgreSQL `synchronous_commit =
+    /// off` for the alerter's batched writes only): nothing is lost when the
+    /// alerter dies, a crash of the database host can lose the last ~600 ms
+    /// of commits (posts Prometheus re-sends; log rows whose loss repeats a
+    /// notification). `true`: every answer waits for the fsync.
+    pub commit_fsync: bool,
     /// Incidents, on-call and escalation (`[alerter.incidents]`).
     pub incidents: crate::incident::IncidentSettings,
 }
@@ -114,6 +123,7 @@ impl Default for AlerterSettings {
             local_output: LocalOutput::Auto,
             delivery: RetryPolicy::default(),
             max_in_flight_per_receiver: crate::delivery::DEFAULT_MAX_IN_FLIGHT,
+            commit_fsync: false,
             incidents: Default::default(),
         }
     }

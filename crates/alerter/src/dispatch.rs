@@ -428,6 +428,56 @@ impl Dispatcher {
         forgotten
     }
 
+    /// The group's notification is queued for delivery or on the wire
+    /// (the caller's queues hold it): until its outcome comes back
+    /// ([`Dispatcher::delivered`], [`Dispatcher::undelivered`]) or an
+    /// input changes the group (an alert, a silence), a flush could only
+    /// repeat it, so the group sleeps (five minutes at most). Without
+    /// this, every group waiting behind a slow receiver would flush again
+    /// each `group_interval`: work proportional to the backlog, not to what
+    /// changed. Groups an inhibition rule may target keep flushing (see
+    /// `may_sleep`).
+    pub fn park(&mut self, receiver: &str, group_key: &str, now: DateTime<Utc>) {
+        let id = (receiver.to_owned(), group_key.to_owned());
+        let Some(group) = self.groups.get(&id) else {
+            return;
+        };
+        if !self.may_sleep(group) {
+            return;
+        }
+        if let Some(group) = self.groups.get_mut(&id) {
+            let before = group.next_flush();
+            group.sleep_until(now + SLEEP_AT_MOST);
+            self.reindex(id, before);
+        }
+    }
+
+    /// A notification was given up (dead-lettered, or its receiver is
+    /// gone): its group flushes again at its next grid point, as if it
+    /// had never been parked.
+    pub fn undelivered(&mut self, notification: &Notification, now: DateTime<Utc>) {
+        let id = (
+            notification.receiver.clone(),
+            notification.group_key.clone(),
+        );
+        if let Some(group) = self.groups.get_mut(&id) {
+            let before = group.next_flush();
+            group.wake(now);
+            self.reindex(id, before);
+        }
+    }
+
+    /// Moves a group in the due-time index after its next flush changed.
+    fn reindex(&mut self, id: GroupId, before: DateTime<Utc>) {
+        let Some(after) = self.groups.get(&id).map(AggregationGroup::next_flush) else {
+            return;
+        };
+        if after != before {
+            self.due_index.remove(&(before, id.clone()));
+            self.due_index.insert((after, id));
+        }
+    }
+
     /// Fingerprints of the alerts the dispatcher still holds.
     pub fn fingerprints(&self) -> BTreeSet<Fingerprint> {
         self.alerts.keys().copied().collect()
@@ -756,6 +806,55 @@ mod tests {
         let resolved = d.due(at(100)).notify;
         assert_eq!(resolved.len(), 1);
         assert_eq!(resolved[0].resolved.len(), 1);
+    }
+
+    /// A group whose notification waits for delivery does not flush
+    /// again each interval; its outcome, or a change, wakes it.
+    #[test]
+    fn parked_groups_wait_for_their_outcome() {
+        let mut route = default_route();
+        route.group_wait = Some("30s".into());
+        route.group_interval = Some("10s".into());
+        let enabled = BTreeSet::from(["slack".to_owned()]);
+        let mut d = Dispatcher::new(
+            Route::compile(&route).expect("route"),
+            Vec::new(),
+            enabled.clone(),
+            enabled,
+        );
+        let firing = |pairs: &[(&str, &str)], t: i64| {
+            let mut a = alert(pairs, t);
+            a.ends_at = Some(at(100_000));
+            a
+        };
+        d.ingest(firing(&[("alertname", "Full")], 0), at(0));
+        let first = d.due(at(30)).notify;
+        assert_eq!(first.len(), 1);
+        let n = first[0].clone();
+        d.park(&n.receiver, &n.group_key, at(30));
+        d.park("slack", "no such group", at(30));
+        // Unparked, the group would notify again at every interval.
+        assert!(d.due(at(100)).notify.is_empty(), "parked");
+        // Given up: it flushes again (and notifies) at once.
+        d.undelivered(&n, at(100));
+        assert_eq!(
+            d.due(at(100)).notify.len(),
+            1,
+            "retried after the dead letter"
+        );
+        d.park(&n.receiver, &n.group_key, at(100));
+        assert!(d.due(at(200)).notify.is_empty());
+        // A new alert in the group wakes it.
+        d.ingest(firing(&[("alertname", "Full"), ("i", "2")], 200), at(200));
+        let woken = d.due(at(200)).notify;
+        assert_eq!(woken.len(), 1);
+        assert_eq!(woken[0].firing.len(), 2);
+        // Delivered: nothing more until something changes.
+        d.park(&n.receiver, &n.group_key, at(200));
+        d.delivered(&woken[0], at(200));
+        assert!(d.due(at(250)).notify.is_empty());
+        d.undelivered(&woken[0], at(250));
+        assert!(d.due(at(260)).notify.is_empty(), "nothing new to tell");
     }
 
     /// The due-time index against the scanning dispatcher it replaced, on

@@ -7,6 +7,14 @@
 //! awaits its save before it is answered, while the flush loop goes on:
 //! an alert can reach its receiver before its row commits (if that commit
 //! fails the poster hears so and sends again; the group dedupes it).
+//!
+//! Durability: a poster is answered 200 once its batch has committed. By
+//! default (`alerter.commit_fsync = false`) that commit does not wait for
+//! PostgreSQL's disk flush ([`crate::store::AlertStore::with_commit_fsync`]):
+//! a committed row survives any death of the alerter (kill -9 included),
+//! and only a crash of the database host can lose the last commits (about
+//! 600 ms at PostgreSQL's defaults), which Prometheus re-sends. With
+//! `commit_fsync = true` every answer waits for the fsync as well.
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
@@ -180,5 +188,121 @@ async fn flush(store: &AlertStore, batch: &mut Batch, queued: &AtomicUsize) {
     }
     for (_, done) in batch.logs.drain(..) {
         let _ = done.send(result.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use opsloop_core::store::testing::{fresh_postgres, fresh_sqlite};
+
+    use super::*;
+    use crate::group::NotifiedState;
+    use crate::model::tests::{alert, at};
+    use crate::store::LogStatus;
+
+    fn record(key: &str, firing: &[Fingerprint]) -> LogRecord {
+        LogRecord {
+            receiver: "hook".into(),
+            group_key: key.into(),
+            state: NotifiedState {
+                firing: firing.iter().copied().collect(),
+                resolved: BTreeSet::new(),
+                at: at(10),
+            },
+            status: LogStatus::Sent,
+            attempts: 1,
+            last_error: None,
+            at: at(10),
+        }
+    }
+
+    /// Saves, log rows and a delete queued together commit in queue order
+    /// (the delete after the save before it), whatever the durability.
+    async fn writes_in_queue_order(store: AlertStore) {
+        let persister = Persister::start(store.clone());
+        let a = alert(&[("alertname", "A")], 0);
+        let b = alert(&[("alertname", "B")], 0);
+        let mut b_later = b.clone();
+        b_later.annotations.insert("summary".into(), "later".into());
+        let saved = persister.save(vec![a.clone(), b.clone()], at(5));
+        let again = persister.save(vec![b_later.clone()], at(6));
+        let logged = persister.log(record("{}:A", &[a.fingerprint()]));
+        assert!(persister.queued_alerts() <= 3);
+        saved.committed().await.expect("first save");
+        again.committed().await.expect("second save");
+        logged.committed().await.expect("log row");
+        assert_eq!(persister.queued_alerts(), 0, "nothing left queued");
+        let mut loaded = store.load_alerts().await.expect("load");
+        loaded.sort_by_key(|x| x.labels.get("alertname").cloned());
+        assert_eq!(loaded.len(), 2);
+        assert_eq!(
+            loaded[1].annotations.get("summary").map(String::as_str),
+            Some("later"),
+            "the later state of an alert wins"
+        );
+        let rows = store.log_rows("hook").await.expect("log rows");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].status, "sent");
+
+        persister.delete(vec![a.fingerprint()]);
+        persister.delete(Vec::new());
+        // A save queued after the delete commits after it.
+        persister
+            .save(vec![b_later], at(7))
+            .committed()
+            .await
+            .expect("save after the delete");
+        let left: Vec<Fingerprint> = store
+            .load_alerts()
+            .await
+            .expect("load")
+            .iter()
+            .map(Alert::fingerprint)
+            .collect();
+        assert_eq!(left, vec![b.fingerprint()]);
+    }
+
+    #[tokio::test]
+    async fn postgres_without_fsync_commits_in_queue_order() {
+        let db = fresh_postgres().await;
+        let store = AlertStore::new(db.db.clone()).with_commit_fsync(false);
+        assert!(!store.commit_fsync());
+        writes_in_queue_order(store).await;
+        db.cleanup().await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_with_fsync_commits_in_queue_order() {
+        let db = fresh_sqlite().await;
+        let store = AlertStore::new(db.db.clone());
+        assert!(store.commit_fsync(), "durable unless told otherwise");
+        writes_in_queue_order(store).await;
+        db.cleanup().await;
+    }
+
+    #[tokio::test]
+    async fn a_stopped_writer_fails_what_is_queued() {
+        let db = fresh_sqlite().await;
+        let store = AlertStore::new(db.db.clone());
+        // Built without its task: the queue has no reader.
+        let (queue, jobs) = mpsc::unbounded_channel();
+        drop(jobs);
+        let persister = Persister {
+            queue,
+            queued: Arc::new(AtomicUsize::new(0)),
+        };
+        let failed = persister
+            .save(vec![alert(&[("alertname", "A")], 0)], at(1))
+            .committed()
+            .await;
+        assert!(matches!(failed, Err(StoreError::Batch(_))), "{failed:?}");
+        assert_eq!(persister.queued_alerts(), 0);
+        let failed = persister.log(record("{}:A", &[])).committed().await;
+        assert!(failed.is_err());
+        persister.delete(vec![alert(&[("alertname", "A")], 0).fingerprint()]);
+        drop(store);
+        db.cleanup().await;
     }
 }

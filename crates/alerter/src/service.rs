@@ -238,7 +238,7 @@ impl Alerter {
             settings.delivery.clone(),
             settings.max_in_flight_per_receiver,
         )?;
-        let store = AlertStore::new(db.clone());
+        let store = AlertStore::new(db.clone()).with_commit_fsync(settings.commit_fsync);
         let blueprint = Blueprint {
             route,
             inhibit_rules,
@@ -519,7 +519,9 @@ impl Alerter {
             let mut queues = self.lock_queues();
             for notification in std::mem::take(&mut work.notify) {
                 // Busy: the group's previous delivery is unconfirmed; its
-                // next flush after that sends whatever changed.
+                // next flush after that sends whatever changed. Either way
+                // the group sleeps until the outcome (or a change) wakes it.
+                dispatcher.park(&notification.receiver, &notification.group_key, now);
                 let _: Offered = queues.offer(notification);
             }
             let ready = queues.start_ready();
@@ -587,7 +589,8 @@ impl Alerter {
     /// can make a receiver hear twice.
     async fn deliver(self: &Arc<Self>, notification: Notification) {
         let Some(receiver) = self.receivers.get(&notification.receiver) else {
-            let _dispatcher = self.dispatcher.lock().await;
+            let mut dispatcher = self.dispatcher.lock().await;
+            dispatcher.undelivered(&notification, self.now());
             let mut queues = self.lock_queues();
             queues.finish(&notification.receiver, &notification.group_key);
             let ready = queues.start_ready();
@@ -665,6 +668,8 @@ impl Alerter {
             let forgotten = if outcome.delivered {
                 dispatcher.delivered(&notification, now)
             } else {
+                // Parked since its flush: it flushes (and tries) again.
+                dispatcher.undelivered(&notification, now);
                 Vec::new()
             };
             let mut queues = self.lock_queues();
