@@ -246,7 +246,11 @@ if mode == "evening":
     hbc, bc = cfg.get("heartbeat", {}), cfg.get("backup", {})
     tz = bc.get("timezone", "UTC")
     triggers = load("triggers")
-    rules = f"{len(triggers['triggers'])} trigger rule(s)" if triggers is not None else f"trigger rules unavailable: {error('triggers')}"
+    if triggers is not None:
+        enabled = sum(1 for t in triggers["triggers"] if t.get("enabled"))
+        rules = f"{enabled} trigger rule(s) enabled, {len(triggers['triggers']) - enabled} disabled"
+    else:
+        rules = f"trigger rules unavailable: {error('triggers')}"
     line(triggers is not None,
          f"tomorrow: backup at cron '{bc.get('schedule', '0 2 * * *')}' ({tz}), daily summary at "
          f"'{hbc.get('summary_cron', '0 6 * * *')}', weekly report at '{hbc.get('weekly_report_cron', '0 9 * * 1')}' "

@@ -595,7 +595,7 @@ async fn operator_scripts_against_a_live_stack() {
     assert!(
         run.has_line(
             "ok     tomorrow: backup at cron '0 2 * * *' (UTC), daily summary at '0 6 * * *', \
-             weekly report at '0 9 * * 1' (UTC); 0 trigger rule(s)"
+             weekly report at '0 9 * * 1' (UTC); 0 trigger rule(s) enabled, 4 disabled"
         ),
         "{}",
         run.all()
