@@ -28,6 +28,7 @@ mod m0010_probes;
 mod m0011_probe_daily;
 mod m0012_step_kind_pauses;
 mod m0013_dead_letter_retries;
+mod m0014_governance;
 
 pub use m0005_seed_policy::seed_policies;
 // Re-exported so the store can run the migrator without its own dependency
@@ -54,6 +55,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0011_probe_daily::Migration),
             Box::new(m0012_step_kind_pauses::Migration),
             Box::new(m0013_dead_letter_retries::Migration),
+            Box::new(m0014_governance::Migration),
         ]
     }
 }
@@ -107,6 +109,9 @@ pub const TABLES: &[&str] = &[
     // m0012_step_kind_pauses
     "step_kind_pauses",
     "probe_definitions",
+    // m0014_governance
+    "resource_rates",
+    "resource_usage",
 ];
 
 /// A plain (non-unique) index named `name` on `table(columns…)`.

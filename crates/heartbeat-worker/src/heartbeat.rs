@@ -55,18 +55,20 @@ pub enum Phase {
     Insights,
     Recovery,
     OpsHealth,
+    Governance,
     Budget,
     DailySummary,
     WeeklyReport,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 8] = [
+    pub const ALL: [Phase; 9] = [
         Phase::Triggers,
         Phase::Reactions,
         Phase::Insights,
         Phase::Recovery,
         Phase::OpsHealth,
+        Phase::Governance,
         Phase::Budget,
         Phase::DailySummary,
         Phase::WeeklyReport,
@@ -79,6 +81,7 @@ impl Phase {
             Self::Insights => "insights",
             Self::Recovery => "recovery",
             Self::OpsHealth => "ops_health",
+            Self::Governance => "governance",
             Self::Budget => "budget",
             Self::DailySummary => "daily_summary",
             Self::WeeklyReport => "weekly_report",
@@ -428,6 +431,7 @@ impl Heartbeat {
             Phase::Insights => crate::insights::run(self, now).await,
             Phase::Recovery => crate::ops::recover(self, now).await,
             Phase::OpsHealth => crate::ops::ops_health(self, now).await,
+            Phase::Governance => crate::governance::run(self, now).await,
             Phase::Budget => crate::ops::budget(self, now).await,
             Phase::DailySummary => crate::ops::daily_summary(self, now).await,
             Phase::WeeklyReport => crate::ops::weekly_report(self, now).await,

@@ -21,6 +21,7 @@ pub mod insight_rules;
 pub mod insights;
 pub mod matching;
 pub mod ops;
+pub mod governance;
 pub mod probe_config;
 pub mod probe_rollup;
 pub mod probe_rules;
@@ -150,6 +151,11 @@ impl HeartbeatApp {
             });
         }
         tasks.spawn(probe_rollup::run_loop(
+            self.heartbeat.clone(),
+            self.infra.shutdown.clone(),
+        ));
+        // The rate controller judges every window, not only on ticks.
+        tasks.spawn(governance::run_loop(
             self.heartbeat.clone(),
             self.infra.shutdown.clone(),
         ));
