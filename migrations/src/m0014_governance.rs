@@ -50,9 +50,13 @@ enum ResourceUsage {
     Calls,
     LatencyWeightedMs,
     LatencyMaxMs,
+    #[sea_orm(iden = "status_2xx")]
     Status2xx,
+    #[sea_orm(iden = "status_4xx")]
     Status4xx,
+    #[sea_orm(iden = "status_429")]
     Status429,
+    #[sea_orm(iden = "status_5xx")]
     Status5xx,
     Units,
     CostUsd,

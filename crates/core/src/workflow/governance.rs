@@ -428,3 +428,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "governance_tests.rs"]
+mod db_tests;
