@@ -557,4 +557,197 @@ mod tests {
         let long = pending_windows(&l, Some(at(0)), at(100_000));
         assert_eq!(long.len() as i64, MAX_CATCH_UP_WINDOWS);
     }
+
+    mod db {
+        //! The controller and guards on a fresh PostgreSQL database and a
+        //! fresh SQLite file, on an injected clock.
+
+        use opsloop_core::domain::governance::ResourceUsage;
+        use opsloop_core::domain::input::{NewProposal, ProposalSource, StepSpec};
+        use opsloop_core::store::testing::{fresh_postgres, fresh_sqlite};
+        use opsloop_core::workflow::{ClaimOutcome, PolicyChange};
+
+        use super::*;
+
+        /// A window boundary an hour ahead (after the seeded policy rows).
+        fn base() -> DateTime<Utc> {
+            window_start(Utc::now() + Duration::hours(1), 10.0)
+        }
+
+        async fn set(db: &DatabaseConnection, key: &str, value: Value) {
+            workflow::set_policy(
+                db,
+                PolicyChange {
+                    key,
+                    value,
+                    actor: "test",
+                    reason: None,
+                    expected_version: None,
+                },
+                None,
+                base() - Duration::minutes(30),
+            )
+            .await
+            .expect("policy");
+        }
+
+        async fn count(db: &DatabaseConnection, sql: &str) -> i64 {
+            db.query_one_raw(stmt(db.get_database_backend(), sql, vec![]))
+                .await
+                .expect("query")
+                .expect("row")
+                .try_get::<i64>("", "n")
+                .expect("n")
+        }
+
+        async fn report(db: &DatabaseConnection, calls: i64, latency: f64, s429: i64, at: DateTime<Utc>) {
+            let policy = workflow::load_policy(db).await.expect("policy");
+            let usage = [ResourceUsage {
+                resource: "api".into(),
+                calls,
+                latency_p50_ms: latency,
+                latency_max_ms: latency,
+                status_2xx: calls - s429,
+                status_429: s429,
+                ..ResourceUsage::default()
+            }];
+            workflow::governance::record_usage(db, "summarize", &usage, &[0.0], &policy.resources, at)
+                .await
+                .expect("usage");
+        }
+
+        #[tokio::test]
+        async fn the_controller_moves_the_rate_and_a_violation_stops_once() {
+            for t in [fresh_postgres().await, fresh_sqlite().await] {
+                let db = &t.db;
+                set(db, "resources", json!({"api": {"kinds": ["summarize"]}})).await;
+                let t0 = base();
+                // First run: nothing reported, the bucket starts at 150.
+                let runs = govern(db, None, t0 + Duration::seconds(1)).await.expect("run");
+                assert_eq!((runs[0].rate, runs[0].changes), (150.0, 0));
+                // A fast window raises it, a 429 burst halves it (to the floor).
+                report(db, 100, 200.0, 0, t0 + Duration::seconds(2)).await;
+                report(db, 100, 200.0, 3, t0 + Duration::seconds(12)).await;
+                let runs = govern(db, None, t0 + Duration::seconds(21)).await.expect("run");
+                assert_eq!((runs[0].windows, runs[0].changes, runs[0].rate), (2, 2, 100.0));
+                // The same windows are never judged twice.
+                let again = govern(db, None, t0 + Duration::seconds(22)).await.expect("run");
+                assert_eq!((again[0].windows, again[0].changes), (0, 0));
+                let events = count(db, "SELECT COUNT(*) AS n FROM events WHERE kind = 'resource.rate_changed'").await;
+                assert_eq!(events, 2);
+                let evidence = db
+                    .query_one_raw(stmt(db.get_database_backend(),
+                        "SELECT payload FROM events WHERE kind = 'resource.rate_changed' ORDER BY seq DESC LIMIT 1", vec![]))
+                    .await.expect("q").expect("row").try_get::<Value>("", "payload").expect("payload");
+                assert_eq!(evidence["old_rate"], json!(155.0));
+                assert_eq!(evidence["new_rate"], json!(100.0));
+                assert_eq!(evidence["reason"], json!("throttled"));
+                assert_eq!(evidence["status_429"], json!(3));
+                // 2500 calls in a 10 s window: 250/s, above 210/s.
+                report(db, 2500, 300.0, 0, t0 + Duration::seconds(25)).await;
+                let runs = govern(db, None, t0 + Duration::seconds(31)).await.expect("run");
+                assert_eq!(runs[0].tripped.as_deref(), Some("emergency_stop"));
+                assert!(runs[0].alerts.contains(&"ResourceLimitViolation".to_owned()), "{runs:?}");
+                let (stop, _) = workflow::emergency_stop_state(db).await.expect("stop");
+                assert!(stop.engaged);
+                let reason = stop.reason.expect("reason");
+                assert!(reason.contains("resource api") && reason.contains("250.0 calls/s"), "{reason}");
+                // Another violating window while engaged: not engaged again.
+                report(db, 2500, 300.0, 0, t0 + Duration::seconds(35)).await;
+                let runs = govern(db, None, t0 + Duration::seconds(41)).await.expect("run");
+                assert_eq!(runs[0].tripped, None);
+                let engaged = count(db, "SELECT COUNT(*) AS n FROM events WHERE kind = 'emergency_stop.engaged'").await;
+                assert_eq!(engaged, 1);
+                t.cleanup().await;
+            }
+        }
+
+        fn steps(n: usize) -> NewProposal {
+            NewProposal {
+                title: "calls api".into(),
+                source: ProposalSource::Api,
+                agent: "tester".into(),
+                dedupe_key: None,
+                steps: (0..n)
+                    .map(|_| StepSpec {
+                        kind: StepKind::parse("kind", "summarize").expect("kind"),
+                        payload: json!({}),
+                        max_attempts: Some(1),
+                    })
+                    .collect(),
+                parallel: true,
+                metadata: json!({}),
+                trace_id: None,
+            }
+        }
+
+        async fn fail_steps(db: &DatabaseConnection, n: usize, at: DateTime<Utc>) {
+            // One mission each: a failed step fails its mission.
+            for _ in 0..n {
+                workflow::submit_proposal(db, steps(1), at).await.expect("submit");
+            }
+            for i in 0..n {
+                let kinds = [StepKind::parse("kind", "summarize").expect("kind")];
+                let at = at + Duration::milliseconds(i as i64 * 10);
+                let step = match workflow::claim_step(db, "w", &kinds, Some(60), at).await.expect("claim") {
+                    ClaimOutcome::Claimed(step) => step,
+                    other => panic!("{other:?}"),
+                };
+                workflow::fail_step(db, step.id, "w", 1, "upstream 503", false, None, at)
+                    .await
+                    .expect("fail");
+            }
+        }
+
+        #[tokio::test]
+        async fn five_consecutive_failures_stop_once_and_three_alert() {
+            for t in [fresh_postgres().await, fresh_sqlite().await] {
+                let db = &t.db;
+                set(db, "resources", json!({"api": {"kinds": ["summarize"]}})).await;
+                let t0 = base();
+                fail_steps(db, 3, t0).await;
+                let runs = govern(db, None, t0 + Duration::seconds(1)).await.expect("run");
+                assert_eq!(runs[0].alerts, vec!["ResourceConsecutiveFailures".to_owned()]);
+                assert_eq!(runs[0].tripped, None);
+                fail_steps(db, 2, t0 + Duration::seconds(2)).await;
+                let runs = govern(db, None, t0 + Duration::seconds(3)).await.expect("run");
+                assert_eq!(runs[0].tripped.as_deref(), Some("emergency_stop"));
+                let (stop, _) = workflow::emergency_stop_state(db).await.expect("stop");
+                let reason = stop.reason.expect("reason");
+                assert!(reason.contains("5 consecutive failed steps of summarize"), "{reason}");
+                let runs = govern(db, None, t0 + Duration::seconds(4)).await.expect("run");
+                assert_eq!(runs[0].tripped, None);
+                let engaged = count(db, "SELECT COUNT(*) AS n FROM events WHERE kind = 'emergency_stop.engaged'").await;
+                assert_eq!(engaged, 1);
+                t.cleanup().await;
+            }
+        }
+
+        #[tokio::test]
+        async fn pause_kinds_pauses_only_the_resource_kinds_then_lifts() {
+            let t = fresh_postgres().await;
+            let db = &t.db;
+            set(
+                db,
+                "resources",
+                json!({"api": {"kinds": ["summarize"], "on_trip": "pause_kinds", "pause_seconds": 60}}),
+            )
+            .await;
+            let t0 = base();
+            fail_steps(db, 5, t0).await;
+            let runs = govern(db, None, t0 + Duration::seconds(1)).await.expect("run");
+            assert_eq!(runs[0].tripped.as_deref(), Some("pause_kinds"));
+            let (stop, _) = workflow::emergency_stop_state(db).await.expect("stop");
+            assert!(!stop.engaged);
+            let pauses = workflow::paused_kinds(db).await.expect("pauses");
+            assert_eq!(pauses.len(), 1);
+            assert_eq!((pauses[0].kind.as_str(), pauses[0].source.as_str()), ("summarize", "resource:api"));
+            // Failures before the trip do not trip it again.
+            let runs = govern(db, None, t0 + Duration::seconds(2)).await.expect("run");
+            assert_eq!(runs[0].tripped, None);
+            govern(db, None, t0 + Duration::seconds(62)).await.expect("run");
+            assert!(workflow::paused_kinds(db).await.expect("pauses").is_empty());
+            t.cleanup().await;
+        }
+    }
 }
