@@ -1914,7 +1914,7 @@ async fn post_run_ticks_now_over_http() {
     let body: Value =
         serde_json::from_str(answer.split("\r\n\r\n").nth(1).expect("body")).expect("json");
     assert_eq!(body["outcome"], "ran");
-    assert_eq!(body["phases"].as_array().expect("phases").len(), 8);
+    assert_eq!(body["phases"].as_array().expect("phases").len(), 9);
     daemon.stop().await;
     let lease = opsloop_heartbeat_worker::db::lease_holder(&t.db, "heartbeat.leader")
         .await
