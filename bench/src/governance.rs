@@ -147,7 +147,11 @@ async fn claims(
 
 /// `fleet` workers claiming `SLOW` for `duration`, each backing off as told.
 /// Returns (grants, held back, seconds).
-async fn grants(grpc: SocketAddr, fleet: u32, duration: Duration) -> anyhow::Result<(u64, u64, f64)> {
+async fn grants(
+    grpc: SocketAddr,
+    fleet: u32,
+    duration: Duration,
+) -> anyhow::Result<(u64, u64, f64)> {
     let granted = Arc::new(AtomicU64::new(0));
     let held = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -172,7 +176,9 @@ async fn grants(grpc: SocketAddr, fleet: u32, duration: Duration) -> anyhow::Res
                     granted.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                let retry = answer.rate_limited.map_or(100, |l| u64::from(l.retry_after_ms));
+                let retry = answer
+                    .rate_limited
+                    .map_or(100, |l| u64::from(l.retry_after_ms));
                 held.fetch_add(1, Ordering::Relaxed);
                 // Back off as told, spread over up to twice the wait.
                 let spread = u64::from(w % 16);
@@ -196,7 +202,11 @@ pub async fn rate_limit(env: &Env, args: RateLimitArgs) -> Outcome {
     let duration = Duration::from_secs(args.duration.unwrap_or(if env.smoke { 1 } else { 10 }));
     let rate = args.rate.unwrap_or(if env.smoke { 50.0 } else { 100.0 });
     let fleet = args.fleet.unwrap_or(if env.smoke { 8 } else { 64 });
-    let accuracy = Duration::from_secs(args.accuracy_seconds.unwrap_or(if env.smoke { 2 } else { 10 }));
+    let accuracy =
+        Duration::from_secs(
+            args.accuracy_seconds
+                .unwrap_or(if env.smoke { 2 } else { 10 }),
+        );
     // Deeper than a run can drain (the api on 2 cores claims < 3000/s).
     let depth = if env.smoke { 2_000 } else { 40_000 };
     eprintln!(

@@ -89,7 +89,11 @@ impl Replica {
     }
 }
 
-async fn set_policy(app: &TestApp, key: &str, value: serde_json::Value) -> Result<(), tonic::Status> {
+async fn set_policy(
+    app: &TestApp,
+    key: &str,
+    value: serde_json::Value,
+) -> Result<(), tonic::Status> {
     app.policy()
         .set_policy(pb::SetPolicyRequest {
             key: key.into(),
@@ -167,9 +171,14 @@ async fn sixteen_workers_on_two_replicas_stay_within_the_resource_rate() {
                     granted += 1;
                     continue;
                 }
-                let limit = answer.rate_limited.expect("held back by the rate, not empty");
+                let limit = answer
+                    .rate_limited
+                    .expect("held back by the rate, not empty");
                 assert_eq!(limit.resource, "upstream");
-                assert!(limit.retry_after_ms >= 1 && limit.retry_after_ms <= 1000, "{limit:?}");
+                assert!(
+                    limit.retry_after_ms >= 1 && limit.retry_after_ms <= 1000,
+                    "{limit:?}"
+                );
                 limited += 1;
                 // Back off as told, spread over up to twice the wait.
                 let jitter = u64::from(w as u32 * 7 % 13);
@@ -203,10 +212,17 @@ async fn sixteen_workers_on_two_replicas_stay_within_the_resource_rate() {
         let attempt: i32 = row.try_get("", "attempt").expect("attempt");
         assert_eq!(attempt, 1, "a step was claimed twice");
         ids.insert(id);
-        starts.push(row.try_get::<DateTime<Utc>>("", "started_at").expect("started"));
+        starts.push(
+            row.try_get::<DateTime<Utc>>("", "started_at")
+                .expect("started"),
+        );
     }
     assert_eq!(ids.len(), rows.len());
-    assert_eq!(rows.len() as u32, granted, "grants seen by workers = claimed rows");
+    assert_eq!(
+        rows.len() as u32,
+        granted,
+        "grants seen by workers = claimed rows"
+    );
     let span = (starts.last().copied().unwrap_or(t_start) - t_start)
         .num_milliseconds()
         .max(1) as f64
@@ -217,14 +233,20 @@ async fn sixteen_workers_on_two_replicas_stay_within_the_resource_rate() {
         "governance: {granted} grants in {span:.2} s ({:.1}/s, ceiling {ceiling:.0}), {limited} held back, {elapsed:.2} s run",
         f64::from(granted) / span
     );
-    assert!(f64::from(granted) <= ceiling, "{granted} grants in {span:.2} s exceed {ceiling}");
+    assert!(
+        f64::from(granted) <= ceiling,
+        "{granted} grants in {span:.2} s exceed {ceiling}"
+    );
     // Sliding 1 s windows: never more than twice the rate (rate + burst).
     for (i, t) in starts.iter().enumerate() {
         let in_window = starts[i..]
             .iter()
             .take_while(|s| (**s - *t).num_milliseconds() < 1000)
             .count();
-        assert!(in_window as f64 <= 2.0 * RATE, "{in_window} grants in 1 s from {t}");
+        assert!(
+            in_window as f64 <= 2.0 * RATE,
+            "{in_window} grants in 1 s from {t}"
+        );
     }
     // The fleet kept up with the rate (the limit, not the workers, bound it).
     assert!(
@@ -246,9 +268,13 @@ async fn bad_usage_is_refused_and_the_step_is_unchanged() {
     )
     .await
     .expect("resources");
-    set_policy(&app, "pricing", json!({"upstream": {"cost_per_call_usd": 0.00015}}))
-        .await
-        .expect("pricing");
+    set_policy(
+        &app,
+        "pricing",
+        json!({"upstream": {"cost_per_call_usd": 0.00015}}),
+    )
+    .await
+    .expect("pricing");
     queue(&app, "summarize", 1).await;
     let step = app
         .missions()
@@ -284,7 +310,11 @@ async fn bad_usage_is_refused_and_the_step_is_unchanged() {
             .await
             .expect_err("refused");
         assert_eq!(refused.code(), Code::InvalidArgument);
-        assert!(refused.message().starts_with(field), "{}", refused.message());
+        assert!(
+            refused.message().starts_with(field),
+            "{}",
+            refused.message()
+        );
         let refused = app
             .missions()
             .fail_step(pb::FailStepRequest {
@@ -347,14 +377,24 @@ async fn a_bad_resources_policy_is_refused_naming_the_field() {
             "value_json.api.window_seconds",
         ),
     ] {
-        let refused = set_policy(&app, "resources", value).await.expect_err("refused");
+        let refused = set_policy(&app, "resources", value)
+            .await
+            .expect_err("refused");
         assert_eq!(refused.code(), Code::InvalidArgument);
-        assert!(refused.message().starts_with(field), "{}", refused.message());
+        assert!(
+            refused.message().starts_with(field),
+            "{}",
+            refused.message()
+        );
     }
     let refused = set_policy(&app, "pricing", json!({"ghost": {"cost_per_call_usd": 1}}))
         .await
         .expect_err("unknown resource");
     assert_eq!(refused.code(), Code::InvalidArgument);
-    assert!(refused.message().starts_with("value_json.ghost"), "{}", refused.message());
+    assert!(
+        refused.message().starts_with("value_json.ghost"),
+        "{}",
+        refused.message()
+    );
     app.stop().await;
 }

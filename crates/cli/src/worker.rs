@@ -789,7 +789,10 @@ mod tests {
         assert_eq!((usage[0].calls, usage[0].status_429), (3, 1));
         assert_eq!(usage[0].latency_p50_ms, 120.0);
         let bad = usage_from_result(r#"{"usage": [{"resource": "x", "calls": -1}]}"#);
-        assert_eq!(bad, Err("usage[0].calls: must be between 0 and 1000000 for one step".into()));
+        assert_eq!(
+            bad,
+            Err("usage[0].calls: must be between 0 and 1000000 for one step".into())
+        );
         assert!(usage_from_result(r#"{"usage": {"calls": 1}}"#).is_err());
     }
 

@@ -147,7 +147,11 @@ async fn consecutive_failures(
 }
 
 /// The alert names the guards raise.
-fn guard_alert(resource: &str, guard: &WindowGuard, window: (DateTime<Utc>, DateTime<Utc>)) -> Alert {
+fn guard_alert(
+    resource: &str,
+    guard: &WindowGuard,
+    window: (DateTime<Utc>, DateTime<Utc>),
+) -> Alert {
     let (name, severity, summary) = match guard {
         WindowGuard::LimitViolation { observed, limit } => (
             "ResourceLimitViolation",
@@ -313,7 +317,9 @@ async fn govern_resource(
         }
     }
     let (stop, stop_changed_at) = workflow::emergency_stop_state(db).await?;
-    let since = row.tripped_at.map_or(stop_changed_at, |t| t.max(stop_changed_at));
+    let since = row
+        .tripped_at
+        .map_or(stop_changed_at, |t| t.max(stop_changed_at));
     let failures = consecutive_failures(db, &kinds, since, limits.failures_trip).await?;
     let (failure_alert, failure_trip) = judge_failures(limits, failures);
     if failure_trip && trip.is_none() {
@@ -364,7 +370,10 @@ async fn govern_resource(
             } else {
                 Severity::Warning
             },
-            format!("{name}: {failures} consecutive failed steps of {}", kinds.join(", ")),
+            format!(
+                "{name}: {failures} consecutive failed steps of {}",
+                kinds.join(", ")
+            ),
             format!(
                 "alert at {}, trip ({:?}) at {}",
                 limits.failures_alert, limits.on_trip, limits.failures_trip
@@ -381,7 +390,8 @@ async fn govern_resource(
     run.rate = rate;
     metrics::gauge!("opsloop_resource_rate", "resource" => name.to_owned()).set(rate);
     if let Some(reason) = trip {
-        run.tripped = trip_resource(db, audit, name, limits, &kinds, &reason, stop.engaged, now).await?;
+        run.tripped =
+            trip_resource(db, audit, name, limits, &kinds, &reason, stop.engaged, now).await?;
     }
     Ok(run)
 }
@@ -414,13 +424,19 @@ async fn trip_resource(
                 "OpsEmergencyStop",
                 Severity::Critical,
                 "emergency stop engaged by the heartbeat".into(),
-                format!("{reason}; nothing is approved or handed to workers until a human releases it"),
+                format!(
+                    "{reason}; nothing is approved or handed to workers until a human releases it"
+                ),
             )
             .label("resource", name)
             .annotation("reason", reason);
             enqueue_alert(&tx, &alert, now).await?;
             tx.commit().await?;
-            tracing::warn!(resource = name, reason, "emergency stop engaged by rate governance");
+            tracing::warn!(
+                resource = name,
+                reason,
+                "emergency stop engaged by rate governance"
+            );
             Ok(Some("emergency_stop".into()))
         }
         TripAction::PauseKinds => {
@@ -445,7 +461,10 @@ async fn trip_resource(
                 "ResourceKindsPaused",
                 Severity::Critical,
                 format!("{name}: kinds {} paused", change.paused.join(", ")),
-                format!("{reason}; claims of these kinds resume after {} s", limits.pause_seconds),
+                format!(
+                    "{reason}; claims of these kinds resume after {} s",
+                    limits.pause_seconds
+                ),
             )
             .label("resource", name)
             .annotation("reason", reason);
@@ -468,7 +487,11 @@ async fn loop_period(db: &DatabaseConnection) -> StdDuration {
                 .values()
                 .map(|r| r.window_seconds)
                 .fold(f64::INFINITY, f64::min);
-            StdDuration::from_secs_f64(if secs.is_finite() { secs.clamp(1.0, 3600.0) } else { 10.0 })
+            StdDuration::from_secs_f64(if secs.is_finite() {
+                secs.clamp(1.0, 3600.0)
+            } else {
+                10.0
+            })
         }
         Err(_) => StdDuration::from_secs(10),
     }
@@ -486,7 +509,9 @@ pub async fn run_loop(hb: Heartbeat, shutdown: CancellationToken) -> anyhow::Res
                 }
             }
             Ok(false) => {}
-            Err(error) => tracing::warn!(%error, "cannot read the leader lease for rate governance"),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the leader lease for rate governance")
+            }
         }
         let period = loop_period(hb.db()).await;
         tokio::select! {
@@ -508,7 +533,9 @@ mod tests {
     }
 
     fn at(s: i64) -> DateTime<Utc> {
-        Utc.timestamp_opt(1_800_000_000 + s, 0).single().expect("time")
+        Utc.timestamp_opt(1_800_000_000 + s, 0)
+            .single()
+            .expect("time")
     }
 
     #[test]
@@ -532,10 +559,19 @@ mod tests {
         };
         assert!(judge_window(&l, &WindowStats::default()).is_empty());
         assert!(judge_window(&l, &w(2100, 300.0, 2100, 0)).is_empty());
-        assert_eq!(kinds(judge_window(&l, &w(2101, 300.0, 2101, 0))), vec!["violation"]);
-        assert_eq!(kinds(judge_window(&l, &w(100, 300.0, 89, 11))), vec!["errors"]);
+        assert_eq!(
+            kinds(judge_window(&l, &w(2101, 300.0, 2101, 0))),
+            vec!["violation"]
+        );
+        assert_eq!(
+            kinds(judge_window(&l, &w(100, 300.0, 89, 11))),
+            vec!["errors"]
+        );
         assert!(judge_window(&l, &w(100, 300.0, 90, 10)).is_empty());
-        assert_eq!(kinds(judge_window(&l, &w(100, 1001.0, 100, 0))), vec!["slow"]);
+        assert_eq!(
+            kinds(judge_window(&l, &w(100, 1001.0, 100, 0))),
+            vec!["slow"]
+        );
         assert_eq!(judge_failures(&l, 2), (false, false));
         assert_eq!(judge_failures(&l, 3), (true, false));
         assert_eq!(judge_failures(&l, 5), (true, true));
@@ -600,7 +636,13 @@ mod tests {
                 .expect("n")
         }
 
-        async fn report(db: &DatabaseConnection, calls: i64, latency: f64, s429: i64, at: DateTime<Utc>) {
+        async fn report(
+            db: &DatabaseConnection,
+            calls: i64,
+            latency: f64,
+            s429: i64,
+            at: DateTime<Utc>,
+        ) {
             let policy = workflow::load_policy(db).await.expect("policy");
             let usage = [ResourceUsage {
                 resource: "api".into(),
@@ -611,9 +653,16 @@ mod tests {
                 status_429: s429,
                 ..ResourceUsage::default()
             }];
-            workflow::governance::record_usage(db, "summarize", &usage, &[0.0], &policy.resources, at)
-                .await
-                .expect("usage");
+            workflow::governance::record_usage(
+                db,
+                "summarize",
+                &usage,
+                &[0.0],
+                &policy.resources,
+                at,
+            )
+            .await
+            .expect("usage");
         }
 
         #[tokio::test]
@@ -623,17 +672,30 @@ mod tests {
                 set(db, "resources", json!({"api": {"kinds": ["summarize"]}})).await;
                 let t0 = base();
                 // First run: nothing reported, the bucket starts at 150.
-                let runs = govern(db, None, t0 + Duration::seconds(1)).await.expect("run");
+                let runs = govern(db, None, t0 + Duration::seconds(1))
+                    .await
+                    .expect("run");
                 assert_eq!((runs[0].rate, runs[0].changes), (150.0, 0));
                 // A fast window raises it, a 429 burst halves it (to the floor).
                 report(db, 100, 200.0, 0, t0 + Duration::seconds(2)).await;
                 report(db, 100, 200.0, 3, t0 + Duration::seconds(12)).await;
-                let runs = govern(db, None, t0 + Duration::seconds(21)).await.expect("run");
-                assert_eq!((runs[0].windows, runs[0].changes, runs[0].rate), (2, 2, 100.0));
+                let runs = govern(db, None, t0 + Duration::seconds(21))
+                    .await
+                    .expect("run");
+                assert_eq!(
+                    (runs[0].windows, runs[0].changes, runs[0].rate),
+                    (2, 2, 100.0)
+                );
                 // The same windows are never judged twice.
-                let again = govern(db, None, t0 + Duration::seconds(22)).await.expect("run");
+                let again = govern(db, None, t0 + Duration::seconds(22))
+                    .await
+                    .expect("run");
                 assert_eq!((again[0].windows, again[0].changes), (0, 0));
-                let events = count(db, "SELECT COUNT(*) AS n FROM events WHERE kind = 'resource.rate_changed'").await;
+                let events = count(
+                    db,
+                    "SELECT COUNT(*) AS n FROM events WHERE kind = 'resource.rate_changed'",
+                )
+                .await;
                 assert_eq!(events, 2);
                 let evidence = db
                     .query_one_raw(stmt(db.get_database_backend(),
@@ -645,18 +707,34 @@ mod tests {
                 assert_eq!(evidence["status_429"], json!(3));
                 // 2500 calls in a 10 s window: 250/s, above 210/s.
                 report(db, 2500, 300.0, 0, t0 + Duration::seconds(25)).await;
-                let runs = govern(db, None, t0 + Duration::seconds(31)).await.expect("run");
+                let runs = govern(db, None, t0 + Duration::seconds(31))
+                    .await
+                    .expect("run");
                 assert_eq!(runs[0].tripped.as_deref(), Some("emergency_stop"));
-                assert!(runs[0].alerts.contains(&"ResourceLimitViolation".to_owned()), "{runs:?}");
+                assert!(
+                    runs[0]
+                        .alerts
+                        .contains(&"ResourceLimitViolation".to_owned()),
+                    "{runs:?}"
+                );
                 let (stop, _) = workflow::emergency_stop_state(db).await.expect("stop");
                 assert!(stop.engaged);
                 let reason = stop.reason.expect("reason");
-                assert!(reason.contains("resource api") && reason.contains("250.0 calls/s"), "{reason}");
+                assert!(
+                    reason.contains("resource api") && reason.contains("250.0 calls/s"),
+                    "{reason}"
+                );
                 // Another violating window while engaged: not engaged again.
                 report(db, 2500, 300.0, 0, t0 + Duration::seconds(35)).await;
-                let runs = govern(db, None, t0 + Duration::seconds(41)).await.expect("run");
+                let runs = govern(db, None, t0 + Duration::seconds(41))
+                    .await
+                    .expect("run");
                 assert_eq!(runs[0].tripped, None);
-                let engaged = count(db, "SELECT COUNT(*) AS n FROM events WHERE kind = 'emergency_stop.engaged'").await;
+                let engaged = count(
+                    db,
+                    "SELECT COUNT(*) AS n FROM events WHERE kind = 'emergency_stop.engaged'",
+                )
+                .await;
                 assert_eq!(engaged, 1);
                 t.cleanup().await;
             }
@@ -684,12 +762,17 @@ mod tests {
         async fn fail_steps(db: &DatabaseConnection, n: usize, at: DateTime<Utc>) {
             // One mission each: a failed step fails its mission.
             for _ in 0..n {
-                workflow::submit_proposal(db, steps(1), at).await.expect("submit");
+                workflow::submit_proposal(db, steps(1), at)
+                    .await
+                    .expect("submit");
             }
             for i in 0..n {
                 let kinds = [StepKind::parse("kind", "summarize").expect("kind")];
                 let at = at + Duration::milliseconds(i as i64 * 10);
-                let step = match workflow::claim_step(db, "w", &kinds, Some(60), at).await.expect("claim") {
+                let step = match workflow::claim_step(db, "w", &kinds, Some(60), at)
+                    .await
+                    .expect("claim")
+                {
                     ClaimOutcome::Claimed(step) => step,
                     other => panic!("{other:?}"),
                 };
@@ -706,18 +789,34 @@ mod tests {
                 set(db, "resources", json!({"api": {"kinds": ["summarize"]}})).await;
                 let t0 = base();
                 fail_steps(db, 3, t0).await;
-                let runs = govern(db, None, t0 + Duration::seconds(1)).await.expect("run");
-                assert_eq!(runs[0].alerts, vec!["ResourceConsecutiveFailures".to_owned()]);
+                let runs = govern(db, None, t0 + Duration::seconds(1))
+                    .await
+                    .expect("run");
+                assert_eq!(
+                    runs[0].alerts,
+                    vec!["ResourceConsecutiveFailures".to_owned()]
+                );
                 assert_eq!(runs[0].tripped, None);
                 fail_steps(db, 2, t0 + Duration::seconds(2)).await;
-                let runs = govern(db, None, t0 + Duration::seconds(3)).await.expect("run");
+                let runs = govern(db, None, t0 + Duration::seconds(3))
+                    .await
+                    .expect("run");
                 assert_eq!(runs[0].tripped.as_deref(), Some("emergency_stop"));
                 let (stop, _) = workflow::emergency_stop_state(db).await.expect("stop");
                 let reason = stop.reason.expect("reason");
-                assert!(reason.contains("5 consecutive failed steps of summarize"), "{reason}");
-                let runs = govern(db, None, t0 + Duration::seconds(4)).await.expect("run");
+                assert!(
+                    reason.contains("5 consecutive failed steps of summarize"),
+                    "{reason}"
+                );
+                let runs = govern(db, None, t0 + Duration::seconds(4))
+                    .await
+                    .expect("run");
                 assert_eq!(runs[0].tripped, None);
-                let engaged = count(db, "SELECT COUNT(*) AS n FROM events WHERE kind = 'emergency_stop.engaged'").await;
+                let engaged = count(
+                    db,
+                    "SELECT COUNT(*) AS n FROM events WHERE kind = 'emergency_stop.engaged'",
+                )
+                .await;
                 assert_eq!(engaged, 1);
                 t.cleanup().await;
             }
@@ -735,17 +834,26 @@ mod tests {
             .await;
             let t0 = base();
             fail_steps(db, 5, t0).await;
-            let runs = govern(db, None, t0 + Duration::seconds(1)).await.expect("run");
+            let runs = govern(db, None, t0 + Duration::seconds(1))
+                .await
+                .expect("run");
             assert_eq!(runs[0].tripped.as_deref(), Some("pause_kinds"));
             let (stop, _) = workflow::emergency_stop_state(db).await.expect("stop");
             assert!(!stop.engaged);
             let pauses = workflow::paused_kinds(db).await.expect("pauses");
             assert_eq!(pauses.len(), 1);
-            assert_eq!((pauses[0].kind.as_str(), pauses[0].source.as_str()), ("summarize", "resource:api"));
+            assert_eq!(
+                (pauses[0].kind.as_str(), pauses[0].source.as_str()),
+                ("summarize", "resource:api")
+            );
             // Failures before the trip do not trip it again.
-            let runs = govern(db, None, t0 + Duration::seconds(2)).await.expect("run");
+            let runs = govern(db, None, t0 + Duration::seconds(2))
+                .await
+                .expect("run");
             assert_eq!(runs[0].tripped, None);
-            govern(db, None, t0 + Duration::seconds(62)).await.expect("run");
+            govern(db, None, t0 + Duration::seconds(62))
+                .await
+                .expect("run");
             assert!(workflow::paused_kinds(db).await.expect("pauses").is_empty());
             t.cleanup().await;
         }

@@ -15,13 +15,13 @@
 pub mod alerts;
 pub mod config;
 pub mod db;
+pub mod governance;
 pub mod guards;
 pub mod heartbeat;
 pub mod insight_rules;
 pub mod insights;
 pub mod matching;
 pub mod ops;
-pub mod governance;
 pub mod probe_config;
 pub mod probe_rollup;
 pub mod probe_rules;

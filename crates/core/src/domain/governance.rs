@@ -179,7 +179,10 @@ pub struct Resources(pub BTreeMap<String, ResourceLimits>);
 
 impl Resources {
     /// The resources `kind` uses, by name.
-    pub fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = (&'a str, &'a ResourceLimits)> {
+    pub fn of_kind<'a>(
+        &'a self,
+        kind: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a ResourceLimits)> {
         self.0
             .iter()
             .filter(move |(_, r)| r.kinds.iter().any(|k| k.as_str() == kind))
@@ -219,7 +222,10 @@ impl Resources {
             }
             let positive = |f: &str, v: f64, max: f64| {
                 if !v.is_finite() || v <= 0.0 || v > max {
-                    Err(ValidationError::new(at(f), format!("must be above 0 and at most {max}")))
+                    Err(ValidationError::new(
+                        at(f),
+                        format!("must be above 0 and at most {max}"),
+                    ))
                 } else {
                     Ok(())
                 }
@@ -250,25 +256,41 @@ impl Resources {
                     "must not be above latency_high_ms",
                 ));
             }
-            if !r.window_seconds.is_finite() || r.window_seconds < 1.0 || r.window_seconds > 86_400.0 {
+            if !r.window_seconds.is_finite()
+                || r.window_seconds < 1.0
+                || r.window_seconds > 86_400.0
+            {
                 return Err(ValidationError::new(
                     at("window_seconds"),
                     "must be between 1 and 86400 seconds",
                 ));
             }
-            for (f, v) in [("decrease_step", r.decrease_step), ("increase_step", r.increase_step)] {
+            for (f, v) in [
+                ("decrease_step", r.decrease_step),
+                ("increase_step", r.increase_step),
+            ] {
                 if !v.is_finite() || !(0.0..=1e6).contains(&v) {
                     return Err(ValidationError::new(at(f), "must be between 0 and 1000000"));
                 }
             }
             if !(0.0..=1.0).contains(&r.error_rate_alert) {
-                return Err(ValidationError::new(at("error_rate_alert"), "must be between 0 and 1"));
+                return Err(ValidationError::new(
+                    at("error_rate_alert"),
+                    "must be between 0 and 1",
+                ));
             }
             if r.throttle_burst < 1 {
-                return Err(ValidationError::new(at("throttle_burst"), "must be at least 1"));
+                return Err(ValidationError::new(
+                    at("throttle_burst"),
+                    "must be at least 1",
+                ));
             }
             if r.failures_trip < 1 || r.failures_alert < 1 {
-                let f = if r.failures_trip < 1 { "failures_trip" } else { "failures_alert" };
+                let f = if r.failures_trip < 1 {
+                    "failures_trip"
+                } else {
+                    "failures_alert"
+                };
                 return Err(ValidationError::new(at(f), "must be at least 1"));
             }
         }
@@ -364,7 +386,10 @@ pub fn validate_usage(field: &str, usage: &[ResourceUsage]) -> Result<(), Valida
         let at = |f: &str| format!("{field}[{i}].{f}");
         StepKind::parse(&at("resource"), &u.resource)?;
         if !seen.insert(u.resource.as_str()) {
-            return Err(ValidationError::new(at("resource"), "named twice in one report"));
+            return Err(ValidationError::new(
+                at("resource"),
+                "named twice in one report",
+            ));
         }
         for (f, v) in [
             ("calls", u.calls),
@@ -398,7 +423,10 @@ pub fn validate_usage(field: &str, usage: &[ResourceUsage]) -> Result<(), Valida
             ));
         }
         if !u.units.is_finite() || !(0.0..=1e12).contains(&u.units) {
-            return Err(ValidationError::new(at("units"), "must be between 0 and 1e12"));
+            return Err(ValidationError::new(
+                at("units"),
+                "must be between 0 and 1e12",
+            ));
         }
     }
     Ok(())
@@ -530,7 +558,11 @@ mod tests {
         let mut rate = 150.0;
         for (i, (latency, s429, want, reason)) in series.into_iter().enumerate() {
             let (next, why) = next_rate(&l, rate, &window(latency, s429));
-            assert_eq!((next, why), (want, reason), "window {i}: {latency} ms, {s429}×429");
+            assert_eq!(
+                (next, why),
+                (want, reason),
+                "window {i}: {latency} ms, {s429}×429"
+            );
             rate = next;
         }
         // No calls: no change.
@@ -546,11 +578,17 @@ mod tests {
 
     #[test]
     fn resources_parse_with_defaults() {
-        let r: Resources = serde_json::from_value(json!({"twitterapi": {"kinds": ["post_x"]}}))
-            .expect("parse");
+        let r: Resources =
+            serde_json::from_value(json!({"twitterapi": {"kinds": ["post_x"]}})).expect("parse");
         let t = &r.0["twitterapi"];
         assert_eq!(
-            (t.initial_rate, t.min_rate, t.max_rate, t.window_seconds, t.violation_rate),
+            (
+                t.initial_rate,
+                t.min_rate,
+                t.max_rate,
+                t.window_seconds,
+                t.violation_rate
+            ),
             (150.0, 100.0, 200.0, 10.0, 210.0)
         );
         assert_eq!(t.on_trip, TripAction::EmergencyStop);

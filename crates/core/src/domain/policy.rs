@@ -431,7 +431,11 @@ mod tests {
                 json!({"api": {"kinds": ["a"], "rate": 5}}),
                 Some("value_json"),
             ),
-            ("pricing", json!({"api": {"cost_per_call_usd": 0.00015}}), None),
+            (
+                "pricing",
+                json!({"api": {"cost_per_call_usd": 0.00015}}),
+                None,
+            ),
             (
                 "pricing",
                 json!({"api": {"cost_per_call_usd": -0.1}}),

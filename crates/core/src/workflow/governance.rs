@@ -49,7 +49,13 @@ pub struct ResourceRate {
 
 /// Tokens in a bucket at `now`: refilled at `rate` since `refilled_at`,
 /// capped at `burst_seconds` of the rate (at least one token).
-pub fn refill(rate: f64, tokens: f64, refilled_at: DateTime<Utc>, burst: f64, now: DateTime<Utc>) -> f64 {
+pub fn refill(
+    rate: f64,
+    tokens: f64,
+    refilled_at: DateTime<Utc>,
+    burst: f64,
+    now: DateTime<Utc>,
+) -> f64 {
     let elapsed = (now - refilled_at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
     (tokens + rate * elapsed).min((rate * burst).max(1.0))
 }
@@ -217,7 +223,11 @@ pub fn window_length(limits: &ResourceLimits) -> Duration {
 
 /// The cost of each usage entry: the worker's `reported` cost shared in
 /// proportion to calls when it reported one, else each resource's price.
-pub fn attribute_cost(usage: &[ResourceUsage], pricing: &Pricing, reported: Option<f64>) -> Vec<f64> {
+pub fn attribute_cost(
+    usage: &[ResourceUsage],
+    pricing: &Pricing,
+    reported: Option<f64>,
+) -> Vec<f64> {
     match reported {
         None => usage.iter().map(|u| pricing.cost_of_one(u)).collect(),
         Some(total) => {
@@ -249,7 +259,10 @@ pub async fn record_usage(
     let backend = db.get_database_backend();
     let now = db_now(now);
     for (i, u) in usage.iter().enumerate() {
-        let window = resources.0.get(&u.resource).map_or(10.0, |r| r.window_seconds);
+        let window = resources
+            .0
+            .get(&u.resource)
+            .map_or(10.0, |r| r.window_seconds);
         let start = window_start(now, window);
         let cost = costs.get(i).copied().unwrap_or(0.0);
         db.execute_raw(stmt(
@@ -370,13 +383,17 @@ mod tests {
     use super::*;
 
     fn at(s: i64) -> DateTime<Utc> {
-        Utc.timestamp_opt(1_800_000_000 + s, 0).single().expect("time")
+        Utc.timestamp_opt(1_800_000_000 + s, 0)
+            .single()
+            .expect("time")
     }
 
     #[test]
     fn refill_is_capped_by_the_burst() {
         assert_eq!(refill(50.0, 0.0, at(0), 1.0, at(0)), 0.0);
-        assert!((refill(50.0, 0.0, at(0), 1.0, at(0) + Duration::milliseconds(100)) - 5.0).abs() < 1e-9);
+        assert!(
+            (refill(50.0, 0.0, at(0), 1.0, at(0) + Duration::milliseconds(100)) - 5.0).abs() < 1e-9
+        );
         assert_eq!(refill(50.0, 0.0, at(0), 1.0, at(10)), 50.0);
         // A clock behind the last refill adds nothing.
         assert_eq!(refill(50.0, 3.0, at(5), 1.0, at(0)), 3.0);

@@ -122,7 +122,10 @@ async fn a_bucket_limits_its_kinds_and_says_when_to_ask_again() {
         assert_eq!(limit.retry_after, std::time::Duration::from_millis(500));
         // Other kinds are not held back by it.
         let other = claim("w", vec![kind("summarize"), kind("echo")], t0()).await;
-        assert!(matches!(&other, ClaimOutcome::Claimed(s) if s.kind == "echo"), "{other:?}");
+        assert!(
+            matches!(&other, ClaimOutcome::Claimed(s) if s.kind == "echo"),
+            "{other:?}"
+        );
         // Half a second later one token is back, and only one.
         let later = t0() + Duration::milliseconds(500);
         assert!(matches!(
@@ -145,9 +148,17 @@ async fn a_bucket_limits_its_kinds_and_says_when_to_ask_again() {
             claim("w", vec![kind("summarize")], idle).await,
             ClaimOutcome::RateLimited(_)
         ));
-        let batch = claim_steps_governed(db, &cache, "w", &[kind("summarize")], None, 4, idle + Duration::seconds(1))
-            .await
-            .expect("batch");
+        let batch = claim_steps_governed(
+            db,
+            &cache,
+            "w",
+            &[kind("summarize")],
+            None,
+            4,
+            idle + Duration::seconds(1),
+        )
+        .await
+        .expect("batch");
         assert_eq!(batch.steps.len(), 1, "one step left");
         assert!(batch.rate_limited.is_none());
         let rates = list_rates(db).await.expect("rates");
@@ -216,16 +227,32 @@ async fn usage_is_validated_recorded_per_window_and_priced() {
         let unchanged = get_mission(db, step.mission_id).await.expect("mission");
         assert!(unchanged.steps.iter().all(|s| s.status != "succeeded"));
         let refused = fail_step_with_usage(
-            db, step.id, "w", 1, "boom", true, None, &[usage("api", -3)], t0(),
+            db,
+            step.id,
+            "w",
+            1,
+            "boom",
+            true,
+            None,
+            &[usage("api", -3)],
+            t0(),
         )
         .await
         .expect_err("refused");
         assert!(matches!(refused, WorkflowError::Invalid(_)), "{refused:?}");
         // No cost reported: 4 calls at $0.25.
-        let (done, _) =
-            complete_step_with_usage(db, step.id, "w", 1, json!({}), None, &[usage("api", 4)], t0())
-                .await
-                .expect("complete");
+        let (done, _) = complete_step_with_usage(
+            db,
+            step.id,
+            "w",
+            1,
+            json!({}),
+            None,
+            &[usage("api", 4)],
+            t0(),
+        )
+        .await
+        .expect("complete");
         assert_eq!(done.cost_usd, Some(1.0));
         // A failure's usage adds to the same window; a reported cost wins.
         let second = match claim_step(db, "w", &[kind("summarize")], Some(60), t0())
@@ -236,15 +263,28 @@ async fn usage_is_validated_recorded_per_window_and_priced() {
             other => panic!("{other:?}"),
         };
         let (failed, requeued, _) = fail_step_with_usage(
-            db, second.id, "w", 1, "upstream 500", true, Some(0.1), &[usage("api", 2)], t0(),
+            db,
+            second.id,
+            "w",
+            1,
+            "upstream 500",
+            true,
+            Some(0.1),
+            &[usage("api", 2)],
+            t0(),
         )
         .await
         .expect("fail");
         assert!(requeued);
         assert_eq!(failed.cost_usd, Some(0.1));
-        let stats = window_stats(db, "api", t0() - Duration::seconds(10), t0() + Duration::seconds(10))
-            .await
-            .expect("stats");
+        let stats = window_stats(
+            db,
+            "api",
+            t0() - Duration::seconds(10),
+            t0() + Duration::seconds(10),
+        )
+        .await
+        .expect("stats");
         assert_eq!(stats.calls, 6);
         assert_eq!(stats.status_429, 2);
         assert_eq!(stats.latency_max_ms, 400.0);
@@ -254,13 +294,19 @@ async fn usage_is_validated_recorded_per_window_and_priced() {
             .expect("costs");
         assert_eq!(costs.len(), 1);
         let (resource, kind_name, calls, cost) = &costs[0];
-        assert_eq!((resource.as_str(), kind_name.as_str(), *calls), ("api", "summarize", 6));
+        assert_eq!(
+            (resource.as_str(), kind_name.as_str(), *calls),
+            ("api", "summarize", 6)
+        );
         assert!((cost - 1.1).abs() < 1e-9, "{cost}");
         // The controller's write and the trip mark.
         set_rate(db, "api", 3.0, t0(), t0()).await.expect("rate");
         set_tripped(db, "api", Some(t0())).await.expect("tripped");
         let rates = list_rates(db).await.expect("rates");
-        assert_eq!((rates[0].rate, rates[0].evaluated_until, rates[0].tripped_at), (3.0, Some(t0()), Some(t0())));
+        assert_eq!(
+            (rates[0].rate, rates[0].evaluated_until, rates[0].tripped_at),
+            (3.0, Some(t0()), Some(t0()))
+        );
     })
     .await;
 }

@@ -18,7 +18,6 @@ use super::events::{EventRecord, write_event};
 use super::governance::{
     RateLimit, attribute_cost, lock_rates, record_usage, refill, store_tokens,
 };
-use crate::domain::governance::{ResourceUsage, validate_usage};
 use super::proposals::{audit_file, audit_row};
 use super::sql::{Params, trace_context};
 use super::{
@@ -27,6 +26,7 @@ use super::{
 };
 use crate::audit::{AuditLog, AuditRecord};
 use crate::domain::backoff::{Backoff, random_jitter, retry_delay};
+use crate::domain::governance::{ResourceUsage, validate_usage};
 use crate::domain::input::StepKind;
 use crate::domain::policy::MAX_LEASE_SECONDS;
 use crate::domain::status::{MissionStatus, StepStatus, mission_outcome};
@@ -947,7 +947,15 @@ pub async fn fail_step(
     now: DateTime<Utc>,
 ) -> Result<(mission_steps::Model, bool, MissionStatus)> {
     fail_step_with_usage(
-        db, step_id, worker_id, attempt, error, retryable, cost_usd, &[], now,
+        db,
+        step_id,
+        worker_id,
+        attempt,
+        error,
+        retryable,
+        cost_usd,
+        &[],
+        now,
     )
     .await
 }

@@ -39,9 +39,9 @@ pub use events::{
 };
 pub use governance::{RateLimit, ResourceRate};
 pub use missions::{
-    ClaimBatch, ClaimOutcome, claim_steps_governed, MissionFilter, MissionView, RecoveryReport, cancel_mission, claim_statements,
-    claim_step, claim_step_cached, claim_steps_cached, complete_step, complete_step_with_usage,
-    fail_step, fail_step_with_usage, get_mission,
+    ClaimBatch, ClaimOutcome, MissionFilter, MissionView, RecoveryReport, cancel_mission,
+    claim_statements, claim_step, claim_step_cached, claim_steps_cached, claim_steps_governed,
+    complete_step, complete_step_with_usage, fail_step, fail_step_with_usage, get_mission,
     list_missions, recover_stale_steps, renew_lease,
 };
 pub use ops::{HealthFigures, SummaryFigures, SummaryPeriod, health, leases, summary};
