@@ -527,7 +527,7 @@ pub const METRIC_HELP: &[(&str, MetricKind, &str)] = {
             "Claim statements an api process ran (each ClaimStep attempt; a long poll runs one, then one per wake-up).",
         ),
         (
-            "opsloop_cost_usd_total",
+            "opsloop_resource_cost_usd",
             G,
             "US dollars of upstream calls workers reported (priced by the pricing policy when they report no cost), by step kind and resource; only grows.",
         ),

@@ -302,7 +302,7 @@ pub async fn record_usage(
         metrics::counter!("opsloop_resource_calls_total", "resource" => u.resource.clone())
             .increment(u64::try_from(u.calls).unwrap_or(0));
         // Dollars are fractional: a gauge that only ever grows.
-        metrics::gauge!("opsloop_cost_usd_total", "kind" => kind.to_owned(),
+        metrics::gauge!("opsloop_resource_cost_usd", "kind" => kind.to_owned(),
             "resource" => u.resource.clone())
         .increment(cost);
     }
