@@ -192,10 +192,13 @@ impl Resources {
     /// `(kind, resource)` pairs for the given kinds, in kind then resource
     /// order (the claim statement's `need` list).
     pub fn needs(&self, kinds: &[StepKind]) -> Vec<(String, String, f64)> {
-        let mut out = Vec::new();
+        let mut out: Vec<(String, String, f64)> = Vec::new();
         for kind in kinds {
             for (name, r) in self.of_kind(kind.as_str()) {
-                out.push((kind.as_str().to_owned(), name.to_owned(), r.burst_seconds));
+                // A kind asked twice needs its tokens once.
+                if !out.iter().any(|(k, n, _)| k == kind.as_str() && n == name) {
+                    out.push((kind.as_str().to_owned(), name.to_owned(), r.burst_seconds));
+                }
             }
         }
         out
@@ -593,7 +596,8 @@ mod tests {
         );
         assert_eq!(t.on_trip, TripAction::EmergencyStop);
         r.validate("value_json").expect("valid");
-        let needs = r.needs(&[StepKind::parse("k", "post_x").expect("kind")]);
+        let post_x = StepKind::parse("k", "post_x").expect("kind");
+        let needs = r.needs(&[post_x.clone(), post_x]);
         assert_eq!(needs, vec![("post_x".into(), "twitterapi".into(), 1.0)]);
         assert!(r.governed_kinds().contains("post_x"));
     }
