@@ -241,6 +241,7 @@ async fn work(url: String, stop: CancellationToken) -> u64 {
                     worker_id: "e2e-worker".into(),
                     attempt: step.attempt,
                     result_json: json!({"ok": true}).to_string(),
+                    usage: Vec::new(),
                     cost_usd: Some(0.0),
                 })
                 .await

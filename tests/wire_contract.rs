@@ -106,6 +106,7 @@ async fn the_loop_over_the_wire_contract_alone() {
                 worker_id: "wire-worker".into(),
                 attempt: step.attempt,
                 result_json: "{\"ok\":true}".into(),
+                usage: Vec::new(),
                 cost_usd: Some(0.25),
             })
             .await

@@ -218,6 +218,7 @@ async fn submit_to_claim(grpc: SocketAddr, samples: u64) -> anyhow::Result<Laten
                     attempt: step.attempt,
                     result_json: "{}".into(),
                     cost_usd: None,
+                    usage: Vec::new(),
                 })
                 .await
                 .map_err(|s| anyhow::anyhow!("complete: {s}"))?;

@@ -6,6 +6,7 @@
 
 mod daemon;
 mod env;
+mod governance;
 mod heartbeat;
 mod load;
 mod longpoll;
@@ -58,6 +59,8 @@ enum Scenario {
     WorkCycle(scenarios::WorkArgs),
     /// Long-poll claims (submit -> claim latency, idle claim statements) and batch vs single submit.
     LongPoll(longpoll::LongPollArgs),
+    /// Claims/s with a resource rate limit active (above saturation) vs none, and grants vs the configured rate under 64 workers.
+    RateLimit(governance::RateLimitArgs),
     /// Alerts posted at a fixed rate → a local Slack-shaped webhook; Alertmanager baseline.
     EventToPage(page::PageArgs),
     /// The alerter in an alert storm (issue 22): N active groups, idle, 100/s, 1,000/s; Alertmanager side by side.
@@ -146,6 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 ..Default::default()
             }),
             Scenario::LongPoll(longpoll::LongPollArgs::default()),
+            Scenario::RateLimit(governance::RateLimitArgs::default()),
             Scenario::EventToPage(page::PageArgs {
                 duration: sizes.page_seconds,
                 ..Default::default()
@@ -173,6 +177,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             Scenario::Submit(args) => ("submit", scenarios::submit(&env, args).await),
             Scenario::WorkCycle(args) => ("work-cycle", scenarios::work_cycle(&env, args).await),
             Scenario::LongPoll(args) => ("long-poll", longpoll::long_poll(&env, args).await),
+            Scenario::RateLimit(args) => ("rate-limit", governance::rate_limit(&env, args).await),
             Scenario::EventToPage(args) => ("event-to-page", page::event_to_page(&env, args).await),
             Scenario::Storm(args) => ("storm", storm::storm(&env, args).await),
             Scenario::HeartbeatScaling(args) => (

@@ -412,6 +412,7 @@ pub async fn work_cycle(env: &Env, args: WorkArgs) -> Outcome {
                                 attempt: step.attempt,
                                 result_json: r#"{"done":true}"#.into(),
                                 cost_usd: Some(0.01),
+                                usage: Vec::new(),
                             })
                             .await;
                         match done {

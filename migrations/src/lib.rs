@@ -28,6 +28,7 @@ mod m0010_probes;
 mod m0011_probe_daily;
 mod m0012_step_kind_pauses;
 mod m0013_dead_letter_retries;
+mod m0014_governance;
 mod m0015_rollouts;
 mod m0016_starter_trigger_rules;
 
@@ -57,6 +58,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0011_probe_daily::Migration),
             Box::new(m0012_step_kind_pauses::Migration),
             Box::new(m0013_dead_letter_retries::Migration),
+            Box::new(m0014_governance::Migration),
             Box::new(m0015_rollouts::Migration),
             Box::new(m0016_starter_trigger_rules::Migration),
         ]
@@ -112,6 +114,9 @@ pub const TABLES: &[&str] = &[
     // m0012_step_kind_pauses
     "step_kind_pauses",
     "probe_definitions",
+    // m0014_governance
+    "resource_rates",
+    "resource_usage",
     // m0015_rollouts
     "rollouts",
 ];

@@ -11,10 +11,18 @@ use crate::m0001_loop::{Policy, PolicyHistory};
 pub struct Migration;
 
 /// The actor recorded for seeded values.
-const SEED_ACTOR: &str = "migration";
+pub(crate) const SEED_ACTOR: &str = "migration";
 
-/// The policy keys and their initial values, in the order they are seeded.
+/// Every seeded policy key and its initial value: this migration's and the
+/// keys later migrations add (`m0014_governance`), in seeding order.
 pub fn seed_policies() -> Vec<(&'static str, Value)> {
+    let mut all = initial_policies();
+    all.extend(crate::m0014_governance::governance_policies());
+    all
+}
+
+/// The keys this migration seeds, in the order they are seeded.
+fn initial_policies() -> Vec<(&'static str, Value)> {
     vec![
         (
             "auto_approve",
@@ -76,7 +84,7 @@ pub fn seed_policies() -> Vec<(&'static str, Value)> {
     ]
 }
 
-fn query_error(error: sea_query::error::Error) -> DbErr {
+pub(crate) fn query_error(error: sea_query::error::Error) -> DbErr {
     DbErr::Custom(format!("building the policy seed: {error}"))
 }
 
@@ -88,7 +96,7 @@ impl MigrationTrait for Migration {
 
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let now = chrono::Utc::now();
-        let seeds = seed_policies();
+        let seeds = initial_policies();
 
         let mut policy = Query::insert();
         policy.into_table(Policy::Table).columns([
@@ -134,7 +142,7 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let keys: Vec<&str> = seed_policies().into_iter().map(|(key, _)| key).collect();
+        let keys: Vec<&str> = initial_policies().into_iter().map(|(key, _)| key).collect();
         manager
             .exec_stmt(
                 Query::delete()

@@ -583,6 +583,7 @@ async fn leases_expire_and_late_workers_are_fenced() {
             error: "x".into(),
             retryable: true,
             cost_usd: None,
+            usage: Vec::new(),
         })
         .await
         .expect_err("late fail");

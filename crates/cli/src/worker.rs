@@ -8,8 +8,10 @@ use std::future::Future;
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
+use opsloop_core::domain::governance::{ResourceUsage as Usage, validate_usage};
 use opsloop_core::proto::v1::{
-    ClaimStepRequest, CompleteStepRequest, FailStepRequest, MissionStatus, RenewLeaseRequest, Step,
+    ClaimStepRequest, CompleteStepRequest, FailStepRequest, MissionStatus, RenewLeaseRequest,
+    ResourceUsage, Step,
 };
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -257,6 +259,18 @@ impl<H: StepHandler> Worker<H> {
                     }
                     (self.on_event)(WorkerEvent::Step(Box::new(report)));
                 }
+                _ if response.rate_limited.is_some() && !self.config.once => {
+                    // A resource is at its limit: ask again when its token
+                    // is due (jittered, so a fleet does not ask in step).
+                    let retry = response
+                        .rate_limited
+                        .as_ref()
+                        .map_or(100, |r| u64::from(r.retry_after_ms));
+                    let wait = jittered(Duration::from_millis(retry.max(1)));
+                    idle = min_idle;
+                    sleep_or_stop(wait, &stop).await;
+                    continue;
+                }
                 _ => {
                     if response.emergency_stop && !said_stopped {
                         said_stopped = true;
@@ -286,6 +300,21 @@ impl<H: StepHandler> Worker<H> {
             }
         }
         Ok(stats)
+    }
+
+    /// The usage report in a step's JSON result (see [`usage_from_result`]);
+    /// a report the api would refuse is dropped with a notice, so the step
+    /// still completes.
+    fn usage_of(&self, result_json: &str) -> Vec<ResourceUsage> {
+        match usage_from_result(result_json) {
+            Ok(usage) => usage,
+            Err(reason) => {
+                (self.on_event)(WorkerEvent::Notice(format!(
+                    "the step's usage report was not sent: {reason}"
+                )));
+                Vec::new()
+            }
+        }
     }
 
     /// Runs one claimed step, renewing its lease, and reports its outcome.
@@ -359,6 +388,7 @@ impl<H: StepHandler> Worker<H> {
                         attempt: step.attempt,
                         result_json: result_json.clone(),
                         cost_usd: *cost_usd,
+                        usage: self.usage_of(result_json),
                     })
                     .await
                     .map(|r| {
@@ -373,6 +403,7 @@ impl<H: StepHandler> Worker<H> {
                         error: error.clone(),
                         retryable: *retryable,
                         cost_usd: None,
+                        usage: Vec::new(),
                     })
                     .await
                     .map(|r| {
@@ -691,6 +722,38 @@ pub fn outcome_from_exit(
     }
 }
 
+/// The per-resource usage a command reported in its JSON result: a
+/// top-level `usage` list of objects (`resource`, `calls`,
+/// `latency_p50_ms`, `latency_max_ms`, `status_2xx`, `status_4xx`,
+/// `status_429`, `status_5xx`, `units`). No `usage` key: an empty report.
+/// A report that is malformed, or that the api would refuse (negative or
+/// absurd numbers), is an error naming the field.
+pub fn usage_from_result(result_json: &str) -> Result<Vec<ResourceUsage>, String> {
+    let Ok(value) = serde_json::from_str::<Value>(result_json) else {
+        return Ok(Vec::new());
+    };
+    let Some(list) = value.get("usage") else {
+        return Ok(Vec::new());
+    };
+    let usage: Vec<Usage> =
+        serde_json::from_value(list.clone()).map_err(|e| format!("usage: {e}"))?;
+    validate_usage("usage", &usage).map_err(|e| format!("{}: {}", e.field, e.reason))?;
+    Ok(usage
+        .into_iter()
+        .map(|u| ResourceUsage {
+            resource: u.resource,
+            calls: u.calls,
+            latency_p50_ms: u.latency_p50_ms,
+            latency_max_ms: u.latency_max_ms,
+            status_2xx: u.status_2xx,
+            status_4xx: u.status_4xx,
+            status_429: u.status_429,
+            status_5xx: u.status_5xx,
+            units: u.units,
+        })
+        .collect())
+}
+
 /// The last `max` characters of `text`, with `…` in front when cut.
 fn tail(text: &str, max: usize) -> String {
     let count = text.chars().count();
@@ -711,6 +774,26 @@ mod tests {
             result_json: json.into(),
             cost_usd: cost,
         }
+    }
+
+    #[test]
+    fn usage_is_read_from_the_result() {
+        assert_eq!(usage_from_result("{}"), Ok(vec![]));
+        assert_eq!(usage_from_result("not json"), Ok(vec![]));
+        let usage = usage_from_result(
+            r#"{"usage": [{"resource": "twitterapi", "calls": 3, "latency_p50_ms": 120,
+                "latency_max_ms": 300, "status_2xx": 2, "status_429": 1}]}"#,
+        )
+        .expect("valid");
+        assert_eq!(usage.len(), 1);
+        assert_eq!((usage[0].calls, usage[0].status_429), (3, 1));
+        assert_eq!(usage[0].latency_p50_ms, 120.0);
+        let bad = usage_from_result(r#"{"usage": [{"resource": "x", "calls": -1}]}"#);
+        assert_eq!(
+            bad,
+            Err("usage[0].calls: must be between 0 and 1000000 for one step".into())
+        );
+        assert!(usage_from_result(r#"{"usage": {"calls": 1}}"#).is_err());
     }
 
     #[test]

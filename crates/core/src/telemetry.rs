@@ -527,6 +527,26 @@ pub const METRIC_HELP: &[(&str, MetricKind, &str)] = {
             "Claim statements an api process ran (each ClaimStep attempt; a long poll runs one, then one per wake-up).",
         ),
         (
+            "opsloop_resource_cost_usd",
+            G,
+            "US dollars of upstream calls workers reported (priced by the pricing policy when they report no cost), by step kind and resource; only grows.",
+        ),
+        (
+            "opsloop_resource_calls_total",
+            C,
+            "Upstream calls workers reported, by resource.",
+        ),
+        (
+            "opsloop_step_claims_rate_limited_total",
+            C,
+            "Claims that handed out nothing because a resource the step calls had no token, by resource.",
+        ),
+        (
+            "opsloop_resource_rate",
+            G,
+            "Current calls per second of each upstream resource's token bucket, as the heartbeat's AIMD controller set it.",
+        ),
+        (
             "opsloop_policy_cache_reloads_total",
             C,
             "Times an api process re-read the policy table (first use, or a write found its snapshot stale).",

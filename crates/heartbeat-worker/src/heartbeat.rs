@@ -55,6 +55,7 @@ pub enum Phase {
     Insights,
     Recovery,
     OpsHealth,
+    Governance,
     Budget,
     /// The active staged rollout: its go/no-go report, rollback on a
     /// failed criterion, automatic advance when configured.
@@ -64,12 +65,13 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 9] = [
+    pub const ALL: [Phase; 10] = [
         Phase::Triggers,
         Phase::Reactions,
         Phase::Insights,
         Phase::Recovery,
         Phase::OpsHealth,
+        Phase::Governance,
         Phase::Budget,
         Phase::Rollout,
         Phase::DailySummary,
@@ -83,6 +85,7 @@ impl Phase {
             Self::Insights => "insights",
             Self::Recovery => "recovery",
             Self::OpsHealth => "ops_health",
+            Self::Governance => "governance",
             Self::Budget => "budget",
             Self::Rollout => "rollout",
             Self::DailySummary => "daily_summary",
@@ -433,6 +436,7 @@ impl Heartbeat {
             Phase::Insights => crate::insights::run(self, now).await,
             Phase::Recovery => crate::ops::recover(self, now).await,
             Phase::OpsHealth => crate::ops::ops_health(self, now).await,
+            Phase::Governance => crate::governance::run(self, now).await,
             Phase::Budget => crate::ops::budget(self, now).await,
             Phase::Rollout => crate::rollout::run(self, now).await,
             Phase::DailySummary => crate::ops::daily_summary(self, now).await,

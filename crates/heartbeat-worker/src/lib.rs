@@ -15,6 +15,7 @@
 pub mod alerts;
 pub mod config;
 pub mod db;
+pub mod governance;
 pub mod guards;
 pub mod heartbeat;
 pub mod insight_rules;
@@ -151,6 +152,11 @@ impl HeartbeatApp {
             });
         }
         tasks.spawn(probe_rollup::run_loop(
+            self.heartbeat.clone(),
+            self.infra.shutdown.clone(),
+        ));
+        // The rate controller judges every window, not only on ticks.
+        tasks.spawn(governance::run_loop(
             self.heartbeat.clone(),
             self.infra.shutdown.clone(),
         ));

@@ -358,6 +358,15 @@ pub async fn daily_summary(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, 
         &hb.settings().console_url,
         now,
     );
+    // Cost per upstream resource and kind over the same 24 h.
+    let per_resource: Vec<Value> =
+        workflow::governance::cost_by_resource(db, now - Duration::hours(24), now)
+            .await?
+            .into_iter()
+            .map(|(resource, kind, calls, cost)| {
+                json!({"resource": resource, "kind": kind, "calls": calls, "cost_usd": cost})
+            })
+            .collect();
     let count = |map: &std::collections::BTreeMap<String, i64>, key: &str| {
         map.get(key).copied().unwrap_or(0)
     };
@@ -383,6 +392,7 @@ pub async fn daily_summary(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, 
             .format("%Y-%m-%dT%H:%MZ"),
     )
     .annotation("figures", figures_json.to_string())
+    .annotation("cost_by_resource", Value::Array(per_resource).to_string())
     .annotation("command", "opsloop summary --period daily");
     let tx = begin_write(db).await?;
     let sent = db::advance_mark(&tx, DAILY_SUMMARY_MARK, occurrence, now).await?;

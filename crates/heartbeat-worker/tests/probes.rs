@@ -871,6 +871,7 @@ async fn claim_kind(db: &DatabaseConnection, kinds: &[&str], at: DateTime<Utc>) 
         ClaimOutcome::Claimed(step) => step.kind,
         ClaimOutcome::Nothing => "nothing".into(),
         ClaimOutcome::EmergencyStop => "emergency_stop".into(),
+        ClaimOutcome::RateLimited(limit) => format!("rate_limited:{}", limit.resource),
     }
 }
 

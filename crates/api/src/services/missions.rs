@@ -1,6 +1,7 @@
 //! `MissionService`: reads, cancel, and the worker protocol (claim, renew,
 //! complete, fail).
 
+use opsloop_core::domain::governance::{ResourceUsage, validate_usage};
 use opsloop_core::domain::input::{JsonDocument, Limits, StepKind, check_cost};
 use opsloop_core::domain::status::MissionStatus;
 use opsloop_core::proto::v1 as pb;
@@ -34,6 +35,40 @@ fn cost(value: Option<f64>) -> Result<Option<f64>, Status> {
         .map(|c| check_cost("cost_usd", c))
         .transpose()
         .map_err(invalid)
+}
+
+fn rate_limited(limit: &workflow::RateLimit) -> pb::RateLimited {
+    pb::RateLimited {
+        resource: limit.resource.clone(),
+        retry_after_ms: u32::try_from(limit.retry_after.as_millis())
+            .unwrap_or(u32::MAX)
+            .max(1),
+        reason: format!(
+            "resource {} is at its rate limit; claim again later",
+            limit.resource
+        ),
+    }
+}
+
+/// The usage report of a `CompleteStep`/`FailStep`, validated (negative or
+/// absurd values name the entry and field).
+fn usage(report: &[pb::ResourceUsage]) -> Result<Vec<ResourceUsage>, Status> {
+    let usage: Vec<ResourceUsage> = report
+        .iter()
+        .map(|u| ResourceUsage {
+            resource: u.resource.clone(),
+            calls: u.calls,
+            latency_p50_ms: u.latency_p50_ms,
+            latency_max_ms: u.latency_max_ms,
+            status_2xx: u.status_2xx,
+            status_4xx: u.status_4xx,
+            status_429: u.status_429,
+            status_5xx: u.status_5xx,
+            units: u.units,
+        })
+        .collect();
+    validate_usage("usage", &usage).map_err(invalid)?;
+    Ok(usage)
 }
 
 fn to_pb_status(status: MissionStatus) -> i32 {
@@ -203,7 +238,7 @@ impl MissionService for Api {
                 // Taken before the claim, so news that arrives between the
                 // claim and the wait is not missed.
                 let stamp = self.steps.stamp(&names);
-                let (steps, stop) = workflow::claim_steps_cached(
+                let batch = workflow::claim_steps_governed(
                     &self.db,
                     &self.policy,
                     &worker,
@@ -213,13 +248,17 @@ impl MissionService for Api {
                     self.now(),
                 )
                 .await?;
-                if !steps.is_empty() || stop || wait == 0 {
-                    let steps: Vec<pb::Step> = steps.iter().map(convert::step).collect();
+                let stop = batch.emergency_stop;
+                // A rate limit answers at once (with when to ask again):
+                // waiting for news would not make a token come sooner.
+                if !batch.steps.is_empty() || stop || batch.rate_limited.is_some() || wait == 0 {
+                    let steps: Vec<pb::Step> = batch.steps.iter().map(convert::step).collect();
                     return Ok(pb::ClaimStepResponse {
                         found: !steps.is_empty(),
                         step: steps.first().cloned(),
                         emergency_stop: stop && steps.is_empty(),
                         steps,
+                        rate_limited: batch.rate_limited.as_ref().map(rate_limited),
                     });
                 }
                 match self.steps.wait(&names, stamp, deadline).await {
@@ -274,13 +313,15 @@ impl MissionService for Api {
                 .map_err(invalid)?
                 .into_value();
             let cost = cost(req.cost_usd)?;
-            let (step, status) = workflow::complete_step(
+            let usage = usage(&req.usage)?;
+            let (step, status) = workflow::complete_step_with_usage(
                 &self.db,
                 step_id,
                 &worker,
                 req.attempt,
                 result,
                 cost,
+                &usage,
                 self.now(),
             )
             .await?;
@@ -306,7 +347,8 @@ impl MissionService for Api {
             let worker = worker(&req.worker_id)?;
             let error = required("error", &req.error, self.limits.max_text_chars)?;
             let cost = cost(req.cost_usd)?;
-            let (step, requeued, status) = workflow::fail_step(
+            let usage = usage(&req.usage)?;
+            let (step, requeued, status) = workflow::fail_step_with_usage(
                 &self.db,
                 step_id,
                 &worker,
@@ -314,6 +356,7 @@ impl MissionService for Api {
                 &error,
                 req.retryable,
                 cost,
+                &usage,
                 self.now(),
             )
             .await?;

@@ -6,6 +6,7 @@
 
 pub mod backoff;
 pub mod gate;
+pub mod governance;
 pub mod input;
 pub mod policy;
 pub mod rollout;

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use super::governance::{Pricing, Resources};
 use super::input::{StepKind, ValidationError};
 
 /// A policy key the api knows. Toggles are any key ending in `_autopost`
@@ -22,6 +23,8 @@ pub enum PolicyKey {
     CostBudget,
     InsightPromotion,
     EmergencyStop,
+    Resources,
+    Pricing,
     Toggle(String),
 }
 
@@ -36,6 +39,8 @@ impl PolicyKey {
             "cost_budget" => Self::CostBudget,
             "insight_promotion" => Self::InsightPromotion,
             "emergency_stop" => Self::EmergencyStop,
+            "resources" => Self::Resources,
+            "pricing" => Self::Pricing,
             toggle if is_toggle_key(toggle) => Self::Toggle(toggle.to_owned()),
             other => {
                 return Err(ValidationError::new(
@@ -56,6 +61,8 @@ impl PolicyKey {
             Self::CostBudget => "cost_budget",
             Self::InsightPromotion => "insight_promotion",
             Self::EmergencyStop => "emergency_stop",
+            Self::Resources => "resources",
+            Self::Pricing => "pricing",
             Self::Toggle(key) => key,
         }
     }
@@ -71,6 +78,10 @@ impl PolicyKey {
             Self::CostBudget => "daily and monthly budgets, warnings and the hard stop",
             Self::InsightPromotion => "when cited events become a stored insight",
             Self::EmergencyStop => "while engaged, nothing is approved or handed to workers",
+            Self::Resources => {
+                "upstream resources: rate limits, AIMD controller, guards and the kinds using each"
+            }
+            Self::Pricing => "cost per upstream call (and unit) of each resource",
             Self::Toggle(_) => "staged-rollout toggle of a step kind",
         }
     }
@@ -222,6 +233,8 @@ pub enum PolicyValue {
     CostBudget(CostBudget),
     InsightPromotion(InsightPromotion),
     EmergencyStop(EmergencyStop),
+    Resources(Resources),
+    Pricing(Pricing),
     Toggle(Toggle),
 }
 
@@ -317,6 +330,16 @@ impl PolicyValue {
                 Self::InsightPromotion(p)
             }
             PolicyKey::EmergencyStop => Self::EmergencyStop(typed(value)?),
+            PolicyKey::Resources => {
+                let r: Resources = typed(value)?;
+                r.validate(FIELD)?;
+                Self::Resources(r)
+            }
+            PolicyKey::Pricing => {
+                let p: Pricing = typed(value)?;
+                p.validate(FIELD)?;
+                Self::Pricing(p)
+            }
             PolicyKey::Toggle(_) => Self::Toggle(typed(value)?),
         })
     }
@@ -386,6 +409,37 @@ mod tests {
                 "emergency_stop",
                 json!({"engaged": true, "reason": "x", "actor": "a", "engaged_at": null}),
                 None,
+            ),
+            ("resources", json!({"api": {"kinds": ["post_x"]}}), None),
+            (
+                "resources",
+                json!({"api": {"kinds": []}}),
+                Some("value_json.api.kinds"),
+            ),
+            (
+                "resources",
+                json!({"api": {"kinds": ["a"], "min_rate": 5, "max_rate": 1, "initial_rate": 1}}),
+                Some("value_json.api.min_rate"),
+            ),
+            (
+                "resources",
+                json!({"api": {"kinds": ["a"], "window_seconds": 0}}),
+                Some("value_json.api.window_seconds"),
+            ),
+            (
+                "resources",
+                json!({"api": {"kinds": ["a"], "rate": 5}}),
+                Some("value_json"),
+            ),
+            (
+                "pricing",
+                json!({"api": {"cost_per_call_usd": 0.00015}}),
+                None,
+            ),
+            (
+                "pricing",
+                json!({"api": {"cost_per_call_usd": -0.1}}),
+                Some("value_json.api.cost_per_call_usd"),
             ),
         ];
         for (key, value, failing_field) in table {

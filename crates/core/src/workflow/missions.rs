@@ -4,6 +4,8 @@
 //! cancellation, and the one finalizer that ends a mission and emits its
 //! event exactly once.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::{
     ActiveModelTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
@@ -13,6 +15,9 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::events::{EventRecord, write_event};
+use super::governance::{
+    RateLimit, attribute_cost, lock_rates, record_usage, refill, store_tokens,
+};
 use super::proposals::{audit_file, audit_row};
 use super::sql::{Params, trace_context};
 use super::{
@@ -21,6 +26,7 @@ use super::{
 };
 use crate::audit::{AuditLog, AuditRecord};
 use crate::domain::backoff::{Backoff, random_jitter, retry_delay};
+use crate::domain::governance::{ResourceUsage, validate_usage};
 use crate::domain::input::StepKind;
 use crate::domain::policy::MAX_LEASE_SECONDS;
 use crate::domain::status::{MissionStatus, StepStatus, mission_outcome};
@@ -44,6 +50,19 @@ pub enum ClaimOutcome {
     Nothing,
     /// The emergency stop is engaged: nothing is handed out.
     EmergencyStop,
+    /// A claimable step calls a resource whose bucket is empty: nothing is
+    /// handed out; ask again after `retry_after`.
+    RateLimited(RateLimit),
+}
+
+/// What one `ClaimStep` handed out (see [`claim_steps_governed`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClaimBatch {
+    pub steps: Vec<mission_steps::Model>,
+    /// Nothing was handed out because the emergency stop is engaged.
+    pub emergency_stop: bool,
+    /// The batch stopped because a resource had no token.
+    pub rate_limited: Option<RateLimit>,
 }
 
 fn parse_step_status(step: &mission_steps::Model) -> Result<StepStatus> {
@@ -86,21 +105,44 @@ pub async fn claim_steps_cached(
     max_steps: usize,
     now: DateTime<Utc>,
 ) -> Result<(Vec<mission_steps::Model>, bool)> {
-    let mut steps = Vec::new();
-    while steps.len() < max_steps.max(1) {
+    let batch =
+        claim_steps_governed(db, cache, worker_id, kinds, lease_seconds, max_steps, now).await?;
+    Ok((batch.steps, batch.emergency_stop))
+}
+
+/// [`claim_steps_cached`], also saying when a resource's rate limit cut
+/// the batch short (the api tells the worker when to ask again).
+pub async fn claim_steps_governed(
+    db: &DatabaseConnection,
+    cache: &PolicyCache,
+    worker_id: &str,
+    kinds: &[StepKind],
+    lease_seconds: Option<u32>,
+    max_steps: usize,
+    now: DateTime<Utc>,
+) -> Result<ClaimBatch> {
+    let mut batch = ClaimBatch::default();
+    while batch.steps.len() < max_steps.max(1) {
         match claim_step_cached(db, cache, worker_id, kinds, lease_seconds, now).await {
-            Ok(ClaimOutcome::Claimed(step)) => steps.push(*step),
+            Ok(ClaimOutcome::Claimed(step)) => batch.steps.push(*step),
             Ok(ClaimOutcome::Nothing) => break,
-            Ok(ClaimOutcome::EmergencyStop) => return Ok((steps, true)),
+            Ok(ClaimOutcome::EmergencyStop) => {
+                batch.emergency_stop = true;
+                break;
+            }
+            Ok(ClaimOutcome::RateLimited(limit)) => {
+                batch.rate_limited = Some(limit);
+                break;
+            }
             // Steps already leased are handed out; the error shows next time.
-            Err(error) if !steps.is_empty() => {
-                tracing::warn!(%error, claimed = steps.len(), "batch claim cut short");
+            Err(error) if !batch.steps.is_empty() => {
+                tracing::warn!(%error, claimed = batch.steps.len(), "batch claim cut short");
                 break;
             }
             Err(error) => return Err(error),
         }
     }
-    Ok((steps, false))
+    Ok(batch)
 }
 
 /// Hands `worker_id` the oldest claimable step of one of `kinds`: queued, of
@@ -141,6 +183,11 @@ pub async fn claim_step_cached(
     // the claim has looked (tests wait on it).
     let outcome = claim_cached(db, cache, worker_id, kinds, lease_seconds, now).await;
     count_claim_statement();
+    if let Ok(ClaimOutcome::RateLimited(limit)) = &outcome {
+        metrics::counter!("opsloop_step_claims_rate_limited_total",
+            "resource" => limit.resource.clone())
+        .increment(1);
+    }
     outcome
 }
 
@@ -169,11 +216,16 @@ async fn claim_cached(
             }
         }
         let lease = lease_length(lease_seconds, policy.worker.lease_seconds);
+        let needs = policy.resources.needs(kinds);
+        if !needs.is_empty() {
+            cache.ensure_rates(db, &policy, now).await?;
+        }
         let claimed = claim_statement(
             db,
             policy.fingerprint,
             worker_id,
             kinds,
+            &needs,
             now,
             now + lease,
             cache.outages().credit(now),
@@ -191,6 +243,10 @@ async fn claim_cached(
             }
             Ok(Some(outcome)) => {
                 cache.outages().succeeded(now);
+                if matches!(&outcome, ClaimOutcome::RateLimited(l) if l.retry_after == MISSING_BUCKET_WAIT)
+                {
+                    cache.rates_missing();
+                }
                 return Ok(outcome);
             }
         }
@@ -214,6 +270,119 @@ fn not_paused_pg(kinds: &str) -> String {
     )
 }
 
+/// A claim that found a bucket missing says so with this wait (and the
+/// process creates the buckets again before its next claim).
+const MISSING_BUCKET_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The rate-governance parts of the claim statement; empty strings when
+/// none of the asked kinds calls a resource (the statement is then the
+/// plain claim, at no cost).
+#[derive(Debug, Default)]
+struct GovernanceSql {
+    /// `need` (kind, resource, burst) from the cached policy, `av` the
+    /// buckets' tokens at `now`, `bk` the kinds with an empty bucket.
+    ctes: String,
+    /// The pick's filter: no kind with an empty bucket.
+    not_limited: String,
+    /// `tk`: takes one token from every bucket of the picked step's kind,
+    /// each re-checked on the row's latest version (concurrent claims on
+    /// other replicas wait on the bucket row, never overdraw it).
+    take: String,
+    /// The lease only when every bucket gave a token.
+    granted: String,
+    /// Columns saying which bucket was empty and when a token is due.
+    report: String,
+}
+
+/// Tokens of bucket `r` at `now_p`, burst from `n.burst`.
+fn fill_sql(now_p: &str) -> String {
+    format!(
+        "LEAST(GREATEST(1.0, r.rate * n.burst), r.tokens + r.rate * \
+         GREATEST(0.0, CAST(EXTRACT(EPOCH FROM ({now_p} - r.refilled_at)) AS float8)))"
+    )
+}
+
+fn governance_sql(p: &mut Params, needs: &[(String, String, f64)], now_p: &str) -> GovernanceSql {
+    if needs.is_empty() {
+        return GovernanceSql::default();
+    }
+    let rows: Vec<String> = needs
+        .iter()
+        .map(|(kind, resource, burst)| {
+            format!(
+                "(CAST({} AS text), CAST({} AS text), CAST({} AS float8))",
+                p.push(kind.clone()),
+                p.push(resource.clone()),
+                p.push(*burst)
+            )
+        })
+        .collect();
+    let fill = fill_sql(now_p);
+    GovernanceSql {
+        ctes: format!(
+            "need(kind, resource, burst) AS (VALUES {rows}), \
+             av AS (SELECT r.resource, r.rate, {fill} AS tokens FROM resource_rates r \
+                    JOIN (SELECT resource, MAX(burst) AS burst FROM need GROUP BY resource) n \
+                    ON n.resource = r.resource), \
+             bk AS (SELECT DISTINCT n.kind FROM need n LEFT JOIN av ON av.resource = n.resource \
+                    WHERE av.tokens IS NULL OR av.tokens < 1.0), ",
+            rows = rows.join(", ")
+        ),
+        not_limited: " AND s.kind <> ALL (ARRAY(SELECT kind FROM bk))".into(),
+        take: format!(
+            "tk AS (UPDATE resource_rates r SET tokens = {fill} - 1.0, \
+                    refilled_at = GREATEST(r.refilled_at, {now_p}), updated_at = {now_p} \
+                    FROM need n, c WHERE n.kind = c.kind AND n.resource = r.resource \
+                    AND {fill} >= 1.0 RETURNING r.resource), "
+        ),
+        granted: " AND (SELECT count(*) FROM tk) = (SELECT count(*) FROM need n WHERE n.kind = c.kind)"
+            .into(),
+        report: ", (SELECT count(*) FROM c) AS picked, \
+                 (SELECT n.resource FROM need n WHERE NOT EXISTS \
+                    (SELECT 1 FROM av WHERE av.resource = n.resource) ORDER BY n.resource LIMIT 1) AS missing, \
+                 (SELECT av.resource FROM av WHERE av.tokens < 1.0 ORDER BY av.resource LIMIT 1) AS limited, \
+                 (SELECT MAX((1.0 - av.tokens) / GREATEST(av.rate, 0.001)) FROM av WHERE av.tokens < 1.0) AS wait_s, \
+                 (SELECT MIN(n.resource) FROM need n JOIN c ON c.kind = n.kind) AS raced, \
+                 (SELECT 1.0 / GREATEST(MIN(av.rate), 0.001) FROM av) AS token_s"
+            .into(),
+    }
+}
+
+/// What a governed claim that handed out nothing says: a bucket missing,
+/// empty, or emptied by a concurrent claim between the pick and the take;
+/// else plain nothing.
+fn rate_limit_of(row: &sea_orm::QueryResult) -> Result<ClaimOutcome> {
+    let missing: Option<String> = row.try_get("", "missing")?;
+    if let Some(resource) = missing {
+        return Ok(ClaimOutcome::RateLimited(RateLimit {
+            resource,
+            retry_after: MISSING_BUCKET_WAIT,
+        }));
+    }
+    let picked: i64 = row.try_get("", "picked")?;
+    let raced: Option<String> = row.try_get("", "raced")?;
+    if picked > 0
+        && let Some(resource) = raced
+    {
+        let token_s: Option<f64> = row.try_get("", "token_s")?;
+        return Ok(ClaimOutcome::RateLimited(RateLimit::after_seconds(
+            resource,
+            token_s.unwrap_or(0.01),
+        )));
+    }
+    let limited: Option<String> = row.try_get("", "limited")?;
+    match limited {
+        Some(resource) => {
+            let wait: Option<f64> = row.try_get("", "wait_s")?;
+            Ok(ClaimOutcome::RateLimited(RateLimit::after_seconds(
+                resource,
+                wait.unwrap_or(0.01),
+            )))
+        }
+        None => Ok(ClaimOutcome::Nothing),
+    }
+}
+
 /// The same on SQLite (an uncorrelated `NOT IN`, evaluated once).
 const NOT_PAUSED_SQLITE: &str = "s.kind NOT IN (SELECT kind FROM step_kind_pauses)";
 
@@ -230,11 +399,13 @@ const NOT_PAUSED_SQLITE: &str = "s.kind NOT IN (SELECT kind FROM step_kind_pause
 /// expired only once the outage's length has passed after its expiry; so
 /// does a step the heartbeat requeued for an expired lease (it keeps its
 /// last holder and expiry, and that holder may still report it).
+#[allow(clippy::too_many_arguments)]
 async fn claim_statement(
     db: &DatabaseConnection,
     fingerprint: i64,
     worker_id: &str,
     kinds: &[StepKind],
+    needs: &[(String, String, f64)],
     now: DateTime<Utc>,
     expires: DateTime<Utc>,
     credit: Option<OutageCredit>,
@@ -275,27 +446,28 @@ async fn claim_statement(
     let headers_p = p.push(json!(headers));
     let trace_p = p.push(trace_id);
     let now_text = p.push(json!(now));
+    let gov = governance_sql(&mut p, needs, &now_p);
     let sql = format!(
-        "WITH v AS (SELECT ({FINGERPRINT_SQL}) AS fp), \
-         x AS (SELECT s.id FROM mission_steps s JOIN missions m ON m.id = s.mission_id \
+        "WITH v AS (SELECT ({FINGERPRINT_SQL}) AS fp), {ctes}\
+         x AS (SELECT s.id, s.kind FROM mission_steps s JOIN missions m ON m.id = s.mission_id \
                WHERE (SELECT fp FROM v) = {fp} AND s.status = 'running' AND s.kind IN ({kinds}) \
                AND m.status = 'running' AND s.attempt < s.max_attempts AND {expired} \
-               AND {not_paused} \
+               AND {not_paused}{not_limited} \
                ORDER BY s.lease_expires_at LIMIT 1 FOR UPDATE OF s SKIP LOCKED), \
-         q AS (SELECT s.id FROM mission_steps s JOIN missions m ON m.id = s.mission_id \
+         q AS (SELECT s.id, s.kind FROM mission_steps s JOIN missions m ON m.id = s.mission_id \
                WHERE NOT EXISTS (SELECT 1 FROM x) \
                AND (SELECT fp FROM v) = {fp} AND s.status = 'queued' AND s.kind IN ({kinds}) \
-               AND m.status = 'running' AND {not_paused} \
+               AND m.status = 'running' AND {not_paused}{not_limited} \
                AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= {now_p}) \
                AND (s.lease_holder IS NULL OR s.lease_expires_at IS NULL OR {requeued_free}) \
                AND (m.parallel OR NOT EXISTS (SELECT 1 FROM mission_steps p \
                     WHERE p.mission_id = s.mission_id AND p.seq < s.seq AND p.status <> 'succeeded')) \
                ORDER BY s.created_at, s.mission_id, s.seq LIMIT 1 FOR UPDATE OF s SKIP LOCKED), \
-         c AS (SELECT id FROM x UNION ALL SELECT id FROM q), \
+         c AS (SELECT id, kind FROM x UNION ALL SELECT id, kind FROM q), {take}\
          u AS (UPDATE mission_steps t SET status = 'running', attempt = t.attempt + 1, \
                lease_holder = {worker_p}, lease_expires_at = {expires_p}, started_at = {now_p}, \
                updated_at = {now_p}, next_attempt_at = NULL \
-               FROM c WHERE t.id = c.id RETURNING t.*), \
+               FROM c WHERE t.id = c.id{granted} RETURNING t.*), \
          e AS (INSERT INTO events (id, kind, source, mission_id, step_id, payload, tags, trace_id, created_at) \
                SELECT {event_p}, 'step.started', 'api', u.mission_id, u.id, \
                jsonb_build_object('kind', u.kind, 'seq', u.seq, 'attempt', u.attempt, \
@@ -308,9 +480,14 @@ async fn claim_statement(
                  'mission_id', e.mission_id, 'step_id', e.step_id, 'trace_id', {trace_p}, \
                  'created_at', {now_text}), \
                {headers_p}, {now_p} FROM e) \
-         SELECT (SELECT fp FROM v) AS fp, u.* FROM (SELECT 1) AS one LEFT JOIN u ON true",
+         SELECT (SELECT fp FROM v) AS fp{report}, u.* FROM (SELECT 1) AS one LEFT JOIN u ON true",
         kinds = kinds_p.join(", "),
         not_paused = not_paused_pg(&kinds_p.join(", ")),
+        ctes = gov.ctes,
+        not_limited = gov.not_limited,
+        take = gov.take,
+        granted = gov.granted,
+        report = gov.report,
     );
     let row = db
         .query_one_raw(stmt(DbBackend::Postgres, &sql, p.values))
@@ -322,7 +499,10 @@ async fn claim_statement(
     }
     let claimed: Option<Uuid> = row.try_get("", "id")?;
     if claimed.is_none() {
-        return Ok(Some(ClaimOutcome::Nothing));
+        if needs.is_empty() {
+            return Ok(Some(ClaimOutcome::Nothing));
+        }
+        return Ok(Some(rate_limit_of(&row)?));
     }
     let step = mission_steps::Model::from_query_result(&row, "")?;
     metrics::counter!("opsloop_events_total", "kind" => "step.started").increment(1);
@@ -352,11 +532,48 @@ async fn claim_step_tx(
     let lease = lease_length(lease_seconds, policy.worker.lease_seconds);
     let tx = begin_write(db).await?;
     let backend = tx.get_database_backend();
+    // Rate governance: the buckets of the asked kinds' resources, locked
+    // (PostgreSQL) or under the immediate transaction (SQLite), refilled.
+    let needs = policy.resources.needs(kinds);
+    let mut buckets: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    if !needs.is_empty() {
+        let mut names: Vec<&str> = needs.iter().map(|(_, r, _)| r.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut rows = lock_rates(&tx, &names).await?;
+        if rows.len() < names.len() {
+            super::governance::ensure_rates(&tx, &policy.resources, now).await?;
+            rows = lock_rates(&tx, &names).await?;
+        }
+        for row in rows {
+            let burst = needs
+                .iter()
+                .filter(|(_, r, _)| *r == row.resource)
+                .map(|(_, _, b)| *b)
+                .fold(0.0, f64::max);
+            let tokens = refill(row.rate, row.tokens, row.refilled_at, burst, now);
+            buckets.insert(row.resource, (tokens, row.rate));
+        }
+    }
+    let blocked: Vec<&str> = needs
+        .iter()
+        .filter(|(_, r, _)| buckets.get(r).is_none_or(|(t, _)| *t < 1.0))
+        .map(|(k, _, _)| k.as_str())
+        .collect();
     let mut values: Vec<sea_orm::Value> = vec![now.into()];
     let mut placeholders = Vec::with_capacity(kinds.len());
     for kind in kinds {
         values.push(kind.as_str().into());
         placeholders.push(format!("${}", values.len()));
+    }
+    let mut not_limited = String::new();
+    if !blocked.is_empty() {
+        let mut marks = Vec::with_capacity(blocked.len());
+        for kind in &blocked {
+            values.push((*kind).into());
+            marks.push(format!("${}", values.len()));
+        }
+        not_limited = format!(" AND s.kind NOT IN ({})", marks.join(", "));
     }
     let lock = if backend == DbBackend::Postgres {
         " FOR UPDATE OF s SKIP LOCKED"
@@ -364,9 +581,9 @@ async fn claim_step_tx(
         ""
     };
     let sql = format!(
-        "SELECT s.id FROM mission_steps s JOIN missions m ON m.id = s.mission_id \
+        "SELECT s.id, s.kind FROM mission_steps s JOIN missions m ON m.id = s.mission_id \
          WHERE s.status = 'queued' AND s.kind IN ({}) AND m.status = 'running' \
-         AND {NOT_PAUSED_SQLITE} \
+         AND {NOT_PAUSED_SQLITE}{not_limited} \
          AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= $1) \
          AND (m.parallel OR NOT EXISTS (SELECT 1 FROM mission_steps p \
               WHERE p.mission_id = s.mission_id AND p.seq < s.seq AND p.status <> 'succeeded')) \
@@ -375,9 +592,9 @@ async fn claim_step_tx(
     );
     // An expired lease with attempts left is taken first (as on PostgreSQL).
     let expired_sql = format!(
-        "SELECT s.id FROM mission_steps s JOIN missions m ON m.id = s.mission_id \
+        "SELECT s.id, s.kind FROM mission_steps s JOIN missions m ON m.id = s.mission_id \
          WHERE s.status = 'running' AND s.kind IN ({}) AND m.status = 'running' \
-         AND {NOT_PAUSED_SQLITE} AND s.attempt < s.max_attempts AND s.lease_expires_at < $1 \
+         AND {NOT_PAUSED_SQLITE}{not_limited} AND s.attempt < s.max_attempts AND s.lease_expires_at < $1 \
          ORDER BY s.lease_expires_at LIMIT 1{lock}",
         placeholders.join(", ")
     );
@@ -390,9 +607,31 @@ async fn claim_step_tx(
     };
     let Some(row) = row else {
         tx.commit().await?;
-        return Ok(ClaimOutcome::Nothing);
+        // The first empty bucket (by resource) and when its token is due.
+        let limited = needs
+            .iter()
+            .filter(|(k, _, _)| blocked.contains(&k.as_str()))
+            .map(|(_, r, _)| r)
+            .min();
+        return Ok(match limited {
+            Some(resource) => {
+                let wait = buckets
+                    .get(resource)
+                    .map_or(MISSING_BUCKET_WAIT.as_secs_f64(), |(t, rate)| {
+                        (1.0 - t) / rate.max(0.001)
+                    });
+                ClaimOutcome::RateLimited(RateLimit::after_seconds(resource.clone(), wait))
+            }
+            None => ClaimOutcome::Nothing,
+        });
     };
     let step_id: Uuid = row.try_get("", "id")?;
+    let step_kind: String = row.try_get("", "kind")?;
+    for (_, resource, _) in needs.iter().filter(|(k, _, _)| *k == step_kind) {
+        if let Some((tokens, _)) = buckets.get(resource) {
+            store_tokens(&tx, resource, tokens - 1.0, now).await?;
+        }
+    }
     let expires = now + lease;
     let changed = tx
         .execute_raw(stmt(
@@ -540,8 +779,57 @@ pub async fn complete_step(
     cost_usd: Option<f64>,
     now: DateTime<Utc>,
 ) -> Result<(mission_steps::Model, MissionStatus)> {
+    complete_step_with_usage(db, step_id, worker_id, attempt, result, cost_usd, &[], now).await
+}
+
+/// The policy's prices and resources when a report carries usage.
+async fn usage_policy(
+    db: &DatabaseConnection,
+    usage: &[ResourceUsage],
+) -> Result<Option<super::PolicySnapshot>> {
+    validate_usage("usage", usage)?;
+    if usage.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(load_policy(db).await?))
+}
+
+/// Records the usage of a step the caller holds, in its transaction;
+/// returns the step's cost: the reported one, else the usage priced.
+async fn record_step_usage(
+    tx: &DatabaseTransaction,
+    policy: Option<&super::PolicySnapshot>,
+    kind: &str,
+    usage: &[ResourceUsage],
+    cost_usd: Option<f64>,
+    now: DateTime<Utc>,
+) -> Result<Option<f64>> {
+    let Some(policy) = policy else {
+        return Ok(cost_usd);
+    };
+    let costs = attribute_cost(usage, &policy.pricing, cost_usd);
+    record_usage(tx, kind, usage, &costs, &policy.resources, now).await?;
+    Ok(cost_usd.or_else(|| Some(costs.iter().sum())))
+}
+
+/// [`complete_step`] with the worker's per-resource usage report (validated
+/// first: a bad report changes nothing). With usage, the step's cost is
+/// the reported `cost_usd`, else the calls priced by the `pricing` policy.
+#[allow(clippy::too_many_arguments)]
+pub async fn complete_step_with_usage(
+    db: &DatabaseConnection,
+    step_id: Uuid,
+    worker_id: &str,
+    attempt: u32,
+    result: serde_json::Value,
+    cost_usd: Option<f64>,
+    usage: &[ResourceUsage],
+    now: DateTime<Utc>,
+) -> Result<(mission_steps::Model, MissionStatus)> {
     let now = db_now(now);
+    let policy = usage_policy(db, usage).await?;
     if db.get_database_backend() == DbBackend::Postgres
+        && usage.is_empty()
         && let Some(done) =
             complete_statement(db, step_id, worker_id, attempt, &result, cost_usd, now).await?
     {
@@ -550,6 +838,8 @@ pub async fn complete_step(
     let tx = begin_write(db).await?;
     let mission_id = lock_mission_of_step(&tx, step_id).await?;
     let step = fenced_step(&tx, step_id, worker_id, attempt).await?;
+    let cost_usd =
+        record_step_usage(&tx, policy.as_ref(), &step.kind, usage, cost_usd, now).await?;
     let mut active: mission_steps::ActiveModel = step.into();
     active.status = Set(StepStatus::Succeeded.as_str().to_owned());
     active.result = Set(Some(result));
@@ -656,11 +946,42 @@ pub async fn fail_step(
     cost_usd: Option<f64>,
     now: DateTime<Utc>,
 ) -> Result<(mission_steps::Model, bool, MissionStatus)> {
+    fail_step_with_usage(
+        db,
+        step_id,
+        worker_id,
+        attempt,
+        error,
+        retryable,
+        cost_usd,
+        &[],
+        now,
+    )
+    .await
+}
+
+/// [`fail_step`] with the worker's per-resource usage report (see
+/// [`complete_step_with_usage`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn fail_step_with_usage(
+    db: &DatabaseConnection,
+    step_id: Uuid,
+    worker_id: &str,
+    attempt: u32,
+    error: &str,
+    retryable: bool,
+    cost_usd: Option<f64>,
+    usage: &[ResourceUsage],
+    now: DateTime<Utc>,
+) -> Result<(mission_steps::Model, bool, MissionStatus)> {
     let now = db_now(now);
+    validate_usage("usage", usage)?;
     let policy = load_policy(db).await?;
     let tx = begin_write(db).await?;
     let mission_id = lock_mission_of_step(&tx, step_id).await?;
     let step = fenced_step(&tx, step_id, worker_id, attempt).await?;
+    let usage_policy = (!usage.is_empty()).then_some(&policy);
+    let cost_usd = record_step_usage(&tx, usage_policy, &step.kind, usage, cost_usd, now).await?;
     let cost = match (step.cost_usd, cost_usd) {
         (Some(a), Some(b)) => Some(a + b),
         (a, b) => a.or(b),

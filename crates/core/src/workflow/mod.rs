@@ -11,6 +11,7 @@
 //! `rows_affected` give the same guarantees.
 
 pub mod events;
+pub mod governance;
 pub mod missions;
 pub mod notify;
 pub mod ops;
@@ -37,9 +38,11 @@ use crate::domain::status::IllegalTransition;
 pub use events::{
     EventFilter, OutboxMessage, append_event, append_event_in, enqueue_message, list_events,
 };
+pub use governance::{RateLimit, ResourceRate};
 pub use missions::{
-    ClaimOutcome, MissionFilter, MissionView, RecoveryReport, cancel_mission, claim_statements,
-    claim_step, claim_step_cached, claim_steps_cached, complete_step, fail_step, get_mission,
+    ClaimBatch, ClaimOutcome, MissionFilter, MissionView, RecoveryReport, cancel_mission,
+    claim_statements, claim_step, claim_step_cached, claim_steps_cached, claim_steps_governed,
+    complete_step, complete_step_with_usage, fail_step, fail_step_with_usage, get_mission,
     list_missions, recover_stale_steps, renew_lease,
 };
 pub use ops::{HealthFigures, SummaryFigures, SummaryPeriod, health, leases, summary};
@@ -191,6 +194,10 @@ pub struct PolicySnapshot {
     pub ops_health: crate::domain::policy::OpsHealth,
     /// Toggle key → enabled.
     pub toggles: BTreeMap<String, bool>,
+    /// Upstream resources and the kinds using them (rate governance).
+    pub resources: crate::domain::governance::Resources,
+    /// Cost per upstream call.
+    pub pricing: crate::domain::governance::Pricing,
 }
 
 /// The current policy fingerprint (see [`PolicySnapshot::fingerprint`]) as
@@ -224,6 +231,8 @@ pub async fn load_policy(db: &impl ConnectionTrait) -> Result<PolicySnapshot> {
         emergency_stop: EmergencyStop::default(),
         ops_health: Default::default(),
         toggles: BTreeMap::new(),
+        resources: Default::default(),
+        pricing: Default::default(),
     };
     for row in rows {
         let key: String = row.try_get("", "key")?;
@@ -242,6 +251,8 @@ pub async fn load_policy(db: &impl ConnectionTrait) -> Result<PolicySnapshot> {
             PolicyValue::WorkerPolicy(v) => snapshot.worker = v,
             PolicyValue::EmergencyStop(v) => snapshot.emergency_stop = v,
             PolicyValue::OpsHealth(v) => snapshot.ops_health = v,
+            PolicyValue::Resources(v) => snapshot.resources = v,
+            PolicyValue::Pricing(v) => snapshot.pricing = v,
             PolicyValue::Toggle(t) => {
                 snapshot.toggles.insert(key, t.enabled);
             }
@@ -264,6 +275,9 @@ pub async fn load_policy(db: &impl ConnectionTrait) -> Result<PolicySnapshot> {
 pub struct PolicyCache {
     current: std::sync::Arc<std::sync::RwLock<Option<std::sync::Arc<PolicySnapshot>>>>,
     outages: OutageLog,
+    /// The fingerprint whose resource buckets this process made sure exist
+    /// (see [`governance::ensure_rates`]); 0: none yet.
+    rates_ensured: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl PolicyCache {
@@ -274,6 +288,30 @@ impl PolicyCache {
     /// The database outages this process observed.
     pub fn outages(&self) -> &OutageLog {
         &self.outages
+    }
+
+    /// Creates the buckets of the snapshot's resources once per policy
+    /// fingerprint (a new resource gets its row before its first claim).
+    pub(crate) async fn ensure_rates(
+        &self,
+        db: &impl ConnectionTrait,
+        snapshot: &PolicySnapshot,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.rates_ensured.load(Ordering::Relaxed) == snapshot.fingerprint {
+            return Ok(());
+        }
+        governance::ensure_rates(db, &snapshot.resources, now).await?;
+        self.rates_ensured
+            .store(snapshot.fingerprint, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Forgets that the buckets exist (a claim found one missing).
+    pub(crate) fn rates_missing(&self) {
+        self.rates_ensured
+            .store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The cached snapshot, loaded on first use.

@@ -92,7 +92,18 @@ pub async fn set_policy(
     now: DateTime<Utc>,
 ) -> Result<(policy::Model, Option<serde_json::Value>)> {
     let key = PolicyKey::parse(change.key)?;
-    PolicyValue::parse(&key, &change.value)?;
+    let value = PolicyValue::parse(&key, &change.value)?;
+    if let PolicyValue::Pricing(pricing) = &value {
+        // A price for a resource no policy names is a typo, not a price.
+        let resources = super::load_policy(db).await?.resources;
+        if let Some(name) = pricing.0.keys().find(|n| !resources.0.contains_key(*n)) {
+            return Err(crate::domain::input::ValidationError::new(
+                format!("value_json.{name}"),
+                format!("unknown resource {name:?}: add it to the resources policy first"),
+            )
+            .into());
+        }
+    }
     write_policy(db, &key, change, "policy.set", audit, now).await
 }
 

@@ -1,0 +1,861 @@
+//! Rate governance, run by the leader every window (its own loop, and as
+//! the tick's `governance` phase): for each resource of the `resources`
+//! policy, every window that ended since the last one evaluated (persisted
+//! in `resource_rates.evaluated_until`) is judged from the usage workers
+//! reported: the AIMD controller moves the shared bucket's rate (every
+//! change a `resource.rate_changed` event with its evidence), and the
+//! guards raise alerts (limit violation, error rate, slow responses,
+//! consecutive failures) and trip (limit violation, `failures_trip`
+//! consecutive failures): the emergency stop engaged once with the reason,
+//! or, with `on_trip = pause_kinds`, only the resource's kinds paused for
+//! `pause_seconds` (`step_kind_pauses`, source `resource:<name>`).
+//!
+//! The window's decision and its events are written with a compare-and-set
+//! on `evaluated_until`, so a window is judged once even if two leaders
+//! overlap during a handover.
+
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, Utc};
+use opsloop_core::domain::governance::{
+    RateReason, ResourceLimits, TripAction, WindowStats, next_rate,
+};
+use opsloop_core::workflow::governance::{
+    ResourceRate, ensure_rates, list_rates, window_length, window_start, window_stats,
+};
+use opsloop_core::workflow::{self, db_now};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::alerts::{self, Alert, Severity, enqueue_alert};
+use crate::db::{self, begin_write, stmt};
+use crate::heartbeat::{Heartbeat, HeartbeatError, emit_in};
+use crate::ops::ACTOR;
+
+/// Most windows judged in one run after a pause (older ones are skipped).
+pub const MAX_CATCH_UP_WINDOWS: i64 = 360;
+
+/// How long an alert of one kind for one resource stays quiet after it is sent.
+pub const ALERT_COOLDOWN_SECONDS: i64 = 300;
+
+/// What the guards make of one window.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WindowGuard {
+    /// Observed calls per second above `violation_rate`: alert and trip.
+    LimitViolation { observed: f64, limit: f64 },
+    /// Share of non-2xx answers above `error_rate_alert`.
+    ErrorRate { rate: f64, limit: f64 },
+    /// Window latency above `slow_response_ms`.
+    SlowResponse { latency_ms: f64, limit_ms: f64 },
+}
+
+/// The guards' verdict on one window (pure).
+pub fn judge_window(limits: &ResourceLimits, stats: &WindowStats) -> Vec<WindowGuard> {
+    let mut out = Vec::new();
+    if stats.calls <= 0 {
+        return out;
+    }
+    let observed = stats.calls as f64 / limits.window_seconds.max(1.0);
+    if observed > limits.violation_rate {
+        out.push(WindowGuard::LimitViolation {
+            observed,
+            limit: limits.violation_rate,
+        });
+    }
+    let errors = stats.error_rate();
+    if errors > limits.error_rate_alert {
+        out.push(WindowGuard::ErrorRate {
+            rate: errors,
+            limit: limits.error_rate_alert,
+        });
+    }
+    if stats.latency_ms > limits.slow_response_ms {
+        out.push(WindowGuard::SlowResponse {
+            latency_ms: stats.latency_ms,
+            limit_ms: limits.slow_response_ms,
+        });
+    }
+    out
+}
+
+/// What consecutive failures call for (pure): `(alert, trip)`.
+pub fn judge_failures(limits: &ResourceLimits, consecutive: u32) -> (bool, bool) {
+    (
+        consecutive >= limits.failures_alert,
+        consecutive >= limits.failures_trip,
+    )
+}
+
+/// The windows to judge at `now`: from the last evaluated end (or the last
+/// complete window on the first run) to the start of the current window,
+/// at most [`MAX_CATCH_UP_WINDOWS`].
+pub fn pending_windows(
+    limits: &ResourceLimits,
+    evaluated_until: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    let width = window_length(limits);
+    let end = window_start(now, limits.window_seconds);
+    let earliest = end - width * i32::try_from(MAX_CATCH_UP_WINDOWS).unwrap_or(360);
+    let mut start = evaluated_until.unwrap_or(end - width).max(earliest);
+    // Re-align a start the policy's new window no longer fits.
+    start = window_start(start, limits.window_seconds);
+    let mut out = Vec::new();
+    while start + width <= end {
+        out.push((start, start + width));
+        start += width;
+    }
+    out
+}
+
+/// Terminal and retried outcomes of steps of `kinds` since `since`, newest
+/// first, counted while they are failures.
+async fn consecutive_failures(
+    db: &impl ConnectionTrait,
+    kinds: &[String],
+    since: DateTime<Utc>,
+    limit: u32,
+) -> Result<u32, HeartbeatError> {
+    if kinds.is_empty() {
+        return Ok(0);
+    }
+    let marks: Vec<String> = (0..kinds.len()).map(|i| format!("${}", i + 2)).collect();
+    let mut values: Vec<sea_orm::Value> = vec![db_now(since).into()];
+    values.extend(kinds.iter().map(|k| k.as_str().into()));
+    let rows = db
+        .query_all_raw(stmt(
+            db.get_database_backend(),
+            &format!(
+                "SELECT e.kind FROM events e JOIN mission_steps s ON s.id = e.step_id \
+                 WHERE e.kind IN ('step.succeeded', 'step.failed', 'step.retrying') \
+                 AND e.created_at > $1 AND s.kind IN ({}) ORDER BY e.seq DESC LIMIT {}",
+                marks.join(", "),
+                limit.max(1)
+            ),
+            values,
+        ))
+        .await?;
+    let mut n = 0;
+    for row in rows {
+        if row.try_get::<String>("", "kind")? == "step.succeeded" {
+            break;
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The alert names the guards raise.
+fn guard_alert(
+    resource: &str,
+    guard: &WindowGuard,
+    window: (DateTime<Utc>, DateTime<Utc>),
+) -> Alert {
+    let (name, severity, summary) = match guard {
+        WindowGuard::LimitViolation { observed, limit } => (
+            "ResourceLimitViolation",
+            Severity::Critical,
+            format!("{resource}: {observed:.1} calls/s observed, above the limit {limit:.1}/s"),
+        ),
+        WindowGuard::ErrorRate { rate, limit } => (
+            "ResourceErrorRate",
+            Severity::Warning,
+            format!(
+                "{resource}: {:.1} % of upstream answers were errors (alert above {:.1} %)",
+                rate * 100.0,
+                limit * 100.0
+            ),
+        ),
+        WindowGuard::SlowResponse {
+            latency_ms,
+            limit_ms,
+        } => (
+            "ResourceSlowResponse",
+            Severity::Warning,
+            format!("{resource}: upstream latency {latency_ms:.0} ms, above {limit_ms:.0} ms"),
+        ),
+    };
+    alerts::alert(
+        name,
+        severity,
+        summary,
+        format!(
+            "window {} to {}; see `opsloop policy get resources` and the resource.rate_changed events",
+            window.0.format("%H:%M:%S"),
+            window.1.format("%H:%M:%S")
+        ),
+    )
+    .label("resource", resource)
+}
+
+/// Sends `alert` unless one of its name for `resource` went out within the
+/// cooldown. In the caller's transaction.
+async fn alert_once(
+    tx: &impl ConnectionTrait,
+    resource: &str,
+    alert: &Alert,
+    now: DateTime<Utc>,
+) -> Result<bool, HeartbeatError> {
+    let mark = format!("governance.{}:{resource}", alert.name);
+    let until = now + Duration::seconds(ALERT_COOLDOWN_SECONDS);
+    if db::claim_cooldown(tx, &mark, until, now).await? {
+        enqueue_alert(tx, alert, now).await?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// What one resource's run did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ResourceRun {
+    pub resource: String,
+    pub windows: usize,
+    pub rate: f64,
+    pub changes: usize,
+    pub alerts: Vec<String>,
+    pub tripped: Option<String>,
+}
+
+/// Judges every resource's pending windows at `now`.
+pub async fn run(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, HeartbeatError> {
+    let runs = govern(hb.db(), hb.inner.audit.as_deref(), now).await?;
+    Ok(json!({"resources": runs}))
+}
+
+/// [`run`] without a heartbeat (tests, tools).
+pub async fn govern(
+    db: &DatabaseConnection,
+    audit: Option<&opsloop_core::audit::AuditLog>,
+    now: DateTime<Utc>,
+) -> Result<Vec<ResourceRun>, HeartbeatError> {
+    let now = db_now(now);
+    let policy = workflow::load_policy(db).await?;
+    if policy.resources.0.is_empty() {
+        return Ok(Vec::new());
+    }
+    ensure_rates(db, &policy.resources, now).await?;
+    let rates = list_rates(db).await?;
+    let mut runs = Vec::new();
+    for (name, limits) in &policy.resources.0 {
+        let Some(row) = rates.iter().find(|r| &r.resource == name) else {
+            continue;
+        };
+        runs.push(govern_resource(db, audit, name, limits, row, now).await?);
+    }
+    Ok(runs)
+}
+
+async fn govern_resource(
+    db: &DatabaseConnection,
+    audit: Option<&opsloop_core::audit::AuditLog>,
+    name: &str,
+    limits: &ResourceLimits,
+    row: &ResourceRate,
+    now: DateTime<Utc>,
+) -> Result<ResourceRun, HeartbeatError> {
+    let mut run = ResourceRun {
+        resource: name.to_owned(),
+        rate: row.rate,
+        ..ResourceRun::default()
+    };
+    let source = format!("resource:{name}");
+    let kinds: Vec<String> = limits.kinds.iter().map(|k| k.as_str().to_owned()).collect();
+    // A pause that has run its course is lifted.
+    if limits.on_trip == TripAction::PauseKinds
+        && row
+            .tripped_at
+            .is_some_and(|at| at + Duration::seconds(i64::from(limits.pause_seconds)) <= now)
+    {
+        let tx = begin_write(db).await?;
+        let change = workflow::sync_source_pauses(&tx, &source, &[], "", now).await?;
+        if !change.is_empty() {
+            emit_in(
+                &tx,
+                "resource.resumed",
+                json!({"resource": name, "kinds": change.resumed}),
+                None,
+                now,
+            )
+            .await?;
+        }
+        workflow::governance::set_tripped(&tx, name, None).await?;
+        tx.commit().await?;
+    }
+    let windows = pending_windows(limits, row.evaluated_until, now);
+    let mut trip: Option<String> = None;
+    let mut window_alerts: Vec<Alert> = Vec::new();
+    let mut changes: Vec<Value> = Vec::new();
+    let mut rate = row.rate;
+    for window in &windows {
+        let stats = window_stats(db, name, window.0, window.1).await?;
+        let (next, reason) = next_rate(limits, rate, &stats);
+        if next != rate {
+            changes.push(json!({
+                "resource": name, "old_rate": rate, "new_rate": next, "reason": reason.as_str(),
+                "window_start": window.0, "window_end": window.1,
+                "calls": stats.calls, "latency_ms": stats.latency_ms,
+                "latency_max_ms": stats.latency_max_ms,
+                "errors": stats.status_4xx + stats.status_429 + stats.status_5xx,
+                "status_429": stats.status_429, "status_5xx": stats.status_5xx,
+                "error_rate": stats.error_rate(),
+            }));
+        } else if reason == RateReason::Throttled {
+            tracing::debug!(resource = name, "throttled at the floor");
+        }
+        rate = next;
+        for guard in judge_window(limits, &stats) {
+            if let WindowGuard::LimitViolation { observed, limit } = &guard
+                && trip.is_none()
+            {
+                trip = Some(format!(
+                    "resource {name}: {observed:.1} calls/s observed in the window to {}, above the limit {limit:.1}/s",
+                    window.1.format("%H:%M:%S")
+                ));
+            }
+            window_alerts.push(guard_alert(name, &guard, *window));
+        }
+    }
+    let (stop, stop_changed_at) = workflow::emergency_stop_state(db).await?;
+    let since = row
+        .tripped_at
+        .map_or(stop_changed_at, |t| t.max(stop_changed_at));
+    let failures = consecutive_failures(db, &kinds, since, limits.failures_trip).await?;
+    let (failure_alert, failure_trip) = judge_failures(limits, failures);
+    if failure_trip && trip.is_none() {
+        trip = Some(format!(
+            "resource {name}: {failures} consecutive failed steps of {} (limit {})",
+            kinds.join(", "),
+            limits.failures_trip
+        ));
+    }
+    let last_end = windows.last().map(|w| w.1);
+    let tx = begin_write(db).await?;
+    if let Some(end) = last_end {
+        // Compare-and-set: one judge per window.
+        let changed = tx
+            .execute_raw(stmt(
+                tx.get_database_backend(),
+                "UPDATE resource_rates SET rate = $2, evaluated_until = $3, updated_at = $4 \
+                 WHERE resource = $1 AND (evaluated_until = $5 OR (evaluated_until IS NULL AND $5 IS NULL))",
+                vec![
+                    name.into(),
+                    rate.into(),
+                    db_now(end).into(),
+                    now.into(),
+                    row.evaluated_until.map(db_now).into(),
+                ],
+            ))
+            .await?
+            .rows_affected();
+        if changed == 0 {
+            tx.rollback().await?;
+            return Ok(run);
+        }
+        for change in &changes {
+            emit_in(&tx, "resource.rate_changed", change.clone(), None, now).await?;
+            tracing::info!(resource = name, change = %change, "resource rate changed");
+        }
+        for alert in &window_alerts {
+            if alert_once(&tx, name, alert, now).await? {
+                run.alerts.push(alert.name.clone());
+            }
+        }
+    }
+    if failure_alert && !stop.engaged {
+        let alert = alerts::alert(
+            "ResourceConsecutiveFailures",
+            if failure_trip {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            },
+            format!(
+                "{name}: {failures} consecutive failed steps of {}",
+                kinds.join(", ")
+            ),
+            format!(
+                "alert at {}, trip ({:?}) at {}",
+                limits.failures_alert, limits.on_trip, limits.failures_trip
+            ),
+        )
+        .label("resource", name);
+        if alert_once(&tx, name, &alert, now).await? {
+            run.alerts.push(alert.name.clone());
+        }
+    }
+    tx.commit().await?;
+    run.windows = windows.len();
+    run.changes = changes.len();
+    run.rate = rate;
+    metrics::gauge!("opsloop_resource_rate", "resource" => name.to_owned()).set(rate);
+    if let Some(reason) = trip {
+        run.tripped =
+            trip_resource(db, audit, name, limits, &kinds, &reason, stop.engaged, now).await?;
+    }
+    Ok(run)
+}
+
+/// Trips a resource's guard: the emergency stop (once: not when already
+/// engaged), or its kinds paused. Returns what it did.
+#[allow(clippy::too_many_arguments)]
+async fn trip_resource(
+    db: &DatabaseConnection,
+    audit: Option<&opsloop_core::audit::AuditLog>,
+    name: &str,
+    limits: &ResourceLimits,
+    kinds: &[String],
+    reason: &str,
+    stop_engaged: bool,
+    now: DateTime<Utc>,
+) -> Result<Option<String>, HeartbeatError> {
+    match limits.on_trip {
+        TripAction::EmergencyStop => {
+            if stop_engaged {
+                return Ok(None);
+            }
+            let change = workflow::engage_emergency_stop(db, ACTOR, reason, audit, now).await?;
+            if !change.changed {
+                return Ok(None);
+            }
+            let tx = begin_write(db).await?;
+            workflow::governance::set_tripped(&tx, name, Some(now)).await?;
+            let alert = alerts::alert(
+                "OpsEmergencyStop",
+                Severity::Critical,
+                "emergency stop engaged by the heartbeat".into(),
+                format!(
+                    "{reason}; nothing is approved or handed to workers until a human releases it"
+                ),
+            )
+            .label("resource", name)
+            .annotation("reason", reason);
+            enqueue_alert(&tx, &alert, now).await?;
+            tx.commit().await?;
+            tracing::warn!(
+                resource = name,
+                reason,
+                "emergency stop engaged by rate governance"
+            );
+            Ok(Some("emergency_stop".into()))
+        }
+        TripAction::PauseKinds => {
+            let tx = begin_write(db).await?;
+            let source = format!("resource:{name}");
+            let change = workflow::sync_source_pauses(&tx, &source, kinds, reason, now).await?;
+            if change.paused.is_empty() {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            workflow::governance::set_tripped(&tx, name, Some(now)).await?;
+            emit_in(
+                &tx,
+                "resource.paused",
+                json!({"resource": name, "kinds": change.paused, "reason": reason,
+                       "pause_seconds": limits.pause_seconds}),
+                None,
+                now,
+            )
+            .await?;
+            let alert = alerts::alert(
+                "ResourceKindsPaused",
+                Severity::Critical,
+                format!("{name}: kinds {} paused", change.paused.join(", ")),
+                format!(
+                    "{reason}; claims of these kinds resume after {} s",
+                    limits.pause_seconds
+                ),
+            )
+            .label("resource", name)
+            .annotation("reason", reason);
+            enqueue_alert(&tx, &alert, now).await?;
+            tx.commit().await?;
+            tracing::warn!(resource = name, reason, kinds = ?change.paused, "kinds paused by rate governance");
+            Ok(Some("pause_kinds".into()))
+        }
+    }
+}
+
+/// The shortest window among the policy's resources (default 10 s): how
+/// often the governance loop runs.
+async fn loop_period(db: &DatabaseConnection) -> StdDuration {
+    match workflow::load_policy(db).await {
+        Ok(policy) => {
+            let secs = policy
+                .resources
+                .0
+                .values()
+                .map(|r| r.window_seconds)
+                .fold(f64::INFINITY, f64::min);
+            StdDuration::from_secs_f64(if secs.is_finite() {
+                secs.clamp(1.0, 3600.0)
+            } else {
+                10.0
+            })
+        }
+        Err(_) => StdDuration::from_secs(10),
+    }
+}
+
+/// Judges the windows every window while this instance leads, until
+/// `shutdown`.
+pub async fn run_loop(hb: Heartbeat, shutdown: CancellationToken) -> anyhow::Result<()> {
+    loop {
+        let now = Utc::now();
+        match hb.is_leader(now).await {
+            Ok(true) => {
+                if let Err(error) = run(&hb, now).await {
+                    tracing::warn!(%error, "rate governance run failed");
+                }
+            }
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the leader lease for rate governance")
+            }
+        }
+        let period = loop_period(hb.db()).await;
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(period) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use opsloop_core::domain::input::StepKind;
+
+    use super::*;
+
+    fn limits() -> ResourceLimits {
+        ResourceLimits::with_kinds(vec![StepKind::parse("k", "post_x").expect("kind")])
+    }
+
+    fn at(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + s, 0)
+            .single()
+            .expect("time")
+    }
+
+    #[test]
+    fn guards_table() {
+        let l = limits();
+        let w = |calls: i64, latency: f64, s2: i64, s5: i64| WindowStats {
+            calls,
+            latency_ms: latency,
+            status_2xx: s2,
+            status_5xx: s5,
+            ..WindowStats::default()
+        };
+        let kinds = |g: Vec<WindowGuard>| -> Vec<&'static str> {
+            g.iter()
+                .map(|g| match g {
+                    WindowGuard::LimitViolation { .. } => "violation",
+                    WindowGuard::ErrorRate { .. } => "errors",
+                    WindowGuard::SlowResponse { .. } => "slow",
+                })
+                .collect()
+        };
+        assert!(judge_window(&l, &WindowStats::default()).is_empty());
+        assert!(judge_window(&l, &w(2100, 300.0, 2100, 0)).is_empty());
+        assert_eq!(
+            kinds(judge_window(&l, &w(2101, 300.0, 2101, 0))),
+            vec!["violation"]
+        );
+        assert_eq!(
+            kinds(judge_window(&l, &w(100, 300.0, 89, 11))),
+            vec!["errors"]
+        );
+        assert!(judge_window(&l, &w(100, 300.0, 90, 10)).is_empty());
+        assert_eq!(
+            kinds(judge_window(&l, &w(100, 1001.0, 100, 0))),
+            vec!["slow"]
+        );
+        assert_eq!(judge_failures(&l, 2), (false, false));
+        assert_eq!(judge_failures(&l, 3), (true, false));
+        assert_eq!(judge_failures(&l, 5), (true, true));
+    }
+
+    #[test]
+    fn pending_windows_catch_up_and_align() {
+        let l = limits();
+        // First run: only the last complete window.
+        let first = pending_windows(&l, None, at(25));
+        assert_eq!(first, vec![(at(10), at(20))]);
+        // Then every window since, none twice.
+        assert_eq!(
+            pending_windows(&l, Some(at(20)), at(45)),
+            vec![(at(20), at(30)), (at(30), at(40))]
+        );
+        assert!(pending_windows(&l, Some(at(40)), at(45)).is_empty());
+        // A long pause: at most MAX_CATCH_UP_WINDOWS.
+        let long = pending_windows(&l, Some(at(0)), at(100_000));
+        assert_eq!(long.len() as i64, MAX_CATCH_UP_WINDOWS);
+    }
+
+    mod db {
+        //! The controller and guards on a fresh PostgreSQL database and a
+        //! fresh SQLite file, on an injected clock.
+
+        use opsloop_core::domain::governance::ResourceUsage;
+        use opsloop_core::domain::input::{NewProposal, ProposalSource, StepSpec};
+        use opsloop_core::store::testing::{fresh_postgres, fresh_sqlite};
+        use opsloop_core::workflow::{ClaimOutcome, PolicyChange};
+
+        use super::*;
+
+        /// A window boundary an hour ahead (after the seeded policy rows).
+        fn base() -> DateTime<Utc> {
+            window_start(Utc::now() + Duration::hours(1), 10.0)
+        }
+
+        async fn set(db: &DatabaseConnection, key: &str, value: Value) {
+            workflow::set_policy(
+                db,
+                PolicyChange {
+                    key,
+                    value,
+                    actor: "test",
+                    reason: None,
+                    expected_version: None,
+                },
+                None,
+                base() - Duration::minutes(30),
+            )
+            .await
+            .expect("policy");
+        }
+
+        async fn count(db: &DatabaseConnection, sql: &str) -> i64 {
+            db.query_one_raw(stmt(db.get_database_backend(), sql, vec![]))
+                .await
+                .expect("query")
+                .expect("row")
+                .try_get::<i64>("", "n")
+                .expect("n")
+        }
+
+        async fn report(
+            db: &DatabaseConnection,
+            calls: i64,
+            latency: f64,
+            s429: i64,
+            at: DateTime<Utc>,
+        ) {
+            let policy = workflow::load_policy(db).await.expect("policy");
+            let usage = [ResourceUsage {
+                resource: "api".into(),
+                calls,
+                latency_p50_ms: latency,
+                latency_max_ms: latency,
+                status_2xx: calls - s429,
+                status_429: s429,
+                ..ResourceUsage::default()
+            }];
+            workflow::governance::record_usage(
+                db,
+                "summarize",
+                &usage,
+                &[0.0],
+                &policy.resources,
+                at,
+            )
+            .await
+            .expect("usage");
+        }
+
+        #[tokio::test]
+        async fn the_controller_moves_the_rate_and_a_violation_stops_once() {
+            for t in [fresh_postgres().await, fresh_sqlite().await] {
+                let db = &t.db;
+                set(db, "resources", json!({"api": {"kinds": ["summarize"]}})).await;
+                let t0 = base();
+                // First run: nothing reported, the bucket starts at 150.
+                let runs = govern(db, None, t0 + Duration::seconds(1))
+                    .await
+                    .expect("run");
+                assert_eq!((runs[0].rate, runs[0].changes), (150.0, 0));
+                // A fast window raises it, a 429 burst halves it (to the floor).
+                report(db, 100, 200.0, 0, t0 + Duration::seconds(2)).await;
+                report(db, 100, 200.0, 3, t0 + Duration::seconds(12)).await;
+                let runs = govern(db, None, t0 + Duration::seconds(21))
+                    .await
+                    .expect("run");
+                assert_eq!(
+                    (runs[0].windows, runs[0].changes, runs[0].rate),
+                    (2, 2, 100.0)
+                );
+                // The same windows are never judged twice.
+                let again = govern(db, None, t0 + Duration::seconds(22))
+                    .await
+                    .expect("run");
+                assert_eq!((again[0].windows, again[0].changes), (0, 0));
+                let events = count(
+                    db,
+                    "SELECT COUNT(*) AS n FROM events WHERE kind = 'resource.rate_changed'",
+                )
+                .await;
+                assert_eq!(events, 2);
+                let evidence = db
+                    .query_one_raw(stmt(db.get_database_backend(),
+                        "SELECT payload FROM events WHERE kind = 'resource.rate_changed' ORDER BY seq DESC LIMIT 1", vec![]))
+                    .await.expect("q").expect("row").try_get::<Value>("", "payload").expect("payload");
+                assert_eq!(evidence["old_rate"], json!(155.0));
+                assert_eq!(evidence["new_rate"], json!(100.0));
+                assert_eq!(evidence["reason"], json!("throttled"));
+                assert_eq!(evidence["status_429"], json!(3));
+                // 2500 calls in a 10 s window: 250/s, above 210/s.
+                report(db, 2500, 300.0, 0, t0 + Duration::seconds(25)).await;
+                let runs = govern(db, None, t0 + Duration::seconds(31))
+                    .await
+                    .expect("run");
+                assert_eq!(runs[0].tripped.as_deref(), Some("emergency_stop"));
+                assert!(
+                    runs[0]
+                        .alerts
+                        .contains(&"ResourceLimitViolation".to_owned()),
+                    "{runs:?}"
+                );
+                let (stop, _) = workflow::emergency_stop_state(db).await.expect("stop");
+                assert!(stop.engaged);
+                let reason = stop.reason.expect("reason");
+                assert!(
+                    reason.contains("resource api") && reason.contains("250.0 calls/s"),
+                    "{reason}"
+                );
+                // Another violating window while engaged: not engaged again.
+                report(db, 2500, 300.0, 0, t0 + Duration::seconds(35)).await;
+                let runs = govern(db, None, t0 + Duration::seconds(41))
+                    .await
+                    .expect("run");
+                assert_eq!(runs[0].tripped, None);
+                let engaged = count(
+                    db,
+                    "SELECT COUNT(*) AS n FROM events WHERE kind = 'emergency_stop.engaged'",
+                )
+                .await;
+                assert_eq!(engaged, 1);
+                t.cleanup().await;
+            }
+        }
+
+        fn steps(n: usize) -> NewProposal {
+            NewProposal {
+                title: "calls api".into(),
+                source: ProposalSource::Api,
+                agent: "tester".into(),
+                dedupe_key: None,
+                steps: (0..n)
+                    .map(|_| StepSpec {
+                        kind: StepKind::parse("kind", "summarize").expect("kind"),
+                        payload: json!({}),
+                        max_attempts: Some(1),
+                    })
+                    .collect(),
+                parallel: true,
+                metadata: json!({}),
+                trace_id: None,
+            }
+        }
+
+        async fn fail_steps(db: &DatabaseConnection, n: usize, at: DateTime<Utc>) {
+            // One mission each: a failed step fails its mission.
+            for _ in 0..n {
+                workflow::submit_proposal(db, steps(1), at)
+                    .await
+                    .expect("submit");
+            }
+            for i in 0..n {
+                let kinds = [StepKind::parse("kind", "summarize").expect("kind")];
+                let at = at + Duration::milliseconds(i as i64 * 10);
+                let step = match workflow::claim_step(db, "w", &kinds, Some(60), at)
+                    .await
+                    .expect("claim")
+                {
+                    ClaimOutcome::Claimed(step) => step,
+                    other => panic!("{other:?}"),
+                };
+                workflow::fail_step(db, step.id, "w", 1, "upstream 503", false, None, at)
+                    .await
+                    .expect("fail");
+            }
+        }
+
+        #[tokio::test]
+        async fn five_consecutive_failures_stop_once_and_three_alert() {
+            for t in [fresh_postgres().await, fresh_sqlite().await] {
+                let db = &t.db;
+                set(db, "resources", json!({"api": {"kinds": ["summarize"]}})).await;
+                let t0 = base();
+                fail_steps(db, 3, t0).await;
+                let runs = govern(db, None, t0 + Duration::seconds(1))
+                    .await
+                    .expect("run");
+                assert_eq!(
+                    runs[0].alerts,
+                    vec!["ResourceConsecutiveFailures".to_owned()]
+                );
+                assert_eq!(runs[0].tripped, None);
+                fail_steps(db, 2, t0 + Duration::seconds(2)).await;
+                let runs = govern(db, None, t0 + Duration::seconds(3))
+                    .await
+                    .expect("run");
+                assert_eq!(runs[0].tripped.as_deref(), Some("emergency_stop"));
+                let (stop, _) = workflow::emergency_stop_state(db).await.expect("stop");
+                let reason = stop.reason.expect("reason");
+                assert!(
+                    reason.contains("5 consecutive failed steps of summarize"),
+                    "{reason}"
+                );
+                let runs = govern(db, None, t0 + Duration::seconds(4))
+                    .await
+                    .expect("run");
+                assert_eq!(runs[0].tripped, None);
+                let engaged = count(
+                    db,
+                    "SELECT COUNT(*) AS n FROM events WHERE kind = 'emergency_stop.engaged'",
+                )
+                .await;
+                assert_eq!(engaged, 1);
+                t.cleanup().await;
+            }
+        }
+
+        #[tokio::test]
+        async fn pause_kinds_pauses_only_the_resource_kinds_then_lifts() {
+            let t = fresh_postgres().await;
+            let db = &t.db;
+            set(
+                db,
+                "resources",
+                json!({"api": {"kinds": ["summarize"], "on_trip": "pause_kinds", "pause_seconds": 60}}),
+            )
+            .await;
+            let t0 = base();
+            fail_steps(db, 5, t0).await;
+            let runs = govern(db, None, t0 + Duration::seconds(1))
+                .await
+                .expect("run");
+            assert_eq!(runs[0].tripped.as_deref(), Some("pause_kinds"));
+            let (stop, _) = workflow::emergency_stop_state(db).await.expect("stop");
+            assert!(!stop.engaged);
+            let pauses = workflow::paused_kinds(db).await.expect("pauses");
+            assert_eq!(pauses.len(), 1);
+            assert_eq!(
+                (pauses[0].kind.as_str(), pauses[0].source.as_str()),
+                ("summarize", "resource:api")
+            );
+            // Failures before the trip do not trip it again.
+            let runs = govern(db, None, t0 + Duration::seconds(2))
+                .await
+                .expect("run");
+            assert_eq!(runs[0].tripped, None);
+            govern(db, None, t0 + Duration::seconds(62))
+                .await
+                .expect("run");
+            assert!(workflow::paused_kinds(db).await.expect("pauses").is_empty());
+            t.cleanup().await;
+        }
+    }
+}
