@@ -701,9 +701,10 @@ src = ""
 for p in glob.glob(os.path.join(root, "crates/*/src/**/*.rs"), recursive=True):
     src += open(p, encoding="utf-8").read()
 recorded = set(re.findall(r'(?:counter|gauge|histogram)!\(\s*"([a-z0-9_]+)"', src))
-# Metric-name constants; `*_CHANNEL` constants name PostgreSQL NOTIFY channels.
+# Metric-name constants; `*_CHANNEL` constants name PostgreSQL NOTIFY
+# channels and `COOKIE` the console's session cookie.
 recorded |= {v for k, v in re.findall(r'pub const ([A-Z_]+): &str = "(opsloop_[a-z0-9_]+)"', src)
-             if not k.endswith("_CHANNEL")}
+             if not (k.endswith("_CHANNEL") or k == "COOKIE")}
 telemetry = open(os.path.join(root, "crates/core/src/telemetry.rs"), encoding="utf-8").read()
 help_block = telemetry[telemetry.find("METRIC_HELP"):]
 described = set(re.findall(r'\(\s*"(opsloop_[a-z0-9_]+)"', help_block))
