@@ -88,6 +88,56 @@ pub(crate) fn query_error(error: sea_query::error::Error) -> DbErr {
     DbErr::Custom(format!("building the policy seed: {error}"))
 }
 
+/// Inserts `seeds` at version 1 with their first `policy_history` rows,
+/// written by `migration` (this migration's keys and later ones').
+pub(crate) async fn insert_seeds(
+    manager: &SchemaManager<'_>,
+    seeds: Vec<(&'static str, Value)>,
+) -> Result<(), DbErr> {
+    let now = chrono::Utc::now();
+    let mut policy = Query::insert();
+    policy.into_table(Policy::Table).columns([
+        Policy::Key,
+        Policy::Value,
+        Policy::Version,
+        Policy::UpdatedAt,
+        Policy::UpdatedBy,
+    ]);
+    let mut history = Query::insert();
+    history.into_table(PolicyHistory::Table).columns([
+        PolicyHistory::Key,
+        PolicyHistory::OldValue,
+        PolicyHistory::NewValue,
+        PolicyHistory::Actor,
+        PolicyHistory::Reason,
+        PolicyHistory::CreatedAt,
+    ]);
+    for (key, value) in seeds {
+        policy
+            .values([
+                key.into(),
+                value.clone().into(),
+                1i64.into(),
+                now.into(),
+                SEED_ACTOR.into(),
+            ])
+            .map_err(query_error)?;
+        history
+            .values([
+                key.into(),
+                Option::<Value>::None.into(),
+                value.into(),
+                SEED_ACTOR.into(),
+                "initial value".into(),
+                now.into(),
+            ])
+            .map_err(query_error)?;
+    }
+    manager.exec_stmt(policy).await?;
+    manager.exec_stmt(history).await?;
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     fn use_transaction(&self) -> Option<bool> {
@@ -95,50 +145,7 @@ impl MigrationTrait for Migration {
     }
 
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let now = chrono::Utc::now();
-        let seeds = initial_policies();
-
-        let mut policy = Query::insert();
-        policy.into_table(Policy::Table).columns([
-            Policy::Key,
-            Policy::Value,
-            Policy::Version,
-            Policy::UpdatedAt,
-            Policy::UpdatedBy,
-        ]);
-        let mut history = Query::insert();
-        history.into_table(PolicyHistory::Table).columns([
-            PolicyHistory::Key,
-            PolicyHistory::OldValue,
-            PolicyHistory::NewValue,
-            PolicyHistory::Actor,
-            PolicyHistory::Reason,
-            PolicyHistory::CreatedAt,
-        ]);
-        for (key, value) in seeds {
-            policy
-                .values([
-                    key.into(),
-                    value.clone().into(),
-                    1i64.into(),
-                    now.into(),
-                    SEED_ACTOR.into(),
-                ])
-                .map_err(query_error)?;
-            history
-                .values([
-                    key.into(),
-                    Option::<Value>::None.into(),
-                    value.into(),
-                    SEED_ACTOR.into(),
-                    "initial value".into(),
-                    now.into(),
-                ])
-                .map_err(query_error)?;
-        }
-        manager.exec_stmt(policy).await?;
-        manager.exec_stmt(history).await?;
-        Ok(())
+        insert_seeds(manager, initial_policies()).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

@@ -11,7 +11,7 @@ use sea_orm_migration::{prelude::*, schema::*};
 use serde_json::{Value, json};
 
 use crate::m0001_loop::{Policy, PolicyHistory};
-use crate::m0005_seed_policy::{SEED_ACTOR, query_error};
+use crate::m0005_seed_policy::insert_seeds;
 use crate::{drop_tables, index, unique_index};
 
 #[derive(DeriveMigrationName)]
@@ -125,48 +125,7 @@ impl MigrationTrait for Migration {
                 [ResourceUsage::WindowStart],
             ))
             .await?;
-        let now = chrono::Utc::now();
-        let mut policy = Query::insert();
-        policy.into_table(Policy::Table).columns([
-            Policy::Key,
-            Policy::Value,
-            Policy::Version,
-            Policy::UpdatedAt,
-            Policy::UpdatedBy,
-        ]);
-        let mut history = Query::insert();
-        history.into_table(PolicyHistory::Table).columns([
-            PolicyHistory::Key,
-            PolicyHistory::OldValue,
-            PolicyHistory::NewValue,
-            PolicyHistory::Actor,
-            PolicyHistory::Reason,
-            PolicyHistory::CreatedAt,
-        ]);
-        for (key, value) in governance_policies() {
-            policy
-                .values([
-                    key.into(),
-                    value.clone().into(),
-                    1i64.into(),
-                    now.into(),
-                    SEED_ACTOR.into(),
-                ])
-                .map_err(query_error)?;
-            history
-                .values([
-                    key.into(),
-                    Option::<Value>::None.into(),
-                    value.into(),
-                    SEED_ACTOR.into(),
-                    "initial value".into(),
-                    now.into(),
-                ])
-                .map_err(query_error)?;
-        }
-        manager.exec_stmt(policy).await?;
-        manager.exec_stmt(history).await?;
-        Ok(())
+        insert_seeds(manager, governance_policies()).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
