@@ -2,7 +2,8 @@
 //! in-process on PostgreSQL: sign in with the admin token, approve a
 //! pending proposal and follow it to its mission, the live tail showing an
 //! event emitted by the test within 2 s, silence an alert (posted to an
-//! in-process alerter) from its row, then a viewer who sees no action
+//! in-process alerter) from its row, acknowledge an incident from its
+//! page (the alerter's `IncidentService`), then a viewer who sees no action
 //! button and whose forged action POST is refused. Screenshots of the
 //! overview and the mission page go to `target/screenshots/` (paths
 //! printed); the README's `docs/images/console-overview.png` is a copy of
@@ -64,6 +65,32 @@ async fn submit_pending(channel: &tonic::transport::Channel, title: &str) -> pb:
     proposal
 }
 
+/// Opens an incident at the alerter by hand, as an admin would.
+async fn open_incident(alerter: &std::net::SocketAddr, title: &str) -> pb::Incident {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{alerter}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to the alerter");
+    let mut request = tonic::Request::new(pb::OpenIncidentRequest {
+        level: "P1".into(),
+        title: title.into(),
+        labels: [("service".to_owned(), "checkout".to_owned())].into(),
+        actor: String::new(),
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN}").parse().expect("ascii"),
+    );
+    pb::incident_service_client::IncidentServiceClient::new(channel)
+        .open_incident(request)
+        .await
+        .expect("open an incident")
+        .into_inner()
+        .incident
+        .expect("incident")
+}
+
 async fn one(browser: &Browser, selector: &str) -> Element {
     eventually(selector, Duration::from_secs(10), || async {
         browser
@@ -91,95 +118,154 @@ async fn sign_in(browser: &Browser, base: &str, token: &str) {
     one(browser, "#emergency-stop").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn console_in_a_headless_browser() {
-    let db = fresh_postgres().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    // The alerter, whose Alertmanager API the console's alerts page uses.
-    let alerter_shutdown = CancellationToken::new();
-    let alerter_infra = {
+/// The alerter and the api in-process on one fresh PostgreSQL database;
+/// the console calls the alerter with `console_token`.
+struct Stack {
+    db: opsloop_core::store::testing::TestDb,
+    _dir: tempfile::TempDir,
+    base: String,
+    channel: tonic::transport::Channel,
+    alerter_http: std::net::SocketAddr,
+    alerter_grpc: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Stack {
+    /// `before`: runs on the fresh database before the daemons read their
+    /// tokens (to create named tokens).
+    async fn start<F, Fut, T>(
+        console_token: F,
+        before: impl FnOnce(sea_orm::DatabaseConnection) -> Fut,
+    ) -> (Self, T)
+    where
+        F: FnOnce(&T) -> String,
+        Fut: std::future::Future<Output = T>,
+    {
+        let db = fresh_postgres().await;
+        let prepared = before(db.db.clone()).await;
+        let console_token = console_token(&prepared);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shutdown = CancellationToken::new();
+        // The alerter, whose Alertmanager API the console's alerts page
+        // uses and whose IncidentService its incidents pages call.
+        let alerter_infra = {
+            let config = load(&ConfigSources::env_only([
+                ("OPSLOOP__ALERTER__GRPC_ADDR", "127.0.0.1:0".to_owned()),
+                ("OPSLOOP__ALERTER__HTTP_ADDR", "127.0.0.1:0".to_owned()),
+                ("OPSLOOP__DATABASE__URL", db.url.clone()),
+                (
+                    "OPSLOOP__AUDIT__LOG_PATH",
+                    dir.path().join("alerter-audit.jsonl").display().to_string(),
+                ),
+            ]))
+            .expect("alerter config");
+            let secrets = SecretStore::with_sources(
+                None,
+                dir.path(),
+                vec![("OPSLOOP_ADMIN_TOKEN".to_owned(), ADMIN.to_owned())],
+            );
+            let mut infra = Infra::connect(config, secrets, shutdown.clone())
+                .await
+                .expect("alerter infra");
+            infra.bus = Arc::new(MemoryBus::new());
+            infra
+        };
+        let alerter = opsloop_alerter::AlerterApp::build(alerter_infra)
+            .await
+            .expect("alerter");
+        let alerter_http = alerter.http_addr().expect("alerter http");
+        let alerter_grpc = alerter.grpc_addr().expect("alerter grpc");
+        let alerter_task = tokio::spawn(alerter.run_until_stopped());
+        opsloop_e2e::wait_for_status(
+            &format!("http://{alerter_http}/healthz"),
+            200,
+            Duration::from_secs(20),
+        )
+        .await;
+
         let config = load(&ConfigSources::env_only([
-            ("OPSLOOP__ALERTER__GRPC_ADDR", "127.0.0.1:0".to_owned()),
-            ("OPSLOOP__ALERTER__HTTP_ADDR", "127.0.0.1:0".to_owned()),
+            (
+                "OPSLOOP__API__CONSOLE__ALERTER_URL",
+                format!("http://{alerter_http}"),
+            ),
+            (
+                "OPSLOOP__API__CONSOLE__ALERTER_GRPC_URL",
+                format!("http://{alerter_grpc}"),
+            ),
+            ("OPSLOOP__API__GRPC_ADDR", "127.0.0.1:0".to_owned()),
+            ("OPSLOOP__API__HTTP_ADDR", "127.0.0.1:0".to_owned()),
             ("OPSLOOP__DATABASE__URL", db.url.clone()),
             (
                 "OPSLOOP__AUDIT__LOG_PATH",
-                dir.path().join("alerter-audit.jsonl").display().to_string(),
+                dir.path().join("audit.jsonl").display().to_string(),
             ),
+            ("OPSLOOP__API__STATUS__HEARTBEAT_URL", String::new()),
+            ("OPSLOOP__API__STATUS__ALERTER_URL", String::new()),
+            ("OPSLOOP__API__STATUS__BACKUP_URL", String::new()),
         ]))
-        .expect("alerter config");
+        .expect("config");
         let secrets = SecretStore::with_sources(
             None,
             dir.path(),
-            vec![("OPSLOOP_ADMIN_TOKEN".to_owned(), ADMIN.to_owned())],
+            vec![
+                ("OPSLOOP_ADMIN_TOKEN".to_owned(), ADMIN.to_owned()),
+                ("OPSLOOP_AGENT_TOKEN".to_owned(), AGENT.to_owned()),
+                ("OPSLOOP_VIEWER_TOKEN".to_owned(), VIEWER.to_owned()),
+                ("OPSLOOP_CONSOLE_ALERTER_TOKEN".to_owned(), console_token),
+            ],
         );
-        let mut infra = Infra::connect(config, secrets, alerter_shutdown.clone())
+        let auth =
+            opsloop_core::auth::Auth::from_secrets(&secrets, Some(db.db.clone())).expect("auth");
+        auth.refresh().await.expect("read the token table");
+        let infra = Infra {
+            audit: Arc::new(AuditLog::new(&config.settings.audit)),
+            config,
+            db: db.db.clone(),
+            bus: Arc::new(MemoryBus::new()),
+            secrets,
+            auth,
+            shutdown: shutdown.clone(),
+        };
+        let app = opsloop_api::ApiApp::build(infra).await.expect("build");
+        let http = app.http_addr().expect("http");
+        let grpc = app.grpc_addr().expect("grpc");
+        let task = tokio::spawn(app.run_until_stopped());
+        let base = format!("http://{http}");
+        opsloop_e2e::wait_for_status(&format!("{base}/healthz"), 200, Duration::from_secs(20))
+            .await;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+            .expect("endpoint")
+            .connect()
             .await
-            .expect("alerter infra");
-        infra.bus = Arc::new(MemoryBus::new());
-        infra
-    };
-    let alerter = opsloop_alerter::AlerterApp::build(alerter_infra)
-        .await
-        .expect("alerter");
-    let alerter_http = alerter.http_addr().expect("alerter http");
-    let alerter_task = tokio::spawn(alerter.run_until_stopped());
-    opsloop_e2e::wait_for_status(
-        &format!("http://{alerter_http}/healthz"),
-        200,
-        Duration::from_secs(20),
-    )
-    .await;
+            .expect("connect");
+        let stack = Self {
+            db,
+            _dir: dir,
+            base,
+            channel,
+            alerter_http,
+            alerter_grpc,
+            shutdown,
+            tasks: vec![alerter_task, task],
+        };
+        (stack, prepared)
+    }
 
-    let config = load(&ConfigSources::env_only([
-        (
-            "OPSLOOP__API__CONSOLE__ALERTER_URL",
-            format!("http://{alerter_http}"),
-        ),
-        ("OPSLOOP__API__GRPC_ADDR", "127.0.0.1:0".to_owned()),
-        ("OPSLOOP__API__HTTP_ADDR", "127.0.0.1:0".to_owned()),
-        ("OPSLOOP__DATABASE__URL", db.url.clone()),
-        (
-            "OPSLOOP__AUDIT__LOG_PATH",
-            dir.path().join("audit.jsonl").display().to_string(),
-        ),
-        ("OPSLOOP__API__STATUS__HEARTBEAT_URL", String::new()),
-        ("OPSLOOP__API__STATUS__ALERTER_URL", String::new()),
-        ("OPSLOOP__API__STATUS__BACKUP_URL", String::new()),
-    ]))
-    .expect("config");
-    let secrets = SecretStore::with_sources(
-        None,
-        dir.path(),
-        vec![
-            ("OPSLOOP_ADMIN_TOKEN".to_owned(), ADMIN.to_owned()),
-            ("OPSLOOP_AGENT_TOKEN".to_owned(), AGENT.to_owned()),
-            ("OPSLOOP_VIEWER_TOKEN".to_owned(), VIEWER.to_owned()),
-            ("OPSLOOP_CONSOLE_ALERTER_TOKEN".to_owned(), ADMIN.to_owned()),
-        ],
-    );
-    let auth = opsloop_core::auth::Auth::from_secrets(&secrets, Some(db.db.clone())).expect("auth");
-    let shutdown = CancellationToken::new();
-    let infra = Infra {
-        audit: Arc::new(AuditLog::new(&config.settings.audit)),
-        config,
-        db: db.db.clone(),
-        bus: Arc::new(MemoryBus::new()),
-        secrets,
-        auth,
-        shutdown: shutdown.clone(),
-    };
-    let app = opsloop_api::ApiApp::build(infra).await.expect("build");
-    let http = app.http_addr().expect("http");
-    let grpc = app.grpc_addr().expect("grpc");
-    let task = tokio::spawn(app.run_until_stopped());
-    let base = format!("http://{http}");
-    opsloop_e2e::wait_for_status(&format!("{base}/healthz"), 200, Duration::from_secs(20)).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
+    async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+        }
+        self.db.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_a_headless_browser() {
+    let (stack, ()) = Stack::start(|_| ADMIN.to_owned(), |_| async {}).await;
+    let (base, channel) = (stack.base.clone(), stack.channel.clone());
+    let (alerter_http, alerter_grpc) = (stack.alerter_http, stack.alerter_grpc);
     let pending = submit_pending(&channel, "Publish the weekly digest").await;
     let second = submit_pending(&channel, "Publish the changelog").await;
 
@@ -389,6 +475,52 @@ async fn console_in_a_headless_browser() {
     browser.screenshot(&alerts_shot).await.expect("screenshot");
     println!("console alerts screenshot: {}", alerts_shot.display());
 
+    // Acknowledge an incident (opened at the alerter) from its page.
+    let incident = open_incident(&alerter_grpc, "Checkout answers 500").await;
+    browser
+        .goto(&format!("{base}/console/incidents"))
+        .await
+        .expect("incidents page");
+    let link = one(&browser, &format!("tr[data-incident='{}'] a", incident.id)).await;
+    browser.click(&link).await.expect("open the incident");
+    let reason = one(&browser, "form[action$='/acknowledge'] input[name=reason]").await;
+    browser
+        .send_keys(&reason, "looking at the checkout pods")
+        .await
+        .expect("type");
+    let acknowledge = one(&browser, "button[data-action=acknowledge]").await;
+    browser.click(&acknowledge).await.expect("acknowledge");
+    let state = eventually(
+        "the incident acknowledged",
+        Duration::from_secs(10),
+        || async {
+            let found = browser
+                .find_all("#incident-state", None)
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(state) = found.first() else {
+                return Err("no state yet".to_owned());
+            };
+            let text = browser.text(state).await.map_err(|e| e.to_string())?;
+            if text == "acknowledged" {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        },
+    )
+    .await;
+    assert_eq!(state, "acknowledged");
+    let timeline = one(&browser, "table.timeline tr[data-kind=acknowledged]").await;
+    let row = browser.text(&timeline).await.expect("text");
+    assert!(row.contains("bootstrap-admin"), "{row}");
+    let incident_shot = screenshots.join("console-incident.png");
+    browser
+        .screenshot(&incident_shot)
+        .await
+        .expect("screenshot");
+    println!("console incident screenshot: {}", incident_shot.display());
+
     // Sign out; a viewer sees no action and a forged action is refused.
     let sign_out = one(&browser, "header form button").await;
     browser.click(&sign_out).await.expect("sign out");
@@ -471,9 +603,242 @@ async fn console_in_a_headless_browser() {
     );
 
     browser.quit().await;
-    shutdown.cancel();
-    alerter_shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
-    let _ = tokio::time::timeout(Duration::from_secs(15), alerter_task).await;
-    db.cleanup().await;
+    stack.stop().await;
+}
+
+/// A signed-in console session over plain HTTP (cookie and CSRF by hand).
+struct Session {
+    http: reqwest::Client,
+    base: String,
+    cookie: String,
+}
+
+/// A page: its status and body.
+struct Page {
+    status: u16,
+    body: String,
+}
+
+impl Page {
+    fn csrf(&self) -> String {
+        let at = self
+            .body
+            .find("name=\"csrf\" value=\"")
+            .expect("a CSRF token on the page");
+        let rest = &self.body[at + "name=\"csrf\" value=\"".len()..];
+        rest[..rest.find('"').expect("end of the value")].to_owned()
+    }
+}
+
+impl Session {
+    async fn sign_in(base: &str, token: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let response = http
+            .post(format!("{base}/console/login"))
+            .form(&[("token", token), ("next", "/console")])
+            .send()
+            .await
+            .expect("sign in");
+        assert_eq!(response.status().as_u16(), 303, "signed in");
+        let cookie = response
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .expect("a session cookie")
+            .to_owned();
+        Self {
+            http,
+            base: base.to_owned(),
+            cookie,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Page {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", &self.cookie)
+            .send()
+            .await
+            .expect("GET");
+        Page {
+            status: response.status().as_u16(),
+            body: response.text().await.expect("body"),
+        }
+    }
+
+    async fn post(&self, path: &str, form: &[(&str, &str)]) -> Page {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("cookie", &self.cookie)
+            .form(form)
+            .send()
+            .await
+            .expect("POST");
+        Page {
+            status: response.status().as_u16(),
+            body: response.text().await.expect("body"),
+        }
+    }
+}
+
+async fn get_incident(alerter: &std::net::SocketAddr, id: &str) -> pb::GetIncidentResponse {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{alerter}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to the alerter");
+    let mut request = tonic::Request::new(pb::GetIncidentRequest { id: id.into() });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN}").parse().expect("ascii"),
+    );
+    pb::incident_service_client::IncidentServiceClient::new(channel)
+        .get_incident(request)
+        .await
+        .expect("get the incident")
+        .into_inner()
+}
+
+/// The incidents pages over HTTP: a viewer reads and may not act; an admin
+/// acknowledges, notes, drafts the postmortem and resolves, each recorded
+/// at the alerter as `<person> via <console token>`; forged, empty and
+/// impossible actions are refused with nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidents_are_read_and_acted_on_through_the_alerter() {
+    use opsloop_core::access::Role;
+    let (stack, (_console, aiko, viktor)) = Stack::start(
+        |tokens: &(String, String, String)| tokens.0.clone(),
+        |db| async move {
+            let mut secrets = Vec::new();
+            for (name, role) in [
+                ("console-svc", Role::Admin),
+                ("aiko", Role::Admin),
+                ("viktor", Role::Viewer),
+            ] {
+                let (_, secret) = opsloop_core::auth::create_token(
+                    &db,
+                    name,
+                    role,
+                    None,
+                    "test",
+                    None,
+                    chrono::Utc::now(),
+                )
+                .await
+                .expect("token");
+                secrets.push(secret);
+            }
+            let mut secrets = secrets.into_iter();
+            let mut next = || secrets.next().expect("secret");
+            (next(), next(), next())
+        },
+    )
+    .await;
+    let incident = open_incident(&stack.alerter_grpc, "Payments time out").await;
+    let path = format!("/console/incidents/{}", incident.id);
+
+    let viewer = Session::sign_in(&stack.base, &viktor).await;
+    let list = viewer.get("/console/incidents").await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    assert!(list.body.contains("Payments time out"));
+    let page = viewer.get(&path).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        !page.body.contains("data-action=\"acknowledge\""),
+        "no action for a viewer"
+    );
+    let refused = viewer
+        .post(&format!("{path}/acknowledge"), &[("csrf", &page.csrf())])
+        .await;
+    assert_eq!(refused.status, 403, "a viewer may not acknowledge");
+    assert_eq!(viewer.get(&format!("{path}/postmortem")).await.status, 403);
+
+    let admin = Session::sign_in(&stack.base, &aiko).await;
+    let page = admin.get(&path).await;
+    assert!(page.body.contains("data-action=\"acknowledge\""));
+    let forged = admin
+        .post(&format!("{path}/acknowledge"), &[("reason", "no token")])
+        .await;
+    assert_eq!(forged.status, 403, "no CSRF token");
+    let state = get_incident(&stack.alerter_grpc, &incident.id).await;
+    assert_eq!(
+        state.incident.expect("incident").state,
+        "triggered",
+        "nothing changed"
+    );
+
+    let done = admin
+        .post(
+            &format!("{path}/acknowledge"),
+            &[("csrf", &page.csrf()), ("reason", "paging payments")],
+        )
+        .await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    let page = admin.get(&format!("{path}?done=acknowledged")).await;
+    assert!(page.body.contains("Incident acknowledged."));
+    let empty = admin
+        .post(
+            &format!("{path}/note"),
+            &[("csrf", &page.csrf()), ("comment", "  ")],
+        )
+        .await;
+    assert_eq!(empty.status, 400);
+    assert!(empty.body.contains("comment"), "{}", empty.body);
+    let page = admin.get(&path).await;
+    let noted = admin
+        .post(
+            &format!("{path}/note"),
+            &[("csrf", &page.csrf()), ("comment", "gateway p99 at 9 s")],
+        )
+        .await;
+    assert_eq!(noted.status, 303, "{}", noted.body);
+    let draft = admin.get(&format!("{path}/postmortem")).await;
+    assert_eq!(draft.status, 200, "{}", draft.body);
+    assert!(draft.body.contains("Payments time out"), "{}", draft.body);
+    let page = admin.get(&path).await;
+    let resolved = admin
+        .post(
+            &format!("{path}/resolve"),
+            &[("csrf", &page.csrf()), ("reason", "gateway restarted")],
+        )
+        .await;
+    assert_eq!(resolved.status, 303, "{}", resolved.body);
+    let page = admin.get(&path).await;
+    let again = admin
+        .post(&format!("{path}/acknowledge"), &[("csrf", &page.csrf())])
+        .await;
+    assert_eq!(
+        again.status, 409,
+        "a resolved incident cannot be acknowledged: {}",
+        again.body
+    );
+
+    let shown = get_incident(&stack.alerter_grpc, &incident.id).await;
+    let found = shown.incident.expect("incident");
+    assert_eq!(found.state, "resolved");
+    assert_eq!(
+        found.acknowledged_by.as_deref(),
+        Some("aiko via console-svc")
+    );
+    assert_eq!(found.resolved_by.as_deref(), Some("aiko via console-svc"));
+    let note = shown
+        .timeline
+        .iter()
+        .find(|e| e.kind == "note")
+        .expect("the note in the timeline");
+    assert_eq!(note.actor, "aiko via console-svc");
+    assert!(note.detail_json.contains("gateway p99 at 9 s"));
+
+    let unknown = admin
+        .get(&format!("/console/incidents/{}", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(admin.get("/console/incidents/not-an-id").await.status, 404);
+    stack.stop().await;
 }

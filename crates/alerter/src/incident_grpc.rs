@@ -69,21 +69,36 @@ impl IncidentGrpc {
     }
 }
 
-/// Who the timeline, events and audit name: the caller's token name when
-/// tokens are configured (the request's actor is ignored then); in an open
-/// (dev-mode) alerter the request's actor, else `grpc`.
+/// Who the timeline, events and audit name. With tokens: the caller's
+/// token name; an `admin` token acting for a person (the api's console)
+/// may name them in the request's actor, recorded as `<actor> via <token>`
+/// so both stay on record. In an open (dev-mode) alerter the request's
+/// actor, else `grpc`.
 fn actor(requested: &str) -> Result<String, Status> {
-    if let Some(caller) = opsloop_core::auth::caller() {
-        return Ok(caller.name);
-    }
     let requested = requested.trim();
-    if requested.is_empty() {
-        return Ok("grpc".to_owned());
-    }
     if requested.chars().count() > 128 {
         return Err(Status::invalid_argument("actor: at most 128 characters"));
     }
-    Ok(requested.to_owned())
+    Ok(delegated_actor(
+        opsloop_core::auth::caller().as_ref(),
+        requested,
+    ))
+}
+
+/// [`actor`]'s rule, given the caller and the (trimmed) requested actor.
+fn delegated_actor(caller: Option<&opsloop_core::auth::Principal>, requested: &str) -> String {
+    match caller {
+        Some(caller)
+            if caller.role == opsloop_core::access::Role::Admin
+                && !requested.is_empty()
+                && requested != caller.name =>
+        {
+            format!("{requested} via {}", caller.name)
+        }
+        Some(caller) => caller.name.clone(),
+        None if requested.is_empty() => "grpc".to_owned(),
+        None => requested.to_owned(),
+    }
 }
 
 fn incident_id(text: &str) -> Result<Uuid, Status> {
@@ -464,5 +479,28 @@ mod tests {
         assert!(first_day("7 Dec", chrono_tz::UTC, now).is_err());
         assert_eq!(actor(" ").expect("default"), "grpc");
         assert_eq!(actor("aiko").expect("given"), "aiko");
+    }
+
+    #[test]
+    fn an_admin_token_may_name_the_person_it_acts_for() {
+        use opsloop_core::access::Role;
+        use opsloop_core::auth::Principal;
+        let console = Principal {
+            name: "console".into(),
+            role: Role::Admin,
+        };
+        assert_eq!(delegated_actor(Some(&console), "aiko"), "aiko via console");
+        assert_eq!(delegated_actor(Some(&console), ""), "console");
+        assert_eq!(delegated_actor(Some(&console), "console"), "console");
+        let agent = Principal {
+            name: "worker".into(),
+            role: Role::Agent,
+        };
+        assert_eq!(
+            delegated_actor(Some(&agent), "aiko"),
+            "worker",
+            "only admin tokens delegate"
+        );
+        assert_eq!(delegated_actor(None, "aiko"), "aiko");
     }
 }

@@ -88,6 +88,9 @@ pub struct ApiApp {
     grpc: TcpListener,
     http: TcpListener,
     status_peers: Vec<status_page::Peer>,
+    /// The alerter's gRPC address the console's incidents pages call
+    /// (`api.console.alerter_grpc_url`, else `alerter.grpc_addr`).
+    alerter_grpc: Option<String>,
     maintenance: Vec<status_page::model::Maintenance>,
 }
 
@@ -109,6 +112,7 @@ impl ApiApp {
             steps: opsloop_core::workflow::notify::StepNotifier::new(),
         };
         let (status_peers, maintenance) = status_page::from_config(&infra.config, &settings.status);
+        let alerter_grpc = console::alerter_grpc_url(&infra.config, &settings.console);
         Ok(Self {
             infra,
             settings,
@@ -116,6 +120,7 @@ impl ApiApp {
             grpc,
             http,
             status_peers,
+            alerter_grpc,
             maintenance,
         })
     }
@@ -145,6 +150,16 @@ impl ApiApp {
             if configured.is_none() {
                 peer.url = Some(format!("http://{addr}"));
             }
+        }
+        self
+    }
+
+    /// Calls the alerter's `IncidentService` at this gRPC address (`opsloop
+    /// dev`, which binds it in the same process) unless
+    /// `api.console.alerter_grpc_url` is set.
+    pub fn with_alerter_grpc(mut self, alerter: SocketAddr) -> Self {
+        if self.settings.console.alerter_grpc_url.is_none() {
+            self.alerter_grpc = Some(format!("http://{alerter}"));
         }
         self
     }
@@ -252,8 +267,16 @@ impl ApiApp {
             .with_alerter(console::alerts::AlerterClient::new(
                 http,
                 alerter_url,
-                alerter_token,
+                alerter_token.clone(),
             ))
+            .with_incidents(match self.alerter_grpc.as_deref() {
+                Some(url) => console::incidents::IncidentClient::new(
+                    url,
+                    alerter_token.as_deref(),
+                    tls.ca_file.as_deref(),
+                )?,
+                None => console::incidents::IncidentClient::disabled(),
+            })
         };
         let router = opsloop_core::http::base_router(SERVICE, self.infra.readiness())
             .merge(

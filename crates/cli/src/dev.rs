@@ -110,11 +110,13 @@ async fn run_all(
     let alerter = opsloop_alerter::AlerterApp::build(infra.clone()).await?;
     let backup = opsloop_backup_agent::BackupApp::build(infra.clone()).await?;
     // The status page checks the other roles where they were bound.
-    let api = api.with_status_peers(
-        heartbeat.http_addr()?,
-        alerter.http_addr()?,
-        backup.http_addr()?,
-    );
+    let api = api
+        .with_status_peers(
+            heartbeat.http_addr()?,
+            alerter.http_addr()?,
+            backup.http_addr()?,
+        )
+        .with_alerter_grpc(alerter.grpc_addr()?);
 
     outln!("opsloop dev: every role in one process");
     outln!("  database          {database}");

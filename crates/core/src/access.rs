@@ -256,6 +256,12 @@ pub const TABLE: &[Entry] = &[
     http(API, "GET", "/console/alerts", VIEWER),
     http(API, "POST", "/console/alerts/silence", ADMIN),
     http(API, "POST", "/console/silences/{id}/expire", ADMIN),
+    http(API, "GET", "/console/incidents", VIEWER),
+    http(API, "GET", "/console/incidents/{id}", VIEWER),
+    http(API, "GET", "/console/incidents/{id}/postmortem", ADMIN),
+    http(API, "POST", "/console/incidents/{id}/acknowledge", ADMIN),
+    http(API, "POST", "/console/incidents/{id}/resolve", ADMIN),
+    http(API, "POST", "/console/incidents/{id}/note", ADMIN),
     http(API, "GET", "/console/backups", VIEWER),
     // alerter
     // Alertmanager's own probes, public like /healthz and /readyz: the same

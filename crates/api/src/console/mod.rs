@@ -18,6 +18,7 @@
 
 pub mod alerts;
 pub mod filters;
+pub mod incidents;
 pub mod session;
 pub mod views;
 
@@ -74,6 +75,59 @@ pub struct ConsoleSettings {
     /// alerts page reads and writes; unset: the status page's alerter URL;
     /// empty: no alerts page.
     pub alerter_url: Option<String>,
+    /// URL of the alerter's gRPC port (`http://` or `https://`), whose
+    /// `IncidentService` the incidents pages read and act on; unset:
+    /// `alerter.grpc_addr` of the same configuration (`https://` when this
+    /// configuration serves gRPC over TLS); empty: no incidents pages.
+    pub alerter_grpc_url: Option<String>,
+}
+
+/// Where the incidents pages call the alerter's gRPC port:
+/// `alerter_grpc_url` when set (`""`: nowhere), else `alerter.grpc_addr`
+/// of the same configuration, `https://` when it serves gRPC over TLS.
+pub fn alerter_grpc_url(
+    config: &opsloop_core::config::LoadedConfig,
+    settings: &ConsoleSettings,
+) -> Option<String> {
+    #[derive(Deserialize)]
+    #[serde(default)]
+    struct Peek {
+        grpc_addr: String,
+    }
+    impl Default for Peek {
+        fn default() -> Self {
+            Self {
+                grpc_addr: DEFAULT_ALERTER_GRPC.into(),
+            }
+        }
+    }
+    match settings.alerter_grpc_url.as_deref().map(str::trim) {
+        Some("") => None,
+        Some(url) => Some(url.trim_end_matches('/').to_owned()),
+        None => {
+            let peek: Peek = config.section("alerter").unwrap_or_default();
+            let tls = &config.settings.tls;
+            let scheme = if tls.grpc && tls.cert_file.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            grpc_url_of(scheme, &peek.grpc_addr)
+        }
+    }
+}
+
+/// The alerter's default `grpc_addr`.
+const DEFAULT_ALERTER_GRPC: &str = "127.0.0.1:50052";
+
+/// `scheme://addr` for a bound address, a wildcard replaced by loopback;
+/// None for port 0 (only known once bound).
+fn grpc_url_of(scheme: &str, addr: &str) -> Option<String> {
+    let addr = addr
+        .trim()
+        .replacen("0.0.0.0:", "127.0.0.1:", 1)
+        .replacen("[::]:", "[::1]:", 1);
+    (!addr.ends_with(":0") && !addr.is_empty()).then(|| format!("{scheme}://{addr}"))
 }
 
 /// The name of a session opened while the daemon has no token (dev mode).
@@ -85,6 +139,7 @@ struct Inner {
     keys: Keys,
     secure: bool,
     alerter: alerts::AlerterClient,
+    incidents: incidents::IncidentClient,
 }
 
 /// The console of one api: cheap to clone.
@@ -110,6 +165,7 @@ impl Console {
                 keys: Keys::new(session_key),
                 secure,
                 alerter: alerts::AlerterClient::new(reqwest::Client::new(), None, None),
+                incidents: incidents::IncidentClient::disabled(),
             }),
         }
     }
@@ -119,6 +175,15 @@ impl Console {
     pub fn with_alerter(mut self, alerter: alerts::AlerterClient) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.alerter = alerter;
+        }
+        self
+    }
+
+    /// Reads and acts on incidents at this alerter's `IncidentService`.
+    /// Call before [`Console::router`].
+    pub fn with_incidents(mut self, client: incidents::IncidentClient) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.incidents = client;
         }
         self
     }
@@ -152,6 +217,15 @@ impl Console {
             .route("/console/alerts", get(alerts_page))
             .route("/console/alerts/silence", post(silence))
             .route("/console/silences/{id}/expire", post(expire_silence))
+            .route("/console/incidents", get(incidents_page))
+            .route("/console/incidents/{id}", get(incident_page))
+            .route("/console/incidents/{id}/postmortem", get(postmortem_page))
+            .route(
+                "/console/incidents/{id}/acknowledge",
+                post(acknowledge_incident),
+            )
+            .route("/console/incidents/{id}/resolve", post(resolve_incident))
+            .route("/console/incidents/{id}/note", post(note_incident))
             .route("/console/backups", get(backups_page))
             .route("/console/triggers", get(triggers))
             .route("/console/triggers/{id}/enabled", post(trigger_enabled))
@@ -1289,9 +1363,168 @@ async fn expire_silence(
     }
 }
 
+// ---- incidents ----------------------------------------------------------
+
+fn incident_failure(ctx: &Ctx, error: &incidents::IncidentCallError) -> Response {
+    use incidents::IncidentCallError as E;
+    let (status, title) = match error {
+        E::NotConfigured | E::Unavailable(..) => (StatusCode::SERVICE_UNAVAILABLE, "Alerter"),
+        E::NotFound(_) => (StatusCode::NOT_FOUND, "Not found"),
+        E::Invalid(_) => (StatusCode::BAD_REQUEST, "Invalid input"),
+        E::NotPossible(_) => (StatusCode::CONFLICT, "Not possible now"),
+        E::Refused(_) => (StatusCode::BAD_GATEWAY, "Alerter"),
+    };
+    if status.is_server_error() {
+        tracing::warn!(%error, "console: incident call failed");
+    }
+    page(status, views::error(Some(ctx), title, &error.to_string()))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct IncidentQuery {
+    open: Option<String>,
+}
+
+async fn incidents_page(
+    State(c): State<Console>,
+    who: Who,
+    Query(q): Query<IncidentQuery>,
+) -> Response {
+    let ctx = c.ctx(&who);
+    let open_only = matches!(q.open.as_deref(), Some("1" | "true"));
+    match c.inner.incidents.list(open_only).await {
+        Ok(rows) => page(StatusCode::OK, views::incidents(&ctx, &rows, open_only)),
+        Err(e) => incident_failure(&ctx, &e),
+    }
+}
+
+async fn incident_page(State(c): State<Console>, who: Who, Path(raw): Path<String>) -> Response {
+    let ctx = c.ctx(&who);
+    let id = match id(&ctx, "incident", &raw) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    match c.inner.incidents.get(&id.to_string()).await {
+        Ok(detail) => page(StatusCode::OK, views::incident(&ctx, &detail)),
+        Err(e) => incident_failure(&ctx, &e),
+    }
+}
+
+async fn postmortem_page(State(c): State<Console>, who: Who, Path(raw): Path<String>) -> Response {
+    let ctx = c.ctx(&who);
+    let id = match id(&ctx, "incident", &raw) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    match c
+        .inner
+        .incidents
+        .postmortem(&id.to_string(), &who.principal.name)
+        .await
+    {
+        Ok(markdown) => page(
+            StatusCode::OK,
+            views::postmortem(&ctx, &id.to_string(), &markdown),
+        ),
+        Err(e) => incident_failure(&ctx, &e),
+    }
+}
+
+async fn acknowledge_incident(
+    c: State<Console>,
+    who: Who,
+    raw: Path<String>,
+    form: Form<ActionForm>,
+) -> Response {
+    incident_action(c, who, raw, form, incidents::IncidentAction::Acknowledge).await
+}
+
+async fn resolve_incident(
+    c: State<Console>,
+    who: Who,
+    raw: Path<String>,
+    form: Form<ActionForm>,
+) -> Response {
+    incident_action(c, who, raw, form, incidents::IncidentAction::Resolve).await
+}
+
+async fn note_incident(
+    c: State<Console>,
+    who: Who,
+    raw: Path<String>,
+    form: Form<ActionForm>,
+) -> Response {
+    incident_action(c, who, raw, form, incidents::IncidentAction::Note).await
+}
+
+/// Acknowledges, resolves or notes an incident at the alerter as the
+/// signed-in person, and audits it here under their name.
+async fn incident_action(
+    State(c): State<Console>,
+    who: Who,
+    Path(raw): Path<String>,
+    Form(form): Form<ActionForm>,
+    action: incidents::IncidentAction,
+) -> Response {
+    let ctx = c.ctx(&who);
+    let id = match id(&ctx, "incident", &raw) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    if let Err(refused) = c.check_csrf(&who, &form) {
+        return *refused;
+    }
+    let raw_text = match action {
+        incidents::IncidentAction::Note => form.comment.as_deref(),
+        _ => form.reason.as_deref(),
+    };
+    let text = match action.text(raw_text) {
+        Ok(text) => text,
+        Err(e) => return invalid(&ctx, e),
+    };
+    match c
+        .inner
+        .incidents
+        .act(&id.to_string(), action, &who.principal.name, &text)
+        .await
+    {
+        Ok(()) => {
+            let (audit_action, done) = action.names();
+            audit_alerter(
+                &c.inner.api,
+                opsloop_core::audit::AuditRecord {
+                    at: c.now(),
+                    actor: who.principal.name.clone(),
+                    action: audit_action.into(),
+                    subject: format!("incident/{id}"),
+                    reason: (!text.is_empty()).then_some(text),
+                    before: None,
+                    after: None,
+                },
+            );
+            redirect(&format!("/console/incidents/{id}?done={done}"))
+        }
+        Err(e) => incident_failure(&ctx, &e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_alerter_grpc_address_comes_from_its_config() {
+        assert_eq!(
+            grpc_url_of("http", "0.0.0.0:50052").as_deref(),
+            Some("http://127.0.0.1:50052")
+        );
+        assert_eq!(
+            grpc_url_of("https", "[::]:50052").as_deref(),
+            Some("https://[::1]:50052")
+        );
+        assert_eq!(grpc_url_of("http", "127.0.0.1:0"), None);
+    }
 
     #[test]
     fn next_is_a_console_path_only() {

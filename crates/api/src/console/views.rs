@@ -6,12 +6,14 @@
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use opsloop_core::domain::policy::EmergencyStop;
+use opsloop_core::proto::v1 as pb;
 use opsloop_core::store::entities::{
     backups, events, mission_steps, policy, policy_history, step_dead_letters, trigger_rules,
 };
 use opsloop_core::workflow::{HealthFigures, MissionView, ProposalView};
 
 use super::filters::{EventQuery, MissionQuery, ProposalQuery, SOURCES};
+use super::incidents;
 use crate::status_page::model::{ComponentState, Group, Snapshot};
 
 /// Who is looking, and the CSRF token of this page's forms.
@@ -40,6 +42,9 @@ pub fn done_message(code: &str) -> Option<&'static str> {
         "disabled" => "Trigger disabled.",
         "silenced" => "Silence created.",
         "expired" => "Silence expired.",
+        "acknowledged" => "Incident acknowledged.",
+        "resolved" => "Incident resolved.",
+        "noted" => "Note added to the incident.",
         _ => return None,
     })
 }
@@ -159,6 +164,7 @@ pub fn layout(ctx: Option<&Ctx>, title: &str, body: Markup) -> Markup {
                             a href="/console/policy" { "Policy" }
                             a href="/console/triggers" { "Triggers" }
                             a href="/console/alerts" { "Alerts" }
+                            a href="/console/incidents" { "Incidents" }
                             a href="/console/backups" { "Backups" }
                             span.who {
                                 span data-who=(ctx.name) { (ctx.name) } " (" (ctx.role) ") "
@@ -318,7 +324,7 @@ pub fn overview(ctx: &Ctx, o: &Overview) -> Markup {
                     }
                     None => { div.figure.muted { "?" } }
                 }
-                div.muted { a href="/status" { "status page" } }
+                div.muted { a href="/console/incidents?open=1" { "incidents" } " · " a href="/status" { "status page" } }
             }
         }
         h2 { "Daemons" }
@@ -959,6 +965,123 @@ pub const SCRIPT: &str = r#"(function () {
   });
 })();
 "#;
+
+fn incident_state_class(state: &str) -> &'static str {
+    match state {
+        "triggered" | "reopened" => "bad",
+        "acknowledged" => "warn",
+        "resolved" => "ok",
+        _ => "muted",
+    }
+}
+
+/// `/console/incidents`: open incidents first (as the alerter lists them,
+/// newest opened first), then the resolved.
+pub fn incidents(ctx: &Ctx, rows: &[pb::Incident], open_only: bool) -> Markup {
+    let (open, closed): (Vec<&pb::Incident>, Vec<&pb::Incident>) =
+        rows.iter().partition(|i| i.state != "resolved");
+    let body = html! {
+        h1 { "Incidents" }
+        p.muted {
+            @if open_only { "Open incidents only. " a href="/console/incidents" { "Show resolved too" } }
+            @else { a href="/console/incidents?open=1" { "Open only" } }
+        }
+        @if rows.is_empty() { p.muted { "No incident." } }
+        @else {
+            div.scroll { table.incidents {
+                thead { tr { th { "Incident" } th { "Level" } th { "State" } th { "Opened" } th { "Acknowledged" } th { "Firing" } } }
+                tbody { @for i in open.iter().chain(closed.iter()) {
+                    tr data-incident=(i.id) {
+                        td { a href={ "/console/incidents/" (i.id) } { (i.title) } }
+                        td { strong { (i.level) } }
+                        td.(incident_state_class(&i.state)) { (i.state) }
+                        td { (opt_time(incidents::at(i.opened_at.as_ref()))) }
+                        td { @match &i.acknowledged_by { Some(by) => { (by) }, None => { span.muted { "—" } } } }
+                        td { (i.alerts_firing) }
+                    }
+                } }
+            } }
+        }
+    };
+    layout(Some(ctx), "Incidents", body)
+}
+
+/// `/console/incidents/{id}`: the incident, its actions and its timeline.
+pub fn incident(ctx: &Ctx, detail: &incidents::IncidentDetail) -> Markup {
+    let i = &detail.incident;
+    let open = i.state != "resolved";
+    let body = html! {
+        h1 { (i.level) " · " (i.title) }
+        div.card {
+            p { "State " strong.(incident_state_class(&i.state)) #incident-state { (i.state) }
+                @if i.alerts_resolved { " — every alert has resolved" } }
+            p.muted {
+                "id " code { (i.id) } " · opened by " (i.opened_by) " at " (opt_time(incidents::at(i.opened_at.as_ref())))
+                " · response due " (opt_time(incidents::at(i.response_due_at.as_ref())))
+                @if let Some(by) = &i.acknowledged_by { " · acknowledged by " (by) " at " (opt_time(incidents::at(i.acknowledged_at.as_ref()))) }
+                @if let Some(by) = &i.resolved_by { " · resolved by " (by) " at " (opt_time(incidents::at(i.resolved_at.as_ref()))) }
+                @if let Some(next) = incidents::at(i.next_escalation_at.as_ref()) { " · next escalation " (time(next)) }
+            }
+            @if !i.labels.is_empty() {
+                p { @for (k, v) in &i.labels { code { (k) "=" (v) } " " } }
+            }
+            @if ctx.can_act {
+                @if i.state == "triggered" || i.state == "reopened" {
+                    form.inline method="post" action={ "/console/incidents/" (i.id) "/acknowledge" } {
+                        (csrf(ctx))
+                        input type="text" name="reason" placeholder="what you are doing (optional)" maxlength="1000";
+                        button type="submit" data-action="acknowledge" { "Acknowledge" }
+                    }
+                    " "
+                }
+                @if open {
+                    form.inline method="post" action={ "/console/incidents/" (i.id) "/resolve" } {
+                        (csrf(ctx))
+                        input type="text" name="reason" placeholder="how it was fixed (optional)" maxlength="1000";
+                        button.danger type="submit" data-action="resolve" { "Resolve" }
+                    }
+                }
+                p { a #postmortem-link href={ "/console/incidents/" (i.id) "/postmortem" } { "Open the postmortem draft" } }
+            }
+        }
+        @if ctx.can_act {
+            h2 { "Add a note" }
+            form method="post" action={ "/console/incidents/" (i.id) "/note" } {
+                (csrf(ctx))
+                textarea name="comment" rows="3" required maxlength="4000" placeholder="what you saw or did" {}
+                p { button type="submit" data-action="note" { "Add the note" } }
+            }
+        }
+        h2 { "Timeline" }
+        @if detail.timeline.is_empty() { p.muted { "Nothing recorded yet." } }
+        @else {
+            div.scroll { table.timeline {
+                thead { tr { th { "At" } th { "What" } th { "Who" } th { "Details" } } }
+                tbody { @for e in &detail.timeline {
+                    tr data-kind=(e.kind) {
+                        td { (opt_time(incidents::at(e.at.as_ref()))) }
+                        td { (e.kind) }
+                        td { (e.actor) }
+                        td { @if e.detail_json != "{}" && e.detail_json != "null" { code { (e.detail_json) } } }
+                    }
+                } }
+            } }
+        }
+    };
+    layout(Some(ctx), "Incident", body)
+}
+
+/// `/console/incidents/{id}/postmortem`: the alerter's Markdown draft, to
+/// copy into the team's postmortem document.
+pub fn postmortem(ctx: &Ctx, id: &str, markdown: &str) -> Markup {
+    let body = html! {
+        h1 { "Postmortem draft" }
+        p.muted { a href={ "/console/incidents/" (id) } { "Back to the incident" }
+            " · drafted from the incident's timeline and the loop's records; copy it into your postmortem document." }
+        div.card { pre #postmortem { (markdown) } }
+    };
+    layout(Some(ctx), "Postmortem draft", body)
+}
 
 #[cfg(test)]
 mod tests {
