@@ -127,6 +127,7 @@ struct Stack {
     channel: tonic::transport::Channel,
     alerter_http: std::net::SocketAddr,
     alerter_grpc: std::net::SocketAddr,
+    backup_grpc: std::net::SocketAddr,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -184,7 +185,46 @@ impl Stack {
         )
         .await;
 
+        // The backup-agent, which backs up this database and verifies a
+        // backup from the console.
+        let backup_infra = {
+            let config = load(&ConfigSources::env_only([
+                ("OPSLOOP__BACKUP__GRPC_ADDR", "127.0.0.1:0".to_owned()),
+                ("OPSLOOP__BACKUP__HTTP_ADDR", "127.0.0.1:0".to_owned()),
+                (
+                    "OPSLOOP__BACKUP__STORE_DIR",
+                    dir.path().join("backups").display().to_string(),
+                ),
+                ("OPSLOOP__BACKUP__CATCH_UP_MISSED", "false".to_owned()),
+                ("OPSLOOP__DATABASE__URL", db.url.clone()),
+                (
+                    "OPSLOOP__AUDIT__LOG_PATH",
+                    dir.path().join("backup-audit.jsonl").display().to_string(),
+                ),
+            ]))
+            .expect("backup-agent config");
+            let secrets = SecretStore::with_sources(
+                None,
+                dir.path(),
+                vec![("OPSLOOP_ADMIN_TOKEN".to_owned(), ADMIN.to_owned())],
+            );
+            let mut infra = Infra::connect(config, secrets, shutdown.clone())
+                .await
+                .expect("backup-agent infra");
+            infra.bus = Arc::new(MemoryBus::new());
+            infra
+        };
+        let backup = opsloop_backup_agent::BackupApp::build(backup_infra)
+            .await
+            .expect("backup-agent");
+        let backup_grpc = backup.grpc_addr().expect("backup grpc");
+        let backup_task = tokio::spawn(backup.run_until_stopped());
+
         let config = load(&ConfigSources::env_only([
+            (
+                "OPSLOOP__API__CONSOLE__BACKUP_GRPC_URL",
+                format!("http://{backup_grpc}"),
+            ),
             (
                 "OPSLOOP__API__CONSOLE__ALERTER_URL",
                 format!("http://{alerter_http}"),
@@ -246,8 +286,9 @@ impl Stack {
             channel,
             alerter_http,
             alerter_grpc,
+            backup_grpc,
             shutdown,
-            tasks: vec![alerter_task, task],
+            tasks: vec![alerter_task, backup_task, task],
         };
         (stack, prepared)
     }
@@ -840,5 +881,103 @@ async fn incidents_are_read_and_acted_on_through_the_alerter() {
         .await;
     assert_eq!(unknown.status, 404);
     assert_eq!(admin.get("/console/incidents/not-an-id").await.status, 404);
+    stack.stop().await;
+}
+
+/// A backup's page: the restore preview beside the rows now; a viewer may
+/// not verify; an admin verifies it at the backup-agent and sees the
+/// outcome stage by stage; a forged verify is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_is_previewed_and_verified_from_the_console() {
+    use opsloop_core::access::Role;
+    let (stack, viewer_secret) = Stack::start(
+        |_: &String| ADMIN.to_owned(),
+        |db| async move {
+            opsloop_core::auth::create_token(
+                &db,
+                "vera",
+                Role::Viewer,
+                None,
+                "test",
+                None,
+                chrono::Utc::now(),
+            )
+            .await
+            .expect("token")
+            .1
+        },
+    )
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", stack.backup_grpc))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to the backup-agent");
+    let mut request = tonic::Request::new(pb::RunBackupRequest {
+        target: None,
+        wait: true,
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN}").parse().expect("ascii"),
+    );
+    let taken = pb::backup_service_client::BackupServiceClient::new(channel)
+        .run_backup(request)
+        .await
+        .expect("a backup of the test database (pg_dump on PATH)")
+        .into_inner()
+        .backup
+        .expect("backup");
+    let path = format!("/console/backups/{}", taken.id);
+
+    let viewer = Session::sign_in(&stack.base, &viewer_secret).await;
+    let list = viewer.get("/console/backups").await;
+    assert!(list.body.contains(&path), "the list links the backup");
+    let page = viewer.get(&path).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("Restore preview"));
+    assert!(
+        page.body.contains("data-table=\"public.policy\""),
+        "the manifest's tables: {}",
+        page.body
+    );
+    assert!(
+        page.body
+            .contains(&format!("opsloop backup restore {}", taken.id))
+    );
+    assert!(
+        !page.body.contains("data-action=\"verify\""),
+        "no verify for a viewer"
+    );
+    let refused = viewer
+        .post(&format!("{path}/verify"), &[("csrf", &page.csrf())])
+        .await;
+    assert_eq!(refused.status, 403);
+
+    let admin = Session::sign_in(&stack.base, ADMIN).await;
+    let forged = admin.post(&format!("{path}/verify"), &[]).await;
+    assert_eq!(forged.status, 403, "no CSRF token");
+    let page = admin.get(&path).await;
+    let verified = admin
+        .post(&format!("{path}/verify"), &[("csrf", &page.csrf())])
+        .await;
+    assert_eq!(verified.status, 200, "{}", verified.body);
+    assert!(
+        verified.body.contains("id=\"verify-outcome\""),
+        "{}",
+        verified.body
+    );
+    assert!(verified.body.contains(">Verified<"), "{}", verified.body);
+    assert!(verified.body.contains("<td>restore</td>"), "stages listed");
+    let page = admin.get(&path).await;
+    assert!(
+        page.body.contains(">verified<"),
+        "the state is stored: {}",
+        page.body
+    );
+    let unknown = admin
+        .get(&format!("/console/backups/{}", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(unknown.status, 404);
     stack.stop().await;
 }

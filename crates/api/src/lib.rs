@@ -91,6 +91,8 @@ pub struct ApiApp {
     /// The alerter's gRPC address the console's incidents pages call
     /// (`api.console.alerter_grpc_url`, else `alerter.grpc_addr`).
     alerter_grpc: Option<String>,
+    /// The backup-agent's gRPC address the console's backup pages call.
+    backup_grpc: Option<String>,
     maintenance: Vec<status_page::model::Maintenance>,
 }
 
@@ -112,7 +114,18 @@ impl ApiApp {
             steps: opsloop_core::workflow::notify::StepNotifier::new(),
         };
         let (status_peers, maintenance) = status_page::from_config(&infra.config, &settings.status);
-        let alerter_grpc = console::alerter_grpc_url(&infra.config, &settings.console);
+        let alerter_grpc = console::peer_grpc_url(
+            &infra.config,
+            settings.console.alerter_grpc_url.as_deref(),
+            "alerter",
+            "127.0.0.1:50052",
+        );
+        let backup_grpc = console::peer_grpc_url(
+            &infra.config,
+            settings.console.backup_grpc_url.as_deref(),
+            "backup",
+            "127.0.0.1:50053",
+        );
         Ok(Self {
             infra,
             settings,
@@ -121,6 +134,7 @@ impl ApiApp {
             http,
             status_peers,
             alerter_grpc,
+            backup_grpc,
             maintenance,
         })
     }
@@ -154,12 +168,15 @@ impl ApiApp {
         self
     }
 
-    /// Calls the alerter's `IncidentService` at this gRPC address (`opsloop
-    /// dev`, which binds it in the same process) unless
-    /// `api.console.alerter_grpc_url` is set.
-    pub fn with_alerter_grpc(mut self, alerter: SocketAddr) -> Self {
+    /// Calls the alerter's and the backup-agent's gRPC ports at these
+    /// addresses (`opsloop dev`, which binds them in the same process)
+    /// unless `api.console.alerter_grpc_url` / `backup_grpc_url` are set.
+    pub fn with_peer_grpc(mut self, alerter: SocketAddr, backup: SocketAddr) -> Self {
         if self.settings.console.alerter_grpc_url.is_none() {
             self.alerter_grpc = Some(format!("http://{alerter}"));
+        }
+        if self.settings.console.backup_grpc_url.is_none() {
+            self.backup_grpc = Some(format!("http://{backup}"));
         }
         self
     }
@@ -251,6 +268,11 @@ impl ApiApp {
                 .secrets
                 .get(console::ALERTER_TOKEN_SECRET)?
                 .map(|s| s.expose().trim().to_owned());
+            let backup_token = self
+                .infra
+                .secrets
+                .get(console::BACKUP_TOKEN_SECRET)?
+                .map(|s| s.expose().trim().to_owned());
             let mut http = reqwest::Client::builder().user_agent("opsloop-console");
             if let Some(ca) = tls.ca_file.as_deref() {
                 http = http.use_preconfigured_tls(opsloop_core::tls::client_config(Some(ca))?);
@@ -270,12 +292,22 @@ impl ApiApp {
                 alerter_token.clone(),
             ))
             .with_incidents(match self.alerter_grpc.as_deref() {
-                Some(url) => console::incidents::IncidentClient::new(
+                Some(url) => console::incidents::IncidentClient::new(console::peer::GrpcPeer::new(
+                    console::incidents::ALERTER,
                     url,
                     alerter_token.as_deref(),
                     tls.ca_file.as_deref(),
-                )?,
+                )?),
                 None => console::incidents::IncidentClient::disabled(),
+            })
+            .with_backups(match self.backup_grpc.as_deref() {
+                Some(url) => console::backups::BackupClient::new(console::peer::GrpcPeer::new(
+                    console::backups::BACKUP_AGENT,
+                    url,
+                    backup_token.as_deref().or(alerter_token.as_deref()),
+                    tls.ca_file.as_deref(),
+                )?),
+                None => console::backups::BackupClient::disabled(),
             })
         };
         let router = opsloop_core::http::base_router(SERVICE, self.infra.readiness())

@@ -116,7 +116,7 @@ async fn run_all(
             alerter.http_addr()?,
             backup.http_addr()?,
         )
-        .with_alerter_grpc(alerter.grpc_addr()?);
+        .with_peer_grpc(alerter.grpc_addr()?, backup.grpc_addr()?);
 
     outln!("opsloop dev: every role in one process");
     outln!("  database          {database}");

@@ -263,6 +263,8 @@ pub const TABLE: &[Entry] = &[
     http(API, "POST", "/console/incidents/{id}/resolve", ADMIN),
     http(API, "POST", "/console/incidents/{id}/note", ADMIN),
     http(API, "GET", "/console/backups", VIEWER),
+    http(API, "GET", "/console/backups/{id}", VIEWER),
+    http(API, "POST", "/console/backups/{id}/verify", ADMIN),
     // alerter
     // Alertmanager's own probes, public like /healthz and /readyz: the same
     // liveness and readiness for tools that expect Alertmanager's paths.

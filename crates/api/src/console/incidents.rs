@@ -7,17 +7,15 @@
 //! (the `admin` role). Each action names the signed-in person as its actor:
 //! the alerter records `<person> via <console token>`.
 
-use std::path::Path;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Utc};
 use opsloop_core::proto::v1 as pb;
 use pb::incident_service_client::IncidentServiceClient;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-/// How long connecting to the alerter may take.
-const CONNECT_TIMEOUT: StdDuration = StdDuration::from_secs(3);
+use super::peer::{GrpcPeer, PeerCallError, PeerKind};
+
 /// How long one call may take.
 const CALL_TIMEOUT: StdDuration = StdDuration::from_secs(10);
 
@@ -26,58 +24,17 @@ pub const MAX_REASON: usize = 1000;
 /// Most characters of a note (the alerter's own bound).
 pub const MAX_NOTE: usize = 4000;
 
-/// Why a call to the alerter's incident service failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum IncidentCallError {
-    #[error(
-        "incidents are not configured for the console: set [api.console] alerter_grpc_url (or alerter.grpc_addr)"
-    )]
-    NotConfigured,
-    #[error("the alerter's gRPC port at {0} is not reachable: {1}")]
-    Unavailable(String, String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("not possible now: {0}")]
-    NotPossible(String),
-    #[error(
-        "the alerter refused the console's token (secret console_alerter_token, role admin): {0}"
-    )]
-    Refused(String),
-}
-
-impl IncidentCallError {
-    fn from_status(target: &str, status: tonic::Status) -> Self {
-        use tonic::Code;
-        let message = status.message().to_owned();
-        match status.code() {
-            Code::NotFound => Self::NotFound(message),
-            Code::InvalidArgument => Self::Invalid(message),
-            Code::FailedPrecondition | Code::Aborted | Code::AlreadyExists => {
-                Self::NotPossible(message)
-            }
-            Code::Unauthenticated | Code::PermissionDenied => Self::Refused(message),
-            _ => Self::Unavailable(target.to_owned(), format!("{:?}: {message}", status.code())),
-        }
-    }
-}
+/// The alerter, as the console's incidents pages call it.
+pub const ALERTER: PeerKind = PeerKind {
+    daemon: "alerter",
+    setting: "alerter_grpc_url",
+    secret: "console_alerter_token",
+};
 
 /// A client of the alerter's `IncidentService`; connects on first use.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct IncidentClient {
-    channel: Option<Channel>,
-    target: String,
-    token: Option<MetadataValue<Ascii>>,
-}
-
-impl std::fmt::Debug for IncidentClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IncidentClient")
-            .field("target", &self.target)
-            .field("token", &self.token.as_ref().map(|_| "<set>"))
-            .finish()
-    }
+    peer: GrpcPeer,
 }
 
 /// An incident with its timeline, as `GetIncident` answers.
@@ -88,84 +45,29 @@ pub struct IncidentDetail {
 }
 
 impl IncidentClient {
-    /// No alerter: every call answers [`IncidentCallError::NotConfigured`].
+    pub fn new(peer: GrpcPeer) -> Self {
+        Self { peer }
+    }
+
+    /// No alerter: every call says how to configure one.
     pub fn disabled() -> Self {
-        Self {
-            channel: None,
-            target: String::new(),
-            token: None,
-        }
+        Self::new(GrpcPeer::disabled(ALERTER))
     }
 
-    /// A lazily connected client of `url` (`http://` or `https://`, the
-    /// latter trusting the system roots plus `ca_file`).
-    pub fn new(
-        url: &str,
-        token: Option<&str>,
-        ca_file: Option<&Path>,
-    ) -> Result<Self, ClientSetupError> {
-        let url = url.trim().trim_end_matches('/');
-        let https = url.starts_with("https://");
-        if !https && !url.starts_with("http://") {
-            return Err(ClientSetupError(format!(
-                "api.console.alerter_grpc_url {url:?}: use http://HOST:PORT or https://HOST:PORT"
-            )));
-        }
-        let mut endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| ClientSetupError(format!("api.console.alerter_grpc_url {url:?}: {e}")))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(CALL_TIMEOUT);
-        if https {
-            let tls = opsloop_core::tls::tonic_client_tls(ca_file, None)
-                .map_err(|e| ClientSetupError(format!("api.console: TLS to the alerter: {e}")))?;
-            endpoint = endpoint.tls_config(tls).map_err(|e| {
-                ClientSetupError(format!("api.console.alerter_grpc_url {url:?}: {e}"))
-            })?;
-        }
-        let token = match token.map(str::trim).filter(|t| !t.is_empty()) {
-            Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
-                ClientSetupError(
-                    "the console_alerter_token secret is not a valid header value (printable ASCII only)"
-                        .into(),
-                )
-            })?),
-            None => None,
-        };
-        Ok(Self {
-            channel: Some(endpoint.connect_lazy()),
-            target: url.to_owned(),
-            token,
-        })
-    }
-
-    /// The incident service's address (empty when not configured).
-    pub fn target(&self) -> &str {
-        &self.target
-    }
-
-    fn client(&self) -> Result<IncidentServiceClient<Channel>, IncidentCallError> {
-        self.channel
-            .clone()
-            .map(IncidentServiceClient::new)
-            .ok_or(IncidentCallError::NotConfigured)
+    fn client(&self) -> Result<IncidentServiceClient<Channel>, PeerCallError> {
+        self.peer.channel().map(IncidentServiceClient::new)
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        if let Some(token) = &self.token {
-            request
-                .metadata_mut()
-                .insert("authorization", token.clone());
-        }
-        request
+        self.peer.request(message, CALL_TIMEOUT)
     }
 
-    fn failed(&self, status: tonic::Status) -> IncidentCallError {
-        IncidentCallError::from_status(&self.target, status)
+    fn failed(&self, status: tonic::Status) -> PeerCallError {
+        self.peer.failed(status)
     }
 
     /// Newest opened first; open ones only when `open_only`.
-    pub async fn list(&self, open_only: bool) -> Result<Vec<pb::Incident>, IncidentCallError> {
+    pub async fn list(&self, open_only: bool) -> Result<Vec<pb::Incident>, PeerCallError> {
         let response = self
             .client()?
             .list_incidents(self.request(pb::ListIncidentsRequest {
@@ -179,16 +81,16 @@ impl IncidentClient {
     }
 
     /// One incident and its timeline.
-    pub async fn get(&self, id: &str) -> Result<IncidentDetail, IncidentCallError> {
+    pub async fn get(&self, id: &str) -> Result<IncidentDetail, PeerCallError> {
         let response = self
             .client()?
             .get_incident(self.request(pb::GetIncidentRequest { id: id.to_owned() }))
             .await
             .map_err(|s| self.failed(s))?
             .into_inner();
-        let incident = response.incident.ok_or_else(|| {
-            IncidentCallError::Unavailable(self.target.clone(), "answer without incident".into())
-        })?;
+        let incident = response
+            .incident
+            .ok_or_else(|| self.failed(tonic::Status::internal("answer without incident")))?;
         Ok(IncidentDetail {
             incident,
             timeline: response.timeline,
@@ -202,7 +104,7 @@ impl IncidentClient {
         action: IncidentAction,
         actor: &str,
         text: &str,
-    ) -> Result<(), IncidentCallError> {
+    ) -> Result<(), PeerCallError> {
         let mut client = self.client()?;
         let (id, actor, text) = (id.to_owned(), actor.to_owned(), text.to_owned());
         let result = match action {
@@ -231,7 +133,7 @@ impl IncidentClient {
     }
 
     /// The postmortem draft (Markdown), drafted by `actor`.
-    pub async fn postmortem(&self, id: &str, actor: &str) -> Result<String, IncidentCallError> {
+    pub async fn postmortem(&self, id: &str, actor: &str) -> Result<String, PeerCallError> {
         let response = self
             .client()?
             .draft_postmortem(self.request(pb::DraftPostmortemRequest {
@@ -243,11 +145,6 @@ impl IncidentClient {
         Ok(response.into_inner().markdown)
     }
 }
-
-/// The client could not be set up from the configuration.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ClientSetupError(pub String);
 
 /// What a console form does to an incident.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,45 +217,10 @@ mod tests {
         );
     }
 
-    #[test]
-    fn statuses_map_to_what_the_page_says() {
-        let map = |s| IncidentCallError::from_status("http://alerter:50053", s);
-        assert!(matches!(
-            map(tonic::Status::not_found("incident x not found")),
-            IncidentCallError::NotFound(m) if m.contains("not found")
-        ));
-        assert!(matches!(
-            map(tonic::Status::failed_precondition("already resolved")),
-            IncidentCallError::NotPossible(_)
-        ));
-        assert!(matches!(
-            map(tonic::Status::permission_denied("needs admin")),
-            IncidentCallError::Refused(_)
-        ));
-        let down = map(tonic::Status::unavailable("connection refused"));
-        assert!(down.to_string().contains("http://alerter:50053"), "{down}");
-        assert!(
-            IncidentCallError::NotConfigured
-                .to_string()
-                .contains("alerter_grpc_url")
-        );
-    }
-
     #[tokio::test]
-    async fn setup_refuses_a_url_without_a_scheme_and_a_disabled_client_says_so() {
-        let bad = IncidentClient::new("alerter:50053", None, None).unwrap_err();
-        assert!(bad.0.contains("http://"), "{bad}");
-        let client = IncidentClient::disabled();
-        assert_eq!(
-            client.list(true).await.unwrap_err(),
-            IncidentCallError::NotConfigured
-        );
-        let lazy = IncidentClient::new("http://127.0.0.1:9", Some("t"), None).unwrap();
-        assert_eq!(lazy.target(), "http://127.0.0.1:9");
-        assert!(matches!(
-            lazy.list(false).await.unwrap_err(),
-            IncidentCallError::Unavailable(..)
-        ));
+    async fn a_disabled_client_says_how_to_configure_it() {
+        let err = IncidentClient::disabled().list(true).await.unwrap_err();
+        assert!(err.to_string().contains("alerter_grpc_url"), "{err}");
     }
 
     #[test]

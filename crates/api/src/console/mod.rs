@@ -17,8 +17,10 @@
 //! event table, resuming from `Last-Event-ID`).
 
 pub mod alerts;
+pub mod backups;
 pub mod filters;
 pub mod incidents;
+pub mod peer;
 pub mod session;
 pub mod views;
 
@@ -67,6 +69,11 @@ pub const SESSION_KEY_SECRET: &str = "console_session_key";
 /// (the `admin` role: it creates and expires silences).
 pub const ALERTER_TOKEN_SECRET: &str = "console_alerter_token";
 
+/// The secret holding the bearer token the console calls the backup-agent
+/// with (the `admin` role: it verifies backups); unset: the
+/// `console_alerter_token`.
+pub const BACKUP_TOKEN_SECRET: &str = "console_backup_token";
+
 /// The `[api.console]` config section.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -80,54 +87,41 @@ pub struct ConsoleSettings {
     /// `alerter.grpc_addr` of the same configuration (`https://` when this
     /// configuration serves gRPC over TLS); empty: no incidents pages.
     pub alerter_grpc_url: Option<String>,
+    /// URL of the backup-agent's gRPC port, whose `BackupService` verifies
+    /// a backup from its page; unset: `backup.grpc_addr` of the same
+    /// configuration; empty: no verify button.
+    pub backup_grpc_url: Option<String>,
 }
 
-/// Where the incidents pages call the alerter's gRPC port:
-/// `alerter_grpc_url` when set (`""`: nowhere), else `alerter.grpc_addr`
-/// of the same configuration, `https://` when it serves gRPC over TLS.
-pub fn alerter_grpc_url(
+/// Where the console calls a daemon's gRPC port: `configured` when set
+/// (`""`: nowhere), else `grpc_addr` of that daemon's `section` in the same
+/// configuration (`default_addr` when absent), `https://` when this
+/// configuration serves gRPC over TLS.
+pub fn peer_grpc_url(
     config: &opsloop_core::config::LoadedConfig,
-    settings: &ConsoleSettings,
+    configured: Option<&str>,
+    section: &str,
+    default_addr: &str,
 ) -> Option<String> {
-    #[derive(Deserialize)]
+    #[derive(Default, Deserialize)]
     #[serde(default)]
     struct Peek {
-        grpc_addr: String,
+        grpc_addr: Option<String>,
     }
-    impl Default for Peek {
-        fn default() -> Self {
-            Self {
-                grpc_addr: DEFAULT_ALERTER_GRPC.into(),
-            }
-        }
-    }
-    match settings.alerter_grpc_url.as_deref().map(str::trim) {
+    match configured.map(str::trim) {
         Some("") => None,
         Some(url) => Some(url.trim_end_matches('/').to_owned()),
         None => {
-            let peek: Peek = config.section("alerter").unwrap_or_default();
+            let peek: Peek = config.section(section).unwrap_or_default();
             let tls = &config.settings.tls;
             let scheme = if tls.grpc && tls.cert_file.is_some() {
                 "https"
             } else {
                 "http"
             };
-            grpc_url_of(scheme, &peek.grpc_addr)
+            peer::url_of(scheme, peek.grpc_addr.as_deref().unwrap_or(default_addr))
         }
     }
-}
-
-/// The alerter's default `grpc_addr`.
-const DEFAULT_ALERTER_GRPC: &str = "127.0.0.1:50052";
-
-/// `scheme://addr` for a bound address, a wildcard replaced by loopback;
-/// None for port 0 (only known once bound).
-fn grpc_url_of(scheme: &str, addr: &str) -> Option<String> {
-    let addr = addr
-        .trim()
-        .replacen("0.0.0.0:", "127.0.0.1:", 1)
-        .replacen("[::]:", "[::1]:", 1);
-    (!addr.ends_with(":0") && !addr.is_empty()).then(|| format!("{scheme}://{addr}"))
 }
 
 /// The name of a session opened while the daemon has no token (dev mode).
@@ -140,6 +134,7 @@ struct Inner {
     secure: bool,
     alerter: alerts::AlerterClient,
     incidents: incidents::IncidentClient,
+    backups: backups::BackupClient,
 }
 
 /// The console of one api: cheap to clone.
@@ -166,6 +161,7 @@ impl Console {
                 secure,
                 alerter: alerts::AlerterClient::new(reqwest::Client::new(), None, None),
                 incidents: incidents::IncidentClient::disabled(),
+                backups: backups::BackupClient::disabled(),
             }),
         }
     }
@@ -184,6 +180,15 @@ impl Console {
     pub fn with_incidents(mut self, client: incidents::IncidentClient) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.incidents = client;
+        }
+        self
+    }
+
+    /// Verifies backups at this backup-agent's `BackupService`. Call before
+    /// [`Console::router`].
+    pub fn with_backups(mut self, client: backups::BackupClient) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.backups = client;
         }
         self
     }
@@ -227,6 +232,8 @@ impl Console {
             .route("/console/incidents/{id}/resolve", post(resolve_incident))
             .route("/console/incidents/{id}/note", post(note_incident))
             .route("/console/backups", get(backups_page))
+            .route("/console/backups/{id}", get(backup_page))
+            .route("/console/backups/{id}/verify", post(verify_backup))
             .route("/console/triggers", get(triggers))
             .route("/console/triggers/{id}/enabled", post(trigger_enabled))
             .with_state(self)
@@ -1267,9 +1274,10 @@ fn alerter_failure(ctx: &Ctx, error: &alerts::AlerterError) -> Response {
     )
 }
 
-/// Appends the console's record of an action it made at the alerter (which
-/// audits it under the api's token) under the session's token name.
-fn audit_alerter(api: &Api, record: opsloop_core::audit::AuditRecord) {
+/// Appends the console's record of an action it made at another daemon
+/// (which audits it under the console's token) under the session's token
+/// name.
+fn audit_peer(api: &Api, record: opsloop_core::audit::AuditRecord) {
     if let Some(audit) = api.audit()
         && let Err(error) = audit.append(&record)
     {
@@ -1311,7 +1319,7 @@ async fn silence(
     let body = alerts::silence_body(&request, &who.principal.name, now);
     match c.inner.alerter.create_silence(&body).await {
         Ok(id) => {
-            audit_alerter(
+            audit_peer(
                 &c.inner.api,
                 opsloop_core::audit::AuditRecord {
                     at: now,
@@ -1345,7 +1353,7 @@ async fn expire_silence(
     }
     match c.inner.alerter.expire_silence(&id.to_string()).await {
         Ok(()) => {
-            audit_alerter(
+            audit_peer(
                 &c.inner.api,
                 opsloop_core::audit::AuditRecord {
                     at: c.now(),
@@ -1363,19 +1371,97 @@ async fn expire_silence(
     }
 }
 
+// ---- backups -------------------------------------------------------------
+
+async fn backup_preview(
+    db: &sea_orm::DatabaseConnection,
+    id: Uuid,
+) -> Result<Option<backups::RestorePreview>, WorkflowError> {
+    use opsloop_core::store::entities::backups as rows;
+    use sea_orm::EntityTrait;
+    let Some(row) = rows::Entity::find_by_id(id).one(db).await? else {
+        return Ok(None);
+    };
+    let now = backups::live_rows(db).await?;
+    Ok(Some(backups::preview(row, now.as_ref())))
+}
+
+async fn backup_page(State(c): State<Console>, who: Who, Path(raw): Path<String>) -> Response {
+    let ctx = c.ctx(&who);
+    let id = match id(&ctx, "backup", &raw) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    match backup_preview(&c.inner.api.db, id).await {
+        Ok(Some(preview)) => page(StatusCode::OK, views::backup(&ctx, &preview, None)),
+        Ok(None) => not_found(&ctx, "backup", &raw),
+        Err(e) => failure(&ctx, &e),
+    }
+}
+
+/// Verifies a backup at the backup-agent now and shows the outcome, stage
+/// by stage, on the backup's page.
+async fn verify_backup(
+    State(c): State<Console>,
+    who: Who,
+    Path(raw): Path<String>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    let ctx = c.ctx(&who);
+    let id = match id(&ctx, "backup", &raw) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    if let Err(refused) = c.check_csrf(&who, &form) {
+        return *refused;
+    }
+    let outcome = match c.inner.backups.verify(&id.to_string()).await {
+        Ok(outcome) => outcome,
+        Err(e) => return peer_failure(&ctx, &e),
+    };
+    audit_peer(
+        &c.inner.api,
+        opsloop_core::audit::AuditRecord {
+            at: c.now(),
+            actor: who.principal.name.clone(),
+            action: "backup.verify".into(),
+            subject: format!("backup/{id}"),
+            reason: None,
+            before: None,
+            after: Some(serde_json::json!({
+                "passed": outcome.passed,
+                "duration_ms": outcome.duration_ms,
+                "error": outcome.error,
+            })),
+        },
+    );
+    // A fresh token for the page's forms (this one is spent).
+    let ctx = c.ctx(&who);
+    match backup_preview(&c.inner.api.db, id).await {
+        Ok(Some(preview)) => page(
+            StatusCode::OK,
+            views::backup(&ctx, &preview, Some(&outcome)),
+        ),
+        Ok(None) => not_found(&ctx, "backup", &raw),
+        Err(e) => failure(&ctx, &e),
+    }
+}
+
 // ---- incidents ----------------------------------------------------------
 
-fn incident_failure(ctx: &Ctx, error: &incidents::IncidentCallError) -> Response {
-    use incidents::IncidentCallError as E;
+fn peer_failure(ctx: &Ctx, error: &peer::PeerCallError) -> Response {
+    use peer::PeerCallError as E;
     let (status, title) = match error {
-        E::NotConfigured | E::Unavailable(..) => (StatusCode::SERVICE_UNAVAILABLE, "Alerter"),
+        E::NotConfigured { daemon, .. } | E::Unavailable { daemon, .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, *daemon)
+        }
         E::NotFound(_) => (StatusCode::NOT_FOUND, "Not found"),
         E::Invalid(_) => (StatusCode::BAD_REQUEST, "Invalid input"),
         E::NotPossible(_) => (StatusCode::CONFLICT, "Not possible now"),
-        E::Refused(_) => (StatusCode::BAD_GATEWAY, "Alerter"),
+        E::Refused { daemon, .. } => (StatusCode::BAD_GATEWAY, *daemon),
     };
     if status.is_server_error() {
-        tracing::warn!(%error, "console: incident call failed");
+        tracing::warn!(%error, "console: call to another daemon failed");
     }
     page(status, views::error(Some(ctx), title, &error.to_string()))
 }
@@ -1395,7 +1481,7 @@ async fn incidents_page(
     let open_only = matches!(q.open.as_deref(), Some("1" | "true"));
     match c.inner.incidents.list(open_only).await {
         Ok(rows) => page(StatusCode::OK, views::incidents(&ctx, &rows, open_only)),
-        Err(e) => incident_failure(&ctx, &e),
+        Err(e) => peer_failure(&ctx, &e),
     }
 }
 
@@ -1407,7 +1493,7 @@ async fn incident_page(State(c): State<Console>, who: Who, Path(raw): Path<Strin
     };
     match c.inner.incidents.get(&id.to_string()).await {
         Ok(detail) => page(StatusCode::OK, views::incident(&ctx, &detail)),
-        Err(e) => incident_failure(&ctx, &e),
+        Err(e) => peer_failure(&ctx, &e),
     }
 }
 
@@ -1427,7 +1513,7 @@ async fn postmortem_page(State(c): State<Console>, who: Who, Path(raw): Path<Str
             StatusCode::OK,
             views::postmortem(&ctx, &id.to_string(), &markdown),
         ),
-        Err(e) => incident_failure(&ctx, &e),
+        Err(e) => peer_failure(&ctx, &e),
     }
 }
 
@@ -1491,7 +1577,7 @@ async fn incident_action(
     {
         Ok(()) => {
             let (audit_action, done) = action.names();
-            audit_alerter(
+            audit_peer(
                 &c.inner.api,
                 opsloop_core::audit::AuditRecord {
                     at: c.now(),
@@ -1505,26 +1591,13 @@ async fn incident_action(
             );
             redirect(&format!("/console/incidents/{id}?done={done}"))
         }
-        Err(e) => incident_failure(&ctx, &e),
+        Err(e) => peer_failure(&ctx, &e),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_alerter_grpc_address_comes_from_its_config() {
-        assert_eq!(
-            grpc_url_of("http", "0.0.0.0:50052").as_deref(),
-            Some("http://127.0.0.1:50052")
-        );
-        assert_eq!(
-            grpc_url_of("https", "[::]:50052").as_deref(),
-            Some("https://[::1]:50052")
-        );
-        assert_eq!(grpc_url_of("http", "127.0.0.1:0"), None);
-    }
 
     #[test]
     fn next_is_a_console_path_only() {

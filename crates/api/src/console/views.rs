@@ -768,14 +768,14 @@ fn size(bytes: Option<i64>) -> String {
 pub fn backups(ctx: &Ctx, rows: &[backups::Model]) -> Markup {
     let body = html! {
         h1 { "Backups" }
-        p.muted { "Run, verify and restore with opsloop backup (the backup-agent's gRPC API)." }
+        p.muted { "Open a backup for its restore preview and to verify it. Take and restore backups with opsloop backup (the backup-agent's gRPC API)." }
         @if rows.is_empty() { p.muted { "No backup yet." } }
         @else {
             div.scroll { table.backups {
                 thead { tr { th { "Started" } th { "Target" } th { "Kind" } th { "Status" } th { "Size" } th { "Duration" } th { "Verification" } th { "Error" } } }
                 tbody { @for b in rows {
                     tr data-backup=(b.id) {
-                        td { (time(b.started_at)) }
+                        td { a href={ "/console/backups/" (b.id) } { (time(b.started_at)) } }
                         td { (b.target) }
                         td { (b.kind) }
                         td.(status_class(&b.status)) { (b.status) }
@@ -965,6 +965,94 @@ pub const SCRIPT: &str = r#"(function () {
   });
 })();
 "#;
+
+/// `/console/backups/{id}`: a backup, what a restore of it brings back
+/// beside the rows now, its verification (with the outcome of one just
+/// run), and the command that restores it.
+pub fn backup(
+    ctx: &Ctx,
+    p: &super::backups::RestorePreview,
+    verified: Option<&pb::VerifyBackupResponse>,
+) -> Markup {
+    let b = &p.backup;
+    let body = html! {
+        h1 { "Backup of " (b.target) }
+        div.card {
+            p { "Status " strong.(status_class(&b.status)) #backup-status { (b.status) }
+                " · verification " span.(status_class(b.verify_status.as_deref().unwrap_or(""))) #verify-status { (b.verify_status.as_deref().unwrap_or("not verified")) }
+                @if let Some(at) = b.verified_at { " at " (time(at)) }
+                @if let Some(ms) = b.verify_duration_ms { " in " (duration(Some(b.started_at), Some(b.started_at + chrono::Duration::milliseconds(ms)))) } }
+            p.muted {
+                "id " code { (b.id) } " · " (b.kind) " · started " (time(b.started_at)) " · took " (duration(Some(b.started_at), b.finished_at))
+                " · " (size(b.size_bytes)) " · " (b.compression)
+                @if let Some(e) = &p.encryption { " · encrypted (" (e) ")" }
+            }
+            @if let Some(db) = &p.database { p.muted { "from " code { (db) } } }
+            @if let Some(sha) = &b.sha256 { p.muted { "sha256 " code { (sha) } } }
+            @if !p.tool_versions.is_empty() {
+                p.muted { @for (tool, version) in &p.tool_versions { (tool) ": " (version) " " } }
+            }
+            @if let Some(e) = &b.error { p.bad { (e) } }
+            @if ctx.can_act && b.status == "completed" {
+                form.inline method="post" action={ "/console/backups/" (b.id) "/verify" } {
+                    (csrf(ctx))
+                    button type="submit" data-action="verify" { "Verify now" }
+                    span.muted { "restores into a scratch database and compares row counts; takes as long as a restore" }
+                }
+            }
+        }
+        @if let Some(v) = verified {
+            div.card.(if v.passed { "flash" } else { "error" }) #verify-outcome {
+                p { strong.(if v.passed { "ok" } else { "bad" }) { (if v.passed { "Verified" } else { "Verification failed" }) }
+                    " in " (v.duration_ms) " ms · checksum " (if v.checksum_ok { "matches" } else { "DOES NOT match" }) }
+                @if let Some(e) = &v.error { p.bad { (e) } }
+                @if !v.stages.is_empty() {
+                    table.stages {
+                        thead { tr { th { "Stage" } th { "ms" } } }
+                        tbody { @for st in &v.stages { tr { td { (st.stage) } td { (st.duration_ms) } } } }
+                    }
+                }
+                @if !v.mismatches.is_empty() {
+                    h2 { "Row counts that differ" }
+                    table.mismatches {
+                        thead { tr { th { "Table" } th { "Manifest" } th { "Restored" } } }
+                        tbody { @for m in &v.mismatches { tr { td { (m.table) } td { (m.expected) } td { (m.actual) } } } }
+                    }
+                }
+            }
+        }
+        h2 { "Restore preview" }
+        @if p.tables.is_empty() {
+            p.muted { "The manifest lists no table (a directory set, or no manifest)." }
+        } @else {
+            p.muted { "A restore brings back these tables with the rows they held when the backup was taken."
+                @if p.compared { " “Now” is PostgreSQL's live-row estimate of the loop's database." } }
+            div.scroll { table.restore-preview {
+                thead { tr { th { "Table" } th { "Rows in the backup" } @if p.compared { th { "Now" } th { "Change on restore" } } } }
+                tbody { @for t in &p.tables {
+                    tr data-table=(t.table) {
+                        td { code { (t.table) } }
+                        td { (t.in_backup) }
+                        @if p.compared {
+                            @match t.now {
+                                Some(now) => {
+                                    td { (now) }
+                                    @let change = t.in_backup - now;
+                                    td.(if change < 0 { "warn" } else { "muted" }) { (format!("{change:+}")) }
+                                }
+                                None => { td.muted { "no such table" } td.muted { "created" } }
+                            }
+                        }
+                    }
+                } }
+            } }
+        }
+        h2 { "Restore" }
+        p.muted { "Restores need a database URL with credentials, so they run from a terminal (admin token; audited). Restore into a scratch database first; see the runbook's restore section." }
+        pre #restore-command { (p.command) }
+    };
+    layout(Some(ctx), "Backup", body)
+}
 
 fn incident_state_class(state: &str) -> &'static str {
     match state {
