@@ -128,6 +128,7 @@ struct Stack {
     alerter_http: std::net::SocketAddr,
     alerter_grpc: std::net::SocketAddr,
     backup_grpc: std::net::SocketAddr,
+    console_token: String,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -220,6 +221,30 @@ impl Stack {
         let backup_grpc = backup.grpc_addr().expect("backup grpc");
         let backup_task = tokio::spawn(backup.run_until_stopped());
 
+        let mut stack = Self {
+            db,
+            _dir: dir,
+            base: String::new(),
+            channel: tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy(),
+            alerter_http,
+            alerter_grpc,
+            backup_grpc,
+            console_token,
+            shutdown,
+            tasks: vec![alerter_task, backup_task],
+        };
+        let (base, channel) = stack.api_replica().await;
+        stack.base = base;
+        stack.channel = channel;
+        (stack, prepared)
+    }
+
+    /// Starts an api on the stack's database (another replica after the
+    /// first: the same console session key): its HTTP base and gRPC channel.
+    async fn api_replica(&mut self) -> (String, tonic::transport::Channel) {
+        let (db, dir) = (&self.db, self._dir.path());
+        let (alerter_http, alerter_grpc, backup_grpc) =
+            (self.alerter_http, self.alerter_grpc, self.backup_grpc);
         let config = load(&ConfigSources::env_only([
             (
                 "OPSLOOP__API__CONSOLE__BACKUP_GRPC_URL",
@@ -238,7 +263,7 @@ impl Stack {
             ("OPSLOOP__DATABASE__URL", db.url.clone()),
             (
                 "OPSLOOP__AUDIT__LOG_PATH",
-                dir.path().join("audit.jsonl").display().to_string(),
+                dir.join("audit.jsonl").display().to_string(),
             ),
             ("OPSLOOP__API__STATUS__HEARTBEAT_URL", String::new()),
             ("OPSLOOP__API__STATUS__ALERTER_URL", String::new()),
@@ -247,12 +272,19 @@ impl Stack {
         .expect("config");
         let secrets = SecretStore::with_sources(
             None,
-            dir.path(),
+            dir,
             vec![
                 ("OPSLOOP_ADMIN_TOKEN".to_owned(), ADMIN.to_owned()),
                 ("OPSLOOP_AGENT_TOKEN".to_owned(), AGENT.to_owned()),
                 ("OPSLOOP_VIEWER_TOKEN".to_owned(), VIEWER.to_owned()),
-                ("OPSLOOP_CONSOLE_ALERTER_TOKEN".to_owned(), console_token),
+                (
+                    "OPSLOOP_CONSOLE_ALERTER_TOKEN".to_owned(),
+                    self.console_token.clone(),
+                ),
+                (
+                    "OPSLOOP_CONSOLE_SESSION_KEY".to_owned(),
+                    "one key for every replica".to_owned(),
+                ),
             ],
         );
         let auth =
@@ -265,12 +297,12 @@ impl Stack {
             bus: Arc::new(MemoryBus::new()),
             secrets,
             auth,
-            shutdown: shutdown.clone(),
+            shutdown: self.shutdown.clone(),
         };
         let app = opsloop_api::ApiApp::build(infra).await.expect("build");
         let http = app.http_addr().expect("http");
         let grpc = app.grpc_addr().expect("grpc");
-        let task = tokio::spawn(app.run_until_stopped());
+        self.tasks.push(tokio::spawn(app.run_until_stopped()));
         let base = format!("http://{http}");
         opsloop_e2e::wait_for_status(&format!("{base}/healthz"), 200, Duration::from_secs(20))
             .await;
@@ -279,18 +311,7 @@ impl Stack {
             .connect()
             .await
             .expect("connect");
-        let stack = Self {
-            db,
-            _dir: dir,
-            base,
-            channel,
-            alerter_http,
-            alerter_grpc,
-            backup_grpc,
-            shutdown,
-            tasks: vec![alerter_task, backup_task, task],
-        };
-        (stack, prepared)
+        (base, channel)
     }
 
     async fn stop(self) {
@@ -979,5 +1000,69 @@ async fn a_backup_is_previewed_and_verified_from_the_console() {
         .get(&format!("/console/backups/{}", uuid::Uuid::now_v7()))
         .await;
     assert_eq!(unknown.status, 404);
+    stack.stop().await;
+}
+
+/// Two api replicas with one session key: a form's token is spent on every
+/// replica once submitted on one, and signing out on one ends the session
+/// on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_out_and_spent_forms_hold_on_every_replica() {
+    let (mut stack, ()) = Stack::start(|_| ADMIN.to_owned(), |_| async {}).await;
+    let (other, _) = stack.api_replica().await;
+    let proposal = submit_pending(&stack.channel, "Publish the roadmap").await;
+
+    let first = Session::sign_in(&stack.base, ADMIN).await;
+    let second = Session {
+        base: other.clone(),
+        ..Session::sign_in(&stack.base, ADMIN).await
+    };
+    // The same cookie works on the other replica (one session key).
+    let mut same = Session::sign_in(&stack.base, ADMIN).await;
+    same.base = other.clone();
+    assert_eq!(same.get("/console").await.status, 200);
+
+    let page = first
+        .get(&format!("/console/proposals/{}", proposal.id))
+        .await;
+    let token = page.csrf();
+    let replayed_elsewhere = Session {
+        base: other.clone(),
+        http: first.http.clone(),
+        cookie: first.cookie.clone(),
+    };
+    let rejected = first
+        .post(
+            &format!("/console/proposals/{}/reject", proposal.id),
+            &[("csrf", &token), ("reason", "not this week")],
+        )
+        .await;
+    assert_eq!(rejected.status, 303, "{}", rejected.body);
+    let replay = replayed_elsewhere
+        .post(
+            &format!("/console/proposals/{}/approve", proposal.id),
+            &[("csrf", &token)],
+        )
+        .await;
+    assert_eq!(
+        replay.status, 403,
+        "the spent token is refused on the other replica"
+    );
+    assert!(replay.body.contains("already submitted"), "{}", replay.body);
+
+    // Sign out on the first replica: the cookie is refused on the second.
+    assert_eq!(second.get("/console").await.status, 200);
+    let page = first.get("/console").await;
+    let out = first
+        .post("/console/logout", &[("csrf", &page.csrf())])
+        .await;
+    assert_eq!(out.status, 303);
+    let after = replayed_elsewhere.get("/console").await;
+    assert_eq!(after.status, 303, "sent to sign in again");
+    assert_eq!(
+        second.get("/console").await.status,
+        200,
+        "another session stays"
+    );
     stack.stop().await;
 }

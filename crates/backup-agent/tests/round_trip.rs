@@ -93,6 +93,7 @@ INSERT INTO step_kind_pauses (kind, source, reason, since) VALUES ('charge', 'pr
 INSERT INTO probe_definitions (name, spec, created_by, created_at) VALUES ('crm', '{\"kind\": \"http\", \"target\": \"https://crm.example/health\"}', 'admin', now());
 INSERT INTO resource_rates (resource, rate, tokens, refilled_at, updated_at) VALUES ('twitterapi', 150, 150, now(), now());
 INSERT INTO resource_usage (resource, window_start, kind, reports, calls, latency_weighted_ms, latency_max_ms, status_2xx, status_4xx, status_429, status_5xx, units, cost_usd, updated_at) VALUES ('twitterapi', now(), 'post_x', 1, 3, 360, 200, 3, 0, 0, 0, 0, 0.00045, now());
+INSERT INTO console_nonces (key, expires_at) VALUES ('session:0123abcd', now() + interval '1 hour');
 INSERT INTO rollouts (id, name, spec, status, phase_index, phase_started_at, active_slot, created_by, created_at, updated_at) VALUES ('0193b2a4-0000-7000-8000-0000000000aa', 'launch', '{\"name\": \"launch\", \"phases\": []}', 'active', 0, now(), 'active', 'admin', now(), now());
 INSERT INTO probe_daily (probe, day, checks, up_checks, avg_latency_ms, max_latency_ms, rolled_up_at)
   VALUES ('api', date_trunc('day', now()), 1440, 1439, 12.5, 80, now());

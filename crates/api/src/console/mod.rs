@@ -43,6 +43,7 @@ use opsloop_core::auth::Principal;
 use opsloop_core::domain::input::{JsonDocument, bounded, text};
 use opsloop_core::domain::policy::{CostBudget, PolicyKey, PolicyValue};
 use opsloop_core::domain::status::{MissionStatus, ProposalStatus};
+use opsloop_core::store::nonces;
 use opsloop_core::workflow::{
     self, DeadLetterFilter, MissionFilter, PolicyChange, ProposalFilter, WorkflowError,
 };
@@ -239,16 +240,23 @@ impl Console {
             .with_state(self)
     }
 
-    /// The session of a request, checked against the token table now.
-    fn signed_in(&self, headers: &HeaderMap) -> Option<(Session, Principal)> {
+    /// The session of a request, checked against the token table and the
+    /// sessions signed out (on any replica) now.
+    async fn signed_in(&self, headers: &HeaderMap) -> Option<(Session, Principal)> {
         let cookies = headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok());
         let value = session::cookie_value(cookies)?;
         let session = self.inner.keys.open(value, self.now())?;
-        if self.inner.keys.has_ended(&session.sid) {
-            return None;
+        match nonces::is_spent(&self.inner.api.db, &session.sign_out().key, self.now()).await {
+            Ok(false) => {}
+            Ok(true) => return None,
+            Err(error) => {
+                // Fail closed: a sign-out that cannot be read may have happened.
+                tracing::warn!(%error, "console: cannot read the signed-out sessions");
+                return None;
+            }
         }
         let auth = &self.inner.api.auth;
         let principal = if session.token_hash == OPEN_HASH {
@@ -274,18 +282,26 @@ impl Console {
         }
     }
 
-    /// Refuses a forged, tampered or replayed action (403, nothing done).
-    fn check_csrf(&self, who: &Who, form: &ActionForm) -> Result<(), Box<Response>> {
-        self.inner
+    /// Refuses a forged, tampered or replayed action (403, nothing done);
+    /// spends the form's token on every replica otherwise.
+    async fn check_csrf(&self, who: &Who, form: &ActionForm) -> Result<(), Box<Response>> {
+        let refuse = |e: CsrfError| {
+            tracing::warn!(token = %who.principal.name, reason = e.message(), "console: action refused (CSRF)");
+            Box::new(page(
+                StatusCode::FORBIDDEN,
+                views::error(Some(&self.ctx(who)), "Refused", e.message()),
+            ))
+        };
+        let spend = self
+            .inner
             .keys
             .check_csrf(&who.session, form.csrf.as_deref(), self.now())
-            .map_err(|e: CsrfError| {
-                tracing::warn!(token = %who.principal.name, reason = e.message(), "console: action refused (CSRF)");
-                Box::new(page(
-                    StatusCode::FORBIDDEN,
-                    views::error(Some(&self.ctx(who)), "Refused", e.message()),
-                ))
-            })
+            .map_err(refuse)?;
+        match nonces::spend(&self.inner.api.db, &spend.key, spend.until, self.now()).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(refuse(CsrfError::Replayed)),
+            Err(e) => Err(Box::new(failure(&self.ctx(who), &WorkflowError::Db(e)))),
+        }
     }
 }
 
@@ -317,7 +333,7 @@ impl FromRequestParts<Console> for Who {
                 views::error(None, "Refused", &denied.message()),
             ));
         };
-        let Some((session, principal)) = console.signed_in(&parts.headers) else {
+        let Some((session, principal)) = console.signed_in(&parts.headers).await else {
             if method == "GET" {
                 let next = parts
                     .uri
@@ -561,10 +577,13 @@ async fn login(State(c): State<Console>, Form(form): Form<LoginForm>) -> Respons
 }
 
 async fn logout(State(c): State<Console>, who: Who, Form(form): Form<ActionForm>) -> Response {
-    if let Err(refused) = c.check_csrf(&who, &form) {
+    if let Err(refused) = c.check_csrf(&who, &form).await {
         return *refused;
     }
-    c.inner.keys.end(&who.session);
+    let out = who.session.sign_out();
+    if let Err(e) = nonces::spend(&c.inner.api.db, &out.key, out.until, c.now()).await {
+        return failure(&c.ctx(&who), &WorkflowError::Db(e));
+    }
     let mut response = redirect("/console/login");
     if let Ok(value) = HeaderValue::from_str(&session::clear_cookie(c.inner.secure)) {
         response.headers_mut().insert(header::SET_COOKIE, value);
@@ -696,7 +715,7 @@ async fn approve(
         Ok(id) => id,
         Err(r) => return *r,
     };
-    if let Err(refused) = c.check_csrf(&who, &form) {
+    if let Err(refused) = c.check_csrf(&who, &form).await {
         return *refused;
     }
     let comment = form.comment.as_deref().map(str::trim).unwrap_or("");
@@ -734,7 +753,7 @@ async fn reject(
         Ok(id) => id,
         Err(r) => return *r,
     };
-    if let Err(refused) = c.check_csrf(&who, &form) {
+    if let Err(refused) = c.check_csrf(&who, &form).await {
         return *refused;
     }
     let reason = match text("reason", form.reason.as_deref().unwrap_or(""), 1000) {
@@ -811,7 +830,7 @@ async fn cancel(
         Ok(id) => id,
         Err(r) => return *r,
     };
-    if let Err(refused) = c.check_csrf(&who, &form) {
+    if let Err(refused) = c.check_csrf(&who, &form).await {
         return *refused;
     }
     let reason = match text("reason", form.reason.as_deref().unwrap_or(""), 1000) {
@@ -858,7 +877,7 @@ async fn retry(
         Ok(id) => id,
         Err(r) => return *r,
     };
-    if let Err(refused) = c.check_csrf(&who, &form) {
+    if let Err(refused) = c.check_csrf(&who, &form).await {
         return *refused;
     }
     let api = &c.inner.api;
@@ -1053,7 +1072,7 @@ async fn policy_preview(
     Form(form): Form<ActionForm>,
 ) -> Response {
     let ctx = c.ctx(&who);
-    if let Err(refused) = c.check_csrf(&who, &form) {
+    if let Err(refused) = c.check_csrf(&who, &form).await {
         return *refused;
     }
     let api = &c.inner.api;
@@ -1107,7 +1126,7 @@ async fn policy_save(
     Form(form): Form<ActionForm>,
 ) -> Response {
     let ctx = c.ctx(&who);
-    if let Err(refused) = c.check_csrf(&who, &form) {
+    if let Err(refused) = c.check_csrf(&who, &form).await {
         return *refused;
     }
     let api = &c.inner.api;
@@ -1142,7 +1161,7 @@ async fn emergency_stop(
     Form(form): Form<ActionForm>,
 ) -> Response {
     let ctx = c.ctx(&who);
-    if let Err(refused) = c.check_csrf(&who, &form) {
+    if let Err(refused) = c.check_csrf(&who, &form).await {
         return *refused;
     }
     let engage = match form.engage.as_deref() {
@@ -1219,7 +1238,7 @@ async fn trigger_enabled(
         Ok(id) => id,
         Err(r) => return *r,
     };
-    if let Err(refused) = c.check_csrf(&who, &form) {
+    if let Err(refused) = c.check_csrf(&who, &form).await {
         return *refused;
     }
     let enabled = match form.enabled.as_deref() {
@@ -1308,7 +1327,7 @@ async fn silence(
             .map(|(_, v)| v.clone()),
         ..Default::default()
     };
-    if let Err(refused) = c.check_csrf(&who, &form) {
+    if let Err(refused) = c.check_csrf(&who, &form).await {
         return *refused;
     }
     let request = match alerts::silence_request(&fields) {
@@ -1348,7 +1367,7 @@ async fn expire_silence(
         Ok(id) => id,
         Err(r) => return *r,
     };
-    if let Err(refused) = c.check_csrf(&who, &form) {
+    if let Err(refused) = c.check_csrf(&who, &form).await {
         return *refused;
     }
     match c.inner.alerter.expire_silence(&id.to_string()).await {
@@ -1412,7 +1431,7 @@ async fn verify_backup(
         Ok(id) => id,
         Err(r) => return *r,
     };
-    if let Err(refused) = c.check_csrf(&who, &form) {
+    if let Err(refused) = c.check_csrf(&who, &form).await {
         return *refused;
     }
     let outcome = match c.inner.backups.verify(&id.to_string()).await {
@@ -1558,7 +1577,7 @@ async fn incident_action(
         Ok(id) => id,
         Err(r) => return *r,
     };
-    if let Err(refused) = c.check_csrf(&who, &form) {
+    if let Err(refused) = c.check_csrf(&who, &form).await {
         return *refused;
     }
     let raw_text = match action {

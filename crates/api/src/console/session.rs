@@ -11,11 +11,10 @@
 //! so a session ends as soon as its token is revoked or expires.
 //!
 //! A CSRF token is `<nonce>.<issued>.<mac>` with the MAC over the session
-//! id, nonce and issue time: bound to one session, and single use (the
-//! nonces spent are kept until the token could no longer be valid).
-
-use std::collections::HashMap;
-use std::sync::Mutex;
+//! id, nonce and issue time: bound to one session, and single use. What is
+//! spent — a submitted token's nonce, a signed-out session — is kept in the
+//! database (`opsloop_core::store::nonces`) until it could no longer be
+//! valid, so every replica refuses it; this module only signs and checks.
 
 use chrono::{DateTime, Duration, Utc};
 use hmac::{Hmac, Mac};
@@ -68,12 +67,9 @@ impl CsrfError {
     }
 }
 
-/// The signing key and the spent CSRF nonces.
+/// The signing key.
 pub struct Keys {
     key: Vec<u8>,
-    spent: Mutex<HashMap<String, DateTime<Utc>>>,
-    /// Sessions signed out here (sid → expiry), refused until they expire.
-    ended: Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -99,31 +95,7 @@ impl Keys {
                 key
             }
         };
-        Self {
-            key,
-            spent: Mutex::new(HashMap::new()),
-            ended: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Ends a session (sign-out): its cookie is refused from now on by
-    /// this process.
-    pub fn end(&self, session: &Session) {
-        let mut ended = self
-            .ended
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let now = Utc::now();
-        ended.retain(|_, until| *until > now);
-        ended.insert(session.sid.clone(), session.expires_at);
-    }
-
-    /// Whether the session `sid` was signed out.
-    pub fn has_ended(&self, sid: &str) -> bool {
-        self.ended
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .contains_key(sid)
+        Self { key }
     }
 
     fn mac(&self, parts: &[&str]) -> String {
@@ -200,13 +172,15 @@ impl Keys {
         format!("{nonce}.{issued}.{mac}")
     }
 
-    /// Checks a submitted CSRF token and spends it.
+    /// Checks a submitted CSRF token: what to spend (once, in the
+    /// database) when it is one this key issued for `session` and still
+    /// valid at `now`.
     pub fn check_csrf(
         &self,
         session: &Session,
         token: Option<&str>,
         now: DateTime<Utc>,
-    ) -> Result<(), CsrfError> {
+    ) -> Result<Spend, CsrfError> {
         let token = token.map(str::trim).filter(|t| !t.is_empty());
         let token = token.ok_or(CsrfError::Missing)?;
         let parts: Vec<&str> = token.split('.').collect();
@@ -232,15 +206,28 @@ impl Keys {
         if valid_until <= now {
             return Err(CsrfError::Expired);
         }
-        let mut spent = self
-            .spent
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        spent.retain(|_, until| *until > now);
-        if spent.insert(nonce.to_owned(), valid_until).is_some() {
-            return Err(CsrfError::Replayed);
+        Ok(Spend {
+            key: format!("csrf:{nonce}"),
+            until: valid_until,
+        })
+    }
+}
+
+/// A nonce to spend once across replicas: its key in `console_nonces`
+/// and until when it must stay spent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spend {
+    pub key: String,
+    pub until: DateTime<Utc>,
+}
+
+impl Session {
+    /// The nonce that signs this session out everywhere.
+    pub fn sign_out(&self) -> Spend {
+        Spend {
+            key: format!("session:{}", self.sid),
+            until: self.expires_at,
         }
-        Ok(())
     }
 }
 
@@ -288,9 +275,9 @@ mod tests {
         assert_eq!(session.token_hash, [7; 32]);
         assert_eq!(session.expires_at, at(0) + SESSION_TTL);
         assert!(keys.open(&cookie, at(0) + SESSION_TTL).is_none(), "expired");
-        assert!(!keys.has_ended(&session.sid));
-        keys.end(&session);
-        assert!(keys.has_ended(&session.sid));
+        let out = session.sign_out();
+        assert_eq!(out.key, format!("session:{}", session.sid));
+        assert_eq!(out.until, session.expires_at);
     }
 
     #[test]
@@ -313,7 +300,7 @@ mod tests {
     }
 
     #[test]
-    fn csrf_tokens_are_bound_single_use_and_expire() {
+    fn csrf_tokens_are_bound_and_expire() {
         let keys = Keys::new(None);
         let mine = keys
             .open(&keys.issue(&[1; 32], "a", Role::Admin, at(0)), at(0))
@@ -326,11 +313,12 @@ mod tests {
             keys.check_csrf(&other, Some(&token), at(6)),
             Err(CsrfError::OtherSession)
         );
-        assert_eq!(keys.check_csrf(&mine, Some(&token), at(6)), Ok(()));
+        let spend = keys.check_csrf(&mine, Some(&token), at(6)).expect("valid");
         assert_eq!(
-            keys.check_csrf(&mine, Some(&token), at(7)),
-            Err(CsrfError::Replayed)
+            spend.key,
+            format!("csrf:{}", token.split('.').next().expect("nonce"))
         );
+        assert_eq!(spend.until, at(5) + SESSION_TTL);
         assert_eq!(keys.check_csrf(&mine, None, at(7)), Err(CsrfError::Missing));
         assert_eq!(
             keys.check_csrf(&mine, Some("x.y"), at(7)),

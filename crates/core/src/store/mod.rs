@@ -8,6 +8,7 @@
 //! once apply them exactly once.
 
 pub mod entities;
+pub mod nonces;
 pub mod observe;
 pub mod probe_history;
 #[cfg(any(test, feature = "testing"))]

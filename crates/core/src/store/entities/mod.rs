@@ -12,6 +12,7 @@ pub mod alerts;
 pub mod api_tokens;
 pub mod audit_events;
 pub mod backups;
+pub mod console_nonces;
 pub mod cooldowns;
 pub mod daily_step_counts;
 pub mod event_cursors;
