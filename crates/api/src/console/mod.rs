@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use axum::Router;
-use axum::extract::{Form, FromRequestParts, Path, Query, State};
+use axum::extract::{Form, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -381,6 +381,64 @@ impl FromRequestParts<Console> for Who {
     }
 }
 
+/// The record a console page shows: the signed-in caller (allowed by the
+/// access table) and the record's id from the path — an id that is not one
+/// is a 404 page naming the record (from the path: `/console/missions/…` →
+/// "mission").
+pub struct Record {
+    who: Who,
+    ctx: Ctx,
+    id: Uuid,
+}
+
+/// An action on one record: what [`Record`] holds, plus the form, whose
+/// CSRF token has been checked and spent (403, nothing done, otherwise).
+pub struct Act {
+    who: Who,
+    ctx: Ctx,
+    id: Uuid,
+    form: ActionForm,
+}
+
+/// What the record of a `/console/<records>/{id}…` path is called.
+fn record_name(path: &str) -> String {
+    let records = path
+        .trim_start_matches("/console/")
+        .split('/')
+        .next()
+        .unwrap_or("record");
+    records.trim_end_matches('s').replace('-', " ")
+}
+
+impl FromRequestParts<Console> for Record {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, console: &Console) -> Result<Self, Response> {
+        let who = Who::from_request_parts(parts, console).await?;
+        let ctx = console.ctx(&who);
+        let Path(raw) = Path::<String>::from_request_parts(parts, console)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let id = id(&ctx, &record_name(parts.uri.path()), &raw).map_err(|r| *r)?;
+        Ok(Self { who, ctx, id })
+    }
+}
+
+impl FromRequest<Console> for Act {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, console: &Console) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        let Record { who, ctx, id } = Record::from_request_parts(&mut parts, console).await?;
+        let Form(form) =
+            Form::<ActionForm>::from_request(Request::from_parts(parts, body), console)
+                .await
+                .map_err(IntoResponse::into_response)?;
+        console.check_csrf(&who, &form).await.map_err(|r| *r)?;
+        Ok(Self { who, ctx, id, form })
+    }
+}
+
 /// Every field an action form may send (all optional: a missing one is
 /// refused by the handler with its name, not by the extractor).
 #[derive(Debug, Default, Deserialize)]
@@ -692,32 +750,14 @@ async fn proposals(State(c): State<Console>, who: Who, Query(q): Query<ProposalQ
     page(StatusCode::OK, views::proposals(&ctx, &q, &rows))
 }
 
-async fn proposal(State(c): State<Console>, who: Who, Path(raw): Path<String>) -> Response {
-    let ctx = c.ctx(&who);
-    let id = match id(&ctx, "proposal", &raw) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
+async fn proposal(State(c): State<Console>, Record { ctx, id, .. }: Record) -> Response {
     match workflow::get_proposal(&c.inner.api.db, id).await {
         Ok(view) => page(StatusCode::OK, views::proposal(&ctx, &view)),
         Err(e) => failure(&ctx, &e),
     }
 }
 
-async fn approve(
-    State(c): State<Console>,
-    who: Who,
-    Path(raw): Path<String>,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    let ctx = c.ctx(&who);
-    let id = match id(&ctx, "proposal", &raw) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    if let Err(refused) = c.check_csrf(&who, &form).await {
-        return *refused;
-    }
+async fn approve(State(c): State<Console>, Act { who, ctx, id, form }: Act) -> Response {
     let comment = form.comment.as_deref().map(str::trim).unwrap_or("");
     let comment = match bounded("comment", comment, 1000) {
         Ok(c) => (!c.is_empty()).then_some(c),
@@ -742,20 +782,7 @@ async fn approve(
     }
 }
 
-async fn reject(
-    State(c): State<Console>,
-    who: Who,
-    Path(raw): Path<String>,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    let ctx = c.ctx(&who);
-    let id = match id(&ctx, "proposal", &raw) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    if let Err(refused) = c.check_csrf(&who, &form).await {
-        return *refused;
-    }
+async fn reject(State(c): State<Console>, Act { who, ctx, id, form }: Act) -> Response {
     let reason = match text("reason", form.reason.as_deref().unwrap_or(""), 1000) {
         Ok(r) => r,
         Err(e) => return invalid(&ctx, e),
@@ -788,12 +815,7 @@ async fn missions(State(c): State<Console>, who: Who, Query(q): Query<MissionQue
     }
 }
 
-async fn mission(State(c): State<Console>, who: Who, Path(raw): Path<String>) -> Response {
-    let ctx = c.ctx(&who);
-    let id = match id(&ctx, "mission", &raw) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
+async fn mission(State(c): State<Console>, Record { ctx, id, .. }: Record) -> Response {
     let db = &c.inner.api.db;
     let view = match workflow::get_mission(db, id).await {
         Ok(v) => v,
@@ -819,20 +841,7 @@ async fn mission(State(c): State<Console>, who: Who, Path(raw): Path<String>) ->
     page(StatusCode::OK, views::mission(&ctx, &view, &dead))
 }
 
-async fn cancel(
-    State(c): State<Console>,
-    who: Who,
-    Path(raw): Path<String>,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    let ctx = c.ctx(&who);
-    let id = match id(&ctx, "mission", &raw) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    if let Err(refused) = c.check_csrf(&who, &form).await {
-        return *refused;
-    }
+async fn cancel(State(c): State<Console>, Act { who, ctx, id, form }: Act) -> Response {
     let reason = match text("reason", form.reason.as_deref().unwrap_or(""), 1000) {
         Ok(r) => r,
         Err(e) => return invalid(&ctx, e),
@@ -866,20 +875,7 @@ async fn dead_letters(State(c): State<Console>, who: Who) -> Response {
     }
 }
 
-async fn retry(
-    State(c): State<Console>,
-    who: Who,
-    Path(raw): Path<String>,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    let ctx = c.ctx(&who);
-    let id = match id(&ctx, "dead letter", &raw) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    if let Err(refused) = c.check_csrf(&who, &form).await {
-        return *refused;
-    }
+async fn retry(State(c): State<Console>, Act { who, ctx, id, .. }: Act) -> Response {
     let api = &c.inner.api;
     match workflow::retry_dead_letter(&api.db, id, &who.principal.name, api.audit(), c.now()).await
     {
@@ -1227,20 +1223,7 @@ async fn triggers(State(c): State<Console>, who: Who) -> Response {
     }
 }
 
-async fn trigger_enabled(
-    State(c): State<Console>,
-    who: Who,
-    Path(raw): Path<String>,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    let ctx = c.ctx(&who);
-    let id = match id(&ctx, "trigger", &raw) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    if let Err(refused) = c.check_csrf(&who, &form).await {
-        return *refused;
-    }
+async fn trigger_enabled(State(c): State<Console>, Act { who, ctx, id, form }: Act) -> Response {
     let enabled = match form.enabled.as_deref() {
         Some("true") => true,
         Some("false") => false,
@@ -1356,20 +1339,7 @@ async fn silence(
     }
 }
 
-async fn expire_silence(
-    State(c): State<Console>,
-    who: Who,
-    Path(raw): Path<String>,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    let ctx = c.ctx(&who);
-    let id = match id(&ctx, "silence", &raw) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    if let Err(refused) = c.check_csrf(&who, &form).await {
-        return *refused;
-    }
+async fn expire_silence(State(c): State<Console>, Act { who, ctx, id, .. }: Act) -> Response {
     match c.inner.alerter.expire_silence(&id.to_string()).await {
         Ok(()) => {
             audit_peer(
@@ -1405,35 +1375,17 @@ async fn backup_preview(
     Ok(Some(backups::preview(row, now.as_ref())))
 }
 
-async fn backup_page(State(c): State<Console>, who: Who, Path(raw): Path<String>) -> Response {
-    let ctx = c.ctx(&who);
-    let id = match id(&ctx, "backup", &raw) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
+async fn backup_page(State(c): State<Console>, Record { ctx, id, .. }: Record) -> Response {
     match backup_preview(&c.inner.api.db, id).await {
         Ok(Some(preview)) => page(StatusCode::OK, views::backup(&ctx, &preview, None)),
-        Ok(None) => not_found(&ctx, "backup", &raw),
+        Ok(None) => not_found(&ctx, "backup", &id.to_string()),
         Err(e) => failure(&ctx, &e),
     }
 }
 
 /// Verifies a backup at the backup-agent now and shows the outcome, stage
 /// by stage, on the backup's page.
-async fn verify_backup(
-    State(c): State<Console>,
-    who: Who,
-    Path(raw): Path<String>,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    let ctx = c.ctx(&who);
-    let id = match id(&ctx, "backup", &raw) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    if let Err(refused) = c.check_csrf(&who, &form).await {
-        return *refused;
-    }
+async fn verify_backup(State(c): State<Console>, Act { who, ctx, id, .. }: Act) -> Response {
     let outcome = match c.inner.backups.verify(&id.to_string()).await {
         Ok(outcome) => outcome,
         Err(e) => return peer_failure(&ctx, &e),
@@ -1454,14 +1406,12 @@ async fn verify_backup(
             })),
         },
     );
-    // A fresh token for the page's forms (this one is spent).
-    let ctx = c.ctx(&who);
     match backup_preview(&c.inner.api.db, id).await {
         Ok(Some(preview)) => page(
             StatusCode::OK,
             views::backup(&ctx, &preview, Some(&outcome)),
         ),
-        Ok(None) => not_found(&ctx, "backup", &raw),
+        Ok(None) => not_found(&ctx, "backup", &id.to_string()),
         Err(e) => failure(&ctx, &e),
     }
 }
@@ -1504,24 +1454,14 @@ async fn incidents_page(
     }
 }
 
-async fn incident_page(State(c): State<Console>, who: Who, Path(raw): Path<String>) -> Response {
-    let ctx = c.ctx(&who);
-    let id = match id(&ctx, "incident", &raw) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
+async fn incident_page(State(c): State<Console>, Record { ctx, id, .. }: Record) -> Response {
     match c.inner.incidents.get(&id.to_string()).await {
         Ok(detail) => page(StatusCode::OK, views::incident(&ctx, &detail)),
         Err(e) => peer_failure(&ctx, &e),
     }
 }
 
-async fn postmortem_page(State(c): State<Console>, who: Who, Path(raw): Path<String>) -> Response {
-    let ctx = c.ctx(&who);
-    let id = match id(&ctx, "incident", &raw) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
+async fn postmortem_page(State(c): State<Console>, Record { who, ctx, id }: Record) -> Response {
     match c
         .inner
         .incidents
@@ -1536,50 +1476,25 @@ async fn postmortem_page(State(c): State<Console>, who: Who, Path(raw): Path<Str
     }
 }
 
-async fn acknowledge_incident(
-    c: State<Console>,
-    who: Who,
-    raw: Path<String>,
-    form: Form<ActionForm>,
-) -> Response {
-    incident_action(c, who, raw, form, incidents::IncidentAction::Acknowledge).await
+async fn acknowledge_incident(c: State<Console>, act: Act) -> Response {
+    incident_action(c, act, incidents::IncidentAction::Acknowledge).await
 }
 
-async fn resolve_incident(
-    c: State<Console>,
-    who: Who,
-    raw: Path<String>,
-    form: Form<ActionForm>,
-) -> Response {
-    incident_action(c, who, raw, form, incidents::IncidentAction::Resolve).await
+async fn resolve_incident(c: State<Console>, act: Act) -> Response {
+    incident_action(c, act, incidents::IncidentAction::Resolve).await
 }
 
-async fn note_incident(
-    c: State<Console>,
-    who: Who,
-    raw: Path<String>,
-    form: Form<ActionForm>,
-) -> Response {
-    incident_action(c, who, raw, form, incidents::IncidentAction::Note).await
+async fn note_incident(c: State<Console>, act: Act) -> Response {
+    incident_action(c, act, incidents::IncidentAction::Note).await
 }
 
 /// Acknowledges, resolves or notes an incident at the alerter as the
 /// signed-in person, and audits it here under their name.
 async fn incident_action(
     State(c): State<Console>,
-    who: Who,
-    Path(raw): Path<String>,
-    Form(form): Form<ActionForm>,
+    Act { who, ctx, id, form }: Act,
     action: incidents::IncidentAction,
 ) -> Response {
-    let ctx = c.ctx(&who);
-    let id = match id(&ctx, "incident", &raw) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    if let Err(refused) = c.check_csrf(&who, &form).await {
-        return *refused;
-    }
     let raw_text = match action {
         incidents::IncidentAction::Note => form.comment.as_deref(),
         _ => form.reason.as_deref(),
