@@ -31,6 +31,7 @@ mod m0013_dead_letter_retries;
 mod m0014_governance;
 mod m0015_rollouts;
 mod m0016_starter_trigger_rules;
+mod m0017_usage_unreachable;
 
 pub use m0005_seed_policy::seed_policies;
 pub use m0016_starter_trigger_rules::starter_trigger_rules;
@@ -61,6 +62,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0014_governance::Migration),
             Box::new(m0015_rollouts::Migration),
             Box::new(m0016_starter_trigger_rules::Migration),
+            Box::new(m0017_usage_unreachable::Migration),
         ]
     }
 }
