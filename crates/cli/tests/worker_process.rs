@@ -307,10 +307,12 @@ async fn a_failed_command_reports_the_usage_and_cost_it_printed() {
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let seen = seen.lock().unwrap();
-    assert!(seen.completes.is_empty());
-    assert_eq!(seen.fails.len(), 1);
-    let fail = &seen.fails[0];
+    let fail = {
+        let seen = seen.lock().unwrap();
+        assert!(seen.completes.is_empty());
+        assert_eq!(seen.fails.len(), 1);
+        seen.fails[0].clone()
+    };
     assert_eq!(
         (fail.error.as_str(), fail.retryable),
         ("exit code 75: upstream unavailable", true)
@@ -329,7 +331,6 @@ async fn a_failed_command_reports_the_usage_and_cost_it_printed() {
         ("twitterapi", 2, 1, 1, 30000.0)
     );
     // A failure that printed no JSON reports no usage (as before).
-    drop(seen);
     let (addr, seen) = fake_api(vec![step(5)], Duration::from_secs(30)).await;
     let out = worker(addr, "echo oops >&2; exit 1", &["--once"])
         .output()
