@@ -5,8 +5,10 @@
 //! reported: the AIMD controller moves the shared bucket's rate (every
 //! change a `resource.rate_changed` event with its evidence), and the
 //! guards raise alerts (limit violation, error rate, slow responses,
-//! consecutive failures) and trip (limit violation, `failures_trip`
-//! consecutive failures): the emergency stop engaged once with the reason,
+//! consecutive failures, upstream outage) and trip (limit violation,
+//! `failures_trip` consecutive failures, an upstream outage: a window of
+//! only unavailable calls, or the resource's `outage_probe` down): the
+//! emergency stop engaged once with the reason,
 //! or, with `on_trip = pause_kinds`, only the resource's kinds paused for
 //! `pause_seconds` (`step_kind_pauses`, source `resource:<name>`).
 //!
