@@ -31,6 +31,7 @@ mod m0013_dead_letter_retries;
 mod m0014_governance;
 mod m0015_rollouts;
 mod m0016_starter_trigger_rules;
+mod m0017_usage_unreachable;
 mod m0018_console_nonces;
 
 pub use m0005_seed_policy::seed_policies;
@@ -62,6 +63,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0014_governance::Migration),
             Box::new(m0015_rollouts::Migration),
             Box::new(m0016_starter_trigger_rules::Migration),
+            Box::new(m0017_usage_unreachable::Migration),
             Box::new(m0018_console_nonces::Migration),
         ]
     }

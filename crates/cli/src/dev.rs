@@ -424,7 +424,7 @@ mod demo {
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(200 + spread)) => {}
                 () = interrupt.cancelled() => {
-                    return StepOutcome::Fail { error: "interrupted".into(), retryable: true };
+                    return StepOutcome::fail("interrupted", true);
                 }
             }
             let (result, cost) = match step.kind.as_str() {
@@ -438,10 +438,10 @@ mod demo {
                 ),
                 "notify" => (json!({"channel": "console", "delivered": true}), 0.0),
                 other => {
-                    return StepOutcome::Fail {
-                        error: format!("the demo worker does not run steps of kind {other}"),
-                        retryable: false,
-                    };
+                    return StepOutcome::fail(
+                        format!("the demo worker does not run steps of kind {other}"),
+                        false,
+                    );
                 }
             };
             StepOutcome::Complete {

@@ -523,7 +523,8 @@ fn print_report(r: &WeeklyReport) {
 
 /// What only the stored body carries (reports from before it had them show
 /// nothing here): each SLI against its objective, met or missed; incidents
-/// with MTTA/MTTR; cost per kind and how the budget was derived.
+/// with MTTA/MTTR; cost per kind and per upstream resource and kind, and how
+/// the budget was derived.
 fn report_extras(report_json: &str) -> String {
     let Ok(body) = serde_json::from_str::<Value>(report_json) else {
         return String::new();
@@ -610,6 +611,23 @@ fn report_extras(report_json: &str) -> String {
         out.push('\n');
         out.push_str(&table.render());
     }
+    let resources = body["cost"]["byResource"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !resources.is_empty() {
+        let mut table = Table::new(&["RESOURCE", "KIND", "CALLS", "USD"]);
+        for r in &resources {
+            table.row(vec![
+                r["resource"].as_str().unwrap_or("?").to_owned(),
+                r["kind"].as_str().unwrap_or("?").to_owned(),
+                r["calls"].as_i64().unwrap_or(0).to_string(),
+                format!("{:.2}", r["usd"].as_f64().unwrap_or(0.0)),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&table.render());
+    }
     if let Some(basis) = body["cost"]["budgetBasis"]
         .as_str()
         .filter(|b| !b.is_empty())
@@ -670,7 +688,9 @@ mod tests {
                  "latencyP95Ms": null}
             ],
             "incidents": {"opened": 2, "acknowledged": 2, "resolved": 1, "mttaSeconds": 180.0, "mttrSeconds": 1800.0},
-            "cost": {"byKind": {"analyze": 2.5}, "budgetBasis": "monthly budget $800.00 pro-rated over 7 days (30-day month) in UTC"}
+            "cost": {"byKind": {"analyze": 2.5},
+                     "byResource": [{"resource": "twitterapi", "kind": "post_x", "calls": 3000, "usd": 0.45}],
+                     "budgetBasis": "monthly budget $800.00 pro-rated over 7 days (30-day month) in UTC"}
         });
         let text = report_extras(&body.to_string());
         let lines: Vec<&str> = text.lines().collect();
@@ -686,6 +706,12 @@ mod tests {
             "incidents: 2 opened, 2 acknowledged, 1 resolved; MTTA 3.0 min, MTTR 30.0 min"
         ));
         assert!(text.contains("analyze    2.50"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                    == ["twitterapi", "post_x", "3000", "0.45"]),
+            "{text}"
+        );
         assert!(text.contains("budget: monthly budget $800.00 pro-rated over 7 days"));
         // A report stored before these figures existed: nothing extra.
         assert_eq!(report_extras(r#"{"missions": {}}"#), "");

@@ -48,7 +48,22 @@ pub enum StepOutcome {
         error: String,
         /// True: requeue while attempts remain.
         retryable: bool,
+        /// The JSON object the command printed before failing, if any: its
+        /// `usage` and `cost_usd` are reported with the failure (a failed
+        /// upstream call still counts against the limit and still costs).
+        output_json: Option<String>,
     },
+}
+
+impl StepOutcome {
+    /// A failure without output.
+    pub fn fail(error: impl Into<String>, retryable: bool) -> Self {
+        Self::Fail {
+            error: error.into(),
+            retryable,
+            output_json: None,
+        }
+    }
 }
 
 /// Runs steps. `interrupt` is cancelled when the worker must abandon the step
@@ -395,15 +410,22 @@ impl<H: StepHandler> Worker<H> {
                         let r = r.into_inner();
                         (Reported::Succeeded, r.mission_status())
                     }),
-                StepOutcome::Fail { error, retryable } => missions
+                StepOutcome::Fail {
+                    error,
+                    retryable,
+                    output_json,
+                } => missions
                     .fail_step(FailStepRequest {
                         step_id: step.id.clone(),
                         worker_id: self.config.worker_id.clone(),
                         attempt: step.attempt,
                         error: error.clone(),
                         retryable: *retryable,
-                        cost_usd: None,
-                        usage: Vec::new(),
+                        cost_usd: output_json.as_deref().and_then(cost_of_output),
+                        usage: output_json
+                            .as_deref()
+                            .map(|json| self.usage_of(json))
+                            .unwrap_or_default(),
                     })
                     .await
                     .map(|r| {
@@ -596,10 +618,10 @@ impl StepHandler for ShellHandler {
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(error) => {
-                return StepOutcome::Fail {
-                    error: format!("cannot start `sh -c {}`: {error}", self.command),
-                    retryable: false,
-                };
+                return StepOutcome::fail(
+                    format!("cannot start `sh -c {}`: {error}", self.command),
+                    false,
+                );
             }
         };
         let payload = if step.payload_json.trim().is_empty() {
@@ -632,18 +654,15 @@ impl StepHandler for ShellHandler {
                 let signal = None;
                 outcome_from_exit(status.code(), signal, &out, &err)
             }
-            Some((Err(error), _, _)) => StepOutcome::Fail {
-                error: format!("waiting for the command failed: {error}"),
-                retryable: true,
-            },
+            Some((Err(error), _, _)) => {
+                StepOutcome::fail(format!("waiting for the command failed: {error}"), true)
+            }
             None => {
                 kill_group(&mut child).await;
-                StepOutcome::Fail {
-                    error:
-                        "interrupted: the worker abandoned the step (stopped, or lost its lease)"
-                            .into(),
-                    retryable: true,
-                }
+                StepOutcome::fail(
+                    "interrupted: the worker abandoned the step (stopped, or lost its lease)",
+                    true,
+                )
             }
         }
     }
@@ -676,7 +695,8 @@ async fn kill_group(child: &mut tokio::process::Child) {
 /// (empty → `{}`, not JSON → `{"stdout": "…"}`), a top-level `cost_usd`
 /// number is the step's cost. Exit 75 (EX_TEMPFAIL): a retryable failure.
 /// Any other exit, or death by a signal: a terminal failure. A failure's error
-/// is the exit status and the tail of stderr.
+/// is the exit status and the tail of stderr; a JSON object on its stdout is
+/// kept, for the `usage` and `cost_usd` the failure reports.
 pub fn outcome_from_exit(
     code: Option<i32>,
     signal: Option<i32>,
@@ -716,10 +736,24 @@ pub fn outcome_from_exit(
     } else {
         format!("{status}: {}", tail(stderr, ERROR_TAIL_CHARS))
     };
+    // A failed command may still say what it spent: a JSON object on stdout.
+    let output_json = serde_json::from_slice::<Value>(stdout)
+        .ok()
+        .filter(Value::is_object)
+        .map(|v| v.to_string());
     StepOutcome::Fail {
         error,
         retryable: code == Some(75),
+        output_json,
     }
+}
+
+/// The `cost_usd` number of a command's JSON output.
+pub fn cost_of_output(output_json: &str) -> Option<f64> {
+    serde_json::from_str::<Value>(output_json)
+        .ok()?
+        .get("cost_usd")
+        .and_then(Value::as_f64)
 }
 
 /// The per-resource usage a command reported in its JSON result: a
@@ -749,6 +783,7 @@ pub fn usage_from_result(result_json: &str) -> Result<Vec<ResourceUsage>, String
             status_4xx: u.status_4xx,
             status_429: u.status_429,
             status_5xx: u.status_5xx,
+            unreachable: u.unreachable,
             units: u.units,
         })
         .collect())
@@ -846,14 +881,51 @@ mod tests {
         ];
         for (code, signal, stderr, error, retryable) in cases {
             assert_eq!(
-                outcome_from_exit(*code, *signal, b"{\"ignored\": true}", stderr.as_bytes()),
-                StepOutcome::Fail {
-                    error: (*error).into(),
-                    retryable: *retryable
-                },
+                outcome_from_exit(*code, *signal, b"not json", stderr.as_bytes()),
+                StepOutcome::fail(*error, *retryable),
                 "exit {code:?} signal {signal:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_failed_command_keeps_its_json_output_for_usage_and_cost() {
+        let stdout = br#"{"error": "upstream 503", "cost_usd": 0.0003,
+            "usage": [{"resource": "twitterapi", "calls": 2, "status_5xx": 1, "unreachable": 1}]}"#;
+        let outcome = outcome_from_exit(Some(75), None, stdout, b"upstream down");
+        let StepOutcome::Fail {
+            error,
+            retryable,
+            output_json: Some(output),
+        } = outcome
+        else {
+            panic!("expected a failure with output, got {outcome:?}");
+        };
+        assert_eq!(
+            (error.as_str(), retryable),
+            ("exit code 75: upstream down", true)
+        );
+        assert_eq!(cost_of_output(&output), Some(0.0003));
+        let usage = usage_from_result(&output).expect("usage");
+        assert_eq!(
+            (usage[0].calls, usage[0].status_5xx, usage[0].unreachable),
+            (2, 1, 1)
+        );
+        // Not a JSON object: nothing kept.
+        for stdout in [&b"plain text"[..], b"[1, 2]", b"", b"3"] {
+            let outcome = outcome_from_exit(Some(1), None, stdout, b"");
+            assert!(
+                matches!(
+                    outcome,
+                    StepOutcome::Fail {
+                        output_json: None,
+                        ..
+                    }
+                ),
+                "{outcome:?}"
+            );
+        }
+        assert_eq!(cost_of_output(r#"{"cost_usd": "a lot"}"#), None);
     }
 
     #[test]
@@ -955,10 +1027,7 @@ mod tests {
         let handler = ShellHandler::new("echo 'rate limited' >&2; exit 75", "w1");
         assert_eq!(
             handler.run(&step(), CancellationToken::new()).await,
-            StepOutcome::Fail {
-                error: "exit code 75: rate limited".into(),
-                retryable: true
-            }
+            StepOutcome::fail("exit code 75: rate limited", true)
         );
     }
 

@@ -13,7 +13,8 @@ use crate::client::{Connection, Daemon, Globals};
 use crate::mission::status_word;
 use crate::output::{self, OutputFormat};
 use crate::worker::{
-    Reported, ShellHandler, StepOutcome, Worker, WorkerConfig, WorkerEvent, default_worker_id,
+    Reported, ShellHandler, StepOutcome, Worker, WorkerConfig, WorkerEvent, cost_of_output,
+    default_worker_id,
 };
 
 /// `opsloop worker`
@@ -27,7 +28,10 @@ pub struct WorkerArgs {
     /// OPSLOOP_STEP_ATTEMPT in its environment. Exit 0: stdout (JSON, else
     /// {"stdout": …}; a `cost_usd` number is the cost) completes the step.
     /// Exit 75: retryable failure. Other exits: terminal failure with the
-    /// stderr tail as the error.
+    /// stderr tail as the error. A top-level `usage` list in the JSON
+    /// (calls, latency, status counts per upstream resource) is reported
+    /// with the outcome, also when the command failed: a failed command may
+    /// print a JSON object with `usage` and `cost_usd` before exiting.
     #[arg(long, value_name = "CMD")]
     exec: String,
     /// Worker name recorded as the lease holder (default: HOSTNAME-PID).
@@ -176,7 +180,12 @@ fn print_event(event: &WorkerEvent, format: OutputFormat) {
                             result_json,
                             cost_usd,
                         } => (output::json_doc(result_json), *cost_usd),
-                        StepOutcome::Fail { .. } => (serde_json::Value::Null, None),
+                        StepOutcome::Fail { output_json, .. } => (
+                            output_json
+                                .as_deref()
+                                .map_or(serde_json::Value::Null, output::json_doc),
+                            output_json.as_deref().and_then(cost_of_output),
+                        ),
                     };
                     let line = json!({
                         "step_id": step.id,

@@ -296,6 +296,54 @@ async fn exit_codes_become_failures() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_command_reports_the_usage_and_cost_it_printed() {
+    let (addr, seen) = fake_api(vec![step(4)], Duration::from_secs(30)).await;
+    // The upstream answered 503 once and refused the connection once; the
+    // command gives up (retryable) but says what it spent.
+    let exec = r#"cat >/dev/null; echo '{"cost_usd": 0.0003, "usage": [{"resource": "twitterapi", "calls": 2, "latency_p50_ms": 900, "latency_max_ms": 30000, "status_5xx": 1, "unreachable": 1}]}'; echo 'upstream unavailable' >&2; exit 75"#;
+    let out = worker(addr, exec, &["--once"]).output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fail = {
+        let seen = seen.lock().unwrap();
+        assert!(seen.completes.is_empty());
+        assert_eq!(seen.fails.len(), 1);
+        seen.fails[0].clone()
+    };
+    assert_eq!(
+        (fail.error.as_str(), fail.retryable),
+        ("exit code 75: upstream unavailable", true)
+    );
+    assert_eq!(fail.cost_usd, Some(0.0003));
+    assert_eq!(fail.usage.len(), 1, "{:?}", fail.usage);
+    let usage = &fail.usage[0];
+    assert_eq!(
+        (
+            usage.resource.as_str(),
+            usage.calls,
+            usage.status_5xx,
+            usage.unreachable,
+            usage.latency_max_ms
+        ),
+        ("twitterapi", 2, 1, 1, 30000.0)
+    );
+    // A failure that printed no JSON reports no usage (as before).
+    let (addr, seen) = fake_api(vec![step(5)], Duration::from_secs(30)).await;
+    let out = worker(addr, "echo oops >&2; exit 1", &["--once"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.fails.len(), 1);
+    assert!(seen.fails[0].usage.is_empty());
+    assert_eq!(seen.fails[0].cost_usd, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_json_stdout_is_kept_as_text() {
     let (addr, seen) = fake_api(vec![step(3)], Duration::from_secs(30)).await;
     let out = worker(addr, "echo hello; echo world", &["--once"])

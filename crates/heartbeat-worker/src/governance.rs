@@ -5,8 +5,10 @@
 //! reported: the AIMD controller moves the shared bucket's rate (every
 //! change a `resource.rate_changed` event with its evidence), and the
 //! guards raise alerts (limit violation, error rate, slow responses,
-//! consecutive failures) and trip (limit violation, `failures_trip`
-//! consecutive failures): the emergency stop engaged once with the reason,
+//! consecutive failures, upstream outage) and trip (limit violation,
+//! `failures_trip` consecutive failures, an upstream outage: a window of
+//! only unavailable calls, or the resource's `outage_probe` down): the
+//! emergency stop engaged once with the reason,
 //! or, with `on_trip = pause_kinds`, only the resource's kinds paused for
 //! `pause_seconds` (`step_kind_pauses`, source `resource:<name>`).
 //!
@@ -32,12 +34,16 @@ use crate::alerts::{self, Alert, Severity, enqueue_alert};
 use crate::db::{self, begin_write, stmt};
 use crate::heartbeat::{Heartbeat, HeartbeatError, emit_in};
 use crate::ops::ACTOR;
+use crate::probes::StoredState;
 
 /// Most windows judged in one run after a pause (older ones are skipped).
 pub const MAX_CATCH_UP_WINDOWS: i64 = 360;
 
 /// How long an alert of one kind for one resource stays quiet after it is sent.
 pub const ALERT_COOLDOWN_SECONDS: i64 = 300;
+
+/// The alert of an upstream outage (window evidence or the linked probe).
+pub const OUTAGE_ALERT: &str = "ResourceUpstreamOutage";
 
 /// What the guards make of one window.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,12 +54,15 @@ pub enum WindowGuard {
     ErrorRate { rate: f64, limit: f64 },
     /// Window latency above `slow_response_ms`.
     SlowResponse { latency_ms: f64, limit_ms: f64 },
+    /// At least `outage_min_calls` calls failed as unavailable (5xx or no
+    /// answer) and none was answered otherwise: alert and trip.
+    UpstreamOutage { status_5xx: i64, unreachable: i64 },
 }
 
 /// The guards' verdict on one window (pure).
 pub fn judge_window(limits: &ResourceLimits, stats: &WindowStats) -> Vec<WindowGuard> {
     let mut out = Vec::new();
-    if stats.calls <= 0 {
+    if stats.calls <= 0 && stats.unavailable() <= 0 {
         return out;
     }
     let observed = stats.calls as f64 / limits.window_seconds.max(1.0);
@@ -76,7 +85,53 @@ pub fn judge_window(limits: &ResourceLimits, stats: &WindowStats) -> Vec<WindowG
             limit_ms: limits.slow_response_ms,
         });
     }
+    if stats.is_outage(limits.outage_min_calls) {
+        out.push(WindowGuard::UpstreamOutage {
+            status_5xx: stats.status_5xx,
+            unreachable: stats.unreachable,
+        });
+    }
     out
+}
+
+/// The evidence of a window's upstream outage, for the trip's reason.
+fn window_outage_reason(
+    resource: &str,
+    status_5xx: i64,
+    unreachable: i64,
+    window_end: DateTime<Utc>,
+) -> String {
+    format!(
+        "resource {resource}: upstream outage: {} calls in the window to {} failed as unavailable \
+         ({status_5xx} answered 5xx, {unreachable} unreachable) and none was answered otherwise",
+        status_5xx + unreachable,
+        window_end.format("%H:%M:%S")
+    )
+}
+
+/// Whether the probe linked to a resource shows an upstream outage to act
+/// on (pure): it is down, and went down after `acted_at` (the resource's
+/// last trip, or the emergency stop's last change), so an outage is acted
+/// on once and a human's release of the stop is not undone.
+pub fn probe_outage(
+    probe: &str,
+    state: Option<&StoredState>,
+    acted_at: Option<DateTime<Utc>>,
+) -> Option<String> {
+    let state = state?;
+    if state.status != "down" || acted_at.is_some_and(|at| state.since <= at) {
+        return None;
+    }
+    Some(format!(
+        "probe {probe} down since {} ({} consecutive failed checks{})",
+        state.since.format("%Y-%m-%d %H:%M:%S UTC"),
+        state.consecutive_failures,
+        state
+            .last_error
+            .as_deref()
+            .map(|e| format!(", last error: {e}"))
+            .unwrap_or_default()
+    ))
 }
 
 /// What consecutive failures call for (pure): `(alert, trip)`.
@@ -175,6 +230,18 @@ fn guard_alert(
             Severity::Warning,
             format!("{resource}: upstream latency {latency_ms:.0} ms, above {limit_ms:.0} ms"),
         ),
+        WindowGuard::UpstreamOutage {
+            status_5xx,
+            unreachable,
+        } => (
+            OUTAGE_ALERT,
+            Severity::Critical,
+            format!(
+                "{resource}: upstream outage, {} calls failed as unavailable ({status_5xx} × 5xx, \
+                 {unreachable} unreachable), none answered otherwise",
+                status_5xx + unreachable
+            ),
+        ),
     };
     alerts::alert(
         name,
@@ -215,6 +282,8 @@ pub struct ResourceRun {
     pub changes: usize,
     pub alerts: Vec<String>,
     pub tripped: Option<String>,
+    /// The evidence of an upstream outage seen in this run.
+    pub outage: Option<String>,
 }
 
 /// Judges every resource's pending windows at `now`.
@@ -286,6 +355,7 @@ async fn govern_resource(
     let mut trip: Option<String> = None;
     let mut window_alerts: Vec<Alert> = Vec::new();
     let mut changes: Vec<Value> = Vec::new();
+    let mut outages: Vec<Value> = Vec::new();
     let mut rate = row.rate;
     for window in &windows {
         let stats = window_stats(db, name, window.0, window.1).await?;
@@ -305,13 +375,28 @@ async fn govern_resource(
         }
         rate = next;
         for guard in judge_window(limits, &stats) {
-            if let WindowGuard::LimitViolation { observed, limit } = &guard
-                && trip.is_none()
-            {
-                trip = Some(format!(
+            let reason = match &guard {
+                WindowGuard::LimitViolation { observed, limit } => Some(format!(
                     "resource {name}: {observed:.1} calls/s observed in the window to {}, above the limit {limit:.1}/s",
                     window.1.format("%H:%M:%S")
-                ));
+                )),
+                WindowGuard::UpstreamOutage {
+                    status_5xx,
+                    unreachable,
+                } => {
+                    let reason = window_outage_reason(name, *status_5xx, *unreachable, window.1);
+                    outages.push(json!({
+                        "resource": name, "source": "window", "reason": reason,
+                        "window_start": window.0, "window_end": window.1,
+                        "calls": stats.calls, "status_5xx": status_5xx,
+                        "unreachable": unreachable, "min_calls": limits.outage_min_calls,
+                    }));
+                    Some(reason)
+                }
+                WindowGuard::ErrorRate { .. } | WindowGuard::SlowResponse { .. } => None,
+            };
+            if trip.is_none() {
+                trip = reason;
             }
             window_alerts.push(guard_alert(name, &guard, *window));
         }
@@ -329,6 +414,42 @@ async fn govern_resource(
             limits.failures_trip
         ));
     }
+    // The linked probe: an outage acted on once per trip (pause) or per
+    // release of the stop (emergency stop, not while it is engaged).
+    let mut probe_alert: Option<(Alert, Value)> = None;
+    if let Some(probe) = &limits.outage_probe {
+        let acted_at = match limits.on_trip {
+            TripAction::PauseKinds => row.tripped_at,
+            TripAction::EmergencyStop => Some(since),
+        };
+        let state = crate::probes::stored_state(db, probe).await?;
+        if state.is_none() {
+            tracing::debug!(resource = name, probe, "outage probe has no state yet");
+        }
+        let skip = limits.on_trip == TripAction::EmergencyStop && stop.engaged;
+        if let Some(evidence) = probe_outage(probe, state.as_ref(), acted_at).filter(|_| !skip) {
+            let reason = format!("resource {name}: upstream outage: {evidence}");
+            let alert = alerts::alert(
+                OUTAGE_ALERT,
+                Severity::Critical,
+                format!("{name}: upstream outage ({evidence})"),
+                format!("on_trip {:?}; see `opsloop probe list`", limits.on_trip),
+            )
+            .label("resource", name)
+            .annotation("reason", &reason);
+            let event = json!({"resource": name, "source": "probe", "probe": probe,
+                               "reason": reason});
+            probe_alert = Some((alert, event));
+            if trip.is_none() {
+                trip = Some(reason);
+            }
+        }
+    }
+    run.outage = outages
+        .first()
+        .or(probe_alert.as_ref().map(|(_, e)| e))
+        .and_then(|e| e["reason"].as_str())
+        .map(str::to_owned);
     let last_end = windows.last().map(|w| w.1);
     let tx = begin_write(db).await?;
     if let Some(end) = last_end {
@@ -356,10 +477,19 @@ async fn govern_resource(
             emit_in(&tx, "resource.rate_changed", change.clone(), None, now).await?;
             tracing::info!(resource = name, change = %change, "resource rate changed");
         }
+        for outage in &outages {
+            emit_in(&tx, "resource.upstream_outage", outage.clone(), None, now).await?;
+        }
         for alert in &window_alerts {
             if alert_once(&tx, name, alert, now).await? {
                 run.alerts.push(alert.name.clone());
             }
+        }
+    }
+    if let Some((alert, event)) = &probe_alert {
+        emit_in(&tx, "resource.upstream_outage", event.clone(), None, now).await?;
+        if alert_once(&tx, name, alert, now).await? {
+            run.alerts.push(alert.name.clone());
         }
     }
     if failure_alert && !stop.engaged {
@@ -554,6 +684,7 @@ mod tests {
                     WindowGuard::LimitViolation { .. } => "violation",
                     WindowGuard::ErrorRate { .. } => "errors",
                     WindowGuard::SlowResponse { .. } => "slow",
+                    WindowGuard::UpstreamOutage { .. } => "outage",
                 })
                 .collect()
         };
@@ -572,9 +703,49 @@ mod tests {
             kinds(judge_window(&l, &w(100, 1001.0, 100, 0))),
             vec!["slow"]
         );
+        let outage = WindowStats {
+            calls: 5,
+            status_5xx: 3,
+            unreachable: 2,
+            ..WindowStats::default()
+        };
+        assert_eq!(
+            judge_window(&l, &outage).last(),
+            Some(&WindowGuard::UpstreamOutage {
+                status_5xx: 3,
+                unreachable: 2
+            })
+        );
         assert_eq!(judge_failures(&l, 2), (false, false));
         assert_eq!(judge_failures(&l, 3), (true, false));
         assert_eq!(judge_failures(&l, 5), (true, true));
+    }
+
+    #[test]
+    fn probe_outage_is_acted_on_once() {
+        let down = StoredState {
+            status: "down".into(),
+            consecutive_failures: 3,
+            since: at(10),
+            last_error: Some("timeout".into()),
+            cert_fingerprint: None,
+        };
+        let up = StoredState {
+            status: "up".into(),
+            ..down.clone()
+        };
+        assert_eq!(probe_outage("p", None, None), None);
+        assert_eq!(probe_outage("p", Some(&up), None), None);
+        let evidence = probe_outage("p", Some(&down), None).expect("outage");
+        assert!(
+            evidence.starts_with("probe p down since ")
+                && evidence.ends_with("(3 consecutive failed checks, last error: timeout)"),
+            "{evidence}"
+        );
+        assert!(probe_outage("p", Some(&down), Some(at(9))).is_some());
+        // Acted on (or released by a human) since it went down: no.
+        assert_eq!(probe_outage("p", Some(&down), Some(at(10))), None);
+        assert_eq!(probe_outage("p", Some(&down), Some(at(11))), None);
     }
 
     #[test]
@@ -736,6 +907,252 @@ mod tests {
                 )
                 .await;
                 assert_eq!(engaged, 1);
+                t.cleanup().await;
+            }
+        }
+
+        async fn report_failures(
+            db: &DatabaseConnection,
+            s2: i64,
+            s5: i64,
+            unreachable: i64,
+            at: DateTime<Utc>,
+        ) {
+            let policy = workflow::load_policy(db).await.expect("policy");
+            let usage = [ResourceUsage {
+                resource: "api".into(),
+                calls: s2 + s5 + unreachable,
+                latency_p50_ms: 300.0,
+                latency_max_ms: 30_000.0,
+                status_2xx: s2,
+                status_5xx: s5,
+                unreachable,
+                ..ResourceUsage::default()
+            }];
+            workflow::governance::record_usage(
+                db,
+                "summarize",
+                &usage,
+                &[0.0],
+                &policy.resources,
+                at,
+            )
+            .await
+            .expect("usage");
+        }
+
+        #[tokio::test]
+        async fn a_window_of_unavailable_calls_is_an_outage_that_stops_once() {
+            for t in [fresh_postgres().await, fresh_sqlite().await] {
+                let db = &t.db;
+                set(
+                    db,
+                    "resources",
+                    json!({"api": {"kinds": ["summarize"], "outage_min_calls": 5}}),
+                )
+                .await;
+                let t0 = base();
+                govern(db, None, t0 + Duration::seconds(1))
+                    .await
+                    .expect("run");
+                // One success among the failures: the upstream answers.
+                report_failures(db, 1, 4, 4, t0 + Duration::seconds(2)).await;
+                // Four unavailable calls: below outage_min_calls.
+                report_failures(db, 0, 2, 2, t0 + Duration::seconds(12)).await;
+                let runs = govern(db, None, t0 + Duration::seconds(21))
+                    .await
+                    .expect("run");
+                assert_eq!((runs[0].windows, runs[0].tripped.as_deref()), (2, None));
+                assert_eq!(runs[0].outage, None);
+                // Three 5xx and two unreachable, nothing else: an outage.
+                report_failures(db, 0, 3, 2, t0 + Duration::seconds(22)).await;
+                let runs = govern(db, None, t0 + Duration::seconds(31))
+                    .await
+                    .expect("run");
+                assert_eq!(runs[0].tripped.as_deref(), Some("emergency_stop"));
+                assert!(
+                    runs[0].alerts.contains(&OUTAGE_ALERT.to_owned()),
+                    "{runs:?}"
+                );
+                let (stop, _) = workflow::emergency_stop_state(db).await.expect("stop");
+                let reason = stop.reason.expect("reason");
+                assert!(
+                    reason.contains("resource api: upstream outage: 5 calls")
+                        && reason.contains("(3 answered 5xx, 2 unreachable)"),
+                    "{reason}"
+                );
+                assert_eq!(runs[0].outage.as_deref(), Some(reason.as_str()));
+                let evidence = db
+                    .query_one_raw(stmt(
+                        db.get_database_backend(),
+                        "SELECT payload FROM events WHERE kind = 'resource.upstream_outage'",
+                        vec![],
+                    ))
+                    .await
+                    .expect("q")
+                    .expect("row")
+                    .try_get::<Value>("", "payload")
+                    .expect("payload");
+                assert_eq!(
+                    (
+                        &evidence["status_5xx"],
+                        &evidence["unreachable"],
+                        &evidence["source"]
+                    ),
+                    (&json!(3), &json!(2), &json!("window"))
+                );
+                // Still down in the next window: the stop is not engaged again.
+                report_failures(db, 0, 5, 0, t0 + Duration::seconds(32)).await;
+                let runs = govern(db, None, t0 + Duration::seconds(41))
+                    .await
+                    .expect("run");
+                assert_eq!(runs[0].tripped, None);
+                let engaged = count(
+                    db,
+                    "SELECT COUNT(*) AS n FROM events WHERE kind = 'emergency_stop.engaged'",
+                )
+                .await;
+                assert_eq!(engaged, 1);
+                t.cleanup().await;
+            }
+        }
+
+        async fn set_probe(db: &DatabaseConnection, status: &str, since: DateTime<Utc>) {
+            let since = db_now(since);
+            db.execute_raw(stmt(
+                db.get_database_backend(),
+                "INSERT INTO probe_state (name, status, consecutive_failures, since, last_error, \
+                 alerted, created_at, updated_at) VALUES ('provider', $1, 3, $2, 'connection refused', \
+                 $3, $2, $2) ON CONFLICT (name) DO UPDATE SET status = excluded.status, \
+                 since = excluded.since, updated_at = excluded.updated_at",
+                vec![status.into(), since.into(), false.into()],
+            ))
+            .await
+            .expect("probe state");
+        }
+
+        #[tokio::test]
+        async fn a_down_outage_probe_stops_once_and_a_release_holds() {
+            for t in [fresh_postgres().await, fresh_sqlite().await] {
+                let db = &t.db;
+                set(
+                    db,
+                    "resources",
+                    json!({"api": {"kinds": ["summarize"], "outage_probe": "provider"}}),
+                )
+                .await;
+                let t0 = base();
+                // No state yet, then up: nothing.
+                let runs = govern(db, None, t0).await.expect("run");
+                assert_eq!(runs[0].tripped, None);
+                set_probe(db, "up", t0).await;
+                let runs = govern(db, None, t0 + Duration::seconds(1))
+                    .await
+                    .expect("run");
+                assert_eq!(runs[0].tripped, None);
+                set_probe(db, "down", t0 + Duration::seconds(2)).await;
+                let runs = govern(db, None, t0 + Duration::seconds(3))
+                    .await
+                    .expect("run");
+                assert_eq!(runs[0].tripped.as_deref(), Some("emergency_stop"));
+                assert!(runs[0].alerts.contains(&OUTAGE_ALERT.to_owned()));
+                let (stop, _) = workflow::emergency_stop_state(db).await.expect("stop");
+                let reason = stop.reason.expect("reason");
+                assert!(
+                    reason.contains("resource api: upstream outage: probe provider down since")
+                        && reason.contains(
+                            "3 consecutive failed checks, last error: connection refused"
+                        ),
+                    "{reason}"
+                );
+                // Engaged: not again, no second alert.
+                let runs = govern(db, None, t0 + Duration::seconds(4))
+                    .await
+                    .expect("run");
+                assert_eq!(
+                    (runs[0].tripped.as_deref(), runs[0].alerts.len()),
+                    (None, 0)
+                );
+                // A human releases it while the probe is still down: it holds.
+                workflow::release_emergency_stop(
+                    db,
+                    "oncall",
+                    "provider degraded, proceeding",
+                    None,
+                    t0 + Duration::seconds(5),
+                )
+                .await
+                .expect("release");
+                let runs = govern(db, None, t0 + Duration::seconds(6))
+                    .await
+                    .expect("run");
+                assert_eq!(runs[0].tripped, None);
+                // A new outage after the release engages it again.
+                set_probe(db, "up", t0 + Duration::seconds(7)).await;
+                set_probe(db, "down", t0 + Duration::seconds(8)).await;
+                let runs = govern(db, None, t0 + Duration::seconds(9))
+                    .await
+                    .expect("run");
+                assert_eq!(runs[0].tripped.as_deref(), Some("emergency_stop"));
+                let engaged = count(
+                    db,
+                    "SELECT COUNT(*) AS n FROM events WHERE kind = 'emergency_stop.engaged'",
+                )
+                .await;
+                assert_eq!(engaged, 2);
+                t.cleanup().await;
+            }
+        }
+
+        #[tokio::test]
+        async fn a_down_outage_probe_pauses_only_its_kinds_while_down() {
+            for t in [fresh_postgres().await, fresh_sqlite().await] {
+                let db = &t.db;
+                set(
+                    db,
+                    "resources",
+                    json!({"api": {"kinds": ["summarize"], "outage_probe": "provider",
+                                   "on_trip": "pause_kinds", "pause_seconds": 60}}),
+                )
+                .await;
+                let t0 = base();
+                set_probe(db, "down", t0).await;
+                let runs = govern(db, None, t0 + Duration::seconds(1))
+                    .await
+                    .expect("run");
+                assert_eq!(runs[0].tripped.as_deref(), Some("pause_kinds"));
+                let (stop, _) = workflow::emergency_stop_state(db).await.expect("stop");
+                assert!(!stop.engaged);
+                let pauses = workflow::paused_kinds(db).await.expect("pauses");
+                assert_eq!(
+                    pauses
+                        .iter()
+                        .map(|p| (p.kind.as_str(), p.source.as_str()))
+                        .collect::<Vec<_>>(),
+                    vec![("summarize", "resource:api")]
+                );
+                let runs = govern(db, None, t0 + Duration::seconds(2))
+                    .await
+                    .expect("run");
+                assert_eq!(runs[0].tripped, None);
+                // The pause runs its course; still down: paused again.
+                govern(db, None, t0 + Duration::seconds(62))
+                    .await
+                    .expect("run");
+                let runs = govern(db, None, t0 + Duration::seconds(63))
+                    .await
+                    .expect("run");
+                assert_eq!(runs[0].tripped.as_deref(), Some("pause_kinds"));
+                // Up again: the pause lifts after its course and stays lifted.
+                set_probe(db, "up", t0 + Duration::seconds(64)).await;
+                govern(db, None, t0 + Duration::seconds(124))
+                    .await
+                    .expect("run");
+                let runs = govern(db, None, t0 + Duration::seconds(125))
+                    .await
+                    .expect("run");
+                assert_eq!(runs[0].tripped, None);
+                assert!(workflow::paused_kinds(db).await.expect("pauses").is_empty());
                 t.cleanup().await;
             }
         }

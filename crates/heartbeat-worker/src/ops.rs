@@ -502,6 +502,18 @@ pub async fn weekly_report(hb: &Heartbeat, now: DateTime<Utc>) -> Result<Value, 
         alerts,
         cost_usd: cost_between(db, start, end).await?,
         cost_by_kind: cost_by_kind(db, start, end).await?,
+        cost_by_resource: workflow::governance::cost_by_resource(db, start, end)
+            .await?
+            .into_iter()
+            .map(
+                |(resource, kind, calls, cost_usd)| crate::report::ResourceCost {
+                    resource,
+                    kind,
+                    calls,
+                    cost_usd,
+                },
+            )
+            .collect(),
         budget_usd: prorated.usd,
         budget_basis: format!("{} in {}", prorated.basis, budget.timezone),
         last_backup_at: last_backup,

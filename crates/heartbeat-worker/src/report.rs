@@ -3,8 +3,9 @@
 //! p50/p95 step duration, failures by reason, alerts by name, the SLIs
 //! against their objectives (availability 99.9 %, p95 latency 500 ms, each
 //! met or missed), MTTA/MTTR of the period's incidents, cost per kind
-//! against the month's budget pro-rated over the period, and backup
-//! freshness, from plain rows. Pure, no I/O.
+//! against the month's budget pro-rated over the period, calls and cost per
+//! upstream resource and kind, and backup freshness, from plain rows. Pure,
+//! no I/O.
 
 use std::collections::BTreeMap;
 
@@ -134,6 +135,16 @@ pub struct FinishedStep {
     pub error: Option<String>,
 }
 
+/// One upstream resource's calls and cost for one step kind over the
+/// period (from `resource_usage`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResourceCost {
+    pub resource: String,
+    pub kind: String,
+    pub calls: i64,
+    pub cost_usd: f64,
+}
+
 /// Everything the weekly report is computed from.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WeeklyInput {
@@ -147,6 +158,8 @@ pub struct WeeklyInput {
     pub cost_usd: f64,
     /// Cost per step kind (or event kind when no step), in USD.
     pub cost_by_kind: BTreeMap<String, f64>,
+    /// Calls and cost per upstream resource and kind, by resource then kind.
+    pub cost_by_resource: Vec<ResourceCost>,
     pub budget_usd: f64,
     /// How `budget_usd` was derived (empty: not stated).
     pub budget_basis: String,
@@ -261,6 +274,9 @@ pub fn weekly_body(input: &WeeklyInput) -> Value {
         "alertsFired": {"total": input.alerts.len(), "byName": alerts},
         "cost": {"usd": input.cost_usd, "budgetUsd": input.budget_usd,
                  "budgetBasis": input.budget_basis, "byKind": input.cost_by_kind,
+                 "byResource": input.cost_by_resource.iter().map(|r| json!({
+                     "resource": r.resource, "kind": r.kind, "calls": r.calls, "usd": r.cost_usd,
+                 })).collect::<Vec<_>>(),
                  "ratio": if input.budget_usd > 0.0 { json!(input.cost_usd / input.budget_usd) } else { Value::Null }},
         "slis": input.slis.iter().map(sli_body).collect::<Vec<_>>(),
         "incidents": incidents_body(&input.incidents),
@@ -338,6 +354,12 @@ mod tests {
             alerts: vec!["OpsFailureSpike".into(), "OpsFailureSpike".into()],
             cost_usd: 105.0,
             cost_by_kind: [("draft".to_owned(), 100.0), ("post_x".to_owned(), 5.0)].into(),
+            cost_by_resource: vec![ResourceCost {
+                resource: "twitterapi".into(),
+                kind: "post_x".into(),
+                calls: 12_000,
+                cost_usd: 1.8,
+            }],
             budget_usd: 210.0,
             budget_basis: "monthly budget $900.00 pro-rated over 7 days (30-day month)".into(),
             last_backup_at: Some(now - chrono::Duration::hours(6)),
@@ -360,6 +382,10 @@ mod tests {
         assert_eq!(body["cost"]["ratio"], 0.5);
         assert_eq!(body["backup"]["ageHours"], 6.0);
         assert_eq!(body["cost"]["byKind"]["draft"], 100.0);
+        assert_eq!(
+            body["cost"]["byResource"],
+            json!([{"resource": "twitterapi", "kind": "post_x", "calls": 12_000, "usd": 1.8}])
+        );
         assert_eq!(body["slis"][0]["availability"]["value"], 0.5);
         assert_eq!(body["slis"][0]["availability"]["met"], false);
         assert_eq!(body["slis"][0]["latencyP95Ms"]["value"], 400);
@@ -370,6 +396,7 @@ mod tests {
         assert_eq!(empty["slis"], json!([]));
         assert_eq!(empty["incidents"]["opened"], 0);
         assert!(empty["incidents"]["mttaSeconds"].is_null());
+        assert_eq!(empty["cost"]["byResource"], json!([]));
     }
 
     fn utc(y: i32, m: u32, d: u32, h: u32) -> DateTime<Utc> {
@@ -576,6 +603,20 @@ mod tests {
             alerts: vec!["OpsFailureSpike".into()],
             cost_usd: 105.5,
             cost_by_kind: [("analyze".to_owned(), 80.25)].into(),
+            cost_by_resource: vec![
+                ResourceCost {
+                    resource: "llm".into(),
+                    kind: "analyze".into(),
+                    calls: 310,
+                    cost_usd: 80.25,
+                },
+                ResourceCost {
+                    resource: "twitterapi".into(),
+                    kind: "post_x".into(),
+                    calls: 12_000,
+                    cost_usd: 1.8,
+                },
+            ],
             budget_usd: 186.67,
             budget_basis: "b".into(),
             last_backup_at: Some(t),

@@ -1567,6 +1567,26 @@ async fn the_weekly_report_is_stored_and_sent_once_per_week() {
     .await
     .expect("fail");
 
+    // Upstream usage in the week (priced by the seeded `pricing`: $0.00015
+    // per twitterapi call) and after it (not counted).
+    let policy = workflow::load_policy(db).await.expect("policy");
+    for (calls, when) in [
+        (1000, during),
+        (2000, during + secs(60)),
+        (7, monday + secs(1)),
+    ] {
+        let usage = [opsloop_core::domain::governance::ResourceUsage {
+            resource: "twitterapi".into(),
+            calls,
+            status_2xx: calls,
+            ..Default::default()
+        }];
+        let costs = workflow::governance::attribute_cost(&usage, &policy.pricing, None);
+        workflow::governance::record_usage(db, "post_x", &usage, &costs, &policy.resources, when)
+            .await
+            .expect("usage");
+    }
+
     // What the SLIs and MTTA/MTTR are computed from: heartbeat ticks (two
     // ok, one partial), the alerter's notification log (three sent, one
     // dead-lettered) and incidents (acknowledged after 2 and 4 min, one
@@ -1639,6 +1659,18 @@ async fn the_weekly_report_is_stored_and_sent_once_per_week() {
     assert_eq!(body["stepDurationMs"]["samples"], 2);
     assert_eq!(body["cost"]["usd"], 2.5);
     assert_eq!(body["cost"]["byKind"]["analyze"], 2.5);
+    let by_resource = &body["cost"]["byResource"];
+    assert_eq!(by_resource.as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(
+        (
+            &by_resource[0]["resource"],
+            &by_resource[0]["kind"],
+            &by_resource[0]["calls"]
+        ),
+        (&json!("twitterapi"), &json!("post_x"), &json!(3000))
+    );
+    let usd = by_resource[0]["usd"].as_f64().expect("usd");
+    assert!((usd - 0.45).abs() < 1e-9, "{usd}");
     assert!(body["backup"]["lastCompletedAt"].is_null());
     // The month's budget ($800 in Asia/Tokyo) pro-rated over the 7 days,
     // not the daily budget × 7 ($210).

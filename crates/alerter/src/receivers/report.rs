@@ -162,6 +162,20 @@ fn daily(alert: &Alert) -> Option<ReportView> {
         )],
         fields: Vec::new(),
     });
+    // Calls and cost per upstream resource (its own annotation).
+    let per_resource = alert
+        .annotations
+        .get("cost_by_resource")
+        .and_then(|text| serde_json::from_str::<Value>(text).ok())
+        .map(|rows| resource_cost_lines(&rows, "cost_usd"))
+        .unwrap_or_default();
+    if !per_resource.is_empty() {
+        sections.push(Section {
+            heading: "Upstream calls and cost".into(),
+            lines: per_resource,
+            fields: Vec::new(),
+        });
+    }
     let mut links = Vec::new();
     let pending = &f["pendingApproval"];
     if let Some(total) = pending["total"].as_i64().filter(|n| *n > 0) {
@@ -195,6 +209,45 @@ fn daily(alert: &Alert) -> Option<ReportView> {
         links,
         ..ReportView::default()
     })
+}
+
+/// Most resource × kind rows a report lists (the costliest).
+const MAX_RESOURCE_ROWS: usize = 8;
+
+/// Rows `{resource, kind, calls, <usd_key>}` as lines, costliest first:
+/// `` `twitterapi` · post_x: 12000 calls, $1.80 ``.
+fn resource_cost_lines(rows: &Value, usd_key: &str) -> Vec<String> {
+    let mut rows: Vec<(String, String, i64, f64)> = rows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                r["resource"].as_str().unwrap_or("?").to_owned(),
+                r["kind"].as_str().unwrap_or("?").to_owned(),
+                r["calls"].as_i64().unwrap_or(0),
+                r[usd_key].as_f64().unwrap_or(0.0),
+            )
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        b.3.total_cmp(&a.3)
+            .then_with(|| (&a.0, &a.1).cmp(&(&b.0, &b.1)))
+    });
+    let mut lines: Vec<String> = rows
+        .iter()
+        .take(MAX_RESOURCE_ROWS)
+        .map(|(resource, kind, calls, usd)| {
+            format!("`{resource}` · {kind}: {calls} calls, ${usd:.2}")
+        })
+        .collect();
+    if rows.len() > MAX_RESOURCE_ROWS {
+        lines.push(format!(
+            "…and {} more resource and kind pairs",
+            rows.len() - MAX_RESOURCE_ROWS
+        ));
+    }
+    lines
 }
 
 /// Minutes as `45 min`, `5 h 20 min` or `3 d 4 h`.
@@ -368,6 +421,8 @@ fn weekly(alert: &Alert) -> Option<ReportView> {
     for (kind, spent) in kinds {
         cost.fields.push((kind, format!("${spent:.2}")));
     }
+    cost.lines
+        .extend(resource_cost_lines(&c["byResource"], "usd"));
     if let Some(basis) = c["budgetBasis"].as_str().filter(|s| !s.is_empty()) {
         cost.lines.push(format!("Budget: {basis}"));
     }
@@ -448,6 +503,11 @@ pub(crate) mod tests {
         }
         b["stepsByKind"] = Value::Object(kinds);
         b["cost"]["byKind"] = Value::Object(cost);
+        b["cost"]["byResource"] = Value::Array(
+            (0..300)
+                .map(|i| json!({"resource": format!("{long}{i}"), "kind": long, "calls": i, "usd": f64::from(i)}))
+                .collect(),
+        );
         b["cost"]["budgetBasis"] = json!("b".repeat(5000));
         b["failuresByReason"] = Value::Object(reasons);
         b["slis"] = Value::Array(slis);
@@ -506,6 +566,12 @@ pub(crate) mod tests {
             "last 24 h: 5 proposals, 3 missions succeeded, 1 failed, 57 events".into(),
         );
         a.annotations.insert("figures".into(), figures.to_string());
+        // As the heartbeat writes it (ops::daily_summary).
+        a.annotations.insert(
+            "cost_by_resource".into(),
+            r#"[{"resource": "twitterapi", "kind": "post_x", "calls": 400, "cost_usd": 0.06}]"#
+                .into(),
+        );
         a.annotations
             .insert("command".into(), "opsloop summary --period daily".into());
         Notification::new(
@@ -542,6 +608,18 @@ pub(crate) mod tests {
         assert_eq!(field("MTTR"), "1.5 h");
         assert_eq!(field("Spent"), "$105.50 of $186.67 (56.5 %)");
         assert_eq!(field("analyze"), "$80.25");
+        let cost = v
+            .sections
+            .iter()
+            .find(|s| s.heading == "Cost")
+            .expect("cost");
+        assert_eq!(
+            cost.lines[..2],
+            [
+                "`llm` · analyze: 310 calls, $80.25",
+                "`twitterapi` · post_x: 12000 calls, $1.80"
+            ]
+        );
         let lines: Vec<&String> = v.sections.iter().flat_map(|s| &s.lines).collect();
         assert!(
             lines
@@ -581,6 +659,12 @@ pub(crate) mod tests {
         assert_eq!(daily.title, "📋 Daily summary · since 2026-11-22 06:00 UTC");
         assert_eq!(daily.sections[0].heading, "Proposals (5)");
         assert_eq!(daily.sections[0].fields[0], ("approved".into(), "4".into()));
+        let upstream = daily
+            .sections
+            .iter()
+            .find(|s| s.heading == "Upstream calls and cost")
+            .expect("upstream section");
+        assert_eq!(upstream.lines, ["`twitterapi` · post_x: 400 calls, $0.06"]);
         let waiting = daily.sections.last().expect("a section");
         assert_eq!(waiting.heading, "Waiting for approval (1)");
         assert_eq!(
@@ -610,5 +694,20 @@ pub(crate) mod tests {
         assert_eq!(seconds(45.0), "45 s");
         assert_eq!(seconds(720.0), "12 min");
         assert_eq!(seconds(9000.0), "2.5 h");
+    }
+
+    #[test]
+    fn resource_cost_lines_list_the_costliest_first_and_cap() {
+        let rows: Vec<Value> = (0..10)
+            .map(|i| json!({"resource": format!("r{i}"), "kind": "k", "calls": i, "usd": f64::from(i)}))
+            .collect();
+        let lines = resource_cost_lines(&Value::Array(rows), "usd");
+        assert_eq!(lines.len(), MAX_RESOURCE_ROWS + 1);
+        assert_eq!(lines[0], "`r9` · k: 9 calls, $9.00");
+        assert_eq!(
+            lines[MAX_RESOURCE_ROWS],
+            "…and 2 more resource and kind pairs"
+        );
+        assert!(resource_cost_lines(&Value::Null, "usd").is_empty());
     }
 }

@@ -64,6 +64,7 @@ fn usage(report: &[pb::ResourceUsage]) -> Result<Vec<ResourceUsage>, Status> {
             status_4xx: u.status_4xx,
             status_429: u.status_429,
             status_5xx: u.status_5xx,
+            unreachable: u.unreachable,
             units: u.units,
         })
         .collect();

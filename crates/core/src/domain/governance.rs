@@ -69,6 +69,12 @@ fn default_failures_trip() -> u32 {
 fn default_pause_seconds() -> u32 {
     300
 }
+fn default_outage_min_calls() -> i64 {
+    5
+}
+
+/// Longest probe name (the heartbeat's `[[heartbeat.probes]]` rule).
+const MAX_PROBE_NAME: usize = 64;
 
 /// What a tripped guard (limit violation, consecutive failures) does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -133,7 +139,17 @@ pub struct ResourceLimits {
     /// Consecutive failed steps that trip `on_trip`.
     #[serde(default = "default_failures_trip")]
     pub failures_trip: u32,
-    /// What a limit violation or `failures_trip` failures do.
+    /// An upstream outage is declared in a window with at least this many
+    /// calls that failed as unavailable (5xx or unreachable) and no other
+    /// answer (2xx, 4xx, 429).
+    #[serde(default = "default_outage_min_calls")]
+    pub outage_min_calls: i64,
+    /// A heartbeat probe watching the provider: while it is down the
+    /// resource is in an outage (evidence independent of the workers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outage_probe: Option<String>,
+    /// What a limit violation, `failures_trip` failures or an upstream
+    /// outage do.
     #[serde(default)]
     pub on_trip: TripAction,
     /// How long `pause_kinds` pauses the kinds.
@@ -161,6 +177,8 @@ impl ResourceLimits {
             slow_response_ms: default_slow_ms(),
             failures_alert: default_failures_alert(),
             failures_trip: default_failures_trip(),
+            outage_min_calls: default_outage_min_calls(),
+            outage_probe: None,
             on_trip: TripAction::EmergencyStop,
             pause_seconds: default_pause_seconds(),
         }
@@ -296,9 +314,34 @@ impl Resources {
                 };
                 return Err(ValidationError::new(at(f), "must be at least 1"));
             }
+            if !(1..=MAX_CALLS_PER_STEP).contains(&r.outage_min_calls) {
+                return Err(ValidationError::new(
+                    at("outage_min_calls"),
+                    format!("must be between 1 and {MAX_CALLS_PER_STEP}"),
+                ));
+            }
+            if let Some(probe) = &r.outage_probe
+                && !is_probe_name(probe)
+            {
+                return Err(ValidationError::new(
+                    at("outage_probe"),
+                    format!(
+                        "{probe:?} is not a probe name (1-{MAX_PROBE_NAME} letters, digits, '_', '-' or '.')"
+                    ),
+                ));
+            }
         }
         Ok(())
     }
+}
+
+/// A name `[[heartbeat.probes]]` accepts: 1-64 letters, digits, `_`, `-`, `.`.
+fn is_probe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_PROBE_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// One entry of the `pricing` policy.
@@ -370,6 +413,9 @@ pub struct ResourceUsage {
     pub status_429: i64,
     #[serde(default)]
     pub status_5xx: i64,
+    /// Calls that got no answer: connection refused, DNS failure, timeout.
+    #[serde(default)]
+    pub unreachable: i64,
     /// Billed units (tokens, bytes…) for `cost_per_unit_usd`.
     #[serde(default)]
     pub units: f64,
@@ -400,6 +446,7 @@ pub fn validate_usage(field: &str, usage: &[ResourceUsage]) -> Result<(), Valida
             ("status_4xx", u.status_4xx),
             ("status_429", u.status_429),
             ("status_5xx", u.status_5xx),
+            ("unreachable", u.unreachable),
         ] {
             if !(0..=MAX_CALLS_PER_STEP).contains(&v) {
                 return Err(ValidationError::new(
@@ -446,16 +493,40 @@ pub struct WindowStats {
     pub status_4xx: i64,
     pub status_429: i64,
     pub status_5xx: i64,
+    pub unreachable: i64,
 }
 
 impl WindowStats {
-    /// Share of answers that were not 2xx (0 without answers).
+    /// Share of classified calls that were not 2xx (unreachable calls count
+    /// as errors; 0 without classified calls).
     pub fn error_rate(&self) -> f64 {
-        let answered = self.status_2xx + self.status_4xx + self.status_429 + self.status_5xx;
-        if answered <= 0 {
+        let classified = self.status_2xx + self.errors();
+        if classified <= 0 {
             return 0.0;
         }
-        (self.status_4xx + self.status_429 + self.status_5xx) as f64 / answered as f64
+        self.errors() as f64 / classified as f64
+    }
+
+    /// Calls that were answered with an error or not answered at all.
+    pub fn errors(&self) -> i64 {
+        self.status_4xx + self.status_429 + self.status_5xx + self.unreachable
+    }
+
+    /// Calls that failed because the upstream was unavailable (5xx or no
+    /// answer).
+    pub fn unavailable(&self) -> i64 {
+        self.status_5xx + self.unreachable
+    }
+
+    /// Calls the upstream answered with anything but a 5xx: proof it is up.
+    pub fn answered_otherwise(&self) -> i64 {
+        self.status_2xx + self.status_4xx + self.status_429
+    }
+
+    /// An upstream outage in this window: at least `min_calls` calls failed
+    /// as unavailable and the upstream answered none otherwise.
+    pub fn is_outage(&self, min_calls: i64) -> bool {
+        self.unavailable() >= min_calls.max(1) && self.answered_otherwise() == 0
     }
 }
 
@@ -639,6 +710,18 @@ mod tests {
                 json!({"api": {"kinds": ["a"], "increase_step": -1}}),
                 "value_json.api.increase_step",
             ),
+            (
+                json!({"api": {"kinds": ["a"], "outage_min_calls": 0}}),
+                "value_json.api.outage_min_calls",
+            ),
+            (
+                json!({"api": {"kinds": ["a"], "outage_probe": "no spaces"}}),
+                "value_json.api.outage_probe",
+            ),
+            (
+                json!({"api": {"kinds": ["a"], "outage_probe": ""}}),
+                "value_json.api.outage_probe",
+            ),
         ];
         for (value, field) in table {
             let r: Resources = serde_json::from_value(value.clone()).expect("shape");
@@ -671,6 +754,8 @@ mod tests {
         s5.status_5xx = -2;
         let mut units = usage("api", 1);
         units.units = f64::NAN;
+        let mut unreachable = usage("api", 1);
+        unreachable.unreachable = -1;
         let table = vec![
             (vec![usage("api", -1)], "usage[0].calls"),
             (vec![usage("api", MAX_CALLS_PER_STEP + 1)], "usage[0].calls"),
@@ -679,6 +764,7 @@ mod tests {
             (vec![inverted], "usage[0].latency_p50_ms"),
             (vec![s5], "usage[0].status_5xx"),
             (vec![units], "usage[0].units"),
+            (vec![unreachable], "usage[0].unreachable"),
             (vec![usage("", 1)], "usage[0].resource"),
             (vec![usage("a", 1), usage("a", 1)], "usage[1].resource"),
             (vec![usage("a", 1); MAX_USAGE_ENTRIES + 1], "usage"),
@@ -720,5 +806,46 @@ mod tests {
         };
         assert!((w.error_rate() - 0.2).abs() < 1e-12);
         assert_eq!(WindowStats::default().error_rate(), 0.0);
+        // Calls that got no answer are errors too.
+        let w = WindowStats {
+            unreachable: 2,
+            ..w
+        };
+        assert!((w.error_rate() - 4.0 / 12.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn outage_table() {
+        let w = |s2: i64, s4: i64, s429: i64, s5: i64, unreachable: i64| WindowStats {
+            calls: s2 + s4 + s429 + s5 + unreachable,
+            status_2xx: s2,
+            status_4xx: s4,
+            status_429: s429,
+            status_5xx: s5,
+            unreachable,
+            ..WindowStats::default()
+        };
+        // (window, min calls, outage?)
+        let table = [
+            (w(0, 0, 0, 5, 0), 5, true),
+            (w(0, 0, 0, 0, 5), 5, true),
+            (w(0, 0, 0, 3, 2), 5, true),
+            (w(0, 0, 0, 4, 0), 5, false),
+            // One success, a 4xx or a 429: the upstream answers.
+            (w(1, 0, 0, 9, 0), 5, false),
+            (w(0, 1, 0, 9, 0), 5, false),
+            (w(0, 0, 1, 9, 0), 5, false),
+            (WindowStats::default(), 5, false),
+            (WindowStats::default(), 0, false),
+            (w(0, 0, 0, 1, 0), 1, true),
+        ];
+        for (i, (window, min, want)) in table.into_iter().enumerate() {
+            assert_eq!(window.is_outage(min), want, "row {i}: {window:?}");
+        }
+        let defaults = limits();
+        assert_eq!(
+            (defaults.outage_min_calls, defaults.outage_probe),
+            (5, None)
+        );
     }
 }

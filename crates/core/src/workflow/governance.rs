@@ -269,8 +269,8 @@ pub async fn record_usage(
             backend,
             "INSERT INTO resource_usage (resource, window_start, kind, reports, calls, \
              latency_weighted_ms, latency_max_ms, status_2xx, status_4xx, status_429, status_5xx, \
-             units, cost_usd, updated_at) \
-             VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             unreachable, units, cost_usd, updated_at) \
+             VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8, $9, $10, $14, $11, $12, $13) \
              ON CONFLICT (resource, window_start, kind) DO UPDATE SET \
              reports = resource_usage.reports + 1, calls = resource_usage.calls + excluded.calls, \
              latency_weighted_ms = resource_usage.latency_weighted_ms + excluded.latency_weighted_ms, \
@@ -280,6 +280,7 @@ pub async fn record_usage(
              status_4xx = resource_usage.status_4xx + excluded.status_4xx, \
              status_429 = resource_usage.status_429 + excluded.status_429, \
              status_5xx = resource_usage.status_5xx + excluded.status_5xx, \
+             unreachable = resource_usage.unreachable + excluded.unreachable, \
              units = resource_usage.units + excluded.units, \
              cost_usd = resource_usage.cost_usd + excluded.cost_usd, updated_at = excluded.updated_at",
             vec![
@@ -296,6 +297,7 @@ pub async fn record_usage(
                 u.units.into(),
                 cost.into(),
                 now.into(),
+                u.unreachable.into(),
             ],
         ))
         .await?;
@@ -326,7 +328,8 @@ pub async fn window_stats(
              CAST(COALESCE(SUM(status_2xx), 0) AS BIGINT) AS s2, \
              CAST(COALESCE(SUM(status_4xx), 0) AS BIGINT) AS s4, \
              CAST(COALESCE(SUM(status_429), 0) AS BIGINT) AS s429, \
-             CAST(COALESCE(SUM(status_5xx), 0) AS BIGINT) AS s5 \
+             CAST(COALESCE(SUM(status_5xx), 0) AS BIGINT) AS s5, \
+             CAST(COALESCE(SUM(unreachable), 0) AS BIGINT) AS unreachable \
              FROM resource_usage WHERE resource = $1 AND window_start >= $2 AND window_start < $3",
             vec![resource.into(), db_now(start).into(), db_now(end).into()],
         ))
@@ -347,6 +350,7 @@ pub async fn window_stats(
         status_4xx: row.try_get("", "s4")?,
         status_429: row.try_get("", "s429")?,
         status_5xx: row.try_get("", "s5")?,
+        unreachable: row.try_get("", "unreachable")?,
     })
 }
 

@@ -270,7 +270,11 @@ async fn usage_is_validated_recorded_per_window_and_priced() {
             "upstream 500",
             true,
             Some(0.1),
-            &[usage("api", 2)],
+            &[ResourceUsage {
+                unreachable: 1,
+                status_2xx: 0,
+                ..usage("api", 2)
+            }],
             t0(),
         )
         .await
@@ -287,6 +291,7 @@ async fn usage_is_validated_recorded_per_window_and_priced() {
         .expect("stats");
         assert_eq!(stats.calls, 6);
         assert_eq!(stats.status_429, 2);
+        assert_eq!((stats.unreachable, stats.status_2xx), (1, 3));
         assert_eq!(stats.latency_max_ms, 400.0);
         assert!((stats.latency_ms - 120.0).abs() < 1e-9, "{stats:?}");
         let costs = cost_by_resource(db, t0() - Duration::days(1), t0() + Duration::days(1))
