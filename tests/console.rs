@@ -9,15 +9,9 @@
 //! printed); the README's `docs/images/console-overview.png` is a copy of
 //! the overview's.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opsloop_core::audit::AuditLog;
-use opsloop_core::bus::memory::MemoryBus;
-use opsloop_core::config::{ConfigSources, load};
-use opsloop_core::daemon::Infra;
 use opsloop_core::proto::v1 as pb;
-use opsloop_core::secrets::SecretStore;
 use opsloop_core::store::testing::fresh_postgres;
 use opsloop_core::testing::eventually;
 use opsloop_e2e::webdriver::{Browser, Element};
@@ -151,28 +145,18 @@ impl Stack {
         let shutdown = CancellationToken::new();
         // The alerter, whose Alertmanager API the console's alerts page
         // uses and whose IncidentService its incidents pages call.
-        let alerter_infra = {
-            let config = load(&ConfigSources::env_only([
+        let alerter_infra = opsloop_e2e::in_process_infra(
+            vec![
                 ("OPSLOOP__ALERTER__GRPC_ADDR", "127.0.0.1:0".to_owned()),
                 ("OPSLOOP__ALERTER__HTTP_ADDR", "127.0.0.1:0".to_owned()),
                 ("OPSLOOP__DATABASE__URL", db.url.clone()),
-                (
-                    "OPSLOOP__AUDIT__LOG_PATH",
-                    dir.path().join("alerter-audit.jsonl").display().to_string(),
-                ),
-            ]))
-            .expect("alerter config");
-            let secrets = SecretStore::with_sources(
-                None,
-                dir.path(),
-                vec![("OPSLOOP_ADMIN_TOKEN".to_owned(), ADMIN.to_owned())],
-            );
-            let mut infra = Infra::connect(config, secrets, shutdown.clone())
-                .await
-                .expect("alerter infra");
-            infra.bus = Arc::new(MemoryBus::new());
-            infra
-        };
+            ],
+            vec![("OPSLOOP_ADMIN_TOKEN".to_owned(), ADMIN.to_owned())],
+            dir.path(),
+            "alerter-audit.jsonl",
+            shutdown.clone(),
+        )
+        .await;
         let alerter = opsloop_alerter::AlerterApp::build(alerter_infra)
             .await
             .expect("alerter");
@@ -188,8 +172,8 @@ impl Stack {
 
         // The backup-agent, which backs up this database and verifies a
         // backup from the console.
-        let backup_infra = {
-            let config = load(&ConfigSources::env_only([
+        let backup_infra = opsloop_e2e::in_process_infra(
+            vec![
                 ("OPSLOOP__BACKUP__GRPC_ADDR", "127.0.0.1:0".to_owned()),
                 ("OPSLOOP__BACKUP__HTTP_ADDR", "127.0.0.1:0".to_owned()),
                 (
@@ -198,23 +182,13 @@ impl Stack {
                 ),
                 ("OPSLOOP__BACKUP__CATCH_UP_MISSED", "false".to_owned()),
                 ("OPSLOOP__DATABASE__URL", db.url.clone()),
-                (
-                    "OPSLOOP__AUDIT__LOG_PATH",
-                    dir.path().join("backup-audit.jsonl").display().to_string(),
-                ),
-            ]))
-            .expect("backup-agent config");
-            let secrets = SecretStore::with_sources(
-                None,
-                dir.path(),
-                vec![("OPSLOOP_ADMIN_TOKEN".to_owned(), ADMIN.to_owned())],
-            );
-            let mut infra = Infra::connect(config, secrets, shutdown.clone())
-                .await
-                .expect("backup-agent infra");
-            infra.bus = Arc::new(MemoryBus::new());
-            infra
-        };
+            ],
+            vec![("OPSLOOP_ADMIN_TOKEN".to_owned(), ADMIN.to_owned())],
+            dir.path(),
+            "backup-audit.jsonl",
+            shutdown.clone(),
+        )
+        .await;
         let backup = opsloop_backup_agent::BackupApp::build(backup_infra)
             .await
             .expect("backup-agent");
@@ -245,34 +219,27 @@ impl Stack {
         let (db, dir) = (&self.db, self._dir.path());
         let (alerter_http, alerter_grpc, backup_grpc) =
             (self.alerter_http, self.alerter_grpc, self.backup_grpc);
-        let config = load(&ConfigSources::env_only([
-            (
-                "OPSLOOP__API__CONSOLE__BACKUP_GRPC_URL",
-                format!("http://{backup_grpc}"),
-            ),
-            (
-                "OPSLOOP__API__CONSOLE__ALERTER_URL",
-                format!("http://{alerter_http}"),
-            ),
-            (
-                "OPSLOOP__API__CONSOLE__ALERTER_GRPC_URL",
-                format!("http://{alerter_grpc}"),
-            ),
-            ("OPSLOOP__API__GRPC_ADDR", "127.0.0.1:0".to_owned()),
-            ("OPSLOOP__API__HTTP_ADDR", "127.0.0.1:0".to_owned()),
-            ("OPSLOOP__DATABASE__URL", db.url.clone()),
-            (
-                "OPSLOOP__AUDIT__LOG_PATH",
-                dir.join("audit.jsonl").display().to_string(),
-            ),
-            ("OPSLOOP__API__STATUS__HEARTBEAT_URL", String::new()),
-            ("OPSLOOP__API__STATUS__ALERTER_URL", String::new()),
-            ("OPSLOOP__API__STATUS__BACKUP_URL", String::new()),
-        ]))
-        .expect("config");
-        let secrets = SecretStore::with_sources(
-            None,
-            dir,
+        let infra = opsloop_e2e::in_process_infra(
+            vec![
+                (
+                    "OPSLOOP__API__CONSOLE__BACKUP_GRPC_URL",
+                    format!("http://{backup_grpc}"),
+                ),
+                (
+                    "OPSLOOP__API__CONSOLE__ALERTER_URL",
+                    format!("http://{alerter_http}"),
+                ),
+                (
+                    "OPSLOOP__API__CONSOLE__ALERTER_GRPC_URL",
+                    format!("http://{alerter_grpc}"),
+                ),
+                ("OPSLOOP__API__GRPC_ADDR", "127.0.0.1:0".to_owned()),
+                ("OPSLOOP__API__HTTP_ADDR", "127.0.0.1:0".to_owned()),
+                ("OPSLOOP__DATABASE__URL", db.url.clone()),
+                ("OPSLOOP__API__STATUS__HEARTBEAT_URL", String::new()),
+                ("OPSLOOP__API__STATUS__ALERTER_URL", String::new()),
+                ("OPSLOOP__API__STATUS__BACKUP_URL", String::new()),
+            ],
             vec![
                 ("OPSLOOP_ADMIN_TOKEN".to_owned(), ADMIN.to_owned()),
                 ("OPSLOOP_AGENT_TOKEN".to_owned(), AGENT.to_owned()),
@@ -286,19 +253,11 @@ impl Stack {
                     "one key for every replica".to_owned(),
                 ),
             ],
-        );
-        let auth =
-            opsloop_core::auth::Auth::from_secrets(&secrets, Some(db.db.clone())).expect("auth");
-        auth.refresh().await.expect("read the token table");
-        let infra = Infra {
-            audit: Arc::new(AuditLog::new(&config.settings.audit)),
-            config,
-            db: db.db.clone(),
-            bus: Arc::new(MemoryBus::new()),
-            secrets,
-            auth,
-            shutdown: self.shutdown.clone(),
-        };
+            dir,
+            "audit.jsonl",
+            self.shutdown.clone(),
+        )
+        .await;
         let app = opsloop_api::ApiApp::build(infra).await.expect("build");
         let http = app.http_addr().expect("http");
         let grpc = app.grpc_addr().expect("grpc");

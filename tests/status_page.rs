@@ -7,15 +7,9 @@
 //! required; and the same reads on SQLite (`opsloop dev`'s database).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Duration as Days, DurationRound, Utc};
-use opsloop_core::audit::AuditLog;
-use opsloop_core::bus::memory::MemoryBus;
-use opsloop_core::config::{ConfigSources, load};
-use opsloop_core::daemon::Infra;
-use opsloop_core::secrets::SecretStore;
 use opsloop_core::store::stmt;
 use opsloop_core::store::testing::{TestDb, fresh_postgres, fresh_sqlite};
 use opsloop_e2e::webdriver::Browser;
@@ -134,10 +128,6 @@ async fn start_on(db: TestDb, extra: &[(&str, String)], with_tokens: bool) -> Ru
         ("OPSLOOP__API__HTTP_ADDR", "127.0.0.1:0".to_owned()),
         ("OPSLOOP__DATABASE__URL", db.url.clone()),
         (
-            "OPSLOOP__AUDIT__LOG_PATH",
-            dir.path().join("audit.jsonl").display().to_string(),
-        ),
-        (
             "OPSLOOP__API__STATUS__HEARTBEAT_URL",
             format!("http://{ready}"),
         ),
@@ -148,8 +138,7 @@ async fn start_on(db: TestDb, extra: &[(&str, String)], with_tokens: bool) -> Ru
         ("OPSLOOP__API__STATUS__BACKUP_URL", String::new()),
     ];
     env.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
-    let config = load(&ConfigSources::env_only(env)).expect("config");
-    let secrets_env = if with_tokens {
+    let secrets = if with_tokens {
         vec![
             ("OPSLOOP_VIEWER_TOKEN".to_owned(), VIEWER_SECRET.to_owned()),
             ("OPSLOOP_AGENT_TOKEN".to_owned(), AGENT_SECRET.to_owned()),
@@ -157,18 +146,10 @@ async fn start_on(db: TestDb, extra: &[(&str, String)], with_tokens: bool) -> Ru
     } else {
         Vec::new()
     };
-    let secrets = SecretStore::with_sources(None, dir.path(), secrets_env);
-    let auth = opsloop_core::auth::Auth::from_secrets(&secrets, Some(db.db.clone())).expect("auth");
     let shutdown = CancellationToken::new();
-    let infra = Infra {
-        audit: Arc::new(AuditLog::new(&config.settings.audit)),
-        config,
-        db: db.db.clone(),
-        bus: Arc::new(MemoryBus::new()),
-        secrets,
-        auth,
-        shutdown: shutdown.clone(),
-    };
+    let infra =
+        opsloop_e2e::in_process_infra(env, secrets, dir.path(), "audit.jsonl", shutdown.clone())
+            .await;
     let app = opsloop_api::ApiApp::build(infra).await.expect("build");
     let http = app.http_addr().expect("addr");
     let task = tokio::spawn(app.run_until_stopped());

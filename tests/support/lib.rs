@@ -244,3 +244,30 @@ pub async fn wait_for_status(url: &str, want: u16, timeout: Duration) -> String 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The infrastructure of one daemon run inside the test's process on the
+/// in-process bus: its configuration from `env` (`OPSLOOP__…` pairs) over
+/// the defaults, plus an audit log under `dir`; `secrets` as `OPSLOOP_<NAME>`
+/// variables (the token table read once). Stops when `shutdown` is
+/// cancelled.
+pub async fn in_process_infra(
+    env: Vec<(&str, String)>,
+    secrets: Vec<(String, String)>,
+    dir: &std::path::Path,
+    audit_name: &str,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> opsloop_core::daemon::Infra {
+    use opsloop_core::config::{ConfigSources, load};
+    let mut env = env;
+    env.push((
+        "OPSLOOP__AUDIT__LOG_PATH",
+        dir.join(audit_name).display().to_string(),
+    ));
+    let config = load(&ConfigSources::env_only(env)).expect("the test's configuration");
+    let secrets = opsloop_core::secrets::SecretStore::with_sources(None, dir, secrets);
+    let mut infra = opsloop_core::daemon::Infra::connect(config, secrets, shutdown)
+        .await
+        .expect("the daemon's infrastructure (database up?)");
+    infra.bus = std::sync::Arc::new(opsloop_core::bus::memory::MemoryBus::new());
+    infra
+}
