@@ -807,22 +807,12 @@ mod tests {
                 .expect("n")
         }
 
-        async fn report(
-            db: &DatabaseConnection,
-            calls: i64,
-            latency: f64,
-            s429: i64,
-            at: DateTime<Utc>,
-        ) {
+        /// Records one step's usage of the `api` resource by `summarize`.
+        async fn record(db: &DatabaseConnection, usage: ResourceUsage, at: DateTime<Utc>) {
             let policy = workflow::load_policy(db).await.expect("policy");
             let usage = [ResourceUsage {
                 resource: "api".into(),
-                calls,
-                latency_p50_ms: latency,
-                latency_max_ms: latency,
-                status_2xx: calls - s429,
-                status_429: s429,
-                ..ResourceUsage::default()
+                ..usage
             }];
             workflow::governance::record_usage(
                 db,
@@ -834,6 +824,24 @@ mod tests {
             )
             .await
             .expect("usage");
+        }
+
+        async fn report(
+            db: &DatabaseConnection,
+            calls: i64,
+            latency: f64,
+            s429: i64,
+            at: DateTime<Utc>,
+        ) {
+            let usage = ResourceUsage {
+                calls,
+                latency_p50_ms: latency,
+                latency_max_ms: latency,
+                status_2xx: calls - s429,
+                status_429: s429,
+                ..ResourceUsage::default()
+            };
+            record(db, usage, at).await;
         }
 
         #[tokio::test]
@@ -918,9 +926,7 @@ mod tests {
             unreachable: i64,
             at: DateTime<Utc>,
         ) {
-            let policy = workflow::load_policy(db).await.expect("policy");
-            let usage = [ResourceUsage {
-                resource: "api".into(),
+            let usage = ResourceUsage {
                 calls: s2 + s5 + unreachable,
                 latency_p50_ms: 300.0,
                 latency_max_ms: 30_000.0,
@@ -928,17 +934,8 @@ mod tests {
                 status_5xx: s5,
                 unreachable,
                 ..ResourceUsage::default()
-            }];
-            workflow::governance::record_usage(
-                db,
-                "summarize",
-                &usage,
-                &[0.0],
-                &policy.resources,
-                at,
-            )
-            .await
-            .expect("usage");
+            };
+            record(db, usage, at).await;
         }
 
         #[tokio::test]
