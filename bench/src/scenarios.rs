@@ -831,15 +831,15 @@ pub async fn footprint(env: &Env) -> Outcome {
             daemon.stop().await?;
             rows.push(
                 Row::new("footprint", &format!("{binary} idle RSS"), "MiB")
-                    .target("< 32 MiB")
+                    .target("<= 16 MiB")
                     .opsloop(rss)
-                    .met(Some(rss < 32.0)),
+                    .met(Some(rss <= 16.0)),
             );
             rows.push(
                 Row::new("footprint", &format!("{binary} cold start to ready"), "ms")
-                    .target("< 1000 ms")
+                    .target("<= 170 ms")
                     .opsloop(ready_ms)
-                    .met(Some(ready_ms < 1000.0))
+                    .met(Some(ready_ms <= 170.0))
                     .note("spawn to first 200 from /readyz, database up"),
             );
             detail.insert(

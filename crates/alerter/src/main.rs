@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use opsloop_core::healthcheck::DaemonCommand;
 use opsloop_alerter::AlerterApp;
+use opsloop_core::healthcheck::DaemonCommand;
 
 /// opsloop alerter daemon.
 #[derive(Parser)]

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use opsloop_core::healthcheck::DaemonCommand;
 use opsloop_api::ApiApp;
+use opsloop_core::healthcheck::DaemonCommand;
 
 /// opsloop api daemon.
 #[derive(Parser)]

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use opsloop_core::healthcheck::DaemonCommand;
 use opsloop_backup_agent::BackupApp;
+use opsloop_core::healthcheck::DaemonCommand;
 
 /// opsloop backup-agent daemon.
 #[derive(Parser)]
