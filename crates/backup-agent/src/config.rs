@@ -603,7 +603,13 @@ mod tests {
             env: Some(Default::default()),
         })
         .expect("loads");
-        let settings: BackupSettings = loaded.section("backup").expect("backup section");
+        let mut settings: BackupSettings = loaded.section("backup").expect("backup section");
+        if !crate::crypt::AVAILABLE {
+            // The example encrypts; a binary without age says so.
+            let err = BackupConfig::new(settings.clone(), "sqlite://x.db").expect_err("no age");
+            assert!(err.to_string().contains("--features age"), "{err}");
+            settings.encryption.recipients.clear();
+        }
         let config = BackupConfig::new(settings, "sqlite://x.db").expect("valid");
         assert_eq!(config.targets.len(), 2);
         assert_eq!(config.targets[1].kind, TargetKind::Directory);
