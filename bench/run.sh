@@ -56,19 +56,25 @@ ensure_tool zstd zstd
 ensure_tool prometheus-alertmanager prometheus-alertmanager
 
 # BENCH_PROFILE=debug reuses the test build (CI's smoke run: it checks the
-# scenarios still run, its figures mean nothing); release is for numbers.
+# scenarios still run, its figures mean nothing); release is for numbers;
+# any other Cargo profile (e.g. image) works the same way as release.
+# BENCH_DAEMON_DIR: the daemons under test come from this directory as they
+# are (CI: target/image, built once); the bench driver from BENCH_PROFILE.
 PROFILE=${BENCH_PROFILE:-release}
 if [ "$PROFILE" = debug ]; then
   cargo build --workspace --bins --quiet
 else
   # Two builds, as the crates are usually built (one feature resolution
   # each), so a warm target directory is reused.
-  cargo build --release --quiet -p opsloop-bench
-  cargo build --release --quiet -p opsloop-api -p opsloop-heartbeat-worker \
-    -p opsloop-alerter -p opsloop-backup-agent --bins
+  cargo build --profile "$PROFILE" --quiet -p opsloop-bench
+  if [ -z "${BENCH_DAEMON_DIR:-}" ]; then
+    cargo build --profile "$PROFILE" --quiet -p opsloop-api -p opsloop-heartbeat-worker \
+      -p opsloop-alerter -p opsloop-backup-agent --features opsloop-backup-agent/age --bins
+  fi
 fi
 
 TARGET_DIR=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)
+DAEMON_DIR=$(cd "${BENCH_DAEMON_DIR:-$TARGET_DIR/$PROFILE}" && pwd)
 mkdir -p bench/results
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 if [ "$SMOKE" = 1 ]; then
@@ -80,6 +86,6 @@ else
 fi
 started=$SECONDS
 status=0
-"$TARGET_DIR/$PROFILE/opsloop-bench" all --out "$out" --bin-dir "$TARGET_DIR/$PROFILE" "${ARGS[@]}" || status=$?
+"$TARGET_DIR/$PROFILE/opsloop-bench" all --out "$out" --bin-dir "$DAEMON_DIR" "${ARGS[@]}" || status=$?
 echo "bench/run.sh: scenarios took $((SECONDS - started)) s; results in $out"
 exit "$status"

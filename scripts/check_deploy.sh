@@ -7,7 +7,10 @@
 #               read the host read-only and PostgreSQL's password from a
 #               secret; opsloop.toml keys exist in the code
 #   docker      Dockerfiles: stages, COPY sources, every workspace member and
-#               binary covered by the dependency layer
+#               binary covered by the dependency layer; one FROM-scratch
+#               target per daemon (non-root, OCI labels, a shell-free
+#               HEALTHCHECK by its own binary) and the cli target, the same
+#               in both files from the `rootfs` stage on
 #   systemd     `systemd-analyze verify` of every unit under a scratch root
 #               whose /usr/local/bin holds only the binaries Cargo builds;
 #               `systemd-analyze security --offline=yes` (report kept in
@@ -272,7 +275,7 @@ for df in ("deploy/docker/Dockerfile", "deploy/docker/Dockerfile.runtime"):
             m = re.fullmatch(r"\$\{?(\w+)\}?", image)
             if m and m.group(1) not in args:
                 errors.append(f"{df}: FROM uses undeclared ARG {m.group(1)}")
-            if not m and ":" not in image and image not in stages:
+            if not m and ":" not in image and image not in stages and image != "scratch":
                 errors.append(f"{df}: FROM {image}: neither a stage nor a tagged image")
             if len(parts) == 3 and parts[1].upper() == "AS":
                 stages.append(parts[2])
@@ -318,6 +321,43 @@ for df in ("deploy/docker/Dockerfile", "deploy/docker/Dockerfile.runtime"):
     for b in want_bins:
         if not re.search(rf"\b{re.escape(b)}\b", text):
             errors.append(f"{df}: does not ship {b}")
+    # One image per daemon: a FROM-scratch target each, non-root, labelled,
+    # probed by its own binary (exec form: the image has no shell).
+    flat = re.sub(r"\\\n", " ", text)
+    blocks = re.split(r"^FROM ", flat, flags=re.M)
+    by_stage = {}
+    for b in blocks[1:]:
+        head = b.split("\n", 1)[0].split()
+        if len(head) == 3:
+            by_stage[head[2]] = b
+    for d in ("api", "heartbeat-worker", "alerter", "backup-agent"):
+        b = by_stage.get(d)
+        if b is None or not b.startswith("scratch AS"):
+            errors.append(f"{df}: no `FROM scratch AS {d}` target")
+            continue
+        if not re.search(r"^USER 10001:10001$", b, re.M):
+            errors.append(f"{df}: target {d} does not run as uid 10001")
+        if not re.search(rf'^HEALTHCHECK .*CMD \["/usr/local/bin/opsloop-{d}", "healthcheck"\]', b, re.M):
+            errors.append(f"{df}: target {d}: HEALTHCHECK must be the exec form of opsloop-{d} healthcheck")
+        for label in ("version", "revision", "source"):
+            if f"org.opencontainers.image.{label}=" not in b:
+                errors.append(f"{df}: target {d} has no org.opencontainers.image.{label} label")
+        if f'CMD ["opsloop-{d}"]' not in b:
+            errors.append(f"{df}: target {d} does not run opsloop-{d}")
+    if "cli" not in by_stage:
+        errors.append(f"{df}: no `cli` target (compose's migrate job)")
+# Both Dockerfiles assemble the images the same way: from the `rootfs`
+# stage on they differ only in where the binaries come from.
+def from_rootfs(df, binaries_copy):
+    text = open(os.path.join(root, df)).read()
+    tail = text[text.index("FROM ${RUNTIME_IMAGE} AS rootfs"):]
+    return tail.replace(binaries_copy, "COPY <binaries> /opt/opsloop/bin/")
+src_tail = from_rootfs("deploy/docker/Dockerfile", "COPY --from=build /out/ /opt/opsloop/bin/")
+rt_tail = from_rootfs("deploy/docker/Dockerfile.runtime", "COPY " + " ".join(
+    f"target/release/{b}" for b in ("opsloop", "opsloop-api", "opsloop-heartbeat-worker",
+                                    "opsloop-alerter", "opsloop-backup-agent")) + " /opt/opsloop/bin/")
+if src_tail != rt_tail:
+    errors.append("deploy/docker/Dockerfile and Dockerfile.runtime differ from the rootfs stage on (beyond the binaries' COPY)")
 print("\n".join(errors))
 sys.exit(1 if errors else 0)
 PY
@@ -347,11 +387,11 @@ PY
       say "$out"; fail "docker: dependency layer (dummy sources)"
     fi
   fi
-  if out=$([[ -x deploy/docker/healthcheck.sh ]] && bash -n deploy/docker/healthcheck.sh 2>&1 &&
-    shellcheck deploy/docker/healthcheck.sh 2>&1); then
-    pass "docker: healthcheck.sh (executable, bash -n, shellcheck)"
+  if out=$([[ -x deploy/docker/rootfs.sh ]] && bash -n deploy/docker/rootfs.sh 2>&1 &&
+    shellcheck deploy/docker/rootfs.sh 2>&1); then
+    pass "docker: rootfs.sh (executable, bash -n, shellcheck)"
   else
-    say "$out"; fail "docker: healthcheck.sh"
+    say "$out"; fail "docker: rootfs.sh"
   fi
 }
 

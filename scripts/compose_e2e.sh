@@ -2,10 +2,12 @@
 # The compose stack end to end, as an operator lives it (`just compose-e2e`):
 #   1. engine: a Docker engine that answers, else `dockerd` started here
 #      (and stopped on exit); failing that, exit 1 with the reason;
-#   2. images: release binaries (`cargo build --release`), the runtime image
-#      (deploy/docker/Dockerfile.runtime) and, with no registry, the
-#      stand-ins of scripts/offline_images.sh (COMPOSE_E2E_IMAGES=official
-#      uses the compose file's registry images instead);
+#   2. images: the binaries (`cargo build --profile $COMPOSE_E2E_CARGO_PROFILE`,
+#      the backup-agent with its `age` feature), one image per daemon and
+#      the CLI image (targets of deploy/docker/Dockerfile.runtime), each
+#      daemon image under 60 MB, and, with no registry, the stand-ins of
+#      scripts/offline_images.sh (COMPOSE_E2E_IMAGES=official uses the
+#      compose file's registry images instead);
 #   3. fresh random secrets (deploy/compose/init-secrets.sh into a private
 #      temp dir), free loopback ports, `up -d` with the test override
 #      deploy/compose/docker-compose.e2e.yml (recording webhook receiver,
@@ -49,8 +51,10 @@
 #   COMPOSE_E2E_COMPOSE     compose command (default: docker-compose when
 #                           installed, else "docker compose")
 #   COMPOSE_E2E_IMAGES      offline (default) | official
-#   COMPOSE_E2E_CARGO_PROFILE  release (default); the binaries come from
+#   COMPOSE_E2E_CARGO_PROFILE  release (default); CI: image (Cargo.toml's
+#                           [profile.image]); the binaries come from
 #                           target/<profile dir>
+#   COMPOSE_E2E_IMAGE_MAX_MB=60  a daemon image this size or larger fails
 #   COMPOSE_E2E_SKIP_BUILD=1   use the existing binaries as they are
 #   COMPOSE_E2E_LOAD=30     proposals submitted during the kill phase
 #   COMPOSE_E2E_HEALTH_TIMEOUT=180  COMPOSE_E2E_FLOW_TIMEOUT=180 (seconds)
@@ -187,7 +191,7 @@ profile_dir=$PROFILE
 BINS=(opsloop opsloop-api opsloop-heartbeat-worker opsloop-alerter opsloop-backup-agent)
 if [[ "${COMPOSE_E2E_SKIP_BUILD:-0}" != 1 ]]; then
   cargo build --profile "$PROFILE" --locked -p opsloop-cli -p opsloop-api -p opsloop-heartbeat-worker \
-    -p opsloop-alerter -p opsloop-backup-agent --bins 2>&1 | tail -n 3
+    -p opsloop-alerter -p opsloop-backup-agent --features opsloop-backup-agent/age --bins 2>&1 | tail -n 3
 fi
 for bin in "${BINS[@]}"; do
   [[ -x "target/$profile_dir/$bin" ]] || die "target/$profile_dir/$bin missing"
@@ -221,30 +225,47 @@ else
   OPSLOOP_RECEIVER_IMAGE=$(sed -n 's/^OPSLOOP_RECEIVER_IMAGE=//p' "$work/offline.env")
   export OPSLOOP_RECEIVER_IMAGE
 fi
-export OPSLOOP_IMAGE="opsloop:e2e"
+export OPSLOOP_IMAGE_PREFIX="opsloop" OPSLOOP_IMAGE_TAG="e2e"
 export OPSLOOP_DOCKERFILE=deploy/docker/Dockerfile.runtime
-# The runtime image from the release binaries, as a release pipeline
-# builds it: a minimal context (stripped binaries, the probe) instead of
-# the repository with its target/ directory.
+# The images from the built binaries, as a release pipeline builds them: a
+# minimal context (stripped binaries, the root file system script) instead
+# of the repository with its target/ directory. One build per target; the
+# `rootfs` stage is built once and cached for the others.
 ctx="$work/context"
 mkdir -p "$ctx/target/release" "$ctx/deploy/docker"
 for bin in "${BINS[@]}"; do
   cp "target/$profile_dir/$bin" "$ctx/target/release/"
 done
 strip --strip-debug "$ctx"/target/release/* 2>/dev/null || log "note: strip not available, binaries keep their debug info"
-cp deploy/docker/healthcheck.sh "$ctx/deploy/docker/"
+cp deploy/docker/rootfs.sh "$ctx/deploy/docker/"
 cp deploy/docker/Dockerfile.runtime.dockerignore "$ctx/.dockerignore"
-if ! docker build -f deploy/docker/Dockerfile.runtime \
-  --build-arg "RUNTIME_IMAGE=${OPSLOOP_RUNTIME_IMAGE:-debian:bookworm-slim}" \
-  --build-arg "VCS_REF=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-  --build-arg "BUILD_DATE=$(git log -1 --format=%cI 2>/dev/null || echo unknown)" \
-  -t "$OPSLOOP_IMAGE" "$ctx" >"$work/build.log" 2>&1; then
-  tail -n 40 "$work/build.log" >&2
-  die "docker build of the runtime image failed"
-fi
-image_mb=$(docker image inspect -f '{{.Size}}' "$OPSLOOP_IMAGE" | awk '{printf "%.1f", $1/1e6}')
+IMAGE_MAX_MB="${COMPOSE_E2E_IMAGE_MAX_MB:-60}"
+image_sizes=()
+too_big=()
+for target in "${DAEMONS[@]}" cli; do
+  image="$OPSLOOP_IMAGE_PREFIX-$target:$OPSLOOP_IMAGE_TAG"
+  if ! docker build -f deploy/docker/Dockerfile.runtime --target "$target" \
+    --build-arg "RUNTIME_IMAGE=${OPSLOOP_RUNTIME_IMAGE:-debian:bookworm-slim}" \
+    --build-arg "VCS_REF=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    --build-arg "BUILD_DATE=$(git log -1 --format=%cI 2>/dev/null || echo unknown)" \
+    -t "$image" "$ctx" >"$work/build-$target.log" 2>&1; then
+    tail -n 40 "$work/build-$target.log" >&2
+    die "docker build of $image failed"
+  fi
+  bytes=$(docker image inspect -f '{{.Size}}' "$image")
+  mb=$(awk -v b="$bytes" 'BEGIN {printf "%.1f", b / 1e6}')
+  [[ "$target" == cli ]] && { cli_image_mb=$mb; continue; }
+  image_sizes+=("$target:$mb")
+  awk -v b="$bytes" -v max="$IMAGE_MAX_MB" 'BEGIN {exit !(b >= max * 1e6)}' && too_big+=("$target:${mb}MB")
+done
 bin_mb=$(du -cb "$ctx"/target/release/* | tail -n1 | awk '{printf "%.1f", $1/1e6}')
-log "runtime image $OPSLOOP_IMAGE: $image_mb MB (binaries $bin_mb MB, stripped)"
+image_mb=$(IFS=,; echo "${image_sizes[*]}")
+log "images (MB): $image_mb, cli:$cli_image_mb (binaries $bin_mb MB, stripped)"
+((${#too_big[@]} == 0)) || die "daemon image(s) of ${IMAGE_MAX_MB} MB or more: ${too_big[*]}"
+# No shell in a daemon image: the probe is the binary's own subcommand.
+if docker run --rm --entrypoint /bin/sh "$OPSLOOP_IMAGE_PREFIX-api:$OPSLOOP_IMAGE_TAG" -c true >/dev/null 2>&1; then
+  die "the api image has a shell (/bin/sh); daemon images hold only their binary and its libraries"
+fi
 
 # ----------------------------------------------------------- secrets --
 begin "secrets and ports"
@@ -786,10 +807,16 @@ for svc in "${DAEMONS[@]}"; do
   # SIGKILL of the daemon process (tini's child), as a crash or the kernel's
   # OOM killer would: tini exits 137 and the restart policy brings the
   # container back. (`docker kill -s KILL` counts as an operator stop:
-  # Docker cancels the restart policy for it.) Fallback: the container's
-  # init from the host.
-  docker exec "$id" bash -c 'kill -KILL $(cat /proc/1/task/1/children)' 2>/dev/null ||
-    kill -KILL "$(docker inspect -f '{{.State.Pid}}' "$id")"
+  # Docker cancels the restart policy for it.) From the host: the images
+  # have no shell to run kill in. Fallback: the container's init.
+  init_pid=$(docker inspect -f '{{.State.Pid}}' "$id")
+  daemon_pids=$(cat "/proc/$init_pid/task/$init_pid/children" 2>/dev/null || true)
+  if [[ -n "${daemon_pids// /}" ]]; then
+    # shellcheck disable=SC2086 # one or more pids
+    kill -KILL $daemon_pids
+  else
+    kill -KILL "$init_pid"
+  fi
   kill_at=$(date +%s)
   back() {
     [[ "$(docker inspect -f '{{.RestartCount}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id")" == "$((before + 1)) running healthy" ]]
@@ -869,8 +896,12 @@ backup_id=$(jget "$work/backup.json" id)
 backup_status=$(jget "$work/backup.json" status)
 backup_size=$(jget "$work/backup.json" size_bytes)
 [[ "$backup_status" == completed ]] || die "backup $backup_id is $backup_status"
-docker exec "$(container_of backup-agent)" find /var/lib/opsloop/backups -type f -newer /etc/hostname >"$work/backup-files.txt" ||
-  die "cannot list the backup volume"
+# The volume from the host (the image has no `find`); it was created empty
+# by this run's `up`.
+backup_volume=$(docker inspect -f '{{range .Mounts}}{{if eq .Destination "/var/lib/opsloop/backups"}}{{.Source}}{{end}}{{end}}' \
+  "$(container_of backup-agent)")
+[[ -n "$backup_volume" ]] || die "the backup-agent has no volume at /var/lib/opsloop/backups"
+find "$backup_volume" -type f >"$work/backup-files.txt" || die "cannot list the backup volume $backup_volume"
 [[ -s "$work/backup-files.txt" ]] || die "no backup file in the backup-agent's volume"
 "$CLI" --token-file "$SECRETS/admin_token" -o json backup verify "$backup_id" >"$work/verify.json" ||
   die "backup verify failed"
@@ -910,7 +941,7 @@ left=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" | wc -
 [[ "$left" == 0 ]] || die "$left container(s) left after down"
 begin "done"
 result="PASS"
-echo "compose_e2e: $result image=${image_mb}MB up_to_healthy=${up_to_healthy}s api_grpc=tls+token" \
+echo "compose_e2e: $result image_mb=$image_mb cli_image_mb=$cli_image_mb up_to_healthy=${up_to_healthy}s api_grpc=tls+token" \
   "flow=${flow_mission_s}s alert=${flow_alert_s}s prometheus_targets_up=$targets_summary" \
   "rules_loaded=${rules_summary%% *} forced_alert_delivered_s=$forced_alert_delivered_s" \
   "p0_paged_s=$page_s p0_acknowledged_by_link=yes" \

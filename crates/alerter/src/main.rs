@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use opsloop_alerter::AlerterApp;
+use opsloop_core::healthcheck::DaemonCommand;
 
 /// opsloop alerter daemon.
 #[derive(Parser)]
@@ -14,10 +15,18 @@ struct Args {
     /// Environment variables OPSLOOP__SECTION__KEY override it.
     #[arg(long, env = "OPSLOOP_CONFIG")]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<DaemonCommand>,
 }
+
+/// The default HTTP port (`http_addr`), probed by `healthcheck`.
+const DEFAULT_HTTP_PORT: u16 = 9756;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(command) = args.command {
+        return command.run(opsloop_alerter::SERVICE, DEFAULT_HTTP_PORT);
+    }
     opsloop_core::daemon::run(
         opsloop_alerter::SERVICE,
         args.config,

@@ -428,6 +428,9 @@ impl BackupConfig {
         if settings.verify.jobs == 0 {
             return Err(invalid("verify.jobs", "must be at least 1"));
         }
+        if !crate::crypt::AVAILABLE && !settings.encryption.recipients.is_empty() {
+            return Err(invalid("encryption.recipients", crate::crypt::NOT_BUILT));
+        }
         crate::crypt::parse_recipients(&settings.encryption.recipients).map_err(
             |(i, reason)| {
                 invalid(
@@ -600,7 +603,13 @@ mod tests {
             env: Some(Default::default()),
         })
         .expect("loads");
-        let settings: BackupSettings = loaded.section("backup").expect("backup section");
+        let mut settings: BackupSettings = loaded.section("backup").expect("backup section");
+        if !crate::crypt::AVAILABLE {
+            // The example encrypts; a binary without age says so.
+            let err = BackupConfig::new(settings.clone(), "sqlite://x.db").expect_err("no age");
+            assert!(err.to_string().contains("--features age"), "{err}");
+            settings.encryption.recipients.clear();
+        }
         let config = BackupConfig::new(settings, "sqlite://x.db").expect("valid");
         assert_eq!(config.targets.len(), 2);
         assert_eq!(config.targets[1].kind, TargetKind::Directory);
@@ -630,7 +639,12 @@ mod tests {
                 Box::new(|s| s.compression_level = 40),
             ),
             (
-                "backup.encryption.recipients[1]",
+                // Built without age, any recipient is refused as a whole.
+                if crate::crypt::AVAILABLE {
+                    "backup.encryption.recipients[1]"
+                } else {
+                    "backup.encryption.recipients"
+                },
                 Box::new(|s| {
                     s.encryption.recipients = vec![
                         "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p".into(),
@@ -685,6 +699,18 @@ mod tests {
             let err = BackupConfig::new(settings, "sqlite://x.db").expect_err(key);
             assert!(err.to_string().contains(key), "{err} should name {key}");
         }
+    }
+
+    #[cfg(not(feature = "age"))]
+    #[test]
+    fn recipients_without_the_age_feature_name_the_feature() {
+        let mut settings = BackupSettings::default();
+        settings.encryption.recipients =
+            vec!["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p".into()];
+        let err = BackupConfig::new(settings, "sqlite://x.db").expect_err("refused");
+        let text = err.to_string();
+        assert!(text.contains("backup.encryption.recipients"), "{text}");
+        assert!(text.contains("--features age"), "{text}");
     }
 
     fn load(toml: &str) -> Result<BackupConfig, String> {

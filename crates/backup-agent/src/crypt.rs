@@ -4,8 +4,14 @@
 //! live in the secret `backup_age_identities`, one per line, and are needed
 //! only to verify or restore. Several identities may be listed, so after a
 //! key rotation old backups stay readable without being rewritten.
+//!
+//! age is the cargo feature `age` (on in the opsloop-backup-agent image and
+//! in the workspace's test builds). Built without it, a configuration with
+//! recipients is refused at start and an encrypted backup does not verify,
+//! each with an error naming the feature.
 
 use std::io::{Read, Write};
+#[cfg(feature = "age")]
 use std::str::FromStr;
 
 /// Secret holding the age identities (`AGE-SECRET-KEY-1…`, one per line).
@@ -13,6 +19,29 @@ pub const IDENTITIES_SECRET: &str = "backup_age_identities";
 
 /// The manifest's `encryption` value for age-encrypted objects.
 pub const AGE: &str = "age";
+
+/// Whether this binary was built with the cargo feature `age`.
+pub const AVAILABLE: bool = cfg!(feature = "age");
+
+/// What an operator reads when age is asked of a binary built without it.
+pub const NOT_BUILT: &str = "age encryption is not built into this binary (cargo feature `age`, on in the opsloop-backup-agent image): rebuild with `cargo build -p opsloop-backup-agent --features age`";
+
+/// An age public key (`age1…`).
+#[cfg(feature = "age")]
+pub type Recipient = age::x25519::Recipient;
+
+/// An age public key: none can exist in a binary built without the cargo
+/// feature `age` ([`parse_recipients`] refuses every key).
+#[cfg(not(feature = "age"))]
+#[derive(Debug, Clone)]
+pub enum Recipient {}
+
+#[cfg(not(feature = "age"))]
+impl std::fmt::Display for Recipient {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {}
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CryptError {
@@ -32,20 +61,33 @@ pub enum CryptError {
     Decrypt(String),
     #[error("unknown encryption {0:?} in the manifest")]
     Unknown(String),
+    #[error("the backup is encrypted with age, but {NOT_BUILT}")]
+    NotBuilt,
 }
 
 /// Parses age recipients (`age1…`); the error is the index and the reason.
-pub fn parse_recipients(
-    keys: &[String],
-) -> Result<Vec<age::x25519::Recipient>, (usize, &'static str)> {
-    keys.iter()
-        .enumerate()
-        .map(|(i, key)| age::x25519::Recipient::from_str(key.trim()).map_err(|e| (i, e)))
-        .collect()
+/// Built without the cargo feature `age`, any key is refused with
+/// [`NOT_BUILT`].
+pub fn parse_recipients(keys: &[String]) -> Result<Vec<Recipient>, (usize, &'static str)> {
+    #[cfg(feature = "age")]
+    {
+        keys.iter()
+            .enumerate()
+            .map(|(i, key)| Recipient::from_str(key.trim()).map_err(|e| (i, e)))
+            .collect()
+    }
+    #[cfg(not(feature = "age"))]
+    {
+        match keys.first() {
+            Some(_) => Err((0, NOT_BUILT)),
+            None => Ok(Vec::new()),
+        }
+    }
 }
 
 /// Parses the identities secret: one `AGE-SECRET-KEY-1…` per line; blank
 /// lines and `#` comments (as age-keygen writes them) are skipped.
+#[cfg(feature = "age")]
 pub fn parse_identities(text: &str) -> Result<Vec<age::x25519::Identity>, CryptError> {
     let mut identities = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -66,25 +108,36 @@ pub fn parse_identities(text: &str) -> Result<Vec<age::x25519::Identity>, CryptE
 /// A writer that encrypts to age recipients, or passes bytes through.
 pub enum Sealed<W: Write> {
     Plain(W),
+    #[cfg(feature = "age")]
     Age(age::stream::StreamWriter<W>),
 }
 
 impl<W: Write> Sealed<W> {
     /// Encrypts to `recipients` into `inner`; none: plain.
-    pub fn new(inner: W, recipients: &[age::x25519::Recipient]) -> std::io::Result<Self> {
+    pub fn new(inner: W, recipients: &[Recipient]) -> std::io::Result<Self> {
         if recipients.is_empty() {
             return Ok(Self::Plain(inner));
         }
-        let encryptor =
-            age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok(Self::Age(encryptor.wrap_output(inner)?))
+        #[cfg(feature = "age")]
+        {
+            let encryptor = age::Encryptor::with_recipients(
+                recipients.iter().map(|r| r as &dyn age::Recipient),
+            )
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+            Ok(Self::Age(encryptor.wrap_output(inner)?))
+        }
+        #[cfg(not(feature = "age"))]
+        {
+            // No `Recipient` value exists without the feature.
+            Err(std::io::Error::other(NOT_BUILT))
+        }
     }
 
     /// Writes the last chunk (and its tag) and returns the inner writer.
     pub fn finish(self) -> std::io::Result<W> {
         match self {
             Self::Plain(inner) => Ok(inner),
+            #[cfg(feature = "age")]
             Self::Age(writer) => writer.finish(),
         }
     }
@@ -94,6 +147,7 @@ impl<W: Write> Write for Sealed<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
             Self::Plain(w) => w.write(buf),
+            #[cfg(feature = "age")]
             Self::Age(w) => w.write(buf),
         }
     }
@@ -101,6 +155,7 @@ impl<W: Write> Write for Sealed<W> {
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Self::Plain(w) => w.flush(),
+            #[cfg(feature = "age")]
             Self::Age(w) => w.flush(),
         }
     }
@@ -111,7 +166,7 @@ impl<W: Write> Write for Sealed<W> {
 #[derive(Clone)]
 pub struct Encoding {
     pub level: i32,
-    pub recipients: Vec<age::x25519::Recipient>,
+    pub recipients: Vec<Recipient>,
 }
 
 impl Encoding {
@@ -144,6 +199,12 @@ pub fn open<'r, R: Read + 'r>(
 ) -> Result<Box<dyn Read + 'r>, CryptError> {
     match encryption {
         None => Ok(Box::new(input)),
+        #[cfg(not(feature = "age"))]
+        Some(AGE) => {
+            let _ = (recipients, identities);
+            Err(CryptError::NotBuilt)
+        }
+        #[cfg(feature = "age")]
         Some(AGE) => {
             let text = identities.ok_or_else(|| CryptError::MissingIdentities {
                 recipients: recipients.to_vec(),
@@ -170,7 +231,32 @@ pub fn open<'r, R: Read + 'r>(
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(feature = "age")))]
+mod without_age {
+    use super::*;
+
+    #[test]
+    fn recipients_and_encrypted_backups_name_the_missing_feature() {
+        assert_eq!(parse_recipients(&[]).map(|r| r.len()), Ok(0));
+        let (index, reason) = parse_recipients(&["age1anything".into()]).expect_err("refused");
+        assert_eq!(index, 0);
+        assert!(reason.contains("cargo feature `age`"), "{reason}");
+        let err = open(&b"x"[..], Some(AGE), &[], Some("AGE-SECRET-KEY-1X"))
+            .err()
+            .expect("not built");
+        assert!(matches!(err, CryptError::NotBuilt), "{err}");
+        assert!(err.to_string().contains("--features age"), "{err}");
+        let mut plain = Vec::new();
+        open(&b"plain"[..], None, &[], None)
+            .expect("plain opens")
+            .read_to_end(&mut plain)
+            .expect("read");
+        assert_eq!(plain, b"plain");
+        const { assert!(!AVAILABLE) };
+    }
+}
+
+#[cfg(all(test, feature = "age"))]
 mod tests {
     use age::secrecy::ExposeSecret;
 

@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod domain;
 pub mod grpc;
+pub mod healthcheck;
 pub mod http;
 pub mod lease;
 pub mod lifecycle;
