@@ -25,6 +25,7 @@ use crate::config::{BackupConfig, Target, TargetKind};
 use crate::db::PgUrl;
 use crate::lease;
 use crate::pipeline::{self, Dumped, PipelineError, Tools};
+use crate::progress::{Board, Meter, MeteredUpload, Snapshot};
 use crate::retention::{self, BackupState, Candidate, RetentionPlan};
 use crate::schedule::Clock;
 use crate::store::{self, BackupStore, MANIFEST_FORMAT, Manifest};
@@ -129,6 +130,8 @@ pub struct Agent {
     target_tools: BTreeMap<String, Tools>,
     holder: String,
     running: Mutex<HashSet<String>>,
+    /// Work in flight, for `GetProgress`.
+    progress: Arc<Board>,
     stale: Mutex<HashSet<String>>,
     watching_since: DateTime<Utc>,
     /// Uploads hold it shared, sweeps exclusively: a sweep must never see an
@@ -194,6 +197,7 @@ impl Agent {
                 &Uuid::new_v4().simple().to_string()[..8]
             ),
             running: Mutex::new(HashSet::new()),
+            progress: Arc::new(Board::default()),
             stale: Mutex::new(HashSet::new()),
             watching_since,
             objects: tokio::sync::RwLock::new(()),
@@ -299,13 +303,23 @@ impl Agent {
         }
     }
 
-    fn restorer(&self, target: &str) -> Restorer {
+    fn restorer(&self, target: &str, meter: Meter) -> Restorer {
         Restorer {
             store: self.store.clone(),
             tools: self.tools_for(target).cloned(),
             jobs: self.config.settings.verify.jobs,
             timeout: self.config.verify_timeout(),
             secrets: self.secrets.clone(),
+            meter,
+        }
+    }
+
+    /// The work in flight on backup `id`, or (without an id) the backup
+    /// being taken of `target` (any target when `None`).
+    pub fn progress(&self, id: Option<Uuid>, target: Option<&str>) -> Option<Snapshot> {
+        match id {
+            Some(id) => self.progress.get(id),
+            None => self.progress.running_backup(target),
         }
     }
 
@@ -333,7 +347,11 @@ impl Agent {
         let work = async move {
             let finished = {
                 let _uploading = agent.objects.read().await;
-                agent.take(&target, started, claim).await
+                let (meter, _tracking) =
+                    agent
+                        .progress
+                        .begin(started.id, "backup", &target.name, "dump");
+                agent.take(&target, started, claim, &meter).await
             };
             // The lease is free before anyone hears of the outcome, so a
             // retry prompted by a failure alert is not refused.
@@ -434,10 +452,11 @@ impl Agent {
         target: &Target,
         row: backups::Model,
         fencing_token: i64,
+        meter: &Meter,
     ) -> Result<backups::Model, AgentError> {
         tracing::info!(backup_id = %row.id, target = %target.name, fencing_token, "backup started");
         let renewal = self.keep_lease(target);
-        let outcome = self.dump_and_store(target, &row).await;
+        let outcome = self.dump_and_store(target, &row, meter).await;
         renewal.abort();
         let finished_at = self.clock.now();
         let duration = (finished_at - row.started_at).to_std().unwrap_or_default();
@@ -537,6 +556,7 @@ impl Agent {
         &self,
         target: &Target,
         row: &backups::Model,
+        meter: &Meter,
     ) -> Result<Manifest, AgentError> {
         let encoding = self.config.encoding();
         let ext = match target.kind {
@@ -549,7 +569,7 @@ impl Agent {
             None => ext.to_owned(),
         };
         let key = store::object_key(&target.name, row.id, &ext);
-        let upload = self.store.begin_upload(&key).await?;
+        let upload = MeteredUpload::boxed(self.store.begin_upload(&key).await?, meter.clone());
         let timeout = self.config.dump_timeout();
         let dumped: Dumped = match target.kind {
             TargetKind::Postgres => {
@@ -593,6 +613,7 @@ impl Agent {
             recipients: encoding.recipient_keys(),
         };
         // Last: only now is the object a backup.
+        meter.stage("manifest");
         self.store.put_manifest(&manifest).await?;
         Ok(manifest)
     }
@@ -674,13 +695,14 @@ impl Agent {
             });
         }
         let target = self.target(Some(&row.target)).ok();
+        let (meter, _tracking) = self.progress.begin(id, "verify", &row.target, "fetch");
         let report = match self.store.manifest(&row.target, id).await? {
             Some(manifest) => {
                 let scratch = match (&target, manifest.kind.as_str()) {
                     (Some(target), "postgres") => Some(self.scratch_url(target)?),
                     _ => None,
                 };
-                self.restorer(&row.target)
+                self.restorer(&row.target, meter)
                     .verify(&manifest, scratch.as_ref())
                     .await
             }
@@ -807,8 +829,9 @@ impl Agent {
             AgentError::RestoreFailed(format!("manifest of {id} is missing from the store"))
         })?;
         let redacted = crate::verify::redact(target_url);
+        let (meter, _tracking) = self.progress.begin(id, "restore", &row.target, "fetch");
         let outcome = self
-            .restorer(&row.target)
+            .restorer(&row.target, meter)
             .restore(&manifest, target_url, force)
             .await;
         let (result, reason) = match &outcome {

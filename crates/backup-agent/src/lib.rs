@@ -13,6 +13,7 @@ pub mod crypt;
 pub mod db;
 pub mod lease;
 pub mod pipeline;
+pub mod progress;
 pub mod retention;
 pub mod s3;
 pub mod schedule;

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use opsloop_core::proto::v1::backup_service_server::BackupService;
 use opsloop_core::proto::v1::{
-    Backup, BackupKind, BackupStatus, ListBackupsRequest, ListBackupsResponse,
-    PreviewRetentionRequest, PreviewRetentionResponse, RestoreRequest, RestoreResponse,
-    RetentionDecision, RowCountMismatch, RunBackupRequest, RunBackupResponse, StageDuration,
-    VerificationState, VerifyBackupRequest, VerifyBackupResponse,
+    Backup, BackupKind, BackupStatus, GetProgressRequest, GetProgressResponse, ListBackupsRequest,
+    ListBackupsResponse, PreviewRetentionRequest, PreviewRetentionResponse, RestoreRequest,
+    RestoreResponse, RetentionDecision, RowCountMismatch, RunBackupRequest, RunBackupResponse,
+    StageDuration, VerificationState, VerifyBackupRequest, VerifyBackupResponse,
 };
 use opsloop_core::store::entities::backups;
 use tonic::{Request, Response, Status};
@@ -222,6 +222,33 @@ impl BackupService for BackupGrpc {
             target_redacted: restored.target_redacted,
             duration_ms: restored.report.duration.as_millis() as u64,
             row_counts: restored.report.row_counts.into_iter().collect(),
+        }))
+    }
+
+    async fn get_progress(
+        &self,
+        request: Request<GetProgressRequest>,
+    ) -> Result<Response<GetProgressResponse>, Status> {
+        let r = request.into_inner();
+        let id = match r.backup_id.trim() {
+            "" => None,
+            raw => Some(parse_id("backup_id", raw)?),
+        };
+        let target = Some(r.target.trim()).filter(|t| !t.is_empty());
+        let Some(now) = self.agent.progress(id, target) else {
+            return Err(Status::not_found(match (id, target) {
+                (Some(id), _) => format!("nothing runs for backup {id} on this agent"),
+                (None, Some(t)) => format!("no backup of {t} is being taken on this agent"),
+                (None, None) => "no backup is being taken on this agent".to_owned(),
+            }));
+        };
+        Ok(Response::new(GetProgressResponse {
+            backup_id: now.backup_id.to_string(),
+            operation: now.operation.to_owned(),
+            target: now.target,
+            stage: now.stage.to_owned(),
+            bytes: now.bytes,
+            elapsed_ms: now.elapsed.as_millis() as u64,
         }))
     }
 

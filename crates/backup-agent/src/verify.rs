@@ -21,6 +21,7 @@ use crate::archive::{self, FileStats};
 use crate::crypt::{self, CryptError};
 use crate::db::{self, DbError, PgUrl};
 use crate::pipeline::{self, PassFile, PipelineError, ToolCommand, Tools};
+use crate::progress::Meter;
 use crate::store::{BackupStore, Manifest, StoreError};
 use opsloop_core::secrets::{Secret, SecretStore};
 
@@ -129,23 +130,28 @@ pub struct Restorer {
     /// Where the age identities of encrypted backups are read from (only
     /// when one is verified or restored).
     pub secrets: SecretStore,
+    /// Where each stage is reported while it runs (`GetProgress`).
+    pub meter: Meter,
 }
 
 struct Stages {
     list: Vec<(&'static str, Duration)>,
     current: Option<(&'static str, Instant)>,
+    meter: Meter,
 }
 
 impl Stages {
-    fn new() -> Self {
+    fn new(meter: Meter) -> Self {
         Self {
             list: Vec::new(),
             current: None,
+            meter,
         }
     }
 
     fn start(&mut self, stage: &'static str) {
         self.stop();
+        self.meter.stage(stage);
         self.current = Some((stage, Instant::now()));
     }
 
@@ -162,7 +168,7 @@ impl Restorer {
     /// backups need none.
     pub async fn verify(&self, manifest: &Manifest, scratch: Option<&PgUrl>) -> VerifyReport {
         let started = Instant::now();
-        let mut stages = Stages::new();
+        let mut stages = Stages::new(self.meter.clone());
         let mut checksum_ok = false;
         let mut mismatches = Vec::new();
         let mut scratch_db: Option<(PgUrl, String)> = None;
@@ -282,9 +288,12 @@ impl Restorer {
             .prefix("opsloop-restore-")
             .tempdir()
             .map_err(VerifyError::Local)?;
+        self.meter.stage("fetch");
         let fetched = self.fetch(manifest, work.path()).await?;
+        self.meter.stage("checksum");
         check(manifest, &fetched)?;
         let identities = self.identities(manifest)?;
+        self.meter.stage("decompress");
         let dump = decompress(
             &fetched.path,
             &work.path().join("dump"),
@@ -292,6 +301,7 @@ impl Restorer {
             identities,
         )
         .await?;
+        self.meter.stage("restore");
         let row_counts = match (
             manifest.kind.as_str(),
             crate::config::target_kind(target_url),

@@ -14,11 +14,13 @@ use crate::client::{Connection, Daemon, Globals};
 use crate::output::{
     self, OutputFormat, Table, enum_label, fields, json_doc, opt, opt_json, ts, ts_json,
 };
+use crate::progress::{self, Watch};
 
 /// `opsloop backup …`
 #[derive(Subcommand)]
 pub enum BackupCommand {
-    /// Take a backup now and wait for it to finish.
+    /// Take a backup now and wait for it to finish (on a terminal, its
+    /// stage and bytes stored are shown while it runs).
     Now {
         /// Target to back up (a configured database or directory set). Default: the database.
         #[arg(long)]
@@ -96,12 +98,14 @@ pub async fn run(command: BackupCommand, globals: &Globals) -> anyhow::Result<()
     match command {
         BackupCommand::Now { target, no_wait } => {
             let conn = Connection::open(globals, Daemon::BackupAgent).await?;
-            let backup = conn
-                .backups()
-                .run_backup(RunBackupRequest {
-                    target,
-                    wait: !no_wait,
-                })
+            let watch = Watch::NewBackup(target.clone());
+            let draw = !no_wait && progress::wanted(globals.output);
+            let mut client = conn.backups();
+            let call = client.run_backup(RunBackupRequest {
+                target,
+                wait: !no_wait,
+            });
+            let backup = progress::while_running(&conn, watch, draw, call)
                 .await
                 .map_err(|s| conn.error(s))?
                 .into_inner()
@@ -177,9 +181,10 @@ pub async fn run(command: BackupCommand, globals: &Globals) -> anyhow::Result<()
         }
         BackupCommand::Verify { id } => {
             let conn = Connection::open(globals, Daemon::BackupAgent).await?;
-            let r = conn
-                .backups()
-                .verify_backup(VerifyBackupRequest { id })
+            let watch = Watch::Backup(id.clone());
+            let mut client = conn.backups();
+            let call = client.verify_backup(VerifyBackupRequest { id });
+            let r = progress::while_running(&conn, watch, progress::wanted(globals.output), call)
                 .await
                 .map_err(|s| conn.error(s))?
                 .into_inner();
@@ -256,15 +261,16 @@ pub async fn run(command: BackupCommand, globals: &Globals) -> anyhow::Result<()
                 bail!("restore overwrites the target database: add --confirm to go ahead");
             }
             let conn = Connection::open(globals, Daemon::BackupAgent).await?;
-            let r = conn
-                .backups()
-                .restore(RestoreRequest {
-                    backup_id: id,
-                    target_url,
-                    confirm,
-                    force,
-                    actor: globals.actor.clone(),
-                })
+            let watch = Watch::Backup(id.clone());
+            let mut client = conn.backups();
+            let call = client.restore(RestoreRequest {
+                backup_id: id,
+                target_url,
+                confirm,
+                force,
+                actor: globals.actor.clone(),
+            });
+            let r = progress::while_running(&conn, watch, progress::wanted(globals.output), call)
                 .await
                 .map_err(|s| conn.error(s))?
                 .into_inner();

@@ -36,6 +36,7 @@ pub mod output;
 pub mod parse;
 pub mod policy;
 pub mod probe;
+pub mod progress;
 pub mod proposal;
 pub mod repair;
 pub mod rollout;

@@ -334,6 +334,7 @@ pub const TABLE: &[Entry] = &[
     grpc(BACKUP, "/opsloop.v1.BackupService/VerifyBackup", ADMIN),
     grpc(BACKUP, "/opsloop.v1.BackupService/Restore", ADMIN),
     grpc(BACKUP, "/opsloop.v1.BackupService/PreviewRetention", READ),
+    grpc(BACKUP, "/opsloop.v1.BackupService/GetProgress", READ),
     // heartbeat-worker
     http(HEARTBEAT, "POST", "/run", ADMIN),
     // Push heartbeats of `heartbeat` probes: an external job pings.
