@@ -259,12 +259,45 @@ pub fn redact_url(url: &str) -> String {
 /// Applies every pending migration. Safe to call from several processes at
 /// once: on PostgreSQL the whole run holds an advisory lock in one
 /// transaction; on SQLite it runs in one `BEGIN IMMEDIATE` transaction.
+///
+/// A schema already current is found by one read of the bookkeeping table
+/// and left alone (no lock, no write: a daemon's start stays fast, and works
+/// on a read-only replica).
 pub async fn migrate_up(db: &DatabaseConnection) -> Result<(), StoreError> {
+    if schema_is_current(db).await {
+        return Ok(());
+    }
     let txn = begin_migration(db).await.map_err(StoreError::MigrateUp)?;
     Migrator::up(&txn, None)
         .await
         .map_err(StoreError::MigrateUp)?;
     txn.commit().await.map_err(StoreError::MigrateUp)
+}
+
+/// Whether the applied migrations are exactly this binary's (one query). A
+/// missing bookkeeping table, an unreadable answer, a migration missing or
+/// one this binary does not know (a newer schema, which the full run
+/// reports) all say no.
+async fn schema_is_current(db: &DatabaseConnection) -> bool {
+    let statement = sea_orm::Statement::from_string(
+        db.get_database_backend(),
+        "SELECT version FROM seaql_migrations",
+    );
+    let Ok(rows) = db.query_all_raw(statement).await else {
+        return false;
+    };
+    let mut applied = std::collections::BTreeSet::new();
+    for row in rows {
+        match row.try_get::<String>("", "version") {
+            Ok(version) => applied.insert(version),
+            Err(_) => return false,
+        };
+    }
+    let known: std::collections::BTreeSet<String> = Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect();
+    applied == known
 }
 
 /// Rolls back every migration and removes the migration bookkeeping table:
@@ -366,6 +399,46 @@ mod tests {
             redact_url("sqlite://var/opsloop.db?mode=rwc"),
             "sqlite://var/opsloop.db?mode=rwc"
         );
+    }
+
+    /// A current schema is read, not migrated: a daemon starting while
+    /// another process holds the migration lock (a write transaction on
+    /// SQLite) is not held up by it; a missing migration is noticed.
+    #[tokio::test]
+    async fn a_current_schema_is_checked_by_one_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("current.db").display()
+        );
+        let first = connect(&url, &PoolOptions::default())
+            .await
+            .expect("connect");
+        assert!(
+            !schema_is_current(&first).await,
+            "an empty file has no schema"
+        );
+        migrate_up(&first).await.expect("migrate");
+        assert!(schema_is_current(&first).await);
+        let held = begin_migration(&first)
+            .await
+            .expect("hold the migration lock");
+        let second = connect(&url, &PoolOptions::default())
+            .await
+            .expect("connect");
+        let started = tokio::time::timeout(Duration::from_secs(2), migrate_up(&second)).await;
+        assert!(
+            matches!(started, Ok(Ok(()))),
+            "a current schema needs no lock: {started:?}"
+        );
+        held.rollback().await.expect("release");
+        first
+            .execute_unprepared(
+                "DELETE FROM seaql_migrations WHERE version = (SELECT MAX(version) FROM seaql_migrations)",
+            )
+            .await
+            .expect("forget the newest migration");
+        assert!(!schema_is_current(&first).await, "one missing");
     }
 
     #[test]
