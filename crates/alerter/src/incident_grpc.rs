@@ -69,35 +69,50 @@ impl IncidentGrpc {
     }
 }
 
+use opsloop_core::auth::ON_BEHALF_OF;
+
+/// The person a request says it acts for (the [`ON_BEHALF_OF`] metadata).
+fn acting_for<T>(request: &Request<T>) -> Option<String> {
+    request
+        .metadata()
+        .get(ON_BEHALF_OF)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
 /// Who the timeline, events and audit name. With tokens: the caller's
-/// token name; an `admin` token acting for a person (the api's console)
-/// may name them in the request's actor, recorded as `<actor> via <token>`
-/// so both stay on record. In an open (dev-mode) alerter the request's
-/// actor, else `grpc`.
-fn actor(requested: &str) -> Result<String, Status> {
+/// token name; an `admin` token acting for a person (the api's console,
+/// [`ON_BEHALF_OF`]) is recorded as `<person> via <token>` so both stay on
+/// record. In an open (dev-mode) alerter the request's actor, else `grpc`.
+fn actor(requested: &str, acting_for: Option<&str>) -> Result<String, Status> {
     let requested = requested.trim();
-    if requested.chars().count() > 128 {
+    if requested.chars().count() > 128 || acting_for.is_some_and(|p| p.chars().count() > 128) {
         return Err(Status::invalid_argument("actor: at most 128 characters"));
     }
     Ok(delegated_actor(
         opsloop_core::auth::caller().as_ref(),
         requested,
+        acting_for,
     ))
 }
 
-/// [`actor`]'s rule, given the caller and the (trimmed) requested actor.
-fn delegated_actor(caller: Option<&opsloop_core::auth::Principal>, requested: &str) -> String {
-    match caller {
-        Some(caller)
-            if caller.role == opsloop_core::access::Role::Admin
-                && !requested.is_empty()
-                && requested != caller.name =>
+/// [`actor`]'s rule, given the caller, the (trimmed) requested actor and
+/// the person the call is made for.
+fn delegated_actor(
+    caller: Option<&opsloop_core::auth::Principal>,
+    requested: &str,
+    acting_for: Option<&str>,
+) -> String {
+    match (caller, acting_for) {
+        (Some(caller), Some(person))
+            if caller.role == opsloop_core::access::Role::Admin && person != caller.name =>
         {
-            format!("{requested} via {}", caller.name)
+            format!("{person} via {}", caller.name)
         }
-        Some(caller) => caller.name.clone(),
-        None if requested.is_empty() => "grpc".to_owned(),
-        None => requested.to_owned(),
+        (Some(caller), _) => caller.name.clone(),
+        (None, _) if requested.is_empty() => "grpc".to_owned(),
+        (None, _) => requested.to_owned(),
     }
 }
 
@@ -228,8 +243,9 @@ impl IncidentService for IncidentGrpc {
         request: Request<pb::OpenIncidentRequest>,
     ) -> Result<Response<pb::OpenIncidentResponse>, Status> {
         let manager = self.manager()?;
+        let acting_for = acting_for(&request);
         let r = request.into_inner();
-        let actor = actor(&r.actor)?;
+        let actor = actor(&r.actor, acting_for.as_deref())?;
         let level = level(&r.level)?;
         let incident = manager
             .open_labelled(level, &r.title, r.labels.into_iter().collect(), &actor)
@@ -244,8 +260,9 @@ impl IncidentService for IncidentGrpc {
         request: Request<pb::AcknowledgeIncidentRequest>,
     ) -> Result<Response<pb::AcknowledgeIncidentResponse>, Status> {
         let manager = self.manager()?;
+        let acting_for = acting_for(&request);
         let r = request.into_inner();
-        let actor = actor(&r.actor)?;
+        let actor = actor(&r.actor, acting_for.as_deref())?;
         let id = incident_id(&r.id)?;
         let incident = manager
             .transition(id, Action::Acknowledge, &actor, reason(r.reason))
@@ -260,8 +277,9 @@ impl IncidentService for IncidentGrpc {
         request: Request<pb::ResolveIncidentRequest>,
     ) -> Result<Response<pb::ResolveIncidentResponse>, Status> {
         let manager = self.manager()?;
+        let acting_for = acting_for(&request);
         let r = request.into_inner();
-        let actor = actor(&r.actor)?;
+        let actor = actor(&r.actor, acting_for.as_deref())?;
         let id = incident_id(&r.id)?;
         let incident = manager
             .transition(id, Action::Resolve, &actor, reason(r.reason))
@@ -276,8 +294,9 @@ impl IncidentService for IncidentGrpc {
         request: Request<pb::AddIncidentNoteRequest>,
     ) -> Result<Response<pb::AddIncidentNoteResponse>, Status> {
         let manager = self.manager()?;
+        let acting_for = acting_for(&request);
         let r = request.into_inner();
-        let actor = actor(&r.actor)?;
+        let actor = actor(&r.actor, acting_for.as_deref())?;
         let id = incident_id(&r.id)?;
         manager.note(id, &actor, &r.text).await?;
         let incident = manager.get(id).await?;
@@ -291,8 +310,9 @@ impl IncidentService for IncidentGrpc {
         request: Request<pb::EscalateIncidentRequest>,
     ) -> Result<Response<pb::EscalateIncidentResponse>, Status> {
         let manager = self.manager()?;
+        let acting_for = acting_for(&request);
         let r = request.into_inner();
-        let actor = actor(&r.actor)?;
+        let actor = actor(&r.actor, acting_for.as_deref())?;
         let id = incident_id(&r.id)?;
         let incident = manager.escalate(id, &actor).await?;
         Ok(Response::new(pb::EscalateIncidentResponse {
@@ -363,8 +383,9 @@ impl IncidentService for IncidentGrpc {
         request: Request<pb::DraftPostmortemRequest>,
     ) -> Result<Response<pb::DraftPostmortemResponse>, Status> {
         let manager = self.manager()?;
+        let acting_for = acting_for(&request);
         let r = request.into_inner();
-        let actor = actor(&r.actor)?;
+        let actor = actor(&r.actor, acting_for.as_deref())?;
         let id = incident_id(&r.id)?;
         let markdown = manager.postmortem_draft(id, &actor, manager.now()).await?;
         Ok(Response::new(pb::DraftPostmortemResponse { markdown }))
@@ -477,8 +498,8 @@ mod tests {
             "2026-12-07"
         );
         assert!(first_day("7 Dec", chrono_tz::UTC, now).is_err());
-        assert_eq!(actor(" ").expect("default"), "grpc");
-        assert_eq!(actor("aiko").expect("given"), "aiko");
+        assert_eq!(actor(" ", None).expect("default"), "grpc");
+        assert_eq!(actor("aiko", None).expect("given"), "aiko");
     }
 
     #[test]
@@ -489,18 +510,34 @@ mod tests {
             name: "console".into(),
             role: Role::Admin,
         };
-        assert_eq!(delegated_actor(Some(&console), "aiko"), "aiko via console");
-        assert_eq!(delegated_actor(Some(&console), ""), "console");
-        assert_eq!(delegated_actor(Some(&console), "console"), "console");
+        assert_eq!(
+            delegated_actor(Some(&console), "", Some("aiko")),
+            "aiko via console"
+        );
+        assert_eq!(
+            delegated_actor(Some(&console), "someone-else", None),
+            "console",
+            "the request's actor is ignored with tokens"
+        );
+        assert_eq!(
+            delegated_actor(Some(&console), "", Some("console")),
+            "console"
+        );
         let agent = Principal {
             name: "worker".into(),
             role: Role::Agent,
         };
         assert_eq!(
-            delegated_actor(Some(&agent), "aiko"),
+            delegated_actor(Some(&agent), "", Some("aiko")),
             "worker",
-            "only admin tokens delegate"
+            "only admin tokens act for someone"
         );
-        assert_eq!(delegated_actor(None, "aiko"), "aiko");
+        assert_eq!(delegated_actor(None, "aiko", None), "aiko");
+        let mut request = Request::new(());
+        request
+            .metadata_mut()
+            .insert(ON_BEHALF_OF, " aiko ".parse().expect("ascii"));
+        assert_eq!(acting_for(&request).as_deref(), Some("aiko"));
+        assert_eq!(acting_for(&Request::new(())), None);
     }
 }

@@ -75,6 +75,10 @@ pub struct Principal {
     pub role: Role,
 }
 
+/// The gRPC metadata key an `admin` service token (the api's console) sets
+/// to the person it acts for; the daemon records `<person> via <token>`.
+pub const ON_BEHALF_OF: &str = "x-opsloop-on-behalf-of";
+
 tokio::task_local! {
     static CALLER: Principal;
 }

@@ -4,8 +4,9 @@
 //! machine and the escalation, the api keeps no copy. The address is
 //! `[api.console] alerter_grpc_url` (else the alerter's `grpc_addr` in the
 //! same configuration); the bearer token the `console_alerter_token` secret
-//! (the `admin` role). Each action names the signed-in person as its actor:
-//! the alerter records `<person> via <console token>`.
+//! (the `admin` role). Each action names the signed-in person in the
+//! `x-opsloop-on-behalf-of` metadata: the alerter records `<person> via
+//! <console token>`.
 
 use std::time::Duration as StdDuration;
 
@@ -62,6 +63,18 @@ impl IncidentClient {
         self.peer.request(message, CALL_TIMEOUT)
     }
 
+    /// A request made for `person` (the signed-in token's name), which the
+    /// alerter records as `<person> via <console token>`.
+    fn request_for<T>(&self, message: T, person: &str) -> tonic::Request<T> {
+        let mut request = self.request(message);
+        if let Ok(value) = person.parse() {
+            request
+                .metadata_mut()
+                .insert(opsloop_core::auth::ON_BEHALF_OF, value);
+        }
+        request
+    }
+
     fn failed(&self, status: tonic::Status) -> PeerCallError {
         self.peer.failed(status)
     }
@@ -109,23 +122,36 @@ impl IncidentClient {
         let (id, actor, text) = (id.to_owned(), actor.to_owned(), text.to_owned());
         let result = match action {
             IncidentAction::Acknowledge => client
-                .acknowledge_incident(self.request(pb::AcknowledgeIncidentRequest {
-                    id,
-                    actor,
-                    reason: text,
-                }))
+                .acknowledge_incident(self.request_for(
+                    pb::AcknowledgeIncidentRequest {
+                        id,
+                        actor: actor.clone(),
+                        reason: text,
+                    },
+                    &actor,
+                ))
                 .await
                 .map(drop),
             IncidentAction::Resolve => client
-                .resolve_incident(self.request(pb::ResolveIncidentRequest {
-                    id,
-                    actor,
-                    reason: text,
-                }))
+                .resolve_incident(self.request_for(
+                    pb::ResolveIncidentRequest {
+                        id,
+                        actor: actor.clone(),
+                        reason: text,
+                    },
+                    &actor,
+                ))
                 .await
                 .map(drop),
             IncidentAction::Note => client
-                .add_incident_note(self.request(pb::AddIncidentNoteRequest { id, text, actor }))
+                .add_incident_note(self.request_for(
+                    pb::AddIncidentNoteRequest {
+                        id,
+                        text,
+                        actor: actor.clone(),
+                    },
+                    &actor,
+                ))
                 .await
                 .map(drop),
         };
@@ -136,10 +162,13 @@ impl IncidentClient {
     pub async fn postmortem(&self, id: &str, actor: &str) -> Result<String, PeerCallError> {
         let response = self
             .client()?
-            .draft_postmortem(self.request(pb::DraftPostmortemRequest {
-                id: id.to_owned(),
-                actor: actor.to_owned(),
-            }))
+            .draft_postmortem(self.request_for(
+                pb::DraftPostmortemRequest {
+                    id: id.to_owned(),
+                    actor: actor.to_owned(),
+                },
+                actor,
+            ))
             .await
             .map_err(|s| self.failed(s))?;
         Ok(response.into_inner().markdown)
