@@ -77,11 +77,9 @@ pub fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), Prob
     let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(io)?;
+    // One write: a server may answer (and close) after the first segment.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(io)?;
     // The status line is all that is read; 64 bytes hold it.
     let mut head = [0u8; 64];
     let mut filled = 0;
@@ -128,10 +126,18 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let handle = std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().expect("accept");
+            // The whole request (to its blank line), then the answer.
+            let mut request = Vec::new();
             let mut buf = [0u8; 512];
-            let n = conn.read(&mut buf).expect("read");
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).expect("read");
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+            }
             conn.write_all(response.as_bytes()).expect("write");
-            String::from_utf8_lossy(&buf[..n]).into_owned()
+            String::from_utf8_lossy(&request).into_owned()
         });
         (addr, handle)
     }
