@@ -103,12 +103,7 @@ pub fn peer_url(configured: Option<&str>, http_addr: &str) -> PeerUrl {
     match configured.map(str::trim) {
         Some("") => PeerUrl::NotListed,
         Some(url) => PeerUrl::At(Some(url.trim_end_matches('/').to_owned())),
-        None => {
-            let addr = http_addr
-                .replacen("0.0.0.0:", "127.0.0.1:", 1)
-                .replacen("[::]:", "[::1]:", 1);
-            PeerUrl::At((!addr.ends_with(":0")).then(|| format!("http://{addr}")))
-        }
+        None => PeerUrl::At(crate::console::peer::url_of("http", http_addr)),
     }
 }
 
