@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use opsloop_core::domain::ValidationError;
+use opsloop_core::domain::rule_spec::EventFilter;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -86,47 +88,24 @@ impl SpecError {
     }
 }
 
-fn optional_string(spec: &Value, field: &str, key: &str) -> Result<Option<String>, SpecError> {
-    match spec.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(SpecError::new(format!("{field}.{key}"), "must be a string")),
+impl From<ValidationError> for SpecError {
+    fn from(e: ValidationError) -> Self {
+        Self::new(e.field, e.reason)
+    }
+}
+
+impl From<EventFilter> for EventMatcher {
+    fn from(filter: EventFilter) -> Self {
+        Self {
+            kind: filter.kind,
+            source: filter.source,
+            tags: filter.tags,
+            payload: filter.payload,
+        }
     }
 }
 
 impl EventMatcher {
-    /// Reads `kind`, `source`, `tags` and `payload` from a spec object.
-    pub fn parse(field: &str, spec: &Value) -> Result<Self, SpecError> {
-        let tags = match spec.get("tags") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|t| {
-                    t.as_str()
-                        .map(str::to_owned)
-                        .ok_or_else(|| SpecError::new(format!("{field}.tags"), "must be strings"))
-                })
-                .collect::<Result<_, _>>()?,
-            Some(_) => return Err(SpecError::new(format!("{field}.tags"), "must be an array")),
-        };
-        let payload = match spec.get("payload") {
-            None | Some(Value::Null) => BTreeMap::new(),
-            Some(Value::Object(map)) => map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            Some(_) => {
-                return Err(SpecError::new(
-                    format!("{field}.payload"),
-                    "must be an object of path → value",
-                ));
-            }
-        };
-        Ok(Self {
-            kind: optional_string(spec, field, "kind")?,
-            source: optional_string(spec, field, "source")?,
-            tags,
-            payload,
-        })
-    }
-
     /// A matcher on one kind glob only.
     pub fn kind(glob: &str) -> Self {
         Self {
@@ -221,6 +200,7 @@ pub fn event_var(event: &EventView, name: &str) -> Option<Value> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use opsloop_core::domain::rule_spec::parse_json;
     use serde_json::json;
 
     pub(crate) fn event(seq: i64, kind: &str, tags: &[&str], at: DateTime<Utc>) -> EventView {
@@ -271,11 +251,11 @@ pub(crate) mod tests {
             (json!({"payload": {"missing": 1}}), false),
         ];
         for (spec, want) in table {
-            let m = EventMatcher::parse("condition", &spec).expect("parses");
+            let m = EventMatcher::from(parse_json::<EventFilter>("c", &spec).expect("parses"));
             assert_eq!(m.matches(&e), want, "{spec}");
         }
-        assert!(EventMatcher::parse("c", &json!({"tags": "x"})).is_err());
-        assert!(EventMatcher::parse("c", &json!({"kind": 3})).is_err());
+        assert!(parse_json::<EventFilter>("c", &json!({"tags": "x"})).is_err());
+        assert!(parse_json::<EventFilter>("c", &json!({"kind": 3})).is_err());
     }
 
     #[test]

@@ -19,17 +19,21 @@ pub const MIN_INTERVAL_SECS: u64 = 10;
 
 /// One `[[heartbeat.probes]]` entry as written.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct ProbeSpec {
-    /// Unique name: the `probe` label of metrics, alerts and events.
+    /// Unique name: the `probe` label of metrics, alerts and events
+    /// (required; `A-Za-z0-9_.-`, at most 64).
     pub name: String,
-    /// `http`, `tcp`, `tls`, `grpc_health`, `dns` or `heartbeat`.
+    /// `http`, `tcp`, `tls`, `grpc_health`, `dns` or `heartbeat` (required).
     pub kind: String,
     /// URL (`http`, `grpc_health`), `host:port` (`tcp`, `tls`; an
     /// `https://` URL also works for `tls`) or host name (`dns`); unused by
     /// `heartbeat`.
     pub target: String,
+    /// Seconds between checks (at least 10).
     pub interval_secs: u64,
+    /// Longest a check may take, in milliseconds.
     pub timeout_ms: u64,
     /// Consecutive failed checks that make the probe down.
     pub retries: u32,
@@ -520,10 +524,14 @@ impl ProbeSpec {
 /// One `[[heartbeat.maintenance]]` entry: down alerts of `probes` (every
 /// probe when empty) are held back from `start` to `end` (RFC 3339).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct MaintenanceSpec {
+    /// Start of the window, RFC 3339 (`2027-01-31T22:00:00Z`).
     pub start: String,
+    /// End of the window, RFC 3339; after `start`.
     pub end: String,
+    /// Probe names whose down alerts are held back; every probe when empty.
     pub probes: Vec<String>,
     /// Why (quoted in logs and events).
     pub reason: String,

@@ -4,6 +4,7 @@
 //! cooldown per pattern and target. Pure, no I/O.
 
 use chrono::Duration;
+use opsloop_core::domain::rule_spec::ReactionPatternSpec;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -25,45 +26,20 @@ pub struct ReactionPattern {
 }
 
 impl ReactionPattern {
+    /// Parses one pattern ([`ReactionPatternSpec`], the same parse `SetPolicy`
+    /// runs before storing the matrix), naming `patterns[index].FIELD`.
     pub fn parse(index: usize, spec: &Value) -> Result<Self, SpecError> {
         let field = format!("patterns[{index}]");
-        let text = |key: &str| -> Result<String, SpecError> {
-            spec.get(key)
-                .and_then(Value::as_str)
-                .filter(|s| !s.trim().is_empty())
-                .map(str::to_owned)
-                .ok_or_else(|| SpecError::new(format!("{field}.{key}"), "required string"))
-        };
-        let probability = match spec.get("probability") {
-            None => 1.0,
-            Some(v) => v
-                .as_f64()
-                .filter(|p| (0.0..=1.0).contains(p))
-                .ok_or_else(|| {
-                    SpecError::new(format!("{field}.probability"), "must be in [0, 1]")
-                })?,
-        };
-        let cooldown =
-            match spec.get("cooldown_seconds") {
-                None => Duration::zero(),
-                Some(v) => Duration::seconds(v.as_u64().filter(|s| *s <= 366 * 86_400).ok_or_else(
-                    || SpecError::new(format!("{field}.cooldown_seconds"), "must be whole seconds"),
-                )? as i64),
-            };
-        let template = spec
-            .get("template")
-            .filter(|t| t.get("title").is_some() && t.get("steps").is_some_and(Value::is_array))
-            .cloned()
-            .ok_or_else(|| {
-                SpecError::new(format!("{field}.template"), "must have a title and steps")
-            })?;
+        let parsed = ReactionPatternSpec::parse(&field, spec)?;
         Ok(Self {
-            id: text("id")?,
-            matcher: EventMatcher::parse(&field, spec)?,
-            target: text("target")?,
-            probability,
-            cooldown,
-            template,
+            id: parsed.id,
+            matcher: parsed.events.into(),
+            target: parsed.target,
+            probability: parsed.probability,
+            // Validated to at most a year.
+            cooldown: Duration::seconds(i64::try_from(parsed.cooldown_seconds).unwrap_or(0)),
+            // Kept as written: rendered per event.
+            template: spec.get("template").cloned().unwrap_or(Value::Null),
         })
     }
 

@@ -7,6 +7,7 @@
 //! same facts never fire twice; the cooldown is a separate pure check. No I/O.
 
 use chrono::{DateTime, Duration, Utc};
+use opsloop_core::domain::rule_spec::ConditionSpec;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -45,103 +46,65 @@ pub enum Condition {
     Any(Vec<Condition>),
 }
 
-fn seconds(field: &str, spec: &Value, key: &str) -> Result<Duration, SpecError> {
-    match spec.get(key).and_then(Value::as_u64) {
-        Some(n) if n > 0 && n <= 366 * 86_400 => Ok(Duration::seconds(n as i64)),
-        _ => Err(SpecError::new(
-            format!("{field}.{key}"),
-            "must be a positive number of seconds (at most a year)",
-        )),
-    }
+fn seconds(n: u64) -> Duration {
+    // Validated to at most a year by `ConditionSpec::parse`.
+    Duration::seconds(i64::try_from(n).unwrap_or(i64::MAX / 1_000))
 }
 
-fn count(field: &str, spec: &Value, key: &str, default: Option<u64>) -> Result<u64, SpecError> {
-    match (spec.get(key), default) {
-        (None, Some(d)) => Ok(d),
-        (Some(v), _) => match v.as_u64() {
-            Some(n) if n > 0 => Ok(n),
-            _ => Err(SpecError::new(
-                format!("{field}.{key}"),
-                "must be a positive whole number",
-            )),
-        },
-        (None, None) => Err(SpecError::new(format!("{field}.{key}"), "required")),
+impl From<ConditionSpec> for Condition {
+    fn from(spec: ConditionSpec) -> Self {
+        match spec {
+            ConditionSpec::EventCount {
+                events,
+                window_seconds,
+                min_count,
+            } => Self::EventCount {
+                matcher: events.into(),
+                window: seconds(window_seconds),
+                min_count,
+            },
+            ConditionSpec::FailureRate {
+                failure_kind,
+                success_kind,
+                window_seconds,
+                threshold,
+                min_events,
+            } => Self::FailureRate {
+                failures: EventMatcher::kind(&failure_kind),
+                successes: EventMatcher::kind(&success_kind),
+                window: seconds(window_seconds),
+                threshold,
+                min_events,
+            },
+            ConditionSpec::Absence {
+                events,
+                window_seconds,
+            } => Self::Absence {
+                matcher: events.into(),
+                window: seconds(window_seconds),
+            },
+            ConditionSpec::StalledMissions {
+                older_than_seconds,
+                min_count,
+            } => Self::StalledMissions {
+                older_than: seconds(older_than_seconds),
+                min_count,
+            },
+            ConditionSpec::All { conditions } => {
+                Self::All(conditions.into_iter().map(Self::from).collect())
+            }
+            ConditionSpec::Any { conditions } => {
+                Self::Any(conditions.into_iter().map(Self::from).collect())
+            }
+        }
     }
 }
 
 impl Condition {
-    /// Parses a stored condition, naming the offending path.
+    /// Parses a stored condition ([`ConditionSpec`], the same parse the api
+    /// runs before storing it), naming the offending path.
     pub fn parse(field: &str, spec: &Value) -> Result<Self, SpecError> {
-        let kind = spec
-            .get("type")
-            .and_then(Value::as_str)
-            .ok_or_else(|| SpecError::new(format!("{field}.type"), "required"))?;
-        Ok(match kind {
-            "event_count" => Self::EventCount {
-                matcher: EventMatcher::parse(field, spec)?,
-                window: seconds(field, spec, "window_seconds")?,
-                min_count: count(field, spec, "min_count", None)?,
-            },
-            "failure_rate" => {
-                let threshold = spec
-                    .get("threshold")
-                    .and_then(Value::as_f64)
-                    .filter(|t| *t > 0.0 && *t <= 1.0)
-                    .ok_or_else(|| {
-                        SpecError::new(format!("{field}.threshold"), "must be in (0, 1]")
-                    })?;
-                let glob = |key: &str, default: &str| -> Result<EventMatcher, SpecError> {
-                    match spec.get(key) {
-                        None => Ok(EventMatcher::kind(default)),
-                        Some(Value::String(s)) => Ok(EventMatcher::kind(s)),
-                        Some(_) => Err(SpecError::new(
-                            format!("{field}.{key}"),
-                            "must be a kind glob",
-                        )),
-                    }
-                };
-                Self::FailureRate {
-                    failures: glob("failure_kind", "step.failed")?,
-                    successes: glob("success_kind", "step.succeeded")?,
-                    window: seconds(field, spec, "window_seconds")?,
-                    threshold,
-                    min_events: count(field, spec, "min_events", Some(1))?,
-                }
-            }
-            "absence" => Self::Absence {
-                matcher: EventMatcher::parse(field, spec)?,
-                window: seconds(field, spec, "window_seconds")?,
-            },
-            "stalled_missions" => Self::StalledMissions {
-                older_than: seconds(field, spec, "older_than_seconds")?,
-                min_count: count(field, spec, "min_count", Some(1))?,
-            },
-            "all" | "any" => {
-                let items = spec
-                    .get("conditions")
-                    .and_then(Value::as_array)
-                    .filter(|items| !items.is_empty())
-                    .ok_or_else(|| {
-                        SpecError::new(format!("{field}.conditions"), "must be a non-empty array")
-                    })?;
-                let parsed = items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| Self::parse(&format!("{field}.conditions[{i}]"), c))
-                    .collect::<Result<Vec<_>, _>>()?;
-                if kind == "all" {
-                    Self::All(parsed)
-                } else {
-                    Self::Any(parsed)
-                }
-            }
-            other => {
-                return Err(SpecError::new(
-                    format!("{field}.type"),
-                    format!("unknown condition type {other:?}"),
-                ));
-            }
-        })
+        Ok(ConditionSpec::parse(field, spec)?.into())
     }
 
     /// The longest event window this condition looks back over.

@@ -1,12 +1,12 @@
-//! Proposal templates of trigger actions and reaction patterns: `{title,
-//! steps: [{kind, payload, max_attempts?}], agent?, parallel?, metadata?}`,
-//! rendered with the firing's variables and parsed into the single entry
-//! point's [`NewProposal`].
+//! Proposal templates of trigger actions and reaction patterns (written as
+//! core's [`ProposalTemplate`]), rendered with the firing's variables and
+//! parsed into the single entry point's [`NewProposal`].
 
 use opsloop_core::domain::input::{
     DedupeKey, Limits, NewProposal, ProposalSource, StepKind, StepSpec,
 };
-use serde_json::{Value, json};
+use opsloop_core::domain::rule_spec::{ProposalTemplate, parse_json};
+use serde_json::Value;
 
 use crate::matching::{SpecError, render};
 
@@ -21,55 +21,32 @@ pub fn build_proposal(
     metadata: Value,
 ) -> Result<NewProposal, SpecError> {
     let rendered = render(template, vars);
-    let title = rendered
-        .get("title")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let steps = rendered
-        .get("steps")
-        .and_then(Value::as_array)
-        .ok_or_else(|| SpecError::new("template.steps", "must be an array"))?
-        .iter()
+    let written: ProposalTemplate = parse_json("template", &rendered)?;
+    let steps = written
+        .steps
+        .into_iter()
         .enumerate()
         .map(|(i, step)| {
-            let kind = step.get("kind").and_then(Value::as_str).unwrap_or_default();
-            let kind = StepKind::parse(&format!("template.steps[{i}].kind"), kind)
-                .map_err(|e| SpecError::new(e.field, e.reason))?;
-            let max_attempts = step
-                .get("max_attempts")
-                .and_then(Value::as_u64)
-                .and_then(|n| u32::try_from(n).ok());
+            let kind = StepKind::parse(&format!("template.steps[{i}].kind"), &step.kind)?;
             Ok(StepSpec {
                 kind,
-                payload: step.get("payload").cloned().unwrap_or_else(|| json!({})),
-                max_attempts,
+                payload: step.payload,
+                max_attempts: step.max_attempts,
             })
         })
         .collect::<Result<Vec<_>, SpecError>>()?;
-    let mut meta = match rendered.get("metadata") {
-        Some(Value::Object(map)) => map.clone(),
-        _ => serde_json::Map::new(),
-    };
+    let mut meta = written.metadata.unwrap_or_default();
     if let Value::Object(extra) = metadata {
         meta.extend(extra);
     }
-    let dedupe = DedupeKey::parse("dedupe_key", dedupe_key)
-        .map_err(|e| SpecError::new(e.field, e.reason))?;
+    let dedupe = DedupeKey::parse("dedupe_key", dedupe_key)?;
     NewProposal {
-        title,
+        title: written.title,
         source,
-        agent: rendered
-            .get("agent")
-            .and_then(Value::as_str)
-            .unwrap_or(default_agent)
-            .to_owned(),
+        agent: written.agent.unwrap_or_else(|| default_agent.to_owned()),
         dedupe_key: Some(dedupe),
         steps,
-        parallel: rendered
-            .get("parallel")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        parallel: written.parallel,
         metadata: Value::Object(meta),
         trace_id: None,
     }
@@ -79,6 +56,8 @@ pub fn build_proposal(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

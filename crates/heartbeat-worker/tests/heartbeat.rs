@@ -12,6 +12,7 @@ use chrono::{DateTime, Duration, DurationRound, Utc};
 use opsloop_core::domain::input::{
     EventKind, NewEvent, NewProposal, ProposalSource, StepKind, StepSpec,
 };
+use opsloop_core::domain::rule_spec::{EventFilter, parse_json};
 use opsloop_core::store::testing::{TestDb, fresh_postgres, fresh_sqlite};
 use opsloop_core::workflow::{self, ClaimOutcome, PolicyChange};
 use opsloop_heartbeat_worker::insight_rules::Candidate;
@@ -2118,7 +2119,7 @@ async fn window_facts_match_memory(t: TestDb) {
     ];
     let mut checked = 0;
     for spec in &matchers {
-        let matcher = EventMatcher::parse("m", spec).expect("matcher");
+        let matcher = EventMatcher::from(parse_json::<EventFilter>("m", spec).expect("matcher"));
         for window in [5, 250, 650, 10_000] {
             for exists_only in [false, true] {
                 let query = WindowQuery {

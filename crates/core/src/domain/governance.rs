@@ -78,6 +78,7 @@ const MAX_PROBE_NAME: usize = 64;
 
 /// What a tripped guard (limit violation, consecutive failures) does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TripAction {
     /// Engage the emergency stop (nothing is handed out to anyone).
@@ -91,6 +92,7 @@ pub enum TripAction {
 /// One entry of the `resources` policy: an upstream resource's limits.
 /// Every field but `kinds` has the ops plan's default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ResourceLimits {
     /// Step kinds that call this resource (at least one).
@@ -110,8 +112,10 @@ pub struct ResourceLimits {
     /// Window latency below this raises the rate by `increase_step`.
     #[serde(default = "default_low_ms")]
     pub latency_low_ms: f64,
+    /// Calls per second taken off the rate when a window is slow.
     #[serde(default = "default_decrease")]
     pub decrease_step: f64,
+    /// Calls per second added to the rate when a window is fast.
     #[serde(default = "default_increase")]
     pub increase_step: f64,
     /// The controller's window in seconds (at least 1).
@@ -192,6 +196,7 @@ impl ResourceLimits {
 
 /// The `resources` policy: resource name → limits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(transparent)]
 pub struct Resources(pub BTreeMap<String, ResourceLimits>);
 
@@ -346,6 +351,7 @@ fn is_probe_name(name: &str) -> bool {
 
 /// One entry of the `pricing` policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Price {
     /// US dollars per upstream call.
@@ -357,6 +363,7 @@ pub struct Price {
 
 /// The `pricing` policy: resource name → price.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(transparent)]
 pub struct Pricing(pub BTreeMap<String, Price>);
 

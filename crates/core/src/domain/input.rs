@@ -130,6 +130,21 @@ impl From<StepKind> for String {
     }
 }
 
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for StepKind {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StepKind".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A step kind: a lowercase letter, then a-z, 0-9, '_', '.', ':' or '-' (at most 64).",
+            "pattern": "^[a-z][a-z0-9_.:-]{0,63}$"
+        })
+    }
+}
+
 impl StepKind {
     pub fn parse(field: &str, value: &str) -> Result<Self, ValidationError> {
         identifier(field, value, Limits::DEFAULT.max_kind_chars).map(Self)

@@ -10,6 +10,7 @@ pub mod governance;
 pub mod input;
 pub mod policy;
 pub mod rollout;
+pub mod rule_spec;
 pub mod status;
 
 pub use backoff::{Backoff, retry_delay};

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub use super::governance::{Pricing, Resources};
 use super::input::{StepKind, ValidationError};
+use super::rule_spec::ReactionPatternSpec;
 
 /// A policy key the api knows. Toggles are any key ending in `_autopost`
 /// (e.g. `x_autopost`), so a staged rollout of a new kind needs no code.
@@ -97,14 +98,19 @@ fn is_toggle_key(key: &str) -> bool {
 
 /// `auto_approve`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AutoApprove {
+    /// Approve at once a proposal whose every step kind is in `allowed_kinds`;
+    /// anything else waits for a human (`opsloop proposal approve`).
     pub enabled: bool,
+    /// Step kinds that may be approved without a human.
     pub allowed_kinds: Vec<StepKind>,
 }
 
 /// One entry of `step_gates.kinds`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct KindGateConfig {
     /// The toggle policy key that must be enabled for this kind.
@@ -117,9 +123,12 @@ pub struct KindGateConfig {
 
 /// `step_gates`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StepGates {
+    /// IANA time zone of the daily caps' day (e.g. `UTC`, `Europe/Berlin`).
     pub timezone: String,
+    /// Step kind → its toggle and daily cap.
     #[serde(default)]
     pub kinds: BTreeMap<StepKind, KindGateConfig>,
 }
@@ -134,18 +143,25 @@ impl StepGates {
 
 /// A toggle such as `x_autopost`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Toggle {
+    /// While false, proposals with a step of the kinds gated by this toggle are rejected.
     pub enabled: bool,
 }
 
 /// `worker_policy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WorkerPolicy {
+    /// How long a claimed step is a worker's before others may claim it (1 s to 24 h).
     pub lease_seconds: u32,
+    /// Attempts before a step is dead-lettered (1 to 20).
     pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with jitter.
     pub backoff_base_seconds: u32,
+    /// Longest retry delay (at least `backoff_base_seconds`, at most a day).
     pub backoff_max_seconds: u32,
 }
 
@@ -163,20 +179,28 @@ impl Default for WorkerPolicy {
 /// Longest lease a worker may ask for.
 pub const MAX_LEASE_SECONDS: u32 = 24 * 3600;
 
-/// `reaction_matrix`: the heartbeat owns the pattern semantics; here each
-/// pattern must at least be an object.
+/// `reaction_matrix`: events that cause proposals. Each pattern is checked
+/// as a [`ReactionPatternSpec`] when the policy is set and kept as written
+/// (the heartbeat renders its template per event).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ReactionMatrix {
+    /// The patterns, each matched against every event the heartbeat reads.
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<ReactionPatternSpec>"))]
     pub patterns: Vec<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// `ops_health`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OpsHealth {
+    /// Failed steps within `window_seconds` that raise the failure-spike alert.
     pub failure_threshold: u32,
+    /// The window, in seconds (1 s to 7 days).
     pub window_seconds: u32,
+    /// Least time between two failure-spike alerts.
     pub cooldown_seconds: u32,
 }
 
@@ -192,33 +216,50 @@ impl Default for OpsHealth {
 
 /// `cost_budget`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CostBudget {
+    /// IANA time zone of the budget's day and month.
     pub timezone: String,
+    /// Daily budget in US dollars (the step costs workers report).
     pub daily_usd: f64,
+    /// Monthly budget in US dollars.
     pub monthly_usd: f64,
+    /// Share of `daily_usd` spent that raises a warning, in [0, 1].
     pub daily_warn_ratio: f64,
+    /// Share of `monthly_usd` spent that raises a warning, in [0, 1].
     pub monthly_warn_ratio: f64,
+    /// Spend in a day that engages the emergency stop.
     pub hard_daily_usd: f64,
+    /// Consecutive failed steps that engage the emergency stop.
     pub max_consecutive_failures: u32,
 }
 
 /// `insight_promotion`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct InsightPromotion {
+    /// Tag of the events that cite an insight.
     pub tag: String,
+    /// Citations within the window that promote it to a stored insight.
     pub min_citations: u32,
+    /// The window, in days (1 to 3650).
     pub window_days: u32,
 }
 
 /// `emergency_stop`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EmergencyStop {
+    /// While true, nothing is approved or handed to workers.
     pub engaged: bool,
+    /// Why it was engaged (shown in `opsloop status` and the console).
     pub reason: Option<String>,
+    /// Who engaged it (a token name, `heartbeat` or `alerter`).
     pub actor: Option<String>,
+    /// When it was engaged.
     pub engaged_at: Option<DateTime<Utc>>,
 }
 
@@ -301,7 +342,16 @@ impl PolicyValue {
                 )?;
                 Self::WorkerPolicy(p)
             }
-            PolicyKey::ReactionMatrix => Self::ReactionMatrix(typed(value)?),
+            PolicyKey::ReactionMatrix => {
+                let matrix: ReactionMatrix = typed(value)?;
+                for (i, pattern) in matrix.patterns.iter().enumerate() {
+                    ReactionPatternSpec::parse(
+                        &field(&format!("patterns[{i}]")),
+                        &serde_json::Value::Object(pattern.clone()),
+                    )?;
+                }
+                Self::ReactionMatrix(matrix)
+            }
             PolicyKey::OpsHealth => {
                 let p: OpsHealth = typed(value)?;
                 range("failure_threshold", p.failure_threshold.into(), 1.0, 1e6)?;

@@ -28,7 +28,7 @@ use sea_orm::{
 
 use crate::config::DatabaseSettings;
 
-pub use opsloop_migrations::{TABLES, seed_policies};
+pub use opsloop_migrations::{TABLES, seed_policies, starter_trigger_rules};
 
 /// How long a SQLite connection waits for another writer before giving up.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -11,114 +11,18 @@ use uuid::Uuid;
 use super::proposals::{audit_file, audit_row};
 use super::{Result, WorkflowError, begin_write, db_now, stmt};
 use crate::audit::{AuditLog, AuditRecord};
-use crate::domain::input::{StepKind, ValidationError, json_depth, text};
+use crate::domain::input::{ValidationError, text};
+use crate::domain::rule_spec::{ConditionSpec, ProposalTemplate};
 use crate::store::entities::trigger_rules;
 
-const CONDITION_TYPES: &[&str] = &[
-    "event_count",
-    "failure_rate",
-    "absence",
-    "stalled_missions",
-    "all",
-    "any",
-];
-
-fn positive(field: &str, value: &Value, key: &str) -> Result<(), ValidationError> {
-    match value.get(key).and_then(Value::as_u64) {
-        Some(n) if n > 0 => Ok(()),
-        _ => Err(ValidationError::new(
-            format!("{field}.{key}"),
-            "must be a positive whole number",
-        )),
-    }
-}
-
-/// Validates a trigger condition, naming the offending path.
+/// Validates a trigger condition ([`ConditionSpec`]), naming the offending path.
 pub fn validate_condition(field: &str, condition: &Value) -> Result<(), ValidationError> {
-    if json_depth(condition) > 12 {
-        return Err(ValidationError::new(field, "nested too deep"));
-    }
-    let Some(kind) = condition.get("type").and_then(Value::as_str) else {
-        return Err(ValidationError::new(
-            format!("{field}.type"),
-            format!("required, one of {}", CONDITION_TYPES.join(", ")),
-        ));
-    };
-    match kind {
-        "event_count" => {
-            positive(field, condition, "window_seconds")?;
-            positive(field, condition, "min_count")?;
-        }
-        "absence" => positive(field, condition, "window_seconds")?,
-        "failure_rate" => {
-            positive(field, condition, "window_seconds")?;
-            match condition.get("threshold").and_then(Value::as_f64) {
-                Some(t) if t > 0.0 => {}
-                _ => {
-                    return Err(ValidationError::new(
-                        format!("{field}.threshold"),
-                        "must be a positive number",
-                    ));
-                }
-            }
-        }
-        "stalled_missions" => positive(field, condition, "older_than_seconds")?,
-        "all" | "any" => {
-            let Some(items) = condition.get("conditions").and_then(Value::as_array) else {
-                return Err(ValidationError::new(
-                    format!("{field}.conditions"),
-                    "must be a non-empty array",
-                ));
-            };
-            if items.is_empty() {
-                return Err(ValidationError::new(
-                    format!("{field}.conditions"),
-                    "must be a non-empty array",
-                ));
-            }
-            for (i, item) in items.iter().enumerate() {
-                validate_condition(&format!("{field}.conditions[{i}]"), item)?;
-            }
-        }
-        other => {
-            return Err(ValidationError::new(
-                format!("{field}.type"),
-                format!(
-                    "unknown condition type {other:?} (one of {})",
-                    CONDITION_TYPES.join(", ")
-                ),
-            ));
-        }
-    }
-    Ok(())
+    ConditionSpec::parse(field, condition).map(drop)
 }
 
-/// Validates a trigger action (a proposal template).
+/// Validates a trigger action ([`ProposalTemplate`]), naming the offending path.
 pub fn validate_action(field: &str, action: &Value) -> Result<(), ValidationError> {
-    if !action.is_object() {
-        return Err(ValidationError::new(field, "must be a JSON object"));
-    }
-    match action.get("title").and_then(Value::as_str) {
-        Some(t) if !t.trim().is_empty() => {}
-        _ => return Err(ValidationError::new(format!("{field}.title"), "required")),
-    }
-    let Some(steps) = action.get("steps").and_then(Value::as_array) else {
-        return Err(ValidationError::new(
-            format!("{field}.steps"),
-            "must be a non-empty array",
-        ));
-    };
-    if steps.is_empty() {
-        return Err(ValidationError::new(
-            format!("{field}.steps"),
-            "must be a non-empty array",
-        ));
-    }
-    for (i, step) in steps.iter().enumerate() {
-        let kind = step.get("kind").and_then(Value::as_str).unwrap_or("");
-        StepKind::parse(&format!("{field}.steps[{i}].kind"), kind)?;
-    }
-    Ok(())
+    ProposalTemplate::parse(field, action).map(drop)
 }
 
 /// A new trigger rule.
