@@ -108,7 +108,7 @@ impl ApiApp {
             auth,
             audit: Some(infra.audit.clone()),
             limits: Limits::DEFAULT,
-            clock: Arc::new(chrono::Utc::now),
+            clock: opsloop_core::clock::SystemClock::shared(),
             policy: opsloop_core::workflow::PolicyCache::new(),
             shutdown: infra.shutdown.clone(),
             steps: opsloop_core::workflow::notify::StepNotifier::new(),

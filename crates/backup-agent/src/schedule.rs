@@ -1,112 +1,14 @@
-//! When backups run: a cron expression in a time zone, an injectable
+//! When backups run: a cron expression in a time zone, core's injectable
 //! [`Clock`], and [`run_schedule`], the loop that catches up a missed run
 //! once at start and then waits for each next occurrence.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use opsloop_core::schedule::{CronSchedule as Schedule, ScheduleError};
 
-/// Wall-clock time, injectable so schedules are tested without waiting.
-#[async_trait]
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> DateTime<Utc>;
-    /// Returns once `now() >= deadline`.
-    async fn sleep_until(&self, deadline: DateTime<Utc>);
-}
-
-/// The system clock. Sleeps in bounded steps so a wall-clock jump (NTP,
-/// suspend) delays a run by at most a minute.
-pub struct SystemClock;
-
-#[async_trait]
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-
-    async fn sleep_until(&self, deadline: DateTime<Utc>) {
-        const STEP: std::time::Duration = std::time::Duration::from_secs(60);
-        loop {
-            let left = deadline - Utc::now();
-            let Ok(left) = left.to_std() else { return };
-            if left.is_zero() {
-                return;
-            }
-            tokio::time::sleep(left.min(STEP)).await;
-        }
-    }
-}
-
-/// A clock tests move by hand. [`ManualClock::sleeping_until`] tells a test
-/// what a sleeper waits for, so it can assert the next run without waiting.
-pub struct ManualClock {
-    now: watch::Sender<DateTime<Utc>>,
-    sleeper: watch::Sender<Option<DateTime<Utc>>>,
-}
-
-impl ManualClock {
-    pub fn new(start: DateTime<Utc>) -> Arc<Self> {
-        Arc::new(Self {
-            now: watch::Sender::new(start),
-            sleeper: watch::Sender::new(None),
-        })
-    }
-
-    /// Moves the clock to `t`, waking sleepers whose deadline passed.
-    pub fn set(&self, t: DateTime<Utc>) {
-        self.now.send_replace(t);
-    }
-
-    /// Waits until someone sleeps on this clock for a deadline still ahead
-    /// of it, and returns that deadline.
-    pub async fn sleeping_until(&self) -> DateTime<Utc> {
-        let mut rx = self.sleeper.subscribe();
-        loop {
-            let sleeping = *rx.borrow_and_update();
-            if let Some(deadline) = sleeping
-                && deadline > self.now()
-            {
-                return deadline;
-            }
-            if rx.changed().await.is_err() {
-                return DateTime::<Utc>::MAX_UTC;
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl Clock for ManualClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self.now.borrow()
-    }
-
-    async fn sleep_until(&self, deadline: DateTime<Utc>) {
-        /// Clears the sleeper however the sleep ends, cancellation included.
-        struct Awake<'a>(&'a watch::Sender<Option<DateTime<Utc>>>);
-        impl Drop for Awake<'_> {
-            fn drop(&mut self) {
-                self.0.send_replace(None);
-            }
-        }
-        let mut rx = self.now.subscribe();
-        self.sleeper.send_replace(Some(deadline));
-        let _awake = Awake(&self.sleeper);
-        loop {
-            if *rx.borrow_and_update() >= deadline {
-                break;
-            }
-            if rx.changed().await.is_err() {
-                break;
-            }
-        }
-    }
-}
+pub use opsloop_core::clock::{Clock, SystemClock};
 
 /// A job the schedule runs.
 #[async_trait]
@@ -154,7 +56,9 @@ pub async fn run_schedule(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
+
+    use opsloop_core::clock::ManualClock;
 
     use super::*;
 
@@ -220,7 +124,7 @@ mod tests {
         let schedule = Schedule::parse_in("0 2 * * *", chrono_tz::Asia::Tokyo).expect("valid");
         // The agent was down for three scheduled runs.
         let start = at("2026-11-23T10:00:00Z");
-        let clock = ManualClock::new(start);
+        let clock = Arc::new(ManualClock::new(start));
         let (ran, mut runs) = tokio::sync::mpsc::unbounded_channel();
         let job = Arc::new(CountingJob {
             last: Some(at("2026-11-19T17:00:00Z")),
@@ -251,7 +155,7 @@ mod tests {
     #[tokio::test]
     async fn no_catch_up_when_the_last_run_is_current() {
         let schedule = Schedule::parse_in("0 2 * * *", chrono_tz::Asia::Tokyo).expect("valid");
-        let clock = ManualClock::new(at("2026-11-23T10:00:00Z"));
+        let clock = Arc::new(ManualClock::new(at("2026-11-23T10:00:00Z")));
         let (ran, _runs) = tokio::sync::mpsc::unbounded_channel();
         let job = Arc::new(CountingJob {
             last: Some(at("2026-11-22T17:00:03Z")),

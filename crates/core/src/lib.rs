@@ -8,6 +8,7 @@ pub mod alert;
 pub mod audit;
 pub mod auth;
 pub mod bus;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod domain;

@@ -16,7 +16,7 @@
 //! previous values and counts `opsloop_loop_state_sample_failures_total`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
@@ -304,7 +304,7 @@ fn publish_cost(cost: &CostState, published: &mut BTreeSet<String>) {
 /// The api's sampler: [`read_state`] and [`read_cost`] on its database.
 pub struct LoopSampler {
     db: DatabaseConnection,
-    clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>,
+    clock: crate::clock::SharedClock,
     /// Least time between two samples of the loop state.
     pub min_interval: Duration,
     /// Least time between two samples of the cost sums.
@@ -320,10 +320,7 @@ struct Progress {
 }
 
 impl LoopSampler {
-    pub fn new(
-        db: DatabaseConnection,
-        clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>,
-    ) -> Self {
+    pub fn new(db: DatabaseConnection, clock: crate::clock::SharedClock) -> Self {
         Self {
             db,
             clock,
@@ -353,7 +350,7 @@ impl LoopSampler {
         if !state_due && !cost_due {
             return Ok(());
         }
-        let now = (self.clock)();
+        let now = self.clock.now();
         let tx = self.db.begin().await?;
         if tx.get_database_backend() == DbBackend::Postgres {
             let ms = crate::telemetry::SCRAPE_SAMPLE_BUDGET.as_millis();

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
+use opsloop_core::clock::ManualClock;
 use opsloop_core::domain::input::{
     Limits, NewEvent, NewProposal, ProposalSource, StepKind, StepSpec,
 };
@@ -172,8 +173,11 @@ async fn scenario(db: &TestDb) {
 
     // The sampler publishes them; the scrape carries HELP text.
     let _ = opsloop_core::telemetry::prometheus();
-    let sampler = LoopSampler::new(conn.clone(), Arc::new(|| t0() + Duration::seconds(60)))
-        .with_intervals(std::time::Duration::ZERO, std::time::Duration::ZERO);
+    let sampler = LoopSampler::new(
+        conn.clone(),
+        Arc::new(ManualClock::new(t0() + Duration::seconds(60))),
+    )
+    .with_intervals(std::time::Duration::ZERO, std::time::Duration::ZERO);
     sampler.sample_now().await.expect("sample");
     let text = opsloop_core::telemetry::render_metrics();
     for line in [

@@ -1635,7 +1635,7 @@ mod tests {
             auth,
             audit: None,
             limits: Limits::DEFAULT,
-            clock: Arc::new(Utc::now),
+            clock: opsloop_core::clock::SystemClock::shared(),
             policy: workflow::PolicyCache::new(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             steps: workflow::notify::StepNotifier::new(),

@@ -26,8 +26,8 @@ use tonic::{Response, Status};
 
 use opsloop_core::auth::Auth;
 
-/// Where "now" comes from; tests may pin it.
-pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+/// Where "now" comes from (core's one clock); tests may pin it.
+pub type Clock = opsloop_core::clock::SharedClock;
 
 /// The state behind every gRPC service of the api.
 #[derive(Clone)]
@@ -49,7 +49,7 @@ pub struct Api {
 
 impl Api {
     pub fn now(&self) -> DateTime<Utc> {
-        (self.clock)()
+        self.clock.now()
     }
 
     pub(crate) fn audit(&self) -> Option<&AuditLog> {

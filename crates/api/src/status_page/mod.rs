@@ -324,7 +324,7 @@ impl StatusPage {
     /// Checks the components, records their samples and reads the rest.
     async fn build(&self) -> Snapshot {
         let inner = &self.inner;
-        let now = (inner.clock)();
+        let now = inner.clock.now();
         let (_, ready) = inner.readiness.evaluate().await;
         let check = |name: &str| -> Check {
             let entry = &ready["checks"][name];

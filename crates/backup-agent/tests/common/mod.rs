@@ -11,11 +11,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use opsloop_backup_agent::agent::{Agent, AgentDeps, AgentError};
 use opsloop_backup_agent::config::{BackupConfig, BackupSettings, TargetSettings};
-use opsloop_backup_agent::schedule::ManualClock;
 use opsloop_backup_agent::store::LocalStore;
 use opsloop_core::audit::AuditLog;
 use opsloop_core::bus::memory::MemoryBus;
 use opsloop_core::bus::{Bus, BusMessage, QueueSpec, Subscription};
+use opsloop_core::clock::ManualClock;
 use opsloop_core::config::AuditSettings;
 use opsloop_core::secrets::SecretStore;
 use opsloop_core::store::testing::TestDb;
@@ -105,7 +105,7 @@ pub fn harness(
     let config = BackupConfig::new(settings, &catalog.url).expect("valid settings");
     let bus = MemoryBus::new();
     let store = LocalStore::new(dir.path().join("backups"));
-    let clock = ManualClock::new(at("2026-11-23T10:00:00Z"));
+    let clock = Arc::new(ManualClock::new(at("2026-11-23T10:00:00Z")));
     let audit = Arc::new(AuditLog::new(&AuditSettings {
         log_path: dir.path().join("audit.jsonl"),
         ..AuditSettings::default()
