@@ -196,6 +196,9 @@ impl DaemonProcess {
                 let _ = self.child.kill();
                 panic!("process did not exit within {timeout:?} of SIGTERM");
             }
+            // A synchronous wait for a child process (also called from Drop),
+            // outside any runtime.
+            #[allow(clippy::disallowed_methods)]
             std::thread::sleep(Duration::from_millis(20));
         }
     }
