@@ -6,6 +6,10 @@
 //! replica's [`listen`] task, which bumps that replica's [`StepNotifier`]. On
 //! SQLite the api calls [`StepNotifier::notify`] itself after such a change
 //! (one process owns the file). A waiting claim wakes only for its kinds.
+//! The hot paths (the one-statement submit and completion) send theirs in a
+//! statement of their own right after the commit (`notify_after`): a
+//! `NOTIFY` inside a transaction serializes its commit with every other
+//! notifying commit.
 //!
 //! What a wake costs: one claim statement per waiting claim of that kind. An
 //! idle fleet gets no wake-ups, so each worker issues one claim statement
