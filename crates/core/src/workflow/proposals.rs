@@ -86,9 +86,33 @@ pub async fn submit_proposal_cached(
     let now = db_now(now);
     let proposal = proposal.validate(&crate::domain::input::Limits::DEFAULT)?;
     match submit_fast(db, cache, proposal, now).await? {
-        Fast::Done(outcome) => Ok(*outcome),
+        Fast::Done(outcome) => {
+            super::notify::notify_after(db, &woken_kinds(&outcome)).await;
+            Ok(*outcome)
+        }
         Fast::Transactional(proposal) => submit_proposal_tx(db, *proposal, now).await,
     }
+}
+
+/// The kinds of the steps a submit made claimable at once (the first step
+/// of a new mission, or every step of a parallel one); none when it made no
+/// mission. What the one-statement submit announces after its commit.
+fn woken_kinds(outcome: &SubmitOutcome) -> Vec<String> {
+    if outcome.deduplicated || outcome.proposal.mission_id.is_none() {
+        return Vec::new();
+    }
+    let take = if outcome.proposal.proposal.parallel {
+        usize::MAX
+    } else {
+        1
+    };
+    outcome
+        .proposal
+        .steps()
+        .into_iter()
+        .take(take)
+        .map(|s| s.kind.as_str().to_owned())
+        .collect()
 }
 
 /// Up to 1,000 proposals in one transaction, each judged exactly as
@@ -137,6 +161,8 @@ async fn submit_batch(
     let postgres = db.get_database_backend() == DbBackend::Postgres;
     let tx = begin_write(db).await?;
     let mut results = Vec::with_capacity(items.len());
+    // Announced after the commit (the transactional path notifies inside).
+    let mut woken = Vec::new();
     for item in items {
         let proposal = match item {
             Ok(p) => p.clone(),
@@ -157,7 +183,10 @@ async fn submit_batch(
         let conn = savepoint.as_ref().unwrap_or(&tx);
         let outcome = if postgres {
             match submit_fast(conn, cache, proposal, now).await {
-                Ok(Fast::Done(outcome)) => Ok(*outcome),
+                Ok(Fast::Done(outcome)) => {
+                    woken.extend(woken_kinds(&outcome));
+                    Ok(*outcome)
+                }
                 Ok(Fast::Transactional(proposal)) => submit_proposal_in(conn, *proposal, now).await,
                 Err(e) => Err(e),
             }
@@ -184,6 +213,7 @@ async fn submit_batch(
         }
     }
     tx.commit().await?;
+    super::notify::notify_after(db, &woken).await;
     Ok(Some(results))
 }
 
@@ -393,8 +423,6 @@ async fn write_submit(
                    "step_kinds": kinds, "policy_version": policy.version}),
     )];
     let mut mission_id = None;
-    // Wakes long-polling claims of the new mission's first steps.
-    let mut notify = None;
     match decision {
         Decision::Approve => {
             let mid = Uuid::now_v7();
@@ -431,20 +459,6 @@ async fn write_submit(
                     now_p = p.push(now),
                 ));
             }
-            // The steps claimable at once: the first, or all when parallel.
-            let woken: Vec<String> = proposal
-                .steps
-                .iter()
-                .take(if model.parallel { usize::MAX } else { 1 })
-                .map(|s| p.push(s.kind.as_str().to_owned()))
-                .map(|k| format!("({k}::text)"))
-                .collect();
-            if !woken.is_empty() {
-                notify = Some(super::notify::notify_sql(
-                    "w.k",
-                    &format!("FROM m CROSS JOIN (VALUES {}) w(k)", woken.join(", ")),
-                ));
-            }
             let mut started = KnownEvent::new(
                 "mission.started",
                 json!({"title": model.title, "step_count": proposal.steps.len(),
@@ -463,10 +477,9 @@ async fn write_submit(
         event.proposal_id = Some(id);
     }
     sql.push_str(&events_ctes(&mut p, &events, "p", now));
+    // Long polls are woken after the commit (`notify_after`), not by a
+    // NOTIFY here: see there why.
     sql.push_str(" SELECT (SELECT fp FROM v) AS fp, (SELECT count(*) FROM p) AS inserted");
-    if let Some(notify) = notify {
-        sql.push_str(&format!(", {notify} AS woke"));
-    }
 
     let row = db
         .query_one_raw(stmt(DbBackend::Postgres, &sql, p.values))
