@@ -118,23 +118,40 @@ pub async fn connect(url: &str, opts: &PoolOptions) -> Result<DatabaseConnection
         // lines would drown the JSON logs.
         .sqlx_logging(false);
 
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    let pool_error = |error: DbErr| StoreError::Connect {
+        url: redact_url(url),
+        reason: error.to_string(),
+    };
+    let mut db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         options.set_application_name("opsloop");
-        probe_postgres(url, opts.connect_timeout).await?;
+        // The probe and the pool's first connection run side by side, so a
+        // healthy start pays one connection set-up (TLS and login are most
+        // of a daemon's start-up), not two in a row; a failed probe ends the
+        // start at once with its reason.
+        let probe = probe_postgres(url, opts.connect_timeout);
+        let pool = Database::connect(options);
+        tokio::pin!(probe, pool);
+        tokio::select! {
+            probed = &mut probe => {
+                probed?;
+                pool.await.map_err(pool_error)?
+            }
+            connected = &mut pool => match connected {
+                Ok(db) => db,
+                Err(error) => {
+                    probe.await?;
+                    return Err(pool_error(error));
+                }
+            },
+        }
     } else if url.starts_with("sqlite:") {
         prepare_sqlite(url, &mut options)?;
+        Database::connect(options).await.map_err(pool_error)?
     } else {
         return Err(StoreError::UnsupportedUrl {
             url: redact_url(url),
         });
-    }
-
-    let mut db = Database::connect(options)
-        .await
-        .map_err(|error| StoreError::Connect {
-            url: redact_url(url),
-            reason: error.to_string(),
-        })?;
+    };
     observe::instrument(&mut db, opts.max_connections.max(1));
     Ok(db)
 }
