@@ -206,7 +206,8 @@ fn event_row(e: &Event) -> Vec<String> {
 async fn tail(args: TailArgs, globals: &Globals) -> anyhow::Result<()> {
     let mut conn = Connection::open(globals, Daemon::Api).await?;
     let mut cursor = args.from_seq;
-    let mut wait = Duration::from_millis(500);
+    let mut wait =
+        opsloop_core::domain::Doubling::new(Duration::from_millis(500), Duration::from_secs(10));
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
@@ -229,7 +230,7 @@ async fn tail(args: TailArgs, globals: &Globals) -> anyhow::Result<()> {
                     };
                     match next {
                         Ok(Some(message)) => {
-                            wait = Duration::from_millis(500);
+                            wait.reset();
                             let Some(event) = message.event else { continue };
                             if cursor.is_some_and(|c| event.seq <= c) {
                                 continue;
@@ -251,13 +252,12 @@ async fn tail(args: TailArgs, globals: &Globals) -> anyhow::Result<()> {
         let from = cursor.map_or_else(|| "now".to_owned(), |c| format!("seq {c}"));
         eprintln!(
             "event tail: {broken}; resuming after {from} in {:.1}s",
-            wait.as_secs_f64()
+            wait.peek().as_secs_f64()
         );
         tokio::select! {
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep(wait.next_delay()) => {}
             _ = &mut ctrl_c => return Ok(()),
         }
-        wait = (wait * 2).min(Duration::from_secs(10));
         if let Ok(fresh) = Connection::open(globals, Daemon::Api).await {
             conn = fresh;
         }

@@ -136,7 +136,10 @@ pub async fn connect_database(
     let options = store::PoolOptions::from(settings);
     let budget = std::time::Duration::from_secs(settings.start_wait_secs);
     let started = tokio::time::Instant::now();
-    let mut pause = std::time::Duration::from_secs(1);
+    let mut pause = crate::domain::Doubling::new(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(30),
+    );
     loop {
         let error = match store::connect(url, &options).await {
             Ok(db) => return Ok(db),
@@ -144,21 +147,20 @@ pub async fn connect_database(
             Err(error) => return Err(error),
         };
         let waited = started.elapsed();
-        if waited + pause > budget {
+        if waited + pause.peek() > budget {
             return Err(error);
         }
         tracing::warn!(
             %error,
-            retry_in_secs = pause.as_secs(),
+            retry_in_secs = pause.peek().as_secs(),
             waited_secs = waited.as_secs(),
             "database unreachable at start; retrying (database.start_wait_secs = {})",
             settings.start_wait_secs
         );
         tokio::select! {
             _ = shutdown.cancelled() => return Err(error),
-            _ = tokio::time::sleep(pause) => {}
+            _ = tokio::time::sleep(pause.next_delay()) => {}
         }
-        pause = (pause * 2).min(std::time::Duration::from_secs(30));
     }
 }
 

@@ -25,6 +25,7 @@ use super::{
     Acker, Bus, BusError, BusMessage, Delivery, QueueSpec, Subscription, SubscriptionInner,
 };
 use crate::config::{BusSettings, QueueType};
+use crate::domain::Doubling;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const LINK_POLL: Duration = Duration::from_millis(200);
@@ -89,8 +90,10 @@ impl Drop for Shared {
 }
 
 async fn manage_connection(shared: Arc<Shared>) {
-    let max_backoff = Duration::from_millis(shared.settings.reconnect_max_backoff_ms.max(100));
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Doubling::new(
+        MIN_BACKOFF,
+        Duration::from_millis(shared.settings.reconnect_max_backoff_ms.max(100)),
+    );
     let mut had_link = false;
     super::record_connection_state("connecting");
     loop {
@@ -100,7 +103,7 @@ async fn manage_connection(shared: Arc<Shared>) {
         match establish(&shared).await {
             Ok(link) => {
                 super::record_connection_state("connected");
-                backoff = MIN_BACKOFF;
+                backoff.reset();
                 tracing::info!(
                     exchange = %shared.settings.exchange,
                     reconnect = had_link,
@@ -118,14 +121,13 @@ async fn manage_connection(shared: Arc<Shared>) {
                 tracing::warn!("lost the RabbitMQ connection; reconnecting");
             }
             Err(error) => {
-                tracing::warn!(%error, backoff_ms = backoff.as_millis() as u64, "cannot reach RabbitMQ; retrying");
+                tracing::warn!(%error, backoff_ms = backoff.peek().as_millis() as u64, "cannot reach RabbitMQ; retrying");
             }
         }
         tokio::select! {
             _ = shared.stop.cancelled() => break,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        backoff = (backoff * 2).min(max_backoff);
     }
     super::record_connection_state("closed");
 }

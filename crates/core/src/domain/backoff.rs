@@ -1,5 +1,8 @@
-//! Retry backoff of failed steps: exponential in the attempt number, capped,
-//! with jitter so that steps failing together do not retry together.
+//! Backoff, the one way: [`retry_delay`] for failed steps (exponential in the
+//! attempt number, capped, with jitter so that steps failing together do not
+//! retry together), and [`Doubling`], the delay of a loop that retries
+//! something unavailable (reconnects, the outbox relay, long-poll listeners,
+//! waiting for the database at start).
 
 use std::time::Duration;
 
@@ -41,6 +44,44 @@ pub fn retry_delay(backoff: Backoff, attempt: u32, jitter: f64) -> Duration {
     half + half.mul_f64(jitter)
 }
 
+/// A delay that doubles after each failed try up to a cap, and starts over
+/// after a success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Doubling {
+    start: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Doubling {
+    /// Starts at `start` (at least 1 ms) and never exceeds `max` (at least `start`).
+    pub fn new(start: Duration, max: Duration) -> Self {
+        let start = start.max(Duration::from_millis(1));
+        Self {
+            start,
+            max: max.max(start),
+            current: start,
+        }
+    }
+
+    /// The delay to wait now; the next one is twice as long (capped).
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.current;
+        self.current = self.current.saturating_mul(2).min(self.max);
+        delay
+    }
+
+    /// The delay [`Doubling::next_delay`] will return.
+    pub fn peek(&self) -> Duration {
+        self.current
+    }
+
+    /// Back to the start, after a success.
+    pub fn reset(&mut self) {
+        self.current = self.start;
+    }
+}
+
 /// A jitter value from the thread's random generator.
 pub fn random_jitter() -> f64 {
     rand::random::<f64>()
@@ -49,6 +90,17 @@ pub fn random_jitter() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn doubling_doubles_to_its_cap_and_starts_over() {
+        let mut d = Doubling::new(Duration::from_millis(100), Duration::from_millis(500));
+        let delays: Vec<u128> = (0..5).map(|_| d.next_delay().as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 500, 500]);
+        d.reset();
+        assert_eq!(d.peek(), Duration::from_millis(100));
+        let mut odd = Doubling::new(Duration::ZERO, Duration::ZERO);
+        assert_eq!(odd.next_delay(), Duration::from_millis(1));
+    }
 
     #[test]
     fn exponential_capped_and_jittered() {

@@ -13,7 +13,7 @@ pub mod rollout;
 pub mod rule_spec;
 pub mod status;
 
-pub use backoff::{Backoff, retry_delay};
+pub use backoff::{Backoff, Doubling, retry_delay};
 pub use gate::{Decision, GateInput, GatePlan, GateRejection, KindGate, StopState};
 pub use input::{
     DedupeKey, EventKind, JsonDocument, Limits, NewEvent, NewProposal, ProposalSource, StepKind,

@@ -211,7 +211,8 @@ pub async fn listen(db: DatabaseConnection, notifier: StepNotifier, shutdown: Ca
         return;
     }
     let pool = db.get_postgres_connection_pool().clone();
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff =
+        crate::domain::Doubling::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         let session = async {
             let mut listener = sea_orm::sqlx::postgres::PgListener::connect_with(&pool).await?;
@@ -244,9 +245,8 @@ pub async fn listen(db: DatabaseConnection, notifier: StepNotifier, shutdown: Ca
         }
         tokio::select! {
             () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
     notifier.close();
 }

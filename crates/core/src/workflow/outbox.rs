@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Result, db_now, stmt};
 use crate::bus::{Bus, BusMessage};
+use crate::domain::Doubling;
 use crate::store::entities::outbox;
 
 /// Serializes relay passes on SQLite within the process.
@@ -192,26 +193,22 @@ pub async fn run_relay(
     settings: RelaySettings,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Doubling::new(Duration::from_millis(100), settings.max_backoff);
     tracing::info!(batch = settings.batch, "outbox relay started");
     loop {
         let wait = match relay_once(&db, bus.as_ref(), settings.batch).await {
-            Ok(pass) if pass.failed => {
-                backoff = (backoff * 2).min(settings.max_backoff);
-                backoff
-            }
+            Ok(pass) if pass.failed => backoff.next_delay(),
             Ok(pass) if pass.published as u64 >= settings.batch => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 Duration::ZERO
             }
             Ok(_) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 settings.idle
             }
             Err(error) => {
                 tracing::warn!(%error, "outbox relay pass failed");
-                backoff = (backoff * 2).min(settings.max_backoff);
-                backoff
+                backoff.next_delay()
             }
         };
         if let Ok(lag) = lag_seconds(&db).await {
