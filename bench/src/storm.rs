@@ -295,6 +295,11 @@ pub async fn storm(env: &Env, args: StormArgs) -> Outcome {
     let stopping = Instant::now();
     let stopped = alerter.stop().await;
     let stop_s = stopping.elapsed().as_secs_f64();
+    // The scratch directory goes at the end: the alerter's log is kept
+    // when its stop failed, or always with OPSLOOP_BENCH_KEEP_LOGS set.
+    let kept = (stopped.is_err() || std::env::var_os(KEEP_LOGS).is_some())
+        .then(|| keep_log(&log))
+        .flatten();
     if let Some(am) = am
         && let Err(error) = am.stop().await
     {
@@ -311,9 +316,13 @@ pub async fn storm(env: &Env, args: StormArgs) -> Outcome {
             .target("<= 10 s (drain bound)")
             .opsloop(stop_s)
             .met(Some(stopped.is_ok()))
-            .note(match &stopped {
-                Ok(()) => "clean exit".to_owned(),
-                Err(error) => format!("{error:#}; killed"),
+            .note(match (&stopped, &kept) {
+                (Ok(()), None) => "clean exit".to_owned(),
+                (Ok(()), Some(path)) => format!("clean exit; log kept at {}", path.display()),
+                (Err(error), None) => format!("{error:#}; killed"),
+                (Err(error), Some(path)) => {
+                    format!("{error:#}; killed; log kept at {}", path.display())
+                }
             }),
     );
     Ok((
@@ -328,6 +337,28 @@ pub async fn storm(env: &Env, args: StormArgs) -> Outcome {
             "alertmanager": base.map(|b| &b.detail),
         }),
     ))
+}
+
+/// Set (to anything) to keep the alerter's log after the run.
+const KEEP_LOGS: &str = "OPSLOOP_BENCH_KEEP_LOGS";
+
+/// Copies the alerter's log out of the scratch directory (removed at the
+/// end) to `$TMPDIR/opsloop-bench-storm-alerter-<unix seconds>.log`.
+fn keep_log(log: &std::path::Path) -> Option<std::path::PathBuf> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let kept = std::env::temp_dir().join(format!("opsloop-bench-storm-alerter-{stamp}.log"));
+    match std::fs::copy(log, &kept) {
+        Ok(_) => {
+            eprintln!("storm: alerter log kept at {}", kept.display());
+            Some(kept)
+        }
+        Err(error) => {
+            eprintln!("storm: cannot keep the alerter log: {error}");
+            None
+        }
+    }
 }
 
 /// The phases, on every side in turn.

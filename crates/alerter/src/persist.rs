@@ -1,12 +1,14 @@
 //! Writes alert state to the database off the dispatcher's lock, in the
-//! order the dispatcher produced it: saves of merged alerts, notification
-//! log rows and deletes of forgotten alerts go through one queue to one
-//! writer task, which folds the saves and log rows waiting together into
-//! one transaction of multi-row statements (group commit): a storm costs
-//! a few commits a second, not one per alert or per delivery. A poster
-//! awaits its save before it is answered, while the flush loop goes on:
-//! an alert can reach its receiver before its row commits (if that commit
-//! fails the poster hears so and sends again; the group dedupes it).
+//! order the dispatcher produced it. Two writer tasks, each on its own
+//! connection: one for alert rows (saves of merged alerts and deletes of
+//! forgotten ones, one queue), one for notification log rows. Each folds
+//! what waits together into one transaction of multi-row statements (group
+//! commit): a storm costs a few commits a second, not one per alert or per
+//! delivery, and a post never waits behind log rows (nor a delivery's log
+//! row behind a backlog of posted alerts). A poster awaits its save before
+//! it is answered, while the flush loop goes on: an alert can reach its
+//! receiver before its row commits (if that commit fails the poster hears
+//! so and sends again; the group dedupes it).
 //!
 //! Durability: a poster is answered 200 once its batch has committed. By
 //! default (`alerter.commit_fsync = false`) that commit does not wait for
@@ -42,16 +44,21 @@ enum Job {
         at: DateTime<Utc>,
         done: oneshot::Sender<Result<(), String>>,
     },
-    Log {
-        record: LogRecord,
-        done: oneshot::Sender<Result<(), String>>,
-    },
     Delete(Vec<Fingerprint>),
 }
 
-/// The handle of the writer task; the task ends when the handle is dropped.
+/// A notification log row waiting for its transaction, and who waits.
+type LogJob = (LogRecord, oneshot::Sender<Result<(), String>>);
+
+/// The handles of the writer tasks; the tasks end when the handle is
+/// dropped. Alert rows (saves and deletes, in the dispatcher's order) and
+/// notification log rows go to two writers on their own connections, so a
+/// post never waits behind log rows and a delivery's log row never waits
+/// behind a backlog of posted alerts (the two tables are independent: a
+/// log row names a group and fingerprints, not alert rows).
 pub struct Persister {
-    queue: mpsc::UnboundedSender<Job>,
+    alerts: mpsc::UnboundedSender<Job>,
+    logs: mpsc::UnboundedSender<LogJob>,
     /// Alerts queued and not yet committed (for back-pressure).
     queued: Arc<AtomicUsize>,
 }
@@ -71,12 +78,18 @@ impl PendingSave {
 }
 
 impl Persister {
-    /// Starts the writer task on the current runtime.
+    /// Starts the writer tasks on the current runtime.
     pub fn start(store: AlertStore) -> Self {
-        let (queue, jobs) = mpsc::unbounded_channel();
+        let (alerts, jobs) = mpsc::unbounded_channel();
+        let (logs, log_jobs) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(write_loop(store, jobs, queued.clone()));
-        Self { queue, queued }
+        tokio::spawn(write_loop(store.clone(), jobs, queued.clone()));
+        tokio::spawn(log_loop(store, log_jobs));
+        Self {
+            alerts,
+            logs,
+            queued,
+        }
     }
 
     /// Alerts queued and not yet committed.
@@ -91,7 +104,7 @@ impl Persister {
         let count = alerts.len();
         self.queued.fetch_add(count, Ordering::Relaxed);
         if let Err(mpsc::error::SendError(Job::Save { done, .. })) =
-            self.queue.send(Job::Save { alerts, at, done })
+            self.alerts.send(Job::Save { alerts, at, done })
         {
             self.queued.fetch_sub(count, Ordering::Relaxed);
             let _ = done.send(Err("the alert writer has stopped".into()));
@@ -99,13 +112,12 @@ impl Persister {
         PendingSave(committed)
     }
 
-    /// Queues a notification log row; it commits with the next batch.
+    /// Queues a notification log row; it commits with the next batch of
+    /// log rows.
     pub fn log(&self, record: LogRecord) -> PendingSave {
         let (done, committed) = oneshot::channel();
-        if let Err(mpsc::error::SendError(Job::Log { done, .. })) =
-            self.queue.send(Job::Log { record, done })
-        {
-            let _ = done.send(Err("the alert writer has stopped".into()));
+        if let Err(mpsc::error::SendError((_, done))) = self.logs.send((record, done)) {
+            let _ = done.send(Err("the notification log writer has stopped".into()));
         }
         PendingSave(committed)
     }
@@ -115,24 +127,20 @@ impl Persister {
     /// are resolved alerts a restart would notify as resolved at most once).
     pub fn delete(&self, fingerprints: Vec<Fingerprint>) {
         if !fingerprints.is_empty() {
-            let _ = self.queue.send(Job::Delete(fingerprints));
+            let _ = self.alerts.send(Job::Delete(fingerprints));
         }
     }
 }
 
-/// What one transaction will write, and who waits for it.
-#[derive(Default)]
-struct Batch {
-    saves: Vec<QueuedSave>,
-    logs: Vec<(LogRecord, oneshot::Sender<Result<(), String>>)>,
-}
-
+/// The alert rows' writer: saves waiting together commit in one
+/// transaction; a delete commits after the saves queued before it.
 async fn write_loop(
     store: AlertStore,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     queued: Arc<AtomicUsize>,
 ) {
     let mut pending: Vec<Job> = Vec::new();
+    let mut saves: Vec<QueuedSave> = Vec::new();
     while let Some(first) = jobs.recv().await {
         pending.push(first);
         while pending.len() < MAX_BATCH {
@@ -141,53 +149,68 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        let mut batch = Batch::default();
         for job in pending.drain(..) {
             match job {
-                Job::Save { alerts, at, done } => batch.saves.push((alerts, at, done)),
-                Job::Log { record, done } => batch.logs.push((record, done)),
+                Job::Save { alerts, at, done } => saves.push((alerts, at, done)),
                 Job::Delete(fingerprints) => {
-                    flush(&store, &mut batch, &queued).await;
+                    flush_saves(&store, &mut saves, &queued).await;
                     if let Err(error) = store.delete_alerts(&fingerprints).await {
                         tracing::warn!(%error, "cannot delete resolved alerts");
                     }
                 }
             }
         }
-        flush(&store, &mut batch, &queued).await;
+        flush_saves(&store, &mut saves, &queued).await;
     }
 }
 
-async fn flush(store: &AlertStore, batch: &mut Batch, queued: &AtomicUsize) {
-    if batch.saves.is_empty() && batch.logs.is_empty() {
+async fn flush_saves(store: &AlertStore, saves: &mut Vec<QueuedSave>, queued: &AtomicUsize) {
+    if saves.is_empty() {
         return;
     }
-    let stamped: Vec<(&Alert, DateTime<Utc>)> = batch
-        .saves
+    let stamped: Vec<(&Alert, DateTime<Utc>)> = saves
         .iter()
         .flat_map(|(alerts, at, _)| alerts.iter().map(|alert| (alert, *at)))
         .collect();
     let count = stamped.len();
-    let entries: Vec<_> = batch
-        .logs
-        .iter()
-        .map(|(record, _)| record.entry())
-        .collect();
     let result = store
-        .write_batch(&stamped, &entries)
+        .write_batch(&stamped, &[])
         .await
         .map_err(|error| error.to_string());
     drop(stamped);
-    drop(entries);
     queued.fetch_sub(count, Ordering::Relaxed);
     if let Err(error) = &result {
-        tracing::warn!(%error, alerts = count, log_rows = batch.logs.len(), "cannot save alerts");
+        tracing::warn!(%error, alerts = count, "cannot save alerts");
     }
-    for (_, _, done) in batch.saves.drain(..) {
+    for (_, _, done) in saves.drain(..) {
         let _ = done.send(result.clone());
     }
-    for (_, done) in batch.logs.drain(..) {
-        let _ = done.send(result.clone());
+}
+
+/// The notification log's writer: rows waiting together commit in one
+/// transaction, in queue order.
+async fn log_loop(store: AlertStore, mut jobs: mpsc::UnboundedReceiver<LogJob>) {
+    let mut batch: Vec<LogJob> = Vec::new();
+    while let Some(first) = jobs.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let entries: Vec<_> = batch.iter().map(|(record, _)| record.entry()).collect();
+        let result = store
+            .write_batch(&[], &entries)
+            .await
+            .map_err(|error| error.to_string());
+        drop(entries);
+        if let Err(error) = &result {
+            tracing::warn!(%error, log_rows = batch.len(), "cannot write the notification log");
+        }
+        for (_, done) in batch.drain(..) {
+            let _ = done.send(result.clone());
+        }
     }
 }
 
@@ -286,11 +309,14 @@ mod tests {
     async fn a_stopped_writer_fails_what_is_queued() {
         let db = fresh_sqlite().await;
         let store = AlertStore::new(db.db.clone());
-        // Built without its task: the queue has no reader.
-        let (queue, jobs) = mpsc::unbounded_channel();
+        // Built without its tasks: the queues have no reader.
+        let (alerts, jobs) = mpsc::unbounded_channel();
         drop(jobs);
+        let (logs, log_jobs) = mpsc::unbounded_channel();
+        drop(log_jobs);
         let persister = Persister {
-            queue,
+            alerts,
+            logs,
             queued: Arc::new(AtomicUsize::new(0)),
         };
         let failed = persister

@@ -160,6 +160,10 @@ const RETRY_AFTER_SECS: u64 = 1;
 /// alerts are in the database). Inside the daemon's default drain bound.
 const DELIVERY_GRACE: Duration = Duration::from_secs(4);
 
+/// After the grace, how long abandoned deliveries may take to unwind
+/// (those already answered wait for their log row).
+const ABANDON_WAIT: Duration = Duration::from_secs(2);
+
 /// How often the alert gauges are recomputed.
 const GAUGE_EVERY: chrono::Duration = chrono::Duration::seconds(5);
 
@@ -712,24 +716,43 @@ impl Alerter {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+        let stopping = std::time::Instant::now();
         {
             let _dispatcher = self.dispatcher.lock().await;
             let left = self.lock_queues().stop();
-            if left > 0 {
-                tracing::info!(
-                    waiting = left,
-                    "stopping: notifications still waiting for a delivery slot are left for the next start"
-                );
-            }
+            tracing::info!(
+                waiting = left,
+                in_flight = self.tracker.len(),
+                "stopping: no new deliveries; those waiting for a slot are left for the next start"
+            );
         }
         self.tracker.close();
         if tokio::time::timeout(DELIVERY_GRACE, self.tracker.wait())
             .await
             .is_err()
         {
+            tracing::warn!(
+                in_flight = self.tracker.len(),
+                "stopping: deliveries still in flight after the grace are abandoned"
+            );
             self.abandon.cancel();
-            self.tracker.wait().await;
+            // What is left waits for its log row or the dispatcher (the
+            // HTTP requests were dropped): bounded, so the exit stays
+            // within the drain bound whatever the database does.
+            if tokio::time::timeout(ABANDON_WAIT, self.tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    left = self.tracker.len(),
+                    "stopping: deliveries not confirmed in time; the next start may send them again"
+                );
+            }
         }
+        tracing::info!(
+            took_ms = stopping.elapsed().as_millis() as u64,
+            "stopping: deliveries settled"
+        );
         if let Some(lease) = &self.lease
             && let Err(error) = lease.release(self.now()).await
         {
