@@ -10,74 +10,16 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use opsloop_core::domain::Doubling;
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use crate::group::Notification;
 use crate::receivers::{ConfiguredReceiver, RenderContext, Target, local, truncate};
 
-/// The time source and sleeper of the engine.
-#[async_trait]
-pub trait Clock: Send + Sync {
-    fn now(&self) -> DateTime<Utc>;
-    async fn sleep(&self, duration: Duration);
-}
-
-/// The real clock.
-pub struct SystemClock;
-
-#[async_trait]
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-    async fn sleep(&self, duration: Duration) {
-        tokio::time::sleep(duration).await;
-    }
-}
-
-/// A clock that only moves when slept on: sleeping advances it at once and
-/// records the duration. For tests.
-pub struct ManualClock {
-    now: Mutex<DateTime<Utc>>,
-    slept: Mutex<Vec<Duration>>,
-}
-
-impl ManualClock {
-    pub fn new(start: DateTime<Utc>) -> Self {
-        Self {
-            now: Mutex::new(start),
-            slept: Mutex::new(Vec::new()),
-        }
-    }
-
-    pub fn advance(&self, by: Duration) {
-        let mut now = self.now.lock().unwrap_or_else(|p| p.into_inner());
-        *now += chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
-    }
-
-    /// Every sleep so far.
-    pub fn slept(&self) -> Vec<Duration> {
-        self.slept.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-#[async_trait]
-impl Clock for ManualClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self.now.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    async fn sleep(&self, duration: Duration) {
-        self.slept
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(duration);
-        self.advance(duration);
-        tokio::task::yield_now().await;
-    }
-}
+/// The time source and sleeper of the engine: core's one clock.
+pub use opsloop_core::clock::{Clock, SystemClock};
 
 /// Retry settings (`[alerter.delivery]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -276,8 +218,10 @@ impl DeliveryEngine {
         started: DateTime<Utc>,
     ) -> Outcome {
         let deadline = started + to_chrono(Duration::from_millis(self.policy.max_total_ms));
-        let mut backoff = Duration::from_millis(self.policy.initial_backoff_ms.max(1));
-        let max_backoff = Duration::from_millis(self.policy.max_backoff_ms.max(1));
+        let mut backoff = Doubling::new(
+            Duration::from_millis(self.policy.initial_backoff_ms),
+            Duration::from_millis(self.policy.max_backoff_ms),
+        );
         let mut attempts = 0;
         loop {
             self.pace(receiver).await;
@@ -310,11 +254,10 @@ impl DeliveryEngine {
                     detail,
                 } => (status, after, detail),
             };
-            // The backoff plus up to half of it again as jitter (capped),
-            // so receivers recovering from an outage are not hit in lockstep.
-            let jitter = backoff.mul_f64(rand::random::<f64>() * 0.5);
-            let wait = after.unwrap_or((backoff + jitter).min(max_backoff));
-            backoff = (backoff * 2).min(max_backoff);
+            // Jittered, so receivers recovering from an outage are not hit
+            // in lockstep; a receiver's own Retry-After wins.
+            let own = backoff.next_jittered(rand::random::<f64>());
+            let wait = after.unwrap_or(own);
             if now + to_chrono(wait) > deadline {
                 return Outcome {
                     delivered: false,

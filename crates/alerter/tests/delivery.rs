@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Answer, LocalReceiver, alerter, posted, secrets, settings, start_time};
-use opsloop_alerter::delivery::{Clock, DeliveryEngine, ManualClock, RetryPolicy};
+use opsloop_alerter::delivery::{Clock, DeliveryEngine, RetryPolicy};
 use opsloop_alerter::group::Notification;
 use opsloop_alerter::model::{Alert, LabelSet};
 use opsloop_alerter::receivers::{self, LocalOutput, ReceiverConfig, ReceiverKind, RenderContext};
+use opsloop_core::clock::ManualClock;
 use opsloop_core::store::testing::fresh_postgres;
 use serde_json::json;
 

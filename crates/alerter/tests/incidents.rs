@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use common::{LocalReceiver, alerter, posted, secrets, settings, start_time};
 use opsloop_alerter::config::AlerterSettings;
-use opsloop_alerter::delivery::{Clock, ManualClock};
+use opsloop_alerter::delivery::Clock;
 use opsloop_alerter::incident::{Action, Level, State};
 use opsloop_alerter::incidents::{IncidentError, IncidentManager, incident_key};
+use opsloop_core::clock::ManualClock;
 use opsloop_core::secrets::SecretStore;
 use opsloop_core::store::testing::fresh_postgres;
 use sea_orm::ConnectionTrait;

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{alerter, json_lines, posted, secrets, settings, start_time};
-use opsloop_alerter::delivery::{Clock, ManualClock};
+use opsloop_alerter::delivery::Clock;
 use opsloop_alerter::matchers::Matcher;
 use opsloop_alerter::service::Alerter;
 use opsloop_alerter::silence::NewSilence;
+use opsloop_core::clock::ManualClock;
 use opsloop_core::store::testing::fresh_postgres;
 use serde_json::json;
 

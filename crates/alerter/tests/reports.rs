@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{LocalReceiver, alerter, secrets, settings, start_time};
-use opsloop_alerter::delivery::ManualClock;
 use opsloop_alerter::model::PostableAlert;
+use opsloop_core::clock::ManualClock;
 use opsloop_core::store::testing::fresh_postgres;
 use serde_json::{Value, json};
 

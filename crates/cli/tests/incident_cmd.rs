@@ -16,8 +16,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use opsloop_alerter::AlerterApp;
-use opsloop_alerter::delivery::{Clock, ManualClock};
+use opsloop_alerter::delivery::Clock;
 use opsloop_core::auth::{self, Role};
+use opsloop_core::clock::ManualClock;
 use opsloop_core::config::{ConfigSources, load};
 use opsloop_core::daemon::Infra;
 use opsloop_core::secrets::SecretStore;

@@ -71,6 +71,19 @@ impl Doubling {
         delay
     }
 
+    /// [`Doubling::next_delay`] plus up to half of it again as jitter
+    /// (`jitter` in [0, 1]), capped, so that peers recovering together do
+    /// not retry in lockstep.
+    pub fn next_jittered(&mut self, jitter: f64) -> Duration {
+        let delay = self.next_delay();
+        let jitter = if jitter.is_finite() {
+            jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        (delay + delay.mul_f64(jitter * 0.5)).min(self.max)
+    }
+
     /// The delay [`Doubling::next_delay`] will return.
     pub fn peek(&self) -> Duration {
         self.current
@@ -98,6 +111,10 @@ mod tests {
         assert_eq!(delays, [100, 200, 400, 500, 500]);
         d.reset();
         assert_eq!(d.peek(), Duration::from_millis(100));
+        let mut jittered = Doubling::new(Duration::from_millis(100), Duration::from_millis(250));
+        assert_eq!(jittered.next_jittered(1.0), Duration::from_millis(150));
+        assert_eq!(jittered.next_jittered(1.0), Duration::from_millis(250));
+        assert_eq!(jittered.next_jittered(f64::NAN), Duration::from_millis(250));
         let mut odd = Doubling::new(Duration::ZERO, Duration::ZERO);
         assert_eq!(odd.next_delay(), Duration::from_millis(1));
     }
