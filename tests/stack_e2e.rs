@@ -47,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-#[allow(clippy::all, clippy::pedantic)]
+#[allow(clippy::all, clippy::pedantic, unreachable_pub)]
 mod wire {
     tonic::include_proto!("opsloop.v1");
 }

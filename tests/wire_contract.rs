@@ -11,7 +11,7 @@ use opsloop_core::secrets::SecretStore;
 use opsloop_core::store::testing::fresh_postgres;
 use tokio_util::sync::CancellationToken;
 
-#[allow(clippy::all, clippy::pedantic)]
+#[allow(clippy::all, clippy::pedantic, unreachable_pub)]
 mod wire {
     tonic::include_proto!("opsloop.v1");
 }

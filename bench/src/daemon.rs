@@ -15,13 +15,13 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 
 /// A free loopback port (bound and released; the daemon binds it next).
-pub fn free_addr() -> anyhow::Result<SocketAddr> {
+pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
     Ok(listener.local_addr()?)
 }
 
 /// The status code of `GET path` on `addr`, if it answered.
-pub async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+pub(crate) async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     let attempt = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
         let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -38,7 +38,7 @@ pub async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
 }
 
 /// One daemon process.
-pub struct Daemon {
+pub(crate) struct Daemon {
     pub name: String,
     pub pid: u32,
     pub grpc: Option<SocketAddr>,
@@ -51,7 +51,7 @@ pub struct Daemon {
 }
 
 /// How to start a daemon.
-pub struct Launch<'a> {
+pub(crate) struct Launch<'a> {
     pub binary: &'a Path,
     pub name: &'a str,
     pub env: Vec<(String, String)>,
@@ -67,7 +67,7 @@ pub struct Launch<'a> {
 }
 
 impl Daemon {
-    pub async fn start(launch: Launch<'_>) -> anyhow::Result<Self> {
+    pub(crate) async fn start(launch: Launch<'_>) -> anyhow::Result<Self> {
         if !launch.binary.exists() {
             bail!(
                 "{} not found (build it: cargo build --release --bins)",
@@ -128,16 +128,16 @@ impl Daemon {
         })
     }
 
-    pub fn stats(&self) -> Option<ProcessStats> {
+    pub(crate) fn stats(&self) -> Option<ProcessStats> {
         ProcessStats::read_pid(&self.pid.to_string())
     }
 
-    pub fn sampler(&self) -> Sampler {
+    pub(crate) fn sampler(&self) -> Sampler {
         Sampler::start(self.pid)
     }
 
     /// SIGTERM, then SIGKILL after 10 s.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.pid.to_string())
@@ -154,7 +154,7 @@ impl Daemon {
 }
 
 /// The last lines of a log, for error messages.
-pub fn tail(path: &Path) -> String {
+pub(crate) fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
@@ -162,7 +162,7 @@ pub fn tail(path: &Path) -> String {
 
 /// Resident memory and CPU of one process over a phase.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct ResourceUse {
+pub(crate) struct ResourceUse {
     pub rss_start_mib: f64,
     pub rss_max_mib: f64,
     pub rss_end_mib: f64,
@@ -171,7 +171,7 @@ pub struct ResourceUse {
 }
 
 /// Samples a process every 100 ms until [`Sampler::finish`].
-pub struct Sampler {
+pub(crate) struct Sampler {
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<ResourceUse>,
 }
@@ -179,7 +179,7 @@ pub struct Sampler {
 const MIB: f64 = 1024.0 * 1024.0;
 
 impl Sampler {
-    pub fn start(pid: u32) -> Self {
+    pub(crate) fn start(pid: u32) -> Self {
         let (stop, mut stopped) = oneshot::channel();
         let pid = pid.to_string();
         let task = tokio::spawn(async move {
@@ -216,7 +216,7 @@ impl Sampler {
         Self { stop, task }
     }
 
-    pub async fn finish(self) -> ResourceUse {
+    pub(crate) async fn finish(self) -> ResourceUse {
         let _ = self.stop.send(());
         self.task.await.unwrap_or_default()
     }

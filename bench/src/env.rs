@@ -11,13 +11,13 @@ use opsloop_core::store::testing::{TestDb, fresh_postgres};
 use crate::daemon::{Daemon, Launch, free_addr};
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BusChoice {
+pub(crate) enum BusChoice {
     Auto,
     Memory,
     Rabbitmq,
 }
 
-pub struct Env {
+pub(crate) struct Env {
     pub smoke: bool,
     pub bin_dir: PathBuf,
     pub rabbitmq: bool,
@@ -27,7 +27,7 @@ pub struct Env {
 }
 
 impl Env {
-    pub fn new(
+    pub(crate) fn new(
         smoke: bool,
         bin_dir: Option<PathBuf>,
         bus: BusChoice,
@@ -62,22 +62,22 @@ impl Env {
         })
     }
 
-    pub fn bus_name(&self) -> &'static str {
+    pub(crate) fn bus_name(&self) -> &'static str {
         if self.rabbitmq { "rabbitmq" } else { "memory" }
     }
 
-    pub fn binary(&self, name: &str) -> PathBuf {
+    pub(crate) fn binary(&self, name: &str) -> PathBuf {
         self.bin_dir.join(name)
     }
 
     /// A fresh, migrated PostgreSQL database (dropped by `TestDb::cleanup`).
-    pub async fn database(&self) -> TestDb {
+    pub(crate) async fn database(&self) -> TestDb {
         fresh_postgres().await
     }
 
     /// The environment every daemon gets: the database, the bus, logs and
     /// audit under the scratch directory.
-    pub fn daemon_env(&self, db_url: &str, pool: u32) -> Vec<(String, String)> {
+    pub(crate) fn daemon_env(&self, db_url: &str, pool: u32) -> Vec<(String, String)> {
         let mut env = vec![
             ("OPSLOOP__DATABASE__URL".to_owned(), db_url.to_owned()),
             (
@@ -118,7 +118,7 @@ impl Env {
     }
 
     /// The api daemon on free loopback ports.
-    pub async fn start_api(&self, db_url: &str, pool: u32) -> anyhow::Result<Daemon> {
+    pub(crate) async fn start_api(&self, db_url: &str, pool: u32) -> anyhow::Result<Daemon> {
         let grpc = free_addr()?;
         let http = free_addr()?;
         let mut env = self.daemon_env(db_url, pool);
@@ -141,7 +141,9 @@ impl Env {
     }
 
     /// A gRPC channel to `addr` (one HTTP/2 connection).
-    pub async fn channel(addr: std::net::SocketAddr) -> anyhow::Result<tonic::transport::Channel> {
+    pub(crate) async fn channel(
+        addr: std::net::SocketAddr,
+    ) -> anyhow::Result<tonic::transport::Channel> {
         tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
@@ -151,7 +153,7 @@ impl Env {
     }
 
     /// Says why a baseline is skipped; an error when baselines are required.
-    pub fn missing_baseline(&self, tool: &str) -> anyhow::Result<String> {
+    pub(crate) fn missing_baseline(&self, tool: &str) -> anyhow::Result<String> {
         let line = format!("baseline skipped: `{tool}` is not installed");
         if self.require_baselines {
             anyhow::bail!("{line} (--require-baselines)");
@@ -165,7 +167,7 @@ impl Env {
     /// `../shared/bench` beside the repository) so that they cannot drift
     /// toward the code, and run unchanged. `None` (with a line saying so)
     /// when absent, an error under `--require-baselines`.
-    pub fn lean_script(&self, name: &str) -> anyhow::Result<Option<String>> {
+    pub(crate) fn lean_script(&self, name: &str) -> anyhow::Result<Option<String>> {
         let dir = std::env::var_os("OPSLOOP_BENCH_LEAN_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench"));
@@ -186,17 +188,17 @@ impl Env {
         }
     }
 
-    pub fn scratch(&self) -> &Path {
+    pub(crate) fn scratch(&self) -> &Path {
         &self.scratch
     }
 
-    pub fn cleanup(&self) {
+    pub(crate) fn cleanup(&self) {
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
 }
 
 /// CPU count and load average, so a reader can tell a busy machine.
-pub fn host_info() -> serde_json::Value {
+pub(crate) fn host_info() -> serde_json::Value {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     serde_json::json!({
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),

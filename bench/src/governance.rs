@@ -31,7 +31,7 @@ use crate::report::Row;
 type Outcome = anyhow::Result<(Vec<Row>, Value)>;
 
 #[derive(clap::Args, Debug, Clone, Default)]
-pub struct RateLimitArgs {
+pub(crate) struct RateLimitArgs {
     /// Claim cost: concurrent claiming workers.
     #[arg(long)]
     pub workers: Option<u32>,
@@ -197,7 +197,7 @@ async fn grants(
     ))
 }
 
-pub async fn rate_limit(env: &Env, args: RateLimitArgs) -> Outcome {
+pub(crate) async fn rate_limit(env: &Env, args: RateLimitArgs) -> Outcome {
     let workers = args.workers.unwrap_or(16);
     let duration = Duration::from_secs(args.duration.unwrap_or(if env.smoke { 1 } else { 10 }));
     let rate = args.rate.unwrap_or(if env.smoke { 50.0 } else { 100.0 });

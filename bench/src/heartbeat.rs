@@ -19,7 +19,7 @@ use crate::report::Row;
 const RULES: usize = 200;
 
 #[derive(clap::Args, Debug, Clone, Default)]
-pub struct HeartbeatArgs {
+pub(crate) struct HeartbeatArgs {
     /// New events the measured phase examines.
     #[arg(long)]
     pub new_events: Option<u64>,
@@ -124,7 +124,7 @@ async fn measure(env: &Env, backlog: u64, new: u64) -> anyhow::Result<Value> {
     result
 }
 
-pub async fn heartbeat_scaling(
+pub(crate) async fn heartbeat_scaling(
     env: &Env,
     args: HeartbeatArgs,
 ) -> anyhow::Result<(Vec<Row>, Value)> {

@@ -12,12 +12,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 /// Latencies are recorded in microseconds, 1 µs .. 120 s, 3 significant digits.
-pub fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
 }
 
 /// What one driver run measured.
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub hist: Histogram<u64>,
     pub ok: u64,
     pub errors: u64,
@@ -45,14 +45,14 @@ impl Outcome {
         }
     }
 
-    pub fn summary(&self) -> LatencySummary {
+    pub(crate) fn summary(&self) -> LatencySummary {
         LatencySummary::of(&self.hist, self.ok, self.errors, self.elapsed)
     }
 }
 
 /// The figures every scenario reports for one operation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LatencySummary {
+pub(crate) struct LatencySummary {
     pub ok: u64,
     pub errors: u64,
     pub elapsed_s: f64,
@@ -66,7 +66,7 @@ pub struct LatencySummary {
 }
 
 impl LatencySummary {
-    pub fn of(hist: &Histogram<u64>, ok: u64, errors: u64, elapsed: Duration) -> Self {
+    pub(crate) fn of(hist: &Histogram<u64>, ok: u64, errors: u64, elapsed: Duration) -> Self {
         let ms = |us: u64| us as f64 / 1000.0;
         let secs = elapsed.as_secs_f64();
         Self {
@@ -90,7 +90,7 @@ fn micros(d: Duration) -> u64 {
 
 /// `clients.len()` clients each send a request as soon as their previous one
 /// answered, for `duration`: the throughput at saturation.
-pub async fn closed_loop<C, F, Fut>(clients: Vec<C>, duration: Duration, op: F) -> Outcome
+pub(crate) async fn closed_loop<C, F, Fut>(clients: Vec<C>, duration: Duration, op: F) -> Outcome
 where
     C: Send + 'static,
     F: Fn(&mut C, u64) -> Fut + Send + Sync + 'static,
@@ -136,7 +136,7 @@ where
 /// Sends requests at a fixed `rate` per second for `duration`, whatever the
 /// server's pace, with at most `max_in_flight` outstanding; each latency
 /// counts from the moment the request was due.
-pub async fn open_loop<C, F, Fut>(
+pub(crate) async fn open_loop<C, F, Fut>(
     clients: Vec<C>,
     rate: f64,
     duration: Duration,

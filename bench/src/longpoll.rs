@@ -33,7 +33,7 @@ type Outcome = anyhow::Result<(Vec<Row>, Value)>;
 const CLAIM_COUNTER: &str = "opsloop_step_claim_statements_total";
 
 #[derive(clap::Args, Debug, Clone, Default)]
-pub struct LongPollArgs {
+pub(crate) struct LongPollArgs {
     /// submit → claim samples.
     #[arg(long)]
     pub samples: Option<u64>,
@@ -101,7 +101,7 @@ async fn scrape(http: SocketAddr, name: &str) -> anyhow::Result<f64> {
         .sum())
 }
 
-pub async fn long_poll(env: &Env, args: LongPollArgs) -> Outcome {
+pub(crate) async fn long_poll(env: &Env, args: LongPollArgs) -> Outcome {
     let samples = args.samples.unwrap_or(if env.smoke { 20 } else { 300 });
     let workers = args.workers.unwrap_or(16);
     let wait = args.wait.unwrap_or(if env.smoke { 1 } else { 5 });

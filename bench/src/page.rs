@@ -22,10 +22,10 @@ use crate::env::Env;
 use crate::load::{LatencySummary, histogram};
 use crate::report::Row;
 
-pub const MARK: &str = "bench-alert-";
+pub(crate) const MARK: &str = "bench-alert-";
 
 #[derive(clap::Args, Debug, Clone, Default)]
-pub struct PageArgs {
+pub(crate) struct PageArgs {
     /// Alerts per second.
     #[arg(long)]
     pub rate: Option<f64>,
@@ -69,14 +69,14 @@ async fn receive(State(arrivals): State<Arrivals>, body: axum::body::Bytes) -> &
 }
 
 /// A Slack-shaped webhook on 127.0.0.1 (answers 200 "ok" like Slack).
-pub struct Receiver {
+pub(crate) struct Receiver {
     pub addr: SocketAddr,
     arrivals: Arrivals,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Receiver {
-    pub async fn start() -> anyhow::Result<Self> {
+    pub(crate) async fn start() -> anyhow::Result<Self> {
         let arrivals: Arrivals = Arc::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -93,30 +93,30 @@ impl Receiver {
         })
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}/hook", self.addr)
     }
 
-    pub fn reset(&self) {
+    pub(crate) fn reset(&self) {
         let mut seen = self.arrivals.lock().expect("arrivals lock");
         seen.first.clear();
         seen.marks = 0;
     }
 
     /// Distinct alerts received so far.
-    pub fn distinct(&self) -> u64 {
+    pub(crate) fn distinct(&self) -> u64 {
         self.arrivals.lock().expect("arrivals lock").first.len() as u64
     }
 
     /// Notifications of an alert beyond its first (since the last reset).
-    pub fn repeats(&self) -> u64 {
+    pub(crate) fn repeats(&self) -> u64 {
         let seen = self.arrivals.lock().expect("arrivals lock");
         seen.marks.saturating_sub(seen.first.len() as u64)
     }
 
     /// Waits until `n` distinct alerts arrived, at most `within`; returns
     /// how many did.
-    pub async fn wait_distinct(&self, n: u64, within: Duration) -> u64 {
+    pub(crate) async fn wait_distinct(&self, n: u64, within: Duration) -> u64 {
         let deadline = Instant::now() + within;
         loop {
             let got = self.distinct();
@@ -136,7 +136,7 @@ impl Drop for Receiver {
 
 /// The body of one posted alert, `bench-alert-<id>` (its own group under
 /// `group_by: [alertname]`), ending `ends_in` from now when given.
-pub fn alert_json(id: u64, ends_in: Option<Duration>) -> Value {
+pub(crate) fn alert_json(id: u64, ends_in: Option<Duration>) -> Value {
     let now = chrono::Utc::now();
     let mut alert = json!({
         "labels": {"alertname": format!("{MARK}{id}"), "severity": "warning", "service": "bench"},
@@ -152,7 +152,7 @@ pub fn alert_json(id: u64, ends_in: Option<Duration>) -> Value {
 /// Posts `rate`/s alerts (one per request) for `duration` to `http`'s
 /// `/api/v2/alerts` and measures due time → arrival at the receiver, and
 /// due time → the post's answer; alert numbers start at `offset`.
-pub async fn drive(
+pub(crate) async fn drive(
     http: SocketAddr,
     receiver: &Receiver,
     rate: f64,
@@ -252,21 +252,21 @@ fn which(tool: &str) -> Option<PathBuf> {
 }
 
 /// The Prometheus Alertmanager binary, when installed.
-pub fn alertmanager_binary() -> Option<PathBuf> {
+pub(crate) fn alertmanager_binary() -> Option<PathBuf> {
     which("prometheus-alertmanager").or_else(|| which("alertmanager"))
 }
 
 /// opsloop's alerter on its own fresh database, delivering every alert to
 /// `hook` (route `group_by [alertname]`, `group_wait 0s`, `group_interval
 /// 1s`, `repeat_interval 4h`, Slack receiver without pacing).
-pub struct AlerterSide {
+pub(crate) struct AlerterSide {
     pub daemon: Daemon,
     pub http: SocketAddr,
     db: TestDb,
 }
 
 impl AlerterSide {
-    pub async fn start(env: &Env, dir: &Path, hook: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn start(env: &Env, dir: &Path, hook: &str) -> anyhow::Result<Self> {
         let db = env.database().await;
         match Self::launch(env, dir, hook, &db).await {
             Ok((daemon, http)) => Ok(Self { daemon, http, db }),
@@ -316,7 +316,7 @@ impl AlerterSide {
     }
 
     /// Stops the daemon (SIGTERM) and drops its database.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
         let stopped = self.daemon.stop().await;
         self.db.cleanup().await;
         stopped
@@ -325,7 +325,7 @@ impl AlerterSide {
 
 /// Prometheus Alertmanager with the same route and a Slack receiver at
 /// `hook`, its data under `dir`; returns the daemon and its HTTP address.
-pub async fn start_alertmanager(
+pub(crate) async fn start_alertmanager(
     env: &Env,
     binary: &Path,
     dir: &Path,
@@ -364,7 +364,7 @@ pub async fn start_alertmanager(
     Ok((am, http))
 }
 
-pub async fn event_to_page(env: &Env, args: PageArgs) -> anyhow::Result<(Vec<Row>, Value)> {
+pub(crate) async fn event_to_page(env: &Env, args: PageArgs) -> anyhow::Result<(Vec<Row>, Value)> {
     let rate = args.rate.unwrap_or(if env.smoke { 20.0 } else { 100.0 });
     let duration = Duration::from_secs(args.duration.unwrap_or(if env.smoke { 1 } else { 60 }));
     eprintln!("event-to-page: {rate}/s for {duration:?}");

@@ -11,7 +11,7 @@ use tokio::process::Command;
 use crate::load::{LatencySummary, histogram};
 
 /// `pgbench` on the PATH, if installed.
-pub fn locate() -> Option<std::path::PathBuf> {
+pub(crate) fn locate() -> Option<std::path::PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|dir| dir.join("pgbench"))
@@ -20,20 +20,20 @@ pub fn locate() -> Option<std::path::PathBuf> {
 }
 
 /// How long, or how many transactions per client.
-pub enum Length {
+pub(crate) enum Length {
     Duration(Duration),
     Transactions(u64),
 }
 
 /// What one pgbench run measured.
-pub struct Run {
+pub(crate) struct Run {
     pub tps: f64,
     pub latency: LatencySummary,
     pub wall: Duration,
     pub command: String,
 }
 
-pub async fn run(
+pub(crate) async fn run(
     pgbench: &Path,
     url: &str,
     script: &str,

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 /// One line of the table.
 #[derive(Debug, Clone, Serialize)]
-pub struct Row {
+pub(crate) struct Row {
     pub scenario: String,
     pub metric: String,
     pub target: String,
@@ -19,7 +19,7 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn new(scenario: &str, metric: &str, unit: &str) -> Self {
+    pub(crate) fn new(scenario: &str, metric: &str, unit: &str) -> Self {
         Self {
             scenario: scenario.into(),
             metric: metric.into(),
@@ -33,17 +33,17 @@ impl Row {
         }
     }
 
-    pub fn target(mut self, target: &str) -> Self {
+    pub(crate) fn target(mut self, target: &str) -> Self {
         self.target = target.into();
         self
     }
 
-    pub fn opsloop(mut self, value: f64) -> Self {
+    pub(crate) fn opsloop(mut self, value: f64) -> Self {
         self.opsloop = Some(value);
         self
     }
 
-    pub fn baseline(mut self, value: Option<f64>) -> Self {
+    pub(crate) fn baseline(mut self, value: Option<f64>) -> Self {
         self.baseline = value;
         if let (Some(b), Some(o)) = (value, self.opsloop)
             && b > 0.0
@@ -53,12 +53,12 @@ impl Row {
         self
     }
 
-    pub fn met(mut self, met: Option<bool>) -> Self {
+    pub(crate) fn met(mut self, met: Option<bool>) -> Self {
         self.met = met;
         self
     }
 
-    pub fn note(mut self, note: impl Into<String>) -> Self {
+    pub(crate) fn note(mut self, note: impl Into<String>) -> Self {
         self.note = note.into();
         self
     }
@@ -74,7 +74,7 @@ fn cell(value: Option<f64>) -> String {
 }
 
 /// A Markdown table, pasteable into bench/README.md.
-pub fn table(rows: &[Row]) -> String {
+pub(crate) fn table(rows: &[Row]) -> String {
     let mut out = String::from(
         "| scenario | metric | target | baseline | opsloop | unit | ratio | met | note |\n\
          |---|---|---|---:|---:|---|---:|---|---|\n",

@@ -51,7 +51,7 @@ where
 // ---------------------------------------------------------------- submit
 
 #[derive(clap::Args, Debug, Clone, Default)]
-pub struct SubmitArgs {
+pub(crate) struct SubmitArgs {
     /// Concurrent gRPC clients (one connection each), also pgbench's -c.
     #[arg(long)]
     pub clients: Option<u32>,
@@ -94,7 +94,7 @@ async fn submit_once(mut client: ProposalServiceClient<Channel>, seq: u64) -> Re
     }
 }
 
-pub async fn submit(env: &Env, args: SubmitArgs) -> Outcome {
+pub(crate) async fn submit(env: &Env, args: SubmitArgs) -> Outcome {
     let clients = args.clients.unwrap_or(if env.smoke { 4 } else { 16 });
     let duration = Duration::from_secs(args.duration.unwrap_or(if env.smoke { 1 } else { 20 }));
     eprintln!("submit: {clients} clients, {duration:?} per phase");
@@ -311,7 +311,7 @@ pub async fn submit(env: &Env, args: SubmitArgs) -> Outcome {
 // ---------------------------------------------------------------- work cycle
 
 #[derive(clap::Args, Debug, Clone, Default)]
-pub struct WorkArgs {
+pub(crate) struct WorkArgs {
     /// Concurrent workers (one connection each), also pgbench's -c.
     #[arg(long)]
     pub workers: Option<u32>,
@@ -376,7 +376,7 @@ struct Cycle {
     first_error: Option<String>,
 }
 
-pub async fn work_cycle(env: &Env, args: WorkArgs) -> Outcome {
+pub(crate) async fn work_cycle(env: &Env, args: WorkArgs) -> Outcome {
     let workers = args.workers.unwrap_or(if env.smoke { 4 } else { 16 });
     let wanted = args.steps.unwrap_or(if env.smoke { 300 } else { 100_000 });
     let bound = Duration::from_secs(args.max_seconds.unwrap_or(if env.smoke { 30 } else { 900 }));
@@ -617,7 +617,7 @@ pub async fn work_cycle(env: &Env, args: WorkArgs) -> Outcome {
 // ---------------------------------------------------------------- backup
 
 #[derive(clap::Args, Debug, Clone, Default)]
-pub struct BackupArgs {
+pub(crate) struct BackupArgs {
     /// Size of the database to back up, in MiB of table data.
     #[arg(long)]
     pub mib: Option<u64>,
@@ -653,7 +653,7 @@ async fn database_bytes(db: &TestDb) -> anyhow::Result<i64> {
     Ok(row.try_get("", "size")?)
 }
 
-pub async fn backup(env: &Env, args: BackupArgs) -> Outcome {
+pub(crate) async fn backup(env: &Env, args: BackupArgs) -> Outcome {
     let mib = args.mib.unwrap_or(if env.smoke { 8 } else { 1024 });
     eprintln!("backup: {mib} MiB of table data");
     let db = env.database().await;
@@ -832,7 +832,7 @@ fn parse_rss_anon_kib(status: &str) -> Option<u64> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-pub async fn footprint(env: &Env) -> Outcome {
+pub(crate) async fn footprint(env: &Env) -> Outcome {
     let settle = Duration::from_millis(if env.smoke { 500 } else { 5_000 });
     let db = env.database().await;
     let result = async {

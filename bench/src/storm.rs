@@ -35,7 +35,7 @@ const FILL_ENDS_IN: Duration = Duration::from_secs(2 * 3600);
 const MIB: f64 = 1024.0 * 1024.0;
 
 #[derive(clap::Args, Debug, Clone, Default)]
-pub struct StormArgs {
+pub(crate) struct StormArgs {
     /// Active groups (one alert each) before the measured phases (default 10000).
     #[arg(long)]
     pub active: Option<u64>,
@@ -222,7 +222,7 @@ impl Measured {
     }
 }
 
-pub async fn storm(env: &Env, args: StormArgs) -> Outcome {
+pub(crate) async fn storm(env: &Env, args: StormArgs) -> Outcome {
     let smoke = env.smoke;
     let active = args.active.unwrap_or(if smoke { 100 } else { 10_000 });
     let large = args.large.unwrap_or(if smoke { 500 } else { 100_000 });

@@ -6,7 +6,7 @@ use sea_orm_migration::{prelude::*, schema::*};
 use crate::{drop_tables, index};
 
 #[derive(DeriveMigrationName)]
-pub struct Migration;
+pub(crate) struct Migration;
 
 #[derive(DeriveIden)]
 enum Alerts {

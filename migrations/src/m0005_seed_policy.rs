@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::m0001_loop::{Policy, PolicyHistory};
 
 #[derive(DeriveMigrationName)]
-pub struct Migration;
+pub(crate) struct Migration;
 
 /// The actor recorded for seeded values.
 pub(crate) const SEED_ACTOR: &str = "migration";

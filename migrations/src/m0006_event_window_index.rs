@@ -10,7 +10,7 @@ use sea_orm_migration::prelude::*;
 use crate::index;
 
 #[derive(DeriveMigrationName)]
-pub struct Migration;
+pub(crate) struct Migration;
 
 #[derive(DeriveIden)]
 enum Events {

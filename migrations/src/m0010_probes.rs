@@ -12,7 +12,7 @@ use sea_orm_migration::{prelude::*, schema::*};
 use crate::{drop_tables, index, unique_index};
 
 #[derive(DeriveMigrationName)]
-pub struct Migration;
+pub(crate) struct Migration;
 
 #[derive(DeriveIden)]
 enum ProbeState {

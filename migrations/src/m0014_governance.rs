@@ -15,10 +15,10 @@ use crate::m0005_seed_policy::insert_seeds;
 use crate::{drop_tables, index, unique_index};
 
 #[derive(DeriveMigrationName)]
-pub struct Migration;
+pub(crate) struct Migration;
 
 /// The policy keys this migration seeds.
-pub fn governance_policies() -> Vec<(&'static str, Value)> {
+pub(crate) fn governance_policies() -> Vec<(&'static str, Value)> {
     vec![
         ("resources", json!({"twitterapi": {"kinds": ["post_x"]}})),
         (

@@ -8,7 +8,7 @@ use sea_orm_migration::prelude::*;
 use serde_json::{Value, json};
 
 #[derive(DeriveMigrationName)]
-pub struct Migration;
+pub(crate) struct Migration;
 
 #[derive(DeriveIden)]
 enum TriggerRules {

@@ -14,7 +14,7 @@ use crate::model::{Alert, Fingerprint};
 use crate::route::Route;
 use crate::silence::Silence;
 
-pub struct ScanningDispatcher {
+pub(super) struct ScanningDispatcher {
     route: Route,
     inhibit_rules: Vec<InhibitRule>,
     /// Receivers that can deliver; routes to others are skipped.
@@ -28,7 +28,7 @@ pub struct ScanningDispatcher {
 }
 
 impl ScanningDispatcher {
-    pub fn new(
+    pub(super) fn new(
         route: Route,
         inhibit_rules: Vec<InhibitRule>,
         enabled: BTreeSet<String>,
@@ -46,13 +46,13 @@ impl ScanningDispatcher {
         }
     }
 
-    pub fn set_silences(&mut self, silences: Vec<Silence>) {
+    pub(super) fn set_silences(&mut self, silences: Vec<Silence>) {
         self.silences = silences;
     }
 
     /// Takes in an alert (new or an update of a known one) and puts it in
     /// the groups of every route it matches. Returns the merged alert.
-    pub fn ingest(&mut self, alert: Alert, now: DateTime<Utc>) -> Alert {
+    pub(super) fn ingest(&mut self, alert: Alert, now: DateTime<Utc>) -> Alert {
         let fp = alert.fingerprint();
         let merged = match self.alerts.remove(&fp) {
             Some(mut known) => {
@@ -75,12 +75,15 @@ impl ScanningDispatcher {
     }
 
     /// The routes `labels` are delivered on ([`crate::route::Route::deliverable`]).
-    pub fn routes_for(&self, labels: &crate::model::LabelSet) -> Vec<crate::route::RouteOpts> {
+    pub(super) fn routes_for(
+        &self,
+        labels: &crate::model::LabelSet,
+    ) -> Vec<crate::route::RouteOpts> {
         self.route.deliverable(labels, &self.enabled)
     }
 
     /// The earliest instant a group wants to flush.
-    pub fn next_wakeup(&self) -> Option<DateTime<Utc>> {
+    pub(super) fn next_wakeup(&self) -> Option<DateTime<Utc>> {
         self.groups.values().map(AggregationGroup::next_flush).min()
     }
 
@@ -91,7 +94,7 @@ impl ScanningDispatcher {
     }
 
     /// Flushes every due group.
-    pub fn due(&mut self, now: DateTime<Utc>) -> DueWork {
+    pub(super) fn due(&mut self, now: DateTime<Utc>) -> DueWork {
         let mut work = DueWork::default();
         let mut groups = std::mem::take(&mut self.groups);
         for (id, group) in groups.iter_mut() {
@@ -115,7 +118,7 @@ impl ScanningDispatcher {
 
     /// Records a delivered notification: the log moves on and its resolved
     /// alerts leave the group. Returns the alerts forgotten as a result.
-    pub fn delivered(
+    pub(super) fn delivered(
         &mut self,
         notification: &Notification,
         now: DateTime<Utc>,
@@ -148,11 +151,11 @@ impl ScanningDispatcher {
         forgotten
     }
 
-    pub fn fingerprints(&self) -> BTreeSet<Fingerprint> {
+    pub(super) fn fingerprints(&self) -> BTreeSet<Fingerprint> {
         self.alerts.keys().copied().collect()
     }
 
-    pub fn group_count(&self) -> usize {
+    pub(super) fn group_count(&self) -> usize {
         self.groups.len()
     }
 }

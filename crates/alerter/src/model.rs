@@ -334,18 +334,18 @@ pub fn parse_bus_payload(payload: &[u8]) -> Result<Vec<PostableAlert>, AlertErro
 pub(crate) mod tests {
     use super::*;
 
-    pub fn labels(pairs: &[(&str, &str)]) -> LabelSet {
+    pub(crate) fn labels(pairs: &[(&str, &str)]) -> LabelSet {
         pairs
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
     }
 
-    pub fn at(secs: i64) -> DateTime<Utc> {
+    pub(crate) fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + secs, 0).expect("valid instant")
     }
 
-    pub fn alert(pairs: &[(&str, &str)], starts: i64) -> Alert {
+    pub(crate) fn alert(pairs: &[(&str, &str)], starts: i64) -> Alert {
         Alert {
             labels: labels(pairs),
             annotations: LabelSet::new(),

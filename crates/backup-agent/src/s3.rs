@@ -1092,7 +1092,7 @@ mod tests {
 
         type Shared = Arc<Mutex<Bucket>>;
 
-        pub struct FakeS3 {
+        pub(super) struct FakeS3 {
             addr: std::net::SocketAddr,
             bucket: Shared,
             stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -1101,7 +1101,7 @@ mod tests {
         impl FakeS3 {
             /// Serves on its own thread and runtime, so a test blocking
             /// its own thread cannot stall the server.
-            pub fn start() -> Self {
+            pub(super) fn start() -> Self {
                 let bucket = Shared::default();
                 let state = bucket.clone();
                 let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -1134,7 +1134,7 @@ mod tests {
                 }
             }
 
-            pub fn endpoint(&self) -> String {
+            pub(super) fn endpoint(&self) -> String {
                 format!("http://{}", self.addr)
             }
 
@@ -1142,19 +1142,19 @@ mod tests {
                 f(&self.bucket.lock().expect("lock"))
             }
 
-            pub fn conditional_puts(&self) -> usize {
+            pub(super) fn conditional_puts(&self) -> usize {
                 self.with(|b| b.conditional_puts)
             }
 
-            pub fn completed_multiparts(&self) -> usize {
+            pub(super) fn completed_multiparts(&self) -> usize {
                 self.with(|b| b.completed_multiparts)
             }
 
-            pub fn pending_uploads(&self) -> usize {
+            pub(super) fn pending_uploads(&self) -> usize {
                 self.with(|b| b.uploads.len())
             }
 
-            pub fn keys(&self) -> Vec<String> {
+            pub(super) fn keys(&self) -> Vec<String> {
                 self.with(|b| b.objects.keys().cloned().collect())
             }
         }

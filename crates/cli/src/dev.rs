@@ -16,7 +16,7 @@ use opsloop_core::secrets::SecretStore;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Args)]
-pub struct DevArgs {
+pub(crate) struct DevArgs {
     /// SQLite database file.
     #[arg(long, default_value = "var/opsloop.db")]
     database: PathBuf,
@@ -30,7 +30,7 @@ pub struct DevArgs {
     demo_proposals: u32,
 }
 
-pub fn run(config: Option<PathBuf>, args: DevArgs, globals: &Globals) -> ExitCode {
+pub(crate) fn run(config: Option<PathBuf>, args: DevArgs, globals: &Globals) -> ExitCode {
     let demo = if args.demo {
         match globals.token() {
             Ok(token) => Some(demo::DemoSettings {
@@ -218,7 +218,7 @@ mod demo {
     use tokio_util::sync::CancellationToken;
 
     /// The step kinds the demo submits and its worker runs.
-    pub const KINDS: [&str; 3] = ["analyze", "draft", "notify"];
+    pub(super) const KINDS: [&str; 3] = ["analyze", "draft", "notify"];
 
     /// Time between two demo proposals.
     const SUBMIT_EVERY: Duration = Duration::from_secs(4);
@@ -233,7 +233,7 @@ mod demo {
     ];
 
     /// What `--demo` needs from the command line.
-    pub struct DemoSettings {
+    pub(super) struct DemoSettings {
         /// Bearer token for the api (an agent token when tokens are configured).
         pub token: Option<String>,
         /// Proposals to submit; 0: until stopped.
@@ -242,7 +242,7 @@ mod demo {
 
     /// Runs the demo until `shutdown`; problems are printed, never fatal to
     /// the roles.
-    pub async fn run(api: SocketAddr, settings: DemoSettings, shutdown: CancellationToken) {
+    pub(super) async fn run(api: SocketAddr, settings: DemoSettings, shutdown: CancellationToken) {
         let endpoint = format!("http://{api}");
         let mut conn = None;
         // The api starts serving concurrently with this task: give it a moment.

@@ -10,7 +10,7 @@ use opsloop_core::secrets::SecretStore;
 use opsloop_core::store;
 
 #[derive(Args)]
-pub struct MigrateArgs {
+pub(crate) struct MigrateArgs {
     /// What to do.
     #[arg(value_enum, default_value_t = Direction::Up)]
     direction: Direction,
@@ -32,7 +32,7 @@ enum Direction {
     Status,
 }
 
-pub fn run(config: Option<PathBuf>, args: MigrateArgs) -> ExitCode {
+pub(crate) fn run(config: Option<PathBuf>, args: MigrateArgs) -> ExitCode {
     let loaded = match opsloop_core::config::load(&ConfigSources::from_process(config.as_deref())) {
         Ok(loaded) => loaded,
         Err(error) => {

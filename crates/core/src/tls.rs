@@ -471,13 +471,13 @@ pub(crate) mod test_pki {
     };
 
     /// A CA whose PEM is written to `<dir>/<name>-ca.pem`.
-    pub struct Ca {
+    pub(crate) struct Ca {
         issuer: CertifiedIssuer<'static, KeyPair>,
         pub pem_path: PathBuf,
     }
 
     impl Ca {
-        pub fn new(dir: &Path, name: &str) -> Self {
+        pub(crate) fn new(dir: &Path, name: &str) -> Self {
             let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
             params
@@ -491,7 +491,7 @@ pub(crate) mod test_pki {
         }
 
         /// A leaf for `localhost`/127.0.0.1, as (certificate PEM, key PEM).
-        pub fn leaf(&self, common_name: &str, expired: bool) -> (String, String) {
+        pub(crate) fn leaf(&self, common_name: &str, expired: bool) -> (String, String) {
             let mut params =
                 CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
                     .expect("params");
@@ -508,7 +508,12 @@ pub(crate) mod test_pki {
         }
 
         /// A leaf written to `<dir>/<name>.pem` and `<dir>/<name>.key`.
-        pub fn leaf_files(&self, dir: &Path, name: &str, expired: bool) -> (PathBuf, PathBuf) {
+        pub(crate) fn leaf_files(
+            &self,
+            dir: &Path,
+            name: &str,
+            expired: bool,
+        ) -> (PathBuf, PathBuf) {
             let (cert, key) = self.leaf(name, expired);
             let cert_path = dir.join(format!("{name}.pem"));
             let key_path = dir.join(format!("{name}.key"));

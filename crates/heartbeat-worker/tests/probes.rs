@@ -359,12 +359,12 @@ mod tls {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
     use std::sync::Mutex;
 
-    pub struct Ca {
+    pub(crate) struct Ca {
         issuer: CertifiedIssuer<'static, KeyPair>,
     }
 
     impl Ca {
-        pub fn new(name: &str) -> Self {
+        pub(crate) fn new(name: &str) -> Self {
             let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
             params
@@ -376,12 +376,12 @@ mod tls {
             }
         }
 
-        pub fn pem(&self) -> String {
+        pub(crate) fn pem(&self) -> String {
             self.issuer.pem()
         }
 
         /// A `localhost` leaf expiring at midnight UTC `days` from today.
-        pub fn leaf(&self, days: i64) -> Arc<ServerConfig> {
+        pub(crate) fn leaf(&self, days: i64) -> Arc<ServerConfig> {
             let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
             params
                 .distinguished_name
@@ -408,7 +408,7 @@ mod tls {
 
     /// A TLS server presenting whichever certificate `current` holds at
     /// each handshake (a CDN rolling a certificate out node by node).
-    pub async fn server(current: Arc<Mutex<Arc<ServerConfig>>>) -> u16 {
+    pub(crate) async fn server(current: Arc<Mutex<Arc<ServerConfig>>>) -> u16 {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         tokio::spawn(async move {

@@ -468,7 +468,7 @@ pub(crate) mod tests {
 
     /// A notification with `n` alerts carrying oversized labels and
     /// annotations.
-    pub fn oversized(n: usize) -> Notification {
+    pub(crate) fn oversized(n: usize) -> Notification {
         let huge = "x".repeat(10_000);
         let firing: Vec<Alert> = (0..n)
             .map(|i| {
@@ -496,7 +496,7 @@ pub(crate) mod tests {
         Notification::new("r", "{}:{}", LabelSet::new(), firing, Vec::new(), at(0))
     }
 
-    pub fn small() -> Notification {
+    pub(crate) fn small() -> Notification {
         let mut a = alert(
             &[
                 ("alertname", "Down"),

@@ -477,13 +477,13 @@ pub(crate) mod tests {
 
     /// A weekly report body as the heartbeat-worker writes it (the
     /// heartbeat-worker's tests check its bodies have this file's shape).
-    pub fn weekly_body() -> Value {
+    pub(crate) fn weekly_body() -> Value {
         serde_json::from_str(include_str!("testdata/weekly_report.json")).expect("fixture")
     }
 
     /// The same shape with everything oversized: 300 step kinds and cost
     /// kinds with long names, 300 long failure reasons, a long headline.
-    pub fn oversized_weekly_body() -> Value {
+    pub(crate) fn oversized_weekly_body() -> Value {
         let mut b = weekly_body();
         let long = "k".repeat(900);
         let mut kinds = serde_json::Map::new();
@@ -515,7 +515,7 @@ pub(crate) mod tests {
     }
 
     /// A notification holding the weekly report `body`.
-    pub fn weekly_notification(body: &Value, summary: &str) -> Notification {
+    pub(crate) fn weekly_notification(body: &Value, summary: &str) -> Notification {
         let mut a = alert(
             &[
                 ("alertname", WEEKLY),
@@ -550,7 +550,7 @@ pub(crate) mod tests {
     }
 
     /// A notification holding a daily summary as the heartbeat writes it.
-    pub fn daily_notification() -> Notification {
+    pub(crate) fn daily_notification() -> Notification {
         let figures: Value =
             serde_json::from_str(include_str!("testdata/daily_summary.json")).expect("fixture");
         let mut a = alert(

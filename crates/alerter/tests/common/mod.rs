@@ -26,28 +26,28 @@ use tokio_util::sync::CancellationToken;
 
 /// One scripted answer: status, headers, body.
 #[derive(Clone, Debug)]
-pub struct Answer {
+pub(crate) struct Answer {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
 }
 
 impl Answer {
-    pub fn ok() -> Self {
+    pub(crate) fn ok() -> Self {
         Self {
             status: 200,
             headers: Vec::new(),
             body: "ok".into(),
         }
     }
-    pub fn status(status: u16) -> Self {
+    pub(crate) fn status(status: u16) -> Self {
         Self {
             status,
             headers: Vec::new(),
             body: format!("status {status}"),
         }
     }
-    pub fn too_many(retry_after: &str) -> Self {
+    pub(crate) fn too_many(retry_after: &str) -> Self {
         Self {
             status: 429,
             headers: vec![("retry-after", retry_after.to_owned())],
@@ -68,7 +68,7 @@ struct ReceiverState {
 
 /// A Slack-shaped (or any JSON) webhook on 127.0.0.1:0.
 #[derive(Clone)]
-pub struct LocalReceiver {
+pub(crate) struct LocalReceiver {
     pub addr: SocketAddr,
     state: Arc<Mutex<ReceiverState>>,
     stop: CancellationToken,
@@ -107,7 +107,7 @@ async fn receive(
 }
 
 impl LocalReceiver {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let state = Arc::new(Mutex::new(ReceiverState::default()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -127,28 +127,28 @@ impl LocalReceiver {
         Self { addr, state, stop }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}/hook", self.addr)
     }
 
-    pub fn script(&self, answers: Vec<Answer>) {
+    pub(crate) fn script(&self, answers: Vec<Answer>) {
         self.state.lock().expect("state").script = answers.into();
     }
 
-    pub fn always(&self, answer: Answer) {
+    pub(crate) fn always(&self, answer: Answer) {
         self.state.lock().expect("state").fallback = Some(answer);
     }
 
-    pub fn received(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn received(&self) -> Vec<serde_json::Value> {
         self.state.lock().expect("state").received.clone()
     }
 
-    pub fn accepted(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn accepted(&self) -> Vec<serde_json::Value> {
         self.state.lock().expect("state").accepted.clone()
     }
 
     /// Waits (bounded) until `n` requests were accepted.
-    pub async fn wait_accepted(
+    pub(crate) async fn wait_accepted(
         &self,
         n: usize,
         within: std::time::Duration,
@@ -172,14 +172,14 @@ impl Drop for LocalReceiver {
     }
 }
 
-pub fn start_time() -> DateTime<Utc> {
+pub(crate) fn start_time() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z")
         .expect("time")
         .with_timezone(&Utc)
 }
 
 /// Secrets from an explicit environment only.
-pub fn secrets(pairs: &[(&str, &str)]) -> SecretStore {
+pub(crate) fn secrets(pairs: &[(&str, &str)]) -> SecretStore {
     let empty = std::env::temp_dir().join(format!("opsloop-no-secrets-{}", uuid::Uuid::new_v4()));
     SecretStore::with_sources(
         None,
@@ -192,11 +192,11 @@ pub fn secrets(pairs: &[(&str, &str)]) -> SecretStore {
 }
 
 /// Settings from a JSON object (the `[alerter]` section's shape).
-pub fn settings(json: serde_json::Value) -> AlerterSettings {
+pub(crate) fn settings(json: serde_json::Value) -> AlerterSettings {
     serde_json::from_value(json).expect("alerter settings")
 }
 
-pub async fn alerter(
+pub(crate) async fn alerter(
     settings: &AlerterSettings,
     db: sea_orm::DatabaseConnection,
     secrets: &SecretStore,
@@ -209,7 +209,7 @@ pub async fn alerter(
 }
 
 /// Lines of a JSON-lines file (empty when absent).
-pub fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+pub(crate) fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -217,7 +217,7 @@ pub fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-pub fn posted(labels: &[(&str, &str)]) -> opsloop_alerter::model::PostableAlert {
+pub(crate) fn posted(labels: &[(&str, &str)]) -> opsloop_alerter::model::PostableAlert {
     opsloop_alerter::model::PostableAlert {
         labels: labels
             .iter()
@@ -228,7 +228,7 @@ pub fn posted(labels: &[(&str, &str)]) -> opsloop_alerter::model::PostableAlert 
 }
 
 /// A running `AlerterApp` and how to reach and stop it.
-pub struct Running {
+pub(crate) struct Running {
     pub http: String,
     pub grpc: String,
     pub infra: Infra,
@@ -239,7 +239,7 @@ pub struct Running {
 
 /// Starts the daemon on port 0 with `db`, `bus`, the given receivers (TOML)
 /// and secrets, a route to `slack` with group_wait 0s.
-pub async fn spawn_app(
+pub(crate) async fn spawn_app(
     db: &TestDb,
     bus: BusSettings,
     receivers_toml: &str,
@@ -296,13 +296,13 @@ group_interval = "1s"
     }
 }
 
-pub async fn stop(app: Running) {
+pub(crate) async fn stop(app: Running) {
     app.shutdown.cancel();
     app.task.await.expect("joins").expect("stops cleanly");
 }
 
 /// The real `opsloop-alerter` binary, started with a config file.
-pub struct Daemon {
+pub(crate) struct Daemon {
     pub child: tokio::process::Child,
     /// `http://addr` of its HTTP listener.
     pub http: String,
@@ -310,7 +310,7 @@ pub struct Daemon {
 
 /// Starts the binary with `config` and extra environment (secrets), and
 /// waits (bounded) for its start line.
-pub async fn start_daemon(config: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
+pub(crate) async fn start_daemon(config: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_opsloop-alerter"));
     command
@@ -349,13 +349,13 @@ pub async fn start_daemon(config: &std::path::Path, env: &[(&str, &str)]) -> Dae
 }
 
 /// SIGKILL, and waits until the process is gone.
-pub async fn kill9(mut daemon: Daemon) {
+pub(crate) async fn kill9(mut daemon: Daemon) {
     daemon.child.kill().await.expect("SIGKILL");
 }
 
 /// SIGTERM; returns how long the process took to exit (bounded by
 /// `within`), and its status.
-pub async fn terminate(
+pub(crate) async fn terminate(
     daemon: &mut Daemon,
     within: std::time::Duration,
 ) -> (std::time::Duration, std::process::ExitStatus) {
@@ -378,7 +378,7 @@ pub async fn terminate(
 /// The config of a storm: one webhook receiver `hook` (secret
 /// `storm_webhook_url`), one group per alertname, group_wait 0s,
 /// group_interval 1s, at most `max_in_flight` deliveries unconfirmed.
-pub fn storm_config(
+pub(crate) fn storm_config(
     dir: &std::path::Path,
     db_url: &str,
     drain_ms: u128,
@@ -425,7 +425,7 @@ min_interval_ms = 0
 }
 
 /// The storm's alert `i`: its own group.
-pub fn storm_alert(i: u64) -> serde_json::Value {
+pub(crate) fn storm_alert(i: u64) -> serde_json::Value {
     serde_json::json!({"labels": {"alertname": format!("Storm{i}"), "service": "storm"},
            "annotations": {"summary": "storm"}})
 }
@@ -564,13 +564,13 @@ async fn count_request(
 /// concurrently open connections and requests (and their peaks) and, per
 /// alertname, the requests that named it.
 #[derive(Clone)]
-pub struct CountingReceiver {
+pub(crate) struct CountingReceiver {
     pub url: String,
     counting: Arc<Counting>,
 }
 
 impl CountingReceiver {
-    pub async fn start(delay: std::time::Duration) -> Self {
+    pub(crate) async fn start(delay: std::time::Duration) -> Self {
         let counting = Arc::new(Counting {
             delay,
             ..Counting::default()
@@ -594,17 +594,17 @@ impl CountingReceiver {
     }
 
     /// Per alertname, the requests that named it.
-    pub fn arrived(&self) -> std::collections::HashMap<String, u32> {
+    pub(crate) fn arrived(&self) -> std::collections::HashMap<String, u32> {
         self.counting.arrived.lock().expect("arrived").clone()
     }
 
     /// Distinct alertnames that arrived.
-    pub fn distinct(&self) -> usize {
+    pub(crate) fn distinct(&self) -> usize {
         self.counting.arrived.lock().expect("arrived").len()
     }
 
     /// Alertnames that arrived more than once, sorted.
-    pub fn repeated(&self) -> Vec<String> {
+    pub(crate) fn repeated(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .arrived()
             .into_iter()
@@ -616,21 +616,21 @@ impl CountingReceiver {
     }
 
     /// Most connections open at once.
-    pub fn peak_connections(&self) -> usize {
+    pub(crate) fn peak_connections(&self) -> usize {
         self.counting
             .peak_open
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Connections accepted in all.
-    pub fn connections(&self) -> usize {
+    pub(crate) fn connections(&self) -> usize {
         self.counting
             .connections
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Most requests being answered at once.
-    pub fn peak_requests(&self) -> usize {
+    pub(crate) fn peak_requests(&self) -> usize {
         self.counting
             .peak_active
             .load(std::sync::atomic::Ordering::SeqCst)
@@ -639,7 +639,7 @@ impl CountingReceiver {
     /// Two more group intervals (the storm tests' is 1 s) in which the
     /// alertnames heard more than once stay within `allowed`: a repeat would
     /// show up by then.
-    pub async fn repeats_stay_within(&self, allowed: &std::collections::BTreeSet<String>) {
+    pub(crate) async fn repeats_stay_within(&self, allowed: &std::collections::BTreeSet<String>) {
         opsloop_core::testing::stays(
             "no repeats beyond the allowed ones",
             std::time::Duration::from_millis(2_500),
@@ -656,7 +656,7 @@ impl CountingReceiver {
 
     /// Waits (bounded) until `n` distinct alertnames arrived; returns how
     /// many did.
-    pub async fn wait_distinct(&self, n: usize, within: std::time::Duration) -> usize {
+    pub(crate) async fn wait_distinct(&self, n: usize, within: std::time::Duration) -> usize {
         let deadline = tokio::time::Instant::now() + within;
         while self.distinct() < n && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -666,7 +666,7 @@ impl CountingReceiver {
 }
 
 /// Group keys of the groups the notification log records as sent.
-pub async fn logged_groups(db: &sea_orm::DatabaseConnection) -> Vec<String> {
+pub(crate) async fn logged_groups(db: &sea_orm::DatabaseConnection) -> Vec<String> {
     use sea_orm::ConnectionTrait;
     db.query_all_raw(sea_orm::Statement::from_string(
         db.get_database_backend(),
@@ -681,14 +681,14 @@ pub async fn logged_groups(db: &sea_orm::DatabaseConnection) -> Vec<String> {
 
 /// An open-loop storm: alert `i` posted alone at `rate` per second, as
 /// Prometheus would, each post's 200 recorded.
-pub struct Storm {
+pub(crate) struct Storm {
     accepted: Arc<Mutex<Vec<bool>>>,
     posted: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Storm {
-    pub fn start(http: reqwest::Client, url: String, alerts: u64, rate: u64) -> Self {
+    pub(crate) fn start(http: reqwest::Client, url: String, alerts: u64, rate: u64) -> Self {
         let accepted = Arc::new(Mutex::new(vec![false; alerts as usize]));
         let posted = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let task = {
@@ -723,12 +723,12 @@ impl Storm {
     }
 
     /// Alerts posted so far.
-    pub fn posted(&self) -> u64 {
+    pub(crate) fn posted(&self) -> u64 {
         self.posted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits for the last post; returns the alerts not answered with 200.
-    pub async fn refused(self) -> Vec<u64> {
+    pub(crate) async fn refused(self) -> Vec<u64> {
         self.task.await.expect("storm sender");
         let accepted = self.accepted.lock().expect("accepted");
         (0..accepted.len() as u64)
@@ -739,7 +739,7 @@ impl Storm {
 
 /// Posts the given storm alerts again, 200 at a time (what Prometheus does
 /// with alerts a stopped alerter did not take).
-pub async fn repost(http: &reqwest::Client, url: &str, alerts: &[u64]) {
+pub(crate) async fn repost(http: &reqwest::Client, url: &str, alerts: &[u64]) {
     for chunk in alerts.chunks(200) {
         let body: Vec<serde_json::Value> = chunk.iter().map(|i| storm_alert(*i)).collect();
         let response = http.post(url).json(&body).send().await.expect("re-post");

@@ -117,7 +117,7 @@ async fn tail(
 }
 
 /// The glob of `kind_pattern`: `*` any run, `?` one character.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
+pub(super) fn glob_match(pattern: &str, text: &str) -> bool {
     fn go(p: &[char], t: &[char]) -> bool {
         match (p.first(), t.first()) {
             (None, None) => true,

@@ -16,11 +16,11 @@ use super::{Api, actor, invalid, required, respond};
 use crate::convert;
 
 /// Longest long poll of a `ClaimStep`, in seconds.
-pub const MAX_CLAIM_WAIT_SECONDS: u32 = 30;
+pub(super) const MAX_CLAIM_WAIT_SECONDS: u32 = 30;
 
 /// Most steps one `ClaimStep` hands out: 32 payloads of at most 64 KiB
 /// stay well within the 4 MiB message limit.
-pub const MAX_CLAIM_STEPS: u32 = 32;
+pub(super) const MAX_CLAIM_STEPS: u32 = 32;
 
 fn lease(seconds: u32) -> Option<u32> {
     (seconds > 0).then_some(seconds)

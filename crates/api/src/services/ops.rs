@@ -21,7 +21,7 @@ fn stop_state(stop: &EmergencyStop, changed_at: Option<DateTime<Utc>>) -> pb::Em
     }
 }
 
-pub fn summary_pb(s: &SummaryFigures) -> pb::Summary {
+pub(super) fn summary_pb(s: &SummaryFigures) -> pb::Summary {
     pb::Summary {
         period: match s.period {
             SummaryPeriod::Daily => pb::SummaryPeriod::Daily,

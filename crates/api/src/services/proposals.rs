@@ -64,7 +64,7 @@ impl Api {
 }
 
 /// Most proposals one `SubmitProposals` takes.
-pub const MAX_BATCH_PROPOSALS: usize = 1000;
+pub(super) const MAX_BATCH_PROPOSALS: usize = 1000;
 
 impl Api {
     /// SQLite: wakes long polls for the steps of a mission just created.

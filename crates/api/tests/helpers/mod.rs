@@ -20,12 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+pub(crate) enum Backend {
     Postgres,
     Sqlite,
 }
 
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     pub db: TestDb,
@@ -37,7 +37,7 @@ pub struct TestApp {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-pub struct Options {
+pub(crate) struct Options {
     pub backend: Backend,
     pub bus: Option<Arc<dyn Bus>>,
     pub agent_token: Option<String>,
@@ -61,7 +61,7 @@ impl Default for Options {
     }
 }
 
-pub async fn spawn(backend: Backend) -> TestApp {
+pub(crate) async fn spawn(backend: Backend) -> TestApp {
     spawn_with(Options {
         backend,
         ..Default::default()
@@ -69,7 +69,7 @@ pub async fn spawn(backend: Backend) -> TestApp {
     .await
 }
 
-pub async fn spawn_with(options: Options) -> TestApp {
+pub(crate) async fn spawn_with(options: Options) -> TestApp {
     let db = match options.backend {
         Backend::Postgres => fresh_postgres().await,
         Backend::Sqlite => fresh_sqlite().await,
@@ -133,36 +133,36 @@ pub async fn spawn_with(options: Options) -> TestApp {
 }
 
 impl TestApp {
-    pub fn proposals(&self) -> pb::proposal_service_client::ProposalServiceClient<Channel> {
+    pub(crate) fn proposals(&self) -> pb::proposal_service_client::ProposalServiceClient<Channel> {
         pb::proposal_service_client::ProposalServiceClient::new(self.channel.clone())
     }
-    pub fn missions(&self) -> pb::mission_service_client::MissionServiceClient<Channel> {
+    pub(crate) fn missions(&self) -> pb::mission_service_client::MissionServiceClient<Channel> {
         pb::mission_service_client::MissionServiceClient::new(self.channel.clone())
     }
-    pub fn events(&self) -> pb::event_service_client::EventServiceClient<Channel> {
+    pub(crate) fn events(&self) -> pb::event_service_client::EventServiceClient<Channel> {
         pb::event_service_client::EventServiceClient::new(self.channel.clone())
     }
-    pub fn policy(&self) -> pb::policy_service_client::PolicyServiceClient<Channel> {
+    pub(crate) fn policy(&self) -> pb::policy_service_client::PolicyServiceClient<Channel> {
         pb::policy_service_client::PolicyServiceClient::new(self.channel.clone())
     }
-    pub fn ops(&self) -> pb::ops_service_client::OpsServiceClient<Channel> {
+    pub(crate) fn ops(&self) -> pb::ops_service_client::OpsServiceClient<Channel> {
         pb::ops_service_client::OpsServiceClient::new(self.channel.clone())
     }
-    pub fn tokens(&self) -> pb::token_service_client::TokenServiceClient<Channel> {
+    pub(crate) fn tokens(&self) -> pb::token_service_client::TokenServiceClient<Channel> {
         pb::token_service_client::TokenServiceClient::new(self.channel.clone())
     }
-    pub fn triggers(&self) -> pb::trigger_service_client::TriggerServiceClient<Channel> {
+    pub(crate) fn triggers(&self) -> pb::trigger_service_client::TriggerServiceClient<Channel> {
         pb::trigger_service_client::TriggerServiceClient::new(self.channel.clone())
     }
 
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(15), self.task).await;
         self.db.cleanup().await;
     }
 }
 
-pub fn step(kind: &str) -> pb::StepSpec {
+pub(crate) fn step(kind: &str) -> pb::StepSpec {
     pb::StepSpec {
         kind: kind.into(),
         payload_json: r#"{"text":"hi"}"#.into(),
@@ -170,7 +170,7 @@ pub fn step(kind: &str) -> pb::StepSpec {
     }
 }
 
-pub fn submit(kinds: &[&str], dedupe_key: Option<&str>) -> pb::SubmitProposalRequest {
+pub(crate) fn submit(kinds: &[&str], dedupe_key: Option<&str>) -> pb::SubmitProposalRequest {
     pb::SubmitProposalRequest {
         title: "test proposal".into(),
         source: pb::ProposalSource::Api as i32,
@@ -182,7 +182,7 @@ pub fn submit(kinds: &[&str], dedupe_key: Option<&str>) -> pb::SubmitProposalReq
     }
 }
 
-pub fn claim(worker: &str, kinds: &[&str]) -> pb::ClaimStepRequest {
+pub(crate) fn claim(worker: &str, kinds: &[&str]) -> pb::ClaimStepRequest {
     pb::ClaimStepRequest {
         worker_id: worker.into(),
         kinds: kinds.iter().map(|k| (*k).to_owned()).collect(),
@@ -191,7 +191,7 @@ pub fn claim(worker: &str, kinds: &[&str]) -> pb::ClaimStepRequest {
     }
 }
 
-pub fn complete(step: &pb::Step, worker: &str) -> pb::CompleteStepRequest {
+pub(crate) fn complete(step: &pb::Step, worker: &str) -> pb::CompleteStepRequest {
     pb::CompleteStepRequest {
         step_id: step.id.clone(),
         worker_id: worker.into(),
@@ -202,7 +202,7 @@ pub fn complete(step: &pb::Step, worker: &str) -> pb::CompleteStepRequest {
     }
 }
 
-pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+pub(crate) fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert(
         "authorization",

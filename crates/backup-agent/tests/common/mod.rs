@@ -22,19 +22,19 @@ use opsloop_core::store::testing::TestDb;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 /// The PostgreSQL server tests create databases on.
-pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub(crate) const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-pub fn admin_url() -> String {
+pub(crate) fn admin_url() -> String {
     std::env::var("OPSLOOP_TEST_PG_URL").unwrap_or_else(|_| ADMIN_URL.to_owned())
 }
 
-pub fn at(text: &str) -> DateTime<Utc> {
+pub(crate) fn at(text: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text)
         .expect("valid instant")
         .with_timezone(&Utc)
 }
 
-pub struct Harness {
+pub(crate) struct Harness {
     pub agent: Arc<Agent>,
     /// The catalogue (the agent's own database, with its outbox).
     pub db: sea_orm::DatabaseConnection,
@@ -47,7 +47,7 @@ pub struct Harness {
 impl Harness {
     /// Publishes what the agent wrote to the outbox (alerts), as the api's
     /// relay does in a deployment. Returns how many messages went out.
-    pub async fn relay(&self) -> usize {
+    pub(crate) async fn relay(&self) -> usize {
         opsloop_core::workflow::outbox::relay_once(&self.db, &self.bus, 1000)
             .await
             .expect("relay the outbox")
@@ -55,7 +55,7 @@ impl Harness {
     }
 
     /// The next alert on `subscription`, relaying the outbox while waiting.
-    pub async fn next_alert(&self, subscription: &mut Subscription) -> BusMessage {
+    pub(crate) async fn next_alert(&self, subscription: &mut Subscription) -> BusMessage {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             self.relay().await;
@@ -70,13 +70,13 @@ impl Harness {
         }
     }
 
-    pub fn audit_path(&self) -> PathBuf {
+    pub(crate) fn audit_path(&self) -> PathBuf {
         self.dir.path().join("audit.jsonl")
     }
 }
 
 /// An agent whose catalogue is `catalog`, backing up `targets`.
-pub fn harness(
+pub(crate) fn harness(
     catalog: &TestDb,
     targets: Vec<(&str, String)>,
     tweak: impl FnOnce(&mut BackupSettings),
@@ -129,7 +129,7 @@ pub fn harness(
     })
 }
 
-pub async fn subscribe(bus: &MemoryBus, pattern: &str) -> Subscription {
+pub(crate) async fn subscribe(bus: &MemoryBus, pattern: &str) -> Subscription {
     bus.subscribe(QueueSpec::new(
         format!("test.{}", uuid::Uuid::new_v4().simple()),
         &[pattern],
@@ -139,7 +139,7 @@ pub async fn subscribe(bus: &MemoryBus, pattern: &str) -> Subscription {
 }
 
 /// The next message, or a panic after a generous bound.
-pub async fn next_message(subscription: &mut Subscription) -> BusMessage {
+pub(crate) async fn next_message(subscription: &mut Subscription) -> BusMessage {
     let delivery = tokio::time::timeout(Duration::from_secs(10), subscription.next())
         .await
         .expect("a message within 10 s")
@@ -149,18 +149,18 @@ pub async fn next_message(subscription: &mut Subscription) -> BusMessage {
     message
 }
 
-pub fn body(message: &BusMessage) -> serde_json::Value {
+pub(crate) fn body(message: &BusMessage) -> serde_json::Value {
     serde_json::from_slice(&message.payload).expect("JSON body")
 }
 
 /// An empty PostgreSQL database (not migrated), dropped with the guard.
-pub struct EmptyDb {
+pub(crate) struct EmptyDb {
     pub name: String,
     pub url: String,
 }
 
 impl EmptyDb {
-    pub async fn create() -> Self {
+    pub(crate) async fn create() -> Self {
         let name = format!("opsloop_test_empty_{}", uuid::Uuid::new_v4().simple());
         admin_exec(&format!("CREATE DATABASE \"{name}\"")).await;
         let admin = admin_url();
@@ -171,7 +171,7 @@ impl EmptyDb {
         }
     }
 
-    pub async fn drop_now(self) {
+    pub(crate) async fn drop_now(self) {
         admin_exec(&format!(
             "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
             self.name
@@ -180,7 +180,7 @@ impl EmptyDb {
     }
 }
 
-pub async fn admin_exec(sql: &str) {
+pub(crate) async fn admin_exec(sql: &str) {
     let admin = sea_orm::Database::connect(admin_url())
         .await
         .expect("admin connection");
@@ -189,7 +189,7 @@ pub async fn admin_exec(sql: &str) {
 }
 
 /// Per user table: (rows, md5 of every row's text in order).
-pub async fn table_fingerprints(url: &str) -> BTreeMap<String, (i64, String)> {
+pub(crate) async fn table_fingerprints(url: &str) -> BTreeMap<String, (i64, String)> {
     let db = sea_orm::Database::connect(url).await.expect("connect");
     let tables = db
         .query_all_raw(Statement::from_string(
@@ -220,7 +220,7 @@ pub async fn table_fingerprints(url: &str) -> BTreeMap<String, (i64, String)> {
 }
 
 /// An executable shell script at `dir/name`.
-pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+pub(crate) fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt as _;
     let path = dir.join(name);
     std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 /// The `opsloop` binary under test, with `OPSLOOP_TOKEN` and
 /// `OPSLOOP_TOKEN_FILE` removed so only the test's flags give a token.
-pub fn opsloop_command() -> tokio::process::Command {
+pub(crate) fn opsloop_command() -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_opsloop"));
     command
         .env_remove("OPSLOOP_TOKEN")
@@ -17,7 +17,7 @@ pub fn opsloop_command() -> tokio::process::Command {
 
 /// The JSON a successful command printed; panics naming `what` with its
 /// stderr when it failed, or with its stdout when that is not JSON.
-pub fn json_of(out: &Output, what: &str) -> Value {
+pub(crate) fn json_of(out: &Output, what: &str) -> Value {
     assert!(
         out.status.success(),
         "{what} failed: {}",

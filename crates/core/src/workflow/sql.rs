@@ -17,7 +17,7 @@ pub(crate) struct Params {
 }
 
 impl Params {
-    pub fn push(&mut self, value: impl Into<Value>) -> String {
+    pub(super) fn push(&mut self, value: impl Into<Value>) -> String {
         self.values.push(value.into());
         format!("${}", self.values.len())
     }
@@ -35,7 +35,7 @@ pub(crate) struct KnownEvent {
 }
 
 impl KnownEvent {
-    pub fn new(kind: &str, payload: serde_json::Value) -> Self {
+    pub(super) fn new(kind: &str, payload: serde_json::Value) -> Self {
         Self {
             id: Uuid::now_v7(),
             kind: kind.to_owned(),

@@ -8,10 +8,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// The admin token the started daemon accepts.
-pub const ADMIN_TOKEN: &str = "s3cret";
+pub(crate) const ADMIN_TOKEN: &str = "s3cret";
 
 /// A heartbeat daemon running in this process.
-pub struct RunningHeartbeat {
+pub(crate) struct RunningHeartbeat {
     /// Its HTTP port.
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
@@ -23,7 +23,7 @@ impl RunningHeartbeat {
     /// Starts the daemon on `database_url` as `instance_id` with a one-hour
     /// tick (tests drive what they need); `extra` is appended to the TOML
     /// after the `[heartbeat]` section (e.g. `[[heartbeat.probes]]` tables).
-    pub async fn start(database_url: &str, instance_id: &str, extra: &str) -> Self {
+    pub(crate) async fn start(database_url: &str, instance_id: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("opsloop.toml");
         std::fs::write(
@@ -64,7 +64,7 @@ impl RunningHeartbeat {
     }
 
     /// Cancels the daemon and waits for a clean stop.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.shutdown.cancel();
         self.task.await.expect("joins").expect("stops cleanly");
     }
