@@ -63,6 +63,37 @@ pub(crate) struct SubmitArgs {
     pub rate: Option<f64>,
 }
 
+/// `script` by pgbench on a fresh database: at saturation, then (when that
+/// ran) at `rate` transactions per second with lag counted.
+async fn pgbench_saturation_then_rate(
+    env: &Env,
+    tool: &std::path::Path,
+    script: &str,
+    clients: u32,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<(pgbench::Run, pgbench::Run)> {
+    let db = env.database().await;
+    let run = |rate| {
+        pgbench::run(
+            tool,
+            &db.url,
+            script,
+            clients,
+            rate,
+            Length::Duration(duration),
+            env.scratch(),
+        )
+    };
+    let saturation = run(None).await;
+    let at_rate = match &saturation {
+        Ok(_) => run(Some(rate)).await,
+        Err(_) => Err(anyhow::anyhow!("skipped")),
+    };
+    db.cleanup().await;
+    Ok((saturation?, at_rate?))
+}
+
 fn submit_request(seq: u64) -> pb::SubmitProposalRequest {
     pb::SubmitProposalRequest {
         title: format!("bench proposal {seq}"),
@@ -161,35 +192,9 @@ pub(crate) async fn submit(env: &Env, args: SubmitArgs) -> Outcome {
     // Baseline: the same SQL transaction by the same number of pgbench clients.
     let (baseline, baseline_half, note) = match &env.pgbench {
         Some(tool) => {
-            let db = env.database().await;
-            let full = pgbench::run(
-                tool,
-                &db.url,
-                SUBMIT_SQL,
-                clients,
-                None,
-                Length::Duration(duration),
-                env.scratch(),
-            )
-            .await;
-            let half = match &full {
-                Ok(_) => {
-                    pgbench::run(
-                        tool,
-                        &db.url,
-                        SUBMIT_SQL,
-                        clients,
-                        Some(rate),
-                        Length::Duration(duration),
-                        env.scratch(),
-                    )
-                    .await
-                }
-                Err(_) => Err(anyhow::anyhow!("skipped")),
-            };
-            db.cleanup().await;
-            let full = full?;
-            let half = half?;
+            let (full, half) =
+                pgbench_saturation_then_rate(env, tool, SUBMIT_SQL, clients, rate, duration)
+                    .await?;
             detail["baseline"] = json!({"saturation": full.latency, "command": full.command,
                 "half_load": half.latency, "half_load_command": half.command});
             (Some(full.tps), Some(half.latency), String::new())
@@ -201,35 +206,8 @@ pub(crate) async fn submit(env: &Env, args: SubmitArgs) -> Outcome {
     // saturation and at opsloop's half-load rate (`-R`, lag counted).
     let (lean, lean_half) = match (&env.pgbench, env.lean_script("lean_submit.sql")?) {
         (Some(tool), Some(script)) => {
-            let db = env.database().await;
-            let run = pgbench::run(
-                tool,
-                &db.url,
-                &script,
-                clients,
-                None,
-                Length::Duration(duration),
-                env.scratch(),
-            )
-            .await;
-            let half = match &run {
-                Ok(_) => {
-                    pgbench::run(
-                        tool,
-                        &db.url,
-                        &script,
-                        clients,
-                        Some(rate),
-                        Length::Duration(duration),
-                        env.scratch(),
-                    )
-                    .await
-                }
-                Err(_) => Err(anyhow::anyhow!("skipped")),
-            };
-            db.cleanup().await;
-            let run = run?;
-            let half = half?;
+            let (run, half) =
+                pgbench_saturation_then_rate(env, tool, &script, clients, rate, duration).await?;
             detail["lean"] = json!({"saturation": run.latency, "command": run.command,
                 "half_load": half.latency, "half_load_command": half.command});
             (Some(run.tps), Some(half.latency))
