@@ -470,15 +470,23 @@ async fn tokens_come_from_a_file_or_the_environment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_current_step_then_stops() {
     let (addr, seen) = fake_api(vec![step(5), step(6)], Duration::from_secs(30)).await;
-    let mut child = worker(addr, "sleep 1; echo '{\"done\": true}'", &[])
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    let command = format!(
+        "touch '{}'; sleep 1; echo '{{\"done\": true}}'",
+        started.display()
+    );
+    let mut child = worker(addr, &command, &[])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the first step is claimed, then ask the worker to stop.
-    opsloop_core::testing::eventually("the first claim", Duration::from_secs(30), || async {
-        let claims = seen.lock().unwrap().claims.len();
-        opsloop_core::testing::holds(claims > 0, || "no claim yet".to_owned())
+    // Wait until the worker runs the first step (not merely until the fake
+    // api saw the claim: a stop while the claim's answer is still on its way
+    // ends an idle long poll, by design), then ask the worker to stop.
+    opsloop_core::testing::eventually("the first step running", Duration::from_secs(30), || {
+        let running = started.exists();
+        async move { opsloop_core::testing::holds(running, || "not started yet".to_owned()) }
     })
     .await;
     let pid = child.id().unwrap().to_string();
