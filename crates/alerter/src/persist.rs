@@ -132,6 +132,23 @@ impl Persister {
     }
 }
 
+/// Waits for the next job, then takes what else is already queued (up to
+/// `MAX_BATCH`) into `batch`: the group commit of both writers. False once
+/// the queue is closed and empty.
+async fn next_batch<T>(jobs: &mut mpsc::UnboundedReceiver<T>, batch: &mut Vec<T>) -> bool {
+    let Some(first) = jobs.recv().await else {
+        return false;
+    };
+    batch.push(first);
+    while batch.len() < MAX_BATCH {
+        match jobs.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+    true
+}
+
 /// The alert rows' writer: saves waiting together commit in one
 /// transaction; a delete commits after the saves queued before it.
 async fn write_loop(
@@ -141,14 +158,7 @@ async fn write_loop(
 ) {
     let mut pending: Vec<Job> = Vec::new();
     let mut saves: Vec<QueuedSave> = Vec::new();
-    while let Some(first) = jobs.recv().await {
-        pending.push(first);
-        while pending.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => pending.push(job),
-                Err(_) => break,
-            }
-        }
+    while next_batch(&mut jobs, &mut pending).await {
         for job in pending.drain(..) {
             match job {
                 Job::Save { alerts, at, done } => saves.push((alerts, at, done)),
@@ -191,14 +201,7 @@ async fn flush_saves(store: &AlertStore, saves: &mut Vec<QueuedSave>, queued: &A
 /// transaction, in queue order.
 async fn log_loop(store: AlertStore, mut jobs: mpsc::UnboundedReceiver<LogJob>) {
     let mut batch: Vec<LogJob> = Vec::new();
-    while let Some(first) = jobs.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+    while next_batch(&mut jobs, &mut batch).await {
         let entries: Vec<_> = batch.iter().map(|(record, _)| record.entry()).collect();
         let result = store
             .write_batch(&[], &entries)
