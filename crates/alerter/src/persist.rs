@@ -1,6 +1,6 @@
 //! Writes alert state to the database off the dispatcher's lock, in the
-//! order the dispatcher produced it. Two writer tasks, each on its own
-//! connection: one for alert rows (saves of merged alerts and deletes of
+//! order the dispatcher produced it. Two writer tasks, each committing on a
+//! pool connection of its own per transaction: one for alert rows (saves of merged alerts and deletes of
 //! forgotten ones, one queue), one for notification log rows. Each folds
 //! what waits together into one transaction of multi-row statements (group
 //! commit): a storm costs a few commits a second, not one per alert or per
@@ -52,7 +52,7 @@ type LogJob = (LogRecord, oneshot::Sender<Result<(), String>>);
 
 /// The handles of the writer tasks; the tasks end when the handle is
 /// dropped. Alert rows (saves and deletes, in the dispatcher's order) and
-/// notification log rows go to two writers on their own connections, so a
+/// notification log rows go to two writers, each with its own transactions, so a
 /// post never waits behind log rows and a delivery's log row never waits
 /// behind a backlog of posted alerts (the two tables are independent: a
 /// log row names a group and fingerprints, not alert rows).
